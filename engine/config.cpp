@@ -1,0 +1,388 @@
+#include "engine/config.h"
+
+#include <cmath>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+namespace mics {
+
+using nlohmann::json;
+
+namespace {
+
+std::string join(const std::vector<std::string>& items) {
+  std::string out;
+  for (size_t i = 0; i < items.size(); ++i) out += (i ? ", " : "") + items[i];
+  return out;
+}
+
+const char* json_kind(const json& v) {
+  switch (v.type()) {
+    case json::value_t::null: return "null";
+    case json::value_t::boolean: return "a boolean";
+    case json::value_t::string: return "a string";
+    case json::value_t::array: return "an array";
+    case json::value_t::object: return "an object";
+    case json::value_t::number_float: return "a fractional number";
+    default: return "a number";
+  }
+}
+
+// Reads one section's keys into typed fields, remembering which keys were consumed so
+// that anything left over is reported as unknown.
+class SectionReader {
+ public:
+  SectionReader(const json& root, std::string section, const std::string& source)
+      : section_(std::move(section)), source_(source) {
+    if (root.contains(section_)) {
+      node_ = &root.at(section_);
+      if (!node_->is_object())
+        fail("section '" + section_ + "' must be a JSON object, got " + json_kind(*node_));
+    }
+  }
+
+  void get(const char* key, int64_t& out) {
+    if (const json* v = find(key)) {
+      if (!v->is_number_integer() && !v->is_number_unsigned())
+        fail_type(key, "an integer", *v);
+      out = v->get<int64_t>();
+    }
+  }
+  void get(const char* key, double& out) {
+    if (const json* v = find(key)) {
+      if (!v->is_number()) fail_type(key, "a number", *v);
+      out = v->get<double>();
+    }
+  }
+  void get(const char* key, bool& out) {
+    if (const json* v = find(key)) {
+      if (!v->is_boolean()) fail_type(key, "true or false", *v);
+      out = v->get<bool>();
+    }
+  }
+  void get(const char* key, std::string& out, const std::vector<std::string>& allowed = {}) {
+    if (const json* v = find(key)) {
+      if (!v->is_string()) fail_type(key, allowed.empty() ? "a string" : ("one of " + quoted(allowed)).c_str(), *v);
+      out = v->get<std::string>();
+    }
+    if (!allowed.empty() && std::find(allowed.begin(), allowed.end(), out) == allowed.end())
+      fail("'" + path(key) + "' is \"" + out + "\"; accepted values are " + quoted(allowed));
+  }
+  // An integer, or the string "auto" (stored as 0).
+  void get_int_or_auto(const char* key, int64_t& out) {
+    if (const json* v = find(key)) {
+      if (v->is_string() && v->get<std::string>() == "auto") {
+        out = 0;
+        return;
+      }
+      if (!v->is_number_integer() && !v->is_number_unsigned())
+        fail_type(key, "an integer or \"auto\"", *v);
+      out = v->get<int64_t>();
+      if (out <= 0) fail("'" + path(key) + "' is " + std::to_string(out) + "; it must be a positive integer or \"auto\"");
+    }
+  }
+  // true, false or "auto", stored as that word.
+  void get_tristate(const char* key, std::string& out) {
+    if (const json* v = find(key)) {
+      if (v->is_boolean()) {
+        out = v->get<bool>() ? "true" : "false";
+      } else if (v->is_string() && (*v == "auto" || *v == "true" || *v == "false")) {
+        out = v->get<std::string>();
+      } else {
+        fail_type(key, "true, false or \"auto\"", *v);
+      }
+    }
+  }
+
+  void finish() {
+    if (node_ == nullptr) return;
+    for (auto it = node_->begin(); it != node_->end(); ++it) {
+      if (!seen_.count(it.key()))
+        fail("unknown key '" + path(it.key()) + "'; keys accepted in '" + section_ + "' are " +
+             join(std::vector<std::string>(known_.begin(), known_.end())));
+    }
+  }
+
+  std::string path(const std::string& key) const { return section_ + "." + key; }
+  [[noreturn]] void fail(const std::string& message) const {
+    throw ConfigError(source_ + ": " + message + ".");
+  }
+
+ private:
+  const json* find(const char* key) {
+    known_.push_back(key);
+    if (node_ == nullptr) return nullptr;
+    auto it = node_->find(key);
+    if (it == node_->end()) return nullptr;
+    seen_.insert(key);
+    return &*it;
+  }
+  [[noreturn]] void fail_type(const char* key, const char* expected, const json& got) const {
+    fail("'" + path(key) + "' must be " + expected + ", got " + json_kind(got) + " (" +
+         got.dump() + ")");
+  }
+  static std::string quoted(const std::vector<std::string>& items) {
+    std::vector<std::string> q;
+    for (const auto& i : items) q.push_back("\"" + i + "\"");
+    return join(q);
+  }
+
+  const json* node_ = nullptr;
+  std::string section_;
+  const std::string& source_;
+  std::set<std::string> seen_;
+  std::vector<std::string> known_;
+};
+
+void apply_override(json& doc, const std::string& assignment, const std::string& source) {
+  const size_t eq = assignment.find('=');
+  if (eq == std::string::npos || eq == 0)
+    throw ConfigError("--set '" + assignment + "' must have the form key.path=value.");
+  const std::string key = assignment.substr(0, eq), text = assignment.substr(eq + 1);
+  json value = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (value.is_discarded()) value = text;  // bare words are strings: --set model.type=gpt
+  json* node = &doc;
+  std::stringstream parts(key);
+  std::string part, walked;
+  std::vector<std::string> names;
+  while (std::getline(parts, part, '.')) names.push_back(part);
+  for (size_t i = 0; i < names.size(); ++i) {
+    if (names[i].empty()) throw ConfigError("--set '" + assignment + "' has an empty key part.");
+    if (!node->is_object())
+      throw ConfigError("--set '" + assignment + "': '" + walked + "' in " + source + " is not a section.");
+    walked += (i ? "." : "") + names[i];
+    node = &(*node)[names[i]];
+  }
+  *node = value;
+}
+
+}  // namespace
+
+Config parse_config(const json& input, const std::string& source,
+                    const std::vector<std::string>& overrides) {
+  if (!input.is_object())
+    throw ConfigError(source + ": the config must be a JSON object with sections model, train, "
+                      "data, mics, runtime and log.");
+  json doc = input;
+  for (const std::string& o : overrides) apply_override(doc, o, source);
+
+  static const std::set<std::string> kSections = {"model", "train", "data", "mics", "runtime", "log"};
+  for (auto it = doc.begin(); it != doc.end(); ++it)
+    if (!kSections.count(it.key()))
+      throw ConfigError(source + ": unknown section '" + it.key() +
+                        "'; sections are model, train, data, mics, runtime and log.");
+
+  Config c;
+  c.source_name = source;
+  auto must = [&](const SectionReader& r, bool ok, const std::string& message) {
+    if (!ok) r.fail(message);
+  };
+
+  {
+    SectionReader r(doc, "model", source);
+    ModelConfig& m = c.model;
+    r.get("type", m.type, {"bert", "gpt"});
+    r.get("hidden", m.hidden);
+    r.get("layers", m.layers);
+    r.get("heads", m.heads);
+    r.get("ffn", m.ffn);
+    r.get("vocab_size", m.vocab_size);
+    r.get("max_positions", m.max_positions);
+    r.get("type_vocab_size", m.type_vocab_size);
+    r.get("layernorm_eps", m.layernorm_eps);
+    r.get("dropout", m.dropout);
+    r.get("attention_dropout", m.attention_dropout);
+    r.get("init_std", m.init_std);
+    r.finish();
+  }
+  {
+    SectionReader r(doc, "train", source);
+    TrainConfig& t = c.train;
+    r.get("seq_len", t.seq_len);
+    r.get("micro_batch_size", t.micro_batch_size);
+    r.get("global_batch_size", t.global_batch_size);
+    r.get("steps", t.steps);
+    r.get("lr", t.lr);
+    r.get("min_lr", t.min_lr);
+    r.get("warmup_steps", t.warmup_steps);
+    r.get("lr_decay", t.lr_decay, {"constant", "linear", "cosine"});
+    r.get("weight_decay", t.weight_decay);
+    r.get("adam_beta1", t.adam_beta1);
+    r.get("adam_beta2", t.adam_beta2);
+    r.get("adam_eps", t.adam_eps);
+    r.get("grad_clip", t.grad_clip);
+    r.get("seed", t.seed);
+    r.get("precision", t.precision, {"fp32", "bf16", "fp16"});
+    r.finish();
+  }
+  {
+    SectionReader r(doc, "data", source);
+    r.get("source", c.data.source, {"synthetic", "text", "shards"});
+    r.get("path", c.data.path);
+    r.get("mask_prob", c.data.mask_prob);
+    r.get("mask_token_id", c.data.mask_token_id);
+    r.get("shuffle", c.data.shuffle);
+    r.finish();
+  }
+  {
+    SectionReader r(doc, "mics", source);
+    r.get_int_or_auto("partition_size", c.mics.partition_size);
+    r.get_tristate("hierarchical_allgather", c.mics.hierarchical_allgather);
+    r.get("gradient_sync", c.mics.gradient_sync, {"two_hop", "every_microstep"});
+    r.get("prefetch", c.mics.prefetch);
+    r.finish();
+    must(r, c.mics.prefetch >= 0, "'mics.prefetch' is " + std::to_string(c.mics.prefetch) +
+                                      "; it must be 0 or more layers");
+  }
+  {
+    SectionReader r(doc, "runtime", source);
+    r.get("backend", c.runtime.backend, {"cpu", "cuda"});
+    r.get("ranks_per_node", c.runtime.ranks_per_node);
+    r.get("device_memory_gb", c.runtime.device_memory_gb);
+    r.finish();
+    must(r, c.runtime.ranks_per_node >= 0,
+         "'runtime.ranks_per_node' must be 0 (detect) or a positive integer");
+    must(r, c.runtime.device_memory_gb > 0, "'runtime.device_memory_gb' must be positive");
+  }
+  {
+    SectionReader r(doc, "log", source);
+    r.get("every", c.log.every);
+    r.get("level", c.log.level, {"trace", "debug", "info", "warn", "error"});
+    r.get("metrics", c.log.metrics);
+    r.finish();
+    must(r, c.log.every >= 1, "'log.every' is " + std::to_string(c.log.every) +
+                                  "; it must be at least 1 step");
+  }
+
+  // ---- values that must make sense together ----
+  SectionReader m(doc, "model", source), t(doc, "train", source), d(doc, "data", source);
+  ModelConfig& mc = c.model;
+  TrainConfig& tc = c.train;
+  const bool bert = mc.type == "bert";
+  must(m, !mc.type.empty(), "'model.type' is required; accepted values are \"bert\", \"gpt\"");
+  must(m, mc.hidden > 0, "'model.hidden' must be a positive integer");
+  must(m, mc.layers > 0, "'model.layers' must be a positive integer (got " + std::to_string(mc.layers) + ")");
+  must(m, mc.heads > 0, "'model.heads' must be a positive integer");
+  must(m, mc.hidden % mc.heads == 0, "'model.heads' (" + std::to_string(mc.heads) +
+                                         ") must divide 'model.hidden' (" +
+                                         std::to_string(mc.hidden) + ")");
+  must(m, mc.vocab_size > (bert ? 1 : 0), "'model.vocab_size' must be a positive integer" +
+                                              std::string(bert ? " above 1 (BERT keeps one id for [MASK])" : ""));
+  if (mc.ffn == 0) mc.ffn = 4 * mc.hidden;
+  must(m, mc.ffn > 0, "'model.ffn' must be a positive integer (0 means 4 x hidden)");
+  must(t, tc.seq_len > 0, "'train.seq_len' must be a positive integer");
+  if (mc.max_positions == 0) mc.max_positions = tc.seq_len;
+  must(m, mc.max_positions >= tc.seq_len,
+       "'train.seq_len' (" + std::to_string(tc.seq_len) + ") is longer than 'model.max_positions' (" +
+           std::to_string(mc.max_positions) + ")");
+  if (mc.type_vocab_size < 0) mc.type_vocab_size = bert ? 2 : 0;
+  must(m, bert ? mc.type_vocab_size >= 1 : mc.type_vocab_size == 0,
+       bert ? "'model.type_vocab_size' must be at least 1 for BERT"
+            : "'model.type_vocab_size' must be 0 for GPT, which has no token types");
+  if (mc.layernorm_eps == 0) mc.layernorm_eps = bert ? 1e-12 : 1e-5;
+  must(m, mc.layernorm_eps > 0, "'model.layernorm_eps' must be positive");
+  must(m, mc.dropout >= 0 && mc.dropout < 1, "'model.dropout' must be in [0, 1)");
+  must(m, mc.attention_dropout >= 0 && mc.attention_dropout < 1,
+       "'model.attention_dropout' must be in [0, 1)");
+  must(m, mc.init_std > 0, "'model.init_std' must be positive");
+
+  must(t, tc.micro_batch_size > 0, "'train.micro_batch_size' must be a positive integer");
+  must(t, tc.global_batch_size >= 0,
+       "'train.global_batch_size' must be a positive multiple of micro_batch_size x ranks, or 0 for one micro-batch per rank");
+  must(t, tc.global_batch_size == 0 || tc.global_batch_size % tc.micro_batch_size == 0,
+       "'train.global_batch_size' (" + std::to_string(tc.global_batch_size) +
+           ") must be a multiple of 'train.micro_batch_size' (" + std::to_string(tc.micro_batch_size) + ")");
+  must(t, tc.steps > 0, "'train.steps' must be a positive integer");
+  must(t, std::isfinite(tc.lr) && tc.lr > 0, "'train.lr' must be a positive number (got " + json(tc.lr).dump() + ")");
+  must(t, tc.min_lr >= 0 && tc.min_lr <= tc.lr, "'train.min_lr' must be in [0, train.lr]");
+  must(t, tc.warmup_steps >= 0, "'train.warmup_steps' must be 0 or more");
+  must(t, tc.weight_decay >= 0, "'train.weight_decay' must be 0 or more");
+  must(t, tc.adam_beta1 >= 0 && tc.adam_beta1 < 1, "'train.adam_beta1' must be in [0, 1)");
+  must(t, tc.adam_beta2 >= 0 && tc.adam_beta2 < 1, "'train.adam_beta2' must be in [0, 1)");
+  must(t, tc.adam_eps > 0, "'train.adam_eps' must be positive");
+  must(t, tc.grad_clip >= 0, "'train.grad_clip' must be 0 (off) or a positive norm");
+  must(t, tc.seed >= 0, "'train.seed' must be 0 or more");
+  must(t, tc.precision == "fp32" || c.runtime.backend == "cuda",
+       "'train.precision' \"" + tc.precision + "\" needs 'runtime.backend' \"cuda\"; the CPU backend computes in \"fp32\"");
+
+  DataConfig& dc = c.data;
+  must(d, dc.source == "synthetic" || !dc.path.empty(),
+       "'data.path' is required when 'data.source' is \"" + dc.source + "\" (a file, directory or glob)");
+  must(d, dc.source != "synthetic" || dc.path.empty(),
+       "'data.path' is set but 'data.source' is \"synthetic\"; set data.source to \"text\" or \"shards\"");
+  if (bert) {
+    if (dc.mask_token_id < 0) dc.mask_token_id = mc.vocab_size - 1;
+    must(d, dc.mask_token_id < mc.vocab_size, "'data.mask_token_id' (" + std::to_string(dc.mask_token_id) +
+                                                  ") must be below 'model.vocab_size' (" +
+                                                  std::to_string(mc.vocab_size) + ")");
+    must(d, dc.mask_prob > 0 && dc.mask_prob < 1, "'data.mask_prob' must be in (0, 1)");
+    must(d, dc.source != "text" || (mc.vocab_size > 256 && dc.mask_token_id >= 256),
+         "byte-level text uses ids 0..255, so BERT needs 'model.vocab_size' above 256 and 'data.mask_token_id' at 256 or above");
+  } else {
+    must(d, dc.mask_token_id == -1, "'data.mask_token_id' applies to BERT only");
+  }
+  must(d, dc.source != "text" || mc.vocab_size >= 256,
+       "'model.vocab_size' (" + std::to_string(mc.vocab_size) + ") must be at least 256 for byte-level text");
+  return c;
+}
+
+Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
+  std::ifstream in(path);
+  if (!in) throw ConfigError("cannot open config file '" + path + "'.");
+  json doc = json::parse(in, nullptr, /*allow_exceptions=*/false, /*ignore_comments=*/true);
+  if (doc.is_discarded()) {
+    // Parse again with exceptions for the position of the error.
+    std::ifstream again(path);
+    try {
+      doc = json::parse(again, nullptr, true, true);
+    } catch (const json::parse_error& e) {
+      throw ConfigError(path + " is not valid JSON (byte " + std::to_string(e.byte) + ").");
+    }
+  }
+  return parse_config(doc, path, overrides);
+}
+
+model::ModelSpec Config::model_spec() const {
+  model::ModelSpec s;
+  s.arch = model.type == "bert" ? model::Arch::bert : model::Arch::gpt;
+  s.hidden = model.hidden;
+  s.layers = model.layers;
+  s.heads = model.heads;
+  s.ffn = model.ffn;
+  s.vocab = model.vocab_size;
+  s.max_positions = model.max_positions;
+  s.type_vocab = model.type_vocab_size;
+  s.layernorm_eps = model.layernorm_eps;
+  s.dropout = static_cast<float>(model.dropout);
+  s.attention_dropout = static_cast<float>(model.attention_dropout);
+  s.init_std = model.init_std;
+  return s;
+}
+
+json Config::to_json() const {
+  json j;
+  j["model"] = {{"type", model.type}, {"hidden", model.hidden}, {"layers", model.layers},
+                {"heads", model.heads}, {"ffn", model.ffn}, {"vocab_size", model.vocab_size},
+                {"max_positions", model.max_positions}, {"type_vocab_size", model.type_vocab_size},
+                {"layernorm_eps", model.layernorm_eps}, {"dropout", model.dropout},
+                {"attention_dropout", model.attention_dropout}, {"init_std", model.init_std}};
+  j["train"] = {{"seq_len", train.seq_len}, {"micro_batch_size", train.micro_batch_size},
+                {"global_batch_size", train.global_batch_size}, {"steps", train.steps},
+                {"lr", train.lr}, {"min_lr", train.min_lr}, {"warmup_steps", train.warmup_steps},
+                {"lr_decay", train.lr_decay}, {"weight_decay", train.weight_decay},
+                {"adam_beta1", train.adam_beta1}, {"adam_beta2", train.adam_beta2},
+                {"adam_eps", train.adam_eps}, {"grad_clip", train.grad_clip},
+                {"seed", train.seed}, {"precision", train.precision}};
+  j["data"] = {{"source", data.source}, {"path", data.path}, {"mask_prob", data.mask_prob},
+               {"mask_token_id", data.mask_token_id}, {"shuffle", data.shuffle}};
+  j["mics"] = {{"partition_size", mics.partition_size == 0 ? json("auto") : json(mics.partition_size)},
+               {"hierarchical_allgather", mics.hierarchical_allgather},
+               {"gradient_sync", mics.gradient_sync}, {"prefetch", mics.prefetch}};
+  j["runtime"] = {{"backend", runtime.backend}, {"ranks_per_node", runtime.ranks_per_node},
+                  {"device_memory_gb", runtime.device_memory_gb}};
+  j["log"] = {{"every", log.every}, {"level", log.level}, {"metrics", log.metrics}};
+  return j;
+}
+
+}  // namespace mics

@@ -1,0 +1,99 @@
+#pragma once
+// The run configuration: JSON sections model, train, data, mics, runtime, log. Parsing is
+// strict: an unknown key, a wrong type or an impossible value is a ConfigError whose
+// message is one sentence naming the key and what is accepted.
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "model/model_spec.h"
+
+namespace mics {
+
+struct ConfigError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+struct ModelConfig {
+  std::string type;              // "bert" | "gpt" (required)
+  int64_t hidden = 0;            // required
+  int64_t layers = 0;            // required
+  int64_t heads = 0;             // required
+  int64_t ffn = 0;               // 0: 4 * hidden
+  int64_t vocab_size = 0;        // required
+  int64_t max_positions = 0;     // 0: train.seq_len
+  int64_t type_vocab_size = -1;  // -1: 2 for BERT, 0 for GPT
+  double layernorm_eps = 0;      // 0: 1e-12 for BERT, 1e-5 for GPT
+  double dropout = 0.0;
+  double attention_dropout = 0.0;
+  double init_std = 0.02;
+};
+
+struct TrainConfig {
+  int64_t seq_len = 0;            // required
+  int64_t micro_batch_size = 0;   // required
+  int64_t global_batch_size = 0;  // 0: micro_batch_size * world size (no accumulation)
+  int64_t steps = 0;              // required
+  double lr = 0;                  // required
+  double min_lr = 0.0;
+  int64_t warmup_steps = 0;
+  std::string lr_decay = "cosine";  // constant | linear | cosine
+  double weight_decay = 0.01;
+  double adam_beta1 = 0.9;
+  double adam_beta2 = 0.999;
+  double adam_eps = 1e-8;
+  double grad_clip = 1.0;  // 0: off
+  int64_t seed = 1234;
+  std::string precision = "fp32";  // fp32 | bf16 | fp16
+};
+
+struct DataConfig {
+  std::string source = "synthetic";  // synthetic | text | shards
+  std::string path;                  // file, directory or glob (text, shards)
+  double mask_prob = 0.15;           // BERT
+  int64_t mask_token_id = -1;        // BERT; -1: vocab_size - 1
+  bool shuffle = true;
+};
+
+struct MicsConfig {
+  int64_t partition_size = 1;  // 0 means "auto"
+  std::string hierarchical_allgather = "auto";  // auto | true | false
+  std::string gradient_sync = "two_hop";        // two_hop | every_microstep
+  int64_t prefetch = 1;
+};
+
+struct RuntimeConfig {
+  std::string backend = "cpu";  // cpu | cuda
+  int64_t ranks_per_node = 0;   // 0: detect
+  double device_memory_gb = 32.0;
+};
+
+struct LogConfig {
+  int64_t every = 10;
+  std::string level = "info";  // trace | debug | info | warn | error
+  std::string metrics;         // JSON-lines file; empty: none
+};
+
+struct Config {
+  ModelConfig model;
+  TrainConfig train;
+  DataConfig data;
+  MicsConfig mics;
+  RuntimeConfig runtime;
+  LogConfig log;
+  std::string source_name;  // the file it came from, for messages
+
+  model::ModelSpec model_spec() const;
+  nlohmann::json to_json() const;  // fully resolved, defaults filled in
+};
+
+// Parses and validates. `overrides` are "key.path=value" strings applied first (--set);
+// a value that parses as JSON is taken as JSON, anything else as a string.
+Config parse_config(const nlohmann::json& doc, const std::string& source_name,
+                    const std::vector<std::string>& overrides = {});
+Config load_config(const std::string& path, const std::vector<std::string>& overrides = {});
+
+}  // namespace mics

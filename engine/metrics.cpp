@@ -1,0 +1,67 @@
+#include "engine/metrics.h"
+
+#include <cmath>
+#include <cstdio>
+#include <stdexcept>
+
+namespace mics {
+
+nlohmann::json StepMetrics::to_json() const {
+  return {{"step", step},
+          {"loss", loss},
+          {"lr", lr},
+          {"grad_norm", grad_norm},
+          {"step_time_s", step_time_s},
+          {"samples_per_s", samples_per_s},
+          {"tokens_per_s", tokens_per_s},
+          {"tflops_per_device", tflops_per_device},
+          {"elapsed_s", elapsed_s},
+          {"skipped", skipped}};
+}
+
+std::string StepMetrics::progress_line() const {
+  char buf[320];
+  const int width = static_cast<int>(std::to_string(total_steps).size());
+  std::snprintf(buf, sizeof buf,
+                "step %*lld/%lld | loss %.4f | lr %.3e | grad-norm %.3f | %.1f samples/s | "
+                "%.0f tokens/s | %.3f TFLOP/s/device | %s elapsed, ETA %s%s",
+                width, static_cast<long long>(step), static_cast<long long>(total_steps), loss, lr,
+                grad_norm, samples_per_s, tokens_per_s, tflops_per_device,
+                format_duration(elapsed_s).c_str(), format_duration(eta_s).c_str(),
+                skipped ? " | SKIPPED (non-finite gradients)" : "");
+  return buf;
+}
+
+MetricsFile::MetricsFile(const std::string& path) : path_(path), out_(path, std::ios::app) {
+  if (!out_) throw std::runtime_error("cannot open metrics file '" + path + "' for appending.");
+}
+
+void MetricsFile::write(const StepMetrics& m) {
+  out_ << m.to_json().dump() << '\n';
+  out_.flush();
+  if (!out_) throw std::runtime_error("writing the metrics file '" + path_ + "' failed.");
+}
+
+std::string format_duration(double seconds) {
+  if (!std::isfinite(seconds) || seconds < 0) return "?";
+  const long long s = std::llround(seconds);
+  char buf[32];
+  if (s < 60) std::snprintf(buf, sizeof buf, "%llds", s);
+  else if (s < 3600) std::snprintf(buf, sizeof buf, "%lldm%02llds", s / 60, s % 60);
+  else std::snprintf(buf, sizeof buf, "%lldh%02lldm", s / 3600, (s % 3600) / 60);
+  return buf;
+}
+
+std::string format_bytes(double bytes) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int u = 0;
+  while (bytes >= 1024.0 && u < 4) {
+    bytes /= 1024.0;
+    ++u;
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof buf, u == 0 ? "%.0f %s" : "%.2f %s", bytes, units[u]);
+  return buf;
+}
+
+}  // namespace mics

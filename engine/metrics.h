@@ -1,0 +1,44 @@
+#pragma once
+// Progress of training: one readable line for the log and one JSON object per logged step
+// for --metrics files.
+#include <cstdint>
+#include <fstream>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+namespace mics {
+
+struct StepMetrics {
+  int64_t step = 0;         // 1-based optimizer step just finished
+  int64_t total_steps = 0;
+  double loss = 0;          // mean over the global batch's micro-batches
+  double lr = 0;
+  double grad_norm = 0;     // before clipping
+  double step_time_s = 0;   // mean over the steps since the previous report
+  double samples_per_s = 0;
+  double tokens_per_s = 0;
+  double tflops_per_device = 0;  // model FLOPs
+  double elapsed_s = 0;
+  double eta_s = 0;
+  bool skipped = false;     // non-finite gradients: the update was not applied
+
+  nlohmann::json to_json() const;
+  std::string progress_line() const;
+};
+
+// Appends JSON lines to a file; opening it is checked at start so a bad path fails fast.
+class MetricsFile {
+ public:
+  explicit MetricsFile(const std::string& path);
+  void write(const StepMetrics& m);
+
+ private:
+  std::string path_;
+  std::ofstream out_;
+};
+
+std::string format_duration(double seconds);  // "42s", "3m05s", "2h10m"
+std::string format_bytes(double bytes);        // "20.06 GiB"
+
+}  // namespace mics

@@ -1,0 +1,25 @@
+#include "engine/optimizer.h"
+
+#include <algorithm>
+
+namespace mics {
+
+AdamW::AdamW(const model::ParamLayout& layout, int64_t begin, int64_t end) {
+  for (const model::ParamTensor& t : layout.tensors()) {
+    const int64_t lo = std::max(begin, t.offset), hi = std::min(end, t.offset + t.numel());
+    if (lo < hi) segments_.push_back({lo - begin, hi - lo, t.decay});
+  }
+}
+
+void AdamW::step(Backend& backend, Tensor param, Tensor grad, Tensor m, Tensor v,
+                 const AdamWSpec& spec) const {
+  AdamWSpec no_decay = spec;
+  no_decay.weight_decay = 0.0f;
+  for (const Segment& s : segments_) {
+    backend.adamw(param.slice(s.offset, {s.size}), grad.slice(s.offset, {s.size}),
+                  m.slice(s.offset, {s.size}), v.slice(s.offset, {s.size}),
+                  s.decay ? spec : no_decay);
+  }
+}
+
+}  // namespace mics

@@ -1,0 +1,146 @@
+#include "engine/trainer.h"
+
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <cmath>
+
+#include "engine/flops.h"
+#include "model/block_stack.h"
+
+namespace mics {
+
+namespace {
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+}  // namespace
+
+Trainer::Trainer(const Config& c, Backend& backend, RunPlacement place)
+    : config_(c), backend_(backend), place_(place) {
+  const TrainConfig& t = c.train;
+  const int64_t per_round = t.micro_batch_size * place.world;
+  global_batch_ = t.global_batch_size > 0 ? t.global_batch_size : per_round;
+  if (global_batch_ % per_round != 0)
+    throw ConfigError(c.source_name + ": 'train.global_batch_size' (" + std::to_string(global_batch_) +
+                      ") must be a multiple of micro_batch_size x ranks (" +
+                      std::to_string(t.micro_batch_size) + " x " + std::to_string(place.world) + ").");
+  accumulation_ = global_batch_ / per_round;
+
+  const bool bert = c.model.type == "bert";
+  const data::Objective objective = bert ? data::Objective::masked_lm : data::Objective::causal_lm;
+  data::SourceOptions so;
+  so.kind = c.data.source;
+  so.path = c.data.path;
+  so.window_len = data::Batcher::window_len(objective, static_cast<int>(t.seq_len));
+  so.vocab_size = static_cast<int32_t>(c.model.vocab_size);
+  // BERT keeps its [MASK] id out of the synthetic token range.
+  so.synthetic_vocab = static_cast<int32_t>(bert ? c.data.mask_token_id : c.model.vocab_size);
+  so.seed = static_cast<uint64_t>(t.seed);
+  so.shuffle = c.data.shuffle;
+  source_ = data::make_token_source(so);
+  if (source_->vocab_bound() > c.model.vocab_size)
+    throw ConfigError("the data in '" + (c.data.path.empty() ? c.data.source : c.data.path) +
+                      "' holds token ids up to " + std::to_string(source_->vocab_bound() - 1) +
+                      ", beyond 'model.vocab_size' (" + std::to_string(c.model.vocab_size) + ").");
+
+  data::BatcherOptions bo;
+  bo.objective = objective;
+  bo.micro_batch = static_cast<int>(t.micro_batch_size);
+  bo.seq_len = static_cast<int>(t.seq_len);
+  bo.mask_prob = c.data.mask_prob;
+  bo.mask_token = static_cast<int32_t>(bert ? c.data.mask_token_id : 0);
+  bo.random_token_bound = source_->vocab_bound();
+  bo.seed = static_cast<uint64_t>(t.seed);
+  batcher_ = std::make_unique<data::Batcher>(*source_, bo);
+
+  const int64_t multiple = model::shard_multiple_for(1);
+  model_ = model::make_model(c.model_spec(), backend, DType::f32, t.micro_batch_size, t.seq_len,
+                             multiple);
+  const model::ParamLayout& layout = model_->layout();
+  store_ = std::make_unique<LocalParamStore>(backend, layout, static_cast<uint64_t>(t.seed));
+  optimizer_ = std::make_unique<AdamW>(layout, 0, layout.total_elements());
+  schedule_ = LrSchedule{t.lr, t.min_lr, t.warmup_steps, t.steps, t.lr_decay};
+  if (place.rank == 0 && !c.log.metrics.empty()) metrics_ = std::make_unique<MetricsFile>(c.log.metrics);
+
+  spdlog::info("data: {}", source_->describe());
+  spdlog::info("model: {} with {} parameters ({:.2f} M) in {} layer spans; activations {:.1f} MiB",
+               c.model.type, layout.parameter_count(),
+               static_cast<double>(layout.parameter_count()) / 1e6, layout.num_layers(),
+               static_cast<double>(model_->activation_bytes()) / (1024.0 * 1024.0));
+  spdlog::info("batch: global {} = micro-batch {} x {} accumulation steps x {} ranks, seq {}",
+               global_batch_, t.micro_batch_size, accumulation_, place.world, t.seq_len);
+}
+
+Trainer::~Trainer() = default;
+
+double Trainer::train_step(int64_t step) {
+  const TrainConfig& t = config_.train;
+  store_->zero_grads();
+  // Every micro-batch's loss gradient is divided by the number of micro-batches in the
+  // global batch, so the accumulated gradient is that of the mean loss.
+  const double grad_scale = 1.0 / static_cast<double>(accumulation_ * place_.world);
+  double loss_sum = 0;
+  for (int64_t j = 0; j < accumulation_; ++j) {
+    const int64_t first = step * global_batch_ + (j * place_.world + place_.rank) * t.micro_batch_size;
+    batcher_->fill(first, batch_);
+    const model::TokenBatch tb{batch_.tokens.data(), batch_.labels.data(), t.micro_batch_size, t.seq_len};
+    loss_sum += model_->forward(*store_, tb, model::mix_seed(static_cast<uint64_t>(t.seed), static_cast<uint64_t>(first)), grad_scale);
+    model_->backward(*store_);
+  }
+
+  const double norm = std::sqrt(backend_.sum_squares(store_->grads()));
+  last_grad_norm_ = norm;
+  last_skipped_ = !std::isfinite(norm);
+  if (last_skipped_) {
+    spdlog::warn("step {}: gradient norm is {}; the update is skipped", step + 1, norm);
+  } else {
+    AdamWSpec spec;
+    spec.lr = static_cast<float>(schedule_.at(step));
+    spec.beta1 = static_cast<float>(t.adam_beta1);
+    spec.beta2 = static_cast<float>(t.adam_beta2);
+    spec.eps = static_cast<float>(t.adam_eps);
+    spec.weight_decay = static_cast<float>(t.weight_decay);
+    spec.step = step + 1;
+    spec.grad_scale = t.grad_clip > 0 && norm > t.grad_clip ? static_cast<float>(t.grad_clip / (norm + 1e-6)) : 1.0f;
+    optimizer_->step(backend_, store_->master(), store_->grads(), store_->adam_m(), store_->adam_v(), spec);
+  }
+  return loss_sum / static_cast<double>(accumulation_);
+}
+
+std::vector<double> Trainer::run() {
+  const TrainConfig& t = config_.train;
+  const double flops_per_sample = model_flops_per_sample(config_.model_spec(), t.seq_len);
+  std::vector<double> losses;
+  losses.reserve(static_cast<size_t>(t.steps));
+  const Clock::time_point start = Clock::now();
+  Clock::time_point window_start = start;
+  int64_t window_steps = 0;
+  for (int64_t step = 0; step < t.steps; ++step) {
+    losses.push_back(train_step(step));
+    ++window_steps;
+    const bool report = step == 0 || (step + 1) % config_.log.every == 0 || step + 1 == t.steps;
+    if (!report || place_.rank != 0) continue;
+    StepMetrics m;
+    m.step = step + 1;
+    m.total_steps = t.steps;
+    m.loss = losses.back();
+    m.lr = schedule_.at(step);
+    m.grad_norm = last_grad_norm_;
+    m.skipped = last_skipped_;
+    m.step_time_s = seconds_since(window_start) / static_cast<double>(window_steps);
+    m.samples_per_s = static_cast<double>(global_batch_) / m.step_time_s;
+    m.tokens_per_s = m.samples_per_s * static_cast<double>(t.seq_len);
+    m.tflops_per_device = flops_per_sample * m.samples_per_s / place_.world / 1e12;
+    m.elapsed_s = seconds_since(start);
+    m.eta_s = m.elapsed_s / static_cast<double>(step + 1) * static_cast<double>(t.steps - step - 1);
+    spdlog::info("{}", m.progress_line());
+    if (metrics_) metrics_->write(m);
+    window_start = Clock::now();
+    window_steps = 0;
+  }
+  return losses;
+}
+
+}  // namespace mics

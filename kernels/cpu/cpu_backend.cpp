@@ -1,0 +1,366 @@
+// The CPU backend: argument checks, dtype dispatch, and host memory.
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <string>
+
+#include "kernels/cpu/cpu_kernels.h"
+
+namespace mics {
+namespace {
+
+// Calls f(T{}) with T the C++ type of `dtype`; the CPU computes in fp32 and fp64.
+template <class F>
+void dispatch(const char* op, DType dtype, F&& f) {
+  switch (dtype) {
+    case DType::f32: f(float{}); return;
+    case DType::f64: f(double{}); return;
+    default: throw ShapeError(std::string(op) + ": the CPU backend has no " + dtype_name(dtype));
+  }
+}
+
+template <class T> T* p(const Tensor& t) { return t.empty() ? nullptr : t.ptr<T>(); }
+
+int64_t dim(const Tensor& t, int i) { return t.shape[i]; }
+
+void expect_rank(const char* op, const char* arg, const Tensor& t, int rank) {
+  if (t.shape.rank != rank)
+    throw ShapeError(std::string(op) + ": " + arg + " has shape " + t.shape.str() + ", expected " +
+                     std::to_string(rank) + " dimensions");
+}
+
+void expect_numel(const char* op, const char* arg, const Tensor& t, int64_t n) {
+  if (t.numel() != n)
+    throw ShapeError(std::string(op) + ": " + arg + " has shape " + t.shape.str() + ", expected " +
+                     std::to_string(n) + " elements");
+}
+
+class CpuBackend final : public Backend {
+ public:
+  const char* name() const override { return "cpu"; }
+  bool supports(DType dtype) const override { return dtype == DType::f32 || dtype == DType::f64; }
+
+  void* allocate(size_t bytes) override {
+    // 64-byte alignment for vector loads; aligned_alloc wants a multiple of the alignment.
+    void* ptr = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+    if (ptr == nullptr) throw std::bad_alloc();
+    return ptr;
+  }
+  void release(void* ptr) noexcept override { std::free(ptr); }
+  void copy_from_host(void* dst, const void* src, size_t bytes) override {
+    std::memcpy(dst, src, bytes);
+  }
+  void copy_to_host(void* dst, const void* src, size_t bytes) override {
+    std::memcpy(dst, src, bytes);
+  }
+  void synchronize() override {}
+
+  void fill_zero(Tensor x) override { std::memset(x.data, 0, x.bytes()); }
+
+  void cast(Tensor out, Tensor in) override {
+    expect_numel("cast", "out", out, in.numel());
+    if (out.dtype == in.dtype) {
+      std::memmove(out.data, in.data, in.bytes());
+      return;
+    }
+    dispatch("cast", out.dtype, [&](auto o) {
+      using O = decltype(o);
+      dispatch("cast", in.dtype, [&](auto i) {
+        using I = decltype(i);
+        O* dst = out.ptr<O>();
+        const I* src = in.ptr<I>();
+        for (int64_t k = 0; k < in.numel(); ++k) dst[k] = static_cast<O>(src[k]);
+      });
+    });
+  }
+
+  void add(Tensor out, Tensor a, Tensor b) override {
+    expect_same_dtype("add", out, a);
+    expect_same_dtype("add", out, b);
+    expect_numel("add", "a", a, out.numel());
+    expect_numel("add", "b", b, out.numel());
+    dispatch("add", out.dtype, [&](auto t) {
+      using T = decltype(t);
+      T* o = out.ptr<T>();
+      const T* x = a.ptr<T>();
+      const T* y = b.ptr<T>();
+      const int64_t n = out.numel();
+#pragma omp parallel for schedule(static)
+      for (int64_t k = 0; k < n; ++k) o[k] = x[k] + y[k];
+    });
+  }
+
+  void scale(Tensor x, double alpha) override {
+    dispatch("scale", x.dtype, [&](auto t) {
+      using T = decltype(t);
+      T* v = x.ptr<T>();
+      for (int64_t k = 0; k < x.numel(); ++k) v[k] = static_cast<T>(v[k] * alpha);
+    });
+  }
+
+  double sum(Tensor x) override {
+    double total = 0;
+    dispatch("sum", x.dtype, [&](auto t) {
+      using T = decltype(t);
+      const T* v = x.ptr<T>();
+      for (int64_t k = 0; k < x.numel(); ++k) total += v[k];
+    });
+    return total;
+  }
+
+  double sum_squares(Tensor x) override {
+    double total = 0;
+    dispatch("sum_squares", x.dtype, [&](auto t) {
+      using T = decltype(t);
+      const T* v = x.ptr<T>();
+      for (int64_t k = 0; k < x.numel(); ++k) total += static_cast<double>(v[k]) * v[k];
+    });
+    return total;
+  }
+
+  int64_t count_nonfinite(Tensor x) override {
+    int64_t bad = 0;
+    dispatch("count_nonfinite", x.dtype, [&](auto t) {
+      using T = decltype(t);
+      const T* v = x.ptr<T>();
+      for (int64_t k = 0; k < x.numel(); ++k) bad += !std::isfinite(v[k]);
+    });
+    return bad;
+  }
+
+  void linear_forward(Tensor out, Tensor in, Tensor weight, Tensor bias) override {
+    const char* op = "linear_forward";
+    expect_rank(op, "weight", weight, 2);
+    const int64_t n = dim(weight, 0), k = dim(weight, 1), m = in.numel() / k;
+    expect_shape(op, "in", in, {m, k});
+    expect_shape(op, "out", out, {m, n});
+    if (!bias.empty()) expect_shape(op, "bias", bias, {n});
+    expect_same_dtype(op, out, in);
+    expect_same_dtype(op, out, weight);
+    dispatch(op, out.dtype, [&](auto t) {
+      using T = decltype(t);
+      cpu::linear_forward<T>(p<T>(out), p<T>(in), p<T>(weight), p<T>(bias), m, n, k);
+    });
+  }
+
+  void linear_backward(Tensor d_in, Tensor d_weight, Tensor d_bias, Tensor d_out, Tensor in,
+                       Tensor weight, Accumulate acc) override {
+    const char* op = "linear_backward";
+    expect_rank(op, "weight", weight, 2);
+    const int64_t n = dim(weight, 0), k = dim(weight, 1), m = in.numel() / k;
+    expect_shape(op, "in", in, {m, k});
+    expect_shape(op, "d_out", d_out, {m, n});
+    expect_shape(op, "d_weight", d_weight, {n, k});
+    if (!d_in.empty()) expect_shape(op, "d_in", d_in, {m, k});
+    if (!d_bias.empty()) expect_shape(op, "d_bias", d_bias, {n});
+    expect_same_dtype(op, d_out, in);
+    expect_same_dtype(op, d_out, d_weight);
+    dispatch(op, d_out.dtype, [&](auto t) {
+      using T = decltype(t);
+      cpu::linear_backward<T>(p<T>(d_in), p<T>(d_weight), p<T>(d_bias), p<T>(d_out), p<T>(in),
+                              p<T>(weight), m, n, k, acc == Accumulate::yes);
+    });
+  }
+
+  void gelu_forward(Tensor out, Tensor in, GeluKind kind) override {
+    expect_numel("gelu_forward", "in", in, out.numel());
+    expect_same_dtype("gelu_forward", out, in);
+    dispatch("gelu_forward", out.dtype, [&](auto t) {
+      using T = decltype(t);
+      cpu::gelu_forward<T>(p<T>(out), p<T>(in), out.numel(), kind);
+    });
+  }
+
+  void gelu_backward(Tensor d_in, Tensor d_out, Tensor in, GeluKind kind) override {
+    expect_numel("gelu_backward", "d_out", d_out, d_in.numel());
+    expect_numel("gelu_backward", "in", in, d_in.numel());
+    expect_same_dtype("gelu_backward", d_in, in);
+    dispatch("gelu_backward", d_in.dtype, [&](auto t) {
+      using T = decltype(t);
+      cpu::gelu_backward<T>(p<T>(d_in), p<T>(d_out), p<T>(in), d_in.numel(), kind);
+    });
+  }
+
+  void layernorm_forward(Tensor out, Tensor mean, Tensor rstd, Tensor in, Tensor gamma,
+                         Tensor beta, float eps) override {
+    const char* op = "layernorm_forward";
+    expect_rank(op, "gamma", gamma, 1);
+    const int64_t c = dim(gamma, 0), m = in.numel() / c;
+    expect_shape(op, "in", in, {m, c});
+    expect_shape(op, "out", out, {m, c});
+    expect_shape(op, "beta", beta, {c});
+    expect_shape(op, "mean", mean, {m});
+    expect_shape(op, "rstd", rstd, {m});
+    dispatch(op, out.dtype, [&](auto t) {
+      using T = decltype(t);
+      cpu::layernorm_forward<T>(p<T>(out), p<T>(mean), p<T>(rstd), p<T>(in), p<T>(gamma),
+                                p<T>(beta), m, c, eps);
+    });
+  }
+
+  void layernorm_backward(Tensor d_in, Tensor d_gamma, Tensor d_beta, Tensor d_out, Tensor in,
+                          Tensor gamma, Tensor mean, Tensor rstd, Accumulate acc) override {
+    const char* op = "layernorm_backward";
+    expect_rank(op, "gamma", gamma, 1);
+    const int64_t c = dim(gamma, 0), m = in.numel() / c;
+    expect_shape(op, "in", in, {m, c});
+    expect_shape(op, "d_out", d_out, {m, c});
+    expect_shape(op, "d_in", d_in, {m, c});
+    expect_shape(op, "d_gamma", d_gamma, {c});
+    expect_shape(op, "d_beta", d_beta, {c});
+    expect_shape(op, "mean", mean, {m});
+    expect_shape(op, "rstd", rstd, {m});
+    dispatch(op, d_in.dtype, [&](auto t) {
+      using T = decltype(t);
+      cpu::layernorm_backward<T>(p<T>(d_in), p<T>(d_gamma), p<T>(d_beta), p<T>(d_out), p<T>(in),
+                                 p<T>(gamma), p<T>(mean), p<T>(rstd), m, c,
+                                 acc == Accumulate::yes);
+    });
+  }
+
+  void check_attention(const char* op, const Tensor& qkv, const Tensor& probs,
+                       const AttentionDims& d) {
+    if (d.batch <= 0 || d.seq <= 0 || d.heads <= 0 || d.head_dim <= 0)
+      throw ShapeError(std::string(op) + ": attention dimensions must be positive");
+    const int64_t c = d.heads * d.head_dim;
+    expect_shape(op, "qkv", qkv, {d.batch, d.seq, 3 * c});
+    expect_shape(op, "probs", probs, {d.batch, d.heads, d.seq, d.seq});
+  }
+
+  void attention_forward(Tensor out, Tensor probs, Tensor qkv, IntTensor key_keep,
+                         const AttentionDims& d, DropoutSpec dropout) override {
+    const char* op = "attention_forward";
+    check_attention(op, qkv, probs, d);
+    expect_shape(op, "out", out, {d.batch, d.seq, d.heads * d.head_dim});
+    if (key_keep.data != nullptr && key_keep.numel() != d.batch * d.seq)
+      throw ShapeError("attention_forward: key_keep must have B*T entries");
+    dispatch(op, out.dtype, [&](auto t) {
+      using T = decltype(t);
+      cpu::attention_forward<T>(p<T>(out), p<T>(probs), p<T>(qkv), key_keep.data, d, dropout);
+    });
+  }
+
+  void attention_backward(Tensor d_qkv, Tensor scratch, Tensor d_out, Tensor qkv, Tensor probs,
+                          const AttentionDims& d, DropoutSpec dropout) override {
+    const char* op = "attention_backward";
+    check_attention(op, qkv, probs, d);
+    expect_shape(op, "d_qkv", d_qkv, qkv.shape);
+    expect_shape(op, "scratch", scratch, probs.shape);
+    expect_shape(op, "d_out", d_out, {d.batch, d.seq, d.heads * d.head_dim});
+    dispatch(op, d_qkv.dtype, [&](auto t) {
+      using T = decltype(t);
+      cpu::attention_backward<T>(p<T>(d_qkv), p<T>(scratch), p<T>(d_out), p<T>(qkv), p<T>(probs),
+                                 d, dropout);
+    });
+  }
+
+  void embedding_forward(Tensor out, IntTensor ids, IntTensor type_ids, Tensor tok, Tensor pos,
+                         Tensor type, int64_t seq) override {
+    const char* op = "embedding_forward";
+    expect_rank(op, "tok_table", tok, 2);
+    expect_rank(op, "pos_table", pos, 2);
+    const int64_t rows = ids.numel(), c = dim(tok, 1);
+    expect_shape(op, "out", out, {rows, c});
+    expect_shape(op, "pos_table", pos, {dim(pos, 0), c});
+    if (seq <= 0 || rows % seq != 0) throw ShapeError("embedding_forward: rows not a multiple of seq");
+    if (!type.empty() && type_ids.numel() != rows)
+      throw ShapeError("embedding_forward: type_ids must match ids");
+    dispatch(op, out.dtype, [&](auto t) {
+      using T = decltype(t);
+      cpu::embedding_forward<T>(p<T>(out), ids.data, type_ids.data, p<T>(tok), p<T>(pos),
+                                p<T>(type), rows, c, seq, dim(tok, 0), dim(pos, 0),
+                                type.empty() ? 0 : dim(type, 0));
+    });
+  }
+
+  void embedding_backward(Tensor d_tok, Tensor d_pos, Tensor d_type, Tensor d_out, IntTensor ids,
+                          IntTensor type_ids, int64_t seq) override {
+    const char* op = "embedding_backward";
+    expect_rank(op, "d_tok", d_tok, 2);
+    const int64_t rows = ids.numel(), c = dim(d_tok, 1);
+    expect_shape(op, "d_out", d_out, {rows, c});
+    if (seq <= 0 || rows % seq != 0) throw ShapeError("embedding_backward: rows not a multiple of seq");
+    dispatch(op, d_out.dtype, [&](auto t) {
+      using T = decltype(t);
+      cpu::embedding_backward<T>(p<T>(d_tok), p<T>(d_pos), p<T>(d_type), p<T>(d_out), ids.data,
+                                 type_ids.data, rows, c, seq);
+    });
+  }
+
+  void gather_rows(Tensor out, Tensor in, IntTensor rows) override {
+    const char* op = "gather_rows";
+    expect_rank(op, "in", in, 2);
+    const int64_t n = rows.numel(), c = dim(in, 1);
+    expect_shape(op, "out", out, {n, c});
+    dispatch(op, out.dtype, [&](auto t) {
+      using T = decltype(t);
+      for (int64_t i = 0; i < n; ++i) {
+        if (rows.data[i] < 0 || rows.data[i] >= dim(in, 0)) throw ShapeError("gather_rows: row out of range");
+        std::memcpy(p<T>(out) + i * c, p<T>(in) + rows.data[i] * c, sizeof(T) * static_cast<size_t>(c));
+      }
+    });
+  }
+
+  void scatter_add_rows(Tensor d_in, Tensor d_out, IntTensor rows) override {
+    const char* op = "scatter_add_rows";
+    expect_rank(op, "d_in", d_in, 2);
+    const int64_t n = rows.numel(), c = dim(d_in, 1);
+    expect_shape(op, "d_out", d_out, {n, c});
+    dispatch(op, d_in.dtype, [&](auto t) {
+      using T = decltype(t);
+      for (int64_t i = 0; i < n; ++i) {
+        if (rows.data[i] < 0 || rows.data[i] >= dim(d_in, 0)) throw ShapeError("scatter_add_rows: row out of range");
+        T* dst = p<T>(d_in) + rows.data[i] * c;
+        const T* src = p<T>(d_out) + i * c;
+        for (int64_t k = 0; k < c; ++k) dst[k] += src[k];
+      }
+    });
+  }
+
+  void cross_entropy(Tensor losses, Tensor d_logits, Tensor logits, IntTensor labels,
+                     double grad_scale) override {
+    const char* op = "cross_entropy";
+    expect_rank(op, "logits", logits, 2);
+    const int64_t m = dim(logits, 0), v = dim(logits, 1);
+    expect_shape(op, "losses", losses, {m});
+    if (!d_logits.empty()) expect_shape(op, "d_logits", d_logits, {m, v});
+    if (labels.numel() != m) throw ShapeError("cross_entropy: labels must have one entry per row");
+    dispatch(op, logits.dtype, [&](auto t) {
+      using T = decltype(t);
+      cpu::cross_entropy<T>(p<T>(losses), p<T>(d_logits), p<T>(logits), labels.data, m, v,
+                            grad_scale);
+    });
+  }
+
+  void dropout_forward(Tensor out, Tensor in, DropoutSpec spec) override {
+    expect_numel("dropout_forward", "in", in, out.numel());
+    if (!spec.enabled()) {
+      cast(out, in);
+      return;
+    }
+    dispatch("dropout_forward", out.dtype, [&](auto t) {
+      using T = decltype(t);
+      cpu::dropout_forward<T>(p<T>(out), p<T>(in), out.numel(), spec);
+    });
+  }
+
+  // The same kept elements and the same scale: dropout is linear and self-adjoint.
+  void dropout_backward(Tensor d_in, Tensor d_out, DropoutSpec spec) override {
+    dropout_forward(d_in, d_out, spec);
+  }
+
+  void adamw(Tensor param, Tensor grad, Tensor m, Tensor v, const AdamWSpec& spec) override {
+    const int64_t n = param.numel();
+    expect_numel("adamw", "grad", grad, n);
+    expect_numel("adamw", "m", m, n);
+    expect_numel("adamw", "v", v, n);
+    cpu::adamw(param.ptr<float>(), grad.ptr<float>(), m.ptr<float>(), v.ptr<float>(), n, spec);
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cpu_backend() { return std::make_unique<CpuBackend>(); }
+
+}  // namespace mics

@@ -1,0 +1,163 @@
+#pragma once
+// The backend interface: every operation the models need, implemented once per device
+// (kernels/cpu, kernels/cuda). Model code calls only this.
+//
+// Gradient rule, used by every backward below:
+//   * parameter gradients ACCUMULATE (+=): micro-batches and tied weights add up in place;
+//   * activation gradients OVERWRITE (=);
+//   * the residual stream accumulates: ops whose input gradient feeds a residual branch
+//     take `Accumulate::yes` to add into it instead of overwriting.
+//
+// Argument order: outputs first, then inputs, then sizes and options. Shapes are in the
+// comments; every op checks shapes and dtypes at entry and throws ShapeError on mismatch.
+// Float tensors of one call share one dtype (fp32 on the CPU; fp64 for gradient checks).
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+#include "kernels/tensor.h"
+
+namespace mics {
+
+enum class Accumulate : bool { no = false, yes = true };
+enum class GeluKind : uint8_t { erf, tanh };  // BERT uses erf; GPT-2 the tanh approximation
+
+struct AttentionDims {
+  int64_t batch = 0;     // B
+  int64_t seq = 0;       // T
+  int64_t heads = 0;     // H
+  int64_t head_dim = 0;  // D, H*D = C
+  bool causal = false;   // GPT: position t attends to positions <= t
+};
+
+// Dropout as a pure function of (seed, element index): the backward regenerates the mask
+// instead of storing it, and results do not depend on threads or devices.
+struct DropoutSpec {
+  float prob = 0.0f;  // probability of zeroing; 0 disables
+  uint64_t seed = 0;
+  bool enabled() const { return prob > 0.0f; }
+};
+
+struct AdamWSpec {
+  float lr = 0.0f;
+  float beta1 = 0.9f;
+  float beta2 = 0.999f;
+  float eps = 1e-8f;
+  float weight_decay = 0.0f;  // decoupled; 0 for tensors outside the decay mask
+  int64_t step = 1;           // 1-based, for bias correction
+  float grad_scale = 1.0f;    // multiplies the gradient first (clipping, loss-scale undo)
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual const char* name() const = 0;
+  // True when `dtype` is a compute dtype of this backend.
+  virtual bool supports(DType dtype) const = 0;
+
+  // ---- memory (no op allocates on its own; callers allocate once at start-up) ----
+  virtual void* allocate(size_t bytes) = 0;
+  virtual void release(void* ptr) noexcept = 0;
+  virtual void copy_from_host(void* dst, const void* src, size_t bytes) = 0;
+  virtual void copy_to_host(void* dst, const void* src, size_t bytes) = 0;
+  virtual void synchronize() = 0;
+
+  // ---- element-wise ----
+  virtual void fill_zero(Tensor x) = 0;
+  // out = in, converting dtype (fp32 master -> working copy and back).
+  virtual void cast(Tensor out, Tensor in) = 0;
+  // out = a + b (residual add; out may alias a or b).
+  virtual void add(Tensor out, Tensor a, Tensor b) = 0;
+  // x *= alpha
+  virtual void scale(Tensor x, double alpha) = 0;
+  // Returns sum(x) and sum(x^2) on the host, accumulated in double.
+  virtual double sum(Tensor x) = 0;
+  virtual double sum_squares(Tensor x) = 0;
+  // Number of NaN/Inf entries.
+  virtual int64_t count_nonfinite(Tensor x) = 0;
+
+  // ---- dense layers ----
+  // out[M,N] = in[M,K] @ weight[N,K]^T (+ bias[N] when given). Weights are [out, in].
+  virtual void linear_forward(Tensor out, Tensor in, Tensor weight, Tensor bias) = 0;
+  // d_in[M,K] (=, or += with acc) = d_out @ weight; d_weight[N,K] += d_out^T @ in;
+  // d_bias[N] += column sums of d_out. Empty d_in / d_bias are skipped.
+  virtual void linear_backward(Tensor d_in, Tensor d_weight, Tensor d_bias, Tensor d_out,
+                               Tensor in, Tensor weight, Accumulate acc_d_in) = 0;
+
+  virtual void gelu_forward(Tensor out, Tensor in, GeluKind kind) = 0;
+  // d_in = gelu'(in) * d_out; d_in may alias d_out.
+  virtual void gelu_backward(Tensor d_in, Tensor d_out, Tensor in, GeluKind kind) = 0;
+
+  // out[M,C] = (in - mean) * rstd * gamma[C] + beta[C]; saves mean[M], rstd[M].
+  virtual void layernorm_forward(Tensor out, Tensor mean, Tensor rstd, Tensor in, Tensor gamma,
+                                 Tensor beta, float eps) = 0;
+  // d_in[M,C] (= or +=), d_gamma[C] +=, d_beta[C] +=.
+  virtual void layernorm_backward(Tensor d_in, Tensor d_gamma, Tensor d_beta, Tensor d_out,
+                                  Tensor in, Tensor gamma, Tensor mean, Tensor rstd,
+                                  Accumulate acc_d_in) = 0;
+
+  // ---- attention ----
+  // qkv[B,T,3C] holds q, k, v side by side, head h at columns h*D of each.
+  // probs[B,H,T,T] saves the softmax (before dropout); out[B,T,C] = dropout(probs) @ v.
+  // key_keep[B,T] (optional): 1 where the key position is a real token, 0 for padding.
+  virtual void attention_forward(Tensor out, Tensor probs, Tensor qkv, IntTensor key_keep,
+                                 const AttentionDims& dims, DropoutSpec dropout) = 0;
+  // d_qkv[B,T,3C] (=); scratch[B,H,T,T] is workspace.
+  virtual void attention_backward(Tensor d_qkv, Tensor scratch, Tensor d_out, Tensor qkv,
+                                  Tensor probs, const AttentionDims& dims,
+                                  DropoutSpec dropout) = 0;
+
+  // ---- embeddings ----
+  // out[B*T,C] = tok[ids] + pos[t] (+ type[type_ids] when type_table is given).
+  virtual void embedding_forward(Tensor out, IntTensor ids, IntTensor type_ids, Tensor tok_table,
+                                 Tensor pos_table, Tensor type_table, int64_t seq) = 0;
+  // d_tok[V,C] +=, d_pos[P,C] +=, d_type[K,C] += (when given).
+  virtual void embedding_backward(Tensor d_tok, Tensor d_pos, Tensor d_type, Tensor d_out,
+                                  IntTensor ids, IntTensor type_ids, int64_t seq) = 0;
+
+  // out[n,C] = in[rows[i], :]; scatter_add is its backward: d_in[rows[i], :] += d_out[i].
+  virtual void gather_rows(Tensor out, Tensor in, IntTensor rows) = 0;
+  virtual void scatter_add_rows(Tensor d_in, Tensor d_out, IntTensor rows) = 0;
+
+  // ---- loss ----
+  // Softmax cross-entropy per row: losses[M] (0 where labels[i] < 0, the ignore label).
+  // When d_logits[M,V] is given: d_logits = grad_scale * (softmax - onehot), 0 on ignored
+  // rows. d_logits may alias logits (the logits are consumed).
+  virtual void cross_entropy(Tensor losses, Tensor d_logits, Tensor logits, IntTensor labels,
+                             double grad_scale) = 0;
+
+  // ---- regularisation ----
+  // out = in * keep / (1 - p), in place allowed. Each call site uses its own seed.
+  virtual void dropout_forward(Tensor out, Tensor in, DropoutSpec spec) = 0;
+  virtual void dropout_backward(Tensor d_in, Tensor d_out, DropoutSpec spec) = 0;
+
+  // ---- optimizer (fp32 shards) ----
+  // AdamW on a contiguous span: param, grad, m, v all [n] fp32.
+  virtual void adamw(Tensor param, Tensor grad, Tensor m, Tensor v, const AdamWSpec& spec) = 0;
+};
+
+// Move-only owner of one backend allocation.
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  DeviceBuffer(Backend& backend, size_t bytes);
+  DeviceBuffer(DeviceBuffer&& other) noexcept;
+  DeviceBuffer& operator=(DeviceBuffer&& other) noexcept;
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  ~DeviceBuffer();
+
+  void* data() const { return ptr_; }
+  size_t bytes() const { return bytes_; }
+  Tensor view(DType dtype, Shape shape) const;
+  IntTensor int_view(Shape shape) const;
+
+ private:
+  Backend* backend_ = nullptr;
+  void* ptr_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+std::unique_ptr<Backend> make_cpu_backend();
+
+}  // namespace mics

@@ -1,0 +1,57 @@
+#include "model/block_stack.h"
+
+#include <string>
+
+namespace mics::model {
+
+uint64_t mix_seed(uint64_t seed, uint64_t salt) {
+  uint64_t x = seed ^ (salt * 0xD6E8FEB86659FD93ull);
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+BlockStack::BlockStack(Backend& backend, const BlockShape& shape, const ParamLayout& layout,
+                       int64_t layers, int64_t batch, int64_t seq, const std::string& prefix)
+    : be_(backend), shape_(shape), layers_(layers), batch_(batch), seq_(seq),
+      block_(backend, shape, batch, seq),
+      binding_(layout, 1, prefix + "0.") {}
+
+void BlockStack::allocate(Arena& arena, DType dtype) {
+  const int64_t M = batch_ * seq_;
+  residual_.assign(static_cast<size_t>(layers_ + 1), Tensor{});
+  for (Tensor& r : residual_) r = arena.take(dtype, {M, shape_.hidden});
+  acts_.assign(static_cast<size_t>(layers_), BlockActivations{});
+  for (BlockActivations& a : acts_) a.allocate(arena, dtype, batch_, seq_, shape_);
+  ws_.allocate(arena, dtype, batch_, seq_, shape_);
+  grad_ = arena.take(dtype, {M, shape_.hidden});
+}
+
+uint64_t BlockStack::layer_seed(uint64_t seed, int64_t layer) const {
+  return mix_seed(seed, static_cast<uint64_t>(layer) + 1);
+}
+
+void BlockStack::forward(ParamProvider& params, uint64_t seed) {
+  for (int64_t l = 0; l < layers_; ++l) {
+    const int layer = static_cast<int>(l + 1);
+    const BlockTensors w = binding_.bind(params.acquire_params(layer));
+    block_.forward(w, acts_[static_cast<size_t>(l)], ws_, residual_[static_cast<size_t>(l)],
+                   residual_[static_cast<size_t>(l + 1)], layer_seed(seed, l));
+    params.release_params(layer);
+  }
+}
+
+void BlockStack::backward(ParamProvider& params, uint64_t seed) {
+  for (int64_t l = layers_ - 1; l >= 0; --l) {
+    const int layer = static_cast<int>(l + 1);
+    const BlockTensors w = binding_.bind(params.acquire_params(layer));
+    const BlockTensors g = binding_.bind(params.grad_buffer(layer));
+    block_.backward(w, g, acts_[static_cast<size_t>(l)], ws_, residual_[static_cast<size_t>(l)],
+                    grad_, layer_seed(seed, l));
+    params.release_params(layer);
+    params.grads_ready(layer);
+  }
+}
+
+}  // namespace mics::model

@@ -1,0 +1,24 @@
+#pragma once
+// The shape of a model, independent of how it is configured or where it runs.
+#include <cstdint>
+
+namespace mics::model {
+
+enum class Arch : uint8_t { bert, gpt };
+
+struct ModelSpec {
+  Arch arch = Arch::gpt;
+  int64_t hidden = 0;         // C
+  int64_t layers = 0;         // L
+  int64_t heads = 0;          // H, divides C
+  int64_t ffn = 0;            // F, usually 4C
+  int64_t vocab = 0;          // V
+  int64_t max_positions = 0;  // learned position table rows
+  int64_t type_vocab = 0;     // BERT token types (2); 0 for GPT
+  double layernorm_eps = 1e-5;
+  float dropout = 0.0f;            // embeddings and residual branches
+  float attention_dropout = 0.0f;  // attention probabilities
+  double init_std = 0.02;
+};
+
+}  // namespace mics::model

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what is missing from Debian's packages, then configures and builds build/ (Release).
+# Safe to run again: it installs nothing that is present and rebuilds only what changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(cmake ninja-build g++ pkg-config libopenmpi-dev openmpi-bin nlohmann-json3-dev
+          libspdlog-dev libcli11-dev libgtest-dev libopenblas-openmp-dev)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  sudo_cmd=""
+  [[ $(id -u) -ne 0 ]] && sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# nvcc is not on PATH by default; the CUDA backend is built whenever it is found.
+if ! command -v nvcc >/dev/null && [[ -x /usr/local/cuda/bin/nvcc ]]; then
+  export PATH=/usr/local/cuda/bin:$PATH
+fi
+
+if [[ ! -f build/build.ninja ]]; then
+  cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release ${MICS_CMAKE_ARGS:-}
+fi
+cmake --build build -j "$(nproc)"
