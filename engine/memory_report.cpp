@@ -63,24 +63,26 @@ std::string dry_run_report(const Config& config, int64_t ranks_per_node) {
 
   std::string out;
   char line[256];
-  auto add = [&](const char* label, const std::string& value) {
-    std::snprintf(line, sizeof line, "  %-34s %s\n", label, value.c_str());
-    out += line;
+  auto add = [&](const std::string& label, const std::string& value) {
+    char row[320];
+    std::snprintf(row, sizeof row, "  %-34s %s\n", label.c_str(), value.c_str());
+    out += row;
   };
-  std::snprintf(line, sizeof line, "%.3f", static_cast<double>(layout.parameter_count()) / 1e9);
+  char billions[32];
+  std::snprintf(billions, sizeof billions, "%.3f", static_cast<double>(layout.parameter_count()) / 1e9);
   out += "dry run: " + config.source_name + " (nothing allocated)\n";
   add("model", config.model.type + ", " + std::to_string(spec.layers) + " layers, hidden " +
                    std::to_string(spec.hidden) + ", heads " + std::to_string(spec.heads) +
                    ", ffn " + std::to_string(spec.ffn) + ", vocab " + std::to_string(spec.vocab));
-  add("parameters", std::to_string(layout.parameter_count()) + " (" + line + "B)");
+  add("parameters", std::to_string(layout.parameter_count()) + " (" + billions + "B)");
   add("flat buffer (aligned, padded)", std::to_string(layout.total_elements()) + " elements in " +
                                            std::to_string(layout.num_layers()) + " layer spans");
   add("partition size p", std::to_string(p) + (config.mics.partition_size == 0 ? " (auto)" : ""));
   add("precision", mixed ? config.train.precision + " compute, fp32 master weights and Adam states"
                          : std::string("fp32"));
   out += "model-state bytes per device (1/p of each):\n";
-  if (mixed) add((std::string(half) + " parameters").c_str(), format_bytes(b.working_params));
-  add((std::string(mixed ? half : "fp32") + " gradients").c_str(), format_bytes(b.grads));
+  if (mixed) add(std::string(half) + " parameters", format_bytes(b.working_params));
+  add(std::string(mixed ? half : "fp32") + " gradients", format_bytes(b.grads));
   add(mixed ? "fp32 master weights" : "fp32 parameters", format_bytes(b.master));
   add("fp32 Adam m and v", format_bytes(b.adam));
   add("model states (16 bytes/param / p)",

@@ -1,0 +1,122 @@
+// End-to-end training through the mics-train binary: determinism, learning on real text,
+// the metrics file, and the dry run of the large configs.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <regex>
+
+#include "tests/e2e/cli_runner.h"
+
+namespace {
+
+using mics::test::read_metrics;
+using mics::test::run_cli;
+using mics::test::source_path;
+using mics::test::TempDir;
+
+std::vector<double> losses_of(const std::string& metrics) {
+  std::vector<double> out;
+  for (const auto& row : read_metrics(metrics)) out.push_back(row.at("loss").get<double>());
+  return out;
+}
+
+// 20 steps of gpt-tiny, every step logged; returns the per-step losses.
+std::vector<double> train_gpt_tiny(const TempDir& dir, const std::string& name, int seed) {
+  const std::string metrics = dir.file(name);
+  const auto r = run_cli("--config " + source_path("configs/gpt-tiny.json") +
+                         " --steps 20 --set log.every=1 --set train.global_batch_size=8"
+                         " --set train.seed=" + std::to_string(seed) + " --metrics " + metrics +
+                         " --log-level warn");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  return losses_of(metrics);
+}
+
+TEST(Training, SameSeedGivesIdenticalLossesBitForBit) {
+  TempDir dir("determinism");
+  const auto a = train_gpt_tiny(dir, "a.jsonl", 11);
+  const auto b = train_gpt_tiny(dir, "b.jsonl", 11);
+  const auto c = train_gpt_tiny(dir, "c.jsonl", 12);
+  ASSERT_EQ(a.size(), 20u);
+  ASSERT_EQ(b.size(), 20u);
+  ASSERT_EQ(c.size(), 20u);
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i], b[i]) << "step " << i + 1;  // exact
+  int differing = 0;
+  for (size_t i = 0; i < a.size(); ++i) differing += a[i] != c[i];
+  EXPECT_EQ(differing, 20) << "another seed must change every step's loss";
+}
+
+TEST(Training, GptTinyLearnsRealText) {
+  TempDir dir("gpt-text");
+  const std::string metrics = dir.file("m.jsonl");
+  const auto r = run_cli("--config " + source_path("configs/gpt-tiny.json") +
+                         " --steps 200 --set log.every=1 --metrics " + metrics + " --log-level warn");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const auto loss = losses_of(metrics);
+  ASSERT_EQ(loss.size(), 200u);
+  double tail = 0;
+  for (size_t i = loss.size() - 10; i < loss.size(); ++i) tail += loss[i] / 10;
+  EXPECT_LT(tail, 0.7 * loss.front()) << "first " << loss.front() << ", last ten " << tail;
+}
+
+TEST(Training, BertTinyMaskedLmLossFalls) {
+  TempDir dir("bert-text");
+  const std::string metrics = dir.file("m.jsonl");
+  const auto r = run_cli("--config " + source_path("configs/bert-tiny.json") +
+                         " --steps 100 --set log.every=1 --metrics " + metrics + " --log-level warn");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const auto loss = losses_of(metrics);
+  ASSERT_EQ(loss.size(), 100u);
+  double tail = 0;
+  for (size_t i = loss.size() - 10; i < loss.size(); ++i) tail += loss[i] / 10;
+  EXPECT_LT(tail, 0.7 * loss.front()) << "first " << loss.front() << ", last ten " << tail;
+}
+
+TEST(Training, MetricsFileHasEveryField) {
+  TempDir dir("metrics");
+  const std::string metrics = dir.file("m.jsonl");
+  const auto r = run_cli("--config " + source_path("configs/bert-tiny.json") +
+                         " --steps 4 --set log.every=2 --metrics " + metrics);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const auto rows = read_metrics(metrics);
+  ASSERT_EQ(rows.size(), 3u);  // steps 1, 2 and 4
+  EXPECT_EQ(rows.back().at("step"), 4);
+  for (const char* key : {"step", "loss", "lr", "grad_norm", "step_time_s", "samples_per_s",
+                          "tokens_per_s", "tflops_per_device"}) {
+    ASSERT_TRUE(rows.back().contains(key)) << key;
+    EXPECT_TRUE(rows.back().at(key).is_number()) << key;
+  }
+  EXPECT_GT(rows.back().at("tflops_per_device").get<double>(), 0.0);
+  // Rank 0's readable progress line and the resolved config are in the log.
+  EXPECT_NE(r.output.find("step 4/4 | loss"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("\"layernorm_eps\":1e-12"), std::string::npos) << r.output;
+}
+
+double dry_run_parameters(const std::string& config) {
+  const auto r = run_cli("--config " + source_path(config) + " --dry-run");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  std::smatch m;
+  const std::regex re("parameters +([0-9]+) ");
+  if (!std::regex_search(r.output, m, re)) {
+    ADD_FAILURE() << r.output;
+    return 0;
+  }
+  return std::stod(m[1]);
+}
+
+TEST(DryRun, Bert10bHasTenBillionParameters) {
+  EXPECT_NEAR(dry_run_parameters("configs/bert-10b.json"), 10.0e9, 0.01 * 10.0e9);
+}
+
+TEST(DryRun, Gpt175bHas175BillionParameters) {
+  EXPECT_NEAR(dry_run_parameters("configs/gpt-175b.json"), 175e9, 0.02 * 175e9);
+}
+
+TEST(DryRun, ReportsModelStatesPerDevice) {
+  const auto r = run_cli("--config " + source_path("configs/bert-10b.json") + " --dry-run");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  // 16 bytes per parameter over p = 8: 10.08e9 * 16 / 8 bytes = 18.78 GiB.
+  EXPECT_NE(r.output.find("model states (16 bytes/param / p)  18.78 GiB"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("partition size p                   8"), std::string::npos) << r.output;
+}
+
+}  // namespace
