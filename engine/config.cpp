@@ -150,7 +150,8 @@ void apply_override(json& doc, const std::string& assignment, const std::string&
   for (size_t i = 0; i < names.size(); ++i) {
     if (names[i].empty()) throw ConfigError("--set '" + assignment + "' has an empty key part.");
     if (!node->is_object())
-      throw ConfigError("--set '" + assignment + "': '" + walked + "' in " + source + " is not a section.");
+      throw ConfigError(source + ": " + (walked.empty() ? "the config" : "section '" + walked + "'") +
+                        " must be a JSON object, so --set '" + assignment + "' cannot apply.");
     walked += (i ? "." : "") + names[i];
     node = &(*node)[names[i]];
   }

@@ -47,10 +47,11 @@ mics::Config resolve(const Options& o) {
   return mics::load_config(o.config, sets);
 }
 
-int train(const mics::Config& config, const mics::ProcessEnv& env) {
+// What can be refused before anything is logged or allocated.
+void check_runnable(const mics::Config& config, const mics::ProcessEnv& env) {
   if (config.runtime.backend != "cpu")
-    throw mics::ConfigError("'runtime.backend' \"" + config.runtime.backend +
-                            "\" is not available in this build: the CUDA backend has no kernels yet; use \"cpu\".");
+    throw mics::ConfigError(config.source_name + ": 'runtime.backend' \"" + config.runtime.backend +
+                            "\" is not available in this build (the CUDA backend has no kernels yet); use \"cpu\".");
   if (env.world() > 1)
     throw mics::ConfigError("this build trains on one process; it was started on " +
                             std::to_string(env.world()) + " ranks, and the MiCS runtime over MPI is not built yet.");
@@ -58,6 +59,10 @@ int train(const mics::Config& config, const mics::ProcessEnv& env) {
   if (env.world() % p != 0)
     throw mics::ConfigError(config.source_name + ": 'mics.partition_size' (" + std::to_string(p) +
                             ") must divide the number of ranks (" + std::to_string(env.world()) + ").");
+}
+
+int train(const mics::Config& config, const mics::ProcessEnv& env) {
+  const int64_t p = config.mics.partition_size == 0 ? 1 : config.mics.partition_size;
   spdlog::info("mode {}: N={} ranks, k={} per node, p={}, r={}", p == 1 ? "data-parallel" : "MiCS",
                env.world(), env.ranks_per_node(), p, env.world() / p);
 
@@ -97,6 +102,7 @@ int main(int argc, char** argv) {
       if (env.rank() == 0) std::fputs(mics::dry_run_report(config, env.ranks_per_node()).c_str(), stdout);
       return 0;
     }
+    check_runnable(config, env);
     spdlog::info("mics-train on {} rank(s), launched by {}", env.world(), env.launcher());
     spdlog::info("config {}: {}", config.source_name, config.to_json().dump());
     return train(config, env);
