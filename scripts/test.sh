@@ -4,4 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 cd build
-ctest --output-on-failure -j "${MICS_TEST_JOBS:-2}" "$@"
+# One test at a time: each already uses every core (OpenMP + OpenBLAS), and
+# oversubscribed OpenMP threads spin against each other.
+ctest --output-on-failure -j "${MICS_TEST_JOBS:-1}" "$@"

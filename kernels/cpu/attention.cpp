@@ -1,7 +1,9 @@
 // Scaled dot-product attention with padding and causal masks and dropout on the
 // probabilities. Per (batch, head) pair: S = scale * Q K^T and O = P V through BLAS on
 // strided views of qkv, the masked softmax in between. Dropout (off by default) applies
-// its mask element by element instead of the P V product.
+// its mask element by element instead of the P V product. The (batch, head) pairs are
+// spread over OpenMP threads; OpenBLAS (its OpenMP build) runs single-threaded inside a
+// parallel region, so the threads do not compete.
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -27,6 +29,7 @@ void attention_forward(T* out, T* probs, const T* qkv, const int32_t* key_keep,
   const int64_t B = d.batch, S = d.seq, H = d.heads, D = d.head_dim, C = H * D;
   const T scale = T(1) / std::sqrt(T(D));
   const T keep_scale = dropout.enabled() ? T(1) / (T(1) - T(dropout.prob)) : T(1);
+#pragma omp parallel for schedule(static)
   for (int64_t bh = 0; bh < B * H; ++bh) {
     const int64_t b = bh / H, h = bh % H;
     const T* q = qkv + b * S * 3 * C + h * D;
@@ -35,7 +38,6 @@ void attention_forward(T* out, T* probs, const T* qkv, const int32_t* key_keep,
     T* p = probs + bh * S * S;
     T* o = out + b * S * C + h * D;
     gemm<T>(false, true, S, S, D, scale, q, 3 * C, k, 3 * C, T(0), p, S);
-#pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < S; ++i) {
       T* row = p + i * S;
       T row_max = -std::numeric_limits<T>::infinity();
@@ -78,6 +80,7 @@ void attention_backward(T* d_qkv, T* scratch, const T* d_out, const T* qkv, cons
   const int64_t B = d.batch, S = d.seq, H = d.heads, D = d.head_dim, C = H * D;
   const T scale = T(1) / std::sqrt(T(D));
   const T keep_scale = dropout.enabled() ? T(1) / (T(1) - T(dropout.prob)) : T(1);
+#pragma omp parallel for schedule(static)
   for (int64_t bh = 0; bh < B * H; ++bh) {
     const int64_t b = bh / H, h = bh % H;
     const T* q = qkv + b * S * 3 * C + h * D;
@@ -106,7 +109,6 @@ void attention_backward(T* d_qkv, T* scratch, const T* d_out, const T* qkv, cons
         }
     }
     // Softmax backward: dS_ij = scale * P_ij (dP_ij - sum_k P_ik dP_ik).
-#pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < S; ++i) {
       const T* prow = p + i * S;
       T* row = ds + i * S;

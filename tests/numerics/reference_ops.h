@@ -83,11 +83,11 @@ inline AttentionOut attention(const Vec& qkv, const std::vector<int32_t>& key_ke
     return qkv[((b * T + t) * 3 + part) * C + h * D + d];
   };
   Vec score(static_cast<size_t>(T));
+  std::vector<char> visible(static_cast<size_t>(T));
   for (int64_t b = 0; b < batch; ++b)
     for (int64_t h = 0; h < heads; ++h)
       for (int64_t i = 0; i < T; ++i) {
         double max = -std::numeric_limits<double>::infinity();
-        std::vector<bool> visible(static_cast<size_t>(T));
         for (int64_t j = 0; j < T; ++j) {
           visible[j] = !(causal && j > i) && (key_keep.empty() || key_keep[b * T + j] != 0);
           if (!visible[j]) continue;

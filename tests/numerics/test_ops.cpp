@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <functional>
 #include <limits>
@@ -341,43 +342,63 @@ Vec attention_drop_mult(const AttnCase& c, DropoutSpec spec) {
 
 class Attention : public ::testing::TestWithParam<AttnCase> {};
 
+// Inputs, reference outputs and (optionally) the FD gradient of one case, shared by the
+// fp32 and fp64 runs: the FD of the reference is the expensive part.
+struct AttnProblem {
+  AttnCase c;
+  DropoutSpec drop;
+  Vec qkv, mult, w, fd_grad;
+  Ints keep;
+  ref::AttentionOut r;
+};
+
+AttnProblem make_attention_problem(const AttnCase& c, bool with_backward) {
+  const int64_t B = c.batch, S = c.seq, H = c.heads, D = c.head_dim, C = H * D;
+  AttnProblem pr{c, DropoutSpec{c.drop_prob, 0xD1CEull}, {}, {}, {}, {}, {}, {}};
+  std::mt19937_64 rng(51);
+  pr.qkv = random_vec(rng, B * S * 3 * C, -1.5, 1.5);  // scores up to ~2 sqrt(D): peaked rows
+  pr.keep = c.padding ? make_key_keep(B, S) : Ints{};
+  pr.mult = attention_drop_mult(c, pr.drop);
+  pr.r = ref::attention(pr.qkv, pr.keep, pr.mult, B, S, H, D, c.causal);
+  if (with_backward) {
+    pr.w = random_vec(rng, B * S * C);
+    Vec x = pr.qkv;
+    auto loss = [&] { return dot(pr.w, ref::attention(x, pr.keep, pr.mult, B, S, H, D, c.causal).out); };
+    pr.fd_grad = fd_gradient(x, loss);
+  }
+  return pr;
+}
+
 template <class T>
-void check_attention(const AttnCase& c, bool with_backward) {
+void check_attention(AttnProblem& pr) {
   SCOPED_TRACE(dtype_label<T>());
+  const AttnCase& c = pr.c;
   const int64_t B = c.batch, S = c.seq, H = c.heads, D = c.head_dim, C = H * D;
   const AttentionDims dims{B, S, H, D, c.causal};
-  const DropoutSpec drop{c.drop_prob, 0xD1CEull};
-  std::mt19937_64 rng(51);
-  Vec qkv = random_vec(rng, B * S * 3 * C, -1.5, 1.5);  // scores up to ~2 sqrt(D): peaked rows
-  Ints keep = c.padding ? make_key_keep(B, S) : Ints{};
-  const Vec mult = attention_drop_mult(c, drop);
-  const auto r = ref::attention(qkv, keep, mult, B, S, H, D, c.causal);
-
-  Buf<T> out(Shape{B, S, C}), probs(Shape{B, H, S, S}), tqkv(qkv, {B, S, 3 * C});
-  IntTensor tkeep = c.padding ? ints(keep) : IntTensor{};
-  cpu().attention_forward(out.t(), probs.t(), tqkv.t(), tkeep, dims, drop);
+  Buf<T> out(Shape{B, S, C}), probs(Shape{B, H, S, S}), tqkv(pr.qkv, {B, S, 3 * C});
+  IntTensor tkeep = c.padding ? ints(pr.keep) : IntTensor{};
+  cpu().attention_forward(out.t(), probs.t(), tqkv.t(), tkeep, dims, pr.drop);
   // Scores: D-term dots of values <= 1.5 (size up to 2.25 sqrt(D)); exp turns their absolute
   // error into relative error of the probabilities; out sums T of them times |v| <= 1.5 and
   // the dropout scale 1/(1-p).
   const double ss = 2.25 * std::sqrt(double(D)), keep_scale = 1 / (1 - double(c.drop_prob));
   const double growth = 4 * (std::sqrt(double(D)) + ss + std::sqrt(double(S)));
-  expect_close(probs.vec(), r.probs, tol::forward<T>(growth, 1), "probs");
-  expect_close(out.vec(), r.out, tol::forward<T>(growth, 1.5 * keep_scale), "out");
-  if (!with_backward) return;
+  expect_close(probs.vec(), pr.r.probs, tol::forward<T>(growth, 1), "probs");
+  expect_close(out.vec(), pr.r.out, tol::forward<T>(growth, 1.5 * keep_scale), "out");
+  if (pr.fd_grad.empty()) return;
 
-  const Vec w = random_vec(rng, B * S * C);
-  auto loss = [&] { return dot(w, ref::attention(qkv, keep, mult, B, S, H, D, c.causal).out); };
-  const Vec g = fd_gradient(qkv, loss);
-  Buf<T> d_qkv(Shape{B, S, 3 * C}), scratch(Shape{B, H, S, S}), d_out(w, {B, S, C});
-  cpu().attention_backward(d_qkv.t(), scratch.t(), d_out.t(), tqkv.t(), probs.t(), dims, drop);
+  Buf<T> d_qkv(Shape{B, S, 3 * C}), scratch(Shape{B, H, S, S}), d_out(pr.w, {B, S, C});
+  cpu().attention_backward(d_qkv.t(), scratch.t(), d_out.t(), tqkv.t(), probs.t(), dims, pr.drop);
   // dV sums T terms p w; dQ/dK chain a T-term and a D-term product through the softmax
   // Jacobian: growth ~ sqrt(T) + sqrt(D) + score size, on gradients of size max|g|.
-  expect_close(d_qkv.vec(), g, tol::gradient<T>(2 * growth, max_abs(g) * keep_scale), "d_qkv");
+  expect_close(d_qkv.vec(), pr.fd_grad,
+               tol::gradient<T>(2 * growth, max_abs(pr.fd_grad) * keep_scale), "d_qkv");
 }
 
 TEST_P(Attention, ForwardAndBackwardMatchReference) {
-  check_attention<float>(GetParam(), true);
-  check_attention<double>(GetParam(), true);
+  AttnProblem pr = make_attention_problem(GetParam(), true);
+  check_attention<float>(pr);
+  check_attention<double>(pr);
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -395,14 +416,17 @@ TEST(AttentionLarger, ForwardMatchesReference) {
   for (const AttnCase& c : {AttnCase{"causal_padded", 2, 67, 2, 16, true, true, 0.0f},
                             AttnCase{"bidirectional_dropout", 1, 67, 3, 8, false, false, 0.1f}}) {
     SCOPED_TRACE(c.name);
-    check_attention<float>(c, false);
-    check_attention<double>(c, false);
+    AttnProblem pr = make_attention_problem(c, false);
+    check_attention<float>(pr);
+    check_attention<double>(pr);
   }
 }
 
 // The direct consistency check for dropout: the backend's backward against central
 // differences of the backend's own fp64 forward with the same seed (independent of how
-// the mask is indexed).
+// the mask is indexed). Directional derivatives, with directions confined to the q, k or
+// v columns so a wrong dq, dk or dv is told apart: a few backend calls instead of two per
+// entry (each call opens B*H OpenMP regions, slow when the cores are oversubscribed).
 TEST(AttentionDropout, BackwardMatchesFiniteDifferencesOfBackendForward) {
   const int64_t B = 2, S = 5, H = 2, D = 3, C = H * D;
   for (bool causal : {false, true}) {
@@ -414,18 +438,33 @@ TEST(AttentionDropout, BackwardMatchesFiniteDifferencesOfBackendForward) {
     const Vec w = random_vec(rng, B * S * C);
     Ints keep = make_key_keep(B, S);
     Vec out(w.size()), probs(static_cast<size_t>(B * H * S * S));
-    auto forward = [&] {
+    auto forward = [&](const Vec& x) {
       cpu().attention_forward(Tensor(out.data(), {B, S, C}), Tensor(probs.data(), {B, H, S, S}),
-                              Tensor(qkv.data(), {B, S, 3 * C}), ints(keep), dims, drop);
+                              Tensor(const_cast<double*>(x.data()), {B, S, 3 * C}), ints(keep),
+                              dims, drop);
       return dot(w, out);
     };
-    const Vec g = fd_gradient(qkv, forward);
-    forward();  // probs of the unperturbed input
+    forward(qkv);  // probs of the unperturbed input, for the backward
     Vec d_qkv(qkv.size()), scratch(probs.size()), d_out = w;
     cpu().attention_backward(Tensor(d_qkv.data(), {B, S, 3 * C}), Tensor(scratch.data(), {B, H, S, S}),
                              Tensor(d_out.data(), {B, S, C}), Tensor(qkv.data(), {B, S, 3 * C}),
                              Tensor(probs.data(), {B, H, S, S}), dims, drop);
-    expect_close(d_qkv, g, tol::gradient<double>(1, max_abs(g)), "d_qkv vs FD of backend forward");
+    for (int part = 0; part < 3; ++part)
+      for (int trial = 0; trial < 2; ++trial) {
+        SCOPED_TRACE(testing::Message() << "direction in " << "qkv"[part] << ", trial " << trial);
+        Vec dir = random_vec(rng, qkv.size());
+        for (size_t i = 0; i < dir.size(); ++i)
+          if (static_cast<int64_t>(i) % (3 * C) / C != part) dir[i] = 0;
+        const double h = tol::kFdStep;
+        Vec up = qkv, down = qkv;
+        for (size_t i = 0; i < dir.size(); ++i) up[i] += h * dir[i], down[i] -= h * dir[i];
+        const double fd = (forward(up) - forward(down)) / (2 * h);
+        double analytic = 0, magnitude = 0;
+        for (size_t i = 0; i < dir.size(); ++i)
+          analytic += d_qkv[i] * dir[i], magnitude += std::abs(d_qkv[i] * dir[i]);
+        expect_close({analytic}, {fd}, tol::gradient<double>(1, magnitude),
+                     "directional derivative vs FD of backend forward");
+      }
   }
 }
 
@@ -599,9 +638,8 @@ TEST(Dropout, MaskIndependentOfDtypeAndDisabledIsIdentity) {
   cpu().dropout_forward(Tensor(out64.data(), {n}), Tensor(in64.data(), {n}), spec);
   for (int64_t i = 0; i < n; ++i) ASSERT_EQ(out32[i] == 0, out64[i] == 0) << "index " << i;
   std::mt19937_64 rng(92);
-  const Vec x = random_vec(rng, n);
-  Vec y(n);
-  cpu().dropout_forward(Tensor(y.data(), {n}), Tensor(const_cast<double*>(x.data()), {n}), DropoutSpec{0.0f, 5});
+  Vec x = random_vec(rng, n), y(n);
+  cpu().dropout_forward(Tensor(y.data(), {n}), Tensor(x.data(), {n}), DropoutSpec{0.0f, 5});
   expect_close(y, x, Tol{0, 0}, "p = 0 copies");
 }
 
