@@ -6,7 +6,7 @@
 #include <cmath>
 
 #include "engine/flops.h"
-#include "model/block_stack.h"
+#include "kernels/counter_hash.h"
 
 namespace mics {
 
@@ -86,7 +86,7 @@ double Trainer::train_step(int64_t step) {
     const int64_t first = step * global_batch_ + (j * place_.world + place_.rank) * t.micro_batch_size;
     batcher_->fill(first, batch_);
     const model::TokenBatch tb{batch_.tokens.data(), batch_.labels.data(), t.micro_batch_size, t.seq_len};
-    loss_sum += model_->forward(*store_, tb, model::mix_seed(static_cast<uint64_t>(t.seed), static_cast<uint64_t>(first)), grad_scale);
+    loss_sum += model_->forward(*store_, tb, mix_seed(static_cast<uint64_t>(t.seed), static_cast<uint64_t>(first)), grad_scale);
     model_->backward(*store_);
   }
 

@@ -4,14 +4,6 @@
 
 namespace mics::model {
 
-uint64_t mix_seed(uint64_t seed, uint64_t salt) {
-  uint64_t x = seed ^ (salt * 0xD6E8FEB86659FD93ull);
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
-
 BlockStack::BlockStack(Backend& backend, const BlockShape& shape, const ParamLayout& layout,
                        int64_t layers, int64_t batch, int64_t seq, const std::string& prefix)
     : be_(backend), shape_(shape), layers_(layers), batch_(batch), seq_(seq),

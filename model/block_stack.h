@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "kernels/counter_hash.h"
 #include "model/param_provider.h"
 #include "model/transformer_block.h"
 
@@ -39,7 +40,5 @@ class BlockStack {
   BlockWorkspace ws_;
   Tensor grad_;
 };
-
-uint64_t mix_seed(uint64_t seed, uint64_t salt);
 
 }  // namespace mics::model

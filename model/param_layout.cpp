@@ -1,5 +1,7 @@
 #include "model/param_layout.h"
 
+#include "kernels/counter_hash.h"
+
 #include <cmath>
 #include <numbers>
 #include <numeric>
@@ -10,17 +12,10 @@ namespace mics::model {
 namespace {
 int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
-uint64_t mix64(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
-
 // Standard normal from two hashed uniforms (Box-Muller).
 double normal_at(uint64_t seed, uint64_t index) {
-  const uint64_t a = mix64(seed ^ mix64(2 * index));
-  const uint64_t b = mix64(seed ^ mix64(2 * index + 1));
+  const uint64_t a = mix_seed(seed, 2 * index);
+  const uint64_t b = mix_seed(seed, 2 * index + 1);
   const double u1 = (static_cast<double>(a >> 11) + 1.0) * 0x1.0p-53;  // (0, 1]
   const double u2 = static_cast<double>(b >> 11) * 0x1.0p-53;          // [0, 1)
   return std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * std::numbers::pi * u2);

@@ -1,18 +1,13 @@
 #include "model/transformer_block.h"
 
+#include "kernels/counter_hash.h"
+
 namespace mics::model {
 
 namespace {
 constexpr const char* kNames[12] = {"qkv.weight",  "qkv.bias",   "proj.weight", "proj.bias",
                                     "norm1.weight", "norm1.bias", "fc.weight",   "fc.bias",
                                     "fc2.weight",  "fc2.bias",   "norm2.weight", "norm2.bias"};
-
-uint64_t mix64(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
 
 enum Site : uint64_t { kAttentionProbs = 1, kAttentionOut = 2, kFfnOut = 3 };
 }  // namespace
@@ -83,7 +78,7 @@ TransformerBlock::TransformerBlock(Backend& backend, BlockShape shape, int64_t b
 }
 
 DropoutSpec TransformerBlock::site(uint64_t seed, uint64_t which, float prob) const {
-  return DropoutSpec{prob, mix64(seed ^ mix64(which))};
+  return DropoutSpec{prob, mix_seed(seed, which)};
 }
 
 void TransformerBlock::forward(const BlockTensors& w, BlockActivations& a, BlockWorkspace& ws,

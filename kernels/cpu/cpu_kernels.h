@@ -3,6 +3,7 @@
 // type, double serves the whole-model gradient checks. Instantiated for both in each .cpp.
 #include <cstdint>
 
+#include "kernels/counter_hash.h"
 #include "kernels/ops.h"
 
 namespace mics::cpu {
@@ -53,12 +54,6 @@ void adamw(float* param, const float* grad, float* m, float* v, int64_t n,
            const AdamWSpec& spec);
 
 // Keep decision for element `index` of a dropout site: a hash, so it can be regenerated.
-inline uint64_t mix64(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
 inline bool dropout_keep(uint64_t seed, uint64_t index, float prob) {
   const uint64_t bits = mix64(seed ^ mix64(index));
   const float uniform = static_cast<float>(bits >> 40) * (1.0f / 16777216.0f);  // [0, 1)
