@@ -16,13 +16,13 @@ class ProcessEnv {
   int world() const { return world_; }
   int local_rank() const { return local_rank_; }
   int ranks_per_node() const { return ranks_per_node_; }  // from MPI's shared-memory split
-  const std::string& launcher() const { return launcher_; }  // "mpirun", "srun", "single"
+  const std::string& launcher() const { return launcher_; }  // "mpirun", "srun" or "direct"
   // Ends every rank of the job; used when one rank fails so that none waits forever.
   [[noreturn]] void abort_job(int code) const;
 
  private:
   int rank_ = 0, world_ = 1, local_rank_ = 0, ranks_per_node_ = 1;
-  std::string launcher_ = "single";
+  std::string launcher_ = "direct";
 };
 
 }  // namespace mics
