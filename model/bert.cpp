@@ -16,8 +16,6 @@ BlockShape bert_block(const ModelSpec& s) {
                     s.layernorm_eps, s.dropout, s.attention_dropout};
 }
 
-constexpr uint64_t kEmbeddingDropoutSalt = 0xE3B;
-
 class Bert final : public Model {
  public:
   Bert(const ModelSpec& spec, Backend& backend, DType dtype, int64_t batch, int64_t seq,
@@ -48,7 +46,7 @@ class Bert final : public Model {
 
   double forward(ParamProvider& params, const TokenBatch& batch, uint64_t seed,
                  double grad_scale) override {
-    check_batch(batch);
+    check_batch_shape("BERT", batch, batch_, seq_);
     seed_ = seed;
     grad_scale_ = grad_scale;
     host_rows_.clear();
@@ -137,16 +135,8 @@ class Bert final : public Model {
   Tensor rows_view(const Tensor& t) const { return t.slice(0, {masked(), t.shape[1]}); }
   IntTensor rows_n() const { return IntTensor{rows_.data, {masked()}}; }
   IntTensor labels_n() const { return IntTensor{labels_.data, {masked()}}; }
-  static Tensor ref(Tensor span, const ParamTensor& t) { return span.slice(t.offset_in_layer, t.shape); }
-  DropoutSpec embedding_dropout() const {
-    return DropoutSpec{spec_.dropout, mix_seed(seed_, kEmbeddingDropoutSalt)};
-  }
-  void check_batch(const TokenBatch& b) const {
-    if (b.batch != batch_ || b.seq != seq_)
-      throw ShapeError("BERT built for micro-batch " + std::to_string(batch_) + " x " +
-                       std::to_string(seq_) + " got " + std::to_string(b.batch) + " x " +
-                       std::to_string(b.seq));
-  }
+  static Tensor ref(Tensor span, const ParamTensor& t) { return param_view(span, t); }
+  DropoutSpec embedding_dropout() const { return model::embedding_dropout(spec_.dropout, seed_); }
   void allocate(Arena& a) {
     const int64_t M = rows(), C = spec_.hidden;
     stack_.allocate(a, dtype_);

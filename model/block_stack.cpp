@@ -2,7 +2,16 @@
 
 #include <string>
 
+#include "model/model.h"
+
 namespace mics::model {
+
+void check_batch_shape(const char* arch, const TokenBatch& b, int64_t micro_batch, int64_t seq) {
+  if (b.batch != micro_batch || b.seq != seq)
+    throw ShapeError(std::string(arch) + " built for micro-batch " + std::to_string(micro_batch) +
+                     " x " + std::to_string(seq) + " got " + std::to_string(b.batch) + " x " +
+                     std::to_string(b.seq));
+}
 
 BlockStack::BlockStack(Backend& backend, const BlockShape& shape, const ParamLayout& layout,
                        int64_t layers, int64_t batch, int64_t seq, const std::string& prefix)

@@ -11,6 +11,22 @@
 
 namespace mics::model {
 
+// A parameter's view inside its layer's span (parameters or gradients).
+inline Tensor param_view(Tensor layer_span, const ParamTensor& t) {
+  return layer_span.slice(t.offset_in_layer, t.shape);
+}
+
+// Dropout of the embedding output, keyed by the micro-batch's dropout seed.
+inline DropoutSpec embedding_dropout(float prob, uint64_t seed) {
+  constexpr uint64_t kEmbeddingSalt = 0xE3B;  // distinct from the layer indices
+  return DropoutSpec{prob, mix_seed(seed, kEmbeddingSalt)};
+}
+
+struct TokenBatch;
+// Models are built for one micro-batch shape; anything else is a caller's bug.
+void check_batch_shape(const char* arch, const TokenBatch& batch, int64_t micro_batch,
+                       int64_t seq);
+
 class BlockStack {
  public:
   BlockStack(Backend& backend, const BlockShape& shape, const ParamLayout& layout,

@@ -15,8 +15,6 @@ BlockShape gpt_block(const ModelSpec& s) {
                     s.layernorm_eps, s.dropout, s.attention_dropout};
 }
 
-constexpr uint64_t kEmbeddingDropoutSalt = 0xE3B;
-
 class Gpt final : public Model {
  public:
   Gpt(const ModelSpec& spec, Backend& backend, DType dtype, int64_t batch, int64_t seq,
@@ -39,7 +37,7 @@ class Gpt final : public Model {
 
   double forward(ParamProvider& params, const TokenBatch& batch, uint64_t seed,
                  double grad_scale) override {
-    check_batch(batch);
+    check_batch_shape("GPT", batch, batch_, seq_);
     seed_ = seed;
     grad_scale_ = grad_scale;
     be_.copy_from_host(ids_.data, batch.tokens, sizeof(int32_t) * static_cast<size_t>(rows()));
@@ -99,16 +97,8 @@ class Gpt final : public Model {
 
  private:
   int64_t rows() const { return batch_ * seq_; }
-  static Tensor ref(Tensor span, const ParamTensor& t) { return span.slice(t.offset_in_layer, t.shape); }
-  DropoutSpec embedding_dropout() const {
-    return DropoutSpec{spec_.dropout, mix_seed(seed_, kEmbeddingDropoutSalt)};
-  }
-  void check_batch(const TokenBatch& b) const {
-    if (b.batch != batch_ || b.seq != seq_)
-      throw ShapeError("GPT built for micro-batch " + std::to_string(batch_) + " x " +
-                       std::to_string(seq_) + " got " + std::to_string(b.batch) + " x " +
-                       std::to_string(b.seq));
-  }
+  static Tensor ref(Tensor span, const ParamTensor& t) { return param_view(span, t); }
+  DropoutSpec embedding_dropout() const { return model::embedding_dropout(spec_.dropout, seed_); }
   void allocate(Arena& a) {
     const int64_t M = rows(), C = spec_.hidden;
     stack_.allocate(a, dtype_);
