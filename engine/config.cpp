@@ -149,6 +149,7 @@ void apply_override(json& doc, const std::string& assignment, const std::string&
   while (std::getline(parts, part, '.')) names.push_back(part);
   for (size_t i = 0; i < names.size(); ++i) {
     if (names[i].empty()) throw ConfigError("--set '" + assignment + "' has an empty key part.");
+    if (node->is_null()) *node = json::object();  // a section the file leaves out
     if (!node->is_object())
       throw ConfigError(source + ": " + (walked.empty() ? "the config" : "section '" + walked + "'") +
                         " must be a JSON object, so --set '" + assignment + "' cannot apply.");

@@ -4,6 +4,7 @@
 #include <spdlog/spdlog.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cstdio>
 #include <exception>
 #include <string>
@@ -13,6 +14,7 @@
 #include "engine/config.h"
 #include "engine/memory_report.h"
 #include "engine/process_env.h"
+#include "engine/topology.h"
 #include "engine/trainer.h"
 #include "kernels/ops.h"
 
@@ -47,27 +49,28 @@ mics::Config resolve(const Options& o) {
   return mics::load_config(o.config, sets);
 }
 
-// What can be refused before anything is logged or allocated.
-void check_runnable(const mics::Config& config, const mics::ProcessEnv& env) {
+// What can be refused before anything is logged or allocated: the backend and the
+// placement of this job's ranks into nodes and groups.
+mics::Topology check_runnable(const mics::Config& config, const mics::ProcessEnv& env) {
   if (config.runtime.backend != "cpu")
     throw mics::ConfigError(config.source_name + ": 'runtime.backend' \"" + config.runtime.backend +
                             "\" is not available in this build (the CUDA backend has no kernels yet); use \"cpu\".");
-  if (env.world() > 1)
-    throw mics::ConfigError("this build trains on one process; it was started on " +
-                            std::to_string(env.world()) + " ranks, and the MiCS runtime over MPI is not built yet.");
-  const int64_t p = config.mics.partition_size == 0 ? 1 : config.mics.partition_size;
-  if (env.world() % p != 0)
-    throw mics::ConfigError(config.source_name + ": 'mics.partition_size' (" + std::to_string(p) +
-                            ") must divide the number of ranks (" + std::to_string(env.world()) + ").");
+  const int k = config.runtime.ranks_per_node > 0 ? static_cast<int>(config.runtime.ranks_per_node)
+                                                  : env.ranks_per_node();
+  const int p = config.mics.partition_size > 0
+                    ? static_cast<int>(config.mics.partition_size)
+                    : static_cast<int>(std::min<int64_t>(mics::auto_partition_size(config, k), env.world()));
+  try {
+    return mics::make_topology(env.rank(), env.world(), k, p, config.mics.hierarchical_allgather);
+  } catch (const mics::ConfigError& e) {
+    throw mics::ConfigError(config.source_name + ": " + e.what());
+  }
 }
 
-int train(const mics::Config& config, const mics::ProcessEnv& env) {
-  const int64_t p = config.mics.partition_size == 0 ? 1 : config.mics.partition_size;
-  spdlog::info("mode {}: N={} ranks, k={} per node, p={}, r={}", p == 1 ? "data-parallel" : "MiCS",
-               env.world(), env.ranks_per_node(), p, env.world() / p);
-
+int train(const mics::Config& config, const mics::Topology& topology) {
+  spdlog::info("{}", topology.describe());
   auto backend = mics::make_cpu_backend();
-  mics::Trainer trainer(config, *backend, mics::RunPlacement{env.rank(), env.world()});
+  mics::Trainer trainer(config, *backend, topology);
   const std::vector<double> losses = trainer.run();
   spdlog::info("done: {} steps, loss {:.4f} -> {:.4f}", losses.size(), losses.front(), losses.back());
   return 0;
@@ -102,10 +105,10 @@ int main(int argc, char** argv) {
       if (env.rank() == 0) std::fputs(mics::dry_run_report(config, env.ranks_per_node()).c_str(), stdout);
       return 0;
     }
-    check_runnable(config, env);
+    const mics::Topology topology = check_runnable(config, env);
     spdlog::info("mics-train on {} rank(s), launched by {}", env.world(), env.launcher());
     spdlog::info("config {}: {}", config.source_name, config.to_json().dump());
-    return train(config, env);
+    return train(config, topology);
   } catch (const mics::ConfigError& e) {
     std::fprintf(stderr, "mics-train: error: %s\n", e.what());
     return kExitBadInput;  // every rank reads the same config and fails the same way

@@ -16,7 +16,12 @@ nlohmann::json StepMetrics::to_json() const {
           {"tokens_per_s", tokens_per_s},
           {"tflops_per_device", tflops_per_device},
           {"elapsed_s", elapsed_s},
-          {"skipped", skipped}};
+          {"skipped", skipped},
+          {"comm_bytes_intra_node", comm_bytes_intra_node},
+          {"comm_bytes_inter_node", comm_bytes_inter_node},
+          {"comm_bytes_partition", comm_bytes_partition},
+          {"comm_bytes_replication", comm_bytes_replication},
+          {"comm_wait_s", comm_wait_s}};
 }
 
 std::string StepMetrics::progress_line() const {

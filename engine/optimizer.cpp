@@ -4,10 +4,13 @@
 
 namespace mics {
 
-AdamW::AdamW(const model::ParamLayout& layout, int64_t begin, int64_t end) {
-  for (const model::ParamTensor& t : layout.tensors()) {
-    const int64_t lo = std::max(begin, t.offset), hi = std::min(end, t.offset + t.numel());
-    if (lo < hi) segments_.push_back({lo - begin, hi - lo, t.decay});
+AdamW::AdamW(const model::ParamLayout& layout, const std::vector<model::FlatRange>& held) {
+  for (const model::FlatRange& run : held) {
+    const int64_t end = run.flat_begin + run.size;
+    for (const model::ParamTensor& t : layout.tensors()) {
+      const int64_t lo = std::max(run.flat_begin, t.offset), hi = std::min(end, t.offset + t.numel());
+      if (lo < hi) segments_.push_back({run.local_offset + lo - run.flat_begin, hi - lo, t.decay});
+    }
   }
 }
 

@@ -1,7 +1,7 @@
 #pragma once
-// AdamW over a span of the flat buffer (a whole buffer now, a rank's shard under MiCS),
+// AdamW over the runs of the flat buffer a rank holds (its shard: one run per layer),
 // applying weight decay only to the tensors in the decay mask. Shards cut across tensor
-// boundaries, so the span is split into per-tensor segments once, at construction.
+// boundaries, so the runs are split into per-tensor segments once, at construction.
 #include <cstdint>
 #include <vector>
 
@@ -12,15 +12,15 @@ namespace mics {
 
 class AdamW {
  public:
-  // [begin, end) of the flat buffer that the given views cover.
-  AdamW(const model::ParamLayout& layout, int64_t begin, int64_t end);
+  // `held`: where each run of the flat buffer sits in the views given to step().
+  AdamW(const model::ParamLayout& layout, const std::vector<model::FlatRange>& held);
   // One update; spec.weight_decay is applied to decay-mask segments, 0 elsewhere.
   void step(Backend& backend, Tensor param, Tensor grad, Tensor m, Tensor v,
             const AdamWSpec& spec) const;
 
  private:
   struct Segment {
-    int64_t offset, size;  // relative to begin
+    int64_t offset, size;  // in the local views
     bool decay;
   };
   std::vector<Segment> segments_;

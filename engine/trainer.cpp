@@ -17,15 +17,15 @@ double seconds_since(Clock::time_point t) {
 }
 }  // namespace
 
-Trainer::Trainer(const Config& c, Backend& backend, RunPlacement place)
-    : config_(c), backend_(backend), place_(place) {
+Trainer::Trainer(const Config& c, Backend& backend, const Topology& topo)
+    : config_(c), backend_(backend), topo_(topo) {
   const TrainConfig& t = c.train;
-  const int64_t per_round = t.micro_batch_size * place.world;
+  const int64_t per_round = t.micro_batch_size * topo.world;
   global_batch_ = t.global_batch_size > 0 ? t.global_batch_size : per_round;
   if (global_batch_ % per_round != 0)
     throw ConfigError(c.source_name + ": 'train.global_batch_size' (" + std::to_string(global_batch_) +
                       ") must be a multiple of micro_batch_size x ranks (" +
-                      std::to_string(t.micro_batch_size) + " x " + std::to_string(place.world) + ").");
+                      std::to_string(t.micro_batch_size) + " x " + std::to_string(topo.world) + ").");
   accumulation_ = global_batch_ / per_round;
 
   const bool bert = c.model.type == "bert";
@@ -55,14 +55,23 @@ Trainer::Trainer(const Config& c, Backend& backend, RunPlacement place)
   bo.seed = static_cast<uint64_t>(t.seed);
   batcher_ = std::make_unique<data::Batcher>(*source_, bo);
 
-  const int64_t multiple = model::shard_multiple_for(1);
+  const int64_t multiple = model::shard_multiple_for(topo.partition_size);
   model_ = model::make_model(c.model_spec(), backend, DType::f32, t.micro_batch_size, t.seq_len,
                              multiple);
   const model::ParamLayout& layout = model_->layout();
-  store_ = std::make_unique<LocalParamStore>(backend, layout, static_cast<uint64_t>(t.seed));
-  optimizer_ = std::make_unique<AdamW>(layout, 0, layout.total_elements());
+  groups_ = build_mpi_groups(topo);
+  store_ = std::make_unique<ShardedParamStore>(
+      backend, layout, topo, groups_->groups(),
+      StoreOptions{static_cast<int>(c.mics.prefetch), c.mics.gradient_sync == "every_microstep"},
+      static_cast<uint64_t>(t.seed));
+  optimizer_ = std::make_unique<AdamW>(layout, store_->ranges());
   schedule_ = LrSchedule{t.lr, t.min_lr, t.warmup_steps, t.steps, t.lr_decay};
-  if (place.rank == 0 && !c.log.metrics.empty()) metrics_ = std::make_unique<MetricsFile>(c.log.metrics);
+  // "{rank}" in the metrics path gives every rank its own file; otherwise rank 0 writes.
+  std::string metrics_path = c.log.metrics;
+  const size_t tag = metrics_path.find("{rank}");
+  if (tag != std::string::npos) metrics_path.replace(tag, 6, std::to_string(topo.rank));
+  if (!metrics_path.empty() && (topo.rank == 0 || tag != std::string::npos))
+    metrics_ = std::make_unique<MetricsFile>(metrics_path);
 
   spdlog::info("data: {}", source_->describe());
   spdlog::info("model: {} with {} parameters ({:.2f} M) in {} layer spans; activations {:.1f} MiB",
@@ -70,27 +79,34 @@ Trainer::Trainer(const Config& c, Backend& backend, RunPlacement place)
                static_cast<double>(layout.parameter_count()) / 1e6, layout.num_layers(),
                static_cast<double>(model_->activation_bytes()) / (1024.0 * 1024.0));
   spdlog::info("batch: global {} = micro-batch {} x {} accumulation steps x {} ranks, seq {}",
-               global_batch_, t.micro_batch_size, accumulation_, place.world, t.seq_len);
+               global_batch_, t.micro_batch_size, accumulation_, topo.world, t.seq_len);
+  spdlog::info("model states on this rank: {} of {} parameter elements, {:.1f} MiB resident",
+               store_->shard_elements(), layout.total_elements(),
+               static_cast<double>(store_->resident_bytes()) / (1024.0 * 1024.0));
 }
 
 Trainer::~Trainer() = default;
 
 double Trainer::train_step(int64_t step) {
   const TrainConfig& t = config_.train;
-  store_->zero_grads();
+  store_->begin_step();
   // Every micro-batch's loss gradient is divided by the number of micro-batches in the
   // global batch, so the accumulated gradient is that of the mean loss.
-  const double grad_scale = 1.0 / static_cast<double>(accumulation_ * place_.world);
+  const double grad_scale = 1.0 / static_cast<double>(accumulation_ * topo_.world);
   double loss_sum = 0;
   for (int64_t j = 0; j < accumulation_; ++j) {
-    const int64_t first = step * global_batch_ + (j * place_.world + place_.rank) * t.micro_batch_size;
+    // Sample indices depend on the global position only: any N and p see the same batch.
+    const int64_t first = step * global_batch_ + (j * topo_.world + topo_.rank) * t.micro_batch_size;
     batcher_->fill(first, batch_);
     const model::TokenBatch tb{batch_.tokens.data(), batch_.labels.data(), t.micro_batch_size, t.seq_len};
     loss_sum += model_->forward(*store_, tb, mix_seed(static_cast<uint64_t>(t.seed), static_cast<uint64_t>(first)), grad_scale);
     model_->backward(*store_);
+    store_->end_micro_step();
   }
+  store_->end_accumulation();
+  world_sum(&loss_sum, 1);
 
-  const double norm = std::sqrt(backend_.sum_squares(store_->grads()));
+  const double norm = std::sqrt(store_->grad_norm_squared());
   last_grad_norm_ = norm;
   last_skipped_ = !std::isfinite(norm);
   if (last_skipped_) {
@@ -106,7 +122,7 @@ double Trainer::train_step(int64_t step) {
     spec.grad_scale = t.grad_clip > 0 && norm > t.grad_clip ? static_cast<float>(t.grad_clip / (norm + 1e-6)) : 1.0f;
     optimizer_->step(backend_, store_->master(), store_->grads(), store_->adam_m(), store_->adam_v(), spec);
   }
-  return loss_sum / static_cast<double>(accumulation_);
+  return loss_sum / static_cast<double>(accumulation_ * topo_.world);
 }
 
 std::vector<double> Trainer::run() {
@@ -116,12 +132,13 @@ std::vector<double> Trainer::run() {
   losses.reserve(static_cast<size_t>(t.steps));
   const Clock::time_point start = Clock::now();
   Clock::time_point window_start = start;
+  CommStats window_comm = groups_->stats;
   int64_t window_steps = 0;
   for (int64_t step = 0; step < t.steps; ++step) {
     losses.push_back(train_step(step));
     ++window_steps;
     const bool report = step == 0 || (step + 1) % config_.log.every == 0 || step + 1 == t.steps;
-    if (!report || place_.rank != 0) continue;
+    if (!report) continue;
     StepMetrics m;
     m.step = step + 1;
     m.total_steps = t.steps;
@@ -132,10 +149,18 @@ std::vector<double> Trainer::run() {
     m.step_time_s = seconds_since(window_start) / static_cast<double>(window_steps);
     m.samples_per_s = static_cast<double>(global_batch_) / m.step_time_s;
     m.tokens_per_s = m.samples_per_s * static_cast<double>(t.seq_len);
-    m.tflops_per_device = flops_per_sample * m.samples_per_s / place_.world / 1e12;
+    m.tflops_per_device = flops_per_sample * m.samples_per_s / topo_.world / 1e12;
+    const CommStats& c = groups_->stats;
+    const double per_step = 1.0 / static_cast<double>(window_steps);
+    m.comm_bytes_intra_node = (c.bytes(LinkTier::intra_node) - window_comm.bytes(LinkTier::intra_node)) * per_step;
+    m.comm_bytes_inter_node = (c.bytes(LinkTier::inter_node) - window_comm.bytes(LinkTier::inter_node)) * per_step;
+    m.comm_bytes_partition = (c.bytes(GroupKind::partition) - window_comm.bytes(GroupKind::partition)) * per_step;
+    m.comm_bytes_replication = (c.bytes(GroupKind::replication) - window_comm.bytes(GroupKind::replication)) * per_step;
+    m.comm_wait_s = (c.wait_s - window_comm.wait_s) * per_step;
+    window_comm = c;
     m.elapsed_s = seconds_since(start);
     m.eta_s = m.elapsed_s / static_cast<double>(step + 1) * static_cast<double>(t.steps - step - 1);
-    spdlog::info("{}", m.progress_line());
+    if (topo_.rank == 0) spdlog::info("{}", m.progress_line());
     if (metrics_) metrics_->write(m);
     window_start = Clock::now();
     window_steps = 0;

@@ -1,13 +1,16 @@
 #pragma once
-// The training loop of one process: micro-batches with gradient accumulation, global-norm
-// clipping, AdamW with the weight-decay mask, the LR schedule, progress and metrics.
+// The training loop of one rank: micro-batches with gradient accumulation into the MiCS
+// store, the two-hop gradient sync, global-norm clipping, AdamW on the shard with the
+// weight-decay mask, the LR schedule, progress and metrics.
 #include <cstdint>
 #include <memory>
 #include <vector>
 
 #include "data/batcher.h"
 #include "engine/config.h"
-#include "engine/local_param_store.h"
+#include "engine/process_groups.h"
+#include "engine/sharded_param_store.h"
+#include "engine/topology.h"
 #include "engine/lr_schedule.h"
 #include "engine/metrics.h"
 #include "engine/optimizer.h"
@@ -15,15 +18,10 @@
 
 namespace mics {
 
-struct RunPlacement {
-  int rank = 0;
-  int world = 1;
-};
-
 class Trainer {
  public:
   // Builds data, model and parameter store; throws ConfigError or data::DataError on bad input.
-  Trainer(const Config& config, Backend& backend, RunPlacement placement);
+  Trainer(const Config& config, Backend& backend, const Topology& topology);
   ~Trainer();
 
   // Trains config.train.steps steps; returns the loss of every step.
@@ -31,19 +29,21 @@ class Trainer {
 
   int64_t accumulation_steps() const { return accumulation_; }
   const model::Model& model() const { return *model_; }
+  const ShardedParamStore& store() const { return *store_; }
 
  private:
   double train_step(int64_t step);
 
   const Config& config_;
   Backend& backend_;
-  RunPlacement place_;
+  Topology topo_;
+  std::unique_ptr<ProcessGroups> groups_;
   int64_t global_batch_ = 0, accumulation_ = 0;
   std::unique_ptr<data::TokenSource> source_;
   std::unique_ptr<data::Batcher> batcher_;
   data::Batch batch_;
   std::unique_ptr<model::Model> model_;
-  std::unique_ptr<LocalParamStore> store_;
+  std::unique_ptr<ShardedParamStore> store_;
   std::unique_ptr<AdamW> optimizer_;
   LrSchedule schedule_;
   std::unique_ptr<MetricsFile> metrics_;

@@ -67,6 +67,12 @@ class ParamLayout {
   int64_t shard_multiple_ = 1;
 };
 
+// A run of the flat buffer held locally: flat elements [flat_begin, flat_begin + size)
+// sit at local_offset of the holder's buffer (a rank's shard is one run per layer).
+struct FlatRange {
+  int64_t flat_begin = 0, size = 0, local_offset = 0;
+};
+
 // Padding multiple for partition size p: lcm(p, 128).
 int64_t shard_multiple_for(int64_t partition_size);
 

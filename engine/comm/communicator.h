@@ -1,0 +1,70 @@
+#pragma once
+// Collectives over one process group, nonblocking: a call starts the operation and
+// returns a handle; the buffers may be read or reused only after wait() on it. Every
+// collective is charged to the rank's CommStats under its group kind and link tier.
+// The MPI implementation lives in mpi_communicator.cpp; NCCL and the simulator come later.
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace mics {
+
+enum class GroupKind : uint8_t { partition = 0, replication = 1 };
+enum class LinkTier : uint8_t { intra_node = 0, inter_node = 1 };
+
+// Bytes each rank moved, by group kind and link tier, and the time it waited on
+// communication. Bytes follow the ring algorithm: in a collective over m ranks of a full
+// message M, a rank sends (m-1)/m*M (all-gather, reduce-scatter) or 2(m-1)/m*M
+// (all-reduce) to its ring successor and receives as much from its predecessor; the tier
+// is that neighbour's node against this rank's.
+struct CommStats {
+  double sent[2][2] = {};      // [GroupKind][LinkTier]
+  double received[2][2] = {};
+  double wait_s = 0;
+  double bytes(LinkTier tier) const;  // sent + received over both kinds
+  double bytes(GroupKind kind) const;
+  void reset() { *this = CommStats{}; }
+};
+
+class CommRequest {
+ public:
+  virtual ~CommRequest() = default;
+};
+using Request = std::unique_ptr<CommRequest>;
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  virtual int rank() const = 0;  // index in the group
+  virtual int size() const = 0;
+
+  // In place over `base` (fp32): member j owns `blocks` chunks of `count` elements at
+  // base + j*member_stride + b*block_stride (b < blocks); afterwards every member holds
+  // every member's chunks. Flat gather: blocks = 1, member_stride = count.
+  virtual Request all_gather(float* base, size_t count, size_t blocks, size_t member_stride,
+                             size_t block_stride) = 0;
+  // send[size()*count] summed over members; member j receives block j into recv[count].
+  virtual Request reduce_scatter(const float* send, float* recv, size_t count) = 0;
+  // data[count] summed over members, in place.
+  virtual Request all_reduce(float* data, size_t count) = 0;
+  // Blocks until `request` completes (null requests return at once); charged to wait_s.
+  virtual void wait(Request& request) = 0;
+  // True when `request` has completed (then it is released); never blocks.
+  virtual bool test(Request& request) = 0;
+  // Sum of one double over the group, blocking; scalars are not charged to the counters.
+  virtual double sum_scalar(double value) = 0;
+};
+
+// Builds the communicator of `members` (world ranks, in group order) from the world;
+// every rank of the world must call it with its own group's members (collective).
+// `ranks_per_node` maps a world rank to its node for the tier accounting.
+std::unique_ptr<Communicator> make_mpi_communicator(const std::vector<int>& members,
+                                                    GroupKind kind, int ranks_per_node,
+                                                    CommStats& stats);
+
+// Sum of a few doubles over every rank (losses, norms); not charged to the counters.
+void world_sum(double* values, int count);
+
+}  // namespace mics

@@ -1,0 +1,163 @@
+// Communicator over MPI's nonblocking collectives. Groups are split from MPI_COMM_WORLD;
+// the strided gather uses a vector datatype so chunks land where they belong with no copy.
+#include <mpi.h>
+
+#include <algorithm>
+#include <chrono>
+#include <stdexcept>
+#include <string>
+
+#include "engine/comm/communicator.h"
+
+namespace mics {
+
+double CommStats::bytes(LinkTier tier) const {
+  const int t = static_cast<int>(tier);
+  return sent[0][t] + sent[1][t] + received[0][t] + received[1][t];
+}
+
+double CommStats::bytes(GroupKind kind) const {
+  const int k = static_cast<int>(kind);
+  return sent[k][0] + sent[k][1] + received[k][0] + received[k][1];
+}
+
+namespace {
+
+void check(int code, const char* what) {
+  if (code == MPI_SUCCESS) return;
+  char text[MPI_MAX_ERROR_STRING];
+  int len = 0;
+  MPI_Error_string(code, text, &len);
+  int rank = -1;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  throw std::runtime_error(std::string(what) + " failed on rank " + std::to_string(rank) + ": " +
+                           std::string(text, static_cast<size_t>(len)));
+}
+
+struct MpiRequest final : CommRequest {
+  MPI_Request handle = MPI_REQUEST_NULL;
+  MPI_Datatype owned_type = MPI_DATATYPE_NULL;  // freed once the operation completes
+};
+
+class MpiCommunicator final : public Communicator {
+ public:
+  MpiCommunicator(const std::vector<int>& members, GroupKind kind, int ranks_per_node,
+                  CommStats& stats)
+      : kind_(kind), stats_(stats) {
+    int world_rank = 0;
+    MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
+    const auto me = std::find(members.begin(), members.end(), world_rank);
+    if (me == members.end()) throw std::logic_error("communicator built by a non-member");
+    rank_ = static_cast<int>(me - members.begin());
+    size_ = static_cast<int>(members.size());
+    // Color: the group's first member identifies the group; key: the order in the group.
+    check(MPI_Comm_split(MPI_COMM_WORLD, members.front(), rank_, &comm_), "MPI_Comm_split");
+    const int next = members[static_cast<size_t>((rank_ + 1) % size_)];
+    const int prev = members[static_cast<size_t>((rank_ + size_ - 1) % size_)];
+    const int node = world_rank / ranks_per_node;
+    send_tier_ = next / ranks_per_node == node ? LinkTier::intra_node : LinkTier::inter_node;
+    recv_tier_ = prev / ranks_per_node == node ? LinkTier::intra_node : LinkTier::inter_node;
+  }
+  ~MpiCommunicator() override {
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (!finalized) MPI_Comm_free(&comm_);
+  }
+
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+
+  Request all_gather(float* base, size_t count, size_t blocks, size_t member_stride,
+                     size_t block_stride) override {
+    auto req = std::make_unique<MpiRequest>();
+    if (size_ == 1) return req;
+    MPI_Datatype vec;
+    check(MPI_Type_vector(static_cast<int>(blocks), static_cast<int>(count),
+                          static_cast<int>(block_stride), MPI_FLOAT, &vec), "MPI_Type_vector");
+    check(MPI_Type_create_resized(vec, 0, static_cast<MPI_Aint>(member_stride * sizeof(float)),
+                                  &req->owned_type), "MPI_Type_create_resized");
+    MPI_Type_free(&vec);
+    check(MPI_Type_commit(&req->owned_type), "MPI_Type_commit");
+    check(MPI_Iallgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, base, 1, req->owned_type, comm_,
+                         &req->handle), "MPI_Iallgather");
+    charge(static_cast<double>(size_ - 1) * static_cast<double>(blocks * count * sizeof(float)));
+    return req;
+  }
+
+  Request reduce_scatter(const float* send, float* recv, size_t count) override {
+    auto req = std::make_unique<MpiRequest>();
+    if (size_ == 1) {
+      std::copy(send, send + count, recv);
+      return req;
+    }
+    check(MPI_Ireduce_scatter_block(send, recv, static_cast<int>(count), MPI_FLOAT, MPI_SUM, comm_,
+                                    &req->handle), "MPI_Ireduce_scatter_block");
+    charge(static_cast<double>(size_ - 1) * static_cast<double>(count * sizeof(float)));
+    return req;
+  }
+
+  Request all_reduce(float* data, size_t count) override {
+    auto req = std::make_unique<MpiRequest>();
+    if (size_ == 1) return req;
+    check(MPI_Iallreduce(MPI_IN_PLACE, data, static_cast<int>(count), MPI_FLOAT, MPI_SUM, comm_,
+                         &req->handle), "MPI_Iallreduce");
+    // Ring all-reduce = reduce-scatter + all-gather: 2(m-1)/m of the message.
+    charge(2.0 * static_cast<double>(size_ - 1) * static_cast<double>(count * sizeof(float)) /
+           static_cast<double>(size_));
+    return req;
+  }
+
+  void wait(Request& request) override {
+    auto* req = static_cast<MpiRequest*>(request.get());
+    if (req == nullptr) return;
+    const auto start = std::chrono::steady_clock::now();
+    check(MPI_Wait(&req->handle, MPI_STATUS_IGNORE), "MPI_Wait");
+    stats_.wait_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (req->owned_type != MPI_DATATYPE_NULL) MPI_Type_free(&req->owned_type);
+    request.reset();
+  }
+
+  bool test(Request& request) override {
+    auto* req = static_cast<MpiRequest*>(request.get());
+    if (req == nullptr) return true;
+    int done = 0;
+    check(MPI_Test(&req->handle, &done, MPI_STATUS_IGNORE), "MPI_Test");
+    if (!done) return false;
+    if (req->owned_type != MPI_DATATYPE_NULL) MPI_Type_free(&req->owned_type);
+    request.reset();
+    return true;
+  }
+
+  double sum_scalar(double value) override {
+    if (size_ > 1) check(MPI_Allreduce(MPI_IN_PLACE, &value, 1, MPI_DOUBLE, MPI_SUM, comm_), "MPI_Allreduce");
+    return value;
+  }
+
+ private:
+  void charge(double bytes) {
+    const int k = static_cast<int>(kind_);
+    stats_.sent[k][static_cast<int>(send_tier_)] += bytes;
+    stats_.received[k][static_cast<int>(recv_tier_)] += bytes;
+  }
+
+  GroupKind kind_;
+  CommStats& stats_;
+  MPI_Comm comm_ = MPI_COMM_NULL;
+  int rank_ = 0, size_ = 1;
+  LinkTier send_tier_ = LinkTier::intra_node, recv_tier_ = LinkTier::intra_node;
+};
+
+}  // namespace
+
+std::unique_ptr<Communicator> make_mpi_communicator(const std::vector<int>& members,
+                                                    GroupKind kind, int ranks_per_node,
+                                                    CommStats& stats) {
+  return std::make_unique<MpiCommunicator>(members, kind, ranks_per_node, stats);
+}
+
+void world_sum(double* values, int count) {
+  check(MPI_Allreduce(MPI_IN_PLACE, values, count, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD),
+        "MPI_Allreduce");
+}
+
+}  // namespace mics

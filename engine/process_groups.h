@@ -1,0 +1,24 @@
+#pragma once
+// The communicators of one rank, built once from its Topology: partition group,
+// replication group and, for a hierarchical gather, the intra- and inter-node subgroups of
+// the partition group. Building them is collective: every rank calls it in the same order.
+#include <memory>
+
+#include "engine/comm/communicator.h"
+#include "engine/sharded_param_store.h"
+#include "engine/topology.h"
+
+namespace mics {
+
+struct ProcessGroups {
+  CommStats stats;
+  std::unique_ptr<Communicator> partition, replication, intra_node, inter_node;
+
+  ShardedParamStore::Groups groups() const {
+    return {partition.get(), replication.get(), intra_node.get(), inter_node.get()};
+  }
+};
+
+std::unique_ptr<ProcessGroups> build_mpi_groups(const Topology& topo);
+
+}  // namespace mics

@@ -1,0 +1,280 @@
+#include "engine/sharded_param_store.h"
+
+#include <algorithm>
+#include <stdexcept>
+
+namespace mics {
+
+// A gathered layer: the whole span in working precision. A hierarchical gather runs in
+// two stages; the second starts once the first has landed.
+struct ShardedParamStore::ParamSlot {
+  DeviceBuffer buffer;
+  int layer = -1;
+  bool in_use = false;
+  int stage = 0;  // 0 idle, 1 inter-node (or flat) in flight, 2 intra-node in flight, 3 ready
+  Request request;
+};
+
+// A layer's full gradient as the model writes it, and the shard the reduce-scatter leaves.
+struct ShardedParamStore::GradSlot {
+  DeviceBuffer work, shard;
+  int layer = -1;
+  bool open = false;  // handed to the model, not yet ready
+  Request request;    // reduce-scatter in flight
+  uint64_t age = 0;
+};
+
+namespace {
+size_t floats(int64_t n) { return sizeof(float) * static_cast<size_t>(n); }
+}  // namespace
+
+ShardedParamStore::ShardedParamStore(Backend& backend, const model::ParamLayout& layout,
+                                     const Topology& topo, Groups groups, StoreOptions options,
+                                     uint64_t init_seed)
+    : be_(backend), layout_(layout), topo_(topo), groups_(groups), opt_(options) {
+  const int64_t p = topo.partition_size;
+  if (layout.shard_multiple() % p != 0)
+    throw std::logic_error("layout not padded for partition size " + std::to_string(p));
+  for (const model::LayerSpan& s : layout.layers()) max_layer_ = std::max(max_layer_, s.size);
+  shard_total_ = layout.total_elements() / p;
+  master_ = DeviceBuffer(backend, floats(shard_total_));
+  grads_ = DeviceBuffer(backend, floats(shard_total_ * (opt_.sync_every_microstep ? 2 : 1)));
+  m_ = DeviceBuffer(backend, floats(shard_total_));
+  v_ = DeviceBuffer(backend, floats(shard_total_));
+
+  // Each rank initialises only its own slices; the values are those of the whole model.
+  std::vector<float> init(static_cast<size_t>(shard_total_));
+  for (const model::FlatRange& r : ranges())
+    model::init_parameters(layout, init_seed, r.flat_begin, r.flat_begin + r.size,
+                           init.data() + r.local_offset);
+  be_.copy_from_host(master_.data(), init.data(), floats(shard_total_));
+  be_.fill_zero(grads_.view(DType::f32, {static_cast<int64_t>(grads_.bytes() / sizeof(float))}));
+  be_.fill_zero(adam_m());
+  be_.fill_zero(adam_v());
+
+  // With p = 1 the shard is the whole model: layers are used in place, nothing gathered.
+  const int param_slots = p > 1 ? opt_.prefetch + 2 : 0;
+  for (int i = 0; i < param_slots; ++i) {
+    param_slots_.push_back(std::make_unique<ParamSlot>());
+    param_slots_.back()->buffer = DeviceBuffer(backend, floats(max_layer_));
+  }
+  for (int i = 0; i < 3; ++i) {  // head and embeddings open together, one reducing
+    grad_slots_.push_back(std::make_unique<GradSlot>());
+    grad_slots_.back()->work = DeviceBuffer(backend, floats(max_layer_));
+    grad_slots_.back()->shard = DeviceBuffer(backend, floats(max_layer_ / p));
+  }
+}
+
+ShardedParamStore::~ShardedParamStore() {
+  // Nothing may still write into buffers that are about to be freed.
+  for (auto& s : param_slots_) {
+    if (s->request && topo_.hierarchical && s->stage == 1) groups_.inter_node->wait(s->request);
+    else if (s->request && topo_.hierarchical) groups_.intra_node->wait(s->request);
+    else if (s->request) groups_.partition->wait(s->request);
+  }
+  for (auto& s : grad_slots_)
+    if (s->request) groups_.partition->wait(s->request);
+}
+
+int64_t ShardedParamStore::shard_offset(int layer) const {
+  return layout_.layers()[static_cast<size_t>(layer)].begin / topo_.partition_size;
+}
+
+std::vector<model::FlatRange> ShardedParamStore::ranges() const {
+  std::vector<model::FlatRange> out;
+  const int64_t p = topo_.partition_size;
+  for (const model::LayerSpan& s : layout_.layers())
+    out.push_back({s.begin + topo_.shard_index() * (s.size / p), s.size / p, s.begin / p});
+  return out;
+}
+
+Tensor ShardedParamStore::master() const { return master_.view(DType::f32, {shard_total_}); }
+Tensor ShardedParamStore::grads() const { return grads_.view(DType::f32, {shard_total_}); }
+Tensor ShardedParamStore::adam_m() const { return m_.view(DType::f32, {shard_total_}); }
+Tensor ShardedParamStore::adam_v() const { return v_.view(DType::f32, {shard_total_}); }
+
+Tensor ShardedParamStore::layer_span_view(const DeviceBuffer& buffer, int layer) const {
+  const int64_t size = layout_.layers()[static_cast<size_t>(layer)].size;
+  return buffer.view(DType::f32, {size});
+}
+
+// ---- parameters ----
+
+ShardedParamStore::ParamSlot* ShardedParamStore::find_param_slot(int layer) {
+  for (auto& s : param_slots_)
+    if (s->layer == layer && !s->in_use) return s.get();
+  return nullptr;
+}
+
+ShardedParamStore::ParamSlot& ShardedParamStore::start_gather(int layer) {
+  ParamSlot* slot = nullptr;
+  for (auto& s : param_slots_)  // an idle slot first, else one holding an unneeded prefetch
+    if (!s->in_use && (slot == nullptr || s->layer == -1)) slot = s.get();
+  if (slot == nullptr) throw std::logic_error("more layers acquired at once than gather slots");
+  if (slot->request) {  // the buffer may be reused only once its collective has finished
+    Communicator* c = topo_.hierarchical && slot->stage == 2 ? groups_.intra_node
+                      : topo_.hierarchical                    ? groups_.inter_node
+                                                              : groups_.partition;
+    c->wait(slot->request);
+  }
+  const int64_t chunk = layout_.layers()[static_cast<size_t>(layer)].size / topo_.partition_size;
+  float* base = static_cast<float*>(slot->buffer.data());
+  be_.cast(Tensor(base + topo_.shard_index() * chunk, {chunk}), master().slice(shard_offset(layer), {chunk}));
+  slot->layer = layer;
+  slot->stage = 1;
+  if (topo_.hierarchical) {
+    // Stage 1: the ranks with this local rank on the group's nodes exchange their chunks,
+    // which land k chunks apart, where the full layer wants them.
+    const int k = topo_.ranks_per_node;
+    slot->request = groups_.inter_node->all_gather(base + topo_.local_rank() * chunk, chunk, 1,
+                                                   static_cast<size_t>(k * chunk), 0);
+  } else {
+    slot->request = groups_.partition->all_gather(base, chunk, 1, static_cast<size_t>(chunk), 0);
+  }
+  return *slot;
+}
+
+Tensor ShardedParamStore::acquire_params(int layer) {
+  if (recording_) {
+    schedule_.push_back(layer);
+  } else {
+    on_schedule_ = on_schedule_ && cursor_ < schedule_.size() && schedule_[cursor_] == layer;
+  }
+  const size_t position = cursor_++;
+  if (topo_.partition_size == 1)
+    return master().slice(shard_offset(layer), {layout_.layers()[static_cast<size_t>(layer)].size});
+
+  ParamSlot* slot = find_param_slot(layer);
+  if (slot == nullptr) slot = &start_gather(layer);
+  slot->in_use = true;
+  if (topo_.hierarchical && slot->stage == 1) {
+    groups_.inter_node->wait(slot->request);
+    slot->stage = 2;
+    const int64_t chunk = layout_.layers()[static_cast<size_t>(layer)].size / topo_.partition_size;
+    const int k = topo_.ranks_per_node;
+    slot->request = groups_.intra_node->all_gather(
+        static_cast<float*>(slot->buffer.data()), chunk, static_cast<size_t>(topo_.nodes_per_partition()),
+        static_cast<size_t>(chunk), static_cast<size_t>(k * chunk));
+  }
+  // Data is read only after the collective has completed.
+  (topo_.hierarchical ? groups_.intra_node : groups_.partition)->wait(slot->request);
+  slot->stage = 3;
+  prefetch_after(position);
+  return layer_span_view(slot->buffer, layer);
+}
+
+void ShardedParamStore::prefetch_after(size_t position) {
+  if (recording_ || !on_schedule_) return;
+  for (size_t next = position + 1; next < schedule_.size() && next <= position + static_cast<size_t>(opt_.prefetch); ++next) {
+    const int layer = schedule_[next];
+    bool present = false;
+    for (auto& s : param_slots_) present = present || s->layer == layer;
+    if (present) continue;
+    bool free_slot = false;
+    for (auto& s : param_slots_) free_slot = free_slot || (!s->in_use && s->layer == -1);
+    if (!free_slot) return;
+    start_gather(layer);
+  }
+}
+
+void ShardedParamStore::release_params(int layer) {
+  if (topo_.partition_size == 1) return;
+  for (auto& s : param_slots_) {
+    if (s->layer == layer && s->in_use) {
+      s->in_use = false;
+      s->layer = -1;
+      s->stage = 0;
+      return;
+    }
+  }
+  throw std::logic_error("release of layer " + std::to_string(layer) + " that was not acquired");
+}
+
+// ---- gradients ----
+
+Tensor ShardedParamStore::grad_buffer(int layer) {
+  for (auto& s : grad_slots_)
+    if (s->open && s->layer == layer) return layer_span_view(s->work, layer);
+  GradSlot* slot = nullptr;
+  for (auto& s : grad_slots_)
+    if (!s->open && !s->request && (slot == nullptr || s->age < slot->age)) slot = s.get();
+  if (slot == nullptr) {  // every slot busy: land the oldest reduce-scatter
+    for (auto& s : grad_slots_)
+      if (!s->open && (slot == nullptr || s->age < slot->age)) slot = s.get();
+    if (slot == nullptr) throw std::logic_error("more gradient buffers open than slots");
+    finish_grad_slot(*slot);
+  }
+  slot->layer = layer;
+  slot->open = true;
+  slot->age = grad_age_++;
+  Tensor view = layer_span_view(slot->work, layer);
+  be_.fill_zero(view);
+  return view;
+}
+
+void ShardedParamStore::grads_ready(int layer) {
+  for (auto& s : grad_slots_) {
+    if (s->open && s->layer == layer) {
+      s->open = false;
+      const int64_t chunk = layout_.layers()[static_cast<size_t>(layer)].size / topo_.partition_size;
+      s->request = groups_.partition->reduce_scatter(static_cast<const float*>(s->work.data()),
+                                                     static_cast<float*>(s->shard.data()),
+                                                     static_cast<size_t>(chunk));
+      if (topo_.partition_size == 1) finish_grad_slot(*s);  // nothing to overlap
+      return;
+    }
+  }
+  throw std::logic_error("grads_ready for layer " + std::to_string(layer) + " without a buffer");
+}
+
+void ShardedParamStore::finish_grad_slot(GradSlot& slot) {
+  if (slot.layer < 0) return;
+  groups_.partition->wait(slot.request);
+  const int64_t chunk = layout_.layers()[static_cast<size_t>(slot.layer)].size / topo_.partition_size;
+  // every_microstep keeps this micro-step's gradient apart until it is synchronised.
+  const int64_t base = opt_.sync_every_microstep ? shard_total_ : 0;
+  Tensor acc = grads_.view(DType::f32, {static_cast<int64_t>(grads_.bytes() / sizeof(float))})
+                   .slice(base + shard_offset(slot.layer), {chunk});
+  be_.add(acc, acc, slot.shard.view(DType::f32, {chunk}));
+  slot.layer = -1;
+}
+
+void ShardedParamStore::begin_step() {
+  be_.fill_zero(grads_.view(DType::f32, {static_cast<int64_t>(grads_.bytes() / sizeof(float))}));
+}
+
+void ShardedParamStore::end_micro_step() {
+  for (auto& s : grad_slots_) {
+    if (s->open) throw std::logic_error("layer " + std::to_string(s->layer) + " gradients never marked ready");
+    finish_grad_slot(*s);
+  }
+  recording_ = false;
+  cursor_ = 0;
+  on_schedule_ = true;
+  if (opt_.sync_every_microstep) {
+    Tensor micro = grads_.view(DType::f32, {2 * shard_total_}).slice(shard_total_, {shard_total_});
+    Request r = groups_.replication->all_reduce(micro.ptr<float>(), static_cast<size_t>(shard_total_));
+    groups_.replication->wait(r);
+    be_.add(grads(), grads(), micro);
+    be_.fill_zero(micro);
+  }
+}
+
+void ShardedParamStore::end_accumulation() {
+  if (opt_.sync_every_microstep) return;
+  Request r = groups_.replication->all_reduce(grads().ptr<float>(), static_cast<size_t>(shard_total_));
+  groups_.replication->wait(r);
+}
+
+double ShardedParamStore::grad_norm_squared() {
+  return groups_.partition->sum_scalar(be_.sum_squares(grads()));
+}
+
+size_t ShardedParamStore::resident_bytes() const {
+  size_t total = master_.bytes() + grads_.bytes() + m_.bytes() + v_.bytes();
+  for (const auto& s : param_slots_) total += s->buffer.bytes();
+  for (const auto& s : grad_slots_) total += s->work.bytes() + s->shard.bytes();
+  return total;
+}
+
+}  // namespace mics

@@ -1,0 +1,91 @@
+#pragma once
+// MiCS's model states. Each rank owns 1/p of every layer span of the flat buffer: fp32
+// master weights, AdamW's m and v, and the gradient accumulator; nothing is replicated
+// inside a partition group. The model's "layer i" is gathered into a working buffer
+// (flat or hierarchical all-gather, the next layers prefetched while this one computes),
+// and its gradients are reduce-scattered into the accumulator shard right after its
+// backward. The replication group all-reduces the accumulated shard once per optimizer
+// step (two-hop) or after every micro-step.
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "engine/comm/communicator.h"
+#include "engine/topology.h"
+#include "kernels/ops.h"
+#include "model/param_layout.h"
+#include "model/param_provider.h"
+
+namespace mics {
+
+struct StoreOptions {
+  int prefetch = 1;              // layers gathered ahead of the one being acquired
+  bool sync_every_microstep = false;
+};
+
+class ShardedParamStore final : public model::ParamProvider {
+ public:
+  // The communicators are this rank's partition group, replication group and, with a
+  // hierarchical gather, its intra-node and inter-node subgroups of the partition group.
+  struct Groups {
+    Communicator* partition = nullptr;
+    Communicator* replication = nullptr;
+    Communicator* intra_node = nullptr;  // hierarchical only
+    Communicator* inter_node = nullptr;  // hierarchical only
+  };
+
+  ShardedParamStore(Backend& backend, const model::ParamLayout& layout, const Topology& topo,
+                    Groups groups, StoreOptions options, uint64_t init_seed);
+  ~ShardedParamStore() override;
+
+  // ParamProvider
+  Tensor acquire_params(int layer) override;
+  void release_params(int layer) override;
+  Tensor grad_buffer(int layer) override;
+  void grads_ready(int layer) override;
+
+  // This rank's shard, [shard_elements] fp32 each: layer l's slice at shard_offset(l).
+  Tensor master() const;
+  Tensor grads() const;
+  Tensor adam_m() const;
+  Tensor adam_v() const;
+  int64_t shard_elements() const { return shard_total_; }
+  int64_t shard_offset(int layer) const;
+  // The flat-buffer runs this shard holds, one per layer.
+  std::vector<model::FlatRange> ranges() const;
+
+  void begin_step();          // zero the gradient accumulator
+  void end_micro_step();      // all reduce-scatters landed (and, every_microstep, synced)
+  void end_accumulation();    // two-hop: all-reduce the accumulated shard across replicas
+  // Global squared gradient norm: this shard's sum of squares summed over the partition group.
+  double grad_norm_squared();
+  // Bytes this rank holds for model states (shards, working and gradient buffers).
+  size_t resident_bytes() const;
+
+ private:
+  struct ParamSlot;
+  struct GradSlot;
+  ParamSlot* find_param_slot(int layer);
+  ParamSlot& start_gather(int layer);
+  void prefetch_after(size_t position);
+  void finish_grad_slot(GradSlot& slot);
+  Tensor layer_span_view(const DeviceBuffer& buffer, int layer) const;
+
+  Backend& be_;
+  const model::ParamLayout& layout_;
+  Topology topo_;
+  Groups groups_;
+  StoreOptions opt_;
+  int64_t shard_total_ = 0, max_layer_ = 0;
+  DeviceBuffer master_, grads_, m_, v_;
+  std::vector<std::unique_ptr<ParamSlot>> param_slots_;
+  std::vector<std::unique_ptr<GradSlot>> grad_slots_;
+  // Acquire order seen in the first micro-step, replayed as the prefetch schedule.
+  std::vector<int> schedule_;
+  bool recording_ = true;
+  size_t cursor_ = 0;
+  bool on_schedule_ = true;
+  uint64_t grad_age_ = 0;
+};
+
+}  // namespace mics
