@@ -7,6 +7,14 @@
 namespace mics {
 
 nlohmann::json StepMetrics::to_json() const {
+  // Bytes sent by this rank per group kind, collective and link tier; received is the
+  // same total (ring algorithms), and the flat keys count sent + received.
+  nlohmann::json sent;
+  for (int k = 0; k < 2; ++k)
+    for (int o = 0; o < 3; ++o)
+      for (int t = 0; t < 2; ++t)
+        sent[name(static_cast<GroupKind>(k))][name(static_cast<CollectiveOp>(o))]
+            [name(static_cast<LinkTier>(t))] = comm.sent[k][o][t];
   return {{"step", step},
           {"loss", loss},
           {"lr", lr},
@@ -17,11 +25,13 @@ nlohmann::json StepMetrics::to_json() const {
           {"tflops_per_device", tflops_per_device},
           {"elapsed_s", elapsed_s},
           {"skipped", skipped},
-          {"comm_bytes_intra_node", comm_bytes_intra_node},
-          {"comm_bytes_inter_node", comm_bytes_inter_node},
-          {"comm_bytes_partition", comm_bytes_partition},
-          {"comm_bytes_replication", comm_bytes_replication},
-          {"comm_wait_s", comm_wait_s}};
+          {"comm_bytes_intra_node", comm.bytes(LinkTier::intra_node)},
+          {"comm_bytes_inter_node", comm.bytes(LinkTier::inter_node)},
+          {"comm_bytes_partition", comm.bytes(GroupKind::partition)},
+          {"comm_bytes_replication", comm.bytes(GroupKind::replication)},
+          {"comm_wait_s", comm.wait_s},
+          {"comm_sent", sent},
+          {"model_state_bytes", model_state_bytes}};
 }
 
 std::string StepMetrics::progress_line() const {

@@ -7,6 +7,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "engine/comm/communicator.h"
+
 namespace mics {
 
 struct StepMetrics {
@@ -22,10 +24,9 @@ struct StepMetrics {
   double elapsed_s = 0;
   double eta_s = 0;
   bool skipped = false;     // non-finite gradients: the update was not applied
-  // This rank's communication per step (bytes sent + received; ring-algorithm count).
-  double comm_bytes_intra_node = 0, comm_bytes_inter_node = 0;
-  double comm_bytes_partition = 0, comm_bytes_replication = 0;
-  double comm_wait_s = 0;
+  // This rank's communication per step, averaged over the steps since the last report.
+  CommStats comm;
+  double model_state_bytes = 0;  // this rank's shards of weights, gradients, Adam states
 
   nlohmann::json to_json() const;
   std::string progress_line() const;

@@ -270,8 +270,12 @@ double ShardedParamStore::grad_norm_squared() {
   return groups_.partition->sum_scalar(be_.sum_squares(grads()));
 }
 
+size_t ShardedParamStore::model_state_bytes() const {
+  return master_.bytes() + grads_.bytes() + m_.bytes() + v_.bytes();
+}
+
 size_t ShardedParamStore::resident_bytes() const {
-  size_t total = master_.bytes() + grads_.bytes() + m_.bytes() + v_.bytes();
+  size_t total = model_state_bytes();
   for (const auto& s : param_slots_) total += s->buffer.bytes();
   for (const auto& s : grad_slots_) total += s->work.bytes() + s->shard.bytes();
   return total;

@@ -59,7 +59,9 @@ class ShardedParamStore final : public model::ParamProvider {
   void end_accumulation();    // two-hop: all-reduce the accumulated shard across replicas
   // Global squared gradient norm: this shard's sum of squares summed over the partition group.
   double grad_norm_squared();
-  // Bytes this rank holds for model states (shards, working and gradient buffers).
+  // Bytes of this rank's model-state shards: master weights, gradients, Adam m and v.
+  size_t model_state_bytes() const;
+  // Everything the store holds: the shards plus the gather and gradient working buffers.
   size_t resident_bytes() const;
 
  private:

@@ -80,8 +80,9 @@ Trainer::Trainer(const Config& c, Backend& backend, const Topology& topo)
                static_cast<double>(model_->activation_bytes()) / (1024.0 * 1024.0));
   spdlog::info("batch: global {} = micro-batch {} x {} accumulation steps x {} ranks, seq {}",
                global_batch_, t.micro_batch_size, accumulation_, topo.world, t.seq_len);
-  spdlog::info("model states on this rank: {} of {} parameter elements, {:.1f} MiB resident",
+  spdlog::info("model states on this rank: {} of {} elements, {:.2f} MiB; with working buffers {:.2f} MiB",
                store_->shard_elements(), layout.total_elements(),
+               static_cast<double>(store_->model_state_bytes()) / (1024.0 * 1024.0),
                static_cast<double>(store_->resident_bytes()) / (1024.0 * 1024.0));
 }
 
@@ -150,14 +151,9 @@ std::vector<double> Trainer::run() {
     m.samples_per_s = static_cast<double>(global_batch_) / m.step_time_s;
     m.tokens_per_s = m.samples_per_s * static_cast<double>(t.seq_len);
     m.tflops_per_device = flops_per_sample * m.samples_per_s / topo_.world / 1e12;
-    const CommStats& c = groups_->stats;
-    const double per_step = 1.0 / static_cast<double>(window_steps);
-    m.comm_bytes_intra_node = (c.bytes(LinkTier::intra_node) - window_comm.bytes(LinkTier::intra_node)) * per_step;
-    m.comm_bytes_inter_node = (c.bytes(LinkTier::inter_node) - window_comm.bytes(LinkTier::inter_node)) * per_step;
-    m.comm_bytes_partition = (c.bytes(GroupKind::partition) - window_comm.bytes(GroupKind::partition)) * per_step;
-    m.comm_bytes_replication = (c.bytes(GroupKind::replication) - window_comm.bytes(GroupKind::replication)) * per_step;
-    m.comm_wait_s = (c.wait_s - window_comm.wait_s) * per_step;
-    window_comm = c;
+    m.comm = groups_->stats.minus(window_comm).scaled(1.0 / static_cast<double>(window_steps));
+    window_comm = groups_->stats;
+    m.model_state_bytes = static_cast<double>(store_->model_state_bytes());
     m.elapsed_s = seconds_since(start);
     m.eta_s = m.elapsed_s / static_cast<double>(step + 1) * static_cast<double>(t.steps - step - 1);
     if (topo_.rank == 0) spdlog::info("{}", m.progress_line());

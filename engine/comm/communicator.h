@@ -12,7 +12,11 @@
 namespace mics {
 
 enum class GroupKind : uint8_t { partition = 0, replication = 1 };
+enum class CollectiveOp : uint8_t { all_gather = 0, reduce_scatter = 1, all_reduce = 2 };
 enum class LinkTier : uint8_t { intra_node = 0, inter_node = 1 };
+const char* name(GroupKind kind);
+const char* name(CollectiveOp op);
+const char* name(LinkTier tier);
 
 // Bytes each rank moved, by group kind and link tier, and the time it waited on
 // communication. Bytes follow the ring algorithm: in a collective over m ranks of a full
@@ -20,12 +24,17 @@ enum class LinkTier : uint8_t { intra_node = 0, inter_node = 1 };
 // (all-reduce) to its ring successor and receives as much from its predecessor; the tier
 // is that neighbour's node against this rank's.
 struct CommStats {
-  double sent[2][2] = {};      // [GroupKind][LinkTier]
-  double received[2][2] = {};
+  double sent[2][3][2] = {};  // [GroupKind][CollectiveOp][LinkTier]
+  double received[2][3][2] = {};
   double wait_s = 0;
-  double bytes(LinkTier tier) const;  // sent + received over both kinds
-  double bytes(GroupKind kind) const;
-  void reset() { *this = CommStats{}; }
+
+  // Bytes sent + received, summed over the dimensions left at -1.
+  double bytes(int kind = -1, int op = -1, int tier = -1) const;
+  double bytes(LinkTier tier) const { return bytes(-1, -1, static_cast<int>(tier)); }
+  double bytes(GroupKind kind) const { return bytes(static_cast<int>(kind)); }
+  double bytes(CollectiveOp op) const { return bytes(-1, static_cast<int>(op)); }
+  CommStats minus(const CommStats& earlier) const;
+  CommStats scaled(double factor) const;
 };
 
 class CommRequest {

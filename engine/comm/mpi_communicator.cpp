@@ -11,15 +11,6 @@
 
 namespace mics {
 
-double CommStats::bytes(LinkTier tier) const {
-  const int t = static_cast<int>(tier);
-  return sent[0][t] + sent[1][t] + received[0][t] + received[1][t];
-}
-
-double CommStats::bytes(GroupKind kind) const {
-  const int k = static_cast<int>(kind);
-  return sent[k][0] + sent[k][1] + received[k][0] + received[k][1];
-}
 
 namespace {
 
@@ -80,7 +71,7 @@ class MpiCommunicator final : public Communicator {
     check(MPI_Type_commit(&req->owned_type), "MPI_Type_commit");
     check(MPI_Iallgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, base, 1, req->owned_type, comm_,
                          &req->handle), "MPI_Iallgather");
-    charge(static_cast<double>(size_ - 1) * static_cast<double>(blocks * count * sizeof(float)));
+    charge(CollectiveOp::all_gather, static_cast<double>(size_ - 1) * static_cast<double>(blocks * count * sizeof(float)));
     return req;
   }
 
@@ -92,7 +83,7 @@ class MpiCommunicator final : public Communicator {
     }
     check(MPI_Ireduce_scatter_block(send, recv, static_cast<int>(count), MPI_FLOAT, MPI_SUM, comm_,
                                     &req->handle), "MPI_Ireduce_scatter_block");
-    charge(static_cast<double>(size_ - 1) * static_cast<double>(count * sizeof(float)));
+    charge(CollectiveOp::reduce_scatter, static_cast<double>(size_ - 1) * static_cast<double>(count * sizeof(float)));
     return req;
   }
 
@@ -102,7 +93,7 @@ class MpiCommunicator final : public Communicator {
     check(MPI_Iallreduce(MPI_IN_PLACE, data, static_cast<int>(count), MPI_FLOAT, MPI_SUM, comm_,
                          &req->handle), "MPI_Iallreduce");
     // Ring all-reduce = reduce-scatter + all-gather: 2(m-1)/m of the message.
-    charge(2.0 * static_cast<double>(size_ - 1) * static_cast<double>(count * sizeof(float)) /
+    charge(CollectiveOp::all_reduce, 2.0 * static_cast<double>(size_ - 1) * static_cast<double>(count * sizeof(float)) /
            static_cast<double>(size_));
     return req;
   }
@@ -134,10 +125,10 @@ class MpiCommunicator final : public Communicator {
   }
 
  private:
-  void charge(double bytes) {
-    const int k = static_cast<int>(kind_);
-    stats_.sent[k][static_cast<int>(send_tier_)] += bytes;
-    stats_.received[k][static_cast<int>(recv_tier_)] += bytes;
+  void charge(CollectiveOp op, double bytes) {
+    const int k = static_cast<int>(kind_), o = static_cast<int>(op);
+    stats_.sent[k][o][static_cast<int>(send_tier_)] += bytes;
+    stats_.received[k][o][static_cast<int>(recv_tier_)] += bytes;
   }
 
   GroupKind kind_;

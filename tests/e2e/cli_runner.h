@@ -17,8 +17,7 @@ struct CliResult {
   std::string output;  // stdout and stderr together
 };
 
-inline CliResult run_cli(const std::string& args) {
-  const std::string cmd = std::string(MICS_TRAIN_BIN) + " " + args + " 2>&1";
+inline CliResult run_cli_command(const std::string& cmd) {
   CliResult r;
   FILE* pipe = popen(cmd.c_str(), "r");
   if (pipe == nullptr) return r;
@@ -28,6 +27,18 @@ inline CliResult run_cli(const std::string& args) {
   const int status = pclose(pipe);
   r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   return r;
+}
+
+inline CliResult run_cli(const std::string& args) {
+  return run_cli_command(std::string(MICS_TRAIN_BIN) + " " + args + " 2>&1");
+}
+
+// The same under mpirun with `ranks` processes oversubscribing the cores: one thread
+// each, idle ranks yielding, root allowed (CI runs as root).
+inline CliResult run_mpi(int ranks, const std::string& args) {
+  return run_cli_command("OMP_NUM_THREADS=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 " +
+                         std::string(MICS_MPIRUN) + " --oversubscribe --bind-to none --mca mpi_yield_when_idle 1 -np " +
+                         std::to_string(ranks) + " " + MICS_TRAIN_BIN + " " + args + " 2>&1");
 }
 
 inline std::string source_path(const std::string& relative) {

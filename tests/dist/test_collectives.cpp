@@ -1,0 +1,127 @@
+// Collectives of the MiCS runtime under mpirun (8 ranks, emulated nodes): the hierarchical
+// gather lays out the layer exactly as the flat one, and the two-hop gradient sync gives
+// exactly the global sum on exactly summable inputs (small integers in floats).
+#include <gtest/gtest.h>
+#include <mpi.h>
+
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "engine/process_groups.h"
+#include "engine/topology.h"
+
+namespace {
+
+using namespace mics;
+
+int world_rank() {
+  int r = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &r);
+  return r;
+}
+int world_size() {
+  int n = 0;
+  MPI_Comm_size(MPI_COMM_WORLD, &n);
+  return n;
+}
+
+// Shard j of a layer of p*chunk elements holds the integers j*chunk + i.
+std::vector<float> gathered_layer(const Topology& t, ProcessGroups& g, size_t chunk) {
+  const int p = t.partition_size;
+  std::vector<float> layer(chunk * static_cast<size_t>(p), -1.0f);
+  const size_t own = static_cast<size_t>(t.shard_index()) * chunk;
+  for (size_t i = 0; i < chunk; ++i) layer[own + i] = static_cast<float>(own + i);
+  if (t.hierarchical) {
+    const size_t k = static_cast<size_t>(t.ranks_per_node);
+    Request r = g.inter_node->all_gather(layer.data() + static_cast<size_t>(t.local_rank()) * chunk,
+                                         chunk, 1, k * chunk, 0);
+    g.inter_node->wait(r);
+    r = g.intra_node->all_gather(layer.data(), chunk, static_cast<size_t>(t.nodes_per_partition()),
+                                 chunk, k * chunk);
+    g.intra_node->wait(r);
+  } else {
+    Request r = g.partition->all_gather(layer.data(), chunk, 1, chunk, 0);
+    g.partition->wait(r);
+  }
+  return layer;
+}
+
+struct Shape {
+  int k, p;
+};
+
+class Collectives : public ::testing::TestWithParam<Shape> {};
+
+TEST_P(Collectives, HierarchicalGatherEqualsFlatGather) {
+  const Shape s = GetParam();
+  const size_t chunk = 37;  // prime, so misplaced chunks cannot line up by accident
+  const Topology flat = make_topology(world_rank(), world_size(), s.k, s.p, "false");
+  auto flat_groups = build_mpi_groups(flat);
+  const std::vector<float> a = gathered_layer(flat, *flat_groups, chunk);
+  for (size_t i = 0; i < a.size(); ++i) ASSERT_EQ(a[i], static_cast<float>(i)) << "flat, element " << i;
+  if (s.p <= s.k) return;  // a group inside one node has no hierarchical gather
+  const Topology hier = make_topology(world_rank(), world_size(), s.k, s.p, "true");
+  auto hier_groups = build_mpi_groups(hier);
+  const std::vector<float> b = gathered_layer(hier, *hier_groups, chunk);
+  ASSERT_EQ(a, b);  // bit for bit
+  // Same bytes per rank; across nodes (p-k)/p of the layer instead of (p-1)/p.
+  EXPECT_EQ(flat_groups->stats.bytes(GroupKind::partition), hier_groups->stats.bytes(GroupKind::partition));
+  double flat_inter = flat_groups->stats.bytes(LinkTier::inter_node);
+  double hier_inter = hier_groups->stats.bytes(LinkTier::inter_node);
+  MPI_Allreduce(MPI_IN_PLACE, &flat_inter, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+  MPI_Allreduce(MPI_IN_PLACE, &hier_inter, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+  EXPECT_EQ(hier_inter * (s.p - 1), flat_inter * (s.p - s.k));
+  EXPECT_GT(flat_inter, 0.0);
+}
+
+TEST_P(Collectives, TwoHopSyncEqualsGlobalAllReduce) {
+  const Shape s = GetParam();
+  const Topology t = make_topology(world_rank(), world_size(), s.k, s.p, "auto");
+  auto g = build_mpi_groups(t);
+  const size_t chunk = 29, full = chunk * static_cast<size_t>(t.partition_size);
+  // Two micro-steps of integer gradients per rank; every partial sum is exact in fp32.
+  auto grad = [&](int micro, size_t i) { return static_cast<float>((world_rank() + 3 * micro + static_cast<int>(i)) % 17); };
+  std::vector<float> shard(chunk, 0.0f), received(chunk);
+  for (int micro = 0; micro < 2; ++micro) {
+    std::vector<float> g_full(full);
+    for (size_t i = 0; i < full; ++i) g_full[i] = grad(micro, i);
+    Request r = g->partition->reduce_scatter(g_full.data(), received.data(), chunk);
+    g->partition->wait(r);
+    for (size_t i = 0; i < chunk; ++i) shard[i] += received[i];
+  }
+  Request r = g->replication->all_reduce(shard.data(), chunk);
+  g->replication->wait(r);
+
+  // One global all-reduce of the per-rank accumulated gradient, then this rank's shard.
+  std::vector<float> global(full, 0.0f);
+  for (int micro = 0; micro < 2; ++micro)
+    for (size_t i = 0; i < full; ++i) global[i] += grad(micro, i);
+  MPI_Allreduce(MPI_IN_PLACE, global.data(), static_cast<int>(full), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+  for (size_t i = 0; i < chunk; ++i)
+    ASSERT_EQ(shard[i], global[static_cast<size_t>(t.shard_index()) * chunk + i]) << "element " << i;
+}
+
+INSTANTIATE_TEST_SUITE_P(EightRanks, Collectives,
+                         ::testing::Values(Shape{2, 2}, Shape{2, 4}, Shape{2, 8}, Shape{4, 8}, Shape{4, 4}, Shape{1, 8}),
+                         [](const auto& info) {
+                           char name[32];
+                           std::snprintf(name, sizeof name, "k%d_p%d", info.param.k, info.param.p);
+                           return std::string(name);
+                         });
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  MPI_Init(&argc, &argv);
+  ::testing::InitGoogleTest(&argc, argv);
+  // Only rank 0 prints; a failure on any rank still fails the run through its exit code.
+  if (world_rank() != 0) {
+    auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
+    delete listeners.Release(listeners.default_result_printer());
+  }
+  int failed = RUN_ALL_TESTS();
+  MPI_Allreduce(MPI_IN_PLACE, &failed, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+  MPI_Finalize();
+  return failed;
+}
