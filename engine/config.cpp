@@ -169,11 +169,11 @@ Config parse_config(const json& input, const std::string& source,
   json doc = input;
   for (const std::string& o : overrides) apply_override(doc, o, source);
 
-  static const std::set<std::string> kSections = {"model", "train", "data", "mics", "runtime", "log"};
+  static const std::set<std::string> kSections = {"model", "train", "data", "mics", "runtime", "log", "checkpoint"};
   for (auto it = doc.begin(); it != doc.end(); ++it)
     if (!kSections.count(it.key()))
       throw ConfigError(source + ": unknown section '" + it.key() +
-                        "'; sections are model, train, data, mics, runtime and log.");
+                        "'; sections are model, train, data, mics, runtime, log and checkpoint.");
 
   Config c;
   c.source_name = source;
@@ -255,6 +255,16 @@ Config parse_config(const json& input, const std::string& source,
     r.finish();
     must(r, c.log.every >= 1, "'log.every' is " + std::to_string(c.log.every) +
                                   "; it must be at least 1 step");
+  }
+  {
+    SectionReader r(doc, "checkpoint", source);
+    r.get("dir", c.checkpoint.dir);
+    r.get("every", c.checkpoint.every);
+    r.get("keep", c.checkpoint.keep);
+    r.finish();
+    must(r, c.checkpoint.every >= 0, "'checkpoint.every' must be 0 (only the last step) or a positive number of steps");
+    must(r, c.checkpoint.keep >= 0, "'checkpoint.keep' must be 0 (keep all) or a positive count");
+    must(r, c.checkpoint.every == 0 || !c.checkpoint.dir.empty(), "'checkpoint.every' is set but 'checkpoint.dir' is empty");
   }
 
   // ---- values that must make sense together ----
@@ -384,6 +394,7 @@ json Config::to_json() const {
   j["runtime"] = {{"backend", runtime.backend}, {"ranks_per_node", runtime.ranks_per_node},
                   {"device_memory_gb", runtime.device_memory_gb}};
   j["log"] = {{"every", log.every}, {"level", log.level}, {"metrics", log.metrics}};
+  j["checkpoint"] = {{"dir", checkpoint.dir}, {"every", checkpoint.every}, {"keep", checkpoint.keep}};
   return j;
 }
 

@@ -1,5 +1,5 @@
 #pragma once
-// The run configuration: JSON sections model, train, data, mics, runtime, log. Parsing is
+// The run configuration: JSON sections model, train, data, mics, runtime, log, checkpoint. Parsing is
 // strict: an unknown key, a wrong type or an impossible value is a ConfigError whose
 // message is one sentence naming the key and what is accepted.
 #include <cstdint>
@@ -77,6 +77,12 @@ struct LogConfig {
   std::string metrics;         // JSON-lines file; empty: none
 };
 
+struct CheckpointConfig {
+  std::string dir;    // where step-NNNNNN/ checkpoints go; empty: no checkpoints
+  int64_t every = 0;  // steps between checkpoints (the last step is always saved); 0: off
+  int64_t keep = 3;   // newest checkpoints kept; 0 keeps all
+};
+
 struct Config {
   ModelConfig model;
   TrainConfig train;
@@ -84,6 +90,7 @@ struct Config {
   MicsConfig mics;
   RuntimeConfig runtime;
   LogConfig log;
+  CheckpointConfig checkpoint;
   std::string source_name;  // the file it came from, for messages
 
   model::ModelSpec model_spec() const;

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "data/data_source.h"
+#include "engine/checkpoint.h"
 #include "engine/config.h"
 #include "engine/memory_report.h"
 #include "engine/process_env.h"
@@ -30,6 +31,7 @@ struct Options {
   std::string metrics;
   std::string log_level;
   bool dry_run = false;
+  std::string resume;
 };
 
 void setup_logging(const mics::ProcessEnv& env, const std::string& level) {
@@ -67,12 +69,14 @@ mics::Topology check_runnable(const mics::Config& config, const mics::ProcessEnv
   }
 }
 
-int train(const mics::Config& config, const mics::Topology& topology) {
+int train(const mics::Config& config, const mics::Topology& topology, const std::string& resume) {
   spdlog::info("{}", topology.describe());
   auto backend = mics::make_cpu_backend();
   mics::Trainer trainer(config, *backend, topology);
+  if (!resume.empty()) trainer.resume(resume);
   const std::vector<double> losses = trainer.run();
-  spdlog::info("done: {} steps, loss {:.4f} -> {:.4f}", losses.size(), losses.front(), losses.back());
+  if (!losses.empty())
+    spdlog::info("done: {} steps, loss {:.4f} -> {:.4f}", losses.size(), losses.front(), losses.back());
   return 0;
 }
 
@@ -88,6 +92,7 @@ int main(int argc, char** argv) {
   app.add_option("--metrics", o.metrics, "append one JSON object per logged step to FILE");
   app.add_option("--log-level", o.log_level, "trace, debug, info, warn or error")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}));
+  app.add_option("--resume", o.resume, "continue from a checkpoint directory, or 'latest' in checkpoint.dir");
   app.add_flag("--dry-run", o.dry_run,
                "print parameter count and model-state memory per device, allocate nothing");
   try {
@@ -108,10 +113,13 @@ int main(int argc, char** argv) {
     const mics::Topology topology = check_runnable(config, env);
     spdlog::info("mics-train on {} rank(s), launched by {}", env.world(), env.launcher());
     spdlog::info("config {}: {}", config.source_name, config.to_json().dump());
-    return train(config, topology);
+    return train(config, topology, o.resume);
   } catch (const mics::ConfigError& e) {
     std::fprintf(stderr, "mics-train: error: %s\n", e.what());
     return kExitBadInput;  // every rank reads the same config and fails the same way
+  } catch (const mics::CheckpointError& e) {
+    std::fprintf(stderr, "mics-train: error: %s\n", e.what());
+    return kExitBadInput;  // every rank agreed on the failure before throwing
   } catch (const mics::data::DataError& e) {
     std::fprintf(stderr, "mics-train: error: %s\n", e.what());
     return kExitBadInput;

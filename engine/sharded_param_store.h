@@ -44,6 +44,7 @@ class ShardedParamStore final : public model::ParamProvider {
   Tensor grad_buffer(int layer) override;
   void grads_ready(int layer) override;
 
+  Backend& backend() const { return be_; }
   // This rank's shard, [shard_elements] fp32 each: layer l's slice at shard_offset(l).
   Tensor master() const;
   Tensor grads() const;

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cmath>
 
+#include "engine/checkpoint.h"
 #include "engine/flops.h"
 #include "kernels/counter_hash.h"
 
@@ -97,7 +98,8 @@ double Trainer::train_step(int64_t step) {
   double loss_sum = 0;
   for (int64_t j = 0; j < accumulation_; ++j) {
     // Sample indices depend on the global position only: any N and p see the same batch.
-    const int64_t first = step * global_batch_ + (j * topo_.world + topo_.rank) * t.micro_batch_size;
+    const int64_t first = sample_base_ + (step - start_step_) * global_batch_ +
+                          (j * topo_.world + topo_.rank) * t.micro_batch_size;
     batcher_->fill(first, batch_);
     const model::TokenBatch tb{batch_.tokens.data(), batch_.labels.data(), t.micro_batch_size, t.seq_len};
     loss_sum += model_->forward(*store_, tb, mix_seed(static_cast<uint64_t>(t.seed), static_cast<uint64_t>(first)), grad_scale);
@@ -126,6 +128,16 @@ double Trainer::train_step(int64_t step) {
   return loss_sum / static_cast<double>(accumulation_ * topo_.world);
 }
 
+void Trainer::resume(const std::string& where) {
+  const ResumePoint point = load_checkpoint(where, config_, topo_, model_->layout(), *store_);
+  start_step_ = point.step;
+  sample_base_ = point.samples_seen;
+  spdlog::info("resumed from {} at step {} ({} samples seen)", point.path, point.step, point.samples_seen);
+  if (start_step_ >= config_.train.steps)
+    spdlog::warn("the checkpoint is at step {} and train.steps is {}: nothing left to train", start_step_,
+                 config_.train.steps);
+}
+
 std::vector<double> Trainer::run() {
   const TrainConfig& t = config_.train;
   const double flops_per_sample = model_flops_per_sample(config_.model_spec(), t.seq_len);
@@ -135,10 +147,15 @@ std::vector<double> Trainer::run() {
   Clock::time_point window_start = start;
   CommStats window_comm = groups_->stats;
   int64_t window_steps = 0;
-  for (int64_t step = 0; step < t.steps; ++step) {
+  const bool checkpoints = !config_.checkpoint.dir.empty();
+  for (int64_t step = start_step_; step < t.steps; ++step) {
     losses.push_back(train_step(step));
     ++window_steps;
-    const bool report = step == 0 || (step + 1) % config_.log.every == 0 || step + 1 == t.steps;
+    const int64_t done = step + 1;
+    if (checkpoints && ((config_.checkpoint.every > 0 && done % config_.checkpoint.every == 0) || done == t.steps))
+      save_checkpoint(config_, topo_, model_->layout(), *store_, done,
+                      sample_base_ + (done - start_step_) * global_batch_);
+    const bool report = step == start_step_ || done % config_.log.every == 0 || done == t.steps;
     if (!report) continue;
     StepMetrics m;
     m.step = step + 1;
@@ -155,7 +172,7 @@ std::vector<double> Trainer::run() {
     window_comm = groups_->stats;
     m.model_state_bytes = static_cast<double>(store_->model_state_bytes());
     m.elapsed_s = seconds_since(start);
-    m.eta_s = m.elapsed_s / static_cast<double>(step + 1) * static_cast<double>(t.steps - step - 1);
+    m.eta_s = m.elapsed_s / static_cast<double>(done - start_step_) * static_cast<double>(t.steps - done);
     if (topo_.rank == 0) spdlog::info("{}", m.progress_line());
     if (metrics_) metrics_->write(m);
     window_start = Clock::now();

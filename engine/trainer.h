@@ -24,7 +24,9 @@ class Trainer {
   Trainer(const Config& config, Backend& backend, const Topology& topology);
   ~Trainer();
 
-  // Trains config.train.steps steps; returns the loss of every step.
+  // Continues from a checkpoint (collective; see load_checkpoint).
+  void resume(const std::string& where);
+  // Trains up to config.train.steps; returns the loss of every step it ran.
   std::vector<double> run();
 
   int64_t accumulation_steps() const { return accumulation_; }
@@ -47,6 +49,8 @@ class Trainer {
   std::unique_ptr<AdamW> optimizer_;
   LrSchedule schedule_;
   std::unique_ptr<MetricsFile> metrics_;
+  int64_t start_step_ = 0;    // first step this run trains
+  int64_t sample_base_ = 0;   // global samples consumed before start_step_
   double last_grad_norm_ = 0;
   bool last_skipped_ = false;
 };

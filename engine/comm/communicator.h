@@ -75,5 +75,9 @@ std::unique_ptr<Communicator> make_mpi_communicator(const std::vector<int>& memb
 
 // Sum of a few doubles over every rank (losses, norms); not charged to the counters.
 void world_sum(double* values, int count);
+// Every rank of the job reaches this point before any leaves it.
+void world_barrier();
+// True on every rank when `ok` is true on every rank (agreement before a commit step).
+bool world_all(bool ok);
 
 }  // namespace mics

@@ -151,4 +151,12 @@ void world_sum(double* values, int count) {
         "MPI_Allreduce");
 }
 
+void world_barrier() { check(MPI_Barrier(MPI_COMM_WORLD), "MPI_Barrier"); }
+
+bool world_all(bool ok) {
+  int value = ok ? 1 : 0;
+  check(MPI_Allreduce(MPI_IN_PLACE, &value, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD), "MPI_Allreduce");
+  return value == 1;
+}
+
 }  // namespace mics

@@ -1,0 +1,275 @@
+#include "engine/checkpoint.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+namespace mics {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+constexpr char kShardMagic[8] = {'M', 'I', 'C', 'S', 'S', 'H', 'R', 'D'};
+constexpr uint32_t kFormatVersion = 1;
+
+// Fixed header in front of a shard's payload (master, Adam m, Adam v; fp32, little endian).
+struct ShardHeader {
+  char magic[8];
+  uint32_t version;
+  uint32_t shard_index;
+  uint32_t partition_size;
+  uint32_t reserved;
+  uint64_t elements;  // per array
+  uint64_t checksum;  // FNV-1a 64 of the payload
+};
+static_assert(sizeof(ShardHeader) == 40);
+
+uint64_t fnv1a(const void* data, size_t bytes, uint64_t h = 0xcbf29ce484222325ull) {
+  const auto* p = static_cast<const unsigned char*>(data);
+  for (size_t i = 0; i < bytes; ++i) h = (h ^ p[i]) * 0x100000001b3ull;
+  return h;
+}
+
+std::string step_name(int64_t step) {
+  char name[32];
+  std::snprintf(name, sizeof name, "step-%06lld", static_cast<long long>(step));
+  return name;
+}
+
+std::string shard_name(int index, int p) {
+  char name[48];
+  std::snprintf(name, sizeof name, "shard-%05d-of-%05d.bin", index, p);
+  return name;
+}
+
+// Writes `bytes` to `path` and forces it to disk before returning.
+void write_durably(const fs::path& path, const std::vector<const void*>& parts,
+                   const std::vector<size_t>& sizes) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0) throw CheckpointError("cannot create " + path.string() + ": " + std::strerror(errno) + ".");
+  for (size_t i = 0; i < parts.size(); ++i) {
+    const char* p = static_cast<const char*>(parts[i]);
+    size_t left = sizes[i];
+    while (left > 0) {
+      const ssize_t n = ::write(fd, p, left);
+      if (n < 0) {
+        const std::string why = std::strerror(errno);
+        ::close(fd);
+        throw CheckpointError("writing " + path.string() + " failed: " + why + ".");
+      }
+      p += n;
+      left -= static_cast<size_t>(n);
+    }
+  }
+  const bool synced = ::fsync(fd) == 0;
+  ::close(fd);
+  if (!synced) throw CheckpointError("cannot flush " + path.string() + " to disk.");
+}
+
+void sync_directory(const fs::path& dir) {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
+  if (fd >= 0) {
+    ::fsync(fd);
+    ::close(fd);
+  }
+}
+
+json layout_json(const model::ParamLayout& layout) {
+  json tensors = json::array();
+  for (const model::ParamTensor& t : layout.tensors()) {
+    json shape = json::array();
+    for (int i = 0; i < t.shape.rank; ++i) shape.push_back(t.shape[i]);
+    tensors.push_back({{"name", t.name}, {"shape", shape}, {"layer", t.layer}, {"offset", t.offset},
+                       {"decay", t.decay}});
+  }
+  json layers = json::array();
+  for (const model::LayerSpan& s : layout.layers())
+    layers.push_back({{"name", s.name}, {"begin", s.begin}, {"size", s.size}});
+  return {{"tensors", tensors}, {"layers", layers}, {"total_elements", layout.total_elements()},
+          {"parameters", layout.parameter_count()}};
+}
+
+void prune(const fs::path& dir, int64_t keep) {
+  if (keep <= 0) return;
+  std::vector<fs::path> steps;
+  for (const auto& e : fs::directory_iterator(dir))
+    if (e.is_directory() && e.path().filename().string().rfind("step-", 0) == 0) steps.push_back(e.path());
+  std::sort(steps.begin(), steps.end());
+  for (size_t i = 0; i + static_cast<size_t>(keep) < steps.size(); ++i) fs::remove_all(steps[i]);
+}
+
+}  // namespace
+
+void save_checkpoint(const Config& config, const Topology& topo, const model::ParamLayout& layout,
+                     const ShardedParamStore& store, int64_t step, int64_t samples_seen) {
+  const fs::path dir = config.checkpoint.dir;
+  const std::string name = step_name(step);
+  const fs::path tmp = dir / (".tmp-" + name);
+  std::string error;
+  if (topo.rank == 0) {
+    try {
+      fs::create_directories(dir);
+      for (const auto& e : fs::directory_iterator(dir))  // leftovers of an interrupted write
+        if (e.path().filename().string().rfind(".tmp-", 0) == 0) fs::remove_all(e.path());
+      fs::create_directory(tmp);
+    } catch (const std::exception& e) {
+      error = "cannot prepare checkpoint directory " + dir.string() + ": " + e.what();
+    }
+  }
+  if (!world_all(error.empty())) {
+    throw CheckpointError(error.empty() ? "checkpoint at step " + std::to_string(step) + " failed on rank 0." : error);
+  }
+
+  // The first replica's ranks write one shard each.
+  if (topo.partition_group() == 0) {
+    try {
+      const size_t n = static_cast<size_t>(store.shard_elements());
+      std::vector<float> master(n), m(n), v(n);
+      Tensor views[3] = {store.master(), store.adam_m(), store.adam_v()};
+      std::vector<float>* hosts[3] = {&master, &m, &v};
+      ShardHeader h{};
+      std::memcpy(h.magic, kShardMagic, sizeof kShardMagic);
+      h.version = kFormatVersion;
+      h.shard_index = static_cast<uint32_t>(topo.shard_index());
+      h.partition_size = static_cast<uint32_t>(topo.partition_size);
+      h.elements = n;
+      uint64_t sum = 0xcbf29ce484222325ull;
+      for (int i = 0; i < 3; ++i) {
+        store.backend().copy_to_host(hosts[i]->data(), views[i].data, n * sizeof(float));
+        sum = fnv1a(hosts[i]->data(), n * sizeof(float), sum);
+      }
+      h.checksum = sum;
+      write_durably(tmp / shard_name(topo.shard_index(), topo.partition_size),
+                    {&h, master.data(), m.data(), v.data()},
+                    {sizeof h, n * sizeof(float), n * sizeof(float), n * sizeof(float)});
+    } catch (const std::exception& e) {
+      error = e.what();
+      spdlog::error("rank {}: {}", topo.rank, error);
+    }
+  }
+  if (!world_all(error.empty()))
+    throw CheckpointError(error.empty() ? "writing checkpoint " + name + " failed on another rank; see its message." : error);
+
+  if (topo.rank == 0) {
+    try {
+      json manifest = {{"format", "mics-train checkpoint"},
+                       {"version", kFormatVersion},
+                       {"step", step},
+                       {"samples_seen", samples_seen},
+                       {"partition_size", topo.partition_size},
+                       {"world_size", topo.world},
+                       {"shard_elements", store.shard_elements()},
+                       {"shards", topo.partition_size},
+                       {"rng", "counter-based: every stream is a function of (train.seed, sample index)"},
+                       {"config", config.to_json()},
+                       {"layout", layout_json(layout)}};
+      const std::string text = manifest.dump(1);
+      write_durably(tmp / "manifest.json", {text.data()}, {text.size()});
+      sync_directory(tmp);
+      const fs::path final_dir = dir / name;
+      if (fs::exists(final_dir)) fs::remove_all(final_dir);  // a rerun of the same step
+      fs::rename(tmp, final_dir);
+      const std::string latest = name + "\n";
+      write_durably(dir / ".latest.tmp", {latest.data()}, {latest.size()});
+      fs::rename(dir / ".latest.tmp", dir / "latest");
+      sync_directory(dir);
+      prune(dir, config.checkpoint.keep);
+      spdlog::info("checkpoint {} written ({} shard files)", final_dir.string(), topo.partition_size);
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+  }
+  if (!world_all(error.empty()))
+    throw CheckpointError(error.empty() ? "committing checkpoint " + name + " failed on rank 0." : error);
+}
+
+ResumePoint load_checkpoint(const std::string& where, const Config& config, const Topology& topo,
+                            const model::ParamLayout& layout, ShardedParamStore& store) {
+  ResumePoint point;
+  std::string error;
+  try {
+    fs::path dir = where;
+    if (where == "latest") {
+      if (config.checkpoint.dir.empty())
+        throw CheckpointError("--resume latest needs 'checkpoint.dir' in the config.");
+      const fs::path pointer = fs::path(config.checkpoint.dir) / "latest";
+      std::ifstream in(pointer);
+      std::string name;
+      if (!in || !(in >> name)) throw CheckpointError("no checkpoint to resume: " + pointer.string() + " is missing or empty.");
+      dir = fs::path(config.checkpoint.dir) / name;
+    }
+    point.path = dir.string();
+    const fs::path manifest_path = dir / "manifest.json";
+    std::ifstream in(manifest_path);
+    if (!in) throw CheckpointError("cannot read " + manifest_path.string() + ".");
+    const json manifest = json::parse(in, nullptr, false);
+    if (manifest.is_discarded() || !manifest.is_object() || !manifest.contains("layout"))
+      throw CheckpointError(manifest_path.string() + " is not a mics-train checkpoint manifest.");
+
+    // Same model: every tensor by name and shape, in the same order.
+    const json& tensors = manifest.at("layout").at("tensors");
+    const json mine = layout_json(layout).at("tensors");
+    if (tensors.size() != mine.size())
+      throw CheckpointError(manifest_path.string() + " holds " + std::to_string(tensors.size()) +
+                            " tensors; this model has " + std::to_string(mine.size()) + ".");
+    for (size_t i = 0; i < mine.size(); ++i) {
+      if (tensors[i].at("name") != mine[i].at("name") || tensors[i].at("shape") != mine[i].at("shape"))
+        throw CheckpointError(manifest_path.string() + ": tensor " + tensors[i].at("name").dump() + " " +
+                              tensors[i].at("shape").dump() + " does not match this model's " +
+                              mine[i].at("name").dump() + " " + mine[i].at("shape").dump() + ".");
+    }
+    const int p = manifest.at("partition_size").get<int>();
+    if (p != topo.partition_size)
+      throw CheckpointError(dir.string() + " was written with partition size " + std::to_string(p) +
+                            " and this run uses " + std::to_string(topo.partition_size) +
+                            "; set mics.partition_size to " + std::to_string(p) +
+                            " (the number of ranks may differ: replicas load the same shards).");
+    point.step = manifest.at("step").get<int64_t>();
+    point.samples_seen = manifest.at("samples_seen").get<int64_t>();
+
+    const fs::path shard_path = dir / shard_name(topo.shard_index(), p);
+    std::ifstream shard(shard_path, std::ios::binary);
+    if (!shard) throw CheckpointError("cannot read " + shard_path.string() + ".");
+    ShardHeader h{};
+    const size_t n = static_cast<size_t>(store.shard_elements());
+    if (!shard.read(reinterpret_cast<char*>(&h), sizeof h) || std::memcmp(h.magic, kShardMagic, 8) != 0 ||
+        h.version != kFormatVersion)
+      throw CheckpointError(shard_path.string() + " is not a mics-train shard file.");
+    if (h.elements != n || h.shard_index != static_cast<uint32_t>(topo.shard_index()))
+      throw CheckpointError(shard_path.string() + " holds shard " + std::to_string(h.shard_index) + " of " +
+                            std::to_string(h.elements) + " elements; expected shard " +
+                            std::to_string(topo.shard_index()) + " of " + std::to_string(n) + ".");
+    Tensor views[3] = {store.master(), store.adam_m(), store.adam_v()};
+    std::vector<float> host(n);
+    uint64_t sum = 0xcbf29ce484222325ull;
+    for (Tensor& view : views) {
+      if (!shard.read(reinterpret_cast<char*>(host.data()), static_cast<std::streamsize>(n * sizeof(float))))
+        throw CheckpointError(shard_path.string() + " is truncated.");
+      sum = fnv1a(host.data(), n * sizeof(float), sum);
+      store.backend().copy_from_host(view.data, host.data(), n * sizeof(float));
+    }
+    if (shard.peek() != std::char_traits<char>::eof())
+      throw CheckpointError(shard_path.string() + " has bytes after its payload.");
+    if (sum != h.checksum) throw CheckpointError(shard_path.string() + " is corrupt (checksum mismatch).");
+  } catch (const CheckpointError& e) {
+    error = e.what();
+  } catch (const std::exception& e) {
+    error = "cannot load checkpoint " + where + ": " + e.what();
+  }
+  if (!world_all(error.empty()))
+    throw CheckpointError(error.empty() ? "loading checkpoint " + where + " failed on another rank; see its message." : error);
+  return point;
+}
+
+}  // namespace mics

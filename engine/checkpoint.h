@@ -1,0 +1,41 @@
+#pragma once
+// Sharded checkpoints. A checkpoint is a directory DIR/step-NNNNNN holding manifest.json
+// (config, step, samples seen, layout, partition size) and one file per shard, written by
+// the ranks of the first replica (each shard once). Everything is written under a
+// temporary name and renamed into place, then DIR/latest is replaced atomically, so a
+// crash mid-write leaves the previous checkpoints intact. Random streams are pure
+// functions of (seed, sample index), so the step and the samples seen are the whole RNG
+// and data state.
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "engine/config.h"
+#include "engine/sharded_param_store.h"
+#include "engine/topology.h"
+#include "model/param_layout.h"
+
+namespace mics {
+
+// A checkpoint that cannot be written, read or used here: one sentence naming the file.
+struct CheckpointError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+struct ResumePoint {
+  int64_t step = 0;          // optimizer steps completed
+  int64_t samples_seen = 0;  // global samples consumed
+  std::string path;          // the checkpoint directory loaded
+};
+
+// Collective: every rank calls it at the same step.
+void save_checkpoint(const Config& config, const Topology& topo, const model::ParamLayout& layout,
+                     const ShardedParamStore& store, int64_t step, int64_t samples_seen);
+
+// Collective. `where` is a checkpoint directory, or "latest" for the one that
+// checkpoint.dir/latest names. Loads this rank's shard into `store` after checking that
+// model and partition size match; on any rank's failure every rank throws CheckpointError.
+ResumePoint load_checkpoint(const std::string& where, const Config& config, const Topology& topo,
+                            const model::ParamLayout& layout, ShardedParamStore& store);
+
+}  // namespace mics

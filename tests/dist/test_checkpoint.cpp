@@ -1,0 +1,164 @@
+// Sharded checkpoints: resume is bit-identical at the same N and p, continues at another
+// N with the same p, refuses another p with a clear message, survives an interrupted
+// write, detects corruption, keeps only the newest, and never touches existing files on
+// a refused load.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+
+#include "tests/e2e/cli_runner.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+using mics::test::read_metrics;
+using mics::test::run_cli;
+using mics::test::run_mpi;
+using mics::test::source_path;
+using mics::test::TempDir;
+
+const char* kShape =
+    " --set log.every=1 --set train.seq_len=32 --set model.max_positions=32 --set model.hidden=64"
+    " --set model.layers=2 --set train.micro_batch_size=2 --set train.global_batch_size=8 --log-level warn";
+
+std::string args(const std::string& model, const std::string& ckpt, int steps, const std::string& metrics) {
+  return "--config " + source_path("configs/" + model + "-tiny.json") + kShape + " --steps " +
+         std::to_string(steps) + " --set checkpoint.dir=" + ckpt + " --set checkpoint.every=3 --metrics " + metrics;
+}
+
+std::vector<double> losses(const std::string& metrics) {
+  std::vector<double> out;
+  for (const auto& row : read_metrics(metrics)) out.push_back(row.at("loss").get<double>());
+  return out;
+}
+
+// Every file under `dir` with its bytes: to prove a refused load changed nothing.
+std::map<std::string, std::string> snapshot(const std::string& dir) {
+  std::map<std::string, std::string> files;
+  for (const auto& e : fs::recursive_directory_iterator(dir)) {
+    if (!e.is_regular_file()) continue;
+    std::ifstream in(e.path(), std::ios::binary);
+    std::ostringstream bytes;
+    bytes << in.rdbuf();
+    files[e.path().string()] = bytes.str();
+  }
+  return files;
+}
+
+TEST(Checkpoint, ResumeIsBitIdenticalOnOneProcess) {
+  for (const std::string model : {"gpt", "bert"}) {
+    TempDir dir("ck1");
+    const std::string ck = dir.file("ck");
+    ASSERT_EQ(run_cli(args(model, ck, 6, dir.file("full.jsonl"))).exit_code, 0);
+    const auto full = losses(dir.file("full.jsonl"));
+    const auto r = run_cli(args(model, dir.file("ck2"), 6, dir.file("resumed.jsonl")) + " --resume " + ck + "/step-000003");
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    const auto resumed = losses(dir.file("resumed.jsonl"));
+    ASSERT_EQ(full.size(), 6u);
+    ASSERT_EQ(resumed.size(), 3u);
+    for (size_t i = 0; i < 3; ++i) EXPECT_EQ(resumed[i], full[i + 3]) << model << " step " << i + 4;
+  }
+}
+
+TEST(Checkpoint, ResumeIsBitIdenticalUnderMpiAndContinuesAtAnotherWorldSize) {
+  TempDir dir("ck4");
+  const std::string ck = dir.file("ck");
+  const std::string place = " --set train.global_batch_size=16 --set runtime.ranks_per_node=2 --set mics.partition_size=2";
+  auto r = run_mpi(4, args("gpt", ck, 6, dir.file("full.jsonl")) + place);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  // Two shard files, written once each by the first replica.
+  EXPECT_TRUE(fs::exists(ck + "/step-000003/shard-00000-of-00002.bin"));
+  EXPECT_TRUE(fs::exists(ck + "/step-000003/shard-00001-of-00002.bin"));
+  EXPECT_FALSE(fs::exists(ck + "/step-000003/shard-00002-of-00002.bin"));
+  const auto full = losses(dir.file("full.jsonl"));
+
+  r = run_mpi(4, args("gpt", dir.file("ck_same"), 6, dir.file("same.jsonl")) + place + " --resume " + ck + "/step-000003");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const auto same = losses(dir.file("same.jsonl"));
+  ASSERT_EQ(same.size(), 3u);
+  for (size_t i = 0; i < 3; ++i) EXPECT_EQ(same[i], full[i + 3]) << "step " << i + 4;
+
+  // Two ranks, one replica: the same shards, the same global batch, another sum order.
+  r = run_mpi(2, args("gpt", dir.file("ck_two"), 6, dir.file("two.jsonl")) + place + " --resume " + ck + "/step-000003");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const auto two = losses(dir.file("two.jsonl"));
+  ASSERT_EQ(two.size(), 3u);
+  for (size_t i = 0; i < 3; ++i) EXPECT_NEAR(two[i], full[i + 3], 1e-5 * full[i + 3]) << "step " << i + 4;
+}
+
+TEST(Checkpoint, AnotherPartitionSizeIsRefusedAndNothingIsTouched) {
+  TempDir dir("ckp");
+  const std::string ck = dir.file("ck");
+  const std::string place = " --set train.global_batch_size=16 --set runtime.ranks_per_node=2";
+  ASSERT_EQ(run_mpi(4, args("gpt", ck, 3, dir.file("a.jsonl")) + place + " --set mics.partition_size=2").exit_code, 0);
+  const auto before = snapshot(ck);
+  const auto r = run_mpi(4, args("gpt", ck, 6, dir.file("b.jsonl")) + place + " --set mics.partition_size=4 --resume latest");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.output.find("was written with partition size 2 and this run uses 4"), std::string::npos) << r.output;
+  EXPECT_EQ(snapshot(ck), before);
+}
+
+TEST(Checkpoint, AnotherModelIsRefusedNamingTheTensor) {
+  TempDir dir("ckm");
+  const std::string ck = dir.file("ck");
+  ASSERT_EQ(run_cli(args("gpt", ck, 3, dir.file("a.jsonl"))).exit_code, 0);
+  const auto before = snapshot(ck);
+  const auto r = run_cli(args("gpt", ck, 6, dir.file("b.jsonl")) + " --set model.ffn=128 --resume latest");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.output.find("tensor \"layers.0.fc.weight\" [256,64] does not match this model's \"layers.0.fc.weight\" [128,64]"),
+            std::string::npos) << r.output;
+  EXPECT_EQ(snapshot(ck), before);
+}
+
+TEST(Checkpoint, InterruptedWriteLeavesThePreviousCheckpointUsable) {
+  TempDir dir("ckcrash");
+  const std::string ck = dir.file("ck");
+  ASSERT_EQ(run_cli(args("gpt", ck, 6, dir.file("full.jsonl"))).exit_code, 0);
+  // What a crash in the middle of writing step 9 leaves behind.
+  fs::create_directories(ck + "/.tmp-step-000009");
+  std::ofstream(ck + "/.tmp-step-000009/shard-00000-of-00001.bin") << "partial";
+  const auto r = run_cli(args("gpt", ck, 9, dir.file("more.jsonl")) + " --resume latest");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(read_metrics(dir.file("more.jsonl")).front().at("step"), 7);
+  EXPECT_FALSE(fs::exists(ck + "/.tmp-step-000009"));  // cleaned up by the next write
+  EXPECT_TRUE(fs::exists(ck + "/step-000009/manifest.json"));
+}
+
+TEST(Checkpoint, CorruptShardIsDetected) {
+  TempDir dir("ckbad");
+  const std::string ck = dir.file("ck");
+  ASSERT_EQ(run_cli(args("gpt", ck, 3, dir.file("a.jsonl"))).exit_code, 0);
+  const std::string shard = ck + "/step-000003/shard-00000-of-00001.bin";
+  {
+    std::fstream f(shard, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(1000);
+    f.put('\x55');
+  }
+  auto r = run_cli(args("gpt", dir.file("other"), 6, dir.file("b.jsonl")) + " --resume " + ck + "/step-000003");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.output.find(shard + " is corrupt (checksum mismatch)"), std::string::npos) << r.output;
+  fs::resize_file(shard, fs::file_size(shard) - 8);
+  r = run_cli(args("gpt", dir.file("other"), 6, dir.file("b.jsonl")) + " --resume " + ck + "/step-000003");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.output.find(shard + " is truncated"), std::string::npos) << r.output;
+  r = run_cli(args("gpt", dir.file("none"), 6, dir.file("b.jsonl")) + " --resume latest");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.output.find("no checkpoint to resume"), std::string::npos) << r.output;
+}
+
+TEST(Checkpoint, KeepsOnlyTheNewest) {
+  TempDir dir("ckkeep");
+  const std::string ck = dir.file("ck");
+  ASSERT_EQ(run_cli(args("gpt", ck, 5, dir.file("a.jsonl")) + " --set checkpoint.every=1 --set checkpoint.keep=2").exit_code, 0);
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(ck)) names.push_back(e.path().filename().string());
+  std::sort(names.begin(), names.end());
+  EXPECT_EQ(names, (std::vector<std::string>{"latest", "step-000004", "step-000005"}));
+}
+
+}  // namespace
