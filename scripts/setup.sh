@@ -5,7 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(cmake ninja-build g++ pkg-config libopenmpi-dev openmpi-bin nlohmann-json3-dev
-          libspdlog-dev libcli11-dev libgtest-dev libopenblas-openmp-dev)
+          libspdlog-dev libcli11-dev libgtest-dev libopenblas-openmp-dev
+          # a local Slurm for the launch tests (libpmix-dev: Slurm's PMIx plugin loads it)
+          slurmctld slurmd slurm-client libpmix-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -15,7 +17,7 @@ if ((${#missing[@]})); then
   sudo_cmd=""
   [[ $(id -u) -ne 0 ]] && sudo_cmd="sudo"
   $sudo_cmd apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 # nvcc is not on PATH by default; the CUDA backend is built whenever it is found.
