@@ -112,6 +112,8 @@ int main(int argc, char** argv) {
     }
     const mics::Topology topology = check_runnable(config, env);
     spdlog::info("mics-train on {} rank(s), launched by {}", env.world(), env.launcher());
+    if (!env.launcher_detail().empty()) spdlog::info("{}", env.launcher_detail());
+    if (!env.launcher_warning().empty()) spdlog::warn("{}", env.launcher_warning());
     spdlog::info("config {}: {}", config.source_name, config.to_json().dump());
     return train(config, topology, o.resume);
   } catch (const mics::ConfigError& e) {

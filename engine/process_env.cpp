@@ -17,10 +17,23 @@ ProcessEnv::ProcessEnv(int* argc, char*** argv) {
   MPI_Comm_rank(node, &local_rank_);
   MPI_Comm_size(node, &ranks_per_node_);
   MPI_Comm_free(&node);
-  if (std::getenv("SLURM_STEP_ID") != nullptr && std::getenv("OMPI_COMM_WORLD_SIZE") == nullptr)
-    launcher_ = "srun";
-  else if (std::getenv("OMPI_COMM_WORLD_SIZE") != nullptr)
+  // Rank and node come from MPI, which is right under every launcher. Slurm's task
+  // variables describe this rank only under srun (under mpirun they are the launch step's).
+  auto env = [](const char* name) -> std::string {
+    const char* v = std::getenv(name);
+    return v ? v : "";
+  };
+  if (!env("OMPI_COMM_WORLD_SIZE").empty()) {
     launcher_ = "mpirun";
+  } else if (!env("SLURM_STEP_ID").empty()) {
+    launcher_ = "srun";
+    detail_ = "Slurm job " + env("SLURM_JOB_ID") + " step " + env("SLURM_STEP_ID") + ", " +
+              env("SLURM_JOB_NUM_NODES") + " nodes; rank 0 is SLURM_PROCID " + env("SLURM_PROCID") +
+              " on node " + env("SLURM_NODEID");
+    if (env("SLURM_NTASKS") != std::to_string(world_) || env("SLURM_PROCID") != std::to_string(rank_))
+      warning_ = "Slurm says task " + env("SLURM_PROCID") + " of " + env("SLURM_NTASKS") + ", MPI says rank " +
+                 std::to_string(rank_) + " of " + std::to_string(world_) + "; using MPI's";
+  }
 }
 
 ProcessEnv::~ProcessEnv() {

@@ -17,12 +17,17 @@ class ProcessEnv {
   int local_rank() const { return local_rank_; }
   int ranks_per_node() const { return ranks_per_node_; }  // from MPI's shared-memory split
   const std::string& launcher() const { return launcher_; }  // "mpirun", "srun" or "direct"
+  // The launcher's view, for the log: Slurm job/step and task ids where they describe this
+  // rank (under srun); empty otherwise. A mismatch with MPI is reported as a warning.
+  const std::string& launcher_detail() const { return detail_; }
+  const std::string& launcher_warning() const { return warning_; }
   // Ends every rank of the job; used when one rank fails so that none waits forever.
   [[noreturn]] void abort_job(int code) const;
 
  private:
   int rank_ = 0, world_ = 1, local_rank_ = 0, ranks_per_node_ = 1;
   std::string launcher_ = "direct";
+  std::string detail_, warning_;
 };
 
 }  // namespace mics
