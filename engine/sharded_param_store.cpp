@@ -12,6 +12,7 @@ struct ShardedParamStore::ParamSlot {
   int layer = -1;
   bool in_use = false;
   int stage = 0;  // 0 idle, 1 inter-node (or flat) in flight, 2 intra-node in flight, 3 ready
+  uint64_t started = 0;  // order in which gathers began
   Request request;
 };
 
@@ -66,12 +67,14 @@ ShardedParamStore::ShardedParamStore(Backend& backend, const model::ParamLayout&
 }
 
 ShardedParamStore::~ShardedParamStore() {
-  // Nothing may still write into buffers that are about to be freed.
-  for (auto& s : param_slots_) {
-    if (s->request && topo_.hierarchical && s->stage == 1) groups_.inter_node->wait(s->request);
-    else if (s->request && topo_.hierarchical) groups_.intra_node->wait(s->request);
-    else if (s->request) groups_.partition->wait(s->request);
-  }
+  // Nothing may still write into buffers that are about to be freed, and every rank must
+  // have issued the same collectives: finish the second stages in order first.
+  const ParamSlot* last = nullptr;
+  for (auto& s : param_slots_)
+    if (s->stage == 1 && (last == nullptr || s->started > last->started)) last = s.get();
+  progress_gathers(last);
+  for (auto& s : param_slots_)
+    if (s->request) (topo_.hierarchical ? groups_.intra_node : groups_.partition)->wait(s->request);
   for (auto& s : grad_slots_)
     if (s->request) groups_.partition->wait(s->request);
 }
@@ -112,16 +115,15 @@ ShardedParamStore::ParamSlot& ShardedParamStore::start_gather(int layer) {
     if (!s->in_use && (slot == nullptr || s->layer == -1)) slot = s.get();
   if (slot == nullptr) throw std::logic_error("more layers acquired at once than gather slots");
   if (slot->request) {  // the buffer may be reused only once its collective has finished
-    Communicator* c = topo_.hierarchical && slot->stage == 2 ? groups_.intra_node
-                      : topo_.hierarchical                    ? groups_.inter_node
-                                                              : groups_.partition;
-    c->wait(slot->request);
+    if (topo_.hierarchical && slot->stage == 1) progress_gathers(slot);  // stage 2, in order
+    (topo_.hierarchical ? groups_.intra_node : groups_.partition)->wait(slot->request);
   }
   const int64_t chunk = layout_.layers()[static_cast<size_t>(layer)].size / topo_.partition_size;
   float* base = static_cast<float*>(slot->buffer.data());
   be_.cast(Tensor(base + topo_.shard_index() * chunk, {chunk}), master().slice(shard_offset(layer), {chunk}));
   slot->layer = layer;
   slot->stage = 1;
+  slot->started = gathers_started_++;
   if (topo_.hierarchical) {
     // Stage 1: the ranks with this local rank on the group's nodes exchange their chunks,
     // which land k chunks apart, where the full layer wants them.
@@ -147,15 +149,7 @@ Tensor ShardedParamStore::acquire_params(int layer) {
   ParamSlot* slot = find_param_slot(layer);
   if (slot == nullptr) slot = &start_gather(layer);
   slot->in_use = true;
-  if (topo_.hierarchical && slot->stage == 1) {
-    groups_.inter_node->wait(slot->request);
-    slot->stage = 2;
-    const int64_t chunk = layout_.layers()[static_cast<size_t>(layer)].size / topo_.partition_size;
-    const int k = topo_.ranks_per_node;
-    slot->request = groups_.intra_node->all_gather(
-        static_cast<float*>(slot->buffer.data()), chunk, static_cast<size_t>(topo_.nodes_per_partition()),
-        static_cast<size_t>(chunk), static_cast<size_t>(k * chunk));
-  }
+  progress_gathers(slot);
   // Data is read only after the collective has completed.
   (topo_.hierarchical ? groups_.intra_node : groups_.partition)->wait(slot->request);
   slot->stage = 3;
@@ -177,8 +171,36 @@ void ShardedParamStore::prefetch_after(size_t position) {
   }
 }
 
+void ShardedParamStore::start_intra_stage(ParamSlot& slot) {
+  // Stage 2: the node's ranks exchange what each gathered from its rail: n chunks each,
+  // k chunks apart.
+  const int64_t chunk = layout_.layers()[static_cast<size_t>(slot.layer)].size / topo_.partition_size;
+  const int k = topo_.ranks_per_node;
+  slot.stage = 2;
+  slot.request = groups_.intra_node->all_gather(
+      static_cast<float*>(slot.buffer.data()), chunk, static_cast<size_t>(topo_.nodes_per_partition()),
+      static_cast<size_t>(chunk), static_cast<size_t>(k * chunk));
+}
+
+void ShardedParamStore::progress_gathers(const ParamSlot* until) {
+  if (!topo_.hierarchical) return;
+  std::vector<ParamSlot*> pending;
+  for (auto& s : param_slots_)
+    if (s->stage == 1) pending.push_back(s.get());
+  std::sort(pending.begin(), pending.end(), [](auto* a, auto* b) { return a->started < b->started; });
+  for (ParamSlot* s : pending) {
+    if (until != nullptr && s->started <= until->started) {
+      groups_.inter_node->wait(s->request);
+    } else if (!groups_.inter_node->test(s->request)) {
+      break;
+    }
+    start_intra_stage(*s);
+  }
+}
+
 void ShardedParamStore::release_params(int layer) {
   if (topo_.partition_size == 1) return;
+  progress_gathers();  // keep the next layers' second stages moving
   for (auto& s : param_slots_) {
     if (s->layer == layer && s->in_use) {
       s->in_use = false;

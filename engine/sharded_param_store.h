@@ -71,6 +71,12 @@ class ShardedParamStore final : public model::ParamProvider {
   ParamSlot* find_param_slot(int layer);
   ParamSlot& start_gather(int layer);
   void prefetch_after(size_t position);
+  // Starts intra-node stages of hierarchical gathers in the order the gathers began (MPI
+  // wants every rank to issue collectives on a communicator in one order): all of them up
+  // to and including `until` (blocking on their first stage), then, without blocking, any
+  // further ones whose inter-node stage has landed, stopping at the first that has not.
+  void progress_gathers(const ParamSlot* until = nullptr);
+  void start_intra_stage(ParamSlot& slot);
   void finish_grad_slot(GradSlot& slot);
   Tensor layer_span_view(const DeviceBuffer& buffer, int layer) const;
 
@@ -89,6 +95,7 @@ class ShardedParamStore final : public model::ParamProvider {
   size_t cursor_ = 0;
   bool on_schedule_ = true;
   uint64_t grad_age_ = 0;
+  uint64_t gathers_started_ = 0;
 };
 
 }  // namespace mics
