@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <exception>
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -15,6 +16,7 @@
 #include "engine/config.h"
 #include "engine/memory_report.h"
 #include "engine/process_env.h"
+#include "engine/stop_signal.h"
 #include "engine/topology.h"
 #include "engine/trainer.h"
 #include "kernels/ops.h"
@@ -73,10 +75,19 @@ int train(const mics::Config& config, const mics::Topology& topology, const std:
   spdlog::info("{}", topology.describe());
   auto backend = mics::make_cpu_backend();
   mics::Trainer trainer(config, *backend, topology);
-  if (!resume.empty()) trainer.resume(resume);
+  if (resume == "auto") {  // a requeued job: continue if a checkpoint exists, else start
+    const bool exists = !config.checkpoint.dir.empty() &&
+                        std::filesystem::exists(std::filesystem::path(config.checkpoint.dir) / "latest");
+    if (exists) trainer.resume("latest");
+    else spdlog::info("--resume auto: no checkpoint in '{}' yet; starting from step 0", config.checkpoint.dir);
+  } else if (!resume.empty()) {
+    trainer.resume(resume);
+  }
   const std::vector<double> losses = trainer.run();
   if (!losses.empty())
-    spdlog::info("done: {} steps, loss {:.4f} -> {:.4f}", losses.size(), losses.front(), losses.back());
+    spdlog::info("{}: {} steps, loss {:.4f} -> {:.4f}", trainer.preempted() ? "stopped" : "done", losses.size(),
+                 losses.front(), losses.back());
+  if (trainer.preempted()) return mics::kExitPreempted;
   return 0;
 }
 
@@ -92,7 +103,8 @@ int main(int argc, char** argv) {
   app.add_option("--metrics", o.metrics, "append one JSON object per logged step to FILE");
   app.add_option("--log-level", o.log_level, "trace, debug, info, warn or error")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}));
-  app.add_option("--resume", o.resume, "continue from a checkpoint directory, or 'latest' in checkpoint.dir");
+  app.add_option("--resume", o.resume,
+                 "continue from a checkpoint directory, 'latest' in checkpoint.dir, or 'auto' (latest if any)");
   app.add_flag("--dry-run", o.dry_run,
                "print parameter count and model-state memory per device, allocate nothing");
   try {
@@ -103,6 +115,7 @@ int main(int argc, char** argv) {
   }
 
   mics::ProcessEnv env(&argc, &argv);
+  mics::install_stop_handlers();  // after MPI_Init, so MPI keeps none of these for itself
   try {
     const mics::Config config = resolve(o);
     setup_logging(env, config.log.level);

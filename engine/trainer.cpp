@@ -7,6 +7,7 @@
 
 #include "engine/checkpoint.h"
 #include "engine/flops.h"
+#include "engine/stop_signal.h"
 #include "kernels/counter_hash.h"
 
 namespace mics {
@@ -147,16 +148,8 @@ std::vector<double> Trainer::run() {
   Clock::time_point window_start = start;
   CommStats window_comm = groups_->stats;
   int64_t window_steps = 0;
-  const bool checkpoints = !config_.checkpoint.dir.empty();
-  for (int64_t step = start_step_; step < t.steps; ++step) {
-    losses.push_back(train_step(step));
-    ++window_steps;
-    const int64_t done = step + 1;
-    if (checkpoints && ((config_.checkpoint.every > 0 && done % config_.checkpoint.every == 0) || done == t.steps))
-      save_checkpoint(config_, topo_, model_->layout(), *store_, done,
-                      sample_base_ + (done - start_step_) * global_batch_);
-    const bool report = step == start_step_ || done % config_.log.every == 0 || done == t.steps;
-    if (!report) continue;
+  // One progress line (and metrics row) for the steps since the previous one.
+  auto report = [&](int64_t step) {
     StepMetrics m;
     m.step = step + 1;
     m.total_steps = t.steps;
@@ -169,14 +162,35 @@ std::vector<double> Trainer::run() {
     m.tokens_per_s = m.samples_per_s * static_cast<double>(t.seq_len);
     m.tflops_per_device = flops_per_sample * m.samples_per_s / topo_.world / 1e12;
     m.comm = groups_->stats.minus(window_comm).scaled(1.0 / static_cast<double>(window_steps));
-    window_comm = groups_->stats;
     m.model_state_bytes = static_cast<double>(store_->model_state_bytes());
     m.elapsed_s = seconds_since(start);
-    m.eta_s = m.elapsed_s / static_cast<double>(done - start_step_) * static_cast<double>(t.steps - done);
+    m.eta_s = m.elapsed_s / static_cast<double>(m.step - start_step_) * static_cast<double>(t.steps - m.step);
     if (topo_.rank == 0) spdlog::info("{}", m.progress_line());
     if (metrics_) metrics_->write(m);
+    window_comm = groups_->stats;
     window_start = Clock::now();
     window_steps = 0;
+  };
+
+  const bool checkpoints = !config_.checkpoint.dir.empty();
+  for (int64_t step = start_step_; step < t.steps; ++step) {
+    losses.push_back(train_step(step));
+    ++window_steps;
+    const int64_t done = step + 1;
+    // Every rank learns whether any rank was signalled, so all stop at the same step.
+    preempted_ = !world_all(!stop_signal_received()) && done < t.steps;
+    if (preempted_ || step == start_step_ || done % config_.log.every == 0 || done == t.steps) report(step);
+    if (preempted_)
+      spdlog::warn("stop requested{}{}: checkpointing step {} and exiting", stop_signal_received() ? " by " : "",
+                   stop_signal_name(), done);
+    const bool scheduled = (config_.checkpoint.every > 0 && done % config_.checkpoint.every == 0) || done == t.steps;
+    if (checkpoints && (scheduled || preempted_))
+      save_checkpoint(config_, topo_, model_->layout(), *store_, done,
+                      sample_base_ + (done - start_step_) * global_batch_);
+    if (preempted_) {
+      if (!checkpoints) spdlog::warn("no checkpoint.dir is set: the progress of this run is lost");
+      break;
+    }
   }
   return losses;
 }

@@ -26,8 +26,10 @@ class Trainer {
 
   // Continues from a checkpoint (collective; see load_checkpoint).
   void resume(const std::string& where);
-  // Trains up to config.train.steps; returns the loss of every step it ran.
+  // Trains up to config.train.steps; returns the loss of every step it ran. Stops early,
+  // after writing a checkpoint, when any rank received a stop signal (see preempted()).
   std::vector<double> run();
+  bool preempted() const { return preempted_; }
 
   int64_t accumulation_steps() const { return accumulation_; }
   const model::Model& model() const { return *model_; }
@@ -51,6 +53,7 @@ class Trainer {
   std::unique_ptr<MetricsFile> metrics_;
   int64_t start_step_ = 0;    // first step this run trains
   int64_t sample_base_ = 0;   // global samples consumed before start_step_
+  bool preempted_ = false;
   double last_grad_norm_ = 0;
   bool last_skipped_ = false;
 };

@@ -88,6 +88,8 @@ up() {
 export SLURM_CONF=$SLURM_CONF
 export SLURM_MPI_TYPE=pmix
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+# the emulated nodes share the cores: waiting ranks must yield them
+export OMPI_MCA_mpi_yield_when_idle=1
 # traffic between the emulated nodes stays on loopback
 export OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_oob_tcp_if_include=lo
 ENV

@@ -1,0 +1,16 @@
+#pragma once
+// Preemption: SIGTERM, SIGUSR1 and SIGINT (Slurm's --signal=USR1@T, its SIGTERM before a
+// kill, Ctrl-C) only raise a flag. The training loop asks after every step whether any
+// rank saw one; if so, every rank writes the checkpoint of that step and exits with
+// kExitPreempted. A second signal of the same kind while stopping is left to its default.
+namespace mics {
+
+inline constexpr int kExitPreempted = 3;
+
+void install_stop_handlers();
+// True once this process received one of the signals.
+bool stop_signal_received();
+// The signal's name for the log ("SIGTERM"), or "" when none arrived.
+const char* stop_signal_name();
+
+}  // namespace mics
