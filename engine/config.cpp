@@ -214,6 +214,7 @@ Config parse_config(const json& input, const std::string& source,
     r.get("adam_beta2", t.adam_beta2);
     r.get("adam_eps", t.adam_eps);
     r.get("grad_clip", t.grad_clip);
+    r.get("max_skipped_steps", t.max_skipped_steps);
     r.get("seed", t.seed);
     r.get("precision", t.precision, {"fp32", "bf16", "fp16"});
     r.finish();
@@ -315,6 +316,7 @@ Config parse_config(const json& input, const std::string& source,
   must(t, tc.adam_eps > 0, "'train.adam_eps' must be positive");
   must(t, tc.grad_clip >= 0, "'train.grad_clip' must be 0 (off) or a positive norm");
   must(t, tc.seed >= 0, "'train.seed' must be 0 or more");
+  must(t, tc.max_skipped_steps >= 1, "'train.max_skipped_steps' must be at least 1");
   must(t, tc.precision == "fp32" || c.runtime.backend == "cuda",
        "'train.precision' \"" + tc.precision + "\" needs 'runtime.backend' \"cuda\"; the CPU backend computes in \"fp32\"");
 
@@ -385,6 +387,7 @@ json Config::to_json() const {
                 {"lr_decay", train.lr_decay}, {"weight_decay", train.weight_decay},
                 {"adam_beta1", train.adam_beta1}, {"adam_beta2", train.adam_beta2},
                 {"adam_eps", train.adam_eps}, {"grad_clip", train.grad_clip},
+                {"max_skipped_steps", train.max_skipped_steps},
                 {"seed", train.seed}, {"precision", train.precision}};
   j["data"] = {{"source", data.source}, {"path", data.path}, {"mask_prob", data.mask_prob},
                {"mask_token_id", data.mask_token_id}, {"shuffle", data.shuffle}};

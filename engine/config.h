@@ -46,6 +46,7 @@ struct TrainConfig {
   double adam_beta2 = 0.999;
   double adam_eps = 1e-8;
   double grad_clip = 1.0;  // 0: off
+  int64_t max_skipped_steps = 10;  // consecutive non-finite steps before the run stops
   int64_t seed = 1234;
   std::string precision = "fp32";  // fp32 | bf16 | fp16
 };

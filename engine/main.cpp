@@ -132,6 +132,9 @@ int main(int argc, char** argv) {
   } catch (const mics::ConfigError& e) {
     std::fprintf(stderr, "mics-train: error: %s\n", e.what());
     return kExitBadInput;  // every rank reads the same config and fails the same way
+  } catch (const mics::TrainingError& e) {
+    std::fprintf(stderr, "mics-train: error: %s\n", e.what());
+    return kExitFailure;  // every rank reached the same decision
   } catch (const mics::CheckpointError& e) {
     std::fprintf(stderr, "mics-train: error: %s\n", e.what());
     return kExitBadInput;  // every rank agreed on the failure before throwing

@@ -24,6 +24,7 @@ struct StepMetrics {
   double elapsed_s = 0;
   double eta_s = 0;
   bool skipped = false;     // non-finite gradients: the update was not applied
+  int64_t skipped_steps = 0;  // skipped updates since the run started
   // This rank's communication per step, averaged over the steps since the last report.
   CommStats comm;
   double model_state_bytes = 0;  // this rank's shards of weights, gradients, Adam states

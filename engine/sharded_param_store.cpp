@@ -292,6 +292,16 @@ double ShardedParamStore::grad_norm_squared() {
   return groups_.partition->sum_scalar(be_.sum_squares(grads()));
 }
 
+std::vector<int> ShardedParamStore::nonfinite_grad_layers() {
+  std::vector<int> bad;
+  for (int l = 0; l < layout_.num_layers(); ++l) {
+    const int64_t chunk = layout_.layers()[static_cast<size_t>(l)].size / topo_.partition_size;
+    const double local = static_cast<double>(be_.count_nonfinite(grads().slice(shard_offset(l), {chunk})));
+    if (groups_.partition->sum_scalar(local) > 0) bad.push_back(l);
+  }
+  return bad;
+}
+
 size_t ShardedParamStore::model_state_bytes() const {
   return master_.bytes() + grads_.bytes() + m_.bytes() + v_.bytes();
 }

@@ -60,6 +60,8 @@ class ShardedParamStore final : public model::ParamProvider {
   void end_accumulation();    // two-hop: all-reduce the accumulated shard across replicas
   // Global squared gradient norm: this shard's sum of squares summed over the partition group.
   double grad_norm_squared();
+  // Layers whose accumulated gradient holds a NaN or Inf anywhere in the partition group.
+  std::vector<int> nonfinite_grad_layers();
   // Bytes of this rank's model-state shards: master weights, gradients, Adam m and v.
   size_t model_state_bytes() const;
   // Everything the store holds: the shards plus the gather and gradient working buffers.

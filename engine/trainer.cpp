@@ -112,10 +112,23 @@ double Trainer::train_step(int64_t step) {
 
   const double norm = std::sqrt(store_->grad_norm_squared());
   last_grad_norm_ = norm;
-  last_skipped_ = !std::isfinite(norm);
+  // The norm and the loss are global, so every rank takes the same decision.
+  last_skipped_ = !std::isfinite(norm) || !std::isfinite(loss_sum);
   if (last_skipped_) {
-    spdlog::warn("step {}: gradient norm is {}; the update is skipped", step + 1, norm);
+    ++consecutive_skips_;
+    ++skipped_steps_;
+    std::string where;
+    for (int l : store_->nonfinite_grad_layers())
+      where += (where.empty() ? "" : ", ") + model_->layout().layers()[static_cast<size_t>(l)].name;
+    spdlog::warn("step {}: loss {}, gradient norm {}; non-finite gradients in {}; the update is skipped ({} in a row)",
+                 step + 1, loss_sum, norm, where.empty() ? "no layer (the loss only)" : where, consecutive_skips_);
+    if (consecutive_skips_ >= t.max_skipped_steps)
+      throw TrainingError(std::to_string(consecutive_skips_) +
+                          " consecutive steps had non-finite gradients ('train.max_skipped_steps' is " +
+                          std::to_string(t.max_skipped_steps) + "), last in " + (where.empty() ? "the loss" : where) +
+                          "; stopping with the last checkpoint intact (lower train.lr or raise train.grad_clip).");
   } else {
+    consecutive_skips_ = 0;
     AdamWSpec spec;
     spec.lr = static_cast<float>(schedule_.at(step));
     spec.beta1 = static_cast<float>(t.adam_beta1);
@@ -157,6 +170,7 @@ std::vector<double> Trainer::run() {
     m.lr = schedule_.at(step);
     m.grad_norm = last_grad_norm_;
     m.skipped = last_skipped_;
+    m.skipped_steps = skipped_steps_;
     m.step_time_s = seconds_since(window_start) / static_cast<double>(window_steps);
     m.samples_per_s = static_cast<double>(global_batch_) / m.step_time_s;
     m.tokens_per_s = m.samples_per_s * static_cast<double>(t.seq_len);
@@ -183,7 +197,12 @@ std::vector<double> Trainer::run() {
     if (preempted_)
       spdlog::warn("stop requested{}{}: checkpointing step {} and exiting", stop_signal_received() ? " by " : "",
                    stop_signal_name(), done);
-    const bool scheduled = (config_.checkpoint.every > 0 && done % config_.checkpoint.every == 0) || done == t.steps;
+    bool scheduled = (config_.checkpoint.every > 0 && done % config_.checkpoint.every == 0) || done == t.steps;
+    if (checkpoints && scheduled && last_skipped_ && !preempted_) {
+      // A skipped step changed nothing worth keeping, and writing it could prune a good one.
+      spdlog::warn("checkpoint of step {} not written: its update was skipped", done);
+      scheduled = false;
+    }
     if (checkpoints && (scheduled || preempted_))
       save_checkpoint(config_, topo_, model_->layout(), *store_, done,
                       sample_base_ + (done - start_step_) * global_batch_);

@@ -4,6 +4,7 @@
 // weight-decay mask, the LR schedule, progress and metrics.
 #include <cstdint>
 #include <memory>
+#include <stdexcept>
 #include <vector>
 
 #include "data/batcher.h"
@@ -17,6 +18,11 @@
 #include "model/model.h"
 
 namespace mics {
+
+// A run that cannot go on, decided by every rank together (so none needs aborting).
+struct TrainingError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
 
 class Trainer {
  public:
@@ -54,6 +60,7 @@ class Trainer {
   int64_t start_step_ = 0;    // first step this run trains
   int64_t sample_base_ = 0;   // global samples consumed before start_step_
   bool preempted_ = false;
+  int64_t consecutive_skips_ = 0, skipped_steps_ = 0;
   double last_grad_norm_ = 0;
   bool last_skipped_ = false;
 };

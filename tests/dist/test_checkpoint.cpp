@@ -151,6 +151,32 @@ TEST(Checkpoint, CorruptShardIsDetected) {
   EXPECT_NE(r.output.find("no checkpoint to resume"), std::string::npos) << r.output;
 }
 
+TEST(Checkpoint, NonFiniteStepsAreSkippedThenTheRunStopsWithTheGoodCheckpoint) {
+  TempDir dir("cknan");
+  const std::string ck = dir.file("ck");
+  // An absurd learning rate: step 1 is finite, its update overflows everything after.
+  const auto r = run_cli(args("gpt", ck, 30, dir.file("a.jsonl")) +
+                         " --set checkpoint.every=1 --set checkpoint.keep=2 --set train.lr=1e30 --set train.warmup_steps=0"
+                         " --set train.grad_clip=0 --set train.max_skipped_steps=3");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find("3 consecutive steps had non-finite gradients ('train.max_skipped_steps' is 3), last in embeddings"),
+            std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("step 2: loss"), std::string::npos) << r.output;
+  const auto rows = read_metrics(dir.file("a.jsonl"));
+  ASSERT_EQ(rows.size(), 3u);  // steps 1-3 logged; step 4 stopped the run
+  EXPECT_FALSE(rows[0].at("skipped").get<bool>());
+  EXPECT_TRUE(rows[1].at("skipped").get<bool>());
+  EXPECT_EQ(rows[2].at("skipped_steps"), 2);
+  // Only the last good step was checkpointed, and it still loads.
+  std::ifstream latest(ck + "/latest");
+  std::string name;
+  latest >> name;
+  EXPECT_EQ(name, "step-000001");
+  EXPECT_FALSE(fs::exists(ck + "/step-000002"));
+  const auto again = run_cli(args("gpt", dir.file("ck2"), 2, dir.file("b.jsonl")) + " --resume " + ck + "/step-000001");
+  EXPECT_EQ(again.exit_code, 0) << again.output;
+}
+
 TEST(Checkpoint, KeepsOnlyTheNewest) {
   TempDir dir("ckkeep");
   const std::string ck = dir.file("ck");
