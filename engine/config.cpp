@@ -243,10 +243,12 @@ Config parse_config(const json& input, const std::string& source,
     r.get("backend", c.runtime.backend, {"cpu", "cuda"});
     r.get("ranks_per_node", c.runtime.ranks_per_node);
     r.get("device_memory_gb", c.runtime.device_memory_gb);
+    r.get("comm_timeout_s", c.runtime.comm_timeout_s);
     r.finish();
     must(r, c.runtime.ranks_per_node >= 0,
          "'runtime.ranks_per_node' must be 0 (detect) or a positive integer");
     must(r, c.runtime.device_memory_gb > 0, "'runtime.device_memory_gb' must be positive");
+    must(r, c.runtime.comm_timeout_s > 0, "'runtime.comm_timeout_s' must be a positive number of seconds");
   }
   {
     SectionReader r(doc, "log", source);
@@ -395,7 +397,7 @@ json Config::to_json() const {
                {"hierarchical_allgather", mics.hierarchical_allgather},
                {"gradient_sync", mics.gradient_sync}, {"prefetch", mics.prefetch}};
   j["runtime"] = {{"backend", runtime.backend}, {"ranks_per_node", runtime.ranks_per_node},
-                  {"device_memory_gb", runtime.device_memory_gb}};
+                  {"device_memory_gb", runtime.device_memory_gb}, {"comm_timeout_s", runtime.comm_timeout_s}};
   j["log"] = {{"every", log.every}, {"level", log.level}, {"metrics", log.metrics}};
   j["checkpoint"] = {{"dir", checkpoint.dir}, {"every", checkpoint.every}, {"keep", checkpoint.keep}};
   return j;

@@ -70,6 +70,7 @@ struct RuntimeConfig {
   std::string backend = "cpu";  // cpu | cuda
   int64_t ranks_per_node = 0;   // 0: detect
   double device_memory_gb = 32.0;
+  double comm_timeout_s = 600.0;  // a wait on other ranks longer than this ends the job
 };
 
 struct LogConfig {

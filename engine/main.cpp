@@ -13,6 +13,7 @@
 
 #include "data/data_source.h"
 #include "engine/checkpoint.h"
+#include "engine/comm/communicator.h"
 #include "engine/config.h"
 #include "engine/memory_report.h"
 #include "engine/process_env.h"
@@ -73,6 +74,7 @@ mics::Topology check_runnable(const mics::Config& config, const mics::ProcessEnv
 
 int train(const mics::Config& config, const mics::Topology& topology, const std::string& resume) {
   spdlog::info("{}", topology.describe());
+  mics::set_comm_timeout(config.runtime.comm_timeout_s);
   auto backend = mics::make_cpu_backend();
   mics::Trainer trainer(config, *backend, topology);
   if (resume == "auto") {  // a requeued job: continue if a checkpoint exists, else start

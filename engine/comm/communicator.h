@@ -77,6 +77,8 @@ std::unique_ptr<Communicator> make_mpi_communicator(const std::vector<int>& memb
 void world_sum(double* values, int count);
 // Every rank of the job reaches this point before any leaves it.
 void world_barrier();
+// How long any wait on other ranks may take before it throws (runtime.comm_timeout_s).
+void set_comm_timeout(double seconds);
 // True on every rank when `ok` is true on every rank (agreement before a commit step).
 bool world_all(bool ok);
 

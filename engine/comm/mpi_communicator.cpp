@@ -6,6 +6,7 @@
 #include <chrono>
 #include <stdexcept>
 #include <string>
+#include <thread>
 
 #include "engine/comm/communicator.h"
 
@@ -23,6 +24,29 @@ void check(int code, const char* what) {
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   throw std::runtime_error(std::string(what) + " failed on rank " + std::to_string(rank) + ": " +
                            std::string(text, static_cast<size_t>(len)));
+}
+
+// Seconds any wait on another rank may take before this rank gives up (set once at start).
+double g_timeout_s = 600.0;
+
+// Waits for `request` by polling, yielding the core between polls (ranks may share cores),
+// and throws once comm_timeout_s has passed: a rank that stalls must not hang the others.
+void wait_for(MPI_Request& request, const std::string& what) {
+  int done = 0;
+  check(MPI_Test(&request, &done, MPI_STATUS_IGNORE), "MPI_Test");
+  const auto start = std::chrono::steady_clock::now();
+  for (long polls = 0; !done; ++polls) {
+    if (polls > 1000) std::this_thread::sleep_for(std::chrono::microseconds(20));
+    else std::this_thread::yield();
+    check(MPI_Test(&request, &done, MPI_STATUS_IGNORE), "MPI_Test");
+    if (!done && std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() > g_timeout_s) {
+      int rank = -1;
+      MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+      throw std::runtime_error(what + " did not complete within 'runtime.comm_timeout_s' (" +
+                               std::to_string(static_cast<int>(g_timeout_s)) + " s) on rank " +
+                               std::to_string(rank) + ": a peer stopped answering");
+    }
+  }
 }
 
 struct MpiRequest final : CommRequest {
@@ -46,6 +70,10 @@ class MpiCommunicator final : public Communicator {
     const int next = members[static_cast<size_t>((rank_ + 1) % size_)];
     const int prev = members[static_cast<size_t>((rank_ + size_ - 1) % size_)];
     const int node = world_rank / ranks_per_node;
+    describe_ = std::string(name(kind)) + " group of ranks " + std::to_string(members.front()) + ".." +
+                std::to_string(members.back()) + (members.size() > 2 && members[1] - members[0] > 1
+                                                      ? " step " + std::to_string(members[1] - members[0])
+                                                      : "");
     send_tier_ = next / ranks_per_node == node ? LinkTier::intra_node : LinkTier::inter_node;
     recv_tier_ = prev / ranks_per_node == node ? LinkTier::intra_node : LinkTier::inter_node;
   }
@@ -102,7 +130,7 @@ class MpiCommunicator final : public Communicator {
     auto* req = static_cast<MpiRequest*>(request.get());
     if (req == nullptr) return;
     const auto start = std::chrono::steady_clock::now();
-    check(MPI_Wait(&req->handle, MPI_STATUS_IGNORE), "MPI_Wait");
+    wait_for(req->handle, "a collective on the " + describe_);
     stats_.wait_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     if (req->owned_type != MPI_DATATYPE_NULL) MPI_Type_free(&req->owned_type);
     request.reset();
@@ -120,7 +148,11 @@ class MpiCommunicator final : public Communicator {
   }
 
   double sum_scalar(double value) override {
-    if (size_ > 1) check(MPI_Allreduce(MPI_IN_PLACE, &value, 1, MPI_DOUBLE, MPI_SUM, comm_), "MPI_Allreduce");
+    if (size_ > 1) {
+      MPI_Request r;
+      check(MPI_Iallreduce(MPI_IN_PLACE, &value, 1, MPI_DOUBLE, MPI_SUM, comm_, &r), "MPI_Iallreduce");
+      wait_for(r, "a sum on the " + describe_);
+    }
     return value;
   }
 
@@ -136,6 +168,7 @@ class MpiCommunicator final : public Communicator {
   MPI_Comm comm_ = MPI_COMM_NULL;
   int rank_ = 0, size_ = 1;
   LinkTier send_tier_ = LinkTier::intra_node, recv_tier_ = LinkTier::intra_node;
+  std::string describe_;  // for messages: "partition group of ranks 4..7"
 };
 
 }  // namespace
@@ -147,15 +180,24 @@ std::unique_ptr<Communicator> make_mpi_communicator(const std::vector<int>& memb
 }
 
 void world_sum(double* values, int count) {
-  check(MPI_Allreduce(MPI_IN_PLACE, values, count, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD),
-        "MPI_Allreduce");
+  MPI_Request r;
+  check(MPI_Iallreduce(MPI_IN_PLACE, values, count, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD, &r), "MPI_Iallreduce");
+  wait_for(r, "a sum over all ranks");
 }
 
-void world_barrier() { check(MPI_Barrier(MPI_COMM_WORLD), "MPI_Barrier"); }
+void world_barrier() {
+  MPI_Request r;
+  check(MPI_Ibarrier(MPI_COMM_WORLD, &r), "MPI_Ibarrier");
+  wait_for(r, "a barrier of all ranks");
+}
+
+void set_comm_timeout(double seconds) { g_timeout_s = seconds; }
 
 bool world_all(bool ok) {
   int value = ok ? 1 : 0;
-  check(MPI_Allreduce(MPI_IN_PLACE, &value, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD), "MPI_Allreduce");
+  MPI_Request r;
+  check(MPI_Iallreduce(MPI_IN_PLACE, &value, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD, &r), "MPI_Iallreduce");
+  wait_for(r, "an agreement of all ranks");
   return value == 1;
 }
 

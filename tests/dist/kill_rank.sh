@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # kill -9 of one rank mid-run: every other rank must exit non-zero within 60 s, no rank
-# may be left behind, and the last checkpoint must still load.
+# may be left behind, and the last checkpoint must still load. Then a stalled rank.
 # Usage: kill_rank.sh MPIRUN MICS_TRAIN CONFIG
 set -u
 mpirun_bin=$1 bin=$2 config=$3
@@ -36,4 +36,28 @@ step=$(sed 's/step-0*//' "$work/ck/latest")
 "$mpirun_bin" --oversubscribe --bind-to none --mca mpi_yield_when_idle 1 -np 4 \
   "$bin" --config "$config" --steps $((step + 1)) "${shape[@]}" --resume latest > "$work/resume.log" 2>&1 \
   || { echo "FAIL: the last checkpoint (step $step) did not load"; cat "$work/resume.log"; exit 1; }
-echo "PASS: resumed from step $step"
+echo "ok: resumed from step $step"
+
+# A rank that stalls (SIGSTOP) instead of dying: the others give up after
+# runtime.comm_timeout_s, say so, and the whole job ends.
+"$mpirun_bin" --oversubscribe --bind-to none --mca mpi_yield_when_idle 1 -np 4 \
+  "$bin" --config "$config" --steps 100000 "${shape[@]}" --set runtime.comm_timeout_s=5 \
+  --set checkpoint.dir="$work/ck2" > "$work/stall.log" 2>&1 &
+launcher=$!
+for _ in $(seq 600); do [[ -f "$work/ck2/latest" ]] && break; sleep 0.1; done
+victim=$(pgrep -f -- "$work/ck2" | while read -r pid; do
+  [[ $(ps -o comm= -p "$pid") == mics-train ]] && echo "$pid"; done | tail -n 1)
+[[ -n $victim ]] || { echo "FAIL: no rank found to stall"; exit 1; }
+kill -STOP "$victim"
+start=$(date +%s)
+wait "$launcher"
+rc=$?
+elapsed=$(( $(date +%s) - start ))
+echo "stalled rank pid $victim; the job exited with $rc after ${elapsed}s"
+[[ $rc -ne 0 ]] || { echo "FAIL: the job exited 0 with a stalled rank"; exit 1; }
+(( elapsed <= 60 )) || { echo "FAIL: the other ranks took ${elapsed}s to give up"; exit 1; }
+grep -q "did not complete within 'runtime.comm_timeout_s' (5 s)" "$work/stall.log" \
+  || { echo "FAIL: no timeout message"; cat "$work/stall.log"; exit 1; }
+sleep 1
+if pgrep -f -- "$work/ck2" > /dev/null; then echo "FAIL: ranks left behind:"; pgrep -af -- "$work/ck2"; exit 1; fi
+echo "PASS: a stalled rank ended the job after the timeout"
