@@ -4,6 +4,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
+#include <map>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -98,6 +100,35 @@ json layout_json(const model::ParamLayout& layout) {
     layers.push_back({{"name", s.name}, {"begin", s.begin}, {"size", s.size}});
   return {{"tensors", tensors}, {"layers", layers}, {"total_elements", layout.total_elements()},
           {"parameters", layout.parameter_count()}};
+}
+
+using ShardArrays = std::array<std::vector<float>, 3>;  // master, Adam m, Adam v
+
+// Reads and validates one shard file (header, size, checksum).
+ShardArrays read_shard_file(const fs::path& path, int index, int p, uint64_t elements) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw CheckpointError("cannot read " + path.string() + ".");
+  ShardHeader h{};
+  if (!in.read(reinterpret_cast<char*>(&h), sizeof h) || std::memcmp(h.magic, kShardMagic, 8) != 0 ||
+      h.version != kFormatVersion)
+    throw CheckpointError(path.string() + " is not a mics-train shard file.");
+  if (h.elements != elements || h.shard_index != static_cast<uint32_t>(index) ||
+      h.partition_size != static_cast<uint32_t>(p))
+    throw CheckpointError(path.string() + " holds shard " + std::to_string(h.shard_index) + " of " +
+                          std::to_string(h.partition_size) + " with " + std::to_string(h.elements) +
+                          " elements; the manifest expects shard " + std::to_string(index) + " of " +
+                          std::to_string(p) + " with " + std::to_string(elements) + ".");
+  ShardArrays arrays;
+  uint64_t sum = 0xcbf29ce484222325ull;
+  for (auto& a : arrays) {
+    a.resize(static_cast<size_t>(elements));
+    if (!in.read(reinterpret_cast<char*>(a.data()), static_cast<std::streamsize>(a.size() * sizeof(float))))
+      throw CheckpointError(path.string() + " is truncated.");
+    sum = fnv1a(a.data(), a.size() * sizeof(float), sum);
+  }
+  if (in.peek() != std::char_traits<char>::eof()) throw CheckpointError(path.string() + " has bytes after its payload.");
+  if (sum != h.checksum) throw CheckpointError(path.string() + " is corrupt (checksum mismatch).");
+  return arrays;
 }
 
 void prune(const fs::path& dir, int64_t keep) {
@@ -230,38 +261,49 @@ ResumePoint load_checkpoint(const std::string& where, const Config& config, cons
                               mine[i].at("name").dump() + " " + mine[i].at("shape").dump() + ".");
     }
     const int p = manifest.at("partition_size").get<int>();
-    if (p != topo.partition_size)
-      throw CheckpointError(dir.string() + " was written with partition size " + std::to_string(p) +
-                            " and this run uses " + std::to_string(topo.partition_size) +
-                            "; set mics.partition_size to " + std::to_string(p) +
-                            " (the number of ranks may differ: replicas load the same shards).");
     point.step = manifest.at("step").get<int64_t>();
     point.samples_seen = manifest.at("samples_seen").get<int64_t>();
 
-    const fs::path shard_path = dir / shard_name(topo.shard_index(), p);
-    std::ifstream shard(shard_path, std::ios::binary);
-    if (!shard) throw CheckpointError("cannot read " + shard_path.string() + ".");
-    ShardHeader h{};
+    // This rank's new shard, filled run by run from the old shards that hold each piece.
     const size_t n = static_cast<size_t>(store.shard_elements());
-    if (!shard.read(reinterpret_cast<char*>(&h), sizeof h) || std::memcmp(h.magic, kShardMagic, 8) != 0 ||
-        h.version != kFormatVersion)
-      throw CheckpointError(shard_path.string() + " is not a mics-train shard file.");
-    if (h.elements != n || h.shard_index != static_cast<uint32_t>(topo.shard_index()))
-      throw CheckpointError(shard_path.string() + " holds shard " + std::to_string(h.shard_index) + " of " +
-                            std::to_string(h.elements) + " elements; expected shard " +
-                            std::to_string(topo.shard_index()) + " of " + std::to_string(n) + ".");
-    Tensor views[3] = {store.master(), store.adam_m(), store.adam_v()};
-    std::vector<float> host(n);
-    uint64_t sum = 0xcbf29ce484222325ull;
-    for (Tensor& view : views) {
-      if (!shard.read(reinterpret_cast<char*>(host.data()), static_cast<std::streamsize>(n * sizeof(float))))
-        throw CheckpointError(shard_path.string() + " is truncated.");
-      sum = fnv1a(host.data(), n * sizeof(float), sum);
-      store.backend().copy_from_host(view.data, host.data(), n * sizeof(float));
+    std::array<std::vector<float>, 3> own;  // master, Adam m, Adam v
+    for (auto& a : own) a.assign(n, 0.0f);  // padding stays zero
+    std::map<int, ShardArrays> old_shards;
+    auto old_shard = [&](int index) -> const ShardArrays& {
+      auto it = old_shards.find(index);
+      if (it == old_shards.end())
+        it = old_shards.emplace(index, read_shard_file(dir / shard_name(index, p), index, p,
+                                                       manifest.at("shard_elements").get<uint64_t>())).first;
+      return it->second;
+    };
+    const json& old_layers = manifest.at("layout").at("layers");
+    for (size_t ti = 0; ti < layout.tensors().size(); ++ti) {
+      const model::ParamTensor& t = layout.tensors()[ti];
+      const int64_t old_offset = tensors[ti].at("offset").get<int64_t>();
+      const int64_t old_begin = old_layers.at(static_cast<size_t>(t.layer)).at("begin").get<int64_t>();
+      const int64_t old_chunk = old_layers.at(static_cast<size_t>(t.layer)).at("size").get<int64_t>() / p;
+      for (const model::FlatRange& run : store.ranges()) {
+        int64_t x = std::max(run.flat_begin, t.offset);
+        const int64_t hi = std::min(run.flat_begin + run.size, t.offset + t.numel());
+        while (x < hi) {  // one piece per old shard crossed
+          const int64_t in_layer = old_offset + (x - t.offset) - old_begin;
+          const int64_t s = in_layer / old_chunk, within = in_layer - s * old_chunk;
+          const int64_t count = std::min(hi - x, old_chunk - within);
+          const ShardArrays& src = old_shard(static_cast<int>(s));
+          const size_t from = static_cast<size_t>(old_begin / p + within);
+          const size_t to = static_cast<size_t>(run.local_offset + (x - run.flat_begin));
+          for (int a = 0; a < 3; ++a)
+            std::copy_n(src[static_cast<size_t>(a)].begin() + static_cast<std::ptrdiff_t>(from), count,
+                        own[static_cast<size_t>(a)].begin() + static_cast<std::ptrdiff_t>(to));
+          x += count;
+        }
+      }
     }
-    if (shard.peek() != std::char_traits<char>::eof())
-      throw CheckpointError(shard_path.string() + " has bytes after its payload.");
-    if (sum != h.checksum) throw CheckpointError(shard_path.string() + " is corrupt (checksum mismatch).");
+    Tensor views[3] = {store.master(), store.adam_m(), store.adam_v()};
+    for (int a = 0; a < 3; ++a)
+      store.backend().copy_from_host(views[a].data, own[static_cast<size_t>(a)].data(), n * sizeof(float));
+    if (p != topo.partition_size)
+      spdlog::info("resharded {} from partition size {} to {}", dir.string(), p, topo.partition_size);
   } catch (const CheckpointError& e) {
     error = e.what();
   } catch (const std::exception& e) {

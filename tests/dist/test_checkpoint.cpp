@@ -1,7 +1,6 @@
 // Sharded checkpoints: resume is bit-identical at the same N and p, continues at another
-// N with the same p, refuses another p with a clear message, survives an interrupted
-// write, detects corruption, keeps only the newest, and never touches existing files on
-// a refused load.
+// N and p (resharding), refuses another model with a clear message and untouched files,
+// survives an interrupted write, detects corruption, keeps only the newest.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -91,16 +90,26 @@ TEST(Checkpoint, ResumeIsBitIdenticalUnderMpiAndContinuesAtAnotherWorldSize) {
   for (size_t i = 0; i < 3; ++i) EXPECT_NEAR(two[i], full[i + 3], 1e-5 * full[i + 3]) << "step " << i + 4;
 }
 
-TEST(Checkpoint, AnotherPartitionSizeIsRefusedAndNothingIsTouched) {
-  TempDir dir("ckp");
-  const std::string ck = dir.file("ck");
-  const std::string place = " --set train.global_batch_size=16 --set runtime.ranks_per_node=2";
-  ASSERT_EQ(run_mpi(4, args("gpt", ck, 3, dir.file("a.jsonl")) + place + " --set mics.partition_size=2").exit_code, 0);
-  const auto before = snapshot(ck);
-  const auto r = run_mpi(4, args("gpt", ck, 6, dir.file("b.jsonl")) + place + " --set mics.partition_size=4 --resume latest");
-  EXPECT_NE(r.exit_code, 0);
-  EXPECT_NE(r.output.find("was written with partition size 2 and this run uses 4"), std::string::npos) << r.output;
-  EXPECT_EQ(snapshot(ck), before);
+TEST(Checkpoint, ReshardsAcrossWorldAndPartitionSizes) {
+  // (N, p) = (8, 4) -> (4, 2) -> (1, 1) over one global batch of 16: the losses continue
+  // those of the uninterrupted run within fp32 summation order.
+  TempDir dir("ckre");
+  const std::string batch = " --set train.global_batch_size=16 --set runtime.ranks_per_node=2";
+  auto r = run_mpi(8, args("gpt", dir.file("ck84"), 9, dir.file("full.jsonl")) + batch + " --set mics.partition_size=4");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const auto full = losses(dir.file("full.jsonl"));
+  r = run_mpi(4, args("gpt", dir.file("ck42"), 6, dir.file("mid.jsonl")) + batch +
+                     " --set mics.partition_size=2 --resume " + dir.file("ck84") + "/step-000003");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  r = run_cli(args("gpt", dir.file("ck11"), 9, dir.file("end.jsonl")) + batch +
+              " --set runtime.ranks_per_node=1 --resume " + dir.file("ck42") + "/step-000006");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  auto resumed = losses(dir.file("mid.jsonl"));
+  const auto end = losses(dir.file("end.jsonl"));
+  resumed.insert(resumed.end(), end.begin(), end.end());
+  ASSERT_EQ(full.size(), 9u);
+  ASSERT_EQ(resumed.size(), 6u);
+  for (size_t i = 0; i < 6; ++i) EXPECT_NEAR(resumed[i], full[i + 3], 1e-5 * full[i + 3]) << "step " << i + 4;
 }
 
 TEST(Checkpoint, AnotherModelIsRefusedNamingTheTensor) {
