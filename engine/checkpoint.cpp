@@ -131,6 +131,57 @@ ShardArrays read_shard_file(const fs::path& path, int index, int p, uint64_t ele
   return arrays;
 }
 
+// The shard files of one checkpoint, read (and validated) on first use. Serves any run of
+// elements of any tensor, whatever partition size the reader uses.
+class OldShards {
+ public:
+  OldShards(fs::path dir, const json& manifest)
+      : dir_(std::move(dir)), manifest_(manifest), p_(manifest.at("partition_size").get<int>()),
+        elements_(manifest.at("shard_elements").get<uint64_t>()) {}
+
+  // Elements [first, first + count) of tensor `ti` (manifest order) into out[a] for the
+  // arrays a = master, Adam m, Adam v (null entries are skipped).
+  void read(size_t ti, int64_t first, int64_t count, std::array<float*, 3> out) {
+    const json& t = manifest_.at("layout").at("tensors").at(ti);
+    const json& layer = manifest_.at("layout").at("layers").at(t.at("layer").get<size_t>());
+    const int64_t begin = layer.at("begin").get<int64_t>(), chunk = layer.at("size").get<int64_t>() / p_;
+    int64_t done = 0;
+    while (done < count) {  // one piece per shard crossed
+      const int64_t in_layer = t.at("offset").get<int64_t>() + first + done - begin;
+      const int64_t s = in_layer / chunk, within = in_layer - s * chunk;
+      const int64_t n = std::min(count - done, chunk - within);
+      const ShardArrays& src = shard(static_cast<int>(s));
+      const auto from = static_cast<std::ptrdiff_t>(begin / p_ + within);
+      for (size_t a = 0; a < 3; ++a)
+        if (out[a] != nullptr) std::copy_n(src[a].begin() + from, n, out[a] + done);
+      done += n;
+    }
+  }
+
+ private:
+  const ShardArrays& shard(int index) {
+    auto it = cache_.find(index);
+    if (it == cache_.end()) it = cache_.emplace(index, read_shard_file(dir_ / shard_name(index, p_), index, p_, elements_)).first;
+    return it->second;
+  }
+  fs::path dir_;
+  const json& manifest_;
+  int p_;
+  uint64_t elements_;
+  std::map<int, ShardArrays> cache_;
+};
+
+json read_manifest(const fs::path& dir) {
+  const fs::path path = dir / "manifest.json";
+  std::ifstream in(path);
+  if (!in) throw CheckpointError("cannot read " + path.string() + ".");
+  json manifest = json::parse(in, nullptr, false);
+  if (manifest.is_discarded() || !manifest.is_object() || !manifest.contains("layout") ||
+      !manifest.contains("partition_size") || !manifest.contains("shard_elements"))
+    throw CheckpointError(path.string() + " is not a mics-train checkpoint manifest.");
+  return manifest;
+}
+
 void prune(const fs::path& dir, int64_t keep) {
   if (keep <= 0) return;
   std::vector<fs::path> steps;
@@ -242,11 +293,7 @@ ResumePoint load_checkpoint(const std::string& where, const Config& config, cons
     }
     point.path = dir.string();
     const fs::path manifest_path = dir / "manifest.json";
-    std::ifstream in(manifest_path);
-    if (!in) throw CheckpointError("cannot read " + manifest_path.string() + ".");
-    const json manifest = json::parse(in, nullptr, false);
-    if (manifest.is_discarded() || !manifest.is_object() || !manifest.contains("layout"))
-      throw CheckpointError(manifest_path.string() + " is not a mics-train checkpoint manifest.");
+    const json manifest = read_manifest(dir);
 
     // Same model: every tensor by name and shape, in the same order.
     const json& tensors = manifest.at("layout").at("tensors");
@@ -268,35 +315,14 @@ ResumePoint load_checkpoint(const std::string& where, const Config& config, cons
     const size_t n = static_cast<size_t>(store.shard_elements());
     std::array<std::vector<float>, 3> own;  // master, Adam m, Adam v
     for (auto& a : own) a.assign(n, 0.0f);  // padding stays zero
-    std::map<int, ShardArrays> old_shards;
-    auto old_shard = [&](int index) -> const ShardArrays& {
-      auto it = old_shards.find(index);
-      if (it == old_shards.end())
-        it = old_shards.emplace(index, read_shard_file(dir / shard_name(index, p), index, p,
-                                                       manifest.at("shard_elements").get<uint64_t>())).first;
-      return it->second;
-    };
-    const json& old_layers = manifest.at("layout").at("layers");
+    OldShards old(dir, manifest);
     for (size_t ti = 0; ti < layout.tensors().size(); ++ti) {
       const model::ParamTensor& t = layout.tensors()[ti];
-      const int64_t old_offset = tensors[ti].at("offset").get<int64_t>();
-      const int64_t old_begin = old_layers.at(static_cast<size_t>(t.layer)).at("begin").get<int64_t>();
-      const int64_t old_chunk = old_layers.at(static_cast<size_t>(t.layer)).at("size").get<int64_t>() / p;
       for (const model::FlatRange& run : store.ranges()) {
-        int64_t x = std::max(run.flat_begin, t.offset);
-        const int64_t hi = std::min(run.flat_begin + run.size, t.offset + t.numel());
-        while (x < hi) {  // one piece per old shard crossed
-          const int64_t in_layer = old_offset + (x - t.offset) - old_begin;
-          const int64_t s = in_layer / old_chunk, within = in_layer - s * old_chunk;
-          const int64_t count = std::min(hi - x, old_chunk - within);
-          const ShardArrays& src = old_shard(static_cast<int>(s));
-          const size_t from = static_cast<size_t>(old_begin / p + within);
-          const size_t to = static_cast<size_t>(run.local_offset + (x - run.flat_begin));
-          for (int a = 0; a < 3; ++a)
-            std::copy_n(src[static_cast<size_t>(a)].begin() + static_cast<std::ptrdiff_t>(from), count,
-                        own[static_cast<size_t>(a)].begin() + static_cast<std::ptrdiff_t>(to));
-          x += count;
-        }
+        const int64_t lo = std::max(run.flat_begin, t.offset), hi = std::min(run.flat_begin + run.size, t.offset + t.numel());
+        if (lo >= hi) continue;
+        const size_t to = static_cast<size_t>(run.local_offset + (lo - run.flat_begin));
+        old.read(ti, lo - t.offset, hi - lo, {own[0].data() + to, own[1].data() + to, own[2].data() + to});
       }
     }
     Tensor views[3] = {store.master(), store.adam_m(), store.adam_v()};
@@ -312,6 +338,25 @@ ResumePoint load_checkpoint(const std::string& where, const Config& config, cons
   if (!world_all(error.empty()))
     throw CheckpointError(error.empty() ? "loading checkpoint " + where + " failed on another rank; see its message." : error);
   return point;
+}
+
+CheckpointWeights read_checkpoint_weights(const std::string& where) {
+  const fs::path dir = where;
+  const json manifest = read_manifest(dir);
+  CheckpointWeights w{parse_config(manifest.at("config"), (dir / "manifest.json").string()), {}};
+  OldShards old(dir, manifest);
+  const json& tensors = manifest.at("layout").at("tensors");
+  for (size_t ti = 0; ti < tensors.size(); ++ti) {
+    NamedWeights t;
+    t.name = tensors[ti].at("name").get<std::string>();
+    for (const json& d : tensors[ti].at("shape")) t.shape.push_back(d.get<int64_t>());
+    int64_t n = 1;
+    for (int64_t d : t.shape) n *= d;
+    t.values.resize(static_cast<size_t>(n));
+    old.read(ti, 0, n, {t.values.data(), nullptr, nullptr});
+    w.tensors.push_back(std::move(t));
+  }
+  return w;
 }
 
 }  // namespace mics

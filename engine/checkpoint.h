@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "engine/config.h"
 #include "engine/sharded_param_store.h"
@@ -37,5 +38,18 @@ void save_checkpoint(const Config& config, const Topology& topo, const model::Pa
 // model and partition size match; on any rank's failure every rank throws CheckpointError.
 ResumePoint load_checkpoint(const std::string& where, const Config& config, const Topology& topo,
                             const model::ParamLayout& layout, ShardedParamStore& store);
+
+// A checkpoint's model weights (fp32 master), tensor by tensor, with the config it was
+// trained with: what `mics-train export` writes out. Reads every shard file once.
+struct NamedWeights {
+  std::string name;
+  std::vector<int64_t> shape;
+  std::vector<float> values;
+};
+struct CheckpointWeights {
+  Config config;
+  std::vector<NamedWeights> tensors;  // layout order
+};
+CheckpointWeights read_checkpoint_weights(const std::string& dir);
 
 }  // namespace mics
