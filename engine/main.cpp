@@ -8,6 +8,8 @@
 #include <cstdio>
 #include <exception>
 #include <filesystem>
+#include <fstream>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -15,6 +17,8 @@
 #include "engine/checkpoint.h"
 #include "engine/comm/communicator.h"
 #include "engine/config.h"
+#include "engine/hf_interchange.h"
+#include "engine/safetensors.h"
 #include "engine/memory_report.h"
 #include "engine/process_env.h"
 #include "engine/stop_signal.h"
@@ -35,7 +39,28 @@ struct Options {
   std::string log_level;
   bool dry_run = false;
   std::string resume;
+  std::string init_from;
+  // export
+  std::string checkpoint, out, format = "safetensors";
 };
+
+// mics-train export: a checkpoint's weights in Hugging Face names, as one .safetensors file
+// or (--format hf) a folder with model.safetensors and config.json.
+int export_weights(const Options& o) {
+  const mics::CheckpointWeights w = mics::read_checkpoint_weights(o.checkpoint);
+  const mics::model::ModelSpec spec = w.config.model_spec();
+  const mics::TensorFile file = mics::to_hf(spec, w.tensors);
+  const std::map<std::string, std::string> meta = {{"format", "pt"}, {"producer", "mics-train"}};
+  if (o.format == "hf") {
+    std::filesystem::create_directories(o.out);
+    mics::write_safetensors((std::filesystem::path(o.out) / "model.safetensors").string(), file, meta);
+    std::ofstream(std::filesystem::path(o.out) / "config.json") << mics::hf_config(spec).dump(2) << '\n';
+  } else {
+    mics::write_safetensors(o.out, file, meta);
+  }
+  std::printf("exported %zu tensors of %s to %s\n", file.size(), o.checkpoint.c_str(), o.out.c_str());
+  return 0;
+}
 
 void setup_logging(const mics::ProcessEnv& env, const std::string& level) {
   auto logger = spdlog::stderr_color_mt("mics");
@@ -72,11 +97,13 @@ mics::Topology check_runnable(const mics::Config& config, const mics::ProcessEnv
   }
 }
 
-int train(const mics::Config& config, const mics::Topology& topology, const std::string& resume) {
+int train(const mics::Config& config, const mics::Topology& topology, const std::string& resume,
+          const std::string& init_from) {
   spdlog::info("{}", topology.describe());
   mics::set_comm_timeout(config.runtime.comm_timeout_s);
   auto backend = mics::make_cpu_backend();
   mics::Trainer trainer(config, *backend, topology);
+  if (!init_from.empty()) trainer.init_from(init_from);
   if (resume == "auto") {  // a requeued job: continue if a checkpoint exists, else start
     const bool exists = !config.checkpoint.dir.empty() &&
                         std::filesystem::exists(std::filesystem::path(config.checkpoint.dir) / "latest");
@@ -98,7 +125,8 @@ int train(const mics::Config& config, const mics::Topology& topology, const std:
 int main(int argc, char** argv) {
   CLI::App app{"mics-train: trains BERT and GPT models with MiCS sharding"};
   Options o;
-  app.add_option("--config", o.config, "JSON run configuration")->required()->check(CLI::ExistingFile);
+  app.add_option("--config", o.config, "JSON run configuration (required unless a subcommand is given)")
+      ->check(CLI::ExistingFile);
   app.add_option("--set", o.sets, "override a config key: --set train.lr=3e-4 (repeatable)");
   app.add_option("--steps", o.steps, "number of optimizer steps (overrides train.steps)")
       ->check(CLI::PositiveNumber);
@@ -107,6 +135,13 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}));
   app.add_option("--resume", o.resume,
                  "continue from a checkpoint directory, 'latest' in checkpoint.dir, or 'auto' (latest if any)");
+  app.add_option("--init-from", o.init_from,
+                 "start from Hugging Face weights: a .safetensors file or a folder with model.safetensors");
+  CLI::App* exporter = app.add_subcommand("export", "write a checkpoint's weights with Hugging Face names");
+  exporter->add_option("--checkpoint", o.checkpoint, "checkpoint directory (step-NNNNNN)")->required();
+  exporter->add_option("--out", o.out, "output .safetensors file, or folder with --format hf")->required();
+  exporter->add_option("--format", o.format, "safetensors (one file) or hf (folder with config.json)")
+      ->check(CLI::IsMember({"safetensors", "hf"}));
   app.add_flag("--dry-run", o.dry_run,
                "print parameter count and model-state memory per device, allocate nothing");
   try {
@@ -116,6 +151,22 @@ int main(int argc, char** argv) {
     return code == 0 ? 0 : kExitBadInput;
   }
 
+  if (exporter->parsed()) {
+    try {
+      return export_weights(o);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "mics-train: error: %s\n", e.what());
+      return kExitBadInput;
+    }
+  }
+  if (o.config.empty()) {
+    std::fprintf(stderr, "mics-train: error: --config is required.\n");
+    return kExitBadInput;
+  }
+  if (!o.init_from.empty() && !o.resume.empty()) {
+    std::fprintf(stderr, "mics-train: error: --init-from and --resume exclude each other; use one.\n");
+    return kExitBadInput;
+  }
   mics::ProcessEnv env(&argc, &argv);
   mics::install_stop_handlers();  // after MPI_Init, so MPI keeps none of these for itself
   try {
@@ -130,13 +181,16 @@ int main(int argc, char** argv) {
     if (!env.launcher_detail().empty()) spdlog::info("{}", env.launcher_detail());
     if (!env.launcher_warning().empty()) spdlog::warn("{}", env.launcher_warning());
     spdlog::info("config {}: {}", config.source_name, config.to_json().dump());
-    return train(config, topology, o.resume);
+    return train(config, topology, o.resume, o.init_from);
   } catch (const mics::ConfigError& e) {
     std::fprintf(stderr, "mics-train: error: %s\n", e.what());
     return kExitBadInput;  // every rank reads the same config and fails the same way
   } catch (const mics::TrainingError& e) {
     std::fprintf(stderr, "mics-train: error: %s\n", e.what());
     return kExitFailure;  // every rank reached the same decision
+  } catch (const mics::SafetensorsError& e) {
+    std::fprintf(stderr, "mics-train: error: %s\n", e.what());
+    return kExitBadInput;  // every rank reads the same file
   } catch (const mics::CheckpointError& e) {
     std::fprintf(stderr, "mics-train: error: %s\n", e.what());
     return kExitBadInput;  // every rank agreed on the failure before throwing

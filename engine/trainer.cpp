@@ -2,11 +2,14 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <chrono>
+#include <filesystem>
 #include <cmath>
 
 #include "engine/checkpoint.h"
 #include "engine/flops.h"
+#include "engine/hf_interchange.h"
 #include "engine/stop_signal.h"
 #include "kernels/counter_hash.h"
 
@@ -150,6 +153,26 @@ void Trainer::resume(const std::string& where) {
   if (start_step_ >= config_.train.steps)
     spdlog::warn("the checkpoint is at step {} and train.steps is {}: nothing left to train", start_step_,
                  config_.train.steps);
+}
+
+void Trainer::init_from(const std::string& where) {
+  std::string path = where;
+  if (std::filesystem::is_directory(path)) path = (std::filesystem::path(path) / "model.safetensors").string();
+  const model::ModelSpec spec = config_.model_spec();
+  const model::ParamLayout& layout = model_->layout();
+  const auto ours = from_hf(spec, layout, read_safetensors(path, hf_ignored_names(spec)), path);
+  std::vector<float> shard(static_cast<size_t>(store_->shard_elements()), 0.0f);
+  for (const model::ParamTensor& t : layout.tensors()) {
+    const std::vector<float>& values = ours.at(t.name);
+    for (const model::FlatRange& run : store_->ranges()) {
+      const int64_t lo = std::max(run.flat_begin, t.offset), hi = std::min(run.flat_begin + run.size, t.offset + t.numel());
+      if (lo < hi)
+        std::copy(values.begin() + (lo - t.offset), values.begin() + (hi - t.offset),
+                  shard.begin() + run.local_offset + (lo - run.flat_begin));
+    }
+  }
+  backend_.copy_from_host(store_->master().data, shard.data(), shard.size() * sizeof(float));
+  spdlog::info("initialised {} parameters from {}", layout.parameter_count(), path);
 }
 
 std::vector<double> Trainer::run() {

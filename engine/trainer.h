@@ -32,6 +32,8 @@ class Trainer {
 
   // Continues from a checkpoint (collective; see load_checkpoint).
   void resume(const std::string& where);
+  // Starts from Hugging Face weights: a .safetensors file or a folder holding model.safetensors.
+  void init_from(const std::string& path);
   // Trains up to config.train.steps; returns the loss of every step it ran. Stops early,
   // after writing a checkpoint, when any rank received a stop signal (see preempted()).
   std::vector<double> run();
