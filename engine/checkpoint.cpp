@@ -22,36 +22,9 @@ using nlohmann::json;
 
 namespace {
 
-constexpr char kShardMagic[8] = {'M', 'I', 'C', 'S', 'S', 'H', 'R', 'D'};
-constexpr uint32_t kFormatVersion = 1;
-
-// Fixed header in front of a shard's payload (master, Adam m, Adam v; fp32, little endian).
-struct ShardHeader {
-  char magic[8];
-  uint32_t version;
-  uint32_t shard_index;
-  uint32_t partition_size;
-  uint32_t reserved;
-  uint64_t elements;  // per array
-  uint64_t checksum;  // FNV-1a 64 of the payload
-};
-static_assert(sizeof(ShardHeader) == 40);
-
-uint64_t fnv1a(const void* data, size_t bytes, uint64_t h = 0xcbf29ce484222325ull) {
-  const auto* p = static_cast<const unsigned char*>(data);
-  for (size_t i = 0; i < bytes; ++i) h = (h ^ p[i]) * 0x100000001b3ull;
-  return h;
-}
-
 std::string step_name(int64_t step) {
   char name[32];
   std::snprintf(name, sizeof name, "step-%06lld", static_cast<long long>(step));
-  return name;
-}
-
-std::string shard_name(int index, int p) {
-  char name[48];
-  std::snprintf(name, sizeof name, "shard-%05d-of-%05d.bin", index, p);
   return name;
 }
 
@@ -100,86 +73,6 @@ json layout_json(const model::ParamLayout& layout) {
     layers.push_back({{"name", s.name}, {"begin", s.begin}, {"size", s.size}});
   return {{"tensors", tensors}, {"layers", layers}, {"total_elements", layout.total_elements()},
           {"parameters", layout.parameter_count()}};
-}
-
-using ShardArrays = std::array<std::vector<float>, 3>;  // master, Adam m, Adam v
-
-// Reads and validates one shard file (header, size, checksum).
-ShardArrays read_shard_file(const fs::path& path, int index, int p, uint64_t elements) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw CheckpointError("cannot read " + path.string() + ".");
-  ShardHeader h{};
-  if (!in.read(reinterpret_cast<char*>(&h), sizeof h) || std::memcmp(h.magic, kShardMagic, 8) != 0 ||
-      h.version != kFormatVersion)
-    throw CheckpointError(path.string() + " is not a mics-train shard file.");
-  if (h.elements != elements || h.shard_index != static_cast<uint32_t>(index) ||
-      h.partition_size != static_cast<uint32_t>(p))
-    throw CheckpointError(path.string() + " holds shard " + std::to_string(h.shard_index) + " of " +
-                          std::to_string(h.partition_size) + " with " + std::to_string(h.elements) +
-                          " elements; the manifest expects shard " + std::to_string(index) + " of " +
-                          std::to_string(p) + " with " + std::to_string(elements) + ".");
-  ShardArrays arrays;
-  uint64_t sum = 0xcbf29ce484222325ull;
-  for (auto& a : arrays) {
-    a.resize(static_cast<size_t>(elements));
-    if (!in.read(reinterpret_cast<char*>(a.data()), static_cast<std::streamsize>(a.size() * sizeof(float))))
-      throw CheckpointError(path.string() + " is truncated.");
-    sum = fnv1a(a.data(), a.size() * sizeof(float), sum);
-  }
-  if (in.peek() != std::char_traits<char>::eof()) throw CheckpointError(path.string() + " has bytes after its payload.");
-  if (sum != h.checksum) throw CheckpointError(path.string() + " is corrupt (checksum mismatch).");
-  return arrays;
-}
-
-// The shard files of one checkpoint, read (and validated) on first use. Serves any run of
-// elements of any tensor, whatever partition size the reader uses.
-class OldShards {
- public:
-  OldShards(fs::path dir, const json& manifest)
-      : dir_(std::move(dir)), manifest_(manifest), p_(manifest.at("partition_size").get<int>()),
-        elements_(manifest.at("shard_elements").get<uint64_t>()) {}
-
-  // Elements [first, first + count) of tensor `ti` (manifest order) into out[a] for the
-  // arrays a = master, Adam m, Adam v (null entries are skipped).
-  void read(size_t ti, int64_t first, int64_t count, std::array<float*, 3> out) {
-    const json& t = manifest_.at("layout").at("tensors").at(ti);
-    const json& layer = manifest_.at("layout").at("layers").at(t.at("layer").get<size_t>());
-    const int64_t begin = layer.at("begin").get<int64_t>(), chunk = layer.at("size").get<int64_t>() / p_;
-    int64_t done = 0;
-    while (done < count) {  // one piece per shard crossed
-      const int64_t in_layer = t.at("offset").get<int64_t>() + first + done - begin;
-      const int64_t s = in_layer / chunk, within = in_layer - s * chunk;
-      const int64_t n = std::min(count - done, chunk - within);
-      const ShardArrays& src = shard(static_cast<int>(s));
-      const auto from = static_cast<std::ptrdiff_t>(begin / p_ + within);
-      for (size_t a = 0; a < 3; ++a)
-        if (out[a] != nullptr) std::copy_n(src[a].begin() + from, n, out[a] + done);
-      done += n;
-    }
-  }
-
- private:
-  const ShardArrays& shard(int index) {
-    auto it = cache_.find(index);
-    if (it == cache_.end()) it = cache_.emplace(index, read_shard_file(dir_ / shard_name(index, p_), index, p_, elements_)).first;
-    return it->second;
-  }
-  fs::path dir_;
-  const json& manifest_;
-  int p_;
-  uint64_t elements_;
-  std::map<int, ShardArrays> cache_;
-};
-
-json read_manifest(const fs::path& dir) {
-  const fs::path path = dir / "manifest.json";
-  std::ifstream in(path);
-  if (!in) throw CheckpointError("cannot read " + path.string() + ".");
-  json manifest = json::parse(in, nullptr, false);
-  if (manifest.is_discarded() || !manifest.is_object() || !manifest.contains("layout") ||
-      !manifest.contains("partition_size") || !manifest.contains("shard_elements"))
-    throw CheckpointError(path.string() + " is not a mics-train checkpoint manifest.");
-  return manifest;
 }
 
 void prune(const fs::path& dir, int64_t keep) {
@@ -338,25 +231,6 @@ ResumePoint load_checkpoint(const std::string& where, const Config& config, cons
   if (!world_all(error.empty()))
     throw CheckpointError(error.empty() ? "loading checkpoint " + where + " failed on another rank; see its message." : error);
   return point;
-}
-
-CheckpointWeights read_checkpoint_weights(const std::string& where) {
-  const fs::path dir = where;
-  const json manifest = read_manifest(dir);
-  CheckpointWeights w{parse_config(manifest.at("config"), (dir / "manifest.json").string()), {}};
-  OldShards old(dir, manifest);
-  const json& tensors = manifest.at("layout").at("tensors");
-  for (size_t ti = 0; ti < tensors.size(); ++ti) {
-    NamedWeights t;
-    t.name = tensors[ti].at("name").get<std::string>();
-    for (const json& d : tensors[ti].at("shape")) t.shape.push_back(d.get<int64_t>());
-    int64_t n = 1;
-    for (int64_t d : t.shape) n *= d;
-    t.values.resize(static_cast<size_t>(n));
-    old.read(ti, 0, n, {t.values.data(), nullptr, nullptr});
-    w.tensors.push_back(std::move(t));
-  }
-  return w;
 }
 
 }  // namespace mics

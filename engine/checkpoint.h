@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/checkpoint_format.h"
 #include "engine/config.h"
 #include "engine/sharded_param_store.h"
 #include "engine/topology.h"
@@ -18,10 +19,6 @@
 
 namespace mics {
 
-// A checkpoint that cannot be written, read or used here: one sentence naming the file.
-struct CheckpointError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
 
 struct ResumePoint {
   int64_t step = 0;          // optimizer steps completed
@@ -39,17 +36,5 @@ void save_checkpoint(const Config& config, const Topology& topo, const model::Pa
 ResumePoint load_checkpoint(const std::string& where, const Config& config, const Topology& topo,
                             const model::ParamLayout& layout, ShardedParamStore& store);
 
-// A checkpoint's model weights (fp32 master), tensor by tensor, with the config it was
-// trained with: what `mics-train export` writes out. Reads every shard file once.
-struct NamedWeights {
-  std::string name;
-  std::vector<int64_t> shape;
-  std::vector<float> values;
-};
-struct CheckpointWeights {
-  Config config;
-  std::vector<NamedWeights> tensors;  // layout order
-};
-CheckpointWeights read_checkpoint_weights(const std::string& dir);
 
 }  // namespace mics

@@ -7,7 +7,9 @@ cd "$(dirname "$0")/.."
 packages=(cmake ninja-build g++ pkg-config libopenmpi-dev openmpi-bin nlohmann-json3-dev
           libspdlog-dev libcli11-dev libgtest-dev libopenblas-openmp-dev
           # a local Slurm for the launch tests (libpmix-dev: Slurm's PMIx plugin loads it)
-          slurmctld slurmd slurm-client libpmix-dev)
+          slurmctld slurmd slurm-client libpmix-dev
+          # the fuzz targets (scripts/fuzz.sh): clang with libFuzzer and the sanitizer runtimes
+          clang libclang-rt-14-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -21,8 +21,9 @@ same() { diff <(losses "$1") <(losses "$2") > /dev/null; }
 
 # Waits until checkpoint dir $1 has a checkpoint, then a little more.
 await_checkpoint() {
-  for _ in $(seq 300); do [[ -f $1/latest ]] && { sleep 0.3; return 0; }; sleep 0.1; done
-  fail "no checkpoint appeared in $1"
+  for _ in $(seq 1200); do [[ -f $1/latest ]] && { sleep 0.3; return 0; }; sleep 0.1; done
+  cat "$work"/*.log "$work"/job.out 2>/dev/null | tail -n 30
+  fail "no checkpoint appeared in $1 within 120 s"
 }
 
 # --- one process, SIGTERM ---

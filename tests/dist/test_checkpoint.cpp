@@ -154,7 +154,8 @@ TEST(Checkpoint, CorruptShardIsDetected) {
   fs::resize_file(shard, fs::file_size(shard) - 8);
   r = run_cli(args("gpt", dir.file("other"), 6, dir.file("b.jsonl")) + " --resume " + ck + "/step-000003");
   EXPECT_NE(r.exit_code, 0);
-  EXPECT_NE(r.output.find(shard + " is truncated"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find(shard + " has "), std::string::npos) << r.output;  // its size gives it away
+  EXPECT_NE(r.output.find(" elements needs "), std::string::npos) << r.output;
   r = run_cli(args("gpt", dir.file("none"), 6, dir.file("b.jsonl")) + " --resume latest");
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.output.find("no checkpoint to resume"), std::string::npos) << r.output;
