@@ -44,7 +44,7 @@ echo "ok: resumed from step $step"
   "$bin" --config "$config" --steps 100000 "${shape[@]}" --set runtime.comm_timeout_s=5 \
   --set checkpoint.dir="$work/ck2" > "$work/stall.log" 2>&1 &
 launcher=$!
-for _ in $(seq 600); do [[ -f "$work/ck2/latest" ]] && break; sleep 0.1; done
+for _ in $(seq 1200); do [[ -f "$work/ck2/latest" ]] && break; sleep 0.1; done
 victim=$(pgrep -f -- "$work/ck2" | while read -r pid; do
   [[ $(ps -o comm= -p "$pid") == mics-train ]] && echo "$pid"; done | tail -n 1)
 [[ -n $victim ]] || { echo "FAIL: no rank found to stall"; exit 1; }
