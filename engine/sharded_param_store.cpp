@@ -59,6 +59,7 @@ ShardedParamStore::ShardedParamStore(Backend& backend, const model::ParamLayout&
     param_slots_.push_back(std::make_unique<ParamSlot>());
     param_slots_.back()->buffer = DeviceBuffer(backend, floats(max_layer_));
   }
+  pending_.reserve(param_slots_.size());
   for (int i = 0; i < 3; ++i) {  // head and embeddings open together, one reducing
     grad_slots_.push_back(std::make_unique<GradSlot>());
     grad_slots_.back()->work = DeviceBuffer(backend, floats(max_layer_));
@@ -184,11 +185,11 @@ void ShardedParamStore::start_intra_stage(ParamSlot& slot) {
 
 void ShardedParamStore::progress_gathers(const ParamSlot* until) {
   if (!topo_.hierarchical) return;
-  std::vector<ParamSlot*> pending;
+  pending_.clear();  // capacity reserved at construction: no allocation inside a step
   for (auto& s : param_slots_)
-    if (s->stage == 1) pending.push_back(s.get());
-  std::sort(pending.begin(), pending.end(), [](auto* a, auto* b) { return a->started < b->started; });
-  for (ParamSlot* s : pending) {
+    if (s->stage == 1) pending_.push_back(s.get());
+  std::sort(pending_.begin(), pending_.end(), [](auto* a, auto* b) { return a->started < b->started; });
+  for (ParamSlot* s : pending_) {
     if (until != nullptr && s->started <= until->started) {
       groups_.inter_node->wait(s->request);
     } else if (!groups_.inter_node->test(s->request)) {

@@ -98,6 +98,7 @@ class ShardedParamStore final : public model::ParamProvider {
   bool on_schedule_ = true;
   uint64_t grad_age_ = 0;
   uint64_t gathers_started_ = 0;
+  std::vector<ParamSlot*> pending_;  // progress_gathers' scratch
 };
 
 }  // namespace mics
