@@ -15,6 +15,7 @@
 namespace {
 
 namespace fs = std::filesystem;
+using mics::test::read_losses;
 using mics::test::read_metrics;
 using mics::test::run_cli;
 using mics::test::run_mpi;
@@ -28,12 +29,6 @@ const char* kShape =
 std::string args(const std::string& model, const std::string& ckpt, int steps, const std::string& metrics) {
   return "--config " + source_path("configs/" + model + "-tiny.json") + kShape + " --steps " +
          std::to_string(steps) + " --set checkpoint.dir=" + ckpt + " --set checkpoint.every=3 --metrics " + metrics;
-}
-
-std::vector<double> losses(const std::string& metrics) {
-  std::vector<double> out;
-  for (const auto& row : read_metrics(metrics)) out.push_back(row.at("loss").get<double>());
-  return out;
 }
 
 // Every file under `dir` with its bytes: to prove a refused load changed nothing.
@@ -54,10 +49,10 @@ TEST(Checkpoint, ResumeIsBitIdenticalOnOneProcess) {
     TempDir dir("ck1");
     const std::string ck = dir.file("ck");
     ASSERT_EQ(run_cli(args(model, ck, 6, dir.file("full.jsonl"))).exit_code, 0);
-    const auto full = losses(dir.file("full.jsonl"));
+    const auto full = read_losses(dir.file("full.jsonl"));
     const auto r = run_cli(args(model, dir.file("ck2"), 6, dir.file("resumed.jsonl")) + " --resume " + ck + "/step-000003");
     ASSERT_EQ(r.exit_code, 0) << r.output;
-    const auto resumed = losses(dir.file("resumed.jsonl"));
+    const auto resumed = read_losses(dir.file("resumed.jsonl"));
     ASSERT_EQ(full.size(), 6u);
     ASSERT_EQ(resumed.size(), 3u);
     for (size_t i = 0; i < 3; ++i) EXPECT_EQ(resumed[i], full[i + 3]) << model << " step " << i + 4;
@@ -74,18 +69,18 @@ TEST(Checkpoint, ResumeIsBitIdenticalUnderMpiAndContinuesAtAnotherWorldSize) {
   EXPECT_TRUE(fs::exists(ck + "/step-000003/shard-00000-of-00002.bin"));
   EXPECT_TRUE(fs::exists(ck + "/step-000003/shard-00001-of-00002.bin"));
   EXPECT_FALSE(fs::exists(ck + "/step-000003/shard-00002-of-00002.bin"));
-  const auto full = losses(dir.file("full.jsonl"));
+  const auto full = read_losses(dir.file("full.jsonl"));
 
   r = run_mpi(4, args("gpt", dir.file("ck_same"), 6, dir.file("same.jsonl")) + place + " --resume " + ck + "/step-000003");
   ASSERT_EQ(r.exit_code, 0) << r.output;
-  const auto same = losses(dir.file("same.jsonl"));
+  const auto same = read_losses(dir.file("same.jsonl"));
   ASSERT_EQ(same.size(), 3u);
   for (size_t i = 0; i < 3; ++i) EXPECT_EQ(same[i], full[i + 3]) << "step " << i + 4;
 
   // Two ranks, one replica: the same shards, the same global batch, another sum order.
   r = run_mpi(2, args("gpt", dir.file("ck_two"), 6, dir.file("two.jsonl")) + place + " --resume " + ck + "/step-000003");
   ASSERT_EQ(r.exit_code, 0) << r.output;
-  const auto two = losses(dir.file("two.jsonl"));
+  const auto two = read_losses(dir.file("two.jsonl"));
   ASSERT_EQ(two.size(), 3u);
   for (size_t i = 0; i < 3; ++i) EXPECT_NEAR(two[i], full[i + 3], 1e-5 * full[i + 3]) << "step " << i + 4;
 }
@@ -97,15 +92,15 @@ TEST(Checkpoint, ReshardsAcrossWorldAndPartitionSizes) {
   const std::string batch = " --set train.global_batch_size=16 --set runtime.ranks_per_node=2";
   auto r = run_mpi(8, args("gpt", dir.file("ck84"), 9, dir.file("full.jsonl")) + batch + " --set mics.partition_size=4");
   ASSERT_EQ(r.exit_code, 0) << r.output;
-  const auto full = losses(dir.file("full.jsonl"));
+  const auto full = read_losses(dir.file("full.jsonl"));
   r = run_mpi(4, args("gpt", dir.file("ck42"), 6, dir.file("mid.jsonl")) + batch +
                      " --set mics.partition_size=2 --resume " + dir.file("ck84") + "/step-000003");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   r = run_cli(args("gpt", dir.file("ck11"), 9, dir.file("end.jsonl")) + batch +
               " --set runtime.ranks_per_node=1 --resume " + dir.file("ck42") + "/step-000006");
   ASSERT_EQ(r.exit_code, 0) << r.output;
-  auto resumed = losses(dir.file("mid.jsonl"));
-  const auto end = losses(dir.file("end.jsonl"));
+  auto resumed = read_losses(dir.file("mid.jsonl"));
+  const auto end = read_losses(dir.file("end.jsonl"));
   resumed.insert(resumed.end(), end.begin(), end.end());
   ASSERT_EQ(full.size(), 9u);
   ASSERT_EQ(resumed.size(), 6u);

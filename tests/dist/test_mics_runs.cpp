@@ -13,6 +13,7 @@
 
 namespace {
 
+using mics::test::read_losses;
 using mics::test::read_metrics;
 using mics::test::run_cli;
 using mics::test::run_mpi;
@@ -25,17 +26,11 @@ const char* kShape =
     " --set model.hidden=64 --set model.layers=2 --set train.micro_batch_size=2"
     " --set train.global_batch_size=32 --log-level warn";
 
-std::vector<double> losses(const std::string& metrics) {
-  std::vector<double> out;
-  for (const auto& row : read_metrics(metrics)) out.push_back(row.at("loss").get<double>());
-  return out;
-}
-
 std::vector<double> single_process(const std::string& model, const TempDir& dir) {
   const std::string m = dir.file("single.jsonl");
   const auto r = run_cli("--config " + source_path("configs/" + model + "-tiny.json") + kShape + " --metrics " + m);
   EXPECT_EQ(r.exit_code, 0) << r.output;
-  return losses(m);
+  return read_losses(m);
 }
 
 struct Placement {
@@ -76,7 +71,7 @@ TEST_P(EightRanks, LossesMatchOneProcess) {
                                 " --set mics.hierarchical_allgather=" + c.hierarchical +
                                 " --set mics.gradient_sync=" + c.sync + " --metrics " + m);
   ASSERT_EQ(r.exit_code, 0) << r.output;
-  const auto dist = losses(m);
+  const auto dist = read_losses(m);
   ASSERT_EQ(reference.size(), 5u);
   ASSERT_EQ(dist.size(), 5u);
   for (size_t i = 0; i < dist.size(); ++i)  // fp32 sums in another order: 1e-5 relative

@@ -78,4 +78,11 @@ inline std::vector<nlohmann::json> read_metrics(const std::string& path) {
   return rows;
 }
 
+// The loss of every row of a --metrics file.
+inline std::vector<double> read_losses(const std::string& path) {
+  std::vector<double> out;
+  for (const auto& row : read_metrics(path)) out.push_back(row.at("loss").get<double>());
+  return out;
+}
+
 }  // namespace mics::test

@@ -9,16 +9,11 @@
 
 namespace {
 
+using mics::test::read_losses;
 using mics::test::read_metrics;
 using mics::test::run_cli;
 using mics::test::source_path;
 using mics::test::TempDir;
-
-std::vector<double> losses_of(const std::string& metrics) {
-  std::vector<double> out;
-  for (const auto& row : read_metrics(metrics)) out.push_back(row.at("loss").get<double>());
-  return out;
-}
 
 // 20 steps of gpt-tiny, every step logged; returns the per-step losses.
 std::vector<double> train_gpt_tiny(const TempDir& dir, const std::string& name, int seed) {
@@ -28,7 +23,7 @@ std::vector<double> train_gpt_tiny(const TempDir& dir, const std::string& name, 
                          " --set train.seed=" + std::to_string(seed) + " --metrics " + metrics +
                          " --log-level warn");
   EXPECT_EQ(r.exit_code, 0) << r.output;
-  return losses_of(metrics);
+  return read_losses(metrics);
 }
 
 TEST(Training, SameSeedGivesIdenticalLossesBitForBit) {
@@ -53,7 +48,7 @@ double final_over_first_loss(const std::string& config, int steps) {
   const auto r = run_cli("--config " + source_path(config) + " --steps " + std::to_string(steps) +
                          " --set log.every=1 --metrics " + metrics + " --log-level warn");
   EXPECT_EQ(r.exit_code, 0) << r.output;
-  const auto loss = losses_of(metrics);
+  const auto loss = read_losses(metrics);
   if (loss.size() != static_cast<size_t>(steps)) {
     ADD_FAILURE() << "logged " << loss.size() << " of " << steps << " steps";
     return 1.0;
