@@ -20,6 +20,8 @@
 #include "engine/hf_interchange.h"
 #include "engine/safetensors.h"
 #include "engine/memory_report.h"
+#include "engine/sim/cluster_spec.h"
+#include "engine/sim/simulate.h"
 #include "engine/process_env.h"
 #include "engine/stop_signal.h"
 #include "engine/topology.h"
@@ -42,7 +44,28 @@ struct Options {
   std::string init_from;
   // export
   std::string checkpoint, out, format = "safetensors";
+  // simulation and planning
+  std::string simulate, cluster, sim_out;
+  std::vector<int> nodes;
+  std::vector<std::string> modes = {"mics", "zero3", "dp"};
+  int64_t per_gpu_batch = 0;
 };
+
+// --simulate: the weak-scaling table of the config on a described cluster, no GPUs needed.
+int simulate(const Options& o, const mics::Config& config) {
+  const mics::sim::ClusterSpec cluster = mics::sim::load_cluster(o.simulate);
+  mics::sim::SweepRequest request;
+  request.nodes = o.nodes.empty() ? std::vector<int>{1, 2, 4, 8} : o.nodes;
+  request.modes = o.modes;
+  request.per_gpu_batch = o.per_gpu_batch;
+  const auto rows = mics::sim::simulate_sweep(config, cluster, request);
+  std::fputs(mics::sim::format_table(config, cluster, rows).c_str(), stdout);
+  if (!o.sim_out.empty()) {
+    mics::sim::write_results(o.sim_out, config, cluster, rows);
+    std::printf("\nwrote %s\n", o.sim_out.c_str());
+  }
+  return 0;
+}
 
 // mics-train export: a checkpoint's weights in Hugging Face names, as one .safetensors file
 // or (--format hf) a folder with model.safetensors and config.json.
@@ -89,7 +112,8 @@ mics::Topology check_runnable(const mics::Config& config, const mics::ProcessEnv
                                                   : env.ranks_per_node();
   const int p = config.mics.partition_size > 0
                     ? static_cast<int>(config.mics.partition_size)
-                    : static_cast<int>(std::min<int64_t>(mics::auto_partition_size(config, k), env.world()));
+                    : static_cast<int>(std::min<int64_t>(
+                          mics::auto_partition_size(config, k, config.runtime.device_memory_gb), env.world()));
   try {
     return mics::make_topology(env.rank(), env.world(), k, p, config.mics.hierarchical_allgather);
   } catch (const mics::ConfigError& e) {
@@ -143,7 +167,20 @@ int main(int argc, char** argv) {
   exporter->add_option("--format", o.format, "safetensors (one file) or hf (folder with config.json)")
       ->check(CLI::IsMember({"safetensors", "hf"}));
   app.add_flag("--dry-run", o.dry_run,
-               "print parameter count and model-state memory per device, allocate nothing");
+               "print parameter count and memory per device, allocate nothing");
+  app.add_option("--cluster", o.cluster, "with --dry-run: plan memory on this cluster file for every partition size")
+      ->check(CLI::ExistingFile);
+  app.add_option("--simulate", o.simulate,
+                 "predict step time and scaling on a cluster file (configs/clusters/) instead of training")
+      ->check(CLI::ExistingFile);
+  app.add_option("--nodes", o.nodes, "with --simulate: node counts, e.g. 2,4,8,16 (default 1,2,4,8)")
+      ->delimiter(',')->check(CLI::PositiveNumber);
+  app.add_option("--modes", o.modes, "with --simulate: any of mics, zero3, dp (default all three)")
+      ->delimiter(',')->check(CLI::IsMember({"mics", "zero3", "dp"}));
+  app.add_option("--per-gpu-batch", o.per_gpu_batch,
+                 "with --simulate: samples per GPU per step (default: global batch / GPUs of the smallest count)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--out", o.sim_out, "with --simulate: also write the results to FILE.csv or FILE.json");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -162,6 +199,26 @@ int main(int argc, char** argv) {
   if (o.config.empty()) {
     std::fprintf(stderr, "mics-train: error: --config is required.\n");
     return kExitBadInput;
+  }
+  if (!o.cluster.empty() && !o.dry_run) {
+    std::fprintf(stderr, "mics-train: error: --cluster goes with --dry-run (the memory plan); to predict step times use --simulate FILE.\n");
+    return kExitBadInput;
+  }
+  if (o.simulate.empty() && (!o.nodes.empty() || !o.sim_out.empty() || o.per_gpu_batch > 0)) {
+    std::fprintf(stderr, "mics-train: error: --nodes, --out and --per-gpu-batch go with --simulate FILE.\n");
+    return kExitBadInput;
+  }
+  if (!o.simulate.empty() || !o.cluster.empty()) {
+    // Planning and simulation run in this one process: no MPI, no devices.
+    try {
+      const mics::Config config = resolve(o);
+      if (!o.simulate.empty()) return simulate(o, config);
+      std::fputs(mics::planner_report(config, mics::sim::load_cluster(o.cluster)).c_str(), stdout);
+      return 0;
+    } catch (const mics::ConfigError& e) {
+      std::fprintf(stderr, "mics-train: error: %s\n", e.what());
+      return kExitBadInput;
+    }
   }
   if (!o.init_from.empty() && !o.resume.empty()) {
     std::fprintf(stderr, "mics-train: error: --init-from and --resume exclude each other; use one.\n");

@@ -2,8 +2,11 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <vector>
 
 #include "engine/metrics.h"
+#include "engine/sim/cluster_spec.h"
+#include "engine/sim/sim_backend.h"
 #include "model/model.h"
 
 namespace mics {
@@ -17,47 +20,78 @@ int64_t largest_layer(const model::ParamLayout& layout) {
   for (const model::LayerSpan& s : layout.layers()) best = std::max(best, s.size);
   return best;
 }
+
+// The fp32 activation bytes of a model with `layers` blocks, as its own arena measures them.
+double activation_bytes(const model::ModelSpec& spec, int64_t layers, int64_t micro_batch, int64_t seq) {
+  model::ModelSpec s = spec;
+  s.layers = layers;
+  sim::ClusterSpec nothing;
+  sim::Timeline unused;
+  auto backend = sim::make_sim_backend(nothing, unused, false);  // allocates no memory
+  return static_cast<double>(model::make_model(s, *backend, DType::f32, micro_batch, seq, 128)->activation_bytes());
+}
+
+// Candidate partition sizes: powers of two up to k, then k times powers of two.
+std::vector<int64_t> candidate_partitions(int64_t k, int64_t limit) {
+  std::vector<int64_t> out;
+  for (int64_t p = 1; p < k; p *= 2) out.push_back(p);
+  for (int64_t p = k; p <= limit; p *= 2) out.push_back(p);
+  return out;
+}
+
+std::string gib(double bytes) {
+  char s[32];
+  std::snprintf(s, sizeof s, "%.2f", bytes / kGiB);
+  return s;
+}
 }  // namespace
 
-ModelStateBytes model_state_bytes(const model::ParamLayout& layout, const std::string& precision,
-                                  int64_t p, int64_t prefetch) {
+MemoryPlan plan_memory(const Config& config, int64_t p, int64_t micro_batch, bool checkpointing) {
+  const model::ModelSpec spec = config.model_spec();
+  const model::ParamLayout layout = model::build_layout(spec, model::shard_multiple_for(p));
   const double shard = static_cast<double>(layout.total_elements()) / static_cast<double>(p);
-  const bool mixed = precision != "fp32";
-  const double compute_bytes = mixed ? 2.0 : 4.0;
-  ModelStateBytes b;
+  const double largest = static_cast<double>(largest_layer(layout));
+  const bool mixed = config.train.precision != "fp32";
+  const double compute = mixed ? 2.0 : 4.0;
+  MemoryPlan b;
   b.partition_size = p;
+  b.micro_batch = micro_batch;
+  b.checkpointing = checkpointing;
   b.working_params = mixed ? 2.0 * shard : 0.0;  // fp32 computes on the master directly
-  b.grads = compute_bytes * shard;
+  b.grads = compute * shard * (config.mics.gradient_sync == "every_microstep" ? 2.0 : 1.0);
   b.master = 4.0 * shard;
   b.adam = 8.0 * shard;
   // With p = 1 nothing is gathered: the working copy is the whole model already.
-  b.gathered = p > 1 ? compute_bytes * static_cast<double>(largest_layer(layout)) *
-                           static_cast<double>(1 + prefetch)
-                     : 0.0;
+  b.gathered = p > 1 ? compute * largest * static_cast<double>(config.mics.prefetch + 2) : 0.0;
+  b.grad_buffers = 3.0 * compute * (largest + largest / static_cast<double>(p));
+  // One block's activations from the difference of a 2-block and a 1-block model; with
+  // checkpointing only each block's input [B*T, C] stays, and one block is recomputed.
+  const int64_t seq = config.train.seq_len;
+  const double one = activation_bytes(spec, 1, micro_batch, seq);
+  const double block = activation_bytes(spec, 2, micro_batch, seq) - one;
+  const double layer_input = 4.0 * static_cast<double>(micro_batch * seq * spec.hidden);
+  const double layers = static_cast<double>(spec.layers - 1);
+  const double fp32_bytes = one + layers * (checkpointing ? layer_input : block);
+  b.activations = fp32_bytes * compute / 4.0;
   return b;
 }
 
-int64_t auto_partition_size(const Config& config, int64_t ranks_per_node) {
+int64_t auto_partition_size(const Config& config, int64_t ranks_per_node, double memory_gib) {
   const int64_t k = std::max<int64_t>(ranks_per_node, 1);
-  const double budget = config.runtime.device_memory_gb * kGiB;
-  for (int64_t p = k; p <= kMaxPartition; p += k) {
-    const model::ParamLayout layout =
-        model::build_layout(config.model_spec(), model::shard_multiple_for(p));
-    if (model_state_bytes(layout, config.train.precision, p, config.mics.prefetch).total() <= budget)
-      return p;
-  }
-  throw ConfigError("'mics.partition_size' \"auto\": the model states do not fit " +
-                    std::to_string(config.runtime.device_memory_gb) +
-                    " GiB per device ('runtime.device_memory_gb') at any partition size up to " +
-                    std::to_string(kMaxPartition) + ".");
+  for (int64_t p : candidate_partitions(k, kMaxPartition))
+    if (plan_memory(config, p, config.train.micro_batch_size, false).total() <= memory_gib * kGiB) return p;
+  throw ConfigError("'mics.partition_size' \"auto\": model states and activations do not fit " +
+                    gib(memory_gib * kGiB) + " GiB per device at any partition size up to " +
+                    std::to_string(kMaxPartition) + "; lower 'train.micro_batch_size'.");
 }
 
 std::string dry_run_report(const Config& config, int64_t ranks_per_node) {
   const model::ModelSpec spec = config.model_spec();
+  const double budget = config.runtime.device_memory_gb;
   const int64_t p = config.mics.partition_size > 0 ? config.mics.partition_size
-                                                   : auto_partition_size(config, ranks_per_node);
+                                                   : auto_partition_size(config, ranks_per_node, budget);
   const model::ParamLayout layout = model::build_layout(spec, model::shard_multiple_for(p));
-  const ModelStateBytes b = model_state_bytes(layout, config.train.precision, p, config.mics.prefetch);
+  const MemoryPlan b = plan_memory(config, p, config.train.micro_batch_size, false);
   const bool mixed = config.train.precision != "fp32";
   const char* half = config.train.precision.c_str();
 
@@ -85,19 +119,69 @@ std::string dry_run_report(const Config& config, int64_t ranks_per_node) {
   add(std::string(mixed ? half : "fp32") + " gradients", format_bytes(b.grads));
   add(mixed ? "fp32 master weights" : "fp32 parameters", format_bytes(b.master));
   add("fp32 Adam m and v", format_bytes(b.adam));
-  add("model states (16 bytes/param / p)",
-      format_bytes(b.working_params + b.grads + b.master + b.adam));
+  add("model states (16 bytes/param / p)", format_bytes(b.model_states()));
+  out += "working memory per device:\n";
   if (p > 1) {
-    std::snprintf(line, sizeof line, "gathered layers (%lld in flight)",
-                  static_cast<long long>(1 + config.mics.prefetch));
+    std::snprintf(line, sizeof line, "gathered layers (%lld slots)", static_cast<long long>(config.mics.prefetch + 2));
     add(line, format_bytes(b.gathered));
   }
-  add("total before activations", format_bytes(b.total()));
-  std::snprintf(line, sizeof line, "%.1f GiB per device", config.runtime.device_memory_gb);
+  add("gradient buffers (3 layers)", format_bytes(b.grad_buffers));
+  std::snprintf(line, sizeof line, "activations (micro-batch %lld)", static_cast<long long>(b.micro_batch));
+  add(line, format_bytes(b.activations));
+  add("total", format_bytes(b.total()));
+  std::snprintf(line, sizeof line, "%.1f GiB per device", budget);
   add("runtime.device_memory_gb", std::string(line) +
-                                      (b.total() <= config.runtime.device_memory_gb * kGiB
+                                      (b.total() <= budget * kGiB
                                            ? " (fits)"
-                                           : " (does NOT fit: raise mics.partition_size)"));
+                                           : " (does NOT fit: raise mics.partition_size or lower train.micro_batch_size)"));
+  return out;
+}
+
+std::string planner_report(const Config& config, const sim::ClusterSpec& cluster) {
+  const int64_t k = cluster.gpus_per_node;
+  const double budget = cluster.memory_gib * kGiB;
+  const int64_t mb = config.train.micro_batch_size;
+  std::string out;
+  char row[512];
+  std::snprintf(row, sizeof row,
+                "memory plan: %s on %s (%s, %.0f GiB per GPU, %d per node), %s, micro-batch %lld, seq %lld\n"
+                "GiB per GPU; ckpt = activation checkpointing per layer\n\n",
+                config.source_name.c_str(), cluster.name.c_str(), cluster.gpu_name.c_str(), cluster.memory_gib,
+                cluster.gpus_per_node, config.train.precision.c_str(), static_cast<long long>(mb),
+                static_cast<long long>(config.train.seq_len));
+  out += row;
+  std::snprintf(row, sizeof row, "%6s %8s %8s %8s %8s %9s %9s %9s %9s  %s\n", "p", "states", "gathered",
+                "grad buf", "act", "act ckpt", "total", "tot ckpt", "mb x2", "fits");
+  out += row;
+  int64_t recommended = 0, recommended_ckpt = 0;
+  for (int64_t p : candidate_partitions(k, 64 * k)) {
+    const MemoryPlan off = plan_memory(config, p, mb, false), on = plan_memory(config, p, mb, true);
+    const MemoryPlan twice = plan_memory(config, p, 2 * mb, false);
+    const bool fits = off.total() <= budget, fits_ckpt = on.total() <= budget;
+    if (fits && recommended == 0) recommended = p;
+    if (fits_ckpt && recommended_ckpt == 0) recommended_ckpt = p;
+    const std::string verdict = fits ? "yes" : fits_ckpt ? "with ckpt" : "no";
+    std::snprintf(row, sizeof row, "%6lld %8s %8s %8s %8s %9s %9s %9s %9s  %s\n", static_cast<long long>(p),
+                  gib(off.model_states()).c_str(), gib(off.gathered).c_str(), gib(off.grad_buffers).c_str(),
+                  gib(off.activations).c_str(), gib(on.activations).c_str(), gib(off.total()).c_str(),
+                  gib(on.total()).c_str(), gib(twice.total()).c_str(), verdict.c_str());
+    out += row;
+  }
+  out += "\n";
+  if (recommended > 0) {
+    std::snprintf(row, sizeof row, "recommended: mics.partition_size = %lld, the smallest that fits %.0f GiB%s\n",
+                  static_cast<long long>(recommended), cluster.memory_gib,
+                  recommended_ckpt > 0 && recommended_ckpt < recommended
+                      ? " (with activation checkpointing a smaller one would)" : "");
+  } else if (recommended_ckpt > 0) {
+    std::snprintf(row, sizeof row,
+                  "recommended: mics.partition_size = %lld with activation checkpointing; nothing fits without it\n",
+                  static_cast<long long>(recommended_ckpt));
+  } else {
+    std::snprintf(row, sizeof row, "nothing fits %.0f GiB up to p = %lld: lower train.micro_batch_size\n",
+                  cluster.memory_gib, static_cast<long long>(64 * k));
+  }
+  out += row;
   return out;
 }
 

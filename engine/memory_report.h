@@ -1,6 +1,7 @@
 #pragma once
-// Model-state memory per device, from the layout alone (nothing is allocated), for
-// --dry-run and for choosing the partition size.
+// Memory per device, planned from the layout and the model's own activation buffers
+// (measured on a backend that allocates nothing): for --dry-run, for the planner table of
+// --dry-run --cluster, and for choosing the partition size ("auto").
 #include <cstdint>
 #include <string>
 
@@ -9,23 +10,37 @@
 
 namespace mics {
 
-struct ModelStateBytes {
+namespace sim { struct ClusterSpec; }
+
+struct MemoryPlan {
   int64_t partition_size = 1;
+  int64_t micro_batch = 0;
+  bool checkpointing = false;  // activations kept only at layer inputs, one layer recomputed
   double working_params = 0;  // half-precision copy of the shard (mixed precision only)
-  double grads = 0;           // gradient shard in the compute dtype
+  double grads = 0;           // gradient accumulator shard (twice with every_microstep sync)
   double master = 0;          // fp32 master weights
   double adam = 0;            // fp32 m and v
-  double gathered = 0;        // largest layer gathered, times (1 + prefetch), compute dtype
-  double total() const { return working_params + grads + master + adam + gathered; }
+  double gathered = 0;        // gather slots: prefetch + 2 of the largest layer (p > 1)
+  double grad_buffers = 0;    // three gradient working buffers of the largest layer + shards
+  double activations = 0;     // activations and workspace of one micro-batch
+
+  double model_states() const { return working_params + grads + master + adam; }
+  double total() const { return model_states() + gathered + grad_buffers + activations; }
 };
 
-ModelStateBytes model_state_bytes(const model::ParamLayout& layout, const std::string& precision,
-                                  int64_t partition_size, int64_t prefetch);
+// Bytes per device in the config's precision (fp32, or bf16/fp16 with fp32 master weights).
+MemoryPlan plan_memory(const Config& config, int64_t partition_size, int64_t micro_batch,
+                       bool checkpointing);
 
-// Smallest multiple of ranks_per_node whose model states fit device_memory_gb (GiB).
-int64_t auto_partition_size(const Config& config, int64_t ranks_per_node);
+// Smallest partition size (1, 2, 4 ... up to ranks_per_node, then multiples of it) whose
+// plan at the configured micro-batch fits `memory_gib` per device; ConfigError if none does.
+int64_t auto_partition_size(const Config& config, int64_t ranks_per_node, double memory_gib);
 
-// The --dry-run report: parameter count, layout and model-state bytes per device.
+// The --dry-run report: parameter count, layout and memory per device at the resolved p.
 std::string dry_run_report(const Config& config, int64_t ranks_per_node);
+
+// --dry-run --cluster: the plan for every candidate p, micro-batch and checkpointing
+// choice on the cluster's GPUs, and the smallest p that fits.
+std::string planner_report(const Config& config, const sim::ClusterSpec& cluster);
 
 }  // namespace mics

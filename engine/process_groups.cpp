@@ -1,5 +1,7 @@
 #include "engine/process_groups.h"
 
+#include <vector>
+
 namespace mics {
 
 std::unique_ptr<ProcessGroups> build_mpi_groups(const Topology& t) {
@@ -11,6 +13,9 @@ std::unique_ptr<ProcessGroups> build_mpi_groups(const Topology& t) {
     g->intra_node = make_mpi_communicator(t.intra_node_members(), GroupKind::partition, k, g->stats);
     g->inter_node = make_mpi_communicator(t.inter_node_members(), GroupKind::partition, k, g->stats);
   }
+  std::vector<int> everyone(static_cast<size_t>(t.world));
+  for (int r = 0; r < t.world; ++r) everyone[static_cast<size_t>(r)] = r;
+  g->world = make_mpi_communicator(everyone, GroupKind::replication, k, g->stats);
   return g;
 }
 

@@ -1,7 +1,9 @@
 #pragma once
 // The communicators of one rank, built once from its Topology: partition group,
 // replication group and, for a hierarchical gather, the intra- and inter-node subgroups of
-// the partition group. Building them is collective: every rank calls it in the same order.
+// the partition group; plus the whole world for scalar sums. Building them over MPI is
+// collective: every rank calls it in the same order. The simulator builds its own
+// (engine/sim).
 #include <memory>
 
 #include "engine/comm/communicator.h"
@@ -13,6 +15,7 @@ namespace mics {
 struct ProcessGroups {
   CommStats stats;
   std::unique_ptr<Communicator> partition, replication, intra_node, inter_node;
+  std::unique_ptr<Communicator> world;  // every rank; scalar sums only (losses)
 
   ShardedParamStore::Groups groups() const {
     return {partition.get(), replication.get(), intra_node.get(), inter_node.get()};

@@ -30,8 +30,7 @@ size_t floats(int64_t n) { return sizeof(float) * static_cast<size_t>(n); }
 }  // namespace
 
 ShardedParamStore::ShardedParamStore(Backend& backend, const model::ParamLayout& layout,
-                                     const Topology& topo, Groups groups, StoreOptions options,
-                                     uint64_t init_seed)
+                                     const Topology& topo, Groups groups, StoreOptions options)
     : be_(backend), layout_(layout), topo_(topo), groups_(groups), opt_(options) {
   const int64_t p = topo.partition_size;
   if (layout.shard_multiple() % p != 0)
@@ -43,15 +42,6 @@ ShardedParamStore::ShardedParamStore(Backend& backend, const model::ParamLayout&
   m_ = DeviceBuffer(backend, floats(shard_total_));
   v_ = DeviceBuffer(backend, floats(shard_total_));
 
-  // Each rank initialises only its own slices; the values are those of the whole model.
-  std::vector<float> init(static_cast<size_t>(shard_total_));
-  for (const model::FlatRange& r : ranges())
-    model::init_parameters(layout, init_seed, r.flat_begin, r.flat_begin + r.size,
-                           init.data() + r.local_offset);
-  be_.copy_from_host(master_.data(), init.data(), floats(shard_total_));
-  be_.fill_zero(grads_.view(DType::f32, {static_cast<int64_t>(grads_.bytes() / sizeof(float))}));
-  be_.fill_zero(adam_m());
-  be_.fill_zero(adam_v());
 
   // With p = 1 the shard is the whole model: layers are used in place, nothing gathered.
   const int param_slots = p > 1 ? opt_.prefetch + 2 : 0;
@@ -65,6 +55,18 @@ ShardedParamStore::ShardedParamStore(Backend& backend, const model::ParamLayout&
     grad_slots_.back()->work = DeviceBuffer(backend, floats(max_layer_));
     grad_slots_.back()->shard = DeviceBuffer(backend, floats(max_layer_ / p));
   }
+}
+
+void ShardedParamStore::initialize(uint64_t init_seed) {
+  // Each rank initialises only its own slices; the values are those of the whole model.
+  std::vector<float> init(static_cast<size_t>(shard_total_));
+  for (const model::FlatRange& r : ranges())
+    model::init_parameters(layout_, init_seed, r.flat_begin, r.flat_begin + r.size,
+                           init.data() + r.local_offset);
+  be_.copy_from_host(master_.data(), init.data(), floats(shard_total_));
+  be_.fill_zero(grads_.view(DType::f32, {static_cast<int64_t>(grads_.bytes() / sizeof(float))}));
+  be_.fill_zero(adam_m());
+  be_.fill_zero(adam_v());
 }
 
 ShardedParamStore::~ShardedParamStore() {

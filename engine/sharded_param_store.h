@@ -34,8 +34,9 @@ class ShardedParamStore final : public model::ParamProvider {
     Communicator* inter_node = nullptr;  // hierarchical only
   };
 
+  // Allocates the shards (uninitialised) and the working buffers.
   ShardedParamStore(Backend& backend, const model::ParamLayout& layout, const Topology& topo,
-                    Groups groups, StoreOptions options, uint64_t init_seed);
+                    Groups groups, StoreOptions options);
   ~ShardedParamStore() override;
 
   // ParamProvider
@@ -54,6 +55,9 @@ class ShardedParamStore final : public model::ParamProvider {
   int64_t shard_offset(int layer) const;
   // The flat-buffer runs this shard holds, one per layer.
   std::vector<model::FlatRange> ranges() const;
+
+  // The model's initial weights in this rank's slices; gradients and Adam states zeroed.
+  void initialize(uint64_t init_seed);
 
   void begin_step();          // zero the gradient accumulator
   void end_micro_step();      // all reduce-scatters landed (and, every_microstep, synced)

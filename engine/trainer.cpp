@@ -22,7 +22,7 @@ double seconds_since(Clock::time_point t) {
 }
 }  // namespace
 
-Trainer::Trainer(const Config& c, Backend& backend, const Topology& topo)
+Trainer::Trainer(const Config& c, Backend& backend, const Topology& topo, TrainerRuntime runtime)
     : config_(c), backend_(backend), topo_(topo) {
   const TrainConfig& t = c.train;
   const int64_t per_round = t.micro_batch_size * topo.world;
@@ -64,11 +64,11 @@ Trainer::Trainer(const Config& c, Backend& backend, const Topology& topo)
   model_ = model::make_model(c.model_spec(), backend, DType::f32, t.micro_batch_size, t.seq_len,
                              multiple);
   const model::ParamLayout& layout = model_->layout();
-  groups_ = build_mpi_groups(topo);
+  groups_ = runtime.groups ? std::move(runtime.groups) : build_mpi_groups(topo);
   store_ = std::make_unique<ShardedParamStore>(
       backend, layout, topo, groups_->groups(),
-      StoreOptions{static_cast<int>(c.mics.prefetch), c.mics.gradient_sync == "every_microstep"},
-      static_cast<uint64_t>(t.seed));
+      StoreOptions{static_cast<int>(c.mics.prefetch), c.mics.gradient_sync == "every_microstep"});
+  if (runtime.initialize_parameters) store_->initialize(static_cast<uint64_t>(t.seed));
   optimizer_ = std::make_unique<AdamW>(layout, store_->ranges());
   schedule_ = LrSchedule{t.lr, t.min_lr, t.warmup_steps, t.steps, t.lr_decay};
   // "{rank}" in the metrics path gives every rank its own file; otherwise rank 0 writes.
@@ -111,7 +111,7 @@ double Trainer::train_step(int64_t step) {
     store_->end_micro_step();
   }
   store_->end_accumulation();
-  world_sum(&loss_sum, 1);
+  loss_sum = groups_->world->sum_scalar(loss_sum);
 
   const double norm = std::sqrt(store_->grad_norm_squared());
   last_grad_norm_ = norm;

@@ -24,10 +24,17 @@ struct TrainingError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// What a Trainer runs on besides the backend. The defaults train for real over MPI; the
+// simulator passes its own communicators and skips the parameter initialisation.
+struct TrainerRuntime {
+  std::unique_ptr<ProcessGroups> groups;  // null: this rank's MPI groups
+  bool initialize_parameters = true;
+};
+
 class Trainer {
  public:
   // Builds data, model and parameter store; throws ConfigError or data::DataError on bad input.
-  Trainer(const Config& config, Backend& backend, const Topology& topology);
+  Trainer(const Config& config, Backend& backend, const Topology& topology, TrainerRuntime runtime = {});
   ~Trainer();
 
   // Continues from a checkpoint (collective; see load_checkpoint).
@@ -39,12 +46,16 @@ class Trainer {
   std::vector<double> run();
   bool preempted() const { return preempted_; }
 
+  // One optimizer step over the global batch (collective); returns its mean loss.
+  double train_step(int64_t step);
+
   int64_t accumulation_steps() const { return accumulation_; }
+  int64_t global_batch() const { return global_batch_; }
+  const CommStats& comm_stats() const { return groups_->stats; }
   const model::Model& model() const { return *model_; }
   const ShardedParamStore& store() const { return *store_; }
 
  private:
-  double train_step(int64_t step);
 
   const Config& config_;
   Backend& backend_;

@@ -1,0 +1,127 @@
+#include "engine/sim/sim_backend.h"
+
+#include <algorithm>
+#include <cstdint>
+
+namespace mics::sim {
+
+namespace {
+
+class SimBackend final : public Backend {
+ public:
+  SimBackend(const ClusterSpec& cluster, Timeline& timeline, bool half)
+      : timeline_(timeline), element_(half ? 2.0 : 4.0), flops_per_s_(cluster.gemm_flops_per_s(half)),
+        bytes_per_s_(cluster.memory_bytes_per_s()) {}
+
+  const char* name() const override { return "sim"; }
+  bool supports(DType dtype) const override { return dtype == DType::f32; }
+
+  // Distinct, aligned, never dereferenced addresses: views and slices work as usual.
+  void* allocate(size_t bytes) override {
+    void* ptr = reinterpret_cast<void*>(next_address_);
+    next_address_ += (std::max<size_t>(bytes, 1) + 4095) / 4096 * 4096;
+    return ptr;
+  }
+  void release(void*) noexcept override {}
+  void copy_from_host(void*, const void*, size_t) override {}
+  void copy_to_host(void* dst, const void*, size_t bytes) override { std::fill_n(static_cast<char*>(dst), bytes, 0); }
+  void synchronize() override {}
+
+  void fill_zero(Tensor x) override { stream(1, x); }
+  void cast(Tensor out, Tensor in) override { stream(2, in); }
+  void add(Tensor out, Tensor a, Tensor b) override { stream(3, out); }
+  void scale(Tensor x, double) override { stream(2, x); }
+  // Reductions over fp32 gradient shards.
+  double sum(Tensor x) override { return fp32_pass(x), 0.0; }
+  double sum_squares(Tensor x) override { return fp32_pass(x), 0.0; }
+  int64_t count_nonfinite(Tensor x) override { return fp32_pass(x), 0; }
+
+  void linear_forward(Tensor out, Tensor in, Tensor weight, Tensor bias) override {
+    const int64_t m = in.shape[0], k = in.shape[1], n = weight.shape[0];
+    gemm(m, n, k);
+  }
+  void linear_backward(Tensor d_in, Tensor d_weight, Tensor d_bias, Tensor d_out, Tensor in, Tensor weight,
+                       Accumulate) override {
+    const int64_t m = d_out.shape[0], n = d_out.shape[1], k = in.shape[1];
+    if (!d_in.empty()) gemm(m, k, n);
+    gemm(n, k, m);
+    if (!d_bias.empty()) stream(1, d_out);
+  }
+  void gelu_forward(Tensor out, Tensor in, GeluKind) override { stream(2, in); }
+  void gelu_backward(Tensor d_in, Tensor d_out, Tensor in, GeluKind) override { stream(3, in); }
+  void layernorm_forward(Tensor out, Tensor, Tensor, Tensor in, Tensor, Tensor, float) override { stream(2, in); }
+  void layernorm_backward(Tensor d_in, Tensor, Tensor, Tensor d_out, Tensor in, Tensor, Tensor, Tensor,
+                          Accumulate acc) override {
+    stream(acc == Accumulate::yes ? 4 : 3, in);
+  }
+
+  // Batched GEMMs for scores and the weighted sum, the score matrix written, softmaxed and
+  // read back (the kernels as written, no fused attention).
+  void attention_forward(Tensor out, Tensor probs, Tensor qkv, IntTensor, const AttentionDims& d,
+                         DropoutSpec) override {
+    const double bh = static_cast<double>(d.batch * d.heads);
+    charge_gemm(2.0 * 2.0 * bh * d.seq * d.seq * d.head_dim,
+                element_ * bh * (4.0 * d.seq * d.head_dim + 2.0 * d.seq * d.seq));
+    stream(4, probs);
+  }
+  void attention_backward(Tensor d_qkv, Tensor scratch, Tensor, Tensor, Tensor probs, const AttentionDims& d,
+                          DropoutSpec) override {
+    const double bh = static_cast<double>(d.batch * d.heads);
+    charge_gemm(4.0 * 2.0 * bh * d.seq * d.seq * d.head_dim,
+                element_ * bh * (8.0 * d.seq * d.head_dim + 4.0 * d.seq * d.seq));
+    stream(4, probs);
+  }
+
+  void embedding_forward(Tensor out, IntTensor, IntTensor, Tensor, Tensor, Tensor type_table, int64_t) override {
+    stream(type_table.empty() ? 3 : 4, out);
+  }
+  void embedding_backward(Tensor, Tensor, Tensor d_type, Tensor d_out, IntTensor, IntTensor, int64_t) override {
+    stream(d_type.empty() ? 5 : 7, d_out);
+  }
+  void gather_rows(Tensor out, Tensor, IntTensor) override { stream(2, out); }
+  void scatter_add_rows(Tensor, Tensor d_out, IntTensor) override { stream(3, d_out); }
+  void cross_entropy(Tensor, Tensor d_logits, Tensor logits, IntTensor, double) override {
+    stream(d_logits.empty() ? 1 : 2, logits);
+  }
+  void dropout_forward(Tensor out, Tensor in, DropoutSpec) override { stream(2, in); }
+  void dropout_backward(Tensor d_in, Tensor d_out, DropoutSpec) override { stream(2, d_out); }
+
+  // fp32 shards: read param, grad, m, v; write param, m, v; and the half copy when mixed.
+  void adamw(Tensor param, Tensor, Tensor, Tensor, const AdamWSpec&) override {
+    const double seconds = static_cast<double>(param.numel()) * (7.0 * 4.0 + (element_ < 4 ? element_ : 0)) / bytes_per_s_;
+    timeline_.compute_s += seconds;
+    timeline_.optimizer_s += seconds;
+  }
+
+ private:
+  // An element-wise op touching `passes` tensors the size of `x` in the compute dtype.
+  void stream(double passes, const Tensor& x) { charge_stream(passes * static_cast<double>(x.numel()) * element_); }
+  void fp32_pass(const Tensor& x) { charge_stream(4.0 * static_cast<double>(x.numel())); }
+  void charge_stream(double bytes) {
+    const double seconds = bytes / bytes_per_s_;
+    timeline_.compute_s += seconds;
+    timeline_.elementwise_s += seconds;
+  }
+  // out[m,n] = a[m,k] b[k,n]: roofline of its FLOPs and its operand bytes.
+  void gemm(int64_t m, int64_t n, int64_t k) {
+    const double M = static_cast<double>(m), N = static_cast<double>(n), K = static_cast<double>(k);
+    charge_gemm(2.0 * M * N * K, element_ * (M * K + K * N + M * N));
+  }
+  void charge_gemm(double flops, double bytes) {
+    const double seconds = std::max(flops / flops_per_s_, bytes / bytes_per_s_);
+    timeline_.compute_s += seconds;
+    timeline_.gemm_s += seconds;
+  }
+
+  Timeline& timeline_;
+  double element_, flops_per_s_, bytes_per_s_;
+  uintptr_t next_address_ = uintptr_t{1} << 40;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_sim_backend(const ClusterSpec& cluster, Timeline& timeline, bool half) {
+  return std::make_unique<SimBackend>(cluster, timeline, half);
+}
+
+}  // namespace mics::sim

@@ -1,0 +1,230 @@
+// The simulated cluster against the real runtime: the same configurations run under
+// mpirun (8 ranks, emulated nodes) and in the simulator count exactly the same bytes on
+// every rank, by group kind, collective and link tier; the simulator is deterministic
+// and fast; its cost model behaves as the alpha-beta formulas say.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <ostream>
+
+#include "engine/config.h"
+#include "engine/memory_report.h"
+#include "engine/sim/cluster_spec.h"
+#include "engine/sim/sim_communicator.h"
+#include "engine/sim/simulate.h"
+#include "tests/e2e/cli_runner.h"
+
+namespace {
+
+using mics::test::read_metrics;
+using mics::test::run_mpi;
+using mics::test::source_path;
+using mics::test::TempDir;
+
+mics::sim::ClusterSpec test_cluster(int gpus_per_node) {
+  mics::sim::ClusterSpec c;
+  c.name = "test";
+  c.gpu_name = "test";
+  c.gpus_per_node = gpus_per_node;
+  c.memory_gib = 80;
+  c.peak_tflops_half = 100;
+  c.peak_tflops_fp32 = 10;
+  c.gemm_efficiency = 0.5;
+  c.memory_gbs = 1000;
+  c.memory_efficiency = 0.5;
+  c.intra_gbs = 100;
+  c.intra_latency_us = 2;
+  c.inter_gbits = 100;
+  c.inter_latency_us = 10;
+  return c;
+}
+
+const std::vector<std::string> kShape = {"train.seq_len=32", "model.max_positions=32", "model.hidden=64",
+                                         "model.layers=2", "train.micro_batch_size=2"};
+
+struct Placement {
+  const char* model;
+  int n, k, p;
+  const char* hierarchical;
+  const char* sync;
+};
+
+void PrintTo(const Placement& c, std::ostream* os) {
+  *os << c.model << " n=" << c.n << " k=" << c.k << " p=" << c.p << " hierarchical=" << c.hierarchical << " " << c.sync;
+}
+
+class SimulatedBytes : public ::testing::TestWithParam<Placement> {};
+
+TEST_P(SimulatedBytes, EqualTheMpiCountersOnEveryRank) {
+  const Placement c = GetParam();
+  TempDir dir("simbytes");
+  std::vector<std::string> sets = kShape;
+  sets.push_back("train.global_batch_size=" + std::to_string(2 * 2 * c.n));  // two micro-steps
+  sets.push_back("runtime.ranks_per_node=" + std::to_string(c.k));
+  sets.push_back("mics.partition_size=" + std::to_string(c.p));
+  sets.push_back("mics.hierarchical_allgather=" + std::string(c.hierarchical));
+  sets.push_back("mics.gradient_sync=" + std::string(c.sync));
+  const std::string config = source_path(std::string("configs/") + c.model + "-tiny.json");
+  std::string args = "--config " + config + " --steps 3 --set log.every=1 --log-level warn --metrics " +
+                     dir.file("m{rank}.jsonl");
+  for (const std::string& s : sets) args += " --set " + s;
+  const auto r = run_mpi(c.n, args);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+
+  const mics::Config cfg = mics::load_config(config, sets);
+  for (int rank = 0; rank < c.n; ++rank) {
+    char file[32];
+    std::snprintf(file, sizeof file, "m%d.jsonl", rank);
+    const auto rows = read_metrics(dir.file(file));
+    ASSERT_EQ(rows.size(), 3u);
+    const auto& measured = rows[2].at("comm_sent");  // a steady step
+    const mics::sim::SimulatedStep sim =
+        mics::sim::simulate_step(cfg, test_cluster(c.k), c.n / c.k, "mics", rank);
+    double total = 0;
+    for (int kind = 0; kind < 2; ++kind)
+      for (int op = 0; op < 3; ++op)
+        for (int tier = 0; tier < 2; ++tier) {
+          const double mpi = measured[mics::name(static_cast<mics::GroupKind>(kind))]
+                                     [mics::name(static_cast<mics::CollectiveOp>(op))]
+                                     [mics::name(static_cast<mics::LinkTier>(tier))].get<double>();
+          EXPECT_EQ(sim.bytes.sent[kind][op][tier], mpi)
+              << "rank " << rank << " " << mics::name(static_cast<mics::GroupKind>(kind)) << " "
+              << mics::name(static_cast<mics::CollectiveOp>(op)) << " " << mics::name(static_cast<mics::LinkTier>(tier));
+          total += mpi;
+        }
+    EXPECT_GT(total, 0.0) << "rank " << rank;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, SimulatedBytes,
+                         ::testing::Values(Placement{"gpt", 8, 2, 4, "false", "two_hop"},
+                                           Placement{"gpt", 8, 2, 8, "true", "two_hop"},
+                                           Placement{"bert", 8, 4, 2, "auto", "every_microstep"},
+                                           Placement{"bert", 8, 2, 4, "true", "two_hop"}),
+                         [](const auto& info) {
+                           const Placement& c = info.param;
+                           char name[96];
+                           std::snprintf(name, sizeof name, "%s_n%d_k%d_p%d_hier_%s_%s", c.model, c.n, c.k, c.p,
+                                         c.hierarchical, c.sync);
+                           return std::string(name);
+                         });
+
+mics::Config bert_10b() { return mics::load_config(source_path("configs/bert-10b.json")); }
+
+TEST(Simulator, IsDeterministic) {
+  const mics::sim::ClusterSpec p3dn = mics::sim::load_cluster(source_path("configs/clusters/p3dn.json"));
+  mics::sim::SweepRequest request;
+  request.nodes = {2, 4};
+  const auto a = mics::sim::simulate_sweep(bert_10b(), p3dn, request);
+  const auto b = mics::sim::simulate_sweep(bert_10b(), p3dn, request);
+  ASSERT_EQ(a.size(), 6u);
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_EQ(a[i].step_s, b[i].step_s) << i;
+    EXPECT_EQ(a[i].time.exposed_total(), b[i].time.exposed_total()) << i;
+    EXPECT_GT(a[i].step_s, 0.0);
+  }
+}
+
+double seconds_to_simulate(const mics::Config& config, const mics::sim::ClusterSpec& cluster, int nodes) {
+  const auto start = std::chrono::steady_clock::now();
+  mics::sim::SweepRequest request;
+  request.nodes = {nodes};
+  mics::sim::simulate_sweep(config, cluster, request);
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+// Acceptance limits of the issue, far from the measured times (milliseconds), so the
+// check cannot flake on a busy machine.
+TEST(Simulator, TinyIsWellUnderASecondAndBert10bAt128GpusUnderTenSeconds) {
+  const mics::sim::ClusterSpec p3dn = mics::sim::load_cluster(source_path("configs/clusters/p3dn.json"));
+  EXPECT_LT(seconds_to_simulate(mics::load_config(source_path("configs/bert-tiny.json")), p3dn, 2), 1.0);
+  EXPECT_LT(seconds_to_simulate(bert_10b(), p3dn, 16), 10.0);
+}
+
+// The ring formulas of REFERENCES.md: an all-gather over p ranks moves (p-1) chunks per
+// rank; across nodes the per-step time is set by the node's network shared by its flows.
+TEST(CostModel, RingAllGatherFollowsTheAlphaBetaFormula) {
+  const mics::sim::ClusterSpec c = test_cluster(4);
+  const double bytes = 64e6;
+  mics::sim::RingShape inside{4, false, 1, 0, 4};
+  const auto t_in = mics::sim::collective_time(c, inside, mics::CollectiveOp::all_gather, bytes);
+  EXPECT_DOUBLE_EQ(t_in.seconds, 3 * (2e-6 + bytes / 4 / 100e9));
+  EXPECT_EQ(t_in.bottleneck, mics::LinkTier::intra_node);
+  mics::sim::RingShape across{8, true, 2, 1, 4};
+  const auto t_out = mics::sim::collective_time(c, across, mics::CollectiveOp::all_gather, bytes);
+  EXPECT_DOUBLE_EQ(t_out.seconds, 7 * (10e-6 + bytes / 8 / 12.5e9));
+  EXPECT_EQ(t_out.bottleneck, mics::LinkTier::inter_node);
+  // Four rails leaving each node share its network: four times the transfer term.
+  mics::sim::RingShape rails{2, true, 2, 4, 1};
+  const auto t_rails = mics::sim::collective_time(c, rails, mics::CollectiveOp::all_gather, bytes);
+  EXPECT_DOUBLE_EQ(t_rails.seconds, 1 * (10e-6 + bytes / 2 * 4 / 12.5e9));
+}
+
+TEST(CostModel, TreeAllReduceWinsOnlyWhenLatencyDominates) {
+  const mics::sim::ClusterSpec c = test_cluster(1);
+  mics::sim::RingShape many_nodes{64, true, 64, 1, 1};
+  const double ring_small = 2 * 63 * (10e-6 + 1e3 / 64 / 12.5e9);
+  const auto small = mics::sim::collective_time(c, many_nodes, mics::CollectiveOp::all_reduce, 1e3);
+  EXPECT_LT(small.seconds, ring_small);  // tree: 2 * 6 latencies instead of 126
+  const double big_bytes = 1e9;
+  const auto big = mics::sim::collective_time(c, many_nodes, mics::CollectiveOp::all_reduce, big_bytes);
+  EXPECT_DOUBLE_EQ(big.seconds, 2 * 63 * (10e-6 + big_bytes / 64 / 12.5e9));  // ring
+}
+
+// The topology-derived ring shapes: a partition group of 8 over 2 nodes of 4 has one ring
+// edge leaving each node; its hierarchical rails have four, one per local rank.
+TEST(CostModel, RingShapesCountTheFlowsThroughANodesNetwork) {
+  const mics::Topology t = mics::make_topology(0, 16, 4, 8, "true");
+  auto of = [&](auto members) {
+    return mics::sim::ring_shape(t, [&](int r) {
+      mics::Topology u = t;
+      u.rank = r;
+      return members(u);
+    });
+  };
+  const auto partition = of([](const mics::Topology& u) { return u.partition_members(); });
+  EXPECT_EQ(partition.size, 8);
+  EXPECT_EQ(partition.nodes, 2);
+  EXPECT_EQ(partition.flows_per_nic, 1);
+  const auto rail = of([](const mics::Topology& u) { return u.inter_node_members(); });
+  EXPECT_EQ(rail.size, 2);
+  EXPECT_EQ(rail.flows_per_nic, 4);
+  const auto intra = of([](const mics::Topology& u) { return u.intra_node_members(); });
+  EXPECT_FALSE(intra.spans_nodes);
+  EXPECT_EQ(intra.flows_per_nic, 0);
+  const auto replication = of([](const mics::Topology& u) { return u.replication_members(); });
+  EXPECT_EQ(replication.size, 2);  // ranks 0 and 8, on nodes 0 and 2
+  EXPECT_EQ(replication.flows_per_nic, 4);
+}
+
+TEST(ClusterFiles, EveryShippedFileLoadsAndAFileWithoutSourcesIsRefused) {
+  for (const char* name : {"p3dn", "p4d", "p4de", "h100"}) {
+    const auto c = mics::sim::load_cluster(source_path(std::string("configs/clusters/") + name + ".json"));
+    EXPECT_EQ(c.gpus_per_node, 8) << name;
+  }
+  TempDir dir("cluster");
+  const std::string bad = dir.file("bad.json");
+  std::FILE* f = std::fopen(bad.c_str(), "w");
+  std::fputs(R"({"name": "x", "description": "x", "gpus_per_node": {"value": 8}})", f);
+  std::fclose(f);
+  try {
+    mics::sim::load_cluster(bad);
+    FAIL() << "a quantity without its source was accepted";
+  } catch (const mics::ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("'gpus_per_node.source' is missing"), std::string::npos) << e.what();
+  }
+}
+
+// The planner's recommendation is the smallest p whose plan fits, and "auto" agrees.
+TEST(MemoryPlanner, AutoPicksTheSmallestPartitionThatFits) {
+  const mics::Config config = bert_10b();
+  const int64_t p = mics::auto_partition_size(config, 8, 80.0);
+  EXPECT_LE(mics::plan_memory(config, p, 8, false).total(), 80.0 * (1 << 30));
+  EXPECT_GT(mics::plan_memory(config, p / 2, 8, false).total(), 80.0 * (1 << 30));
+  // Checkpointing keeps one layer's activations instead of all of them.
+  EXPECT_LT(mics::plan_memory(config, p, 8, true).activations * 10, mics::plan_memory(config, p, 8, false).activations);
+}
+
+}  // namespace
