@@ -217,6 +217,7 @@ Config parse_config(const json& input, const std::string& source,
     r.get("max_skipped_steps", t.max_skipped_steps);
     r.get("seed", t.seed);
     r.get("precision", t.precision, {"fp32", "bf16", "fp16"});
+    r.get("activation_checkpointing", t.activation_checkpointing);
     r.finish();
   }
   {
@@ -373,6 +374,7 @@ model::ModelSpec Config::model_spec() const {
   s.dropout = static_cast<float>(model.dropout);
   s.attention_dropout = static_cast<float>(model.attention_dropout);
   s.init_std = model.init_std;
+  s.activation_checkpointing = train.activation_checkpointing;
   return s;
 }
 
@@ -390,7 +392,8 @@ json Config::to_json() const {
                 {"adam_beta1", train.adam_beta1}, {"adam_beta2", train.adam_beta2},
                 {"adam_eps", train.adam_eps}, {"grad_clip", train.grad_clip},
                 {"max_skipped_steps", train.max_skipped_steps},
-                {"seed", train.seed}, {"precision", train.precision}};
+                {"seed", train.seed}, {"precision", train.precision},
+                {"activation_checkpointing", train.activation_checkpointing}};
   j["data"] = {{"source", data.source}, {"path", data.path}, {"mask_prob", data.mask_prob},
                {"mask_token_id", data.mask_token_id}, {"shuffle", data.shuffle}};
   j["mics"] = {{"partition_size", mics.partition_size == 0 ? json("auto") : json(mics.partition_size)},

@@ -49,6 +49,7 @@ struct TrainConfig {
   int64_t max_skipped_steps = 10;  // consecutive non-finite steps before the run stops
   int64_t seed = 1234;
   std::string precision = "fp32";  // fp32 | bf16 | fp16
+  bool activation_checkpointing = false;  // keep block inputs only; recompute each block in backward
 };
 
 struct DataConfig {

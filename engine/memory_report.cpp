@@ -21,14 +21,13 @@ int64_t largest_layer(const model::ParamLayout& layout) {
   return best;
 }
 
-// The fp32 activation bytes of a model with `layers` blocks, as its own arena measures them.
-double activation_bytes(const model::ModelSpec& spec, int64_t layers, int64_t micro_batch, int64_t seq) {
-  model::ModelSpec s = spec;
-  s.layers = layers;
+// The fp32 activation bytes the model's own arena reserves (a backend that allocates nothing).
+double activation_bytes(model::ModelSpec spec, int64_t micro_batch, int64_t seq, bool checkpointing) {
+  spec.activation_checkpointing = checkpointing;
   sim::ClusterSpec nothing;
   sim::Timeline unused;
-  auto backend = sim::make_sim_backend(nothing, unused, false);  // allocates no memory
-  return static_cast<double>(model::make_model(s, *backend, DType::f32, micro_batch, seq, 128)->activation_bytes());
+  auto backend = sim::make_sim_backend(nothing, unused, false);
+  return static_cast<double>(model::make_model(spec, *backend, DType::f32, micro_batch, seq, 128)->activation_bytes());
 }
 
 // Candidate partition sizes: powers of two up to k, then k times powers of two.
@@ -64,14 +63,8 @@ MemoryPlan plan_memory(const Config& config, int64_t p, int64_t micro_batch, boo
   // With p = 1 nothing is gathered: the working copy is the whole model already.
   b.gathered = p > 1 ? compute * largest * static_cast<double>(config.mics.prefetch + 2) : 0.0;
   b.grad_buffers = 3.0 * compute * (largest + largest / static_cast<double>(p));
-  // One block's activations from the difference of a 2-block and a 1-block model; with
-  // checkpointing only each block's input [B*T, C] stays, and one block is recomputed.
-  const int64_t seq = config.train.seq_len;
-  const double one = activation_bytes(spec, 1, micro_batch, seq);
-  const double block = activation_bytes(spec, 2, micro_batch, seq) - one;
-  const double layer_input = 4.0 * static_cast<double>(micro_batch * seq * spec.hidden);
-  const double layers = static_cast<double>(spec.layers - 1);
-  const double fp32_bytes = one + layers * (checkpointing ? layer_input : block);
+  // The arena holds fp32 here; a mixed-precision run keeps activations in half precision.
+  const double fp32_bytes = activation_bytes(spec, micro_batch, config.train.seq_len, checkpointing);
   b.activations = fp32_bytes * compute / 4.0;
   return b;
 }
@@ -79,7 +72,9 @@ MemoryPlan plan_memory(const Config& config, int64_t p, int64_t micro_batch, boo
 int64_t auto_partition_size(const Config& config, int64_t ranks_per_node, double memory_gib) {
   const int64_t k = std::max<int64_t>(ranks_per_node, 1);
   for (int64_t p : candidate_partitions(k, kMaxPartition))
-    if (plan_memory(config, p, config.train.micro_batch_size, false).total() <= memory_gib * kGiB) return p;
+    if (plan_memory(config, p, config.train.micro_batch_size, config.train.activation_checkpointing).total() <=
+        memory_gib * kGiB)
+      return p;
   throw ConfigError("'mics.partition_size' \"auto\": model states and activations do not fit " +
                     gib(memory_gib * kGiB) + " GiB per device at any partition size up to " +
                     std::to_string(kMaxPartition) + "; lower 'train.micro_batch_size'.");
@@ -91,7 +86,7 @@ std::string dry_run_report(const Config& config, int64_t ranks_per_node) {
   const int64_t p = config.mics.partition_size > 0 ? config.mics.partition_size
                                                    : auto_partition_size(config, ranks_per_node, budget);
   const model::ParamLayout layout = model::build_layout(spec, model::shard_multiple_for(p));
-  const MemoryPlan b = plan_memory(config, p, config.train.micro_batch_size, false);
+  const MemoryPlan b = plan_memory(config, p, config.train.micro_batch_size, config.train.activation_checkpointing);
   const bool mixed = config.train.precision != "fp32";
   const char* half = config.train.precision.c_str();
 
@@ -126,7 +121,8 @@ std::string dry_run_report(const Config& config, int64_t ranks_per_node) {
     add(line, format_bytes(b.gathered));
   }
   add("gradient buffers (3 layers)", format_bytes(b.grad_buffers));
-  std::snprintf(line, sizeof line, "activations (micro-batch %lld)", static_cast<long long>(b.micro_batch));
+  std::snprintf(line, sizeof line, "activations (micro-batch %lld%s)", static_cast<long long>(b.micro_batch),
+                b.checkpointing ? ", checkpointed" : "");
   add(line, format_bytes(b.activations));
   add("total", format_bytes(b.total()));
   std::snprintf(line, sizeof line, "%.1f GiB per device", budget);
@@ -168,14 +164,18 @@ std::string planner_report(const Config& config, const sim::ClusterSpec& cluster
     out += row;
   }
   out += "\n";
-  if (recommended > 0) {
+  // The recommendation follows the config's own checkpointing choice.
+  const bool ckpt = config.train.activation_checkpointing;
+  const int64_t chosen = ckpt ? recommended_ckpt : recommended;
+  if (chosen > 0) {
     std::snprintf(row, sizeof row, "recommended: mics.partition_size = %lld, the smallest that fits %.0f GiB%s\n",
-                  static_cast<long long>(recommended), cluster.memory_gib,
-                  recommended_ckpt > 0 && recommended_ckpt < recommended
-                      ? " (with activation checkpointing a smaller one would)" : "");
-  } else if (recommended_ckpt > 0) {
+                  static_cast<long long>(chosen), cluster.memory_gib,
+                  ckpt ? " with activation checkpointing (train.activation_checkpointing is on)"
+                       : recommended_ckpt > 0 && recommended_ckpt < recommended
+                             ? " (with train.activation_checkpointing = true a smaller one would)" : "");
+  } else if (!ckpt && recommended_ckpt > 0) {
     std::snprintf(row, sizeof row,
-                  "recommended: mics.partition_size = %lld with activation checkpointing; nothing fits without it\n",
+                  "recommended: mics.partition_size = %lld with train.activation_checkpointing = true; nothing fits without it\n",
                   static_cast<long long>(recommended_ckpt));
   } else {
     std::snprintf(row, sizeof row, "nothing fits %.0f GiB up to p = %lld: lower train.micro_batch_size\n",

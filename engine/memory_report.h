@@ -32,8 +32,9 @@ struct MemoryPlan {
 MemoryPlan plan_memory(const Config& config, int64_t partition_size, int64_t micro_batch,
                        bool checkpointing);
 
-// Smallest partition size (1, 2, 4 ... up to ranks_per_node, then multiples of it) whose
-// plan at the configured micro-batch fits `memory_gib` per device; ConfigError if none does.
+// Smallest partition size (1, 2, 4 ... up to ranks_per_node, then k times powers of two)
+// whose plan at the configured micro-batch and checkpointing fits `memory_gib` per device;
+// ConfigError if none does.
 int64_t auto_partition_size(const Config& config, int64_t ranks_per_node, double memory_gib);
 
 // The --dry-run report: parameter count, layout and memory per device at the resolved p.

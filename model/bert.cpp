@@ -13,7 +13,7 @@ namespace {
 
 BlockShape bert_block(const ModelSpec& s) {
   return BlockShape{s.hidden, s.heads, s.ffn, /*pre_norm=*/false, /*causal=*/false, GeluKind::erf,
-                    s.layernorm_eps, s.dropout, s.attention_dropout};
+                    s.layernorm_eps, s.dropout, s.attention_dropout, s.activation_checkpointing};
 }
 
 class Bert final : public Model {

@@ -23,7 +23,7 @@ void BlockStack::allocate(Arena& arena, DType dtype) {
   const int64_t M = batch_ * seq_;
   residual_.assign(static_cast<size_t>(layers_ + 1), Tensor{});
   for (Tensor& r : residual_) r = arena.take(dtype, {M, shape_.hidden});
-  acts_.assign(static_cast<size_t>(layers_), BlockActivations{});
+  acts_.assign(shape_.recompute ? 1 : static_cast<size_t>(layers_), BlockActivations{});
   for (BlockActivations& a : acts_) a.allocate(arena, dtype, batch_, seq_, shape_);
   ws_.allocate(arena, dtype, batch_, seq_, shape_);
   grad_ = arena.take(dtype, {M, shape_.hidden});
@@ -37,8 +37,8 @@ void BlockStack::forward(ParamProvider& params, uint64_t seed) {
   for (int64_t l = 0; l < layers_; ++l) {
     const int layer = static_cast<int>(l + 1);
     const BlockTensors w = binding_.bind(params.acquire_params(layer));
-    block_.forward(w, acts_[static_cast<size_t>(l)], ws_, residual_[static_cast<size_t>(l)],
-                   residual_[static_cast<size_t>(l + 1)], layer_seed(seed, l));
+    block_.forward(w, acts(l), ws_, residual_[static_cast<size_t>(l)], residual_[static_cast<size_t>(l + 1)],
+                   layer_seed(seed, l));
     params.release_params(layer);
   }
 }
@@ -47,9 +47,13 @@ void BlockStack::backward(ParamProvider& params, uint64_t seed) {
   for (int64_t l = layers_ - 1; l >= 0; --l) {
     const int layer = static_cast<int>(l + 1);
     const BlockTensors w = binding_.bind(params.acquire_params(layer));
+    // Recompute rewrites the block's output with the values it already holds; nothing
+    // reads it any more in this backward.
+    if (shape_.recompute)
+      block_.forward(w, acts(l), ws_, residual_[static_cast<size_t>(l)], residual_[static_cast<size_t>(l + 1)],
+                     layer_seed(seed, l));
     const BlockTensors g = binding_.bind(params.grad_buffer(layer));
-    block_.backward(w, g, acts_[static_cast<size_t>(l)], ws_, residual_[static_cast<size_t>(l)],
-                    grad_, layer_seed(seed, l));
+    block_.backward(w, g, acts(l), ws_, residual_[static_cast<size_t>(l)], grad_, layer_seed(seed, l));
     params.release_params(layer);
     params.grads_ready(layer);
   }

@@ -1,7 +1,10 @@
 #pragma once
 // The L transformer blocks between a model's embeddings (layer 0) and head (layer L+1):
 // residual-stream buffers, saved activations per block, and the per-layer parameter
-// hand-shake with the ParamProvider.
+// hand-shake with the ParamProvider. With activation checkpointing (shape.recompute) only
+// the residual stream is kept per block; one set of activations is shared, and backward
+// runs each block's forward again from its saved input before its backward. Recompute is
+// the same ops on the same inputs with the same dropout seeds, so gradients are identical.
 #include <cstdint>
 #include <vector>
 
@@ -52,7 +55,8 @@ class BlockStack {
   TransformerBlock block_;
   BlockBinding binding_;  // identical offsets in every block
   std::vector<Tensor> residual_;  // L + 1 of [M, C]
-  std::vector<BlockActivations> acts_;
+  std::vector<BlockActivations> acts_;  // L, or 1 shared when recomputing
+  BlockActivations& acts(int64_t l) { return acts_[shape_.recompute ? 0 : static_cast<size_t>(l)]; }
   BlockWorkspace ws_;
   Tensor grad_;
 };

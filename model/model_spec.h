@@ -19,6 +19,9 @@ struct ModelSpec {
   float dropout = 0.0f;            // embeddings and residual branches
   float attention_dropout = 0.0f;  // attention probabilities
   double init_std = 0.02;
+  // How it runs, not its shape: keep only each block's input and recompute the block's
+  // activations in backward (one block's worth of memory instead of L).
+  bool activation_checkpointing = false;
 };
 
 }  // namespace mics::model

@@ -21,6 +21,7 @@ struct BlockShape {
   double eps = 1e-12;
   float dropout = 0.0f;
   float attention_dropout = 0.0f;
+  bool recompute = false;  // activation checkpointing: see BlockStack
 };
 
 // Registers one block's tensors as the current layer of `builder`, names prefixed.

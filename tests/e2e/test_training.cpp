@@ -16,12 +16,13 @@ using mics::test::source_path;
 using mics::test::TempDir;
 
 // 20 steps of gpt-tiny, every step logged; returns the per-step losses.
-std::vector<double> train_gpt_tiny(const TempDir& dir, const std::string& name, int seed) {
+std::vector<double> train_gpt_tiny(const TempDir& dir, const std::string& name, int seed,
+                                   const std::string& extra = "") {
   const std::string metrics = dir.file(name);
   const auto r = run_cli("--config " + source_path("configs/gpt-tiny.json") +
                          " --steps 20 --set log.every=1 --set train.global_batch_size=8"
                          " --set train.seed=" + std::to_string(seed) + " --metrics " + metrics +
-                         " --log-level warn");
+                         " --log-level warn" + extra);
   EXPECT_EQ(r.exit_code, 0) << r.output;
   return read_losses(metrics);
 }
@@ -38,6 +39,19 @@ TEST(Training, SameSeedGivesIdenticalLossesBitForBit) {
   int differing = 0;
   for (size_t i = 0; i < a.size(); ++i) differing += a[i] != c[i];
   EXPECT_EQ(differing, 20) << "another seed must change every step's loss";
+}
+
+// train.activation_checkpointing recomputes each block in backward with the same ops and
+// dropout seeds: the run is bit-identical to keeping every activation.
+TEST(Training, ActivationCheckpointingGivesIdenticalLosses) {
+  TempDir dir("checkpointing");
+  const std::string dropout = " --set model.dropout=0.1 --set model.attention_dropout=0.1";
+  const auto kept = train_gpt_tiny(dir, "kept.jsonl", 5, dropout);
+  const auto recomputed =
+      train_gpt_tiny(dir, "recomputed.jsonl", 5, dropout + " --set train.activation_checkpointing=true");
+  ASSERT_EQ(kept.size(), 20u);
+  ASSERT_EQ(recomputed.size(), 20u);
+  for (size_t i = 0; i < kept.size(); ++i) EXPECT_EQ(kept[i], recomputed[i]) << "step " << i + 1;
 }
 
 // Trains `config` on its real-text corpus; returns the mean of the last ten losses over
