@@ -12,7 +12,9 @@ packages=(cmake ninja-build g++ pkg-config libopenmpi-dev openmpi-bin nlohmann-j
           clang libclang-rt-14-dev
           # tests/interchange/hf_numerics.py: PyTorch (CPU) and what transformers imports
           python3-torch python3-numpy python3-regex python3-requests python3-tqdm python3-filelock
-          python3-packaging python3-yaml python3-pip)
+          python3-packaging python3-yaml python3-pip
+          # scripts/sweep: the weak-scaling plots
+          python3-matplotlib)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
