@@ -183,6 +183,9 @@ ResumePoint load_checkpoint(const std::string& where, const Config& config, cons
       std::string name;
       if (!in || !(in >> name)) throw CheckpointError("no checkpoint to resume: " + pointer.string() + " is missing or empty.");
       dir = fs::path(config.checkpoint.dir) / name;
+      if (!fs::is_directory(dir))
+        throw CheckpointError(pointer.string() + " names " + name + ", which does not exist in " +
+                              config.checkpoint.dir + ".");
     }
     point.path = dir.string();
     const fs::path manifest_path = dir / "manifest.json";
@@ -225,6 +228,8 @@ ResumePoint load_checkpoint(const std::string& where, const Config& config, cons
       spdlog::info("resharded {} from partition size {} to {}", dir.string(), p, topo.partition_size);
   } catch (const CheckpointError& e) {
     error = e.what();
+  } catch (const json::exception& e) {  // a manifest whose fields have the wrong types
+    error = (fs::path(point.path) / "manifest.json").string() + " is malformed: " + e.what() + ".";
   } catch (const std::exception& e) {
     error = "cannot load checkpoint " + where + ": " + e.what();
   }

@@ -152,8 +152,15 @@ int main(int argc, char** argv) {
   app.add_option("--config", o.config, "JSON run configuration (required unless a subcommand is given)")
       ->check(CLI::ExistingFile);
   app.add_option("--set", o.sets, "override a config key: --set train.lr=3e-4 (repeatable)");
-  app.add_option("--steps", o.steps, "number of optimizer steps (overrides train.steps)")
-      ->check(CLI::PositiveNumber);
+  // CLI::PositiveNumber would report "not in range 0.000000 to 1797693134...".
+  const CLI::Validator positive_integer(
+      [](const std::string& v) {
+        const bool ok = !v.empty() && v.find_first_not_of("0123456789") == std::string::npos &&
+                        v.find_first_not_of('0') != std::string::npos;
+        return ok ? std::string() : "must be a positive integer, got '" + v + "'";
+      },
+      "POSITIVE");
+  app.add_option("--steps", o.steps, "number of optimizer steps (overrides train.steps)")->check(positive_integer);
   app.add_option("--metrics", o.metrics, "append one JSON object per logged step to FILE");
   app.add_option("--log-level", o.log_level, "trace, debug, info, warn or error")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}));
@@ -184,8 +191,10 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    const int code = app.exit(e);
-    return code == 0 ? 0 : kExitBadInput;
+    if (e.get_exit_code() == 0) return app.exit(e);  // --help
+    // One line like every other refusal, rather than CLI11's two.
+    std::fprintf(stderr, "mics-train: error: %s (see --help).\n", e.what());
+    return kExitBadInput;
   }
 
   if (exporter->parsed()) {

@@ -1,0 +1,351 @@
+// Every kind of bad input the command line can be handed: configs, flags, data files,
+// checkpoints, Hugging Face weight files. Each one must
+//   - exit with code 2 (README: "bad flags, config, data or checkpoint"),
+//   - print exactly one line, "mics-train: error: ...", that names the key, flag or file,
+//   - leave every file on disk as it was: a valid checkpoint directory that each run is
+//     pointed at (checkpoint.dir, checkpoint.every=1, keep=1, so a run that wrongly got
+//     going would write and prune there), and the bad inputs themselves.
+// One test over one table, so the survey's size is visible in one place and the valid
+// checkpoint is trained once.
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <vector>
+
+#include "engine/safetensors.h"
+#include "tests/e2e/cli_runner.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+using mics::test::run_cli;
+using mics::test::source_path;
+using mics::test::TempDir;
+using nlohmann::json;
+
+const char* kShape =
+    " --set train.seq_len=32 --set model.max_positions=32 --set model.hidden=64 --set model.layers=2"
+    " --set train.micro_batch_size=2 --set train.global_batch_size=4 --log-level warn";
+
+// What every case can draw on: its own directory for bad files, and the valid artefacts.
+struct Env {
+  const TempDir& dir;    // this case's scratch directory (snapshotted too)
+  std::string good_ck;   // a valid checkpoint directory: latest -> step-000002
+  std::string good_hf;   // a valid exported .safetensors of the same model
+  std::string gpt_tiny;  // configs/gpt-tiny.json
+  // A run of the valid model's shape, writing its checkpoints into the valid directory.
+  std::string run(const std::string& extra) const {
+    return "--config " + gpt_tiny + kShape + " --steps 3 --set checkpoint.dir=" + good_ck +
+           " --set checkpoint.every=1 --set checkpoint.keep=1 " + extra;
+  }
+  // A copy of the valid checkpoint's step-000002 (or the whole directory) to damage.
+  std::string copy_step(const std::string& name) const {
+    fs::copy(good_ck + "/step-000002", dir.file(name), fs::copy_options::recursive);
+    return dir.file(name);
+  }
+  std::string copy_dir(const std::string& name) const {
+    fs::copy(good_ck, dir.file(name), fs::copy_options::recursive);
+    return dir.file(name);
+  }
+};
+
+struct Case {
+  const char* name;
+  // Prepares the bad input under env.dir; returns {arguments, fragment the message must hold}.
+  std::function<std::pair<std::string, std::string>(const Env&)> make;
+};
+
+std::string shard_bytes(int32_t magic, int32_t version, int32_t declared, int32_t actual, uint16_t token = 7) {
+  std::vector<int32_t> header(256, 0);
+  header[0] = magic;
+  header[1] = version;
+  header[2] = declared;
+  std::string bytes(reinterpret_cast<const char*>(header.data()), header.size() * 4);
+  std::vector<uint16_t> tokens(static_cast<size_t>(actual), token);
+  bytes.append(reinterpret_cast<const char*>(tokens.data()), tokens.size() * 2);
+  return bytes;
+}
+
+// A config case: gpt-tiny.json edited, run with the valid checkpoint as its checkpoint.dir.
+Case config_case(const char* name, std::function<void(json&)> edit, std::string expected) {
+  return {name, [edit, expected](const Env& e) {
+            std::ifstream in(e.gpt_tiny);
+            json c = json::parse(in);
+            edit(c);
+            const std::string path = e.dir.write("config.json", c.dump(2));
+            return std::pair{"--config " + path + " --steps 1 --set checkpoint.dir=" + e.good_ck +
+                                 " --set checkpoint.every=1 --set checkpoint.keep=1",
+                             expected};
+          }};
+}
+
+// A data case: the valid run's shape on a bad file.
+Case data_case(const char* name, const char* source, std::function<std::string(const TempDir&)> make,
+               std::string expected_after_path = "") {
+  return {name, [=](const Env& e) {
+            const std::string path = make(e.dir);
+            return std::pair{e.run(std::string("--set data.source=") + source + " --set data.path=" + path),
+                             path + expected_after_path};
+          }};
+}
+
+// A Hugging Face weight file made from the valid one by `edit`, given to --init-from.
+Case weights_case(const char* name, std::function<void(mics::TensorFile&)> edit, std::string expected) {
+  return {name, [edit, expected](const Env& e) {
+            auto tensors = mics::read_safetensors(e.good_hf);
+            edit(tensors);
+            const std::string path = e.dir.file("weights.safetensors");
+            mics::write_safetensors(path, tensors, {});
+            return std::pair{e.run("--init-from " + path), path + expected};
+          }};
+}
+
+void flip_byte(const std::string& path, std::streamoff at) {
+  std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+  f.seekg(at);
+  const char c = static_cast<char>(f.get());
+  f.seekp(at);
+  f.put(static_cast<char>(c ^ 0x55));
+}
+
+const std::string kShard0 = "/shard-00000-of-00001.bin";
+
+std::vector<Case> cases() {
+  std::vector<Case> c;
+  // ---- configs: the file itself, then each kind of bad value ----
+  c.push_back({"config_invalid_json", [](const Env& e) {
+                 const std::string p = e.dir.write("broken.json", "{\"model\": {\"type\": \"gpt\",, }");
+                 return std::pair{"--config " + p, p + " is not valid JSON"};
+               }});
+  c.push_back({"config_missing_file", [](const Env& e) {
+                 return std::pair{"--config " + e.dir.file("nonexistent.json"), e.dir.file("nonexistent.json")};
+               }});
+  c.push_back(config_case("unknown_key", [](json& j) { j["model"]["hiden"] = 128; }, "unknown key 'model.hiden'"));
+  c.push_back(config_case("unknown_section", [](json& j) { j["optimizer"] = json::object(); }, "unknown section 'optimizer'"));
+  c.push_back(config_case("wrong_type", [](json& j) { j["train"]["lr"] = "fast"; }, "'train.lr' must be a number, got a string"));
+  c.push_back(config_case("fractional_integer", [](json& j) { j["model"]["hidden"] = 128.5; }, "'model.hidden' must be an integer"));
+  c.push_back(config_case("heads_not_dividing_hidden", [](json& j) { j["model"]["heads"] = 5; },
+                          "'model.heads' (5) must divide 'model.hidden' (128)"));
+  c.push_back(config_case("zero_layers", [](json& j) { j["model"]["layers"] = 0; }, "'model.layers' must be a positive integer"));
+  c.push_back(config_case("negative_lr", [](json& j) { j["train"]["lr"] = -1e-3; }, "'train.lr' must be a positive number"));
+  c.push_back(config_case("seq_beyond_positions", [](json& j) { j["train"]["seq_len"] = 256; },
+                          "'train.seq_len' (256) is longer than 'model.max_positions' (128)"));
+  c.push_back(config_case("unknown_enum", [](json& j) { j["train"]["lr_decay"] = "exponential"; },
+                          "'train.lr_decay' is \"exponential\"; accepted values are \"constant\", \"linear\", \"cosine\""));
+  c.push_back(config_case("dropout_out_of_range", [](json& j) { j["model"]["dropout"] = 1.5; }, "'model.dropout' must be in [0, 1)"));
+  c.push_back(config_case("missing_required", [](json& j) { j["model"].erase("vocab_size"); }, "'model.vocab_size'"));
+  c.push_back(config_case("section_not_object", [](json& j) { j["train"] = 3; }, "section 'train' must be a JSON object"));
+  c.push_back(config_case("bf16_on_cpu", [](json& j) { j["train"]["precision"] = "bf16"; },
+                          "'train.precision' \"bf16\" needs 'runtime.backend' \"cuda\""));
+  c.push_back(config_case("partition_not_dividing_world", [](json& j) { j["mics"]["partition_size"] = 8; },
+                          "'mics.partition_size' (8) must divide the number of ranks (1)"));
+  c.push_back(config_case("batch_not_multiple", [](json& j) { j["train"]["global_batch_size"] = 12; },
+                          "'train.global_batch_size' (12) must be a multiple of 'train.micro_batch_size' (8)"));
+  c.push_back(config_case("cuda_backend_not_built", [](json& j) { j["runtime"]["backend"] = "cuda"; },
+                          "'runtime.backend' \"cuda\" is not available in this build"));
+  c.push_back(config_case("path_without_source", [](json& j) { j["data"] = {{"path", "/tmp"}}; },
+                          "'data.path' is set but 'data.source' is \"synthetic\""));
+  c.push_back(config_case("gpt_type_vocab", [](json& j) { j["model"]["type_vocab_size"] = 2; },
+                          "'model.type_vocab_size' must be 0 for GPT"));
+
+  // ---- flags ----
+  c.push_back({"set_without_value", [](const Env& e) { return std::pair{e.run("--set train.lr"), std::string("--set 'train.lr' must have the form key.path=value")}; }});
+  c.push_back({"set_unknown_key", [](const Env& e) { return std::pair{e.run("--set train.warmup=5"), std::string("unknown key 'train.warmup'")}; }});
+  c.push_back({"unknown_flag", [](const Env& e) { return std::pair{e.run("--stpes 3"), std::string("--stpes")}; }});
+  c.push_back({"steps_not_positive", [](const Env& e) { return std::pair{e.run("--steps 0"), std::string("--steps")}; }});
+  c.push_back({"log_level_unknown", [](const Env& e) { return std::pair{e.run("--log-level loud"), std::string("--log-level")}; }});
+  c.push_back({"no_config", [](const Env& e) { return std::pair{"--steps 3 --set checkpoint.dir=" + e.good_ck, std::string("--config is required")}; }});
+  c.push_back({"init_from_with_resume", [](const Env& e) {
+                 return std::pair{e.run("--init-from " + e.good_hf + " --resume latest"),
+                                  std::string("--init-from and --resume exclude each other")};
+               }});
+  c.push_back({"export_without_out", [](const Env& e) { return std::pair{"export --checkpoint " + e.good_ck + "/step-000002", std::string("--out")}; }});
+  c.push_back({"export_unknown_format", [](const Env& e) {
+                 return std::pair{"export --checkpoint " + e.good_ck + "/step-000002 --out " + e.dir.file("x") + " --format onnx",
+                                  std::string("--format")};
+               }});
+
+  // ---- data files ----
+  c.push_back(data_case("text_missing", "text", [](const TempDir& d) { return d.file("no-such-corpus.txt"); }));
+  c.push_back(data_case("text_empty", "text", [](const TempDir& d) { return d.write("empty.txt", ""); }));
+  c.push_back(data_case("text_shorter_than_a_window", "text", [](const TempDir& d) { return d.write("short.txt", "too short"); }));
+  c.push_back(data_case("shard_wrong_magic", "shards", [](const TempDir& d) { return d.write("magic.bin", shard_bytes(1234, 1, 500, 500)); },
+                        "' has the wrong magic number"));
+  c.push_back(data_case("shard_truncated", "shards", [](const TempDir& d) { return d.write("cut.bin", shard_bytes(20240520, 1, 500, 300)); },
+                        "' has truncated tokens"));
+  c.push_back(data_case("shard_trailing_bytes", "shards", [](const TempDir& d) { return d.write("long.bin", shard_bytes(20240520, 1, 300, 500)); },
+                        "' has trailing bytes"));
+  c.push_back(data_case("shard_truncated_header", "shards", [](const TempDir& d) { return d.write("head.bin", std::string(100, 'x')); },
+                        "' has a truncated header"));
+  c.push_back(data_case("shard_wrong_version", "shards", [](const TempDir& d) { return d.write("ver.bin", shard_bytes(20240520, 9, 500, 500)); },
+                        "' has unsupported version 9"));
+  c.push_back(data_case("shard_glob_matching_nothing", "shards", [](const TempDir& d) { return d.file("train_*.bin"); }));
+  c.push_back({"shard_tokens_beyond_vocabulary", [](const Env& e) {
+                 const std::string p = e.dir.write("big.bin", shard_bytes(20240520, 1, 1000, 1000, 300));
+                 return std::pair{e.run("--set data.source=shards --set data.path=" + p),
+                                  "the data in '" + p + "' holds token ids up to 300, beyond 'model.vocab_size' (256)"};
+               }});
+
+  // ---- checkpoints ----
+  c.push_back({"resume_missing_directory", [](const Env& e) {
+                 return std::pair{e.run("--resume " + e.dir.file("step-000042")), e.dir.file("step-000042") + "/manifest.json"};
+               }});
+  c.push_back({"resume_latest_without_checkpoint", [](const Env& e) {
+                 return std::pair{"--config " + e.gpt_tiny + kShape + " --steps 3 --set checkpoint.dir=" + e.dir.file("empty") +
+                                      " --resume latest",
+                                  "no checkpoint to resume: " + e.dir.file("empty") + "/latest is missing or empty"};
+               }});
+  c.push_back({"resume_latest_target_missing", [](const Env& e) {
+                 const std::string ck = e.copy_dir("ck");
+                 fs::remove_all(ck + "/step-000002");
+                 return std::pair{"--config " + e.gpt_tiny + kShape + " --steps 3 --set checkpoint.dir=" + ck + " --resume latest",
+                                  ck + "/latest names step-000002, which does not exist in " + ck};
+               }});
+  c.push_back({"resume_another_model", [](const Env& e) {
+                 return std::pair{e.run("--set model.ffn=128 --resume latest"),
+                                  "tensor \"layers.0.fc.weight\" [256,64] does not match this model's \"layers.0.fc.weight\" [128,64]"};
+               }});
+  c.push_back({"resume_manifest_not_json", [](const Env& e) {
+                 const std::string ck = e.copy_step("step");
+                 std::ofstream(ck + "/manifest.json", std::ios::trunc) << "{\"step\": 2,";
+                 return std::pair{e.run("--resume " + ck), ck + "/manifest.json is not a mics-train checkpoint manifest"};
+               }});
+  c.push_back({"resume_manifest_wrong_field_type", [](const Env& e) {
+                 const std::string ck = e.copy_step("step");
+                 json m = json::parse(std::ifstream(ck + "/manifest.json"));
+                 m["step"] = "two";
+                 std::ofstream(ck + "/manifest.json", std::ios::trunc) << m.dump();
+                 return std::pair{e.run("--resume " + ck), ck + "/manifest.json"};
+               }});
+  c.push_back({"resume_shard_checksum", [](const Env& e) {
+                 const std::string ck = e.copy_step("step");
+                 flip_byte(ck + kShard0, 1000);
+                 return std::pair{e.run("--resume " + ck), ck + kShard0 + " is corrupt (checksum mismatch)"};
+               }});
+  c.push_back({"resume_shard_truncated", [](const Env& e) {
+                 const std::string ck = e.copy_step("step");
+                 fs::resize_file(ck + kShard0, fs::file_size(ck + kShard0) - 8);
+                 return std::pair{e.run("--resume " + ck),
+                                  ck + kShard0 + " has " + std::to_string(fs::file_size(ck + kShard0)) + " bytes; shard 0 of "};
+               }});
+  c.push_back({"resume_shard_missing", [](const Env& e) {
+                 const std::string ck = e.copy_step("step");
+                 fs::remove(ck + kShard0);
+                 return std::pair{e.run("--resume " + ck), ck + kShard0};
+               }});
+  c.push_back({"resume_shard_header_garbled", [](const Env& e) {
+                 const std::string ck = e.copy_step("step");
+                 flip_byte(ck + kShard0, 2);
+                 return std::pair{e.run("--resume " + ck), ck + kShard0 + " is not a mics-train shard file"};
+               }});
+  c.push_back({"export_missing_checkpoint", [](const Env& e) {
+                 return std::pair{"export --checkpoint " + e.dir.file("nothing") + " --out " + e.dir.file("out.safetensors"),
+                                  e.dir.file("nothing") + "/manifest.json"};
+               }});
+  c.push_back({"export_corrupt_shard", [](const Env& e) {
+                 const std::string ck = e.copy_step("step");
+                 flip_byte(ck + kShard0, 5000);
+                 return std::pair{"export --checkpoint " + ck + " --out " + e.dir.file("out"), ck + kShard0 + " is corrupt"};
+               }});
+
+  // ---- Hugging Face weights (--init-from) ----
+  c.push_back(weights_case("weights_missing_tensor", [](mics::TensorFile& t) { t.erase("transformer.h.1.ln_2.bias"); },
+                           " has no tensor 'transformer.h.1.ln_2.bias'"));
+  c.push_back(weights_case("weights_extra_tensor",
+                           [](mics::TensorFile& t) { t["transformer.h.7.ln_1.weight"] = t.at("transformer.h.1.ln_1.weight"); },
+                           " holds tensor 'transformer.h.7.ln_1.weight'"));
+  c.push_back(weights_case("weights_wrong_shape",
+                           [](mics::TensorFile& t) { t["transformer.wpe.weight"] = {{16, 64}, std::vector<float>(16 * 64)}; },
+                           ": tensor 'transformer.wpe.weight' is [16, 64]; this model needs [32, 64]"));
+  c.push_back({"weights_truncated", [](const Env& e) {
+                 const std::string p = e.dir.file("cut.safetensors");
+                 fs::copy_file(e.good_hf, p);
+                 fs::resize_file(p, fs::file_size(p) - 4);
+                 return std::pair{e.run("--init-from " + p), p};
+               }});
+  c.push_back({"weights_junk", [](const Env& e) {
+                 return std::pair{e.run("--init-from " + e.dir.write("junk.safetensors", "not a safetensors file at all")),
+                                  e.dir.file("junk.safetensors")};
+               }});
+  c.push_back({"weights_missing_file", [](const Env& e) {
+                 return std::pair{e.run("--init-from " + e.dir.file("absent.safetensors")), e.dir.file("absent.safetensors")};
+               }});
+  c.push_back({"weights_folder_without_model", [](const Env& e) {
+                 fs::create_directories(e.dir.file("hf"));
+                 return std::pair{e.run("--init-from " + e.dir.file("hf")), e.dir.file("hf") + "/model.safetensors"};
+               }});
+  return c;
+}
+
+// FNV-1a of a file's bytes, with its size.
+std::pair<uint64_t, uintmax_t> file_hash(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  const std::string bytes(std::istreambuf_iterator<char>(in), {});
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (unsigned char b : bytes) h = (h ^ b) * 0x100000001b3ull;
+  return {h, bytes.size()};
+}
+
+// Every file and directory under the given roots (files or directories), files with their
+// hash: a refused input must change none of them, nor add or remove any.
+std::map<std::string, std::pair<uint64_t, uintmax_t>> snapshot(const std::vector<std::string>& roots) {
+  std::map<std::string, std::pair<uint64_t, uintmax_t>> entries;
+  for (const std::string& root : roots) {
+    entries[root] = fs::is_regular_file(root) ? file_hash(root) : std::pair<uint64_t, uintmax_t>{0, 0};
+    if (!fs::is_directory(root)) continue;
+    for (const auto& e : fs::recursive_directory_iterator(root))
+      entries[e.path().string()] = e.is_regular_file() ? file_hash(e.path()) : std::pair<uint64_t, uintmax_t>{0, 0};
+  }
+  return entries;
+}
+
+TEST(BadInputSurvey, EveryBadInputExits2WithOneLineNamingItAndTouchesNoFile) {
+  TempDir suite("survey");
+  const std::string gpt_tiny = source_path("configs/gpt-tiny.json");
+  const std::string good_ck = suite.file("good-ck");
+  auto r = run_cli("--config " + gpt_tiny + kShape + " --steps 2 --set checkpoint.dir=" + good_ck +
+                   " --set checkpoint.every=1 --set checkpoint.keep=0");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::string good_hf = suite.file("good.safetensors");
+  r = run_cli("export --checkpoint " + good_ck + "/step-000002 --out " + good_hf);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const auto pristine = snapshot({good_ck, good_hf});
+
+  const std::vector<Case> all = cases();
+  EXPECT_GE(all.size(), 50u);
+  for (const Case& c : all) {
+    SCOPED_TRACE(c.name);
+    TempDir dir(std::string("survey-") + c.name);
+    const Env env{dir, good_ck, good_hf, gpt_tiny};
+    const auto [args, expected] = c.make(env);
+    const auto before = snapshot({dir.file("")});
+    const auto result = run_cli(args);
+    std::printf("%-34s exit %d: %s", c.name, result.exit_code, result.output.c_str());  // the survey, for reading
+    EXPECT_EQ(result.exit_code, 2) << result.output;
+    EXPECT_EQ(result.output.rfind("mics-train: error: ", 0), 0u) << result.output;
+    EXPECT_EQ(std::count(result.output.begin(), result.output.end(), '\n'), 1) << result.output;
+    EXPECT_NE(result.output.find(expected), std::string::npos) << "expected: " << expected << "\n" << result.output;
+    EXPECT_EQ(snapshot({dir.file("")}), before) << "the case's own files changed";
+    EXPECT_EQ(snapshot({good_ck, good_hf}), pristine) << "the valid checkpoint changed";
+  }
+}
+
+// The control for the data cases: a well-formed shard, named by a glob, trains.
+TEST(BadInputSurvey, AGoodShardTrains) {
+  TempDir dir("goodshard");
+  std::string bytes = shard_bytes(20240520, 1, 4000, 0);
+  std::vector<uint16_t> tokens(4000);
+  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<uint16_t>((i * 7) % 256);
+  bytes.append(reinterpret_cast<const char*>(tokens.data()), tokens.size() * 2);
+  dir.write("train_000.bin", bytes);
+  const auto r = run_cli("--config " + source_path("configs/gpt-tiny.json") + kShape +
+                         " --steps 2 --set data.source=shards --set data.path=" + dir.file("train_*.bin"));
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+}
+
+}  // namespace
