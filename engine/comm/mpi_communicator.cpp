@@ -1,9 +1,14 @@
 // Communicator over MPI's nonblocking collectives. Groups are split from MPI_COMM_WORLD;
 // the strided gather uses a vector datatype so chunks land where they belong with no copy.
+// Every wait polls with a deadline and answers liveness pings, so a timeout names the
+// rank that stopped answering.
 #include <mpi.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -29,22 +34,139 @@ void check(int code, const char* what) {
 // Seconds any wait on another rank may take before this rank gives up (set once at start).
 double g_timeout_s = 600.0;
 
-// Waits for `request` by polling, yielding the core between polls (ranks may share cores),
-// and throws once comm_timeout_s has passed: a rank that stalls must not hang the others.
-void wait_for(MPI_Request& request, const std::string& what) {
+// ---- Liveness pings ----------------------------------------------------------------------
+// MPI cannot say which member of a collective is missing. So every rank, while it polls a
+// wait, also answers pings on a duplicate of the world communicator (its own context, so
+// pings never match a collective's messages); a rank whose wait times out pings the peers
+// it was waiting for and names those that stay silent. A stalled or dead rank never
+// answers; a healthy one is polling a wait of its own within moments, since it soon needs
+// the silent rank too.
+MPI_Comm g_ping_comm = MPI_COMM_NULL;
+constexpr int kPingTag = 1, kPongTag = 2;
+// Pongs carry 1 when this rank was itself frozen lately (no poll for longer than the grace
+// period inside one wait, within the last comm_timeout_s): mpirun resumes a SIGSTOPped
+// rank (SIGCONT) before killing it, and such a rank must not pass for a live one with a
+// late answer. Static: sends read the value after the call returns.
+const int kTokens[2] = {0, 1};
+using Clock = std::chrono::steady_clock;
+Clock::time_point g_last_freeze{};  // when a freeze last ended; epoch: never
+
+// Called on every rank by the first communicator's construction, which is collective.
+void ensure_ping_comm() {
+  if (g_ping_comm == MPI_COMM_NULL) check(MPI_Comm_dup(MPI_COMM_WORLD, &g_ping_comm), "MPI_Comm_dup");
+}
+
+// Long enough for a healthy rank to finish a layer's compute and reach its next poll.
+double grace_s() { return std::clamp(g_timeout_s / 10.0, 1.0, 10.0); }
+
+// Fire-and-forget send of a token; a peer that never receives it is what we detect.
+void send_token(int to, int tag, int value) {
+  MPI_Request r;
+  check(MPI_Isend(&kTokens[value], 1, MPI_INT, to, tag, g_ping_comm, &r), "MPI_Isend");
+  check(MPI_Request_free(&r), "MPI_Request_free");
+}
+
+// Answers every ping that has arrived.
+void serve_pings() {
+  if (g_ping_comm == MPI_COMM_NULL) return;
+  for (;;) {
+    int pending = 0;
+    MPI_Status status;
+    check(MPI_Iprobe(MPI_ANY_SOURCE, kPingTag, g_ping_comm, &pending, &status), "MPI_Iprobe");
+    if (!pending) return;
+    int token = 0;
+    check(MPI_Recv(&token, 1, MPI_INT, status.MPI_SOURCE, kPingTag, g_ping_comm, MPI_STATUS_IGNORE), "MPI_Recv");
+    const bool frozen_lately = g_last_freeze != Clock::time_point{} &&
+                               std::chrono::duration<double>(Clock::now() - g_last_freeze).count() < g_timeout_s;
+    send_token(status.MPI_SOURCE, kPongTag, frozen_lately ? 1 : 0);
+  }
+}
+
+// Pings `peers` (world ranks) and returns those that did not answer within `grace_s`,
+// answering others' pings meanwhile (they may be asking us the same question).
+std::vector<int> silent_peers(const std::vector<int>& peers, double grace_s) {
+  int me = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &me);
+  std::set<int> waiting;
+  for (int peer : peers)
+    if (peer != me && waiting.insert(peer).second) send_token(peer, kPingTag, 0);
+  const auto start = std::chrono::steady_clock::now();
+  while (!waiting.empty() &&
+         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() < grace_s) {
+    serve_pings();
+    int pending = 0;
+    MPI_Status status;
+    check(MPI_Iprobe(MPI_ANY_SOURCE, kPongTag, g_ping_comm, &pending, &status), "MPI_Iprobe");
+    if (!pending) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      continue;
+    }
+    int frozen = 0;
+    check(MPI_Recv(&frozen, 1, MPI_INT, status.MPI_SOURCE, kPongTag, g_ping_comm, MPI_STATUS_IGNORE), "MPI_Recv");
+    if (!frozen) waiting.erase(status.MPI_SOURCE);
+  }
+  return {waiting.begin(), waiting.end()};
+}
+
+std::string rank_list(const std::vector<int>& ranks) {
+  std::string out = ranks.size() == 1 ? "rank " : "ranks ";
+  for (size_t i = 0; i < ranks.size(); ++i) out += (i ? ", " : "") + std::to_string(ranks[i]);
+  return out;
+}
+
+// Why a wait on `members` (world ranks; empty: the whole world) timed out, by pinging them,
+// then, if all of them answer, everyone (the holdup may sit behind one of them).
+std::string diagnose_timeout(const std::vector<int>& members) {
+  if (g_ping_comm == MPI_COMM_NULL) return "a peer stopped answering";
+  int world = 0;
+  MPI_Comm_size(MPI_COMM_WORLD, &world);
+  std::vector<int> everyone(static_cast<size_t>(world));
+  for (int r = 0; r < world; ++r) everyone[static_cast<size_t>(r)] = r;
+  char grace[32];
+  std::snprintf(grace, sizeof grace, "%.0f s", grace_s());
+  if (!members.empty() && members.size() < everyone.size()) {
+    const std::vector<int> silent = silent_peers(members, grace_s());
+    if (!silent.empty())
+      return rank_list(silent) + " of this group did not answer a liveness ping within " + grace +
+             " (stalled or dead)";
+  }
+  const std::vector<int> silent = silent_peers(everyone, grace_s());
+  if (!silent.empty())
+    return (members.empty() || members.size() == everyone.size() ? "" : "every member of this group answered; ") +
+           rank_list(silent) + " did not answer a liveness ping within " + grace + " (stalled or dead)";
+  return "every rank answered a liveness ping within " + std::string(grace) +
+         ", so none is stalled: the ranks disagree on which collective comes next";
+}
+
+// Waits for `request` by polling, yielding the core between polls (ranks may share cores)
+// and answering liveness pings, and throws once comm_timeout_s has passed, naming the
+// ranks that stopped answering: a rank that stalls must not hang the others.
+void wait_for(MPI_Request& request, const std::string& what, const std::vector<int>& members) {
   int done = 0;
   check(MPI_Test(&request, &done, MPI_STATUS_IGNORE), "MPI_Test");
   const auto start = std::chrono::steady_clock::now();
+  auto last_poll = start;
+  double frozen_s = 0;  // longest gap between polls of this wait
   for (long polls = 0; !done; ++polls) {
     if (polls > 1000) std::this_thread::sleep_for(std::chrono::microseconds(20));
     else std::this_thread::yield();
+    const auto now = std::chrono::steady_clock::now();
+    const double gap = std::chrono::duration<double>(now - last_poll).count();
+    frozen_s = std::max(frozen_s, gap);
+    if (gap > grace_s()) g_last_freeze = now;
+    last_poll = now;
     check(MPI_Test(&request, &done, MPI_STATUS_IGNORE), "MPI_Test");
-    if (!done && std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() > g_timeout_s) {
+    if (polls % 16 == 0) serve_pings();
+    if (!done && std::chrono::duration<double>(now - start).count() > g_timeout_s) {
       int rank = -1;
       MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+      // A rank that was itself stopped blames no one: the others are going down by now.
+      const std::string frozen = "this rank was itself frozen for " + std::to_string(std::lround(frozen_s)) +
+                                 " s inside the wait (stopped, or starved of CPU)";
       throw std::runtime_error(what + " did not complete within 'runtime.comm_timeout_s' (" +
                                std::to_string(static_cast<int>(g_timeout_s)) + " s) on rank " +
-                               std::to_string(rank) + ": a peer stopped answering");
+                               std::to_string(rank) + ": " +
+                               (frozen_s > grace_s() ? frozen : diagnose_timeout(members)));
     }
   }
 }
@@ -58,7 +180,8 @@ class MpiCommunicator final : public Communicator {
  public:
   MpiCommunicator(const std::vector<int>& members, GroupKind kind, int ranks_per_node,
                   CommStats& stats)
-      : kind_(kind), stats_(stats) {
+      : kind_(kind), stats_(stats), members_(members) {
+    ensure_ping_comm();
     int world_rank = 0;
     MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
     const auto me = std::find(members.begin(), members.end(), world_rank);
@@ -130,7 +253,7 @@ class MpiCommunicator final : public Communicator {
     auto* req = static_cast<MpiRequest*>(request.get());
     if (req == nullptr) return;
     const auto start = std::chrono::steady_clock::now();
-    wait_for(req->handle, "a collective on the " + describe_);
+    wait_for(req->handle, "a collective on the " + describe_, members_);
     stats_.wait_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     if (req->owned_type != MPI_DATATYPE_NULL) MPI_Type_free(&req->owned_type);
     request.reset();
@@ -151,7 +274,7 @@ class MpiCommunicator final : public Communicator {
     if (size_ > 1) {
       MPI_Request r;
       check(MPI_Iallreduce(MPI_IN_PLACE, &value, 1, MPI_DOUBLE, MPI_SUM, comm_, &r), "MPI_Iallreduce");
-      wait_for(r, "a sum on the " + describe_);
+      wait_for(r, "a sum on the " + describe_, members_);
     }
     return value;
   }
@@ -168,6 +291,7 @@ class MpiCommunicator final : public Communicator {
   MPI_Comm comm_ = MPI_COMM_NULL;
   int rank_ = 0, size_ = 1;
   LinkTier send_tier_ = LinkTier::intra_node, recv_tier_ = LinkTier::intra_node;
+  std::vector<int> members_;  // world ranks, in group order
   std::string describe_;  // for messages: "partition group of ranks 4..7"
 };
 
@@ -182,13 +306,13 @@ std::unique_ptr<Communicator> make_mpi_communicator(const std::vector<int>& memb
 void world_sum(double* values, int count) {
   MPI_Request r;
   check(MPI_Iallreduce(MPI_IN_PLACE, values, count, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD, &r), "MPI_Iallreduce");
-  wait_for(r, "a sum over all ranks");
+  wait_for(r, "a sum over all ranks", {});
 }
 
 void world_barrier() {
   MPI_Request r;
   check(MPI_Ibarrier(MPI_COMM_WORLD, &r), "MPI_Ibarrier");
-  wait_for(r, "a barrier of all ranks");
+  wait_for(r, "a barrier of all ranks", {});
 }
 
 void set_comm_timeout(double seconds) { g_timeout_s = seconds; }
@@ -197,7 +321,7 @@ bool world_all(bool ok) {
   int value = ok ? 1 : 0;
   MPI_Request r;
   check(MPI_Iallreduce(MPI_IN_PLACE, &value, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD, &r), "MPI_Iallreduce");
-  wait_for(r, "an agreement of all ranks");
+  wait_for(r, "an agreement of all ranks", {});
   return value == 1;
 }
 

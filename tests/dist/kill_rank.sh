@@ -39,7 +39,7 @@ step=$(sed 's/step-0*//' "$work/ck/latest")
 echo "ok: resumed from step $step"
 
 # A rank that stalls (SIGSTOP) instead of dying: the others give up after
-# runtime.comm_timeout_s, say so, and the whole job ends.
+# runtime.comm_timeout_s, say so naming the stalled rank, and the whole job ends.
 "$mpirun_bin" --oversubscribe --bind-to none --mca mpi_yield_when_idle 1 -np 4 \
   "$bin" --config "$config" --steps 100000 "${shape[@]}" --set runtime.comm_timeout_s=5 \
   --set checkpoint.dir="$work/ck2" > "$work/stall.log" 2>&1 &
@@ -48,6 +48,8 @@ for _ in $(seq 1200); do [[ -f "$work/ck2/latest" ]] && break; sleep 0.1; done
 victim=$(pgrep -f -- "$work/ck2" | while read -r pid; do
   [[ $(ps -o comm= -p "$pid") == mics-train ]] && echo "$pid"; done | tail -n 1)
 [[ -n $victim ]] || { echo "FAIL: no rank found to stall"; exit 1; }
+victim_rank=$(tr '\0' '\n' < "/proc/$victim/environ" | sed -n 's/^OMPI_COMM_WORLD_RANK=//p')
+[[ -n $victim_rank ]] || { echo "FAIL: no OMPI_COMM_WORLD_RANK for pid $victim"; exit 1; }
 kill -STOP "$victim"
 start=$(date +%s)
 wait "$launcher"
@@ -58,6 +60,12 @@ echo "stalled rank pid $victim; the job exited with $rc after ${elapsed}s"
 (( elapsed <= 60 )) || { echo "FAIL: the other ranks took ${elapsed}s to give up"; exit 1; }
 grep -q "did not complete within 'runtime.comm_timeout_s' (5 s)" "$work/stall.log" \
   || { echo "FAIL: no timeout message"; cat "$work/stall.log"; exit 1; }
+# The liveness pings name the stalled rank, and only it.
+named=$(grep -oE "ranks? [0-9, ]+ (of this group )?did not answer a liveness ping" "$work/stall.log" \
+        | sed -E 's/ (of this group )?did not answer.*//' | sort -u)
+[[ $named == "rank $victim_rank" ]] \
+  || { echo "FAIL: expected the timeouts to name rank $victim_rank, they name: ${named:-nothing}"; cat "$work/stall.log"; exit 1; }
+echo "the timeouts name rank $victim_rank, the stalled one"
 sleep 1
 if pgrep -f -- "$work/ck2" > /dev/null; then echo "FAIL: ranks left behind:"; pgrep -af -- "$work/ck2"; exit 1; fi
 echo "PASS: a stalled rank ended the job after the timeout"
