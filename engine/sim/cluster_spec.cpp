@@ -99,6 +99,13 @@ ClusterSpec load_cluster(const std::string& path) {
   c.inter_gbits = inter.quantity("bandwidth_gbits");
   c.inter_latency_us = inter.quantity("latency_us", true);
   inter.finish();
+  if (doc.is_object() && doc.contains("collective_efficiency")) {
+    Reader eff = top.section("collective_efficiency");
+    c.collective_efficiency[0] = eff.quantity("all_gather");
+    c.collective_efficiency[1] = eff.quantity("reduce_scatter");
+    c.collective_efficiency[2] = eff.quantity("all_reduce");
+    eff.finish();
+  }
   top.finish();
   if (c.gemm_efficiency > 1 || c.memory_efficiency > 1)
     throw ConfigError(path + ": 'gpu.gemm_efficiency' and 'gpu.memory_efficiency' are fractions of the peak (at most 1).");

@@ -21,6 +21,9 @@ struct ClusterSpec {
   double intra_latency_us = 0;       // per ring step inside a node
   double inter_gbits = 0;            // network bandwidth per node and direction, Gbit/s
   double inter_latency_us = 0;       // per ring step between nodes
+  // Bus bandwidth a collective reaches as a fraction of the link's (measured, e.g. by
+  // mics-bench-comm); [CollectiveOp]. 1 when the file has no measurement.
+  double collective_efficiency[3] = {1, 1, 1};
 
   double gemm_flops_per_s(bool half) const;
   double memory_bytes_per_s() const { return memory_gbs * 1e9 * memory_efficiency; }

@@ -130,12 +130,15 @@ CollectiveTime collective_time(const ClusterSpec& c, const RingShape& s, Collect
   const double m = s.size;
   const double alpha_intra = c.intra_latency_us * 1e-6, alpha_inter = c.inter_latency_us * 1e-6;
   const double flows = std::max(s.flows_per_nic, 1);
+  // Links deliver the collective's measured share of their bandwidth.
+  const double efficiency = c.collective_efficiency[static_cast<int>(op)];
+  const double intra_bw = c.intra_bytes_per_s() * efficiency, inter_bw = c.inter_bytes_per_s() * efficiency;
   // Ring: m-1 steps (2(m-1) for all-reduce), each moving one chunk over every edge at once;
   // the slowest edge sets the pace.
   const double chunk = bytes / m;
   const double steps = op == CollectiveOp::all_reduce ? 2.0 * (m - 1) : m - 1;
-  const double intra_step = alpha_intra + chunk / c.intra_bytes_per_s();
-  const double inter_step = s.spans_nodes ? alpha_inter + chunk * flows / c.inter_bytes_per_s() : 0.0;
+  const double intra_step = alpha_intra + chunk / intra_bw;
+  const double inter_step = s.spans_nodes ? alpha_inter + chunk * flows / inter_bw : 0.0;
   out.seconds = steps * std::max(intra_step, inter_step);
   out.bottleneck = inter_step > intra_step ? LinkTier::inter_node : LinkTier::intra_node;
   if (op == CollectiveOp::all_reduce && s.spans_nodes) {
@@ -144,7 +147,7 @@ CollectiveTime collective_time(const ClusterSpec& c, const RingShape& s, Collect
     // broadcast, with logarithmic latency. It wins for small messages over many nodes.
     const double depth = std::ceil(std::log2(static_cast<double>(s.nodes)));
     const double latency = 2.0 * (depth * alpha_inter + (s.max_members_per_node - 1) * alpha_intra);
-    const double transfer = 2.0 * std::max(bytes * flows / c.inter_bytes_per_s(), bytes / c.intra_bytes_per_s());
+    const double transfer = 2.0 * std::max(bytes * flows / inter_bw, bytes / intra_bw);
     if (latency + transfer < out.seconds) {
       out.seconds = latency + transfer;
       out.bottleneck = LinkTier::inter_node;
