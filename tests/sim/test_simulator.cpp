@@ -217,14 +217,19 @@ TEST(ClusterFiles, EveryShippedFileLoadsAndAFileWithoutSourcesIsRefused) {
   }
 }
 
-// The planner's recommendation is the smallest p whose plan fits, and "auto" agrees.
+// "auto" is the smallest p whose plan, at the config's micro-batch and checkpointing, fits.
 TEST(MemoryPlanner, AutoPicksTheSmallestPartitionThatFits) {
+  const double budget = 80.0 * (1 << 30);
+  for (bool checkpointing : {false, true}) {
+    mics::Config config = bert_10b();
+    config.train.activation_checkpointing = checkpointing;
+    const int64_t p = mics::auto_partition_size(config, 8, 80.0);
+    EXPECT_LE(mics::plan_memory(config, p, 8, checkpointing).total(), budget) << checkpointing;
+    EXPECT_GT(mics::plan_memory(config, p / 2, 8, checkpointing).total(), budget) << checkpointing;
+  }
+  // Checkpointing keeps one block's activations (and every block's input) instead of all.
   const mics::Config config = bert_10b();
-  const int64_t p = mics::auto_partition_size(config, 8, 80.0);
-  EXPECT_LE(mics::plan_memory(config, p, 8, false).total(), 80.0 * (1 << 30));
-  EXPECT_GT(mics::plan_memory(config, p / 2, 8, false).total(), 80.0 * (1 << 30));
-  // Checkpointing keeps one layer's activations instead of all of them.
-  EXPECT_LT(mics::plan_memory(config, p, 8, true).activations * 10, mics::plan_memory(config, p, 8, false).activations);
+  EXPECT_LT(mics::plan_memory(config, 8, 8, true).activations * 10, mics::plan_memory(config, 8, 8, false).activations);
 }
 
 }  // namespace
