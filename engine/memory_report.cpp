@@ -121,8 +121,8 @@ std::string dry_run_report(const Config& config, int64_t ranks_per_node) {
     add(line, format_bytes(b.gathered));
   }
   add("gradient buffers (3 layers)", format_bytes(b.grad_buffers));
-  std::snprintf(line, sizeof line, "activations (micro-batch %lld%s)", static_cast<long long>(b.micro_batch),
-                b.checkpointing ? ", checkpointed" : "");
+  std::snprintf(line, sizeof line, "activations (%s%lld)", b.checkpointing ? "checkpointed, mb " : "micro-batch ",
+                static_cast<long long>(b.micro_batch));
   add(line, format_bytes(b.activations));
   add("total", format_bytes(b.total()));
   std::snprintf(line, sizeof line, "%.1f GiB per device", budget);
@@ -141,13 +141,13 @@ std::string planner_report(const Config& config, const sim::ClusterSpec& cluster
   char row[512];
   std::snprintf(row, sizeof row,
                 "memory plan: %s on %s (%s, %.0f GiB per GPU, %d per node), %s, micro-batch %lld, seq %lld\n"
-                "GiB per GPU; ckpt = activation checkpointing per layer\n\n",
+                "GiB per GPU; ckpt: with activation checkpointing; 2x mb: total at twice the micro-batch, no ckpt\n\n",
                 config.source_name.c_str(), cluster.name.c_str(), cluster.gpu_name.c_str(), cluster.memory_gib,
                 cluster.gpus_per_node, config.train.precision.c_str(), static_cast<long long>(mb),
                 static_cast<long long>(config.train.seq_len));
   out += row;
   std::snprintf(row, sizeof row, "%6s %8s %8s %8s %8s %9s %9s %9s %9s  %s\n", "p", "states", "gathered",
-                "grad buf", "act", "act ckpt", "total", "tot ckpt", "mb x2", "fits");
+                "grad buf", "act", "act ckpt", "total", "tot ckpt", "2x mb", "fits");
   out += row;
   int64_t recommended = 0, recommended_ckpt = 0;
   for (int64_t p : candidate_partitions(k, 64 * k)) {
