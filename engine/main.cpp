@@ -54,6 +54,7 @@ struct Options {
 // --simulate: the weak-scaling table of the config on a described cluster, no GPUs needed.
 int simulate(const Options& o, const mics::Config& config) {
   const mics::sim::ClusterSpec cluster = mics::sim::load_cluster(o.simulate);
+  if (!o.sim_out.empty()) mics::sim::check_results_path(o.sim_out);  // before minutes of work, not after
   mics::sim::SweepRequest request;
   request.nodes = o.nodes.empty() ? std::vector<int>{1, 2, 4, 8} : o.nodes;
   request.modes = o.modes;
@@ -181,12 +182,12 @@ int main(int argc, char** argv) {
                  "predict step time and scaling on a cluster file (configs/clusters/) instead of training")
       ->check(CLI::ExistingFile);
   app.add_option("--nodes", o.nodes, "with --simulate: node counts, e.g. 2,4,8,16 (default 1,2,4,8)")
-      ->delimiter(',')->check(CLI::PositiveNumber);
+      ->delimiter(',')->check(positive_integer);
   app.add_option("--modes", o.modes, "with --simulate: any of mics, zero3, dp (default all three)")
       ->delimiter(',')->check(CLI::IsMember({"mics", "zero3", "dp"}));
   app.add_option("--per-gpu-batch", o.per_gpu_batch,
                  "with --simulate: samples per GPU per step (default: global batch / GPUs of the smallest count)")
-      ->check(CLI::PositiveNumber);
+      ->check(positive_integer);
   app.add_option("--out", o.sim_out, "with --simulate: also write the results to FILE.csv or FILE.json");
   try {
     app.parse(argc, argv);

@@ -135,7 +135,12 @@ std::vector<SimulatedStep> simulate_sweep(const Config& config, const ClusterSpe
                                                          : auto_partition_size(config, k, cluster.memory_gib);
         c.mics.partition_size = std::min<int64_t>(p, world);
       }
-      rows.push_back(simulate_step(c, cluster, nodes, mode));
+      try {
+        rows.push_back(simulate_step(c, cluster, nodes, mode));
+      } catch (const ConfigError& e) {
+        throw ConfigError("--nodes " + std::to_string(nodes) + " (" + std::to_string(world) + " GPUs), mode " + mode +
+                          ": " + e.what());
+      }
     }
   }
   // Weak-scaling efficiency: per-GPU throughput against the same mode's smallest run.
@@ -176,11 +181,25 @@ std::string format_table(const Config& config, const ClusterSpec& cluster, const
   return out;
 }
 
+namespace {
+bool ends_with(const std::string& s, const std::string& tail) {
+  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
+}
+}  // namespace
+
+void check_results_path(const std::string& path) {
+  if (!ends_with(path, ".csv") && !ends_with(path, ".json"))
+    throw ConfigError("--out '" + path + "' must end in .csv or .json.");
+  const bool existed = std::ifstream(path).good();
+  if (!std::ofstream(path, std::ios::app)) throw ConfigError("--out: cannot write '" + path + "'.");
+  if (!existed) std::remove(path.c_str());  // leave no empty file behind if the run fails
+}
+
 void write_results(const std::string& path, const Config& config, const ClusterSpec& cluster,
                    const std::vector<SimulatedStep>& rows) {
-  const bool json_out = path.size() >= 5 && path.substr(path.size() - 5) == ".json";
-  const bool csv_out = path.size() >= 4 && path.substr(path.size() - 4) == ".csv";
-  if (!json_out && !csv_out) throw ConfigError("--out '" + path + "' must end in .csv or .json.");
+  check_results_path(path);
+  const bool csv_out = ends_with(path, ".csv");
+  const bool json_out = !csv_out;
   std::ofstream f(path);
   if (!f) throw ConfigError("--out: cannot write '" + path + "'.");
   nlohmann::json all = nlohmann::json::array();

@@ -41,6 +41,8 @@ std::vector<SimulatedStep> simulate_sweep(const Config& config, const ClusterSpe
                                           const SweepRequest& request);
 
 std::string format_table(const Config& config, const ClusterSpec& cluster, const std::vector<SimulatedStep>& rows);
+// Throws ConfigError unless `path` ends in .csv or .json and can be written.
+void check_results_path(const std::string& path);
 // .csv or .json by the file's extension.
 void write_results(const std::string& path, const Config& config, const ClusterSpec& cluster,
                    const std::vector<SimulatedStep>& rows);

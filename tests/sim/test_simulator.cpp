@@ -19,6 +19,7 @@
 namespace {
 
 using mics::test::read_metrics;
+using mics::test::run_cli;
 using mics::test::run_mpi;
 using mics::test::source_path;
 using mics::test::TempDir;
@@ -230,6 +231,30 @@ TEST(MemoryPlanner, AutoPicksTheSmallestPartitionThatFits) {
   // Checkpointing keeps one block's activations (and every block's input) instead of all.
   const mics::Config config = bert_10b();
   EXPECT_LT(mics::plan_memory(config, 8, 8, true).activations * 10, mics::plan_memory(config, 8, 8, false).activations);
+}
+
+// Bad simulation requests: exit 2 with one line naming the flag or key, before any work.
+TEST(SimulateCli, BadRequestsAreRefusedByName) {
+  TempDir dir("simcli");
+  const std::string base = "--config " + source_path("configs/bert-10b.json");
+  const std::string p3dn = " --simulate " + source_path("configs/clusters/p3dn.json");
+  const struct {
+    std::string args, message;
+  } cases[] = {
+      {base + p3dn + " --nodes 0", "--nodes: must be a positive integer"},
+      {base + p3dn + " --nodes 3 --modes mics --set mics.partition_size=16",
+       "--nodes 3 (24 GPUs), mode mics: 'mics.partition_size' (16) must divide"},
+      {base + p3dn + " --out " + dir.file("x.txt"), "--out '" + dir.file("x.txt") + "' must end in .csv or .json"},
+      {base + p3dn + " --modes mics,fsdp", "--modes: fsdp not in {mics,zero3,dp}"},
+      {base + " --cluster " + source_path("configs/clusters/p3dn.json"), "--cluster goes with --dry-run"},
+      {base + " --nodes 2", "--nodes, --out and --per-gpu-batch go with --simulate"},
+  };
+  for (const auto& c : cases) {
+    const auto r = run_cli(c.args);
+    EXPECT_EQ(r.exit_code, 2) << c.args << "\n" << r.output;
+    EXPECT_NE(r.output.find(c.message), std::string::npos) << c.args << "\n" << r.output;
+    EXPECT_EQ(r.output.find("simulated:"), std::string::npos) << "work done before refusing: " << c.args;
+  }
 }
 
 }  // namespace
