@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Preemption: a stop signal makes every rank checkpoint the same step and exit 3; the
 # resumed run's losses equal an uninterrupted run's bit for bit. Covers SIGTERM to one
-# process, SIGUSR1 to mpirun (which forwards it to every rank), and a Slurm batch job that
-# is signalled, requeues itself and finishes on its own.
+# process, SIGUSR1 to mpirun (which forwards it to every rank), Ctrl-C to
+# scripts/mpirun-graceful.sh, and a Slurm batch job that is signalled, requeues itself and
+# finishes on its own.
 # Usage: preemption.sh SOURCE_DIR MPIRUN MICS_TRAIN
 set -u
 src=$1 mpirun_bin=$2 bin=$3
@@ -55,6 +56,27 @@ stopped=$(cat "$work/ck4/latest")
   --metrics "$work/run4.jsonl" --resume auto > "$work/resume4.log" 2>&1 || { cat "$work/resume4.log"; fail "mpirun: resume"; }
 same "$work/full4.jsonl" "$work/run4.jsonl" || fail "mpirun: losses after SIGUSR1 + resume differ"
 echo "[${SECONDS}s] ok: 4 ranks stopped at $stopped by SIGUSR1, resumed bit for bit"
+
+# --- Ctrl-C under mpirun, through scripts/mpirun-graceful.sh ---
+# A terminal sends SIGINT to its foreground process group: here the wrapper's own group
+# (job control on, so the background job has one and does not ignore SIGINT).
+set -m
+MPIRUN=$mpirun_bin "$src/scripts/mpirun-graceful.sh" --oversubscribe --bind-to none --mca mpi_yield_when_idle 1 \
+  -np 4 "$bin" "${shape[@]}" "${place[@]}" --set checkpoint.dir="$work/ckc" --set checkpoint.every=5 \
+  --metrics "$work/ctrlc.jsonl" > "$work/ctrlc.log" 2>&1 &
+pid=$!
+set +m
+await_checkpoint "$work/ckc"
+kill -INT -- -"$pid"
+wait $pid; rc=$?
+[[ $rc -eq 3 ]] || { cat "$work/ctrlc.log"; fail "Ctrl-C: exit $rc, expected 3"; }
+steps=$(grep -oE "\[rank [0-9]\] .*stop requested by SIGUSR1: checkpointing step [0-9]+" "$work/ctrlc.log" \
+        | sed -E 's/.*\[rank ([0-9])\].* step ([0-9]+)/\1 \2/' | sort -u)
+[[ $(wc -l <<< "$steps") -eq 4 && $(cut -d' ' -f2 <<< "$steps" | sort -u | wc -l) -eq 1 ]] \
+  || { cat "$work/ctrlc.log"; fail "Ctrl-C: the 4 ranks did not all checkpoint one step: $steps"; }
+step=$(head -1 <<< "$steps" | cut -d' ' -f2)
+[[ $(cat "$work/ckc/latest") == $(printf "step-%06d" "$step") ]] || fail "Ctrl-C: latest is $(cat "$work/ckc/latest"), not step $step"
+echo "[${SECONDS}s] ok: Ctrl-C through scripts/mpirun-graceful.sh: every rank checkpointed step $step, exit 3"
 
 # --- Slurm: signal, requeue, resume by itself ---
 if [[ $EUID -ne 0 ]] || ! command -v slurmctld > /dev/null; then echo "PASS (Slurm part skipped: needs root and Slurm)"; exit 0; fi
