@@ -53,11 +53,6 @@ template <class T> void dropout_forward(T* out, const T* in, int64_t n, DropoutS
 void adamw(float* param, const float* grad, float* m, float* v, int64_t n,
            const AdamWSpec& spec);
 
-// Keep decision for element `index` of a dropout site: a hash, so it can be regenerated.
-inline bool dropout_keep(uint64_t seed, uint64_t index, float prob) {
-  const uint64_t bits = mix64(seed ^ mix64(index));
-  const float uniform = static_cast<float>(bits >> 40) * (1.0f / 16777216.0f);  // [0, 1)
-  return uniform >= prob;
-}
+// dropout_keep (the mask shared with the CUDA backend) lives in kernels/counter_hash.h.
 
 }  // namespace mics::cpu

@@ -1,0 +1,637 @@
+// The CUDA backend: argument checks (the CPU backend's, plus dtype checks the CPU gets
+// from Tensor::ptr<T>), device memory, and the orchestration of cuBLASLt GEMMs and the
+// hand-written kernels (launch.h) on one stream. Plain C++; the kernels live in the .cu
+// files.
+#include "kernels/cuda/cuda_backend.h"
+
+#include <cuda_runtime_api.h>
+
+#include <cmath>
+#include <cstdio>
+#include <stdexcept>
+#include <string>
+
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/gemm_lt.h"
+#include "kernels/cuda/launch.h"
+
+namespace mics {
+
+int cuda_device_count() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    cudaGetLastError();  // clear the (non-sticky) error for later calls
+    return 0;
+  }
+  return count;
+}
+
+std::string cuda_device_name(int device) {
+  cudaDeviceProp prop{};
+  if (cudaGetDeviceProperties(&prop, device) != cudaSuccess) {
+    cudaGetLastError();
+    return "unknown";
+  }
+  return prop.name;
+}
+
+namespace {
+
+using namespace mics::cuda;
+
+int64_t dim(const Tensor& t, int i) { return t.shape[i]; }
+
+void expect_rank(const char* op, const char* arg, const Tensor& t, int rank) {
+  if (t.shape.rank != rank)
+    throw ShapeError(std::string(op) + ": " + arg + " has shape " + t.shape.str() + ", expected " +
+                     std::to_string(rank) + " dimensions");
+}
+
+void expect_numel(const char* op, const char* arg, const Tensor& t, int64_t n) {
+  if (t.numel() != n)
+    throw ShapeError(std::string(op) + ": " + arg + " has shape " + t.shape.str() + ", expected " +
+                     std::to_string(n) + " elements");
+}
+
+// The compute dtypes of this backend.
+bool compute_dtype(DType t) { return t == DType::f32 || t == DType::bf16 || t == DType::f16; }
+
+void expect_compute_dtype(const char* op, const Tensor& t) {
+  if (!compute_dtype(t.dtype))
+    throw ShapeError(std::string(op) + ": the CUDA backend has no " + dtype_name(t.dtype));
+}
+
+// Every given tensor has the dtype of `first`, which is a compute dtype.
+void expect_dtypes(const char* op, const Tensor& first, std::initializer_list<const Tensor*> rest) {
+  expect_compute_dtype(op, first);
+  for (const Tensor* t : rest)
+    if (!t->empty()) expect_same_dtype(op, first, *t);
+}
+
+void expect_int_numel(const char* op, const char* arg, const IntTensor& t, int64_t n) {
+  if (t.numel() != n)
+    throw ShapeError(std::string(op) + ": " + arg + " has " + std::to_string(t.numel()) +
+                     " entries, expected " + std::to_string(n));
+}
+
+char* at(const Tensor& t, int64_t offset) {
+  return static_cast<char*>(t.data) + offset * static_cast<int64_t>(dtype_size(t.dtype));
+}
+
+class CudaBackend final : public Backend {
+ public:
+  CudaBackend(int device, const CudaBackendOptions& options) : device_(device) {
+    MICS_CUDA_CHECK(cudaSetDevice(device));
+    // A blocking stream: it still orders with the legacy default stream, so code that uses
+    // the default stream (cudaMemcpy, say) sees this backend's work in order.
+    MICS_CUDA_CHECK(cudaStreamCreate(&stream_));
+    try {
+      MICS_CUDA_CHECK(cudaMalloc(&scratch_, kScratchBytes));
+      MICS_CUDA_CHECK(cudaMemsetAsync(scratch_, 0, kScratchBytes, stream_));
+      gemm_ = std::make_unique<GemmLt>(stream_, options.gemm_workspace_bytes, options.allow_tf32);
+      MICS_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    } catch (...) {
+      if (scratch_ != nullptr) cudaFree(scratch_);
+      cudaStreamDestroy(stream_);
+      throw;
+    }
+  }
+
+  ~CudaBackend() override {
+    cudaStreamSynchronize(stream_);  // errors here cannot be reported
+    gemm_.reset();
+    cudaFree(scratch_);
+    cudaStreamDestroy(stream_);
+  }
+
+  cudaStream_t stream() const { return stream_; }
+
+  const char* name() const override { return "cuda"; }
+  bool supports(DType dtype) const override { return compute_dtype(dtype); }
+
+  // ---- memory ----
+  void* allocate(size_t bytes) override {
+    void* ptr = nullptr;
+    MICS_CUDA_CHECK(cudaMalloc(&ptr, bytes));
+    return ptr;
+  }
+  void release(void* ptr) noexcept override {
+    if (ptr == nullptr) return;
+    // cudaFree synchronises the device; an error (a context already broken) is reported
+    // but cannot be thrown from here.
+    const cudaError_t err = cudaFree(ptr);
+    if (err != cudaSuccess)
+      std::fprintf(stderr, "mics cuda: cudaFree failed: %s\n", cudaGetErrorString(err));
+  }
+  void copy_from_host(void* dst, const void* src, size_t bytes) override {
+    if (bytes == 0) return;
+    MICS_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, stream_));
+    MICS_CUDA_CHECK(cudaStreamSynchronize(stream_));  // the host buffer may be reused at once
+  }
+  void copy_to_host(void* dst, const void* src, size_t bytes) override {
+    if (bytes == 0) return;
+    MICS_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, stream_));
+    MICS_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    check_device_errors();
+  }
+  void synchronize() override {
+    MICS_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    check_device_errors();
+  }
+
+  // ---- element-wise ----
+  void fill_zero(Tensor x) override {
+    if (x.bytes() == 0) return;
+    MICS_CUDA_CHECK(cudaMemsetAsync(x.data, 0, x.bytes(), stream_));  // 0 bits: +0 in every dtype
+  }
+
+  void cast(Tensor out, Tensor in) override {
+    expect_numel("cast", "out", out, in.numel());
+    expect_compute_dtype("cast", out);
+    expect_compute_dtype("cast", in);
+    if (out.dtype == in.dtype) {
+      if (out.data != in.data && in.bytes() > 0)
+        MICS_CUDA_CHECK(
+            cudaMemcpyAsync(out.data, in.data, in.bytes(), cudaMemcpyDeviceToDevice, stream_));
+      return;
+    }
+    launch_cast(out.dtype, out.data, in.dtype, in.data, in.numel(), stream_);
+  }
+
+  // Unlike the CPU, a and b may have any compute dtypes: each is converted to fp32, added,
+  // and rounded once to out's dtype (bf16 gradients into an fp32 accumulator, say).
+  void add(Tensor out, Tensor a, Tensor b) override {
+    expect_numel("add", "a", a, out.numel());
+    expect_numel("add", "b", b, out.numel());
+    expect_compute_dtype("add", out);
+    expect_compute_dtype("add", a);
+    expect_compute_dtype("add", b);
+    launch_add(out.dtype, out.data, a.dtype, a.data, b.dtype, b.data, out.numel(), stream_);
+  }
+
+  void scale(Tensor x, double alpha) override {
+    expect_compute_dtype("scale", x);
+    launch_scale(x.dtype, x.data, x.numel(), alpha, stream_);
+  }
+
+  double sum(Tensor x) override {
+    expect_compute_dtype("sum", x);
+    const double v = device_sum(x.dtype, x.data, x.numel(), false, partials(), result(), stream_);
+    check_device_errors();
+    return v;
+  }
+  double sum_squares(Tensor x) override {
+    expect_compute_dtype("sum_squares", x);
+    const double v = device_sum(x.dtype, x.data, x.numel(), true, partials(), result(), stream_);
+    check_device_errors();
+    return v;
+  }
+  int64_t count_nonfinite(Tensor x) override {
+    expect_compute_dtype("count_nonfinite", x);
+    const int64_t v = device_count_nonfinite(x.dtype, x.data, x.numel(), count_partials(),
+                                             count_result(), stream_);
+    check_device_errors();
+    return v;
+  }
+
+  // ---- dense layers ----
+  void linear_forward(Tensor out, Tensor in, Tensor weight, Tensor bias) override {
+    const char* op = "linear_forward";
+    expect_rank(op, "weight", weight, 2);
+    const int64_t n = dim(weight, 0), k = dim(weight, 1);
+    if (k <= 0) throw ShapeError("linear_forward: weight has no columns");
+    const int64_t m = in.numel() / k;
+    expect_shape(op, "in", in, {m, k});
+    expect_shape(op, "out", out, {m, n});
+    if (!bias.empty()) expect_shape(op, "bias", bias, {n});
+    expect_dtypes(op, out, {&in, &weight, &bias});
+    GemmArgs g;
+    g.dtype = out.dtype;
+    g.m = m, g.n = n, g.k = k;
+    g.a = in.data, g.lda = k;
+    g.b = weight.data, g.ldb = k, g.trans_b = true;
+    g.c = out.data, g.ldc = n;
+    g.bias = bias.empty() ? nullptr : bias.data;
+    gemm_->run(g);
+  }
+
+  void linear_backward(Tensor d_in, Tensor d_weight, Tensor d_bias, Tensor d_out, Tensor in,
+                       Tensor weight, Accumulate acc) override {
+    const char* op = "linear_backward";
+    expect_rank(op, "weight", weight, 2);
+    const int64_t n = dim(weight, 0), k = dim(weight, 1);
+    if (k <= 0) throw ShapeError("linear_backward: weight has no columns");
+    const int64_t m = in.numel() / k;
+    expect_shape(op, "in", in, {m, k});
+    expect_shape(op, "d_out", d_out, {m, n});
+    expect_shape(op, "d_weight", d_weight, {n, k});
+    if (!d_in.empty()) expect_shape(op, "d_in", d_in, {m, k});
+    if (!d_bias.empty()) expect_shape(op, "d_bias", d_bias, {n});
+    expect_dtypes(op, d_out, {&in, &weight, &d_weight, &d_in, &d_bias});
+    const DType t = d_out.dtype;
+    if (!d_in.empty()) {  // d_in[m,k] (= or +=) d_out[m,n] @ weight[n,k]
+      GemmArgs g;
+      g.dtype = t;
+      g.m = m, g.n = k, g.k = n;
+      g.a = d_out.data, g.lda = n;
+      g.b = weight.data, g.ldb = k;
+      g.c = d_in.data, g.ldc = k;
+      g.beta = acc == Accumulate::yes ? 1.0f : 0.0f;
+      gemm_->run(g);
+    }
+    {  // d_weight[n,k] += d_out^T[n,m] @ in[m,k]
+      GemmArgs g;
+      g.dtype = t;
+      g.m = n, g.n = k, g.k = m;
+      g.a = d_out.data, g.lda = n, g.trans_a = true;
+      g.b = in.data, g.ldb = k;
+      g.c = d_weight.data, g.ldc = k;
+      g.beta = 1.0f;
+      gemm_->run(g);
+    }
+    if (!d_bias.empty()) launch_column_sums_add(t, d_bias.data, d_out.data, m, n, stream_);
+  }
+
+  void gelu_forward(Tensor out, Tensor in, GeluKind kind) override {
+    expect_numel("gelu_forward", "in", in, out.numel());
+    expect_dtypes("gelu_forward", out, {&in});
+    launch_gelu_forward(out.dtype, out.data, in.data, out.numel(), kind, stream_);
+  }
+
+  void gelu_backward(Tensor d_in, Tensor d_out, Tensor in, GeluKind kind) override {
+    expect_numel("gelu_backward", "d_out", d_out, d_in.numel());
+    expect_numel("gelu_backward", "in", in, d_in.numel());
+    expect_dtypes("gelu_backward", d_in, {&d_out, &in});
+    launch_gelu_backward(d_in.dtype, d_in.data, d_out.data, in.data, d_in.numel(), kind, stream_);
+  }
+
+  // mean/rstd: the op's dtype (as the interface says) or fp32 (more accurate statistics
+  // for half-precision models).
+  void layernorm_forward(Tensor out, Tensor mean, Tensor rstd, Tensor in, Tensor gamma,
+                         Tensor beta, float eps) override {
+    const char* op = "layernorm_forward";
+    expect_rank(op, "gamma", gamma, 1);
+    const int64_t c = dim(gamma, 0);
+    if (c <= 0) throw ShapeError("layernorm_forward: gamma is empty");
+    const int64_t m = in.numel() / c;
+    expect_shape(op, "in", in, {m, c});
+    expect_shape(op, "out", out, {m, c});
+    expect_shape(op, "beta", beta, {c});
+    expect_shape(op, "mean", mean, {m});
+    expect_shape(op, "rstd", rstd, {m});
+    expect_dtypes(op, out, {&in, &gamma, &beta});
+    expect_same_dtype(op, mean, rstd);
+    launch_layernorm_forward(out.dtype, mean.dtype, out.data, mean.data, rstd.data, in.data,
+                             gamma.data, beta.data, m, c, eps, stream_);
+  }
+
+  void layernorm_backward(Tensor d_in, Tensor d_gamma, Tensor d_beta, Tensor d_out, Tensor in,
+                          Tensor gamma, Tensor mean, Tensor rstd, Accumulate acc) override {
+    const char* op = "layernorm_backward";
+    expect_rank(op, "gamma", gamma, 1);
+    const int64_t c = dim(gamma, 0);
+    if (c <= 0) throw ShapeError("layernorm_backward: gamma is empty");
+    const int64_t m = in.numel() / c;
+    expect_shape(op, "in", in, {m, c});
+    expect_shape(op, "d_out", d_out, {m, c});
+    expect_shape(op, "d_in", d_in, {m, c});
+    expect_shape(op, "d_gamma", d_gamma, {c});
+    expect_shape(op, "d_beta", d_beta, {c});
+    expect_shape(op, "mean", mean, {m});
+    expect_shape(op, "rstd", rstd, {m});
+    expect_dtypes(op, d_in, {&d_gamma, &d_beta, &d_out, &in, &gamma});
+    expect_same_dtype(op, mean, rstd);
+    launch_layernorm_backward(d_in.dtype, mean.dtype, d_in.data, d_gamma.data, d_beta.data,
+                              d_out.data, in.data, gamma.data, mean.data, rstd.data, m, c,
+                              acc == Accumulate::yes, stream_);
+  }
+
+  // ---- attention ----
+  void check_attention(const char* op, const Tensor& qkv, const Tensor& probs,
+                       const AttentionDims& d) {
+    if (d.batch <= 0 || d.seq <= 0 || d.heads <= 0 || d.head_dim <= 0)
+      throw ShapeError(std::string(op) + ": attention dimensions must be positive");
+    const int64_t c = d.heads * d.head_dim;
+    expect_shape(op, "qkv", qkv, {d.batch, d.seq, 3 * c});
+    expect_shape(op, "probs", probs, {d.batch, d.heads, d.seq, d.seq});
+  }
+
+  // The (batch, head) pairs as strided GEMM batches. q, k, v of pair (b, h) start at
+  // qkv + b*T*3C + h*D (+ C for k, + 2C for v), its probabilities at (b*H + h)*T*T, its
+  // output at b*T*C + h*D: affine in h for fixed b and in b for fixed h, but not in b*H + h.
+  // So one batched GEMM per value of the smaller dimension, batching over the larger.
+  struct PairBatches {
+    int64_t outer, inner;
+    int64_t qkv_base, probs_base, out_base;        // offsets per outer step
+    int64_t qkv_stride, probs_stride, out_stride;  // per inner (batch) step
+  };
+  static PairBatches pair_batches(const AttentionDims& d) {
+    const int64_t T = d.seq, H = d.heads, D = d.head_dim, C = H * D;
+    if (H >= d.batch) return {d.batch, H, T * 3 * C, H * T * T, T * C, D, T * T, D};
+    return {H, d.batch, D, T * T, D, T * 3 * C, H * T * T, T * C};
+  }
+
+  // scores of every pair = alpha * Q K^T, into probs.
+  void attention_scores(const Tensor& probs, const Tensor& qkv, const AttentionDims& d,
+                        float alpha) {
+    const int64_t T = d.seq, D = d.head_dim, C = d.heads * D;
+    const PairBatches pb = pair_batches(d);
+    for (int64_t o = 0; o < pb.outer; ++o) {
+      GemmArgs g;
+      g.dtype = qkv.dtype;
+      g.m = T, g.n = T, g.k = D;
+      g.a = at(qkv, o * pb.qkv_base), g.lda = 3 * C, g.stride_a = pb.qkv_stride;
+      g.b = at(qkv, o * pb.qkv_base + C), g.ldb = 3 * C, g.stride_b = pb.qkv_stride;
+      g.trans_b = true;
+      g.c = at(probs, o * pb.probs_base), g.ldc = T, g.stride_c = pb.probs_stride;
+      g.batch = pb.inner;
+      g.alpha = alpha;
+      gemm_->run(g);
+    }
+  }
+
+  void attention_forward(Tensor out, Tensor probs, Tensor qkv, IntTensor key_keep,
+                         const AttentionDims& d, DropoutSpec dropout) override {
+    const char* op = "attention_forward";
+    check_attention(op, qkv, probs, d);
+    expect_shape(op, "out", out, {d.batch, d.seq, d.heads * d.head_dim});
+    if (key_keep.data != nullptr && key_keep.numel() != d.batch * d.seq)
+      throw ShapeError("attention_forward: key_keep must have B*T entries");
+    expect_dtypes(op, out, {&probs, &qkv});
+    const int64_t T = d.seq, D = d.head_dim, C = d.heads * D;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+    const PairBatches pb = pair_batches(d);
+    const float drop = dropout.enabled() ? dropout.prob : 0.0f;
+
+    attention_scores(probs, qkv, d, scale);
+    // With dropout, probs first holds the dropped probabilities for out = P' V; then the
+    // scores and softmax are computed again to leave P itself in probs, as the interface
+    // asks (no extra T x T buffer exists in the forward).
+    launch_attention_softmax(probs.dtype, probs.data, key_keep.data, d.batch, d.heads, T,
+                             d.causal, drop, dropout.seed, stream_);
+    for (int64_t o = 0; o < pb.outer; ++o) {  // out = P V
+      GemmArgs g;
+      g.dtype = out.dtype;
+      g.m = T, g.n = D, g.k = T;
+      g.a = at(probs, o * pb.probs_base), g.lda = T, g.stride_a = pb.probs_stride;
+      g.b = at(qkv, o * pb.qkv_base + 2 * C), g.ldb = 3 * C, g.stride_b = pb.qkv_stride;
+      g.c = at(out, o * pb.out_base), g.ldc = C, g.stride_c = pb.out_stride;
+      g.batch = pb.inner;
+      gemm_->run(g);
+    }
+    if (drop > 0.0f) {
+      attention_scores(probs, qkv, d, scale);
+      launch_attention_softmax(probs.dtype, probs.data, key_keep.data, d.batch, d.heads, T,
+                               d.causal, 0.0f, 0, stream_);
+    }
+  }
+
+  void attention_backward(Tensor d_qkv, Tensor scratch, Tensor d_out, Tensor qkv, Tensor probs,
+                          const AttentionDims& d, DropoutSpec dropout) override {
+    const char* op = "attention_backward";
+    check_attention(op, qkv, probs, d);
+    expect_shape(op, "d_qkv", d_qkv, qkv.shape);
+    expect_shape(op, "scratch", scratch, probs.shape);
+    expect_shape(op, "d_out", d_out, {d.batch, d.seq, d.heads * d.head_dim});
+    expect_dtypes(op, d_qkv, {&scratch, &d_out, &qkv, &probs});
+    const int64_t T = d.seq, D = d.head_dim, C = d.heads * D;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+    const PairBatches pb = pair_batches(d);
+    const float drop = dropout.enabled() ? dropout.prob : 0.0f;
+    const DType t = d_qkv.dtype;
+
+    // dV = P'^T dO, P' = dropout(P) staged in scratch (the mask index is the flat index
+    // of probs, as in the forward).
+    const Tensor& p_used = drop > 0.0f ? scratch : probs;
+    if (drop > 0.0f) launch_dropout(t, scratch.data, probs.data, probs.numel(), drop, dropout.seed, stream_);
+    for (int64_t o = 0; o < pb.outer; ++o) {
+      GemmArgs g;
+      g.dtype = t;
+      g.m = T, g.n = D, g.k = T;
+      g.a = at(p_used, o * pb.probs_base), g.lda = T, g.stride_a = pb.probs_stride;
+      g.trans_a = true;
+      g.b = at(d_out, o * pb.out_base), g.ldb = C, g.stride_b = pb.out_stride;
+      g.c = at(d_qkv, o * pb.qkv_base + 2 * C), g.ldc = 3 * C, g.stride_c = pb.qkv_stride;
+      g.batch = pb.inner;
+      gemm_->run(g);
+    }
+    for (int64_t o = 0; o < pb.outer; ++o) {  // dP' = dO V^T into scratch
+      GemmArgs g;
+      g.dtype = t;
+      g.m = T, g.n = T, g.k = D;
+      g.a = at(d_out, o * pb.out_base), g.lda = C, g.stride_a = pb.out_stride;
+      g.b = at(qkv, o * pb.qkv_base + 2 * C), g.ldb = 3 * C, g.stride_b = pb.qkv_stride;
+      g.trans_b = true;
+      g.c = at(scratch, o * pb.probs_base), g.ldc = T, g.stride_c = pb.probs_stride;
+      g.batch = pb.inner;
+      gemm_->run(g);
+    }
+    // dS = scale * P (dP - sum P dP), dP the masked dP', in place in scratch.
+    launch_attention_softmax_backward(t, scratch.data, probs.data, d.batch * d.heads * T, T, scale,
+                                      drop, dropout.seed, stream_);
+    for (int64_t o = 0; o < pb.outer; ++o) {
+      GemmArgs g;  // dQ = dS K
+      g.dtype = t;
+      g.m = T, g.n = D, g.k = T;
+      g.a = at(scratch, o * pb.probs_base), g.lda = T, g.stride_a = pb.probs_stride;
+      g.b = at(qkv, o * pb.qkv_base + C), g.ldb = 3 * C, g.stride_b = pb.qkv_stride;
+      g.c = at(d_qkv, o * pb.qkv_base), g.ldc = 3 * C, g.stride_c = pb.qkv_stride;
+      g.batch = pb.inner;
+      gemm_->run(g);
+      // dK = dS^T Q
+      g.trans_a = true;
+      g.b = at(qkv, o * pb.qkv_base);
+      g.c = at(d_qkv, o * pb.qkv_base + C);
+      gemm_->run(g);
+    }
+  }
+
+  // ---- embeddings ----
+  void embedding_forward(Tensor out, IntTensor ids, IntTensor type_ids, Tensor tok, Tensor pos,
+                         Tensor type, int64_t seq) override {
+    const char* op = "embedding_forward";
+    expect_rank(op, "tok_table", tok, 2);
+    expect_rank(op, "pos_table", pos, 2);
+    const int64_t rows = ids.numel(), c = dim(tok, 1);
+    expect_shape(op, "out", out, {rows, c});
+    expect_shape(op, "pos_table", pos, {dim(pos, 0), c});
+    if (seq <= 0 || rows % seq != 0) throw ShapeError("embedding_forward: rows not a multiple of seq");
+    if (!type.empty()) {
+      if (type_ids.numel() != rows) throw ShapeError("embedding_forward: type_ids must match ids");
+      expect_rank(op, "type_table", type, 2);
+      expect_shape(op, "type_table", type, {dim(type, 0), c});
+    }
+    expect_dtypes(op, out, {&tok, &pos, &type});
+    if (seq > dim(pos, 0)) throw std::out_of_range("sequence longer than the position table");
+    launch_embedding_forward(out.dtype, out.data, ids.data, type_ids.data, tok.data, pos.data,
+                             type.empty() ? nullptr : type.data, rows, c, seq, dim(tok, 0),
+                             type.empty() ? 0 : dim(type, 0), error_word(), stream_);
+  }
+
+  void embedding_backward(Tensor d_tok, Tensor d_pos, Tensor d_type, Tensor d_out, IntTensor ids,
+                          IntTensor type_ids, int64_t seq) override {
+    const char* op = "embedding_backward";
+    expect_rank(op, "d_tok", d_tok, 2);
+    const int64_t rows = ids.numel(), c = dim(d_tok, 1);
+    expect_shape(op, "d_out", d_out, {rows, c});
+    if (seq <= 0 || rows % seq != 0) throw ShapeError("embedding_backward: rows not a multiple of seq");
+    expect_rank(op, "d_pos", d_pos, 2);
+    expect_shape(op, "d_pos", d_pos, {dim(d_pos, 0), c});
+    if (seq > dim(d_pos, 0)) throw std::out_of_range("sequence longer than the position table");
+    if (!d_type.empty()) {
+      if (type_ids.numel() != rows) throw ShapeError("embedding_backward: type_ids must match ids");
+      expect_rank(op, "d_type", d_type, 2);
+      expect_shape(op, "d_type", d_type, {dim(d_type, 0), c});
+    }
+    expect_dtypes(op, d_out, {&d_tok, &d_pos, &d_type});
+    launch_index_add(d_out.dtype, d_tok.data, dim(d_tok, 0), d_out.data, ids.data, seq, rows, c,
+                     error_word(), kBadTokenId, stream_);
+    launch_index_add(d_out.dtype, d_pos.data, dim(d_pos, 0), d_out.data, nullptr, seq, rows, c,
+                     error_word(), kBadTokenId, stream_);
+    if (!d_type.empty())
+      launch_index_add(d_out.dtype, d_type.data, dim(d_type, 0), d_out.data, type_ids.data, seq,
+                       rows, c, error_word(), kBadTypeId, stream_);
+  }
+
+  void gather_rows(Tensor out, Tensor in, IntTensor rows) override {
+    const char* op = "gather_rows";
+    expect_rank(op, "in", in, 2);
+    const int64_t n = rows.numel(), c = dim(in, 1);
+    expect_shape(op, "out", out, {n, c});
+    expect_dtypes(op, out, {&in});
+    launch_gather_rows(out.dtype, out.data, in.data, rows.data, n, c, dim(in, 0), error_word(),
+                       stream_);
+  }
+
+  void scatter_add_rows(Tensor d_in, Tensor d_out, IntTensor rows) override {
+    const char* op = "scatter_add_rows";
+    expect_rank(op, "d_in", d_in, 2);
+    const int64_t n = rows.numel(), c = dim(d_in, 1);
+    expect_shape(op, "d_out", d_out, {n, c});
+    expect_dtypes(op, d_in, {&d_out});
+    launch_index_add(d_in.dtype, d_in.data, dim(d_in, 0), d_out.data, rows.data, 1, n, c,
+                     error_word(), kBadScatterRow, stream_);
+  }
+
+  // ---- loss ----
+  void cross_entropy(Tensor losses, Tensor d_logits, Tensor logits, IntTensor labels,
+                     double grad_scale) override {
+    const char* op = "cross_entropy";
+    expect_rank(op, "logits", logits, 2);
+    const int64_t m = dim(logits, 0), v = dim(logits, 1);
+    expect_shape(op, "losses", losses, {m});
+    if (!d_logits.empty()) expect_shape(op, "d_logits", d_logits, {m, v});
+    if (labels.numel() != m) throw ShapeError("cross_entropy: labels must have one entry per row");
+    expect_dtypes(op, logits, {&losses, &d_logits});
+    launch_cross_entropy(logits.dtype, losses.data, d_logits.empty() ? nullptr : d_logits.data,
+                         logits.data, labels.data, m, v, static_cast<float>(grad_scale),
+                         error_word(), stream_);
+  }
+
+  // ---- regularisation ----
+  void dropout_forward(Tensor out, Tensor in, DropoutSpec spec) override {
+    expect_numel("dropout_forward", "in", in, out.numel());
+    if (!spec.enabled()) {
+      cast(out, in);
+      return;
+    }
+    expect_dtypes("dropout_forward", out, {&in});
+    launch_dropout(out.dtype, out.data, in.data, out.numel(), spec.prob, spec.seed, stream_);
+  }
+
+  // The same kept elements and the same scale: dropout is linear and self-adjoint.
+  void dropout_backward(Tensor d_in, Tensor d_out, DropoutSpec spec) override {
+    dropout_forward(d_in, d_out, spec);
+  }
+
+  // ---- optimizer ----
+  void adamw(Tensor param, Tensor grad, Tensor m, Tensor v, const AdamWSpec& s) override {
+    const int64_t n = param.numel();
+    expect_numel("adamw", "grad", grad, n);
+    expect_numel("adamw", "m", m, n);
+    expect_numel("adamw", "v", v, n);
+    for (const Tensor* t : {&param, &grad, &m, &v})
+      if (t->dtype != DType::f32)
+        throw ShapeError(std::string("adamw: tensors must be fp32, got ") + dtype_name(t->dtype));
+    // The scalars exactly as kernels/cpu/adamw.cpp computes them.
+    const double bc1 = 1.0 - std::pow(static_cast<double>(s.beta1), static_cast<double>(s.step));
+    const double bc2 = 1.0 - std::pow(static_cast<double>(s.beta2), static_cast<double>(s.step));
+    AdamWScalars k{};
+    k.beta1 = s.beta1;
+    k.beta2 = s.beta2;
+    k.eps = s.eps;
+    k.grad_scale = s.grad_scale;
+    k.step_size = static_cast<float>(s.lr / bc1);
+    k.inv_sqrt_bc2 = static_cast<float>(1.0 / std::sqrt(bc2));
+    k.decay = 1.0f - s.lr * s.weight_decay;
+    launch_adamw(static_cast<float*>(param.data), static_cast<const float*>(grad.data),
+                 static_cast<float*>(m.data), static_cast<float*>(v.data), n, k, stream_);
+  }
+
+  int64_t gemm_fallback_calls() const { return gemm_->fallback_calls(); }
+
+ private:
+  // Scratch layout: reduction partials (double, then unsigned long long), the two results,
+  // the device error word.
+  static constexpr size_t kScratchBytes = 2 * kReducePartials * 8 + 2 * 8 + 8;
+  double* partials() const { return static_cast<double*>(scratch_); }
+  unsigned long long* count_partials() const {
+    return reinterpret_cast<unsigned long long*>(static_cast<char*>(scratch_) + kReducePartials * 8);
+  }
+  double* result() const {
+    return reinterpret_cast<double*>(static_cast<char*>(scratch_) + 2 * kReducePartials * 8);
+  }
+  unsigned long long* count_result() const {
+    return reinterpret_cast<unsigned long long*>(static_cast<char*>(scratch_) +
+                                                 2 * kReducePartials * 8 + 8);
+  }
+  int* error_word() const {
+    return reinterpret_cast<int*>(static_cast<char*>(scratch_) + 2 * kReducePartials * 8 + 16);
+  }
+
+  // Reads (and clears) the bits kernels set on bad indices since the last check; throws
+  // what the CPU backend throws for the same input (it finds them before computing).
+  void check_device_errors() {
+    int bits = 0;
+    MICS_CUDA_CHECK(cudaMemcpyAsync(&bits, error_word(), sizeof(bits), cudaMemcpyDeviceToHost, stream_));
+    MICS_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    if (bits == 0) return;
+    MICS_CUDA_CHECK(cudaMemsetAsync(error_word(), 0, sizeof(int), stream_));
+    MICS_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    std::string what;
+    auto note = [&](int bit, const char* text) {
+      if (bits & bit) what += (what.empty() ? "" : "; ") + std::string(text);
+    };
+    note(kBadTokenId, "a token id outside the vocabulary");
+    note(kBadTypeId, "a token type id outside the type table");
+    note(kBadLabel, "a label outside the vocabulary");
+    note(kBadGatherRow, "gather_rows: row out of range");
+    note(kBadScatterRow, "scatter_add_rows: row out of range");
+    what = "cuda backend: " + what + " (found by a kernel; the affected entries were skipped)";
+    if (bits & (kBadGatherRow | kBadScatterRow)) throw ShapeError(what);
+    throw std::out_of_range(what);
+  }
+
+  int device_;
+  cudaStream_t stream_ = nullptr;
+  void* scratch_ = nullptr;
+  std::unique_ptr<GemmLt> gemm_;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cuda_backend(int device, const CudaBackendOptions& options) {
+  return std::make_unique<CudaBackend>(device, options);
+}
+
+void* cuda_stream(Backend& backend) {
+  auto* cuda = dynamic_cast<CudaBackend*>(&backend);
+  return cuda != nullptr ? static_cast<void*>(cuda->stream()) : nullptr;
+}
+
+int64_t cuda_gemm_fallback_calls(Backend& backend) {
+  auto* cuda = dynamic_cast<CudaBackend*>(&backend);
+  return cuda != nullptr ? cuda->gemm_fallback_calls() : 0;
+}
+
+}  // namespace mics

@@ -1,0 +1,40 @@
+#pragma once
+// The CUDA backend behind kernels/ops.h (compiled only when MICS_CUDA is on). Plain C++:
+// no CUDA header is needed to include this, so engine code can name the backend without
+// nvcc. Tensors passed to it, IntTensor views included, hold device pointers (from its
+// allocate()); sum, sum_squares and count_nonfinite return host values.
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "kernels/ops.h"
+
+namespace mics {
+
+struct CudaBackendOptions {
+  // fp32 GEMMs on tensor cores with TF32 inputs (10-bit mantissa): much faster, but no
+  // longer within fp32 tolerances of the CPU backend. Off by default.
+  bool allow_tf32 = false;
+  // cuBLASLt workspace, allocated once at construction.
+  size_t gemm_workspace_bytes = size_t{32} << 20;
+};
+
+// Number of visible CUDA devices; 0 when there is no driver or no device (never throws).
+int cuda_device_count();
+// "NVIDIA H100 80GB HBM3", or "unknown" when the device cannot be queried.
+std::string cuda_device_name(int device);
+
+// A backend on `device` (cudaSetDevice is called once, here): one stream, one cuBLASLt
+// handle and workspace, owned by the backend. Throws mics::cuda::CudaError (a
+// std::runtime_error) when the device cannot be used.
+std::unique_ptr<Backend> make_cuda_backend(int device, const CudaBackendOptions& options = {});
+
+// The backend's stream as a cudaStream_t cast to void* (for an NCCL communicator that must
+// order its collectives with the backend's kernels); nullptr when `backend` is not CUDA.
+void* cuda_stream(Backend& backend);
+
+// GEMMs that cuBLASLt declined and the plain fallback kernel computed (tests, diagnostics).
+int64_t cuda_gemm_fallback_calls(Backend& backend);
+
+}  // namespace mics

@@ -1,0 +1,189 @@
+// cuBLASLt GEMMs: see gemm_lt.h for the row-major mapping and the plan cache.
+#include "kernels/cuda/gemm_lt.h"
+
+#include <string>
+
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/launch.h"
+
+namespace mics::cuda {
+namespace {
+
+cudaDataType_t cuda_type(DType t) {
+  switch (t) {
+    case DType::f32: return CUDA_R_32F;
+    case DType::bf16: return CUDA_R_16BF;
+    case DType::f16: return CUDA_R_16F;
+    default: throw ShapeError(std::string("gemm: the CUDA backend has no ") + dtype_name(t));
+  }
+}
+
+// Largest power of two (at most 256) dividing the address, combined with every batch's
+// offset: what cuBLASLt may assume about the pointers of all batches.
+int64_t alignment(const void* ptr, int64_t stride_bytes, int64_t batch) {
+  uint64_t x = reinterpret_cast<uintptr_t>(ptr);
+  if (batch > 1) x |= static_cast<uint64_t>(stride_bytes);
+  if (x == 0) return 256;
+  const uint64_t low = x & (~x + 1);
+  return static_cast<int64_t>(low < 256 ? low : 256);
+}
+
+}  // namespace
+
+GemmLt::GemmLt(cudaStream_t stream, size_t workspace_bytes, bool allow_tf32)
+    : stream_(stream), allow_tf32_(allow_tf32), workspace_bytes_(workspace_bytes) {
+  MICS_CUBLAS_CHECK(cublasLtCreate(&handle_));
+  if (workspace_bytes_ > 0) {
+    const cudaError_t err = cudaMalloc(&workspace_, workspace_bytes_);
+    if (err != cudaSuccess) {
+      cublasLtDestroy(handle_);
+      throw_cuda_error(err, "cudaMalloc(&workspace_, workspace_bytes_)", __FILE__, __LINE__);
+    }
+  }
+}
+
+GemmLt::~GemmLt() {
+  for (auto& [key, plan] : plans_) destroy(plan);
+  if (workspace_ != nullptr) cudaFree(workspace_);
+  if (handle_ != nullptr) cublasLtDestroy(handle_);
+}
+
+void GemmLt::destroy(Plan& p) noexcept {
+  if (p.a != nullptr) cublasLtMatrixLayoutDestroy(p.a);
+  if (p.b != nullptr) cublasLtMatrixLayoutDestroy(p.b);
+  if (p.c != nullptr) cublasLtMatrixLayoutDestroy(p.c);
+  if (p.desc != nullptr) cublasLtMatmulDescDestroy(p.desc);
+  p = Plan{};
+}
+
+GemmLt::Plan& GemmLt::plan_for(const GemmArgs& g) {
+  const int64_t es = static_cast<int64_t>(dtype_size(g.dtype));
+  const int64_t align_a = alignment(g.a, g.stride_a * es, g.batch);
+  const int64_t align_b = alignment(g.b, g.stride_b * es, g.batch);
+  const int64_t align_c = alignment(g.c, g.stride_c * es, g.batch);
+  const int64_t align_bias = g.bias != nullptr ? alignment(g.bias, 0, 1) : 0;
+  const Key key{static_cast<int64_t>(g.dtype), g.trans_a, g.trans_b, g.m, g.n, g.k, g.lda,
+                g.ldb, g.ldc, g.stride_a, g.stride_b, g.stride_c, g.batch,
+                g.bias != nullptr, g.beta != 0.0f, align_a, align_b, align_c, align_bias,
+                allow_tf32_};
+  auto found = plans_.find(key);
+  if (found != plans_.end()) return found->second;
+
+  Plan p;
+  try {
+    const cudaDataType_t type = cuda_type(g.dtype);
+    const cublasComputeType_t compute = g.dtype == DType::f32 && allow_tf32_
+                                            ? CUBLAS_COMPUTE_32F_FAST_TF32
+                                            : CUBLAS_COMPUTE_32F;
+    MICS_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p.desc, compute, CUDA_R_32F));
+    // cuBLASLt's A is our B and its B our A (gemm_lt.h), each keeping its own transpose.
+    const cublasOperation_t op_a = g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+    const cublasOperation_t op_b = g.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+    MICS_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_a,
+                                                     sizeof(op_a)));
+    MICS_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_b,
+                                                     sizeof(op_b)));
+    if (g.bias != nullptr) {
+      const cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_BIAS;
+      MICS_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE,
+                                                       &epilogue, sizeof(epilogue)));
+      const int32_t bias_type = type;
+      MICS_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(
+          p.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof(bias_type)));
+      // The heuristic reads the bias pointer's alignment from the descriptor.
+      MICS_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                                                       &g.bias, sizeof(g.bias)));
+    }
+    const uint64_t a_rows = g.trans_b ? g.k : g.n, a_cols = g.trans_b ? g.n : g.k;
+    const uint64_t b_rows = g.trans_a ? g.m : g.k, b_cols = g.trans_a ? g.k : g.m;
+    MICS_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.a, type, a_rows, a_cols, g.ldb));
+    MICS_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.b, type, b_rows, b_cols, g.lda));
+    MICS_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.c, type, g.n, g.m, g.ldc));
+    if (g.batch > 1) {
+      const int32_t count = static_cast<int32_t>(g.batch);
+      const int64_t strides[3] = {g.stride_b, g.stride_a, g.stride_c};
+      const cublasLtMatrixLayout_t layouts[3] = {p.a, p.b, p.c};
+      for (int i = 0; i < 3; ++i) {
+        MICS_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(
+            layouts[i], CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof(count)));
+        MICS_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(
+            layouts[i], CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &strides[i],
+            sizeof(strides[i])));
+      }
+    }
+
+    cublasLtMatmulPreference_t pref = nullptr;
+    MICS_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+    cublasLtMatmulHeuristicResult_t result{};
+    int returned = 0;
+    cublasStatus_t status = CUBLAS_STATUS_SUCCESS;
+    {
+      const uint64_t ws = workspace_bytes_;
+      const uint32_t al_a = static_cast<uint32_t>(align_b), al_b = static_cast<uint32_t>(align_a),
+                     al_c = static_cast<uint32_t>(align_c);
+      status = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                    &ws, sizeof(ws));
+      if (status == CUBLAS_STATUS_SUCCESS)
+        status = cublasLtMatmulPreferenceSetAttribute(
+            pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a, sizeof(al_a));
+      if (status == CUBLAS_STATUS_SUCCESS)
+        status = cublasLtMatmulPreferenceSetAttribute(
+            pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b, sizeof(al_b));
+      if (status == CUBLAS_STATUS_SUCCESS)
+        status = cublasLtMatmulPreferenceSetAttribute(
+            pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_c, sizeof(al_c));
+      if (status == CUBLAS_STATUS_SUCCESS)
+        status = cublasLtMatmulPreferenceSetAttribute(
+            pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_c, sizeof(al_c));
+      if (status == CUBLAS_STATUS_SUCCESS)
+        status = cublasLtMatmulAlgoGetHeuristic(handle_, p.desc, p.a, p.b, p.c, p.c, pref, 1,
+                                                &result, &returned);
+    }
+    cublasLtMatmulPreferenceDestroy(pref);
+    // NOT_SUPPORTED: no algorithm for this problem; the fallback kernel takes it.
+    if (status != CUBLAS_STATUS_NOT_SUPPORTED) MICS_CUBLAS_CHECK(status);
+    if (status == CUBLAS_STATUS_SUCCESS && returned > 0 && result.state == CUBLAS_STATUS_SUCCESS) {
+      p.algo = result.algo;
+      p.has_algo = true;
+    }
+  } catch (...) {
+    destroy(p);
+    throw;
+  }
+  return plans_.emplace(key, p).first->second;
+}
+
+void GemmLt::run(const GemmArgs& g) {
+  if (g.m <= 0 || g.n <= 0 || g.batch <= 0) return;
+  if (g.bias != nullptr && g.batch != 1) throw ShapeError("gemm: a bias needs batch 1");
+  if (g.k <= 0) {  // no products: C = beta C (+ bias); only reachable with batch 1
+    if (g.batch != 1 || g.ldc != g.n) throw ShapeError("gemm: k = 0 with a batch or a strided C");
+    if (g.beta == 0.0f) {
+      MICS_CUDA_CHECK(cudaMemsetAsync(g.c, 0, static_cast<size_t>(g.m * g.n) * dtype_size(g.dtype),
+                                      stream_));
+    } else if (g.beta != 1.0f) {
+      launch_scale(g.dtype, g.c, g.m * g.n, g.beta, stream_);
+    }
+    if (g.bias != nullptr) {
+      // C += bias, row by row: C is its own first operand.
+      for (int64_t r = 0; r < g.m; ++r)
+        launch_add(g.dtype, static_cast<char*>(g.c) + r * g.n * dtype_size(g.dtype), g.dtype,
+                   static_cast<char*>(g.c) + r * g.n * dtype_size(g.dtype), g.dtype, g.bias, g.n,
+                   stream_);
+    }
+    return;
+  }
+  Plan& p = plan_for(g);
+  if (!p.has_algo) {
+    ++fallback_calls_;
+    launch_gemm_fallback(g, stream_);
+    return;
+  }
+  if (g.bias != nullptr)  // the cached descriptor holds the last call's bias pointer
+    MICS_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                                                     &g.bias, sizeof(g.bias)));
+  MICS_CUBLAS_CHECK(cublasLtMatmul(handle_, p.desc, &g.alpha, g.b, p.a, g.a, p.b, &g.beta, g.c,
+                                   p.c, g.c, p.c, &p.algo, workspace_, workspace_bytes_, stream_));
+}
+
+}  // namespace mics::cuda

@@ -1,0 +1,89 @@
+#pragma once
+// Row-major GEMMs through cuBLASLt, with a cache of descriptors and algorithm choices.
+// Internal to kernels/cuda.
+//
+// Row-major to column-major. cuBLASLt is column-major; a row-major matrix X[r][c] with
+// leading dimension ld (elements from one row to the next) is, byte for byte, the
+// column-major matrix X^T of size c x r with the same ld. So the row-major product
+//     C[m,n] = alpha op(A)[m,k] op(B)[k,n] + beta C
+// is computed as the column-major product
+//     C^T[n,m] = alpha op(B)^T[n,k] op(A)^T[k,m] + beta C^T
+// i.e. cuBLASLt's "A" is our B and its "B" is our A, with m and n swapped and each
+// transpose flag kept with its own matrix:
+//   cuBLASLt A = our B: stored (trans_b ? k x n : n x k), ld = ldb, op = trans_b ? T : N
+//   cuBLASLt B = our A: stored (trans_a ? m x k : k x m), ld = lda, op = trans_a ? T : N
+//   cuBLASLt C = D   = our C: stored n x m, ld = ldc
+// cuBLASLt's BIAS epilogue adds a vector of length rows(D) = n to every column of D^T,
+// i.e. bias[n] to every row of our C: the linear layer's bias.
+//
+// Batched products (attention) use strided batches: element b of the batch is at
+// pointer + b * stride for each matrix.
+//
+// Every distinct (dtype, shape, transposes, leading dimensions, strides, batch, epilogue,
+// beta != 0, pointer alignments) gets its descriptor, layouts and the heuristic's best
+// algorithm once; later calls reuse them. When cuBLASLt offers no algorithm (unusual
+// alignments, say), a plain tiled CUDA kernel computes the product instead (fp32
+// accumulation, same semantics) and fallback_calls() counts it.
+#include <cublasLt.h>
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+#include <map>
+#include <array>
+
+#include "kernels/tensor.h"
+
+namespace mics::cuda {
+
+struct GemmArgs {
+  DType dtype = DType::f32;  // of A, B, C (and bias)
+  bool trans_a = false, trans_b = false;
+  int64_t m = 0, n = 0, k = 0;
+  const void* a = nullptr;
+  int64_t lda = 0, stride_a = 0;
+  const void* b = nullptr;
+  int64_t ldb = 0, stride_b = 0;
+  void* c = nullptr;
+  int64_t ldc = 0, stride_c = 0;
+  int64_t batch = 1;
+  float alpha = 1.0f, beta = 0.0f;
+  const void* bias = nullptr;  // [n], added to every row of C; only with batch == 1
+};
+
+// The fallback kernel (gemm_fallback.cu): same contract as GemmLt::run.
+void launch_gemm_fallback(const GemmArgs& g, cudaStream_t s);
+
+class GemmLt {
+ public:
+  GemmLt(cudaStream_t stream, size_t workspace_bytes, bool allow_tf32);
+  ~GemmLt();
+  GemmLt(const GemmLt&) = delete;
+  GemmLt& operator=(const GemmLt&) = delete;
+
+  // C = alpha op(A) op(B) + beta C (+ bias), row-major, on the stream given at construction.
+  void run(const GemmArgs& g);
+
+  int64_t fallback_calls() const { return fallback_calls_; }
+  size_t cached_plans() const { return plans_.size(); }
+
+ private:
+  struct Plan {
+    cublasLtMatmulDesc_t desc = nullptr;
+    cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+    cublasLtMatmulAlgo_t algo{};
+    bool has_algo = false;  // false: use the fallback kernel
+  };
+  using Key = std::array<int64_t, 20>;
+  Plan& plan_for(const GemmArgs& g);
+  static void destroy(Plan& p) noexcept;
+
+  cudaStream_t stream_;
+  bool allow_tf32_;
+  cublasLtHandle_t handle_ = nullptr;
+  void* workspace_ = nullptr;
+  size_t workspace_bytes_ = 0;
+  std::map<Key, Plan> plans_;
+  int64_t fallback_calls_ = 0;
+};
+
+}  // namespace mics::cuda

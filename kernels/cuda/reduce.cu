@@ -1,0 +1,122 @@
+// Reductions: sum and sum of squares (accumulated in double, returned to the host), the
+// count of NaN/Inf entries, and column sums (the linear layer's bias gradient). All are
+// deterministic: fixed grids, fixed combination order, no atomics.
+#include "kernels/cuda/device_common.cuh"
+#include "kernels/cuda/launch.h"
+
+namespace mics::cuda {
+namespace {
+
+unsigned partial_blocks(int64_t n) {
+  const int64_t blocks = (n + kThreads - 1) / kThreads;
+  return static_cast<unsigned>(blocks < kReducePartials ? blocks : kReducePartials);
+}
+
+template <class T>
+__global__ void sum_partials_kernel(const T* x, int64_t n, bool squares, double* partials) {
+  __shared__ double scratch[32];
+  double acc = 0;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const double v = to_f(x[i]);
+    acc += squares ? v * v : v;
+  }
+  acc = block_sum(acc, scratch);
+  if (threadIdx.x == 0) partials[blockIdx.x] = acc;
+}
+
+template <class T>
+__global__ void nonfinite_partials_kernel(const T* x, int64_t n, unsigned long long* partials) {
+  __shared__ unsigned long long scratch[32];
+  unsigned long long acc = 0;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
+    acc += isfinite(to_f(x[i])) ? 0ull : 1ull;
+  acc = block_sum(acc, scratch);
+  if (threadIdx.x == 0) partials[blockIdx.x] = acc;
+}
+
+// One block of kReducePartials threads folds `count` partials.
+template <class A>
+__global__ void fold_partials_kernel(const A* partials, int count, A* result) {
+  __shared__ A scratch[32];
+  A v = threadIdx.x < count ? partials[threadIdx.x] : A(0);
+  v = block_sum(v, scratch);
+  if (threadIdx.x == 0) *result = v;
+}
+
+// Block (32, kRowsPerBlock): thread (x, y) sums rows y, y + kRowsPerBlock, ... of column
+// blockIdx.x * 32 + x in fp32; the partials are added in y order.
+constexpr int kRowsPerBlock = 16;
+template <class T>
+__global__ void column_sums_add_kernel(T* sums, const T* x, int64_t rows, int64_t cols) {
+  __shared__ float part[kRowsPerBlock][33];
+  const int64_t c = blockIdx.x * int64_t(32) + threadIdx.x;
+  float acc = 0.0f;
+  if (c < cols)
+    for (int64_t r = threadIdx.y; r < rows; r += kRowsPerBlock) acc += to_f(x[r * cols + c]);
+  part[threadIdx.y][threadIdx.x] = acc;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < cols) {
+    float total = 0.0f;
+    for (int k = 0; k < kRowsPerBlock; ++k) total += part[k][threadIdx.x];
+    sums[c] = from_f<T>(to_f(sums[c]) + total);
+  }
+}
+
+}  // namespace
+
+double device_sum(DType t, const void* x, int64_t n, bool squares, double* partials,
+                  double* result, cudaStream_t s) {
+  if (n <= 0) return 0.0;
+  const unsigned blocks = partial_blocks(n);
+  dispatch(squares ? "sum_squares" : "sum", t, [&](auto v) {
+    using T = decltype(v);
+    sum_partials_kernel<T><<<blocks, kThreads, 0, s>>>(static_cast<const T*>(x), n, squares,
+                                                       partials);
+    MICS_CUDA_CHECK_LAUNCH();
+  });
+  fold_partials_kernel<double><<<1, kReducePartials, 0, s>>>(partials, static_cast<int>(blocks),
+                                                             result);
+  MICS_CUDA_CHECK_LAUNCH();
+  double host = 0;
+  MICS_CUDA_CHECK(cudaMemcpyAsync(&host, result, sizeof(double), cudaMemcpyDeviceToHost, s));
+  MICS_CUDA_CHECK(cudaStreamSynchronize(s));
+  return host;
+}
+
+int64_t device_count_nonfinite(DType t, const void* x, int64_t n, unsigned long long* partials,
+                               unsigned long long* result, cudaStream_t s) {
+  if (n <= 0) return 0;
+  const unsigned blocks = partial_blocks(n);
+  dispatch("count_nonfinite", t, [&](auto v) {
+    using T = decltype(v);
+    nonfinite_partials_kernel<T><<<blocks, kThreads, 0, s>>>(static_cast<const T*>(x), n,
+                                                             partials);
+    MICS_CUDA_CHECK_LAUNCH();
+  });
+  fold_partials_kernel<unsigned long long><<<1, kReducePartials, 0, s>>>(
+      partials, static_cast<int>(blocks), result);
+  MICS_CUDA_CHECK_LAUNCH();
+  unsigned long long host = 0;
+  MICS_CUDA_CHECK(
+      cudaMemcpyAsync(&host, result, sizeof(host), cudaMemcpyDeviceToHost, s));
+  MICS_CUDA_CHECK(cudaStreamSynchronize(s));
+  return static_cast<int64_t>(host);
+}
+
+void launch_column_sums_add(DType t, void* sums, const void* x, int64_t rows, int64_t cols,
+                            cudaStream_t s) {
+  if (cols <= 0) return;
+  // rows == 0 still runs (adds 0): the result must not depend on an early exit's rounding.
+  const dim3 block(32, kRowsPerBlock);
+  const unsigned blocks = static_cast<unsigned>((cols + 31) / 32);
+  dispatch("column_sums", t, [&](auto v) {
+    using T = decltype(v);
+    column_sums_add_kernel<T><<<blocks, block, 0, s>>>(static_cast<T*>(sums),
+                                                       static_cast<const T*>(x), rows, cols);
+    MICS_CUDA_CHECK_LAUNCH();
+  });
+}
+
+}  // namespace mics::cuda
