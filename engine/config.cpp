@@ -360,6 +360,12 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   return parse_config(doc, path, overrides);
 }
 
+DType compute_dtype(const std::string& precision) {
+  if (precision == "bf16") return DType::bf16;
+  if (precision == "fp16") return DType::f16;
+  return DType::f32;
+}
+
 model::ModelSpec Config::model_spec() const {
   model::ModelSpec s;
   s.arch = model.type == "bert" ? model::Arch::bert : model::Arch::gpt;

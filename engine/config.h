@@ -9,6 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "kernels/tensor.h"
 #include "model/model_spec.h"
 
 namespace mics {
@@ -99,6 +100,9 @@ struct Config {
   model::ModelSpec model_spec() const;
   nlohmann::json to_json() const;  // fully resolved, defaults filled in
 };
+
+// The model's compute dtype for train.precision ("fp32", "bf16", "fp16").
+DType compute_dtype(const std::string& precision);
 
 // Parses and validates. `overrides` are "key.path=value" strings applied first (--set);
 // a value that parses as JSON is taken as JSON, anything else as a string.

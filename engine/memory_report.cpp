@@ -21,13 +21,14 @@ int64_t largest_layer(const model::ParamLayout& layout) {
   return best;
 }
 
-// The fp32 activation bytes the model's own arena reserves (a backend that allocates nothing).
-double activation_bytes(model::ModelSpec spec, int64_t micro_batch, int64_t seq, bool checkpointing) {
+// The activation bytes the model's own arena reserves in `dtype` (on a backend that
+// allocates nothing).
+double activation_bytes(model::ModelSpec spec, DType dtype, int64_t micro_batch, int64_t seq, bool checkpointing) {
   spec.activation_checkpointing = checkpointing;
   sim::ClusterSpec nothing;
   sim::Timeline unused;
-  auto backend = sim::make_sim_backend(nothing, unused, false);
-  return static_cast<double>(model::make_model(spec, *backend, DType::f32, micro_batch, seq, 128)->activation_bytes());
+  auto backend = sim::make_sim_backend(nothing, unused);
+  return static_cast<double>(model::make_model(spec, *backend, dtype, micro_batch, seq, 128)->activation_bytes());
 }
 
 // Candidate partition sizes: powers of two up to k, then k times powers of two.
@@ -56,16 +57,17 @@ MemoryPlan plan_memory(const Config& config, int64_t p, int64_t micro_batch, boo
   b.partition_size = p;
   b.micro_batch = micro_batch;
   b.checkpointing = checkpointing;
-  b.working_params = mixed ? 2.0 * shard : 0.0;  // fp32 computes on the master directly
-  b.grads = compute * shard * (config.mics.gradient_sync == "every_microstep" ? 2.0 : 1.0);
+  // As ShardedParamStore holds them: gathers cast from the fp32 master on the fly, so only
+  // p = 1 keeps a half-precision copy of the whole model; gradients accumulate in fp32.
+  b.working_params = mixed && p == 1 ? 2.0 * shard : 0.0;
+  b.grads = 4.0 * shard * (config.mics.gradient_sync == "every_microstep" ? 2.0 : 1.0);
   b.master = 4.0 * shard;
   b.adam = 8.0 * shard;
   // With p = 1 nothing is gathered: the working copy is the whole model already.
   b.gathered = p > 1 ? compute * largest * static_cast<double>(config.mics.prefetch + 2) : 0.0;
-  b.grad_buffers = 3.0 * compute * (largest + largest / static_cast<double>(p));
-  // The arena holds fp32 here; a mixed-precision run keeps activations in half precision.
-  const double fp32_bytes = activation_bytes(spec, micro_batch, config.train.seq_len, checkpointing);
-  b.activations = fp32_bytes * compute / 4.0;
+  b.grad_buffers = 3.0 * compute * (largest + (p > 1 ? largest / static_cast<double>(p) : 0.0));
+  b.activations = activation_bytes(spec, compute_dtype(config.train.precision), micro_batch, config.train.seq_len,
+                                   checkpointing);
   return b;
 }
 
@@ -110,11 +112,11 @@ std::string dry_run_report(const Config& config, int64_t ranks_per_node) {
   add("precision", mixed ? config.train.precision + " compute, fp32 master weights and Adam states"
                          : std::string("fp32"));
   out += "model-state bytes per device (1/p of each):\n";
-  if (mixed) add(std::string(half) + " parameters", format_bytes(b.working_params));
-  add(std::string(mixed ? half : "fp32") + " gradients", format_bytes(b.grads));
+  if (b.working_params > 0) add(std::string(half) + " working copy (p = 1)", format_bytes(b.working_params));
+  add("fp32 gradient accumulator", format_bytes(b.grads));
   add(mixed ? "fp32 master weights" : "fp32 parameters", format_bytes(b.master));
   add("fp32 Adam m and v", format_bytes(b.adam));
-  add("model states (16 bytes/param / p)", format_bytes(b.model_states()));
+  add(b.working_params > 0 ? "model states" : "model states (16 bytes/param / p)", format_bytes(b.model_states()));
   out += "working memory per device:\n";
   if (p > 1) {
     std::snprintf(line, sizeof line, "gathered layers (%lld slots)", static_cast<long long>(config.mics.prefetch + 2));

@@ -16,8 +16,8 @@ struct MemoryPlan {
   int64_t partition_size = 1;
   int64_t micro_batch = 0;
   bool checkpointing = false;  // activations kept only at layer inputs, one layer recomputed
-  double working_params = 0;  // half-precision copy of the shard (mixed precision only)
-  double grads = 0;           // gradient accumulator shard (twice with every_microstep sync)
+  double working_params = 0;  // half-precision copy of the whole model (mixed precision, p = 1)
+  double grads = 0;           // fp32 gradient accumulator shard (twice with every_microstep sync)
   double master = 0;          // fp32 master weights
   double adam = 0;            // fp32 m and v
   double gathered = 0;        // gather slots: prefetch + 2 of the largest layer (p > 1)

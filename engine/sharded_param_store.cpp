@@ -29,6 +29,10 @@ namespace {
 size_t floats(int64_t n) { return sizeof(float) * static_cast<size_t>(n); }
 }  // namespace
 
+Tensor ShardedParamStore::accumulator() const {
+  return grads_.view(DType::f32, {static_cast<int64_t>(grads_.bytes() / sizeof(float))});
+}
+
 ShardedParamStore::ShardedParamStore(Backend& backend, const model::ParamLayout& layout,
                                      const Topology& topo, Groups groups, StoreOptions options)
     : be_(backend), layout_(layout), topo_(topo), groups_(groups), opt_(options) {
@@ -41,19 +45,22 @@ ShardedParamStore::ShardedParamStore(Backend& backend, const model::ParamLayout&
   grads_ = DeviceBuffer(backend, floats(shard_total_ * (opt_.sync_every_microstep ? 2 : 1)));
   m_ = DeviceBuffer(backend, floats(shard_total_));
   v_ = DeviceBuffer(backend, floats(shard_total_));
+  const size_t work = dtype_size(opt_.work_dtype);
+  if (keeps_working_copy()) working_ = DeviceBuffer(backend, work * static_cast<size_t>(shard_total_));
 
 
   // With p = 1 the shard is the whole model: layers are used in place, nothing gathered.
   const int param_slots = p > 1 ? opt_.prefetch + 2 : 0;
   for (int i = 0; i < param_slots; ++i) {
     param_slots_.push_back(std::make_unique<ParamSlot>());
-    param_slots_.back()->buffer = DeviceBuffer(backend, floats(max_layer_));
+    param_slots_.back()->buffer = DeviceBuffer(backend, work * static_cast<size_t>(max_layer_));
   }
   pending_.reserve(param_slots_.size());
   for (int i = 0; i < 3; ++i) {  // head and embeddings open together, one reducing
     grad_slots_.push_back(std::make_unique<GradSlot>());
-    grad_slots_.back()->work = DeviceBuffer(backend, floats(max_layer_));
-    grad_slots_.back()->shard = DeviceBuffer(backend, floats(max_layer_ / p));
+    grad_slots_.back()->work = DeviceBuffer(backend, work * static_cast<size_t>(max_layer_));
+    // With p = 1 the layer's gradient is added to the accumulator directly.
+    if (p > 1) grad_slots_.back()->shard = DeviceBuffer(backend, work * static_cast<size_t>(max_layer_ / p));
   }
 }
 
@@ -64,9 +71,14 @@ void ShardedParamStore::initialize(uint64_t init_seed) {
     model::init_parameters(layout_, init_seed, r.flat_begin, r.flat_begin + r.size,
                            init.data() + r.local_offset);
   be_.copy_from_host(master_.data(), init.data(), floats(shard_total_));
-  be_.fill_zero(grads_.view(DType::f32, {static_cast<int64_t>(grads_.bytes() / sizeof(float))}));
+  be_.fill_zero(accumulator());
   be_.fill_zero(adam_m());
   be_.fill_zero(adam_v());
+  master_changed();
+}
+
+void ShardedParamStore::master_changed() {
+  if (keeps_working_copy()) be_.cast(working_.view(opt_.work_dtype, {shard_total_}), master());
 }
 
 ShardedParamStore::~ShardedParamStore() {
@@ -101,7 +113,7 @@ Tensor ShardedParamStore::adam_v() const { return v_.view(DType::f32, {shard_tot
 
 Tensor ShardedParamStore::layer_span_view(const DeviceBuffer& buffer, int layer) const {
   const int64_t size = layout_.layers()[static_cast<size_t>(layer)].size;
-  return buffer.view(DType::f32, {size});
+  return buffer.view(opt_.work_dtype, {size});
 }
 
 // ---- parameters ----
@@ -122,8 +134,10 @@ ShardedParamStore::ParamSlot& ShardedParamStore::start_gather(int layer) {
     (topo_.hierarchical ? groups_.intra_node : groups_.partition)->wait(slot->request);
   }
   const int64_t chunk = layout_.layers()[static_cast<size_t>(layer)].size / topo_.partition_size;
-  float* base = static_cast<float*>(slot->buffer.data());
-  be_.cast(Tensor(base + topo_.shard_index() * chunk, {chunk}), master().slice(shard_offset(layer), {chunk}));
+  const DType work = opt_.work_dtype;
+  char* base = static_cast<char*>(slot->buffer.data());
+  auto at = [&](int64_t element) { return base + static_cast<size_t>(element) * dtype_size(work); };
+  be_.cast(Tensor(at(topo_.shard_index() * chunk), work, {chunk}), master().slice(shard_offset(layer), {chunk}));
   slot->layer = layer;
   slot->stage = 1;
   slot->started = gathers_started_++;
@@ -131,10 +145,10 @@ ShardedParamStore::ParamSlot& ShardedParamStore::start_gather(int layer) {
     // Stage 1: the ranks with this local rank on the group's nodes exchange their chunks,
     // which land k chunks apart, where the full layer wants them.
     const int k = topo_.ranks_per_node;
-    slot->request = groups_.inter_node->all_gather(base + topo_.local_rank() * chunk, chunk, 1,
+    slot->request = groups_.inter_node->all_gather(at(topo_.local_rank() * chunk), work, static_cast<size_t>(chunk), 1,
                                                    static_cast<size_t>(k * chunk), 0);
   } else {
-    slot->request = groups_.partition->all_gather(base, chunk, 1, static_cast<size_t>(chunk), 0);
+    slot->request = groups_.partition->all_gather(base, work, static_cast<size_t>(chunk), 1, static_cast<size_t>(chunk), 0);
   }
   return *slot;
 }
@@ -146,8 +160,11 @@ Tensor ShardedParamStore::acquire_params(int layer) {
     on_schedule_ = on_schedule_ && cursor_ < schedule_.size() && schedule_[cursor_] == layer;
   }
   const size_t position = cursor_++;
-  if (topo_.partition_size == 1)
-    return master().slice(shard_offset(layer), {layout_.layers()[static_cast<size_t>(layer)].size});
+  if (topo_.partition_size == 1) {
+    const int64_t size = layout_.layers()[static_cast<size_t>(layer)].size;
+    return keeps_working_copy() ? working_.view(opt_.work_dtype, {shard_total_}).slice(shard_offset(layer), {size})
+                                : master().slice(shard_offset(layer), {size});
+  }
 
   ParamSlot* slot = find_param_slot(layer);
   if (slot == nullptr) slot = &start_gather(layer);
@@ -181,7 +198,7 @@ void ShardedParamStore::start_intra_stage(ParamSlot& slot) {
   const int k = topo_.ranks_per_node;
   slot.stage = 2;
   slot.request = groups_.intra_node->all_gather(
-      static_cast<float*>(slot.buffer.data()), chunk, static_cast<size_t>(topo_.nodes_per_partition()),
+      slot.buffer.data(), opt_.work_dtype, static_cast<size_t>(chunk), static_cast<size_t>(topo_.nodes_per_partition()),
       static_cast<size_t>(chunk), static_cast<size_t>(k * chunk));
 }
 
@@ -242,10 +259,12 @@ void ShardedParamStore::grads_ready(int layer) {
     if (s->open && s->layer == layer) {
       s->open = false;
       const int64_t chunk = layout_.layers()[static_cast<size_t>(layer)].size / topo_.partition_size;
-      s->request = groups_.partition->reduce_scatter(static_cast<const float*>(s->work.data()),
-                                                     static_cast<float*>(s->shard.data()),
-                                                     static_cast<size_t>(chunk));
-      if (topo_.partition_size == 1) finish_grad_slot(*s);  // nothing to overlap
+      if (topo_.partition_size == 1) {
+        finish_grad_slot(*s);  // nothing to reduce: the accumulator takes the layer's gradient
+      } else {
+        s->request = groups_.partition->reduce_scatter(s->work.data(), s->shard.data(), opt_.work_dtype,
+                                                       static_cast<size_t>(chunk));
+      }
       return;
     }
   }
@@ -258,14 +277,14 @@ void ShardedParamStore::finish_grad_slot(GradSlot& slot) {
   const int64_t chunk = layout_.layers()[static_cast<size_t>(slot.layer)].size / topo_.partition_size;
   // every_microstep keeps this micro-step's gradient apart until it is synchronised.
   const int64_t base = opt_.sync_every_microstep ? shard_total_ : 0;
-  Tensor acc = grads_.view(DType::f32, {static_cast<int64_t>(grads_.bytes() / sizeof(float))})
-                   .slice(base + shard_offset(slot.layer), {chunk});
-  be_.add(acc, acc, slot.shard.view(DType::f32, {chunk}));
+  Tensor acc = accumulator().slice(base + shard_offset(slot.layer), {chunk});
+  // fp32 accumulation of the (possibly half-precision) reduced gradient.
+  be_.add(acc, acc, (topo_.partition_size == 1 ? slot.work : slot.shard).view(opt_.work_dtype, {chunk}));
   slot.layer = -1;
 }
 
 void ShardedParamStore::begin_step() {
-  be_.fill_zero(grads_.view(DType::f32, {static_cast<int64_t>(grads_.bytes() / sizeof(float))}));
+  be_.fill_zero(accumulator());
 }
 
 void ShardedParamStore::end_micro_step() {
@@ -310,7 +329,7 @@ size_t ShardedParamStore::model_state_bytes() const {
 }
 
 size_t ShardedParamStore::resident_bytes() const {
-  size_t total = model_state_bytes();
+  size_t total = model_state_bytes() + working_.bytes();
   for (const auto& s : param_slots_) total += s->buffer.bytes();
   for (const auto& s : grad_slots_) total += s->work.bytes() + s->shard.bytes();
   return total;

@@ -21,6 +21,10 @@ namespace mics {
 struct StoreOptions {
   int prefetch = 1;              // layers gathered ahead of the one being acquired
   bool sync_every_microstep = false;
+  // The model's compute dtype: gathered parameters and the layer gradients it writes (and
+  // their reduce-scatter) are in it; master weights, Adam states and the accumulated
+  // gradient shard stay fp32.
+  DType work_dtype = DType::f32;
 };
 
 class ShardedParamStore final : public model::ParamProvider {
@@ -58,6 +62,9 @@ class ShardedParamStore final : public model::ParamProvider {
 
   // The model's initial weights in this rank's slices; gradients and Adam states zeroed.
   void initialize(uint64_t init_seed);
+  // The master weights changed (optimizer step, checkpoint, imported weights): refresh the
+  // half-precision working copy that a partition size of 1 computes on.
+  void master_changed();
 
   void begin_step();          // zero the gradient accumulator
   void end_micro_step();      // all reduce-scatters landed (and, every_microstep, synced)
@@ -84,7 +91,10 @@ class ShardedParamStore final : public model::ParamProvider {
   void progress_gathers(const ParamSlot* until = nullptr);
   void start_intra_stage(ParamSlot& slot);
   void finish_grad_slot(GradSlot& slot);
-  Tensor layer_span_view(const DeviceBuffer& buffer, int layer) const;
+  Tensor layer_span_view(const DeviceBuffer& buffer, int layer) const;  // work dtype
+  Tensor accumulator() const;  // fp32, [shard] or [2 * shard] with every_microstep
+  // p = 1 with a half-precision model: the whole model in the work dtype (else empty).
+  bool keeps_working_copy() const { return topo_.partition_size == 1 && opt_.work_dtype != DType::f32; }
 
   Backend& be_;
   const model::ParamLayout& layout_;
@@ -93,6 +103,7 @@ class ShardedParamStore final : public model::ParamProvider {
   StoreOptions opt_;
   int64_t shard_total_ = 0, max_layer_ = 0;
   DeviceBuffer master_, grads_, m_, v_;
+  DeviceBuffer working_;  // see keeps_working_copy()
   std::vector<std::unique_ptr<ParamSlot>> param_slots_;
   std::vector<std::unique_ptr<GradSlot>> grad_slots_;
   // Acquire order seen in the first micro-step, replayed as the prefetch schedule.

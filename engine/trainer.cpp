@@ -61,13 +61,13 @@ Trainer::Trainer(const Config& c, Backend& backend, const Topology& topo, Traine
   batcher_ = std::make_unique<data::Batcher>(*source_, bo);
 
   const int64_t multiple = model::shard_multiple_for(topo.partition_size);
-  model_ = model::make_model(c.model_spec(), backend, DType::f32, t.micro_batch_size, t.seq_len,
-                             multiple);
+  const DType compute = compute_dtype(t.precision);
+  model_ = model::make_model(c.model_spec(), backend, compute, t.micro_batch_size, t.seq_len, multiple);
   const model::ParamLayout& layout = model_->layout();
   groups_ = runtime.groups ? std::move(runtime.groups) : build_mpi_groups(topo);
   store_ = std::make_unique<ShardedParamStore>(
       backend, layout, topo, groups_->groups(),
-      StoreOptions{static_cast<int>(c.mics.prefetch), c.mics.gradient_sync == "every_microstep"});
+      StoreOptions{static_cast<int>(c.mics.prefetch), c.mics.gradient_sync == "every_microstep", compute});
   if (runtime.initialize_parameters) store_->initialize(static_cast<uint64_t>(t.seed));
   optimizer_ = std::make_unique<AdamW>(layout, store_->ranges());
   schedule_ = LrSchedule{t.lr, t.min_lr, t.warmup_steps, t.steps, t.lr_decay};
@@ -141,12 +141,14 @@ double Trainer::train_step(int64_t step) {
     spec.step = step + 1;
     spec.grad_scale = t.grad_clip > 0 && norm > t.grad_clip ? static_cast<float>(t.grad_clip / (norm + 1e-6)) : 1.0f;
     optimizer_->step(backend_, store_->master(), store_->grads(), store_->adam_m(), store_->adam_v(), spec);
+    store_->master_changed();
   }
   return loss_sum / static_cast<double>(accumulation_ * topo_.world);
 }
 
 void Trainer::resume(const std::string& where) {
   const ResumePoint point = load_checkpoint(where, config_, topo_, model_->layout(), *store_);
+  store_->master_changed();
   start_step_ = point.step;
   sample_base_ = point.samples_seen;
   spdlog::info("resumed from {} at step {} ({} samples seen)", point.path, point.step, point.samples_seen);
@@ -172,6 +174,7 @@ void Trainer::init_from(const std::string& where) {
     }
   }
   backend_.copy_from_host(store_->master().data, shard.data(), shard.size() * sizeof(float));
+  store_->master_changed();
   spdlog::info("initialised {} parameters from {}", layout.parameter_count(), path);
 }
 

@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "kernels/tensor.h"
+
 namespace mics {
 
 enum class GroupKind : uint8_t { partition = 0, replication = 1 };
@@ -49,15 +51,27 @@ class Communicator {
   virtual int rank() const = 0;  // index in the group
   virtual int size() const = 0;
 
-  // In place over `base` (fp32): member j owns `blocks` chunks of `count` elements at
+  // Buffers live where the communicator's ranks compute (host memory for MPI, device memory
+  // for NCCL and the staged communicator); counts and strides are in elements of `dtype`.
+  //
+  // In place over `base`: member j owns `blocks` chunks of `count` elements at
   // base + j*member_stride + b*block_stride (b < blocks); afterwards every member holds
   // every member's chunks. Flat gather: blocks = 1, member_stride = count.
-  virtual Request all_gather(float* base, size_t count, size_t blocks, size_t member_stride,
+  virtual Request all_gather(void* base, DType dtype, size_t count, size_t blocks, size_t member_stride,
                              size_t block_stride) = 0;
   // send[size()*count] summed over members; member j receives block j into recv[count].
-  virtual Request reduce_scatter(const float* send, float* recv, size_t count) = 0;
+  virtual Request reduce_scatter(const void* send, void* recv, DType dtype, size_t count) = 0;
   // data[count] summed over members, in place.
-  virtual Request all_reduce(float* data, size_t count) = 0;
+  virtual Request all_reduce(void* data, DType dtype, size_t count) = 0;
+
+  // fp32 conveniences.
+  Request all_gather(float* base, size_t count, size_t blocks, size_t member_stride, size_t block_stride) {
+    return all_gather(base, DType::f32, count, blocks, member_stride, block_stride);
+  }
+  Request reduce_scatter(const float* send, float* recv, size_t count) {
+    return reduce_scatter(send, recv, DType::f32, count);
+  }
+  Request all_reduce(float* data, size_t count) { return all_reduce(data, DType::f32, count); }
   // Blocks until `request` completes (null requests return at once); charged to wait_s.
   virtual void wait(Request& request) = 0;
   // True when `request` has completed (then it is released); never blocks.

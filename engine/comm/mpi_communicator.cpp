@@ -209,27 +209,33 @@ class MpiCommunicator final : public Communicator {
   int rank() const override { return rank_; }
   int size() const override { return size_; }
 
-  Request all_gather(float* base, size_t count, size_t blocks, size_t member_stride,
+  // Gathers copy: any 2- or 4-byte element moves as raw words.
+  Request all_gather(void* base, DType dtype, size_t count, size_t blocks, size_t member_stride,
                      size_t block_stride) override {
     auto req = std::make_unique<MpiRequest>();
     if (size_ == 1) return req;
+    const MPI_Datatype element = dtype_size(dtype) == 4 ? MPI_FLOAT : MPI_UINT16_T;
+    if (dtype_size(dtype) != 4 && dtype_size(dtype) != 2)
+      throw std::logic_error(std::string("MPI all-gather of ") + dtype_name(dtype));
     MPI_Datatype vec;
     check(MPI_Type_vector(static_cast<int>(blocks), static_cast<int>(count),
-                          static_cast<int>(block_stride), MPI_FLOAT, &vec), "MPI_Type_vector");
-    check(MPI_Type_create_resized(vec, 0, static_cast<MPI_Aint>(member_stride * sizeof(float)),
+                          static_cast<int>(block_stride), element, &vec), "MPI_Type_vector");
+    check(MPI_Type_create_resized(vec, 0, static_cast<MPI_Aint>(member_stride * dtype_size(dtype)),
                                   &req->owned_type), "MPI_Type_create_resized");
     MPI_Type_free(&vec);
     check(MPI_Type_commit(&req->owned_type), "MPI_Type_commit");
     check(MPI_Iallgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, base, 1, req->owned_type, comm_,
                          &req->handle), "MPI_Iallgather");
-    charge(CollectiveOp::all_gather, static_cast<double>(size_ - 1) * static_cast<double>(blocks * count * sizeof(float)));
+    charge(CollectiveOp::all_gather, static_cast<double>(size_ - 1) * static_cast<double>(blocks * count * dtype_size(dtype)));
     return req;
   }
 
-  Request reduce_scatter(const float* send, float* recv, size_t count) override {
+  // Sums run in fp32 only: MPI has no half-precision sum (the staged communicator converts).
+  Request reduce_scatter(const void* send, void* recv, DType dtype, size_t count) override {
+    expect_fp32("reduce-scatter", dtype);
     auto req = std::make_unique<MpiRequest>();
     if (size_ == 1) {
-      std::copy(send, send + count, recv);
+      std::copy_n(static_cast<const float*>(send), count, static_cast<float*>(recv));
       return req;
     }
     check(MPI_Ireduce_scatter_block(send, recv, static_cast<int>(count), MPI_FLOAT, MPI_SUM, comm_,
@@ -238,7 +244,8 @@ class MpiCommunicator final : public Communicator {
     return req;
   }
 
-  Request all_reduce(float* data, size_t count) override {
+  Request all_reduce(void* data, DType dtype, size_t count) override {
+    expect_fp32("all-reduce", dtype);
     auto req = std::make_unique<MpiRequest>();
     if (size_ == 1) return req;
     check(MPI_Iallreduce(MPI_IN_PLACE, data, static_cast<int>(count), MPI_FLOAT, MPI_SUM, comm_,
@@ -280,6 +287,9 @@ class MpiCommunicator final : public Communicator {
   }
 
  private:
+  static void expect_fp32(const char* what, DType dtype) {
+    if (dtype != DType::f32) throw std::logic_error(std::string("MPI ") + what + " of " + dtype_name(dtype) + ": fp32 only");
+  }
   void charge(CollectiveOp op, double bytes) {
     const int k = static_cast<int>(kind_), o = static_cast<int>(op);
     stats_.sent[k][o][static_cast<int>(send_tier_)] += bytes;

@@ -9,12 +9,12 @@ namespace {
 
 class SimBackend final : public Backend {
  public:
-  SimBackend(const ClusterSpec& cluster, Timeline& timeline, bool half)
-      : timeline_(timeline), element_(half ? 2.0 : 4.0), flops_per_s_(cluster.gemm_flops_per_s(half)),
-        bytes_per_s_(cluster.memory_bytes_per_s()) {}
+  SimBackend(const ClusterSpec& cluster, Timeline& timeline)
+      : timeline_(timeline), half_flops_per_s_(cluster.gemm_flops_per_s(true)),
+        fp32_flops_per_s_(cluster.gemm_flops_per_s(false)), bytes_per_s_(cluster.memory_bytes_per_s()) {}
 
   const char* name() const override { return "sim"; }
-  bool supports(DType dtype) const override { return dtype == DType::f32; }
+  bool supports(DType dtype) const override { return dtype != DType::f64; }
 
   // Distinct, aligned, never dereferenced addresses: views and slices work as usual.
   void* allocate(size_t bytes) override {
@@ -28,23 +28,23 @@ class SimBackend final : public Backend {
   void synchronize() override {}
 
   void fill_zero(Tensor x) override { stream(1, x); }
-  void cast(Tensor out, Tensor in) override { stream(2, in); }
+  void cast(Tensor out, Tensor in) override { charge_stream(static_cast<double>(in.bytes() + out.bytes())); }
   void add(Tensor out, Tensor a, Tensor b) override { stream(3, out); }
   void scale(Tensor x, double) override { stream(2, x); }
   // Reductions over fp32 gradient shards.
-  double sum(Tensor x) override { return fp32_pass(x), 0.0; }
-  double sum_squares(Tensor x) override { return fp32_pass(x), 0.0; }
-  int64_t count_nonfinite(Tensor x) override { return fp32_pass(x), 0; }
+  double sum(Tensor x) override { return stream(1, x), 0.0; }
+  double sum_squares(Tensor x) override { return stream(1, x), 0.0; }
+  int64_t count_nonfinite(Tensor x) override { return stream(1, x), 0; }
 
   void linear_forward(Tensor out, Tensor in, Tensor weight, Tensor bias) override {
     const int64_t m = in.shape[0], k = in.shape[1], n = weight.shape[0];
-    gemm(m, n, k);
+    gemm(in.dtype, m, n, k);
   }
   void linear_backward(Tensor d_in, Tensor d_weight, Tensor d_bias, Tensor d_out, Tensor in, Tensor weight,
                        Accumulate) override {
     const int64_t m = d_out.shape[0], n = d_out.shape[1], k = in.shape[1];
-    if (!d_in.empty()) gemm(m, k, n);
-    gemm(n, k, m);
+    if (!d_in.empty()) gemm(in.dtype, m, k, n);
+    gemm(in.dtype, n, k, m);
     if (!d_bias.empty()) stream(1, d_out);
   }
   void gelu_forward(Tensor out, Tensor in, GeluKind) override { stream(2, in); }
@@ -59,16 +59,16 @@ class SimBackend final : public Backend {
   // read back (the kernels as written, no fused attention).
   void attention_forward(Tensor out, Tensor probs, Tensor qkv, IntTensor, const AttentionDims& d,
                          DropoutSpec) override {
-    const double bh = static_cast<double>(d.batch * d.heads);
-    charge_gemm(2.0 * 2.0 * bh * d.seq * d.seq * d.head_dim,
-                element_ * bh * (4.0 * d.seq * d.head_dim + 2.0 * d.seq * d.seq));
+    const double bh = static_cast<double>(d.batch * d.heads), e = static_cast<double>(dtype_size(qkv.dtype));
+    charge_gemm(qkv.dtype, 2.0 * 2.0 * bh * d.seq * d.seq * d.head_dim,
+                e * bh * (4.0 * d.seq * d.head_dim + 2.0 * d.seq * d.seq));
     stream(4, probs);
   }
   void attention_backward(Tensor d_qkv, Tensor scratch, Tensor, Tensor, Tensor probs, const AttentionDims& d,
                           DropoutSpec) override {
-    const double bh = static_cast<double>(d.batch * d.heads);
-    charge_gemm(4.0 * 2.0 * bh * d.seq * d.seq * d.head_dim,
-                element_ * bh * (8.0 * d.seq * d.head_dim + 4.0 * d.seq * d.seq));
+    const double bh = static_cast<double>(d.batch * d.heads), e = static_cast<double>(dtype_size(probs.dtype));
+    charge_gemm(probs.dtype, 4.0 * 2.0 * bh * d.seq * d.seq * d.head_dim,
+                e * bh * (8.0 * d.seq * d.head_dim + 4.0 * d.seq * d.seq));
     stream(4, probs);
   }
 
@@ -86,42 +86,43 @@ class SimBackend final : public Backend {
   void dropout_forward(Tensor out, Tensor in, DropoutSpec) override { stream(2, in); }
   void dropout_backward(Tensor d_in, Tensor d_out, DropoutSpec) override { stream(2, d_out); }
 
-  // fp32 shards: read param, grad, m, v; write param, m, v; and the half copy when mixed.
+  // fp32 shards: read param, grad, m, v; write param, m, v.
   void adamw(Tensor param, Tensor, Tensor, Tensor, const AdamWSpec&) override {
-    const double seconds = static_cast<double>(param.numel()) * (7.0 * 4.0 + (element_ < 4 ? element_ : 0)) / bytes_per_s_;
+    const double seconds = static_cast<double>(param.numel()) * 7.0 * 4.0 / bytes_per_s_;
     timeline_.compute_s += seconds;
     timeline_.optimizer_s += seconds;
   }
 
  private:
-  // An element-wise op touching `passes` tensors the size of `x` in the compute dtype.
-  void stream(double passes, const Tensor& x) { charge_stream(passes * static_cast<double>(x.numel()) * element_); }
-  void fp32_pass(const Tensor& x) { charge_stream(4.0 * static_cast<double>(x.numel())); }
+  // An element-wise op touching `passes` tensors the size and dtype of `x`.
+  void stream(double passes, const Tensor& x) { charge_stream(passes * static_cast<double>(x.bytes())); }
   void charge_stream(double bytes) {
     const double seconds = bytes / bytes_per_s_;
     timeline_.compute_s += seconds;
     timeline_.elementwise_s += seconds;
   }
   // out[m,n] = a[m,k] b[k,n]: roofline of its FLOPs and its operand bytes.
-  void gemm(int64_t m, int64_t n, int64_t k) {
+  void gemm(DType dtype, int64_t m, int64_t n, int64_t k) {
     const double M = static_cast<double>(m), N = static_cast<double>(n), K = static_cast<double>(k);
-    charge_gemm(2.0 * M * N * K, element_ * (M * K + K * N + M * N));
+    charge_gemm(dtype, 2.0 * M * N * K, static_cast<double>(dtype_size(dtype)) * (M * K + K * N + M * N));
   }
-  void charge_gemm(double flops, double bytes) {
-    const double seconds = std::max(flops / flops_per_s_, bytes / bytes_per_s_);
+  // Half-precision GEMMs run on the tensor cores' peak, fp32 on the fp32 peak.
+  void charge_gemm(DType dtype, double flops, double bytes) {
+    const double peak = dtype == DType::f32 ? fp32_flops_per_s_ : half_flops_per_s_;
+    const double seconds = std::max(flops / peak, bytes / bytes_per_s_);
     timeline_.compute_s += seconds;
     timeline_.gemm_s += seconds;
   }
 
   Timeline& timeline_;
-  double element_, flops_per_s_, bytes_per_s_;
+  double half_flops_per_s_, fp32_flops_per_s_, bytes_per_s_;
   uintptr_t next_address_ = uintptr_t{1} << 40;
 };
 
 }  // namespace
 
-std::unique_ptr<Backend> make_sim_backend(const ClusterSpec& cluster, Timeline& timeline, bool half) {
-  return std::make_unique<SimBackend>(cluster, timeline, half);
+std::unique_ptr<Backend> make_sim_backend(const ClusterSpec& cluster, Timeline& timeline) {
+  return std::make_unique<SimBackend>(cluster, timeline);
 }
 
 }  // namespace mics::sim

@@ -3,7 +3,8 @@
 // behind them, and every op advances the compute stream by its cost on one GPU of the
 // cluster: GEMMs by FLOPs over the peak times our measured GEMM efficiency (or by their
 // bytes, when that is slower), everything else by bytes over the memory bandwidth times our
-// measured copy efficiency. Nothing is computed: sums return 0.
+// measured copy efficiency, each tensor at its dtype's size. Nothing is computed: sums
+// return 0.
 #include <memory>
 
 #include "engine/sim/cluster_spec.h"
@@ -12,8 +13,7 @@
 
 namespace mics::sim {
 
-// `half`: price the model as a bf16/fp16 run (2-byte activations and GEMMs at the
-// half-precision peak); otherwise fp32.
-std::unique_ptr<Backend> make_sim_backend(const ClusterSpec& cluster, Timeline& timeline, bool half);
+// bf16/fp16 GEMMs run at the half-precision peak, fp32 GEMMs at the fp32 peak.
+std::unique_ptr<Backend> make_sim_backend(const ClusterSpec& cluster, Timeline& timeline);
 
 }  // namespace mics::sim

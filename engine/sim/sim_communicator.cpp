@@ -18,9 +18,8 @@ struct SimRequest final : CommRequest {
 class SimCommunicator final : public Communicator {
  public:
   SimCommunicator(const Topology& topo, const std::vector<int>& members, RingShape shape, GroupKind kind,
-                  const ClusterSpec& cluster, Timeline& timeline, CommStats& stats, double bytes_per_element)
-      : shape_(shape), kind_(kind), cluster_(cluster), timeline_(timeline), stats_(stats),
-        bytes_per_element_(bytes_per_element) {
+                  const ClusterSpec& cluster, Timeline& timeline, CommStats& stats)
+      : shape_(shape), kind_(kind), cluster_(cluster), timeline_(timeline), stats_(stats) {
     const auto me = std::find(members.begin(), members.end(), topo.rank);
     if (me == members.end()) throw std::logic_error("simulated communicator built by a non-member");
     rank_ = static_cast<int>(me - members.begin());
@@ -34,16 +33,16 @@ class SimCommunicator final : public Communicator {
   int rank() const override { return rank_; }
   int size() const override { return size_; }
 
-  Request all_gather(float*, size_t count, size_t blocks, size_t, size_t) override {
-    const double chunk = static_cast<double>(blocks * count) * bytes_per_element_;
+  Request all_gather(void*, DType dtype, size_t count, size_t blocks, size_t, size_t) override {
+    const double chunk = static_cast<double>(blocks * count * dtype_size(dtype));
     return start(CollectiveOp::all_gather, chunk * size_, (size_ - 1) * chunk);
   }
-  Request reduce_scatter(const float*, float*, size_t count) override {
-    const double chunk = static_cast<double>(count) * bytes_per_element_;
+  Request reduce_scatter(const void*, void*, DType dtype, size_t count) override {
+    const double chunk = static_cast<double>(count * dtype_size(dtype));
     return start(CollectiveOp::reduce_scatter, chunk * size_, (size_ - 1) * chunk);
   }
-  Request all_reduce(float*, size_t count) override {
-    const double full = static_cast<double>(count) * bytes_per_element_;
+  Request all_reduce(void*, DType dtype, size_t count) override {
+    const double full = static_cast<double>(count * dtype_size(dtype));
     return start(CollectiveOp::all_reduce, full, 2.0 * (size_ - 1) * full / size_);
   }
 
@@ -91,7 +90,6 @@ class SimCommunicator final : public Communicator {
   const ClusterSpec& cluster_;
   Timeline& timeline_;
   CommStats& stats_;
-  double bytes_per_element_;
   int rank_ = 0, size_ = 1;
   LinkTier send_tier_ = LinkTier::intra_node, recv_tier_ = LinkTier::intra_node;
 };
@@ -158,10 +156,8 @@ CollectiveTime collective_time(const ClusterSpec& c, const RingShape& s, Collect
 
 std::unique_ptr<Communicator> make_sim_communicator(const Topology& topo, const std::vector<int>& members,
                                                     RingShape shape, GroupKind kind, const ClusterSpec& cluster,
-                                                    Timeline& timeline, CommStats& stats,
-                                                    double bytes_per_element) {
-  return std::make_unique<SimCommunicator>(topo, members, shape, kind, cluster, timeline, stats,
-                                           bytes_per_element);
+                                                    Timeline& timeline, CommStats& stats) {
+  return std::make_unique<SimCommunicator>(topo, members, shape, kind, cluster, timeline, stats);
 }
 
 }  // namespace mics::sim

@@ -36,10 +36,9 @@ struct CollectiveTime {
 CollectiveTime collective_time(const ClusterSpec& cluster, const RingShape& shape, CollectiveOp op,
                                double bytes);
 
-// `bytes_per_element`: the wire dtype's size (4 in fp32 runs, 2 in bf16/fp16 runs).
 std::unique_ptr<Communicator> make_sim_communicator(const Topology& topo, const std::vector<int>& members,
                                                     RingShape shape, GroupKind kind,
                                                     const ClusterSpec& cluster, Timeline& timeline,
-                                                    CommStats& stats, double bytes_per_element);
+                                                    CommStats& stats);
 
 }  // namespace mics::sim

@@ -25,8 +25,7 @@ constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
 
 // This rank's communicators on the simulated cluster, each with the ring shape of its
 // whole family of groups.
-std::unique_ptr<ProcessGroups> build_sim_groups(const Topology& topo, const ClusterSpec& cluster, Timeline& timeline,
-                                                double bytes_per_element) {
+std::unique_ptr<ProcessGroups> build_sim_groups(const Topology& topo, const ClusterSpec& cluster, Timeline& timeline) {
   auto g = std::make_unique<ProcessGroups>();
   auto make = [&](auto members_of, GroupKind kind) {
     const auto family = [&](int r) {
@@ -35,7 +34,7 @@ std::unique_ptr<ProcessGroups> build_sim_groups(const Topology& topo, const Clus
       return members_of(t);
     };
     return make_sim_communicator(topo, members_of(topo), ring_shape(topo, family), kind, cluster, timeline,
-                                 g->stats, bytes_per_element);
+                                 g->stats);
   };
   g->partition = make([](const Topology& t) { return t.partition_members(); }, GroupKind::partition);
   g->replication = make([](const Topology& t) { return t.replication_members(); }, GroupKind::replication);
@@ -45,8 +44,7 @@ std::unique_ptr<ProcessGroups> build_sim_groups(const Topology& topo, const Clus
   }
   std::vector<int> everyone(static_cast<size_t>(topo.world));
   for (int r = 0; r < topo.world; ++r) everyone[static_cast<size_t>(r)] = r;
-  g->world = make_sim_communicator(topo, everyone, RingShape{}, GroupKind::replication, cluster, timeline, g->stats,
-                                   bytes_per_element);
+  g->world = make_sim_communicator(topo, everyone, RingShape{}, GroupKind::replication, cluster, timeline, g->stats);
   return g;
 }
 
@@ -79,11 +77,11 @@ SimulatedStep simulate_step(const Config& config, const ClusterSpec& cluster, in
   out.partition_size = p;
   out.hierarchical = topo.hierarchical;
   Timeline timeline;
-  auto backend = make_sim_backend(cluster, timeline, half);
+  auto backend = make_sim_backend(cluster, timeline);
   {
     QuietLog quiet;
     Trainer trainer(c, *backend, topo,
-                    TrainerRuntime{build_sim_groups(topo, cluster, timeline, half ? 2.0 : 4.0), false});
+                    TrainerRuntime{build_sim_groups(topo, cluster, timeline), false});
     // The first step records the acquire order that later steps prefetch by.
     trainer.train_step(0);
     const Timeline before = timeline;
@@ -224,7 +222,8 @@ void write_results(const std::string& path, const Config& config, const ClusterS
     std::string csv;
     for (const auto& [key, value] : fields) {
       row[key] = value;
-      csv += (csv.empty() ? "" : ",") + (value.is_string() ? value.get<std::string>() : value.dump());
+      if (!csv.empty()) csv += ',';
+      csv += value.is_string() ? value.get<std::string>() : value.dump();
     }
     if (csv_out) f << csv << '\n';
     all.push_back(row);
