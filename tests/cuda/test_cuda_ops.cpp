@@ -1,0 +1,1009 @@
+// Op-level numerics of the CUDA backend, in fp32, bf16 and fp16, against the CPU backend
+// run in float64 on the same inputs (the CPU backend's fp64 path is itself checked against
+// float64 references and finite differences in tests/numerics/test_ops.cpp).
+//
+// Method: inputs are drawn in double, rounded to the dtype under test, and those exact
+// values go to both backends (the CUDA backend in the dtype, the CPU backend in fp64), so
+// any difference is the CUDA op's own error. Every comparison is
+// |x - ref| <= atol + rtol |ref| with rtol and the unit roundoff from ONE table per dtype
+// (kTol below) and atol built from the op's error growth, as in tests/numerics/tolerance.h.
+// Outputs are pre-filled with NaN, so an entry an op forgets to write fails.
+// Where the CUDA backend promises bits (dropout masks, AdamW, fp32 embedding backward and
+// scatter_add, casts), it is compared with the CPU backend's fp32 results bit for bit.
+//
+// Every test skips when no CUDA device is visible (CI has none). MICS_TOL_REPORT=1 prints
+// each comparison's worst error as a fraction of its tolerance.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <numbers>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "kernels/cuda/cuda_backend.h"
+#include "kernels/ops.h"
+
+namespace mics {
+namespace {
+
+using Vec = std::vector<double>;
+using Ints = std::vector<int32_t>;
+
+#define MICS_REQUIRE_CUDA() \
+  if (::mics::cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device"
+
+Backend& gpu() {
+  static const std::unique_ptr<Backend> backend = make_cuda_backend(0);
+  return *backend;
+}
+Backend& cpu() {
+  static const std::unique_ptr<Backend> backend = make_cpu_backend();
+  return *backend;
+}
+
+// ---------------------------------------------------------------- the tolerance table
+//
+// u: unit roundoff of the dtype (2^-p, p the significand bits: 24, 8, 11).
+// rtol: what one output rounding needs (u) with a margin: fp32 keeps the CPU tests' 1e-5
+// (~170 u, covering the few fp32 roundings of an op); bf16 and fp16 get 2u (8e-3 and 1e-3):
+// their kernels accumulate in fp32, so the final rounding to the dtype dominates.
+// atol (per test): growth * u32 * scale for the fp32 arithmetic inside every kernel
+// (accumulation is fp32 in all dtypes), plus roundings * u * scale for intermediates the
+// op stores in the dtype (attention's scores and probabilities; none elsewhere).
+struct DtypeTol {
+  double u;
+  double rtol;
+};
+DtypeTol kTol(DType t) {
+  switch (t) {
+    case DType::f32: return {0x1p-24, 1e-5};
+    case DType::bf16: return {0x1p-8, 8e-3};
+    case DType::f16: return {0x1p-11, 1e-3};
+    default: throw std::logic_error("no tolerance for this dtype");
+  }
+}
+constexpr double kU32 = 0x1p-24;
+
+struct Tol {
+  double rtol;
+  double atol;
+};
+Tol tol(DType t, double growth, double scale, double roundings = 0) {
+  return {kTol(t).rtol, (growth * kU32 + roundings * kTol(t).u) * scale};
+}
+
+// ---------------------------------------------------------------- host dtype conversion
+
+uint16_t bf16_bits(float f) {  // round to nearest even
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;  // NaN
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+float from_bf16(uint16_t h) {
+  const uint32_t u = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+uint16_t f16_bits(float f) {
+  const _Float16 h = static_cast<_Float16>(f);  // GCC: round to nearest even
+  uint16_t b;
+  std::memcpy(&b, &h, 2);
+  return b;
+}
+float from_f16(uint16_t b) {
+  _Float16 h;
+  std::memcpy(&h, &b, 2);
+  return static_cast<float>(h);
+}
+
+double round_to(DType t, double x) {
+  const float f = static_cast<float>(x);
+  switch (t) {
+    case DType::f32: return f;
+    case DType::bf16: return from_bf16(bf16_bits(f));
+    case DType::f16: return from_f16(f16_bits(f));
+    default: return x;
+  }
+}
+Vec rounded(DType t, Vec v) {
+  for (double& x : v) x = round_to(t, x);
+  return v;
+}
+
+std::vector<char> encode(DType t, const Vec& v) {
+  std::vector<char> bytes(v.size() * dtype_size(t));
+  for (size_t i = 0; i < v.size(); ++i) {
+    const float f = static_cast<float>(v[i]);
+    if (t == DType::f32) {
+      std::memcpy(&bytes[i * 4], &f, 4);
+    } else {
+      const uint16_t b = t == DType::bf16 ? bf16_bits(f) : f16_bits(f);
+      std::memcpy(&bytes[i * 2], &b, 2);
+    }
+  }
+  return bytes;
+}
+Vec decode(DType t, const std::vector<char>& bytes) {
+  const size_t n = bytes.size() / dtype_size(t);
+  Vec v(n);
+  for (size_t i = 0; i < n; ++i) {
+    if (t == DType::f32) {
+      float f;
+      std::memcpy(&f, &bytes[i * 4], 4);
+      v[i] = f;
+    } else {
+      uint16_t b;
+      std::memcpy(&b, &bytes[i * 2], 2);
+      v[i] = t == DType::bf16 ? from_bf16(b) : from_f16(b);
+    }
+  }
+  return v;
+}
+
+// ---------------------------------------------------------------- device and host buffers
+
+// One device tensor in the dtype under test.
+struct Dev {
+  DType dtype;
+  Shape shape;
+  DeviceBuffer buf;
+  // NaN everywhere (all-ones bytes are a NaN in fp32, bf16 and fp16).
+  Dev(DType t, Shape s) : dtype(t), shape(s), buf(gpu(), bytes_of(t, s)) {
+    std::vector<char> ones(buf.bytes(), static_cast<char>(0xff));
+    gpu().copy_from_host(buf.data(), ones.data(), ones.size());
+  }
+  Dev(DType t, Shape s, const Vec& values) : dtype(t), shape(s), buf(gpu(), bytes_of(t, s)) {
+    EXPECT_EQ(static_cast<int64_t>(values.size()), s.numel()) << "test bug: buffer size";
+    const std::vector<char> bytes = encode(t, values);
+    gpu().copy_from_host(buf.data(), bytes.data(), bytes.size());
+  }
+  Tensor t() const { return buf.view(dtype, shape); }
+  Vec get() const {
+    std::vector<char> bytes(static_cast<size_t>(shape.numel()) * dtype_size(dtype));
+    gpu().copy_to_host(bytes.data(), buf.data(), bytes.size());
+    return decode(dtype, bytes);
+  }
+  static size_t bytes_of(DType t, Shape s) {
+    return std::max<size_t>(16, static_cast<size_t>(s.numel()) * dtype_size(t));
+  }
+};
+
+struct DevInts {
+  DeviceBuffer buf;
+  int64_t n;
+  explicit DevInts(const Ints& v)
+      : buf(gpu(), std::max<size_t>(4, v.size() * 4)), n(static_cast<int64_t>(v.size())) {
+    gpu().copy_from_host(buf.data(), v.data(), v.size() * 4);
+  }
+  IntTensor t() const { return IntTensor{static_cast<int32_t*>(buf.data()), Shape{n}}; }
+};
+
+// Host fp64 (reference) or fp32 (bit comparisons) storage for the CPU backend.
+template <class T>
+struct Host {
+  std::vector<T> data;
+  Shape shape;
+  Host(const Vec& v, Shape s) : data(v.begin(), v.end()), shape(s) {}
+  explicit Host(Shape s)
+      : data(static_cast<size_t>(s.numel()), std::numeric_limits<T>::quiet_NaN()), shape(s) {}
+  Tensor t() { return Tensor(data.data(), shape); }
+  Vec vec() const { return Vec(data.begin(), data.end()); }
+};
+using H64 = Host<double>;
+using H32 = Host<float>;
+
+IntTensor host_ints(Ints& v) { return IntTensor{v.data(), Shape{static_cast<int64_t>(v.size())}}; }
+
+// ---------------------------------------------------------------- helpers
+
+Vec random_vec(std::mt19937_64& rng, size_t n, double lo = -1.0, double hi = 1.0) {
+  std::uniform_real_distribution<double> dist(lo, hi);
+  Vec v(n);
+  for (double& x : v) x = dist(rng);
+  return v;
+}
+Ints random_ints(std::mt19937_64& rng, size_t n, int32_t lo, int32_t hi) {
+  std::uniform_int_distribution<int32_t> dist(lo, hi - 1);
+  Ints v(n);
+  for (int32_t& x : v) x = dist(rng);
+  return v;
+}
+double max_abs(const Vec& v) {
+  double m = 0;
+  for (double x : v) m = std::max(m, std::abs(x));
+  return m;
+}
+int64_t ssize(const Vec& v) { return static_cast<int64_t>(v.size()); }
+
+void expect_close(const Vec& actual, const Vec& expected, Tol t, const std::string& what) {
+  ASSERT_EQ(actual.size(), expected.size()) << what;
+  size_t bad = 0, worst = 0;
+  double worst_ratio = -1;
+  for (size_t i = 0; i < actual.size(); ++i) {
+    const double err = std::abs(actual[i] - expected[i]);
+    const double allowed = t.atol + t.rtol * std::abs(expected[i]);
+    const double ratio = std::isnan(err) ? std::numeric_limits<double>::infinity()
+                                         : (allowed > 0 ? err / allowed : (err > 0 ? 1e300 : 0));
+    if (!(err <= allowed)) ++bad;
+    if (ratio > worst_ratio) worst_ratio = ratio, worst = i;
+  }
+  EXPECT_EQ(bad, 0u) << what << ": " << bad << " of " << actual.size()
+                     << " entries outside |x - ref| <= " << t.atol << " + " << t.rtol
+                     << " |ref|; worst at index " << worst << ": got " << actual[worst]
+                     << ", expected " << expected[worst] << " (" << worst_ratio
+                     << "x the tolerance)";
+  if (std::getenv("MICS_TOL_REPORT") != nullptr)
+    std::printf("  [tol] %-55s worst %.3g of tolerance\n", what.c_str(), worst_ratio);
+}
+
+// Bit-for-bit (NaN never equals): names the first mismatch.
+void expect_identical(const Vec& actual, const Vec& expected, const std::string& what) {
+  ASSERT_EQ(actual.size(), expected.size()) << what;
+  size_t bad = 0, first = 0;
+  for (size_t i = 0; i < actual.size(); ++i)
+    if (!(actual[i] == expected[i]) && !(actual[i] == 0 && expected[i] == 0)) {
+      if (bad++ == 0) first = i;
+    }
+  EXPECT_EQ(bad, 0u) << what << ": " << bad << " of " << actual.size()
+                     << " entries differ; first at " << first << ": got " << actual[first]
+                     << ", expected " << expected[first];
+}
+
+const char* dname(DType t) { return dtype_name(t); }
+
+class CudaOps : public ::testing::TestWithParam<DType> {};
+std::string dtype_param_name(const ::testing::TestParamInfo<DType>& info) {
+  return dtype_name(info.param);
+}
+#define MICS_DTYPE_SUITE(Suite)                                                       \
+  INSTANTIATE_TEST_SUITE_P(Cuda, Suite,                                               \
+                           ::testing::Values(DType::f32, DType::bf16, DType::f16), \
+                           dtype_param_name)
+
+// ---------------------------------------------------------------- device
+
+TEST(CudaDevice, BackendBasics) {
+  MICS_REQUIRE_CUDA();
+  std::printf("  device 0: %s, %d device(s)\n", cuda_device_name(0).c_str(), cuda_device_count());
+  EXPECT_STREQ(gpu().name(), "cuda");
+  EXPECT_TRUE(gpu().supports(DType::f32));
+  EXPECT_TRUE(gpu().supports(DType::bf16));
+  EXPECT_TRUE(gpu().supports(DType::f16));
+  EXPECT_FALSE(gpu().supports(DType::f64));
+  EXPECT_NE(cuda_stream(gpu()), nullptr);
+  EXPECT_EQ(cuda_stream(cpu()), nullptr);
+  // Round trip through device memory.
+  std::vector<int32_t> in(1000), out(1000, -1);
+  for (int i = 0; i < 1000; ++i) in[static_cast<size_t>(i)] = i * 7 - 3;
+  DeviceBuffer buf(gpu(), 4000);
+  gpu().copy_from_host(buf.data(), in.data(), 4000);
+  gpu().copy_to_host(out.data(), buf.data(), 4000);
+  EXPECT_EQ(in, out);
+  gpu().synchronize();
+}
+
+// ---------------------------------------------------------------- linear
+
+class CudaLinear : public CudaOps {};
+MICS_DTYPE_SUITE(CudaLinear);
+
+void check_linear_forward(DType t, int64_t m, int64_t k, int64_t n, bool with_bias, uint64_t seed,
+                          int64_t misalign = 0) {
+  SCOPED_TRACE(testing::Message() << dname(t) << " M=" << m << " K=" << k << " N=" << n
+                                  << " bias=" << with_bias << " misalign=" << misalign);
+  std::mt19937_64 rng(seed);
+  const Vec in = rounded(t, random_vec(rng, m * k)), w = rounded(t, random_vec(rng, n * k));
+  const Vec b = with_bias ? rounded(t, random_vec(rng, n)) : Vec{};
+  H64 r_out(Shape{m, n}), r_in(in, {m, k}), r_w(w, {n, k}), r_b(b, {with_bias ? n : 0});
+  cpu().linear_forward(r_out.t(), r_in.t(), r_w.t(), with_bias ? r_b.t() : Tensor{});
+
+  // misalign: views starting `misalign` elements into their buffers (unaligned pointers).
+  Vec pad_in(static_cast<size_t>(misalign), 0.0), pad_w = pad_in, pad_b = pad_in;
+  pad_in.insert(pad_in.end(), in.begin(), in.end());
+  pad_w.insert(pad_w.end(), w.begin(), w.end());
+  pad_b.insert(pad_b.end(), b.begin(), b.end());
+  Dev d_out(t, Shape{m * n + misalign}), d_in(t, {ssize(pad_in)}, pad_in), d_w(t, {ssize(pad_w)}, pad_w),
+      d_b(t, {std::max<int64_t>(ssize(pad_b), 1)}, pad_b.empty() ? Vec{0.0} : pad_b);
+  Tensor out = d_out.t().slice(misalign, {m, n});
+  gpu().linear_forward(out, d_in.t().slice(misalign, {m, k}), d_w.t().slice(misalign, {n, k}),
+                       with_bias ? d_b.t().slice(misalign, {n}) : Tensor{});
+  const Vec got = d_out.get();
+  // K products of size <= 1 into sums of size ~sqrt(K), in fp32 (as tests/numerics).
+  const double sk = std::sqrt(static_cast<double>(k));
+  expect_close(Vec(got.begin() + misalign, got.end()), r_out.vec(), tol(t, 4 * sk, sk + 1), "out");
+}
+
+TEST_P(CudaLinear, ForwardMatchesReference) {
+  MICS_REQUIRE_CUDA();
+  for (bool bias : {false, true}) {
+    check_linear_forward(GetParam(), 37, 53, 67, bias, 11);
+    check_linear_forward(GetParam(), 7, 13, 5, bias, 12);
+    check_linear_forward(GetParam(), 64, 128, 96, bias, 13);
+    check_linear_forward(GetParam(), 1, 131, 3, bias, 14);
+  }
+}
+
+TEST_P(CudaLinear, ForwardUnalignedViews) {
+  MICS_REQUIRE_CUDA();
+  for (bool bias : {false, true}) {
+    check_linear_forward(GetParam(), 64, 128, 96, bias, 15, 1);
+    check_linear_forward(GetParam(), 37, 53, 67, bias, 16, 3);
+  }
+}
+
+TEST_P(CudaLinear, BackwardMatchesReferenceAndAccumulates) {
+  MICS_REQUIRE_CUDA();
+  const DType t = GetParam();
+  enum class DIn { overwrite, accumulate, skipped };
+  for (auto [m, k, n] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{{37, 53, 67}, {64, 128, 96}, {5, 7, 3}})
+    for (bool with_bias : {false, true})
+      for (DIn mode : {DIn::overwrite, DIn::accumulate, DIn::skipped}) {
+        SCOPED_TRACE(testing::Message() << dname(t) << " M=" << m << " K=" << k << " N=" << n
+                                        << " bias=" << with_bias << " d_in mode=" << int(mode));
+        std::mt19937_64 rng(21);
+        const Vec in = rounded(t, random_vec(rng, m * k)), w = rounded(t, random_vec(rng, n * k));
+        const Vec g = rounded(t, random_vec(rng, m * n));
+        const Vec d_in0 = rounded(t, random_vec(rng, m * k)), d_w0 = rounded(t, random_vec(rng, n * k)),
+                  d_b0 = rounded(t, random_vec(rng, n));
+        const Accumulate acc = mode == DIn::accumulate ? Accumulate::yes : Accumulate::no;
+        H64 r_din(d_in0, {m, k}), r_dw(d_w0, {n, k}), r_db(d_b0, {n}), r_g(g, {m, n}),
+            r_in(in, {m, k}), r_w(w, {n, k});
+        cpu().linear_backward(mode == DIn::skipped ? Tensor{} : r_din.t(), r_dw.t(),
+                              with_bias ? r_db.t() : Tensor{}, r_g.t(), r_in.t(), r_w.t(), acc);
+        Dev din(t, {m, k}, d_in0), dw(t, {n, k}, d_w0), db(t, {n}, d_b0), dg(t, {m, n}, g),
+            din_(t, {m, k}, in), dwt(t, {n, k}, w);
+        gpu().linear_backward(mode == DIn::skipped ? Tensor{} : din.t(), dw.t(),
+                              with_bias ? db.t() : Tensor{}, dg.t(), din_.t(), dwt.t(), acc);
+        // d_in: N-term dots; d_weight, d_bias: M-term sums; each onto a prefill of size 1.
+        const double sn = std::sqrt(double(n)), sm = std::sqrt(double(m));
+        if (mode == DIn::skipped)
+          expect_identical(din.get(), d_in0, "d_in untouched");
+        else
+          expect_close(din.get(), r_din.vec(), tol(t, 4 * sn, sn + 1), "d_in");
+        expect_close(dw.get(), r_dw.vec(), tol(t, 4 * sm, sm + 1), "d_weight (+=)");
+        if (with_bias)
+          expect_close(db.get(), r_db.vec(), tol(t, 4 * sm, sm + 1), "d_bias (+=)");
+        else
+          expect_identical(db.get(), d_b0, "d_bias untouched");
+      }
+}
+
+// ---------------------------------------------------------------- gelu
+
+class CudaGelu : public CudaOps {};
+MICS_DTYPE_SUITE(CudaGelu);
+
+TEST_P(CudaGelu, ForwardAndBackwardMatchReference) {
+  MICS_REQUIRE_CUDA();
+  const DType t = GetParam();
+  for (GeluKind kind : {GeluKind::erf, GeluKind::tanh}) {
+    SCOPED_TRACE(kind == GeluKind::erf ? "erf" : "tanh");
+    std::mt19937_64 rng(31);
+    Vec in = random_vec(rng, 37 * 53, -6, 6);
+    for (double x : {0.0, 1e-4, -1e-4, 10.0, -10.0, 12.0, -12.0}) in.push_back(x);
+    in = rounded(t, in);
+    const Shape s{ssize(in)};
+    H64 r_out(s), r_in(in, s);
+    cpu().gelu_forward(r_out.t(), r_in.t(), kind);
+    Dev d_out(t, s), d_in(t, s, in);
+    gpu().gelu_forward(d_out.t(), d_in.t(), kind);
+    // As tests/numerics: a few fp32 roundings, absolute a few u |x| for x < 0.
+    expect_close(d_out.get(), r_out.vec(), tol(t, 4, max_abs(in)), "gelu forward");
+
+    const Vec w = rounded(t, random_vec(rng, in.size()));
+    H64 r_din(s), r_w(w, s);
+    cpu().gelu_backward(r_din.t(), r_w.t(), r_in.t(), kind);
+    Dev g_in(t, s), g_out(t, s, w);
+    gpu().gelu_backward(g_in.t(), g_out.t(), d_in.t(), kind);
+    // 1 - s is absolute-accurate to u, amplified by 2|x| u'(x) (~56 at |x| = 6, ~210 at 12).
+    const double xm = max_abs(in);
+    const double amp = 1 + 2 * xm * std::sqrt(2 / std::numbers::pi) * (1 + 3 * 0.044715 * xm * xm);
+    expect_close(g_in.get(), r_din.vec(), tol(t, 4, amp), "gelu backward");
+    // d_in aliasing d_out gives the same values.
+    gpu().gelu_backward(g_out.t(), g_out.t(), d_in.t(), kind);
+    expect_identical(g_out.get(), g_in.get(), "gelu backward in place");
+  }
+}
+
+// ---------------------------------------------------------------- layernorm
+
+class CudaLayerNorm : public ::testing::TestWithParam<std::tuple<DType, DType>> {};
+INSTANTIATE_TEST_SUITE_P(
+    Cuda, CudaLayerNorm,
+    ::testing::Values(std::tuple{DType::f32, DType::f32}, std::tuple{DType::bf16, DType::bf16},
+                      std::tuple{DType::f16, DType::f16}, std::tuple{DType::bf16, DType::f32},
+                      std::tuple{DType::f16, DType::f32}),
+    [](const auto& info) {
+      return std::string(dtype_name(std::get<0>(info.param))) + "_stats_" +
+             dtype_name(std::get<1>(info.param));
+    });
+
+constexpr float kLnEps = 1e-5f;
+
+TEST_P(CudaLayerNorm, ForwardMatchesReference) {
+  MICS_REQUIRE_CUDA();
+  const auto [t, st] = GetParam();
+  for (auto [m, c] : std::vector<std::pair<int64_t, int64_t>>{{37, 53}, {67, 131}, {3, 4099}, {5, 1}}) {
+    SCOPED_TRACE(testing::Message() << dname(t) << " stats " << dname(st) << " M=" << m << " C=" << c);
+    std::mt19937_64 rng(41);
+    const Vec in = rounded(t, random_vec(rng, m * c, 1.0, 3.0));  // mean ~2
+    const Vec gamma = rounded(t, random_vec(rng, c, 0.5, 1.5)), beta = rounded(t, random_vec(rng, c));
+    H64 r_out(Shape{m, c}), r_mean(Shape{m}), r_rstd(Shape{m}), r_in(in, {m, c}), r_g(gamma, {c}),
+        r_b(beta, {c});
+    cpu().layernorm_forward(r_out.t(), r_mean.t(), r_rstd.t(), r_in.t(), r_g.t(), r_b.t(), kLnEps);
+    Dev d_out(t, Shape{m, c}), d_mean(st, Shape{m}), d_rstd(st, Shape{m}), d_in(t, {m, c}, in),
+        d_g(t, {c}, gamma), d_b(t, {c}, beta);
+    gpu().layernorm_forward(d_out.t(), d_mean.t(), d_rstd.t(), d_in.t(), d_g.t(), d_b.t(), kLnEps);
+    // fp32 statistics: C-term sums (sqrt(C) growth) of values ~2; out = xhat gamma + beta.
+    // (C = 1: var = 0, rstd = 1/sqrt(eps) ~ 316: relative accuracy still holds.)
+    const double sc = std::sqrt(double(c));
+    const double rs = max_abs(r_rstd.vec());
+    expect_close(d_out.get(), r_out.vec(), tol(t, 4 * sc, 2 * 1.5 + 1), "out");
+    expect_close(d_mean.get(), r_mean.vec(), tol(st, 4 * sc, 2), "mean");
+    expect_close(d_rstd.get(), r_rstd.vec(), tol(st, 4 * sc, rs), "rstd");
+  }
+}
+
+TEST_P(CudaLayerNorm, BackwardMatchesReferenceAndAccumulates) {
+  MICS_REQUIRE_CUDA();
+  const auto [t, st] = GetParam();
+  for (auto [m, c] : std::vector<std::pair<int64_t, int64_t>>{{37, 53}, {3, 4099}, {67, 131}})
+    for (Accumulate acc : {Accumulate::no, Accumulate::yes}) {
+      SCOPED_TRACE(testing::Message() << dname(t) << " stats " << dname(st) << " M=" << m
+                                      << " C=" << c << (acc == Accumulate::yes ? " d_in +=" : " d_in ="));
+      std::mt19937_64 rng(43);
+      const Vec in = rounded(t, random_vec(rng, m * c, 1.0, 3.0));
+      const Vec gamma = rounded(t, random_vec(rng, c, 0.5, 1.5)), beta = rounded(t, random_vec(rng, c));
+      const Vec w = rounded(t, random_vec(rng, m * c));
+      const Vec d_in0 = rounded(t, random_vec(rng, m * c)), d_g0 = rounded(t, random_vec(rng, c)),
+                d_b0 = rounded(t, random_vec(rng, c));
+      // The saved statistics as the forward leaves them in the stats dtype: one input for both.
+      H64 f_out(Shape{m, c}), f_mean(Shape{m}), f_rstd(Shape{m}), r_in(in, {m, c}), r_g(gamma, {c}),
+          r_b(beta, {c});
+      cpu().layernorm_forward(f_out.t(), f_mean.t(), f_rstd.t(), r_in.t(), r_g.t(), r_b.t(), kLnEps);
+      const Vec mean = rounded(st, f_mean.vec()), rstd = rounded(st, f_rstd.vec());
+
+      H64 r_din(d_in0, {m, c}), r_dg(d_g0, {c}), r_db(d_b0, {c}), r_w(w, {m, c}), r_mean(mean, {m}),
+          r_rstd(rstd, {m});
+      cpu().layernorm_backward(r_din.t(), r_dg.t(), r_db.t(), r_w.t(), r_in.t(), r_g.t(), r_mean.t(),
+                               r_rstd.t(), acc);
+      Dev din(t, {m, c}, d_in0), dg(t, {c}, d_g0), db(t, {c}, d_b0), dw(t, {m, c}, w),
+          dx(t, {m, c}, in), dgam(t, {c}, gamma), dmean(st, {m}, mean), drstd(st, {m}, rstd);
+      gpu().layernorm_backward(din.t(), dg.t(), db.t(), dw.t(), dx.t(), dgam.t(), dmean.t(),
+                               drstd.t(), acc);
+      // As tests/numerics: C-term means of |g| <= 1.5 times rstd; M-term sums for the
+      // parameter gradients, onto prefills of size 1.
+      const double sc = std::sqrt(double(c)), sm = std::sqrt(double(m)), rs = max_abs(rstd);
+      expect_close(din.get(), r_din.vec(), tol(t, 8 * sc, 1.5 * rs * 4 + 1), "d_in");
+      expect_close(dg.get(), r_dg.vec(), tol(t, 8 * sm, 2 * sm + 1), "d_gamma (+=)");
+      expect_close(db.get(), r_db.vec(), tol(t, 4 * sm, sm + 1), "d_beta (+=)");
+    }
+}
+
+// ---------------------------------------------------------------- attention
+
+struct AttnCase {
+  const char* name;
+  int64_t batch, seq, heads, head_dim;
+  bool causal, padding;
+  float drop_prob;
+};
+
+Ints make_key_keep(int64_t batch, int64_t seq) {  // as tests/numerics/test_ops.cpp
+  Ints keep(static_cast<size_t>(batch * seq), 1);
+  keep[static_cast<size_t>(seq / 2)] = 0;
+  const int64_t last = (batch - 1) * seq;
+  keep[static_cast<size_t>(last)] = 0;
+  for (int64_t t = seq - 3; t < seq; ++t) keep[static_cast<size_t>(last + t)] = 0;
+  return keep;
+}
+
+class CudaAttention : public ::testing::TestWithParam<std::tuple<AttnCase, DType>> {};
+
+TEST_P(CudaAttention, ForwardAndBackwardMatchReference) {
+  MICS_REQUIRE_CUDA();
+  const auto [c, t] = GetParam();
+  const int64_t B = c.batch, S = c.seq, H = c.heads, D = c.head_dim, C = H * D;
+  const AttentionDims dims{B, S, H, D, c.causal};
+  const DropoutSpec drop{c.drop_prob, 0xD1CEull};
+  std::mt19937_64 rng(51);
+  const Vec qkv = rounded(t, random_vec(rng, B * S * 3 * C, -1.5, 1.5));
+  Ints keep = c.padding ? make_key_keep(B, S) : Ints{};
+  const double keep_scale = 1 / (1 - double(c.drop_prob));
+  // The largest |score| (after the 1/sqrt(D) scale): the absolute error of scores stored in
+  // the dtype is u |s|, which exp turns into relative error of the probabilities.
+  double smax = 0;
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t i = 0; i < S; ++i)
+        for (int64_t j = 0; j < S; ++j) {
+          double s = 0;
+          for (int64_t d = 0; d < D; ++d)
+            s += qkv[((b * S + i) * 3 + 0) * C + h * D + d] * qkv[((b * S + j) * 3 + 1) * C + h * D + d];
+          smax = std::max(smax, std::abs(s) / std::sqrt(double(D)));
+        }
+
+  H64 r_out(Shape{B, S, C}), r_probs(Shape{B, H, S, S}), r_qkv(qkv, {B, S, 3 * C});
+  cpu().attention_forward(r_out.t(), r_probs.t(), r_qkv.t(), c.padding ? host_ints(keep) : IntTensor{},
+                          dims, drop);
+  std::unique_ptr<DevInts> d_keep = c.padding ? std::make_unique<DevInts>(keep) : nullptr;
+  Dev d_out(t, Shape{B, S, C}), d_probs(t, Shape{B, H, S, S}), d_qkv(t, {B, S, 3 * C}, qkv);
+  gpu().attention_forward(d_out.t(), d_probs.t(), d_qkv.t(), d_keep ? d_keep->t() : IntTensor{},
+                          dims, drop);
+  // fp32: as tests/numerics (D-term dots, exp, T-term sums). Stored intermediates: scores
+  // (u |s|, twice through the max shift), the probabilities and the dropped probabilities
+  // (u each): relative errors of each probability, (2 smax + 3) u in all; out sums them
+  // against |v| <= 1.5, with weights summing to at most 1/(1-p).
+  const double growth = 4 * (std::sqrt(double(D)) + 2.25 * std::sqrt(double(D)) + std::sqrt(double(S)));
+  const double prob_rel = (2 * smax + 3) * kTol(t).u;
+  expect_close(d_probs.get(), r_probs.vec(), Tol{kTol(t).rtol + prob_rel, growth * kU32}, "probs");
+  expect_close(d_out.get(), r_out.vec(), tol(t, growth, 1.5 * keep_scale, 2 * smax + 3), "out");
+
+  // Backward from the same saved probabilities (the reference's, rounded to the dtype).
+  const Vec probs = rounded(t, r_probs.vec());
+  const Vec w = rounded(t, random_vec(rng, B * S * C));
+  H64 r_dqkv(Shape{B, S, 3 * C}), r_scratch(Shape{B, H, S, S}), r_w(w, {B, S, C}), r_p(probs, {B, H, S, S});
+  cpu().attention_backward(r_dqkv.t(), r_scratch.t(), r_w.t(), r_qkv.t(), r_p.t(), dims, drop);
+  Dev d_dqkv(t, Shape{B, S, 3 * C}), d_scratch(t, Shape{B, H, S, S}), d_w(t, {B, S, C}, w),
+      d_p(t, {B, H, S, S}, probs);
+  gpu().attention_backward(d_dqkv.t(), d_scratch.t(), d_w.t(), d_qkv.t(), d_p.t(), dims, drop);
+  // Judged per part (q, k, v columns) against that part's largest gradient: fp32 as
+  // tests/numerics; in half precision dP' = dO V^T, dS and P' are stored in the dtype
+  // (a few u each, on products of T terms that cancel: sqrt(T) of headroom).
+  const Vec got = d_dqkv.get(), want = r_dqkv.vec();
+  const char* parts[3] = {"d_q", "d_k", "d_v"};
+  for (int part = 0; part < 3; ++part) {
+    Vec g, r;
+    for (size_t e = 0; e < want.size(); ++e)
+      if ((static_cast<int64_t>(e) % (3 * C)) / C == part) g.push_back(got[e]), r.push_back(want[e]);
+    const double roundings = (part == 2 ? 4 : 8) * std::sqrt(double(S));
+    expect_close(g, r, tol(t, 2 * growth, max_abs(r) * keep_scale, roundings), parts[part]);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Cuda, CudaAttention,
+    ::testing::Combine(
+        ::testing::Values(AttnCase{"bidirectional", 2, 13, 3, 5, false, false, 0.0f},
+                          AttnCase{"causal", 2, 13, 3, 5, true, false, 0.0f},
+                          AttnCase{"bidirectional_padded", 2, 13, 3, 5, false, true, 0.0f},
+                          AttnCase{"causal_padded", 2, 13, 3, 5, true, true, 0.0f},
+                          AttnCase{"bidirectional_dropout", 2, 13, 3, 5, false, false, 0.2f},
+                          AttnCase{"causal_padded_dropout", 2, 13, 3, 5, true, true, 0.2f},
+                          AttnCase{"padded_dropout_half", 2, 13, 3, 5, false, true, 0.5f},
+                          // more batches than heads: GEMM batches run over the batch
+                          AttnCase{"batch_major_causal", 4, 11, 2, 7, true, true, 0.1f},
+                          AttnCase{"larger_causal_padded", 2, 67, 2, 16, true, true, 0.0f},
+                          AttnCase{"larger_dropout", 1, 67, 3, 8, false, false, 0.1f},
+                          AttnCase{"aligned_64", 2, 64, 2, 64, true, false, 0.1f}),
+        ::testing::Values(DType::f32, DType::bf16, DType::f16)),
+    [](const auto& info) {
+      return std::string(std::get<0>(info.param).name) + "_" + dtype_name(std::get<1>(info.param));
+    });
+
+// ---------------------------------------------------------------- embeddings and rows
+
+class CudaEmbedding : public CudaOps {};
+MICS_DTYPE_SUITE(CudaEmbedding);
+
+TEST_P(CudaEmbedding, ForwardAndBackwardMatchReference) {
+  MICS_REQUIRE_CUDA();
+  const DType t = GetParam();
+  for (int64_t C : {37, 300}) {
+    const int64_t V = 29, P = 17, K = 2, B = 3, S = 13, rows = B * S;
+    SCOPED_TRACE(testing::Message() << dname(t) << " C=" << C);
+    std::mt19937_64 rng(61);
+    const Vec tok = rounded(t, random_vec(rng, V * C)), pos = rounded(t, random_vec(rng, P * C)),
+              type = rounded(t, random_vec(rng, K * C));
+    Ints ids = random_ints(rng, rows, 0, static_cast<int32_t>(V));
+    ids[5] = ids[9] = ids[30] = ids[0];  // repeats
+    Ints types = random_ints(rng, rows, 0, static_cast<int32_t>(K));
+    DevInts d_ids(ids), d_types(types);
+    for (bool with_type : {false, true}) {
+      SCOPED_TRACE(with_type ? "with token types" : "no token types");
+      H64 r_out(Shape{rows, C}), r_tok(tok, {V, C}), r_pos(pos, {P, C}), r_type(type, {K, C});
+      cpu().embedding_forward(r_out.t(), host_ints(ids), host_ints(types), r_tok.t(), r_pos.t(),
+                              with_type ? r_type.t() : Tensor{}, S);
+      Dev d_out(t, Shape{rows, C}), d_tok(t, {V, C}, tok), d_pos(t, {P, C}, pos), d_type(t, {K, C}, type);
+      gpu().embedding_forward(d_out.t(), d_ids.t(), d_types.t(), d_tok.t(), d_pos.t(),
+                              with_type ? d_type.t() : Tensor{}, S);
+      expect_close(d_out.get(), r_out.vec(), tol(t, 4, 3), "out");
+      if (t == DType::f32) {  // same additions in the same order as the CPU's fp32
+        H32 c_out(Shape{rows, C}), c_tok(tok, {V, C}), c_pos(pos, {P, C}), c_type(type, {K, C});
+        cpu().embedding_forward(c_out.t(), host_ints(ids), host_ints(types), c_tok.t(), c_pos.t(),
+                                with_type ? c_type.t() : Tensor{}, S);
+        expect_identical(d_out.get(), c_out.vec(), "out vs CPU fp32");
+      }
+
+      const Vec g = rounded(t, random_vec(rng, rows * C));
+      const Vec tok0 = rounded(t, random_vec(rng, V * C)), pos0 = rounded(t, random_vec(rng, P * C)),
+                type0 = rounded(t, random_vec(rng, K * C));
+      H64 r_dtok(tok0, {V, C}), r_dpos(pos0, {P, C}), r_dtype(type0, {K, C}), r_g(g, {rows, C});
+      cpu().embedding_backward(r_dtok.t(), r_dpos.t(), with_type ? r_dtype.t() : Tensor{}, r_g.t(),
+                               host_ints(ids), host_ints(types), S);
+      Dev d_dtok(t, {V, C}, tok0), d_dpos(t, {P, C}, pos0), d_dtype(t, {K, C}, type0), d_g(t, {rows, C}, g);
+      gpu().embedding_backward(d_dtok.t(), d_dpos.t(), with_type ? d_dtype.t() : Tensor{}, d_g.t(),
+                               d_ids.t(), d_types.t(), S);
+      // Sums of up to `rows` terms of size 1 onto a prefill of size 1, in fp32.
+      const double sr = std::sqrt(double(rows));
+      expect_close(d_dtok.get(), r_dtok.vec(), tol(t, 4 * sr, sr + 1), "d_tok (+=)");
+      expect_close(d_dpos.get(), r_dpos.vec(), tol(t, 4 * sr, sr + 1), "d_pos (+=)");
+      if (with_type)
+        expect_close(d_dtype.get(), r_dtype.vec(), tol(t, 4 * sr, sr + 1), "d_type (+=)");
+      else
+        expect_identical(d_dtype.get(), type0, "d_type untouched");
+      if (t == DType::f32) {  // deterministic scheme: the CPU's serial order, bit for bit
+        H32 c_dtok(tok0, {V, C}), c_dpos(pos0, {P, C}), c_dtype(type0, {K, C}), c_g(g, {rows, C});
+        cpu().embedding_backward(c_dtok.t(), c_dpos.t(), with_type ? c_dtype.t() : Tensor{}, c_g.t(),
+                                 host_ints(ids), host_ints(types), S);
+        expect_identical(d_dtok.get(), c_dtok.vec(), "d_tok vs CPU fp32");
+        expect_identical(d_dpos.get(), c_dpos.vec(), "d_pos vs CPU fp32");
+        expect_identical(d_dtype.get(), c_dtype.vec(), "d_type vs CPU fp32");
+      }
+    }
+  }
+}
+
+TEST_P(CudaEmbedding, GatherAndScatterAddRows) {
+  MICS_REQUIRE_CUDA();
+  const DType t = GetParam();
+  const int64_t V = 29, C = 37;
+  std::mt19937_64 rng(71);
+  const Vec in = rounded(t, random_vec(rng, V * C));
+  Ints rows = random_ints(rng, 13, 0, static_cast<int32_t>(V));
+  rows[7] = rows[3] = rows[0];
+  const int64_t n = static_cast<int64_t>(rows.size());
+  DevInts d_rows(rows);
+  H64 r_out(Shape{n, C}), r_in(in, {V, C});
+  cpu().gather_rows(r_out.t(), r_in.t(), host_ints(rows));
+  Dev d_out(t, Shape{n, C}), d_in(t, {V, C}, in);
+  gpu().gather_rows(d_out.t(), d_in.t(), d_rows.t());
+  expect_identical(d_out.get(), r_out.vec(), "gather (a copy: exact)");
+
+  const Vec w = rounded(t, random_vec(rng, n * C)), d0 = rounded(t, random_vec(rng, V * C));
+  H64 r_d(d0, {V, C}), r_w(w, {n, C});
+  cpu().scatter_add_rows(r_d.t(), r_w.t(), host_ints(rows));
+  Dev g_d(t, {V, C}, d0), g_w(t, {n, C}, w);
+  gpu().scatter_add_rows(g_d.t(), g_w.t(), d_rows.t());
+  expect_close(g_d.get(), r_d.vec(), tol(t, 4, 4), "scatter_add (+=)");
+  if (t == DType::f32) {
+    H32 c_d(d0, {V, C}), c_w(w, {n, C});
+    cpu().scatter_add_rows(c_d.t(), c_w.t(), host_ints(rows));
+    expect_identical(g_d.get(), c_d.vec(), "scatter_add vs CPU fp32");
+  }
+}
+
+// ---------------------------------------------------------------- cross-entropy
+
+class CudaCrossEntropy : public CudaOps {};
+MICS_DTYPE_SUITE(CudaCrossEntropy);
+
+void check_cross_entropy(DType t, int64_t m, int64_t v, double range, uint64_t seed) {
+  SCOPED_TRACE(testing::Message() << dname(t) << " M=" << m << " V=" << v << " logits in +-" << range);
+  std::mt19937_64 rng(seed);
+  const Vec logits = rounded(t, random_vec(rng, m * v, -range, range));
+  Ints labels = random_ints(rng, m, 0, static_cast<int32_t>(v));
+  labels[1] = labels[m - 1] = -100;
+  labels[2] = -1;
+  const double grad_scale = 0.37;
+  DevInts d_labels(labels);
+  H64 r_losses(Shape{m}), r_d(Shape{m, v}), r_logits(logits, {m, v});
+  cpu().cross_entropy(r_losses.t(), r_d.t(), r_logits.t(), host_ints(labels), grad_scale);
+  Dev losses(t, Shape{m}), d(t, Shape{m, v}), x(t, {m, v}, logits);
+  gpu().cross_entropy(losses.t(), d.t(), x.t(), d_labels.t(), grad_scale);
+  // log-sum-exp of V terms in fp32, relative to the largest logit; softmax - onehot: a few
+  // fp32 roundings of values <= 1, times grad_scale.
+  const Vec got_losses = losses.get(), got_d = d.get();
+  expect_close(got_losses, r_losses.vec(), tol(t, 8 + std::sqrt(double(v)), range + std::log(double(v))), "losses");
+  expect_close(got_d, r_d.vec(), tol(t, 8, grad_scale), "d_logits");
+  for (int64_t i : {int64_t{1}, int64_t{2}, m - 1}) {
+    EXPECT_EQ(got_losses[i], 0.0) << "ignored row " << i;
+    for (int64_t j = 0; j < v; ++j) ASSERT_EQ(got_d[i * v + j], 0.0) << "ignored row " << i;
+  }
+  // Without d_logits: the same losses. In place: the same losses and gradient.
+  Dev losses2(t, Shape{m});
+  gpu().cross_entropy(losses2.t(), Tensor{}, x.t(), d_labels.t(), grad_scale);
+  expect_identical(losses2.get(), got_losses, "losses without d_logits");
+  Dev losses3(t, Shape{m});
+  gpu().cross_entropy(losses3.t(), x.t(), x.t(), d_labels.t(), grad_scale);
+  expect_identical(losses3.get(), got_losses, "losses with d_logits aliasing logits");
+  expect_identical(x.get(), got_d, "d_logits aliasing logits");
+}
+
+TEST_P(CudaCrossEntropy, LossesAndGradientMatchReference) {
+  MICS_REQUIRE_CUDA();
+  check_cross_entropy(GetParam(), 11, 29, 3.0, 81);
+  check_cross_entropy(GetParam(), 67, 131, 30.0, 82);
+  check_cross_entropy(GetParam(), 37, 1031, 100.0, 83);
+  check_cross_entropy(GetParam(), 5, 50257, 10.0, 84);  // GPT-2's vocabulary
+}
+
+// ---------------------------------------------------------------- dropout
+
+class CudaDropout : public CudaOps {};
+MICS_DTYPE_SUITE(CudaDropout);
+
+TEST_P(CudaDropout, MaskIsTheCpuMaskBitForBit) {
+  MICS_REQUIRE_CUDA();
+  const DType t = GetParam();
+  const int64_t n = (1 << 17) + 3;
+  std::mt19937_64 rng(91);
+  const Vec in = rounded(t, random_vec(rng, n, 0.5, 1.5));  // nonzero: a zero marks a drop
+  for (float p : {0.1f, 0.5f}) {
+    SCOPED_TRACE(testing::Message() << dname(t) << " p=" << p);
+    const DropoutSpec spec{p, 1234};
+    H32 c_out(Shape{n}), c_in(in, {n});
+    cpu().dropout_forward(c_out.t(), c_in.t(), spec);
+    Dev d_out(t, Shape{n}), d_in(t, {n}, in);
+    gpu().dropout_forward(d_out.t(), d_in.t(), spec);
+    const Vec got = d_out.get();
+    size_t mask_diff = 0;
+    for (int64_t i = 0; i < n; ++i) mask_diff += (got[i] == 0) != (c_out.data[i] == 0);
+    EXPECT_EQ(mask_diff, 0u) << "dropped entries differ from the CPU backend's";
+    if (t == DType::f32)
+      expect_identical(got, c_out.vec(), "values vs CPU fp32");
+    else  // in / (1 - p) in fp32, rounded once
+      expect_close(got, c_out.vec(), Tol{kTol(t).u, 0}, "values");
+    // Backward: the same mask; in place: the same values.
+    Dev g_in(t, Shape{n});
+    gpu().dropout_backward(g_in.t(), d_in.t(), spec);
+    expect_identical(g_in.get(), got, "backward = forward");
+    gpu().dropout_forward(d_in.t(), d_in.t(), spec);
+    expect_identical(d_in.get(), got, "in place");
+  }
+  // Disabled: a copy.
+  Dev a(t, {n}, in), b(t, Shape{n});
+  gpu().dropout_forward(b.t(), a.t(), DropoutSpec{0.0f, 5});
+  expect_identical(b.get(), in, "p = 0 copies");
+}
+
+// ---------------------------------------------------------------- adamw
+
+TEST(CudaAdamW, BitForBitWithCpuFp32) {
+  MICS_REQUIRE_CUDA();
+  for (int64_t offset : {0, 1}) {  // 16-byte aligned (vector path) and not
+    for (const AdamWSpec& base : {AdamWSpec{1e-2f, 0.9f, 0.999f, 1e-8f, 0.1f, 1, 0.5f},
+                                  AdamWSpec{3e-3f, 0.9f, 0.95f, 1e-6f, 0.0f, 100, 2.0f}}) {
+      SCOPED_TRACE(testing::Message() << "offset " << offset << " first step " << base.step);
+      const int64_t n = 4099;
+      std::mt19937_64 rng(101);
+      Vec p = random_vec(rng, n), m = rounded(DType::f32, random_vec(rng, n, -0.1, 0.1)),
+          v = rounded(DType::f32, random_vec(rng, n, 0.0, 0.01));
+      p = rounded(DType::f32, p);
+      if (base.step == 1) m.assign(n, 0.0), v.assign(n, 0.0);
+      H32 cp(p, {n}), cm(m, {n}), cv(v, {n});
+      auto padded = [&](const Vec& x) {
+        Vec r(static_cast<size_t>(offset), 0.0);
+        r.insert(r.end(), x.begin(), x.end());
+        return r;
+      };
+      Dev dp(DType::f32, {n + offset}, padded(p)), dm(DType::f32, {n + offset}, padded(m)),
+          dv(DType::f32, {n + offset}, padded(v));
+      for (int s = 0; s < 5; ++s) {
+        SCOPED_TRACE(testing::Message() << "step " << base.step + s);
+        Vec g = random_vec(rng, n);
+        std::uniform_real_distribution<double> expo(-10, -7);
+        for (int64_t i = 0; i < n; i += 7) g[i] *= std::pow(10.0, expo(rng));
+        for (int64_t i = 3; i < n; i += 101) g[i] = 0;
+        g = rounded(DType::f32, g);
+        AdamWSpec spec = base;
+        spec.step = base.step + s;
+        H32 cg(g, {n});
+        cpu().adamw(cp.t(), cg.t(), cm.t(), cv.t(), spec);
+        Dev dg(DType::f32, {n + offset}, padded(g));
+        gpu().adamw(dp.t().slice(offset, {n}), dg.t().slice(offset, {n}), dm.t().slice(offset, {n}),
+                    dv.t().slice(offset, {n}), spec);
+        auto unpad = [&](const Vec& x) { return Vec(x.begin() + offset, x.end()); };
+        // Same operations, each rounded alone, same host-derived scalars: same bits.
+        expect_identical(unpad(dp.get()), cp.vec(), "param");
+        expect_identical(unpad(dm.get()), cm.vec(), "m");
+        expect_identical(unpad(dv.get()), cv.vec(), "v");
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------- element-wise
+
+class CudaElementwise : public CudaOps {};
+MICS_DTYPE_SUITE(CudaElementwise);
+
+TEST_P(CudaElementwise, AddScaleFillZero) {
+  MICS_REQUIRE_CUDA();
+  const DType t = GetParam();
+  for (int64_t n : {1031, 4096, 7}) {
+    SCOPED_TRACE(testing::Message() << dname(t) << " n=" << n);
+    std::mt19937_64 rng(111);
+    const Vec a = rounded(t, random_vec(rng, n)), b = rounded(t, random_vec(rng, n));
+    Vec sum(n);
+    for (int64_t i = 0; i < n; ++i) sum[i] = a[i] + b[i];
+    const Tol one_rounding{kTol(t).u, 0};
+    Dev out(t, Shape{n}), da(t, {n}, a), db(t, {n}, b);
+    gpu().add(out.t(), da.t(), db.t());
+    expect_close(out.get(), sum, one_rounding, "add");
+    if (t == DType::f32) expect_identical(out.get(), rounded(t, sum), "add: fp32 is exact rounding");
+    gpu().add(da.t(), da.t(), db.t());  // out aliasing a
+    expect_identical(da.get(), out.get(), "add in place");
+    // Unaligned views (the element-wise path rather than the 16-byte one).
+    if (n > 2) {
+      Dev o2(t, Shape{n});
+      gpu().add(o2.t().slice(1, {n - 2}), db.t().slice(1, {n - 2}), db.t().slice(0, {n - 2}));
+      Vec want(static_cast<size_t>(n - 2));
+      for (int64_t i = 0; i < n - 2; ++i) want[i] = b[i + 1] + b[i];
+      const Vec got = o2.get();
+      expect_close(Vec(got.begin() + 1, got.end() - 1), want, one_rounding, "add unaligned");
+    }
+    const double alpha = -0.3;
+    Vec scaled(n);
+    for (int64_t i = 0; i < n; ++i) scaled[i] = b[i] * alpha;
+    gpu().scale(db.t(), alpha);
+    expect_close(db.get(), scaled, one_rounding, "scale");
+    gpu().fill_zero(db.t());
+    expect_identical(db.get(), Vec(n, 0.0), "fill_zero");
+  }
+}
+
+TEST(CudaElementwiseMixed, AddAcrossDtypesRoundsOnceToOut) {
+  MICS_REQUIRE_CUDA();
+  const int64_t n = 1031;
+  std::mt19937_64 rng(114);
+  for (DType to : {DType::f32, DType::bf16, DType::f16})
+    for (DType ta : {DType::f32, DType::bf16, DType::f16})
+      for (DType tb : {DType::f32, DType::bf16, DType::f16}) {
+        SCOPED_TRACE(testing::Message() << dname(to) << " = " << dname(ta) << " + " << dname(tb));
+        const Vec a = rounded(ta, random_vec(rng, n)), b = rounded(tb, random_vec(rng, n));
+        Vec sum(n);
+        for (int64_t i = 0; i < n; ++i) sum[i] = a[i] + b[i];
+        Dev out(to, Shape{n}), da(ta, {n}, a), db(tb, {n}, b);
+        gpu().add(out.t(), da.t(), db.t());
+        // fp32 sum of two values exact in fp32 (one rounding u32), then one rounding to out.
+        expect_close(out.get(), sum, Tol{kTol(to).u + kU32, 0}, "mixed add");
+      }
+}
+
+TEST_P(CudaElementwise, SumSumSquaresCountNonfinite) {
+  MICS_REQUIRE_CUDA();
+  const DType t = GetParam();
+  const int64_t n = 300007;  // more blocks than the partials: grid-stride loops
+  std::mt19937_64 rng(112);
+  Vec x = rounded(t, random_vec(rng, n, -2, 3));
+  double s = 0, s2 = 0, s_abs = 0;
+  for (double v : x) s += v, s2 += v * v, s_abs += v * v + std::abs(v);
+  Dev dx(t, {n}, x);
+  const Tol tt{0, double(n) * 0x1p-53 * s_abs};  // accumulated in double
+  expect_close({gpu().sum(dx.t())}, {s}, tt, "sum");
+  expect_close({gpu().sum_squares(dx.t())}, {s2}, tt, "sum_squares");
+  EXPECT_EQ(gpu().count_nonfinite(dx.t()), 0);
+  // Largest finite values must not count; each NaN / Inf must.
+  const double big = t == DType::f32 ? std::numeric_limits<float>::max()
+                     : t == DType::bf16 ? 0x1.fep127 : 65504.0;
+  x[10] = big;
+  x[12] = -big;
+  int64_t planted = 0;
+  for (int64_t i = 100; i < n; i += 3971, ++planted) {
+    const int kind = static_cast<int>(planted % 3);
+    x[i] = kind == 0 ? std::numeric_limits<double>::quiet_NaN()
+           : kind == 1 ? std::numeric_limits<double>::infinity()
+                       : -std::numeric_limits<double>::infinity();
+  }
+  Dev dy(t, {n}, x);
+  EXPECT_EQ(gpu().count_nonfinite(dy.t()), planted);
+  // Empty views.
+  EXPECT_EQ(gpu().sum(dy.t().slice(0, {0})), 0.0);
+  EXPECT_EQ(gpu().count_nonfinite(dy.t().slice(0, {0})), 0);
+}
+
+TEST(CudaCast, ConvertsBetweenEveryPairExactly) {
+  MICS_REQUIRE_CUDA();
+  const int64_t n = 517;
+  std::mt19937_64 rng(113);
+  for (DType from : {DType::f32, DType::bf16, DType::f16})
+    for (DType to : {DType::f32, DType::bf16, DType::f16}) {
+      SCOPED_TRACE(testing::Message() << dname(from) << " -> " << dname(to));
+      Vec x = rounded(from, random_vec(rng, n, -1e3, 1e3));
+      x[0] = 0, x[1] = -0.0, x[2] = 1e-6, x[3] = -3.5;
+      Dev din(from, {n}, x), dout(to, Shape{n});
+      gpu().cast(dout.t(), din.t());
+      // Round to nearest even from the exact input: the host conversions give the same bits.
+      expect_identical(dout.get(), rounded(to, x), "cast");
+    }
+  std::vector<double> wide(4, 1.0);
+  Dev f(DType::f32, Shape{4});
+  EXPECT_THROW(gpu().cast(f.t(), Tensor(wide.data(), {4})), ShapeError);  // fp64 is not a CUDA dtype
+}
+
+// ---------------------------------------------------------------- argument errors
+
+TEST(CudaArgumentErrors, ShapeAndDtypeMismatchThrowShapeError) {
+  MICS_REQUIRE_CUDA();
+  DeviceBuffer raw(gpu(), 8000);
+  auto f = [&](Shape s) { return raw.view(DType::f32, s); };
+  auto bf = [&](Shape s) { return raw.view(DType::bf16, s); };
+  auto dd = [&](Shape s) { return raw.view(DType::f64, s); };
+  DeviceBuffer ids_buf(gpu(), 64);
+  const IntTensor ids = ids_buf.int_view({14});
+  EXPECT_THROW(gpu().linear_forward(f({7, 4}), f({7, 13}), f({5, 13}), Tensor{}), ShapeError);
+  EXPECT_THROW(gpu().linear_forward(f({7, 5}), f({7, 13}), f({5, 13}), f({4})), ShapeError);
+  EXPECT_THROW(gpu().linear_backward(f({7, 13}), f({5, 12}), Tensor{}, f({7, 5}), f({7, 13}),
+                                     f({5, 13}), Accumulate::no),
+               ShapeError);
+  EXPECT_THROW(gpu().layernorm_forward(f({7, 37}), f({7}), f({7}), f({7, 37}), f({37}), f({36}), 1e-5f),
+               ShapeError);
+  const AttentionDims dims{2, 7, 3, 5, false};
+  EXPECT_THROW(gpu().attention_forward(f({2, 7, 15}), f({2, 3, 7, 6}), f({2, 7, 45}), IntTensor{},
+                                       dims, DropoutSpec{}),
+               ShapeError);
+  EXPECT_THROW(gpu().cross_entropy(f({7}), Tensor{}, f({7, 29}), ids, 1.0), ShapeError);
+  EXPECT_THROW(gpu().add(f({10}), f({10}), f({11})), ShapeError);
+  EXPECT_THROW(gpu().embedding_forward(f({13, 8}), ids, IntTensor{}, f({29, 8}), f({17, 8}), Tensor{}, 7),
+               ShapeError);
+  // Mixed dtypes where the op needs one; fp64 anywhere.
+  EXPECT_THROW(gpu().linear_forward(bf({7, 5}), f({7, 13}), bf({5, 13}), Tensor{}), ShapeError);
+  EXPECT_THROW(gpu().linear_forward(f({7, 5}), f({7, 13}), f({5, 13}), bf({5})), ShapeError);
+  EXPECT_THROW(gpu().gelu_forward(bf({10}), f({10}), GeluKind::erf), ShapeError);
+  EXPECT_THROW(gpu().gelu_forward(dd({10}), dd({10}), GeluKind::erf), ShapeError);
+  EXPECT_THROW(gpu().layernorm_forward(bf({7, 37}), bf({7}), f({7}), bf({7, 37}), bf({37}), bf({37}), 1e-5f),
+               ShapeError);
+  EXPECT_THROW(gpu().layernorm_forward(bf({7, 37}), dd({7}), dd({7}), bf({7, 37}), bf({37}), bf({37}), 1e-5f),
+               ShapeError);
+  EXPECT_THROW(gpu().adamw(bf({10}), bf({10}), bf({10}), bf({10}), AdamWSpec{}), ShapeError);
+  EXPECT_THROW(gpu().add(dd({10}), f({10}), f({10})), ShapeError);
+  EXPECT_THROW(gpu().sum(dd({10})), ShapeError);
+  EXPECT_THROW(gpu().dropout_forward(bf({10}), f({10}), DropoutSpec{0.5f, 1}), ShapeError);
+  gpu().synchronize();  // nothing was launched by the refused calls
+}
+
+TEST(CudaArgumentErrors, BadIndicesThrowAtTheNextSynchronisation) {
+  MICS_REQUIRE_CUDA();
+  const int64_t V = 29, P = 17, C = 8, S = 7;
+  Dev out(DType::f32, Shape{14, C}), tok(DType::f32, {V, C}, Vec(V * C, 1.0)),
+      pos(DType::f32, {P, C}, Vec(P * C, 1.0));
+  Ints bad_ids(14, 3);
+  bad_ids[5] = 29;
+  DevInts d_bad(bad_ids);
+  gpu().embedding_forward(out.t(), d_bad.t(), IntTensor{}, tok.t(), pos.t(), Tensor{}, S);
+  EXPECT_THROW(gpu().synchronize(), std::out_of_range);
+  gpu().synchronize();  // the error word was cleared: the backend goes on
+
+  Ints labels(7, 1);
+  labels[3] = 100;
+  DevInts d_labels(labels);
+  Dev losses(DType::f32, Shape{7}), logits(DType::f32, {7, 29}, Vec(7 * 29, 0.5));
+  gpu().cross_entropy(losses.t(), Tensor{}, logits.t(), d_labels.t(), 1.0);
+  EXPECT_THROW(gpu().synchronize(), std::out_of_range);
+
+  Ints rows{0, 3, -1};
+  DevInts d_rows(rows);
+  Dev g(DType::f32, Shape{3, C});
+  gpu().gather_rows(g.t(), tok.t(), d_rows.t());
+  EXPECT_THROW(gpu().synchronize(), ShapeError);
+  gpu().scatter_add_rows(tok.t(), g.t(), d_rows.t());
+  EXPECT_THROW(gpu().synchronize(), ShapeError);
+  // And ordinary work still runs.
+  EXPECT_EQ(gpu().sum(pos.t()), double(P * C));
+  EXPECT_THROW(gpu().embedding_forward(out.t(), d_bad.t(), IntTensor{}, tok.t(), pos.t().slice(0, {5, C}),
+                                       Tensor{}, S),
+               std::out_of_range);  // sequence longer than the position table
+}
+
+TEST(CudaGemm, FallbackUse) {
+  MICS_REQUIRE_CUDA();
+  // Informational: how many GEMMs so far went to the fallback kernel (cuBLASLt declined).
+  std::printf("  GEMMs computed by the fallback kernel so far: %lld\n",
+              static_cast<long long>(cuda_gemm_fallback_calls(gpu())));
+}
+
+}  // namespace
+}  // namespace mics
