@@ -245,7 +245,11 @@ Config parse_config(const json& input, const std::string& source,
     r.get("ranks_per_node", c.runtime.ranks_per_node);
     r.get("device_memory_gb", c.runtime.device_memory_gb);
     r.get("comm_timeout_s", c.runtime.comm_timeout_s);
+    r.get("communicator", c.runtime.communicator, {"auto", "mpi", "nccl", "staged"});
     r.finish();
+    must(r, c.runtime.communicator == "auto" || (c.runtime.communicator == "mpi") == (c.runtime.backend == "cpu"),
+         "'runtime.communicator' \"" + c.runtime.communicator + "\" does not go with 'runtime.backend' \"" +
+             c.runtime.backend + "\": the CPU uses \"mpi\", CUDA \"nccl\" or \"staged\"");
     must(r, c.runtime.ranks_per_node >= 0,
          "'runtime.ranks_per_node' must be 0 (detect) or a positive integer");
     must(r, c.runtime.device_memory_gb > 0, "'runtime.device_memory_gb' must be positive");
@@ -406,7 +410,8 @@ json Config::to_json() const {
                {"hierarchical_allgather", mics.hierarchical_allgather},
                {"gradient_sync", mics.gradient_sync}, {"prefetch", mics.prefetch}};
   j["runtime"] = {{"backend", runtime.backend}, {"ranks_per_node", runtime.ranks_per_node},
-                  {"device_memory_gb", runtime.device_memory_gb}, {"comm_timeout_s", runtime.comm_timeout_s}};
+                  {"device_memory_gb", runtime.device_memory_gb}, {"comm_timeout_s", runtime.comm_timeout_s},
+                  {"communicator", runtime.communicator}};
   j["log"] = {{"every", log.every}, {"level", log.level}, {"metrics", log.metrics}};
   j["checkpoint"] = {{"dir", checkpoint.dir}, {"every", checkpoint.every}, {"keep", checkpoint.keep}};
   return j;

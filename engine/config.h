@@ -73,6 +73,9 @@ struct RuntimeConfig {
   int64_t ranks_per_node = 0;   // 0: detect
   double device_memory_gb = 32.0;
   double comm_timeout_s = 600.0;  // a wait on other ranks longer than this ends the job
+  // auto | mpi | nccl | staged: how ranks exchange data. auto: MPI on the CPU; on CUDA,
+  // NCCL when every rank of a node has its own GPU, else MPI staged through host memory.
+  std::string communicator = "auto";
 };
 
 struct LogConfig {

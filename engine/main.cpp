@@ -16,6 +16,7 @@
 #include "data/data_source.h"
 #include "engine/checkpoint.h"
 #include "engine/comm/communicator.h"
+#include "engine/comm/nccl_communicator.h"
 #include "engine/config.h"
 #include "engine/hf_interchange.h"
 #include "engine/safetensors.h"
@@ -26,6 +27,7 @@
 #include "engine/stop_signal.h"
 #include "engine/topology.h"
 #include "engine/trainer.h"
+#include "kernels/cuda/cuda_backend.h"
 #include "kernels/ops.h"
 
 namespace {
@@ -106,9 +108,10 @@ mics::Config resolve(const Options& o) {
 // What can be refused before anything is logged or allocated: the backend and the
 // placement of this job's ranks into nodes and groups.
 mics::Topology check_runnable(const mics::Config& config, const mics::ProcessEnv& env) {
-  if (config.runtime.backend != "cpu")
-    throw mics::ConfigError(config.source_name + ": 'runtime.backend' \"" + config.runtime.backend +
-                            "\" is not available in this build (the CUDA backend has no kernels yet); use \"cpu\".");
+  if (config.runtime.backend == "cuda" && mics::cuda_device_count() == 0)
+    throw mics::ConfigError(config.source_name +
+                            ": 'runtime.backend' is \"cuda\" but no CUDA device is visible on this node (or this "
+                            "build has no CUDA backend); use \"cpu\".");
   const int k = config.runtime.ranks_per_node > 0 ? static_cast<int>(config.runtime.ranks_per_node)
                                                   : env.ranks_per_node();
   const int p = config.mics.partition_size > 0
@@ -122,12 +125,40 @@ mics::Topology check_runnable(const mics::Config& config, const mics::ProcessEnv
   }
 }
 
-int train(const mics::Config& config, const mics::Topology& topology, const std::string& resume,
-          const std::string& init_from) {
+// The CPU backend over MPI, or a GPU per rank (local rank modulo the node's GPUs) with NCCL
+// or, when ranks share a GPU, MPI staged through host memory.
+struct Runtime {
+  std::unique_ptr<mics::Backend> backend;
+  mics::TrainerRuntime trainer;
+};
+
+Runtime make_runtime(const mics::Config& config, const mics::Topology& topology, const mics::ProcessEnv& env) {
+  Runtime r;
+  if (config.runtime.backend == "cpu") {
+    r.backend = mics::make_cpu_backend();
+    return r;
+  }
+  const int devices = mics::cuda_device_count();
+  const int device = env.local_rank() % devices;
+  r.backend = mics::make_cuda_backend(device);
+  std::string kind = config.runtime.communicator;
+  if (kind == "auto") kind = env.ranks_per_node() <= devices ? "nccl" : "staged";
+  if (kind == "nccl" && env.ranks_per_node() > devices)
+    throw mics::ConfigError(config.source_name + ": 'runtime.communicator' \"nccl\" needs a GPU per rank, but " +
+                            std::to_string(env.ranks_per_node()) + " ranks share " + std::to_string(devices) +
+                            " GPU(s) on this node; use \"staged\" or \"auto\".");
+  spdlog::info("device: GPU {} ({}) of {} on this node; communicator {}", device, mics::cuda_device_name(device), devices,
+               kind);
+  r.trainer.groups = mics::build_device_groups(topology, *r.backend, kind, mics::cuda_stream(*r.backend));
+  return r;
+}
+
+int train(const mics::Config& config, const mics::Topology& topology, const mics::ProcessEnv& env,
+          const std::string& resume, const std::string& init_from) {
   spdlog::info("{}", topology.describe());
   mics::set_comm_timeout(config.runtime.comm_timeout_s);
-  auto backend = mics::make_cpu_backend();
-  mics::Trainer trainer(config, *backend, topology);
+  Runtime runtime = make_runtime(config, topology, env);
+  mics::Trainer trainer(config, *runtime.backend, topology, std::move(runtime.trainer));
   if (!init_from.empty()) trainer.init_from(init_from);
   if (resume == "auto") {  // a requeued job: continue if a checkpoint exists, else start
     const bool exists = !config.checkpoint.dir.empty() &&
@@ -248,7 +279,7 @@ int main(int argc, char** argv) {
     if (!env.launcher_detail().empty()) spdlog::info("{}", env.launcher_detail());
     if (!env.launcher_warning().empty()) spdlog::warn("{}", env.launcher_warning());
     spdlog::info("config {}: {}", config.source_name, config.to_json().dump());
-    return train(config, topology, o.resume, o.init_from);
+    return train(config, topology, env, o.resume, o.init_from);
   } catch (const mics::ConfigError& e) {
     std::fprintf(stderr, "mics-train: error: %s\n", e.what());
     return kExitBadInput;  // every rank reads the same config and fails the same way
@@ -266,6 +297,7 @@ int main(int argc, char** argv) {
     return kExitBadInput;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "mics-train: rank %d failed: %s\n", env.rank(), e.what());
+    mics::abort_nccl();  // peers blocked in NCCL collectives return instead of waiting forever
     env.abort_job(kExitFailure);
   }
 }

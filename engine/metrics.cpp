@@ -26,6 +26,7 @@ nlohmann::json StepMetrics::to_json() const {
           {"elapsed_s", elapsed_s},
           {"skipped", skipped},
           {"skipped_steps", skipped_steps},
+          {"loss_scale", loss_scale},
           {"comm_bytes_intra_node", comm.bytes(LinkTier::intra_node)},
           {"comm_bytes_inter_node", comm.bytes(LinkTier::inter_node)},
           {"comm_bytes_partition", comm.bytes(GroupKind::partition)},

@@ -24,7 +24,8 @@ struct StepMetrics {
   double elapsed_s = 0;
   double eta_s = 0;
   bool skipped = false;     // non-finite gradients: the update was not applied
-  int64_t skipped_steps = 0;  // skipped updates since the run started
+  int64_t skipped_steps = 0;  // skipped updates since the run started (fp16 overflows included)
+  double loss_scale = 1;      // fp16: the dynamic loss scale the step used; 1 otherwise
   // This rank's communication per step, averaged over the steps since the last report.
   CommStats comm;
   double model_state_bytes = 0;  // this rank's shards of weights, gradients, Adam states

@@ -24,4 +24,10 @@ struct ProcessGroups {
 
 std::unique_ptr<ProcessGroups> build_mpi_groups(const Topology& topo);
 
+// The groups of a rank computing on a device backend: "nccl" (one rank per GPU; the NCCL
+// world is created here from `device_stream`, the backend's stream) or "staged" (MPI
+// through host memory, for several ranks on one GPU). Scalar sums stay on MPI.
+std::unique_ptr<ProcessGroups> build_device_groups(const Topology& topo, Backend& device, const std::string& kind,
+                                                   void* device_stream);
+
 }  // namespace mics

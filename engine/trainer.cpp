@@ -69,6 +69,7 @@ Trainer::Trainer(const Config& c, Backend& backend, const Topology& topo, Traine
       backend, layout, topo, groups_->groups(),
       StoreOptions{static_cast<int>(c.mics.prefetch), c.mics.gradient_sync == "every_microstep", compute});
   if (runtime.initialize_parameters) store_->initialize(static_cast<uint64_t>(t.seed));
+  if (t.precision == "fp16") scaler_ = LossScaler(LossScaler::Options{});
   optimizer_ = std::make_unique<AdamW>(layout, store_->ranges());
   schedule_ = LrSchedule{t.lr, t.min_lr, t.warmup_steps, t.steps, t.lr_decay};
   // "{rank}" in the metrics path gives every rank its own file; otherwise rank 0 writes.
@@ -97,8 +98,10 @@ double Trainer::train_step(int64_t step) {
   const TrainConfig& t = config_.train;
   store_->begin_step();
   // Every micro-batch's loss gradient is divided by the number of micro-batches in the
-  // global batch, so the accumulated gradient is that of the mean loss.
-  const double grad_scale = 1.0 / static_cast<double>(accumulation_ * topo_.world);
+  // global batch, so the accumulated gradient is that of the mean loss; fp16 multiplies it
+  // by the loss scale, which the optimizer divides out again.
+  const double loss_scale = scaler_.scale();
+  const double grad_scale = loss_scale / static_cast<double>(accumulation_ * topo_.world);
   double loss_sum = 0;
   for (int64_t j = 0; j < accumulation_; ++j) {
     // Sample indices depend on the global position only: any N and p see the same batch.
@@ -113,11 +116,17 @@ double Trainer::train_step(int64_t step) {
   store_->end_accumulation();
   loss_sum = groups_->world->sum_scalar(loss_sum);
 
-  const double norm = std::sqrt(store_->grad_norm_squared());
+  const double norm = std::sqrt(store_->grad_norm_squared()) / loss_scale;
   last_grad_norm_ = norm;
   // The norm and the loss are global, so every rank takes the same decision.
   last_skipped_ = !std::isfinite(norm) || !std::isfinite(loss_sum);
-  if (last_skipped_) {
+  last_loss_scale_ = scaler_.update(!std::isfinite(norm));
+  if (last_skipped_ && scaler_.enabled() && std::isfinite(loss_sum) && !scaler_.at_minimum()) {
+    // An fp16 overflow: expected now and then, answered by a smaller scale.
+    ++skipped_steps_;
+    spdlog::warn("step {}: fp16 gradients overflowed at loss scale {}; the update is skipped and the scale is now {}",
+                 step + 1, last_loss_scale_, scaler_.scale());
+  } else if (last_skipped_) {
     ++consecutive_skips_;
     ++skipped_steps_;
     std::string where;
@@ -139,7 +148,8 @@ double Trainer::train_step(int64_t step) {
     spec.eps = static_cast<float>(t.adam_eps);
     spec.weight_decay = static_cast<float>(t.weight_decay);
     spec.step = step + 1;
-    spec.grad_scale = t.grad_clip > 0 && norm > t.grad_clip ? static_cast<float>(t.grad_clip / (norm + 1e-6)) : 1.0f;
+    const double clip = t.grad_clip > 0 && norm > t.grad_clip ? t.grad_clip / (norm + 1e-6) : 1.0;
+    spec.grad_scale = static_cast<float>(clip / loss_scale);
     optimizer_->step(backend_, store_->master(), store_->grads(), store_->adam_m(), store_->adam_v(), spec);
     store_->master_changed();
   }
@@ -197,6 +207,7 @@ std::vector<double> Trainer::run() {
     m.grad_norm = last_grad_norm_;
     m.skipped = last_skipped_;
     m.skipped_steps = skipped_steps_;
+    m.loss_scale = last_loss_scale_;
     m.step_time_s = seconds_since(window_start) / static_cast<double>(window_steps);
     m.samples_per_s = static_cast<double>(global_batch_) / m.step_time_s;
     m.tokens_per_s = m.samples_per_s * static_cast<double>(t.seq_len);

@@ -12,6 +12,7 @@
 #include "engine/process_groups.h"
 #include "engine/sharded_param_store.h"
 #include "engine/topology.h"
+#include "engine/loss_scaler.h"
 #include "engine/lr_schedule.h"
 #include "engine/metrics.h"
 #include "engine/optimizer.h"
@@ -75,6 +76,8 @@ class Trainer {
   bool preempted_ = false;
   int64_t consecutive_skips_ = 0, skipped_steps_ = 0;
   double last_grad_norm_ = 0;
+  LossScaler scaler_;  // fp16 only
+  double last_loss_scale_ = 1;
   bool last_skipped_ = false;
 };
 

@@ -23,6 +23,23 @@ double CommStats::bytes(int kind, int op, int tier) const {
   return total;
 }
 
+RingAccount::RingAccount(const std::vector<int>& members, int world_rank, int ranks_per_node, GroupKind kind_)
+    : kind(kind_) {
+  const size_t m = members.size();
+  size_t me = 0;
+  while (me < m && members[me] != world_rank) ++me;
+  if (me == m) return;
+  const int node = world_rank / ranks_per_node;
+  send = members[(me + 1) % m] / ranks_per_node == node ? LinkTier::intra_node : LinkTier::inter_node;
+  recv = members[(me + m - 1) % m] / ranks_per_node == node ? LinkTier::intra_node : LinkTier::inter_node;
+}
+
+void RingAccount::charge(CommStats& stats, CollectiveOp op, double bytes) const {
+  const int k = static_cast<int>(kind), o = static_cast<int>(op);
+  stats.sent[k][o][static_cast<int>(send)] += bytes;
+  stats.received[k][o][static_cast<int>(recv)] += bytes;
+}
+
 CommStats CommStats::minus(const CommStats& e) const {
   CommStats d = *this;
   for (int k = 0; k < 2; ++k)

@@ -39,6 +39,18 @@ struct CommStats {
   CommStats scaled(double factor) const;
 };
 
+// How one rank's collectives in a group are charged: ring neighbours' link tiers.
+struct RingAccount {
+  GroupKind kind = GroupKind::partition;
+  LinkTier send = LinkTier::intra_node;  // to the ring successor
+  LinkTier recv = LinkTier::intra_node;  // from the ring predecessor
+  RingAccount() = default;
+  // `members` in ring order, `world_rank` among them; nodes are world_rank / ranks_per_node.
+  RingAccount(const std::vector<int>& members, int world_rank, int ranks_per_node, GroupKind kind);
+  // `bytes` sent to the successor and as many received from the predecessor.
+  void charge(CommStats& stats, CollectiveOp op, double bytes) const;
+};
+
 class CommRequest {
  public:
   virtual ~CommRequest() = default;
@@ -93,6 +105,7 @@ void world_sum(double* values, int count);
 void world_barrier();
 // How long any wait on other ranks may take before it throws (runtime.comm_timeout_s).
 void set_comm_timeout(double seconds);
+double comm_timeout();
 // True on every rank when `ok` is true on every rank (agreement before a commit step).
 bool world_all(bool ok);
 

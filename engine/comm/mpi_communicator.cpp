@@ -180,7 +180,7 @@ class MpiCommunicator final : public Communicator {
  public:
   MpiCommunicator(const std::vector<int>& members, GroupKind kind, int ranks_per_node,
                   CommStats& stats)
-      : kind_(kind), stats_(stats), members_(members) {
+      : stats_(stats), members_(members) {
     ensure_ping_comm();
     int world_rank = 0;
     MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
@@ -190,15 +190,11 @@ class MpiCommunicator final : public Communicator {
     size_ = static_cast<int>(members.size());
     // Color: the group's first member identifies the group; key: the order in the group.
     check(MPI_Comm_split(MPI_COMM_WORLD, members.front(), rank_, &comm_), "MPI_Comm_split");
-    const int next = members[static_cast<size_t>((rank_ + 1) % size_)];
-    const int prev = members[static_cast<size_t>((rank_ + size_ - 1) % size_)];
-    const int node = world_rank / ranks_per_node;
     describe_ = std::string(name(kind)) + " group of ranks " + std::to_string(members.front()) + ".." +
-                std::to_string(members.back()) + (members.size() > 2 && members[1] - members[0] > 1
+                std::to_string(members.back()) + (members.size() >= 2 && members[1] - members[0] > 1
                                                       ? " step " + std::to_string(members[1] - members[0])
                                                       : "");
-    send_tier_ = next / ranks_per_node == node ? LinkTier::intra_node : LinkTier::inter_node;
-    recv_tier_ = prev / ranks_per_node == node ? LinkTier::intra_node : LinkTier::inter_node;
+    ring_ = RingAccount(members, world_rank, ranks_per_node, kind);
   }
   ~MpiCommunicator() override {
     int finalized = 0;
@@ -290,17 +286,12 @@ class MpiCommunicator final : public Communicator {
   static void expect_fp32(const char* what, DType dtype) {
     if (dtype != DType::f32) throw std::logic_error(std::string("MPI ") + what + " of " + dtype_name(dtype) + ": fp32 only");
   }
-  void charge(CollectiveOp op, double bytes) {
-    const int k = static_cast<int>(kind_), o = static_cast<int>(op);
-    stats_.sent[k][o][static_cast<int>(send_tier_)] += bytes;
-    stats_.received[k][o][static_cast<int>(recv_tier_)] += bytes;
-  }
+  void charge(CollectiveOp op, double bytes) { ring_.charge(stats_, op, bytes); }
 
-  GroupKind kind_;
   CommStats& stats_;
   MPI_Comm comm_ = MPI_COMM_NULL;
   int rank_ = 0, size_ = 1;
-  LinkTier send_tier_ = LinkTier::intra_node, recv_tier_ = LinkTier::intra_node;
+  RingAccount ring_;
   std::vector<int> members_;  // world ranks, in group order
   std::string describe_;  // for messages: "partition group of ranks 4..7"
 };
@@ -326,6 +317,7 @@ void world_barrier() {
 }
 
 void set_comm_timeout(double seconds) { g_timeout_s = seconds; }
+double comm_timeout() { return g_timeout_s; }
 
 bool world_all(bool ok) {
   int value = ok ? 1 : 0;

@@ -19,15 +19,12 @@ class SimCommunicator final : public Communicator {
  public:
   SimCommunicator(const Topology& topo, const std::vector<int>& members, RingShape shape, GroupKind kind,
                   const ClusterSpec& cluster, Timeline& timeline, CommStats& stats)
-      : shape_(shape), kind_(kind), cluster_(cluster), timeline_(timeline), stats_(stats) {
+      : shape_(shape), cluster_(cluster), timeline_(timeline), stats_(stats) {
     const auto me = std::find(members.begin(), members.end(), topo.rank);
     if (me == members.end()) throw std::logic_error("simulated communicator built by a non-member");
     rank_ = static_cast<int>(me - members.begin());
     size_ = static_cast<int>(members.size());
-    const int next = members[static_cast<size_t>((rank_ + 1) % size_)];
-    const int prev = members[static_cast<size_t>((rank_ + size_ - 1) % size_)];
-    send_tier_ = topo.node_of(next) == topo.node() ? LinkTier::intra_node : LinkTier::inter_node;
-    recv_tier_ = topo.node_of(prev) == topo.node() ? LinkTier::intra_node : LinkTier::inter_node;
+    ring_ = RingAccount(members, topo.rank, topo.ranks_per_node, kind);
   }
 
   int rank() const override { return rank_; }
@@ -70,9 +67,8 @@ class SimCommunicator final : public Communicator {
   Request start(CollectiveOp op, double full_bytes, double ring_bytes) {
     auto req = std::make_unique<SimRequest>();
     if (size_ == 1) return req;
-    const int k = static_cast<int>(kind_), o = static_cast<int>(op);
-    stats_.sent[k][o][static_cast<int>(send_tier_)] += ring_bytes;
-    stats_.received[k][o][static_cast<int>(recv_tier_)] += ring_bytes;
+    const int o = static_cast<int>(op);
+    ring_.charge(stats_, op, ring_bytes);
     const CollectiveTime t = collective_time(cluster_, shape_, op, full_bytes);
     // A ring that crosses nodes occupies the network; one inside a node only NVLink.
     double& lane = timeline_.lane_free_s[shape_.spans_nodes ? 1 : 0];
@@ -86,12 +82,11 @@ class SimCommunicator final : public Communicator {
   }
 
   RingShape shape_;
-  GroupKind kind_;
   const ClusterSpec& cluster_;
   Timeline& timeline_;
   CommStats& stats_;
   int rank_ = 0, size_ = 1;
-  LinkTier send_tier_ = LinkTier::intra_node, recv_tier_ = LinkTier::intra_node;
+  RingAccount ring_;
 };
 
 }  // namespace

@@ -90,7 +90,7 @@ TEST(Training, MetricsFileHasEveryField) {
   ASSERT_EQ(rows.size(), 3u);  // steps 1, 2 and 4
   EXPECT_EQ(rows.back().at("step"), 4);
   for (const char* key : {"step", "loss", "lr", "grad_norm", "step_time_s", "samples_per_s",
-                          "tokens_per_s", "tflops_per_device"}) {
+                          "tokens_per_s", "tflops_per_device", "loss_scale"}) {
     ASSERT_TRUE(rows.back().contains(key)) << key;
     EXPECT_TRUE(rows.back().at(key).is_number()) << key;
   }

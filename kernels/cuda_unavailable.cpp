@@ -1,0 +1,17 @@
+// kernels/cuda/cuda_backend.h in a build without CUDA: no devices, and a backend that
+// cannot be made says why.
+#include <stdexcept>
+
+#include "kernels/cuda/cuda_backend.h"
+
+namespace mics {
+
+int cuda_device_count() { return 0; }
+std::string cuda_device_name(int) { return "none"; }
+std::unique_ptr<Backend> make_cuda_backend(int, const CudaBackendOptions&) {
+  throw std::runtime_error("this build has no CUDA backend (configure where nvcc is installed, MICS_CUDA on)");
+}
+void* cuda_stream(Backend&) { return nullptr; }
+int64_t cuda_gemm_fallback_calls(Backend&) { return 0; }
+
+}  // namespace mics
