@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The whole GPU check, on a GPU machine, in one call: the CUDA tests, CUDA-vs-CPU training
+# numerics, 4 ranks on one GPU against 1 rank, NCCL, and the benchmark with its PyTorch
+# peer (scripts/gpu_check.py says what each part checks). Uses the binaries and libraries
+# that scripts/gpu-bundle.sh packed into gpu-carry/ on the development machine:
+#   scripts/gpu-bundle.sh                                   (here)
+#   scripts/gpu-check.sh [checks] [bench]                   (there; default both)
+# Writes $OUT/gpu-results.md and .json (docs/ without $OUT); exit 1 when a check fails.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[[ -x gpu-carry/bin/mics-train ]] || { echo "gpu-check: gpu-carry/ is missing: run scripts/gpu-bundle.sh and carry gpu-carry" >&2; exit 2; }
+exec python3 scripts/gpu_check.py "$@"

@@ -1,0 +1,185 @@
+#!/usr/bin/env python3
+"""The whole GPU check in one go (scripts/gpu-check.sh runs this on the GPU machine):
+
+  checks  the CUDA tests; tiny BERT and GPT trained 50 steps on CUDA against the CPU
+          backend (fp32 within 1e-4 relative, bf16 within 2e-2); 4 ranks on the one GPU
+          (staged communicator) against 1 rank in fp32 within 1e-4; one rank over NCCL.
+  bench   configs/bench/*-slice.json with and without activation checkpointing, 20 steps
+          after 5 of warm-up, TFLOP/s per GPU (model FLOPs of the layers, as the peer
+          counts them) and MFU; the PyTorch peer of the same shapes in the same call.
+
+Writes OUT/gpu-results.md (OUT: $OUT, else docs/) and OUT/gpu-results.json.
+"""
+import argparse
+import datetime
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PEAK_BF16 = {"H100": 989.0, "H200": 989.0}  # dense bf16 TFLOP/s, datasheet (REFERENCES.md)
+
+
+def sh(cmd, env=None, timeout=None):
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    return r.returncode, r.stdout + r.stderr
+
+
+def card():
+    code, text = sh(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"])
+    return text.strip().splitlines()[0] if code == 0 else "unknown"
+
+
+def losses(path):
+    return [json.loads(line)["loss"] for line in open(path)]
+
+
+def train(binary, config, metrics, sets, env, ranks=1, timeout=600):
+    cmd = [binary, "--config", config, "--metrics", metrics, "--log-level", "warn", "--set", "log.every=1"]
+    for s in sets:
+        cmd += ["--set", s]
+    if ranks > 1:
+        cmd = ["mpirun", "--allow-run-as-root", "--oversubscribe", "--bind-to", "none", "-np", str(ranks)] + cmd
+    if os.path.exists(metrics):
+        os.remove(metrics)
+    code, text = sh(cmd, env=env, timeout=timeout)
+    return code, text
+
+
+def max_rel(a, b):
+    if len(a) != len(b) or not a:
+        return float("inf")
+    return max(abs(x - y) / max(abs(y), 1e-12) for x, y in zip(a, b))
+
+
+def checks(bindir, work, env, rows):
+    for test in ("test_cuda_ops", "test_cuda_model"):
+        code, text = sh([os.path.join(bindir, test), "--gtest_brief=1"], env=env, timeout=900)
+        passed = re.search(r"\[  PASSED  \] (\d+) test", text)
+        failed = re.findall(r"\[  FAILED  \] (\S+)", text)
+        rows.append({"check": test, "ok": code == 0,
+                     "detail": f"{passed.group(1) if passed else 0} passed, {len(set(failed))} failed"
+                               + (": " + ", ".join(sorted(set(failed))[:8]) if failed else "")})
+        print(text[-3000:] if code else f"{test}: ok", flush=True)
+    mt = os.path.join(bindir, "mics-train")
+    tiny = ["train.steps=50", "data.source=\"synthetic\"", "data.path=\"\"", "train.global_batch_size=16",
+            "train.micro_batch_size=8"]
+    for model in ("bert", "gpt"):
+        config = os.path.join(ROOT, "configs", f"{model}-tiny.json")
+        ref = os.path.join(work, f"{model}-cpu.jsonl")
+        code, text = train(mt, config, ref, tiny + ["runtime.backend=\"cpu\""], env)
+        if code != 0:
+            rows.append({"check": f"{model}-tiny CPU fp32", "ok": False, "detail": text[-300:]})
+            continue
+        for precision, tol in (("fp32", 1e-4), ("bf16", 2e-2)):
+            m = os.path.join(work, f"{model}-cuda-{precision}.jsonl")
+            code, text = train(mt, config, m, tiny + ["runtime.backend=\"cuda\"", f"train.precision=\"{precision}\""], env)
+            d = max_rel(losses(m), losses(ref)) if code == 0 else float("inf")
+            rows.append({"check": f"{model}-tiny 50 steps, CUDA {precision} vs CPU fp32", "ok": d <= tol,
+                         "detail": f"max relative loss difference {d:.2e} (limit {tol:g})" if code == 0 else text[-300:]})
+    # Several ranks on the one GPU: staged communicator against one rank, fp32.
+    config = os.path.join(ROOT, "configs", "gpt-tiny.json")
+    base = tiny + ["runtime.backend=\"cuda\"", "train.micro_batch_size=4", "train.global_batch_size=16"]
+    one = os.path.join(work, "one-rank.jsonl")
+    code, text = train(mt, config, one, base, env)
+    for label, extra in (("p=4, k=2, hierarchical", ["mics.partition_size=4", "mics.hierarchical_allgather=true"]),
+                         ("p=2, k=2", ["mics.partition_size=2"])):
+        m = os.path.join(work, "four-" + label.replace(" ", "").replace(",", "_").replace("=", "") + ".jsonl")
+        c4, t4 = train(mt, config, m, base + ["runtime.ranks_per_node=2", "runtime.communicator=\"staged\""] + extra,
+                       env, ranks=4)
+        d = max_rel(losses(m), losses(one)) if c4 == 0 and code == 0 else float("inf")
+        rows.append({"check": f"4 ranks on one GPU ({label}, staged) vs 1 rank, fp32", "ok": d <= 1e-4,
+                     "detail": f"max relative loss difference {d:.2e} (limit 1e-4)" if c4 == 0 else t4[-400:]})
+    m = os.path.join(work, "nccl.jsonl")
+    c1, t1 = train(mt, config, m, base + ["runtime.communicator=\"nccl\""], env)
+    d = max_rel(losses(m), losses(one)) if c1 == 0 and code == 0 else float("inf")
+    rows.append({"check": "1 rank over NCCL vs the same without, fp32", "ok": d == 0.0,
+                 "detail": f"max relative loss difference {d:.2e}" if c1 == 0 else t1[-400:]})
+
+
+def layer_flops(cfg):
+    m, t = cfg["model"], cfg["train"]
+    b, s, l, h = t["micro_batch_size"], t["seq_len"], m["layers"], m["hidden"]
+    return 72.0 * b * s * l * h * h * (1 + s / (6.0 * h))
+
+
+def load_config(path):
+    return json.loads(re.sub(r"^\s*//.*$", "", open(path).read(), flags=re.M))
+
+
+def bench(bindir, work, env, rows, peak):
+    mt = os.path.join(bindir, "mics-train")
+    for name in ("bert-10b-slice", "gpt2-10b-slice"):
+        path = os.path.join(ROOT, "configs", "bench", f"{name}.json")
+        cfg = load_config(path)
+        for ckpt in (False, True):
+            m = os.path.join(work, f"{name}-{ckpt}.jsonl")
+            code, text = train(mt, path, m, [f"train.activation_checkpointing={'true' if ckpt else 'false'}"], env)
+            if code != 0:
+                rows.append({"bench": name, "engine": "mics-train", "variant": "ckpt" if ckpt else "no ckpt",
+                             "error": text[-400:]})
+                continue
+            steps = [json.loads(line) for line in open(m)]
+            t = statistics.median(s["step_time_s"] for s in steps[5:])
+            rows.append({"bench": name, "engine": "mics-train", "variant": "ckpt" if ckpt else "no ckpt", "step_s": t,
+                         "tflops": layer_flops(cfg) / t / 1e12, "mfu": layer_flops(cfg) / t / 1e12 / peak})
+        code, text = sh([sys.executable, os.path.join(ROOT, "scripts", "bench", "torch_peer.py"), "--config", path],
+                        env=env, timeout=1200)
+        for line in text.splitlines():
+            if line.startswith("{"):
+                r = json.loads(line)
+                rows.append({"bench": name, "engine": f"PyTorch {r['torch']}", "variant": r["variant"],
+                             "step_s": r["step_s"], "tflops": r["tflops"], "mfu": r["tflops"] / peak})
+        if code != 0:
+            rows.append({"bench": name, "engine": "PyTorch", "variant": "-", "error": text[-400:]})
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("parts", nargs="*", default=["checks", "bench"])
+    ap.add_argument("--bin", default=os.path.join(ROOT, "gpu-carry", "bin"))
+    args = ap.parse_args()
+    out = os.environ.get("OUT") or os.path.join(ROOT, "docs")
+    os.makedirs(out, exist_ok=True)
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+               OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "8"))
+    lib = os.path.join(ROOT, "gpu-carry", "lib")
+    env["LD_LIBRARY_PATH"] = lib + ":" + env.get("LD_LIBRARY_PATH", "")
+    gpu = card()
+    peak = next((v for k, v in PEAK_BF16.items() if k in gpu), 989.0)
+    today = datetime.datetime.utcnow().strftime("%Y-%m-%d")
+    check_rows, bench_rows = [], []
+    with tempfile.TemporaryDirectory() as work:
+        if "checks" in args.parts:
+            checks(args.bin, work, env, check_rows)
+        if "bench" in args.parts:
+            bench(args.bin, work, env, bench_rows, peak)
+    lines = [f"# GPU check ({today})", "", f"Card: {gpu} (name, driver, memory). `scripts/gpu-check.sh {' '.join(args.parts)}`.", ""]
+    if check_rows:
+        lines += ["| check | result | detail |", "|---|---|---|"]
+        lines += [f"| {r['check']} | {'pass' if r['ok'] else 'FAIL'} | {r['detail']} |" for r in check_rows]
+        lines.append("")
+    if bench_rows:
+        lines += [f"Model TFLOP/s per GPU of the layers, 72*B*S*L*H^2*(1+S/(6H)) over the median step (steps 6-25), "
+                  f"MFU against {peak:.0f} TFLOP/s dense bf16; recompute not credited.", "",
+                  "| slice | engine | variant | step ms | TFLOP/s | MFU |", "|---|---|---|---|---|---|"]
+        for r in bench_rows:
+            if "error" in r:
+                lines.append(f"| {r['bench']} | {r['engine']} | {r['variant']} | error: {r['error'][-200:]!r} | | |")
+            else:
+                lines.append(f"| {r['bench']} | {r['engine']} | {r['variant']} | {1e3 * r['step_s']:.1f} | "
+                             f"{r['tflops']:.1f} | {100 * r['mfu']:.1f}% |")
+    report = "\n".join(lines) + "\n"
+    print(report)
+    open(os.path.join(out, "gpu-results.md"), "w").write(report)
+    json.dump({"date": today, "card": gpu, "checks": check_rows, "bench": bench_rows},
+              open(os.path.join(out, "gpu-results.json"), "w"), indent=1)
+    sys.exit(0 if all(r["ok"] for r in check_rows) else 1)
+
+
+if __name__ == "__main__":
+    main()
