@@ -247,9 +247,10 @@ Config parse_config(const json& input, const std::string& source,
     r.get("comm_timeout_s", c.runtime.comm_timeout_s);
     r.get("communicator", c.runtime.communicator, {"auto", "mpi", "nccl", "staged"});
     r.finish();
-    must(r, c.runtime.communicator == "auto" || (c.runtime.communicator == "mpi") == (c.runtime.backend == "cpu"),
-         "'runtime.communicator' \"" + c.runtime.communicator + "\" does not go with 'runtime.backend' \"" +
-             c.runtime.backend + "\": the CPU uses \"mpi\", CUDA \"nccl\" or \"staged\"");
+    const std::string& comm = c.runtime.communicator;
+    must(r, comm == "auto" || comm == "staged" || (comm == "mpi") == (c.runtime.backend == "cpu"),
+         "'runtime.communicator' \"" + comm + "\" does not go with 'runtime.backend' \"" + c.runtime.backend +
+             "\": the CPU uses \"mpi\" (or \"staged\", for tests), CUDA \"nccl\" or \"staged\"");
     must(r, c.runtime.ranks_per_node >= 0,
          "'runtime.ranks_per_node' must be 0 (detect) or a positive integer");
     must(r, c.runtime.device_memory_gb > 0, "'runtime.device_memory_gb' must be positive");

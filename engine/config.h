@@ -74,7 +74,8 @@ struct RuntimeConfig {
   double device_memory_gb = 32.0;
   double comm_timeout_s = 600.0;  // a wait on other ranks longer than this ends the job
   // auto | mpi | nccl | staged: how ranks exchange data. auto: MPI on the CPU; on CUDA,
-  // NCCL when every rank of a node has its own GPU, else MPI staged through host memory.
+  // NCCL when every rank of a node has its own GPU, else MPI staged through host memory
+  // ("staged" also runs on the CPU, where it tests the device path's logic).
   std::string communicator = "auto";
 };
 

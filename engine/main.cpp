@@ -136,6 +136,8 @@ Runtime make_runtime(const mics::Config& config, const mics::Topology& topology,
   Runtime r;
   if (config.runtime.backend == "cpu") {
     r.backend = mics::make_cpu_backend();
+    if (config.runtime.communicator == "staged")
+      r.trainer.groups = mics::build_device_groups(topology, *r.backend, "staged", nullptr);
     return r;
   }
   const int devices = mics::cuda_device_count();

@@ -237,9 +237,11 @@ void ShardedParamStore::release_params(int layer) {
 Tensor ShardedParamStore::grad_buffer(int layer) {
   for (auto& s : grad_slots_)
     if (s->open && s->layer == layer) return layer_span_view(s->work, layer);
+  // A free slot has landed its last layer in the accumulator. (A finished request alone is
+  // not enough: a communicator may complete collectives before returning.)
   GradSlot* slot = nullptr;
   for (auto& s : grad_slots_)
-    if (!s->open && !s->request && (slot == nullptr || s->age < slot->age)) slot = s.get();
+    if (!s->open && s->layer < 0 && (slot == nullptr || s->age < slot->age)) slot = s.get();
   if (slot == nullptr) {  // every slot busy: land the oldest reduce-scatter
     for (auto& s : grad_slots_)
       if (!s->open && (slot == nullptr || s->age < slot->age)) slot = s.get();
