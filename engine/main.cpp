@@ -108,10 +108,13 @@ mics::Config resolve(const Options& o) {
 // What can be refused before anything is logged or allocated: the backend and the
 // placement of this job's ranks into nodes and groups.
 mics::Topology check_runnable(const mics::Config& config, const mics::ProcessEnv& env) {
+  if (config.runtime.backend == "cuda" && !mics::cuda_backend_built())
+    throw mics::ConfigError(config.source_name +
+                            ": 'runtime.backend' \"cuda\" is not available in this build (configure with nvcc "
+                            "installed and -DMICS_CUDA=ON); use \"cpu\".");
   if (config.runtime.backend == "cuda" && mics::cuda_device_count() == 0)
     throw mics::ConfigError(config.source_name +
-                            ": 'runtime.backend' is \"cuda\" but no CUDA device is visible on this node (or this "
-                            "build has no CUDA backend); use \"cpu\".");
+                            ": 'runtime.backend' is \"cuda\" but no CUDA device is visible on this node; use \"cpu\".");
   const int k = config.runtime.ranks_per_node > 0 ? static_cast<int>(config.runtime.ranks_per_node)
                                                   : env.ranks_per_node();
   const int p = config.mics.partition_size > 0

@@ -6,6 +6,7 @@
 
 namespace mics {
 
+bool cuda_backend_built() { return false; }
 int cuda_device_count() { return 0; }
 std::string cuda_device_name(int) { return "none"; }
 std::unique_ptr<Backend> make_cuda_backend(int, const CudaBackendOptions&) {

@@ -17,6 +17,8 @@
 
 namespace mics {
 
+bool cuda_backend_built() { return true; }
+
 int cuda_device_count() {
   int count = 0;
   if (cudaGetDeviceCount(&count) != cudaSuccess) {

@@ -20,6 +20,8 @@ struct CudaBackendOptions {
   size_t gemm_workspace_bytes = size_t{32} << 20;
 };
 
+// Whether this build compiled the CUDA backend (false where nvcc was absent or MICS_CUDA off).
+bool cuda_backend_built();
 // Number of visible CUDA devices; 0 when there is no driver or no device (never throws).
 int cuda_device_count();
 // "NVIDIA H100 80GB HBM3", or "unknown" when the device cannot be queried.
