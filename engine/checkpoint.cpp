@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <map>
 #include <cstdio>
 #include <cstring>
@@ -87,7 +88,8 @@ void prune(const fs::path& dir, int64_t keep) {
 }  // namespace
 
 void save_checkpoint(const Config& config, const Topology& topo, const model::ParamLayout& layout,
-                     const ShardedParamStore& store, int64_t step, int64_t samples_seen) {
+                     const ShardedParamStore& store, int64_t step, int64_t samples_seen,
+                     const LossScaler::State& loss_scaler) {
   const fs::path dir = config.checkpoint.dir;
   const std::string name = step_name(step);
   const fs::path tmp = dir / (".tmp-" + name);
@@ -149,6 +151,8 @@ void save_checkpoint(const Config& config, const Topology& topo, const model::Pa
                        {"rng", "counter-based: every stream is a function of (train.seed, sample index)"},
                        {"config", config.to_json()},
                        {"layout", layout_json(layout)}};
+      if (loss_scaler.scale > 0)
+        manifest["loss_scaler"] = {{"scale", loss_scaler.scale}, {"good_steps", loss_scaler.good_steps}};
       const std::string text = manifest.dump(1);
       write_durably(tmp / "manifest.json", {text.data()}, {text.size()});
       sync_directory(tmp);
@@ -206,6 +210,12 @@ ResumePoint load_checkpoint(const std::string& where, const Config& config, cons
     const int p = manifest.at("partition_size").get<int>();
     point.step = manifest.at("step").get<int64_t>();
     point.samples_seen = manifest.at("samples_seen").get<int64_t>();
+    if (manifest.contains("loss_scaler")) {
+      const json& ls = manifest.at("loss_scaler");
+      point.loss_scaler = {ls.at("scale").get<double>(), ls.at("good_steps").get<int64_t>()};
+      if (!(point.loss_scaler.scale > 0) || !std::isfinite(point.loss_scaler.scale) || point.loss_scaler.good_steps < 0)
+        throw CheckpointError(manifest_path.string() + " has an invalid loss_scaler entry.");
+    }
 
     // This rank's new shard, filled run by run from the old shards that hold each piece.
     const size_t n = static_cast<size_t>(store.shard_elements());

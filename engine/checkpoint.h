@@ -13,6 +13,7 @@
 
 #include "engine/checkpoint_format.h"
 #include "engine/config.h"
+#include "engine/loss_scaler.h"
 #include "engine/sharded_param_store.h"
 #include "engine/topology.h"
 #include "model/param_layout.h"
@@ -24,11 +25,13 @@ struct ResumePoint {
   int64_t step = 0;          // optimizer steps completed
   int64_t samples_seen = 0;  // global samples consumed
   std::string path;          // the checkpoint directory loaded
+  LossScaler::State loss_scaler;  // fp16 runs; empty otherwise
 };
 
 // Collective: every rank calls it at the same step.
 void save_checkpoint(const Config& config, const Topology& topo, const model::ParamLayout& layout,
-                     const ShardedParamStore& store, int64_t step, int64_t samples_seen);
+                     const ShardedParamStore& store, int64_t step, int64_t samples_seen,
+                     const LossScaler::State& loss_scaler = {});
 
 // Collective. `where` is a checkpoint directory, or "latest" for the one that
 // checkpoint.dir/latest names. Loads this rank's shard into `store` after checking that

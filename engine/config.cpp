@@ -5,6 +5,8 @@
 #include <set>
 #include <sstream>
 
+#include "kernels/cuda/cuda_backend.h"
+
 namespace mics {
 
 using nlohmann::json;
@@ -215,8 +217,9 @@ Config parse_config(const json& input, const std::string& source,
     r.get("adam_eps", t.adam_eps);
     r.get("grad_clip", t.grad_clip);
     r.get("max_skipped_steps", t.max_skipped_steps);
+    r.get("initial_loss_scale", t.initial_loss_scale);
     r.get("seed", t.seed);
-    r.get("precision", t.precision, {"fp32", "bf16", "fp16"});
+    r.get("precision", t.precision, {"auto", "fp32", "bf16", "fp16"});
     r.get("activation_checkpointing", t.activation_checkpointing);
     r.finish();
   }
@@ -325,6 +328,15 @@ Config parse_config(const json& input, const std::string& source,
   must(t, tc.grad_clip >= 0, "'train.grad_clip' must be 0 (off) or a positive norm");
   must(t, tc.seed >= 0, "'train.seed' must be 0 or more");
   must(t, tc.max_skipped_steps >= 1, "'train.max_skipped_steps' must be at least 1");
+  must(t, std::isfinite(tc.initial_loss_scale) && tc.initial_loss_scale >= 0,
+       "'train.initial_loss_scale' must be 0 (the default, 2^16) or a positive number");
+  if (tc.precision == "auto") {
+    const int cc = c.runtime.backend == "cuda" && cuda_device_count() > 0 ? cuda_compute_capability(0) : 0;
+    tc.precision = auto_precision(c.runtime.backend, cc);
+    tc.precision_reason = c.runtime.backend == "cpu" ? "the CPU backend"
+                          : cc == 0 ? "no GPU visible here"
+                                    : "GPU compute capability " + std::to_string(cc / 10) + "." + std::to_string(cc % 10);
+  }
   must(t, tc.precision == "fp32" || c.runtime.backend == "cuda",
        "'train.precision' \"" + tc.precision + "\" needs 'runtime.backend' \"cuda\"; the CPU backend computes in \"fp32\"");
 
@@ -365,6 +377,11 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   return parse_config(doc, path, overrides);
 }
 
+std::string auto_precision(const std::string& backend, int compute_capability) {
+  if (backend != "cuda") return "fp32";
+  return compute_capability == 0 || compute_capability >= 80 ? "bf16" : "fp16";
+}
+
 DType compute_dtype(const std::string& precision) {
   if (precision == "bf16") return DType::bf16;
   if (precision == "fp16") return DType::f16;
@@ -403,6 +420,7 @@ json Config::to_json() const {
                 {"adam_beta1", train.adam_beta1}, {"adam_beta2", train.adam_beta2},
                 {"adam_eps", train.adam_eps}, {"grad_clip", train.grad_clip},
                 {"max_skipped_steps", train.max_skipped_steps},
+                {"initial_loss_scale", train.initial_loss_scale},
                 {"seed", train.seed}, {"precision", train.precision},
                 {"activation_checkpointing", train.activation_checkpointing}};
   j["data"] = {{"source", data.source}, {"path", data.path}, {"mask_prob", data.mask_prob},

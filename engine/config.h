@@ -48,8 +48,13 @@ struct TrainConfig {
   double adam_eps = 1e-8;
   double grad_clip = 1.0;  // 0: off
   int64_t max_skipped_steps = 10;  // consecutive non-finite steps before the run stops
+  double initial_loss_scale = 0;   // fp16 only; 0: 2^16
   int64_t seed = 1234;
-  std::string precision = "fp32";  // fp32 | bf16 | fp16
+  // fp32 | bf16 | fp16 | auto. auto resolves at load: fp32 on the CPU backend; on CUDA bf16
+  // where the GPU has it (compute capability 8.0+), fp16 with loss scaling below (V100),
+  // bf16 when no GPU is visible (planning on a login node: both are 2 bytes).
+  std::string precision = "auto";
+  std::string precision_reason;  // how "auto" resolved, for the log; empty when set explicitly
   bool activation_checkpointing = false;  // keep block inputs only; recompute each block in backward
 };
 
@@ -104,6 +109,10 @@ struct Config {
   model::ModelSpec model_spec() const;
   nlohmann::json to_json() const;  // fully resolved, defaults filled in
 };
+
+// train.precision "auto" for a backend: fp32 on "cpu"; on "cuda" bf16 at compute capability
+// (major * 10 + minor) 80 and above, fp16 below, bf16 when it is 0 (no GPU visible).
+std::string auto_precision(const std::string& backend, int compute_capability);
 
 // The model's compute dtype for train.precision ("fp32", "bf16", "fp16").
 DType compute_dtype(const std::string& precision);

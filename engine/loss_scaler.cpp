@@ -17,4 +17,10 @@ double LossScaler::update(bool overflow) {
   return used;
 }
 
+void LossScaler::restore(const State& s) {
+  if (!enabled_ || s.scale <= 0) return;
+  scale_ = std::max(options_.minimum, s.scale);
+  good_steps_ = s.good_steps;
+}
+
 }  // namespace mics

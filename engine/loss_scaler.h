@@ -26,6 +26,16 @@ class LossScaler {
   // overflow is a real numerical fault.
   bool at_minimum() const { return scale_ <= options_.minimum; }
 
+  // What a checkpoint keeps so that a resumed fp16 run scales exactly as the uninterrupted
+  // one: the scale and the run of good steps towards the next doubling.
+  struct State {
+    double scale = 0;  // 0: none recorded (the run was not fp16)
+    int64_t good_steps = 0;
+  };
+  State state() const { return enabled_ ? State{scale_, good_steps_} : State{}; }
+  // Ignored when disabled or when `s` records nothing.
+  void restore(const State& s);
+
  private:
   bool enabled_ = false;
   Options options_;

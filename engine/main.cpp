@@ -161,6 +161,8 @@ Runtime make_runtime(const mics::Config& config, const mics::Topology& topology,
 int train(const mics::Config& config, const mics::Topology& topology, const mics::ProcessEnv& env,
           const std::string& resume, const std::string& init_from) {
   spdlog::info("{}", topology.describe());
+  if (!config.train.precision_reason.empty())
+    spdlog::info("train.precision auto: {} ({})", config.train.precision, config.train.precision_reason);
   mics::set_comm_timeout(config.runtime.comm_timeout_s);
   Runtime runtime = make_runtime(config, topology, env);
   mics::Trainer trainer(config, *runtime.backend, topology, std::move(runtime.trainer));

@@ -69,7 +69,14 @@ Trainer::Trainer(const Config& c, Backend& backend, const Topology& topo, Traine
       backend, layout, topo, groups_->groups(),
       StoreOptions{static_cast<int>(c.mics.prefetch), c.mics.gradient_sync == "every_microstep", compute});
   if (runtime.initialize_parameters) store_->initialize(static_cast<uint64_t>(t.seed));
-  if (t.precision == "fp16") scaler_ = LossScaler(LossScaler::Options{});
+  if (t.precision == "fp16") {
+    LossScaler::Options scaling;
+    if (t.initial_loss_scale > 0) scaling.initial = t.initial_loss_scale;
+    scaler_ = LossScaler(scaling);
+  } else if (t.initial_loss_scale > 0) {
+    spdlog::warn("'train.initial_loss_scale' is ignored: train.precision is {}, and only fp16 scales the loss",
+                 t.precision);
+  }
   optimizer_ = std::make_unique<AdamW>(layout, store_->ranges());
   schedule_ = LrSchedule{t.lr, t.min_lr, t.warmup_steps, t.steps, t.lr_decay};
   // "{rank}" in the metrics path gives every rank its own file; otherwise rank 0 writes.
@@ -161,6 +168,10 @@ void Trainer::resume(const std::string& where) {
   store_->master_changed();
   start_step_ = point.step;
   sample_base_ = point.samples_seen;
+  scaler_.restore(point.loss_scaler);
+  if (scaler_.enabled())
+    spdlog::info("fp16 loss scale {} ({} good steps towards the next doubling){}", scaler_.scale(),
+                 scaler_.state().good_steps, point.loss_scaler.scale > 0 ? ", from the checkpoint" : ", initial");
   spdlog::info("resumed from {} at step {} ({} samples seen)", point.path, point.step, point.samples_seen);
   if (start_step_ >= config_.train.steps)
     spdlog::warn("the checkpoint is at step {} and train.steps is {}: nothing left to train", start_step_,
@@ -242,7 +253,7 @@ std::vector<double> Trainer::run() {
     }
     if (checkpoints && (scheduled || preempted_))
       save_checkpoint(config_, topo_, model_->layout(), *store_, done,
-                      sample_base_ + (done - start_step_) * global_batch_);
+                      sample_base_ + (done - start_step_) * global_batch_, scaler_.state());
     if (preempted_) {
       if (!checkpoints) spdlog::warn("no checkpoint.dir is set: the progress of this run is lost");
       break;

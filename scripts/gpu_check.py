@@ -2,8 +2,10 @@
 """The whole GPU check in one go (scripts/gpu-check.sh runs this on the GPU machine):
 
   checks  the CUDA tests; tiny BERT and GPT trained 50 steps on CUDA against the CPU
-          backend (fp32 within 1e-4 relative, bf16 within 2e-2); 4 ranks on the one GPU
-          (staged communicator) against 1 rank in fp32 within 1e-4; one rank over NCCL.
+          backend (fp32 within 1e-4 relative, bf16 and fp16 within 2e-2); 4 ranks on the one
+          GPU (staged communicator) against 1 rank in fp32 within 1e-4; one rank over NCCL;
+          fp16 from a loss scale of 2^32 (overflows skipped, scale halved, then training) and
+          its resume from a checkpoint, bit for bit.
   bench   configs/bench/*-slice.json with and without activation checkpointing, 9 steps
           after 1 of warm-up, TFLOP/s per GPU (model FLOPs of the layers, as the peer
           counts them) and MFU; the PyTorch peer of the same shapes in the same call.
@@ -38,8 +40,8 @@ def losses(path):
     return [json.loads(line)["loss"] for line in open(path)]
 
 
-def train(binary, config, metrics, sets, env, ranks=1, timeout=600):
-    cmd = [binary, "--config", config, "--metrics", metrics, "--log-level", "warn", "--set", "log.every=1"]
+def train(binary, config, metrics, sets, env, ranks=1, timeout=600, extra=()):
+    cmd = [binary, "--config", config, "--metrics", metrics, "--log-level", "warn", "--set", "log.every=1", *extra]
     for s in sets:
         cmd += ["--set", s]
     if ranks > 1:
@@ -75,7 +77,7 @@ def checks(bindir, work, env, rows):
         if code != 0:
             rows.append({"check": f"{model}-tiny CPU fp32", "ok": False, "detail": text[-300:]})
             continue
-        for precision, tol in (("fp32", 1e-4), ("bf16", 2e-2)):
+        for precision, tol in (("fp32", 1e-4), ("bf16", 2e-2), ("fp16", 2e-2)):
             m = os.path.join(work, f"{model}-cuda-{precision}.jsonl")
             code, text = train(mt, config, m, tiny + ["runtime.backend=\"cuda\"", f"train.precision=\"{precision}\""], env)
             d = max_rel(losses(m), losses(ref)) if code == 0 else float("inf")
@@ -83,7 +85,8 @@ def checks(bindir, work, env, rows):
                          "detail": f"max relative loss difference {d:.2e} (limit {tol:g})" if code == 0 else text[-300:]})
     # Several ranks on the one GPU: staged communicator against one rank, fp32.
     config = os.path.join(ROOT, "configs", "gpt-tiny.json")
-    base = tiny + ["runtime.backend=\"cuda\"", "train.micro_batch_size=4", "train.global_batch_size=16"]
+    base = tiny + ["runtime.backend=\"cuda\"", "train.precision=\"fp32\"", "train.micro_batch_size=4",
+                   "train.global_batch_size=16"]
     one = os.path.join(work, "one-rank.jsonl")
     code, text = train(mt, config, one, base, env)
     for label, extra in (("p=4, k=2, hierarchical", ["mics.partition_size=4", "mics.hierarchical_allgather=true"]),
@@ -99,6 +102,34 @@ def checks(bindir, work, env, rows):
     d = max_rel(losses(m), losses(one)) if c1 == 0 and code == 0 else float("inf")
     rows.append({"check": "1 rank over NCCL vs the same without, fp32", "ok": d == 0.0,
                  "detail": f"max relative loss difference {d:.2e}" if c1 == 0 else t1[-400:]})
+    fp16_overflow_and_resume(mt, config, work, env, tiny, rows)
+
+
+def fp16_overflow_and_resume(mt, config, work, env, tiny, rows):
+    """fp16 from a loss scale of 2^32: the first steps overflow, are skipped and halve the
+    scale; training then proceeds. A resume from the step-25 checkpoint must continue
+    exactly like the uninterrupted run (the scale is part of the checkpoint)."""
+    ck = os.path.join(work, "fp16-ck")
+    sets = tiny + ["runtime.backend=\"cuda\"", "train.precision=\"fp16\"", "train.initial_loss_scale=4294967296",
+                   "train.steps=35", f"checkpoint.dir=\"{ck}\"", "checkpoint.every=25"]
+    full = os.path.join(work, "fp16-full.jsonl")
+    code, text = train(mt, config, full, sets, env)
+    if code != 0:
+        rows.append({"check": "fp16 overflow skips, then trains", "ok": False, "detail": text[-400:]})
+        return
+    m = [json.loads(line) for line in open(full)]
+    skipped = [r["step"] for r in m if r["skipped"]]
+    halves = all(b["loss_scale"] == a["loss_scale"] / 2 for a, b in zip(m, m[1:]) if a["skipped"])
+    ok = bool(skipped) and halves and not m[-1]["skipped"] and m[-1]["loss"] < m[0]["loss"]
+    rows.append({"check": "fp16 overflow skips, then trains", "ok": ok,
+                 "detail": f"skipped steps {skipped}, scale {m[0]['loss_scale']:g} -> {m[-1]['loss_scale']:g}, "
+                           f"halved after every skip: {halves}; loss {m[0]['loss']:.4f} -> {m[-1]['loss']:.4f}"})
+    resumed = os.path.join(work, "fp16-resumed.jsonl")
+    code, text = train(mt, config, resumed, sets + ["checkpoint.every=0"], env, extra=["--resume", ck + "/step-000025"])
+    r = [json.loads(line) for line in open(resumed)] if code == 0 else []
+    same = [(a["loss"], a["loss_scale"]) for a in m[25:]] == [(b["loss"], b["loss_scale"]) for b in r]
+    rows.append({"check": "fp16 resume from step 25 vs uninterrupted (loss and scale, bit for bit)", "ok": code == 0 and same,
+                 "detail": (f"{len(r)} steps compared, identical: {same}" if code == 0 else text[-400:])})
 
 
 def layer_flops(cfg):

@@ -151,6 +151,8 @@ std::vector<Case> cases() {
   c.push_back(config_case("cuda_without_device", [](json& j) { j["runtime"]["backend"] = "cuda"; },
                           mics::cuda_backend_built() ? "'runtime.backend' is \"cuda\" but no CUDA device is visible"
                                                      : "'runtime.backend' \"cuda\" is not available in this build"));
+  c.push_back(config_case("negative_loss_scale", [](json& j) { j["train"]["initial_loss_scale"] = -8; },
+                          "'train.initial_loss_scale' must be 0 (the default, 2^16) or a positive number"));
   c.push_back(config_case("path_without_source", [](json& j) { j["data"] = {{"path", "/tmp"}}; },
                           "'data.path' is set but 'data.source' is \"synthetic\""));
   c.push_back(config_case("gpt_type_vocab", [](json& j) { j["model"]["type_vocab_size"] = 2; },

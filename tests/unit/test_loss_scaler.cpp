@@ -43,4 +43,25 @@ TEST(LossScaler, DisabledIsOneForever) {
   EXPECT_EQ(s.scale(), 1.0);
 }
 
+TEST(LossScaler, ARestoredStateContinuesLikeTheUninterruptedRun) {
+  mics::LossScaler::Options o;
+  o.initial = 1024.0;
+  o.growth_interval = 3;
+  mics::LossScaler a(o);
+  a.update(true);   // 512
+  a.update(false);  // one good step of three
+  mics::LossScaler b(o);
+  b.restore(a.state());
+  for (bool overflow : {false, false, true, false, false, false}) EXPECT_EQ(b.update(overflow), a.update(overflow));
+  EXPECT_EQ(b.scale(), a.scale());
+
+  mics::LossScaler untouched(o);
+  untouched.restore({});  // a checkpoint of a run that was not fp16
+  EXPECT_EQ(untouched.scale(), 1024.0);
+  mics::LossScaler off;
+  off.restore(a.state());
+  EXPECT_EQ(off.scale(), 1.0);
+  EXPECT_EQ(off.state().scale, 0.0);
+}
+
 }  // namespace
