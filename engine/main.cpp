@@ -5,6 +5,7 @@
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <exception>
 #include <filesystem>
@@ -21,6 +22,7 @@
 #include "engine/hf_interchange.h"
 #include "engine/safetensors.h"
 #include "engine/memory_report.h"
+#include "engine/op_profile.h"
 #include "engine/sim/cluster_spec.h"
 #include "engine/sim/simulate.h"
 #include "engine/process_env.h"
@@ -42,6 +44,7 @@ struct Options {
   std::string metrics;
   std::string log_level;
   bool dry_run = false;
+  bool profile = false;
   std::string resume;
   std::string init_from;
   // export
@@ -158,13 +161,48 @@ Runtime make_runtime(const mics::Config& config, const mics::Topology& topology,
   return r;
 }
 
+// --profile: rank 0's time per backend op over the steps after the first (warm-up), and
+// what the ops leave uncovered, printed when the run ends.
+struct ProfileWindow {
+  mics::OpProfile ops;
+  int64_t first_done = -1, last_done = -1;
+  std::chrono::steady_clock::time_point start;
+
+  void after_step(int64_t done) {
+    if (first_done < 0) {  // the first step of this run: warm-up, not counted
+      ops.reset();
+      first_done = done;
+      start = std::chrono::steady_clock::now();
+    }
+    last_done = done;
+  }
+  void report() const {
+    const int64_t steps = last_done - first_done;
+    if (steps <= 0) {
+      spdlog::warn("--profile: the run ended before a step after the first (warm-up) one; nothing to report");
+      return;
+    }
+    const double step_s =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / static_cast<double>(steps);
+    spdlog::info("op profile of rank 0, steps {}-{} (the device is synchronised around every op, so the steps "
+                 "run slower than unprofiled ones):\n{}", first_done + 1, last_done, ops.table(step_s, steps));
+  }
+};
+
 int train(const mics::Config& config, const mics::Topology& topology, const mics::ProcessEnv& env,
-          const std::string& resume, const std::string& init_from) {
+          const std::string& resume, const std::string& init_from, bool profile) {
   spdlog::info("{}", topology.describe());
   if (!config.train.precision_reason.empty())
     spdlog::info("train.precision auto: {} ({})", config.train.precision, config.train.precision_reason);
   mics::set_comm_timeout(config.runtime.comm_timeout_s);
   Runtime runtime = make_runtime(config, topology, env);
+  ProfileWindow window;
+  if (profile) {
+    // The communicators were built on the real backend (its stream, its copies): only the
+    // model's and the store's ops go through the profiler.
+    runtime.backend = mics::make_profiling_backend(std::move(runtime.backend), window.ops);
+    runtime.trainer.after_step = [&window](int64_t done) { window.after_step(done); };
+  }
   mics::Trainer trainer(config, *runtime.backend, topology, std::move(runtime.trainer));
   if (!init_from.empty()) trainer.init_from(init_from);
   if (resume == "auto") {  // a requeued job: continue if a checkpoint exists, else start
@@ -176,6 +214,7 @@ int train(const mics::Config& config, const mics::Topology& topology, const mics
     trainer.resume(resume);
   }
   const std::vector<double> losses = trainer.run();
+  if (profile && env.rank() == 0) window.report();
   if (!losses.empty())
     spdlog::info("{}: {} steps, loss {:.4f} -> {:.4f}", trainer.preempted() ? "stopped" : "done", losses.size(),
                  losses.front(), losses.back());
@@ -212,6 +251,8 @@ int main(int argc, char** argv) {
   exporter->add_option("--out", o.out, "output .safetensors file, or folder with --format hf")->required();
   exporter->add_option("--format", o.format, "safetensors (one file) or hf (folder with config.json)")
       ->check(CLI::IsMember({"safetensors", "hf"}));
+  app.add_flag("--profile", o.profile,
+               "time every backend op (device synchronised around each) and print where rank 0's steps go");
   app.add_flag("--dry-run", o.dry_run,
                "print parameter count and memory per device, allocate nothing");
   app.add_option("--cluster", o.cluster, "with --dry-run: plan memory on this cluster file for every partition size")
@@ -246,6 +287,10 @@ int main(int argc, char** argv) {
   }
   if (o.config.empty()) {
     std::fprintf(stderr, "mics-train: error: --config is required.\n");
+    return kExitBadInput;
+  }
+  if (o.profile && (o.dry_run || !o.simulate.empty())) {
+    std::fprintf(stderr, "mics-train: error: --profile times a training run; it does not go with --dry-run or --simulate.\n");
     return kExitBadInput;
   }
   if (!o.cluster.empty() && !o.dry_run) {
@@ -286,7 +331,7 @@ int main(int argc, char** argv) {
     if (!env.launcher_detail().empty()) spdlog::info("{}", env.launcher_detail());
     if (!env.launcher_warning().empty()) spdlog::warn("{}", env.launcher_warning());
     spdlog::info("config {}: {}", config.source_name, config.to_json().dump());
-    return train(config, topology, env, o.resume, o.init_from);
+    return train(config, topology, env, o.resume, o.init_from, o.profile);
   } catch (const mics::ConfigError& e) {
     std::fprintf(stderr, "mics-train: error: %s\n", e.what());
     return kExitBadInput;  // every rank reads the same config and fails the same way

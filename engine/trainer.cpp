@@ -69,6 +69,7 @@ Trainer::Trainer(const Config& c, Backend& backend, const Topology& topo, Traine
       backend, layout, topo, groups_->groups(),
       StoreOptions{static_cast<int>(c.mics.prefetch), c.mics.gradient_sync == "every_microstep", compute});
   if (runtime.initialize_parameters) store_->initialize(static_cast<uint64_t>(t.seed));
+  after_step_ = std::move(runtime.after_step);
   if (t.precision == "fp16") {
     LossScaler::Options scaling;
     if (t.initial_loss_scale > 0) scaling.initial = t.initial_loss_scale;
@@ -239,6 +240,7 @@ std::vector<double> Trainer::run() {
     losses.push_back(train_step(step));
     ++window_steps;
     const int64_t done = step + 1;
+    if (after_step_) after_step_(done);
     // Every rank learns whether any rank was signalled, so all stop at the same step.
     preempted_ = !world_all(!stop_signal_received()) && done < t.steps;
     if (preempted_ || step == start_step_ || done % config_.log.every == 0 || done == t.steps) report(step);

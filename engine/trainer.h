@@ -3,6 +3,7 @@
 // store, the two-hop gradient sync, global-norm clipping, AdamW on the shard with the
 // weight-decay mask, the LR schedule, progress and metrics.
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <stdexcept>
 #include <vector>
@@ -30,6 +31,8 @@ struct TrainingError : std::runtime_error {
 struct TrainerRuntime {
   std::unique_ptr<ProcessGroups> groups;  // null: this rank's MPI groups
   bool initialize_parameters = true;
+  // Called after every completed step with the number of steps done (e.g. --profile's window).
+  std::function<void(int64_t steps_done)> after_step;
 };
 
 class Trainer {
@@ -62,6 +65,7 @@ class Trainer {
   Backend& backend_;
   Topology topo_;
   std::unique_ptr<ProcessGroups> groups_;
+  std::function<void(int64_t)> after_step_;
   int64_t global_batch_ = 0, accumulation_ = 0;
   std::unique_ptr<data::TokenSource> source_;
   std::unique_ptr<data::Batcher> batcher_;

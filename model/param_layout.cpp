@@ -78,6 +78,9 @@ void init_parameters(const ParamLayout& layout, uint64_t seed, int64_t begin, in
   std::fill(out, out + (end - begin), 0.0f);
   for (const ParamTensor& t : layout.tensors()) {
     const int64_t lo = std::max(begin, t.offset), hi = std::min(end, t.offset + t.numel());
+    // Every value is a function of its index alone, so threads change nothing but the time
+    // (a 10B-parameter model has 10^10 normal draws to make at start-up).
+#pragma omp parallel for schedule(static) if (hi - lo > 65536)
     for (int64_t i = lo; i < hi; ++i) {
       float& v = out[i - begin];
       switch (t.init) {

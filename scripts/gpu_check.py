@@ -6,6 +6,7 @@
           GPU (staged communicator) against 1 rank in fp32 within 1e-4; one rank over NCCL;
           fp16 from a loss scale of 2^32 (overflows skipped, scale halved, then training) and
           its resume from a checkpoint, bit for bit.
+  profile each slice with --profile: time per op (not part of the default run)
   bench   configs/bench/*-slice.json with and without activation checkpointing, 9 steps
           after 1 of warm-up, TFLOP/s per GPU (model FLOPs of the layers, as the peer
           counts them) and MFU; the PyTorch peer of the same shapes in the same call.
@@ -171,6 +172,19 @@ def bench(bindir, work, env, rows, peak):
             rows.append({"bench": name, "engine": "PyTorch", "variant": "-", "error": text[-400:]})
 
 
+def profile(bindir, work, env, tables):
+    """Each slice once with --profile (4 steps; the op table covers steps 2-4)."""
+    mt = os.path.join(bindir, "mics-train")
+    for name in ("bert-10b-slice", "gpt2-10b-slice"):
+        path = os.path.join(ROOT, "configs", "bench", f"{name}.json")
+        m = os.path.join(work, f"{name}-profile.jsonl")
+        cmd = [mt, "--config", path, "--metrics", m, "--set", "train.steps=4", "--profile"]
+        code, text = sh(cmd, env=env, timeout=400)
+        table = text[text.find("op profile"):] if "op profile" in text else text[-1500:]
+        tables.append((name, code, "\n".join(line.split("] ", 1)[-1] for line in table.splitlines()
+                                             if "done:" not in line)))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("parts", nargs="*", default=["checks", "bench"])
@@ -186,12 +200,14 @@ def main():
     gpu = card()
     peak = next((v for k, v in PEAK_BF16.items() if k in gpu), 989.0)
     today = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
-    check_rows, bench_rows = [], []
+    check_rows, bench_rows, profile_tables = [], [], []
     with tempfile.TemporaryDirectory() as work:
         if "checks" in args.parts:
             checks(args.bin, work, env, check_rows)
         if "bench" in args.parts:
             bench(args.bin, work, env, bench_rows, peak)
+        if "profile" in args.parts:
+            profile(args.bin, work, env, profile_tables)
     lines = [f"# GPU check ({today})", "", f"Card: {gpu} (name, driver, memory). `scripts/gpu-check.sh {' '.join(args.parts)}`.", ""]
     if check_rows:
         lines += ["| check | result | detail |", "|---|---|---|"]
@@ -207,10 +223,13 @@ def main():
             else:
                 lines.append(f"| {r['bench']} | {r['engine']} | {r['variant']} | {1e3 * r['step_s']:.1f} | "
                              f"{r['tflops']:.1f} | {100 * r['mfu']:.1f}% |")
+    for name, code, table in profile_tables:
+        lines += ["", f"`{name}` with `--profile`" + ("" if code == 0 else f" (exit {code})") + ":", "", "```", table, "```"]
     report = "\n".join(lines) + "\n"
     print(report)
     open(os.path.join(out, args.report + ".md"), "w").write(report)
-    json.dump({"date": today, "card": gpu, "checks": check_rows, "bench": bench_rows},
+    json.dump({"date": today, "card": gpu, "checks": check_rows, "bench": bench_rows,
+               "profile": [{"slice": n, "exit": c, "table": t} for n, c, t in profile_tables]},
               open(os.path.join(out, args.report + ".json"), "w"), indent=1)
     sys.exit(0 if all(r["ok"] for r in check_rows) else 1)
 

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "engine/gemm_flops.h"
+
 namespace mics::sim {
 
 namespace {
@@ -60,14 +62,14 @@ class SimBackend final : public Backend {
   void attention_forward(Tensor out, Tensor probs, Tensor qkv, IntTensor, const AttentionDims& d,
                          DropoutSpec) override {
     const double bh = static_cast<double>(d.batch * d.heads), e = static_cast<double>(dtype_size(qkv.dtype));
-    charge_gemm(qkv.dtype, 2.0 * 2.0 * bh * d.seq * d.seq * d.head_dim,
+    charge_gemm(qkv.dtype, attention_forward_flops(d),
                 e * bh * (4.0 * d.seq * d.head_dim + 2.0 * d.seq * d.seq));
     stream(4, probs);
   }
   void attention_backward(Tensor d_qkv, Tensor scratch, Tensor, Tensor, Tensor probs, const AttentionDims& d,
                           DropoutSpec) override {
     const double bh = static_cast<double>(d.batch * d.heads), e = static_cast<double>(dtype_size(probs.dtype));
-    charge_gemm(probs.dtype, 4.0 * 2.0 * bh * d.seq * d.seq * d.head_dim,
+    charge_gemm(probs.dtype, attention_backward_flops(d),
                 e * bh * (8.0 * d.seq * d.head_dim + 4.0 * d.seq * d.seq));
     stream(4, probs);
   }

@@ -81,7 +81,7 @@ SimulatedStep simulate_step(const Config& config, const ClusterSpec& cluster, in
   {
     QuietLog quiet;
     Trainer trainer(c, *backend, topo,
-                    TrainerRuntime{build_sim_groups(topo, cluster, timeline), false});
+                    TrainerRuntime{build_sim_groups(topo, cluster, timeline), false, {}});
     // The first step records the acquire order that later steps prefetch by.
     trainer.train_step(0);
     const Timeline before = timeline;

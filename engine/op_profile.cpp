@@ -1,0 +1,166 @@
+#include "engine/op_profile.h"
+
+#include <algorithm>
+#include <chrono>
+#include <utility>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "engine/gemm_flops.h"
+
+namespace mics {
+
+void OpProfile::add(const char* op, double seconds, double flops) {
+  Entry& e = entries_[op];
+  ++e.calls;
+  e.seconds += seconds;
+  e.flops += flops;
+}
+
+std::string OpProfile::table(double step_seconds, int64_t steps) const {
+  std::vector<std::pair<std::string, Entry>> rows(entries_.begin(), entries_.end());
+  std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.second.seconds > b.second.seconds; });
+  const double n = static_cast<double>(std::max<int64_t>(steps, 1));
+  std::string out = fmt::format("{:<20} {:>10} {:>12} {:>8} {:>10}\n", "op", "calls/step", "ms/step", "share", "TFLOP/s");
+  double covered = 0;
+  for (const auto& [op, e] : rows) {
+    covered += e.seconds;
+    const std::string rate = e.flops > 0 && e.seconds > 0 ? fmt::format("{:.3g}", e.flops / e.seconds / 1e12) : "";
+    out += fmt::format("{:<20} {:>10.1f} {:>12.3f} {:>7.1f}% {:>10}\n", op, static_cast<double>(e.calls) / n,
+                       1e3 * e.seconds / n, 100.0 * e.seconds / n / step_seconds, rate);
+  }
+  const double rest = step_seconds - covered / n;
+  out += fmt::format("{:<20} {:>10} {:>12.3f} {:>7.1f}%\n", "(not in an op)", "", 1e3 * rest, 100.0 * rest / step_seconds);
+  out += fmt::format("{:<20} {:>10} {:>12.3f} {:>7.1f}%", "step", "", 1e3 * step_seconds, 100.0);
+  return out;
+}
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+class ProfilingBackend final : public Backend {
+ public:
+  ProfilingBackend(std::unique_ptr<Backend> inner, OpProfile& profile) : inner_(std::move(inner)), profile_(profile) {}
+
+  // Work queued before the op is not the op's: wait for it first, then time the op to its end.
+  template <class F>
+  auto timed(const char* op, double flops, F&& f) {
+    inner_->synchronize();
+    const Clock::time_point start = Clock::now();
+    struct Record {  // also on an exception, and around a returned value
+      OpProfile& profile;
+      Backend& backend;
+      const char* op;
+      double flops;
+      Clock::time_point start;
+      ~Record() {
+        try {
+          backend.synchronize();
+        } catch (...) {  // the op's own error is the one to report
+        }
+        profile.add(op, std::chrono::duration<double>(Clock::now() - start).count(), flops);
+      }
+    } record{profile_, *inner_, op, flops, start};
+    return f();
+  }
+
+  const char* name() const override { return inner_->name(); }
+  bool supports(DType dtype) const override { return inner_->supports(dtype); }
+
+  // Memory management and transfers are set-up and data loading: forwarded, not timed.
+  void* allocate(size_t bytes) override { return inner_->allocate(bytes); }
+  void release(void* ptr) noexcept override { inner_->release(ptr); }
+  void copy_from_host(void* dst, const void* src, size_t bytes) override {
+    timed("copy_from_host", 0, [&] { inner_->copy_from_host(dst, src, bytes); });
+  }
+  void copy_to_host(void* dst, const void* src, size_t bytes) override {
+    timed("copy_to_host", 0, [&] { inner_->copy_to_host(dst, src, bytes); });
+  }
+  void synchronize() override { inner_->synchronize(); }
+
+  void fill_zero(Tensor x) override { timed("fill_zero", 0, [&] { inner_->fill_zero(x); }); }
+  void cast(Tensor out, Tensor in) override { timed("cast", 0, [&] { inner_->cast(out, in); }); }
+  void add(Tensor out, Tensor a, Tensor b) override { timed("add", 0, [&] { inner_->add(out, a, b); }); }
+  void scale(Tensor x, double alpha) override { timed("scale", 0, [&] { inner_->scale(x, alpha); }); }
+  double sum(Tensor x) override { return timed("sum", 0, [&] { return inner_->sum(x); }); }
+  double sum_squares(Tensor x) override { return timed("sum_squares", 0, [&] { return inner_->sum_squares(x); }); }
+  int64_t count_nonfinite(Tensor x) override {
+    return timed("count_nonfinite", 0, [&] { return inner_->count_nonfinite(x); });
+  }
+
+  void linear_forward(Tensor out, Tensor in, Tensor weight, Tensor bias) override {
+    timed("linear_forward", linear_forward_flops(in, weight), [&] { inner_->linear_forward(out, in, weight, bias); });
+  }
+  void linear_backward(Tensor d_in, Tensor d_weight, Tensor d_bias, Tensor d_out, Tensor in, Tensor weight,
+                       Accumulate acc) override {
+    timed("linear_backward", linear_backward_flops(d_in, d_out, in),
+          [&] { inner_->linear_backward(d_in, d_weight, d_bias, d_out, in, weight, acc); });
+  }
+  void gelu_forward(Tensor out, Tensor in, GeluKind kind) override {
+    timed("gelu_forward", 0, [&] { inner_->gelu_forward(out, in, kind); });
+  }
+  void gelu_backward(Tensor d_in, Tensor d_out, Tensor in, GeluKind kind) override {
+    timed("gelu_backward", 0, [&] { inner_->gelu_backward(d_in, d_out, in, kind); });
+  }
+  void layernorm_forward(Tensor out, Tensor mean, Tensor rstd, Tensor in, Tensor gamma, Tensor beta,
+                         float eps) override {
+    timed("layernorm_forward", 0, [&] { inner_->layernorm_forward(out, mean, rstd, in, gamma, beta, eps); });
+  }
+  void layernorm_backward(Tensor d_in, Tensor d_gamma, Tensor d_beta, Tensor d_out, Tensor in, Tensor gamma,
+                          Tensor mean, Tensor rstd, Accumulate acc) override {
+    timed("layernorm_backward", 0,
+          [&] { inner_->layernorm_backward(d_in, d_gamma, d_beta, d_out, in, gamma, mean, rstd, acc); });
+  }
+  void attention_forward(Tensor out, Tensor probs, Tensor qkv, IntTensor key_keep, const AttentionDims& dims,
+                         DropoutSpec dropout) override {
+    timed("attention_forward", attention_forward_flops(dims),
+          [&] { inner_->attention_forward(out, probs, qkv, key_keep, dims, dropout); });
+  }
+  void attention_backward(Tensor d_qkv, Tensor scratch, Tensor d_out, Tensor qkv, Tensor probs,
+                          const AttentionDims& dims, DropoutSpec dropout) override {
+    timed("attention_backward", attention_backward_flops(dims),
+          [&] { inner_->attention_backward(d_qkv, scratch, d_out, qkv, probs, dims, dropout); });
+  }
+  void embedding_forward(Tensor out, IntTensor ids, IntTensor type_ids, Tensor tok_table, Tensor pos_table,
+                         Tensor type_table, int64_t seq) override {
+    timed("embedding_forward", 0,
+          [&] { inner_->embedding_forward(out, ids, type_ids, tok_table, pos_table, type_table, seq); });
+  }
+  void embedding_backward(Tensor d_tok, Tensor d_pos, Tensor d_type, Tensor d_out, IntTensor ids, IntTensor type_ids,
+                          int64_t seq) override {
+    timed("embedding_backward", 0,
+          [&] { inner_->embedding_backward(d_tok, d_pos, d_type, d_out, ids, type_ids, seq); });
+  }
+  void gather_rows(Tensor out, Tensor in, IntTensor rows) override {
+    timed("gather_rows", 0, [&] { inner_->gather_rows(out, in, rows); });
+  }
+  void scatter_add_rows(Tensor d_in, Tensor d_out, IntTensor rows) override {
+    timed("scatter_add_rows", 0, [&] { inner_->scatter_add_rows(d_in, d_out, rows); });
+  }
+  void cross_entropy(Tensor losses, Tensor d_logits, Tensor logits, IntTensor labels, double grad_scale) override {
+    timed("cross_entropy", 0, [&] { inner_->cross_entropy(losses, d_logits, logits, labels, grad_scale); });
+  }
+  void dropout_forward(Tensor out, Tensor in, DropoutSpec spec) override {
+    timed("dropout_forward", 0, [&] { inner_->dropout_forward(out, in, spec); });
+  }
+  void dropout_backward(Tensor d_in, Tensor d_out, DropoutSpec spec) override {
+    timed("dropout_backward", 0, [&] { inner_->dropout_backward(d_in, d_out, spec); });
+  }
+  void adamw(Tensor param, Tensor grad, Tensor m, Tensor v, const AdamWSpec& spec) override {
+    timed("adamw", 0, [&] { inner_->adamw(param, grad, m, v, spec); });
+  }
+
+ private:
+  std::unique_ptr<Backend> inner_;
+  OpProfile& profile_;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_profiling_backend(std::unique_ptr<Backend> inner, OpProfile& profile) {
+  return std::make_unique<ProfilingBackend>(std::move(inner), profile);
+}
+
+}  // namespace mics

@@ -1,0 +1,67 @@
+// --profile: the op table of rank 0 after the warm-up step; profiling changes no number.
+#include <gtest/gtest.h>
+
+#include <map>
+#include <regex>
+#include <sstream>
+
+#include "tests/e2e/cli_runner.h"
+
+namespace {
+
+using mics::test::read_losses;
+using mics::test::run_cli;
+using mics::test::source_path;
+using mics::test::TempDir;
+
+// gpt-tiny (4 layers) on synthetic tokens: 2 micro-batches per step.
+std::string tiny_run(const TempDir& dir, const std::string& metrics, int steps) {
+  return "--config " + source_path("configs/gpt-tiny.json") + " --steps " + std::to_string(steps) +
+         " --set data.source=synthetic --set data.path='\"\"' --set train.seq_len=32 --set log.every=1"
+         " --metrics " + dir.file(metrics);
+}
+
+// op -> (calls per step, share of the step in percent), from the printed table.
+std::map<std::string, std::pair<double, double>> parse_table(const std::string& output) {
+  std::map<std::string, std::pair<double, double>> rows;
+  const std::regex row(R"(^(\w+)\s+([0-9.]+)\s+[0-9.]+\s+([0-9.]+)%)");
+  std::istringstream in(output);
+  std::string line;
+  std::smatch m;
+  while (std::getline(in, line))
+    if (std::regex_search(line, m, row)) rows[m[1]] = {std::stod(m[2]), std::stod(m[3])};
+  return rows;
+}
+
+TEST(Profile, CountsEveryOpOfAStepAndChangesNoLoss) {
+  TempDir dir("profile");
+  const auto plain = run_cli(tiny_run(dir, "plain.jsonl", 4));
+  const auto profiled = run_cli(tiny_run(dir, "profiled.jsonl", 4) + " --profile");
+  ASSERT_EQ(plain.exit_code, 0) << plain.output;
+  ASSERT_EQ(profiled.exit_code, 0) << profiled.output;
+  EXPECT_EQ(read_losses(dir.file("plain.jsonl")), read_losses(dir.file("profiled.jsonl")));
+  EXPECT_NE(profiled.output.find("op profile of rank 0, steps 2-4"), std::string::npos) << profiled.output;
+  EXPECT_EQ(plain.output.find("op profile"), std::string::npos);
+
+  const auto rows = parse_table(profiled.output);
+  // Per micro-batch: q/k/v, attention projection, two MLP layers in each of the 4 blocks, and
+  // the vocabulary projection; forward once, backward once; 2 micro-batches per step.
+  ASSERT_TRUE(rows.count("linear_forward")) << profiled.output;
+  EXPECT_EQ(rows.at("linear_forward").first, 2 * (4 * 4 + 1));
+  EXPECT_EQ(rows.at("linear_backward").first, 2 * (4 * 4 + 1));
+  EXPECT_EQ(rows.at("attention_forward").first, 2 * 4);
+  EXPECT_EQ(rows.at("cross_entropy").first, 2);
+  ASSERT_TRUE(rows.count("adamw"));
+  double share = 0;
+  for (const auto& [op, r] : rows) share += r.second;
+  EXPECT_LE(share, 100.5);  // the ops fit in the step (each share is rounded to 0.1%)
+  EXPECT_GT(share, 50.0);   // and on the CPU they are most of it
+}
+
+TEST(Profile, RefusedWithoutTraining) {
+  const auto r = run_cli("--config " + source_path("configs/gpt-tiny.json") + " --dry-run --profile");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.output.find("--profile times a training run"), std::string::npos) << r.output;
+}
+
+}  // namespace
