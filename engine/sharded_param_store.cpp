@@ -92,6 +92,8 @@ ShardedParamStore::~ShardedParamStore() {
     if (s->request) (topo_.hierarchical ? groups_.intra_node : groups_.partition)->wait(s->request);
   for (auto& s : grad_slots_)
     if (s->request) groups_.partition->wait(s->request);
+  for (Request& r : replication_requests_)
+    if (r) groups_.replication->wait(r);
 }
 
 int64_t ShardedParamStore::shard_offset(int layer) const {
@@ -282,10 +284,28 @@ void ShardedParamStore::finish_grad_slot(GradSlot& slot) {
   Tensor acc = accumulator().slice(base + shard_offset(slot.layer), {chunk});
   // fp32 accumulation of the (possibly half-precision) reduced gradient.
   be_.add(acc, acc, (topo_.partition_size == 1 ? slot.work : slot.shard).view(opt_.work_dtype, {chunk}));
+  const int layer = slot.layer;
   slot.layer = -1;
+  if (overlaps_replication() && micro_done_ + 1 == micro_steps_) start_replication_all_reduce(layer);
 }
 
-void ShardedParamStore::begin_step() {
+void ShardedParamStore::start_replication_all_reduce(int layer) {
+  if (replication_started_[static_cast<size_t>(layer)])
+    throw std::logic_error("layer " + std::to_string(layer) +
+                           "'s gradients landed twice in the last micro-step, after its all-reduce began");
+  const int64_t chunk = layout_.layers()[static_cast<size_t>(layer)].size / topo_.partition_size;
+  // Every replica lands the layers in the same order, so the collectives match up.
+  replication_requests_[static_cast<size_t>(layer)] = groups_.replication->all_reduce(
+      accumulator().slice(shard_offset(layer), {chunk}).ptr<float>(), static_cast<size_t>(chunk));
+  replication_started_[static_cast<size_t>(layer)] = true;
+}
+
+void ShardedParamStore::begin_step(int64_t micro_steps) {
+  if (micro_steps < 1) throw std::logic_error("a step needs at least one micro-step");
+  micro_steps_ = micro_steps;
+  micro_done_ = 0;
+  replication_started_.assign(static_cast<size_t>(layout_.num_layers()), false);
+  replication_requests_.resize(static_cast<size_t>(layout_.num_layers()));
   be_.fill_zero(accumulator());
 }
 
@@ -294,6 +314,7 @@ void ShardedParamStore::end_micro_step() {
     if (s->open) throw std::logic_error("layer " + std::to_string(s->layer) + " gradients never marked ready");
     finish_grad_slot(*s);
   }
+  ++micro_done_;
   recording_ = false;
   cursor_ = 0;
   on_schedule_ = true;
@@ -307,9 +328,14 @@ void ShardedParamStore::end_micro_step() {
 }
 
 void ShardedParamStore::end_accumulation() {
-  if (opt_.sync_every_microstep) return;
-  Request r = groups_.replication->all_reduce(grads().ptr<float>(), static_cast<size_t>(shard_total_));
-  groups_.replication->wait(r);
+  if (!overlaps_replication()) return;  // every_microstep synced already; one replica has nothing to sync
+  if (micro_done_ != micro_steps_)
+    throw std::logic_error("end_accumulation after " + std::to_string(micro_done_) + " of " +
+                           std::to_string(micro_steps_) + " micro-steps");
+  // A layer that got no gradient in the last micro-step is still summed, after the others.
+  for (int l = 0; l < layout_.num_layers(); ++l)
+    if (!replication_started_[static_cast<size_t>(l)]) start_replication_all_reduce(l);
+  for (Request& r : replication_requests_) groups_.replication->wait(r);
 }
 
 double ShardedParamStore::grad_norm_squared() {

@@ -5,7 +5,8 @@
 // (flat or hierarchical all-gather, the next layers prefetched while this one computes),
 // and its gradients are reduce-scattered into the accumulator shard right after its
 // backward. The replication group all-reduces the accumulated shard once per optimizer
-// step (two-hop) or after every micro-step.
+// step (two-hop: layer by layer as each lands in the last micro-step, so the all-reduce
+// overlaps the rest of that backward) or after every micro-step.
 #include <cstdint>
 #include <memory>
 #include <vector>
@@ -66,9 +67,11 @@ class ShardedParamStore final : public model::ParamProvider {
   // half-precision working copy that a partition size of 1 computes on.
   void master_changed();
 
-  void begin_step();          // zero the gradient accumulator
+  // Zero the gradient accumulator for a step of `micro_steps` micro-steps (the last one
+  // starts the replication all-reduces as its layers land).
+  void begin_step(int64_t micro_steps = 1);
   void end_micro_step();      // all reduce-scatters landed (and, every_microstep, synced)
-  void end_accumulation();    // two-hop: all-reduce the accumulated shard across replicas
+  void end_accumulation();    // two-hop: every layer's all-reduce across replicas finished
   // Global squared gradient norm: this shard's sum of squares summed over the partition group.
   double grad_norm_squared();
   // Layers whose accumulated gradient holds a NaN or Inf anywhere in the partition group.
@@ -91,6 +94,11 @@ class ShardedParamStore final : public model::ParamProvider {
   void progress_gathers(const ParamSlot* until = nullptr);
   void start_intra_stage(ParamSlot& slot);
   void finish_grad_slot(GradSlot& slot);
+  // Two-hop, last micro-step: layer `layer` is complete in this rank's accumulator.
+  void start_replication_all_reduce(int layer);
+  bool overlaps_replication() const {
+    return !opt_.sync_every_microstep && groups_.replication != nullptr && groups_.replication->size() > 1;
+  }
   Tensor layer_span_view(const DeviceBuffer& buffer, int layer) const;  // work dtype
   Tensor accumulator() const;  // fp32, [shard] or [2 * shard] with every_microstep
   // p = 1 with a half-precision model: the whole model in the work dtype (else empty).
@@ -113,6 +121,9 @@ class ShardedParamStore final : public model::ParamProvider {
   bool on_schedule_ = true;
   uint64_t grad_age_ = 0;
   uint64_t gathers_started_ = 0;
+  int64_t micro_steps_ = 1, micro_done_ = 0;
+  std::vector<Request> replication_requests_;  // per layer; started this step when non-null
+  std::vector<bool> replication_started_;
   std::vector<ParamSlot*> pending_;  // progress_gathers' scratch
 };
 

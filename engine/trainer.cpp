@@ -104,7 +104,7 @@ Trainer::~Trainer() = default;
 
 double Trainer::train_step(int64_t step) {
   const TrainConfig& t = config_.train;
-  store_->begin_step();
+  store_->begin_step(accumulation_);
   // Every micro-batch's loss gradient is divided by the number of micro-batches in the
   // global batch, so the accumulated gradient is that of the mean loss; fp16 multiplies it
   // by the loss scale, which the optimizer divides out again.
