@@ -138,6 +138,46 @@ struct Runtime {
   mics::TrainerRuntime trainer;
 };
 
+// Before the model allocates anything: the memory this rank plans (model states, gathered
+// layers, gradient buffers, activations) against its share of its GPU's free memory. All
+// ranks decide together, so a rank whose GPU is short cannot leave the others waiting.
+void check_device_memory(const mics::Config& config, const mics::Topology& topology, const mics::ProcessEnv& env,
+                         int device, int devices) {
+  mics::world_all(true);  // every rank's CUDA context exists, nothing else is allocated yet
+  size_t free_bytes = 0, total_bytes = 0;
+  const bool known = mics::cuda_memory_info(device, free_bytes, total_bytes);
+  const int local = env.ranks_per_node();
+  const int sharing = device < local ? (local - 1 - device) / devices + 1 : 1;  // local ranks on this GPU
+  const mics::MemoryPlan plan = mics::plan_memory(config, topology.partition_size, config.train.micro_batch_size,
+                                                  config.train.activation_checkpointing);
+  constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
+  const double budget = static_cast<double>(free_bytes) / sharing;
+  std::string error;
+  if (!known) {
+    spdlog::warn("GPU {}: free memory unknown; this rank plans {:.2f} GiB ({})", device, plan.total() / kGiB,
+                 mics::describe_plan(plan));
+  } else {
+    spdlog::info("GPU {} memory: this rank plans {:.2f} GiB ({}) of {:.2f} GiB free per rank ({} rank(s) share the "
+                 "GPU, {:.2f} GiB total)", device, plan.total() / kGiB, mics::describe_plan(plan), budget / kGiB, sharing,
+                 static_cast<double>(total_bytes) / kGiB);
+    if (plan.total() > budget) {
+      char head[200];
+      std::snprintf(head, sizeof head, "GPU %d (%s) has %.2f GiB free per rank, but ", device,
+                    mics::cuda_device_name(device).c_str(), budget / kGiB);
+      char need[64];
+      std::snprintf(need, sizeof need, "%.2f GiB", plan.total() / kGiB);
+      error = config.source_name + ": " + head + "this configuration plans " + need + " per rank (" +
+              mics::describe_plan(plan) + "); " +
+              mics::memory_fit_advice(config, topology.partition_size, topology.world, budget) + ".";
+    } else if (plan.total() > 0.9 * budget) {
+      spdlog::warn("GPU {}: the plan leaves under 10% of free memory for NCCL, cuBLASLt and the allocator", device);
+    }
+  }
+  if (!mics::world_all(error.empty()))
+    throw mics::ConfigError(error.empty() ? "another rank's GPU lacks the memory for this configuration; see its message."
+                                          : error);
+}
+
 Runtime make_runtime(const mics::Config& config, const mics::Topology& topology, const mics::ProcessEnv& env) {
   Runtime r;
   if (config.runtime.backend == "cpu") {
@@ -149,6 +189,7 @@ Runtime make_runtime(const mics::Config& config, const mics::Topology& topology,
   const int devices = mics::cuda_device_count();
   const int device = env.local_rank() % devices;
   r.backend = mics::make_cuda_backend(device);
+  check_device_memory(config, topology, env, device, devices);
   std::string kind = config.runtime.communicator;
   if (kind == "auto") kind = env.ranks_per_node() <= devices ? "nccl" : "staged";
   if (kind == "nccl" && env.ranks_per_node() > devices)

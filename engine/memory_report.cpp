@@ -82,6 +82,46 @@ int64_t auto_partition_size(const Config& config, int64_t ranks_per_node, double
                     std::to_string(kMaxPartition) + "; lower 'train.micro_batch_size'.");
 }
 
+std::string describe_plan(const MemoryPlan& b) {
+  std::string out = "model states " + gib(b.model_states()) + " GiB";
+  if (b.gathered > 0) out += ", gathered layers " + gib(b.gathered) + " GiB";
+  return out + ", gradient buffers " + gib(b.grad_buffers) + " GiB, activations " + gib(b.activations) + " GiB";
+}
+
+std::string memory_fit_advice(const Config& config, int64_t p, int64_t world, double budget_bytes) {
+  const int64_t mb = config.train.micro_batch_size;
+  const bool ckpt = config.train.activation_checkpointing;
+  std::vector<std::string> fixes;
+  for (int64_t q = p + 1; q <= world; ++q) {
+    if (world % q != 0) continue;
+    const MemoryPlan plan = plan_memory(config, q, mb, ckpt);
+    if (plan.total() <= budget_bytes) {
+      fixes.push_back("'mics.partition_size' " + std::to_string(q) + " (" + gib(plan.total()) + " GiB)");
+      break;
+    }
+  }
+  if (!ckpt) {
+    const MemoryPlan plan = plan_memory(config, p, mb, true);
+    if (plan.total() <= budget_bytes)
+      fixes.push_back("'train.activation_checkpointing' true (" + gib(plan.total()) + " GiB)");
+  }
+  for (int64_t smaller = mb / 2; smaller >= 1; smaller /= 2) {
+    const MemoryPlan plan = plan_memory(config, p, smaller, ckpt);
+    if (plan.total() <= budget_bytes) {
+      fixes.push_back("'train.micro_batch_size' " + std::to_string(smaller) + " (" + gib(plan.total()) +
+                      " GiB, with more accumulation steps)");
+      break;
+    }
+  }
+  if (fixes.empty())
+    return "no partition size up to the " + std::to_string(world) +
+           " ranks, activation checkpointing or smaller micro-batch fits; add GPUs (more ranks) and raise "
+           "'mics.partition_size'";
+  std::string out = "any of these fits: ";
+  for (size_t i = 0; i < fixes.size(); ++i) out += (i ? (i + 1 == fixes.size() ? ", or " : ", ") : "") + fixes[i];
+  return out;
+}
+
 std::string dry_run_report(const Config& config, int64_t ranks_per_node) {
   const model::ModelSpec spec = config.model_spec();
   const double budget = config.runtime.device_memory_gb;

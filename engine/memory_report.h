@@ -37,6 +37,15 @@ MemoryPlan plan_memory(const Config& config, int64_t partition_size, int64_t mic
 // ConfigError if none does.
 int64_t auto_partition_size(const Config& config, int64_t ranks_per_node, double memory_gib);
 
+// "model states 18.78 GiB, gathered 0.47 GiB, gradient buffers 0.52 GiB, activations
+// 3.74 GiB": the plan's categories in one line, for logs and errors.
+std::string describe_plan(const MemoryPlan& plan);
+
+// When the configured plan does not fit `budget_bytes` per device: the knobs that would make
+// it fit, each with its plan (a larger partition size dividing `world`, activation
+// checkpointing, a smaller micro-batch), as one clause for an error message.
+std::string memory_fit_advice(const Config& config, int64_t partition_size, int64_t world, double budget_bytes);
+
 // The --dry-run report: parameter count, layout and memory per device at the resolved p.
 std::string dry_run_report(const Config& config, int64_t ranks_per_node);
 

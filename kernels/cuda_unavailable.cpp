@@ -8,6 +8,7 @@ namespace mics {
 
 bool cuda_backend_built() { return false; }
 int cuda_device_count() { return 0; }
+bool cuda_memory_info(int, size_t&, size_t&) { return false; }
 int cuda_compute_capability(int) { return 0; }
 std::string cuda_device_name(int) { return "none"; }
 std::unique_ptr<Backend> make_cuda_backend(int, const CudaBackendOptions&) {

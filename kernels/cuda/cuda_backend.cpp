@@ -28,6 +28,18 @@ int cuda_device_count() {
   return count;
 }
 
+bool cuda_memory_info(int device, size_t& free_bytes, size_t& total_bytes) {
+  int current = 0;
+  if (cudaGetDevice(&current) != cudaSuccess || cudaSetDevice(device) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  const bool ok = cudaMemGetInfo(&free_bytes, &total_bytes) == cudaSuccess;
+  if (!ok) cudaGetLastError();
+  cudaSetDevice(current);
+  return ok;
+}
+
 int cuda_compute_capability(int device) {
   cudaDeviceProp prop{};
   if (cudaGetDeviceProperties(&prop, device) != cudaSuccess) {

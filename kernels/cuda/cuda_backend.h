@@ -24,6 +24,8 @@ struct CudaBackendOptions {
 bool cuda_backend_built();
 // Number of visible CUDA devices; 0 when there is no driver or no device (never throws).
 int cuda_device_count();
+// Free and total bytes of `device` now (cudaMemGetInfo); false when it cannot be queried.
+bool cuda_memory_info(int device, size_t& free_bytes, size_t& total_bytes);
 // major * 10 + minor (90 for H100), or 0 when the device cannot be queried.
 int cuda_compute_capability(int device);
 // "NVIDIA H100 80GB HBM3", or "unknown" when the device cannot be queried.

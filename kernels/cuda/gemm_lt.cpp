@@ -1,6 +1,8 @@
 // cuBLASLt GEMMs: see gemm_lt.h for the row-major mapping and the plan cache.
 #include "kernels/cuda/gemm_lt.h"
 
+#include <spdlog/spdlog.h>
+
 #include <string>
 
 #include "kernels/cuda/cuda_check.h"
@@ -145,6 +147,12 @@ GemmLt::Plan& GemmLt::plan_for(const GemmArgs& g) {
     if (status == CUBLAS_STATUS_SUCCESS && returned > 0 && result.state == CUBLAS_STATUS_SUCCESS) {
       p.algo = result.algo;
       p.has_algo = true;
+    } else {
+      // Correct but many times slower than cuBLASLt: worth a line once per shape.
+      spdlog::warn("cuBLASLt has no algorithm for a {} GEMM m={} n={} k={} batch={} (transposes {}{}, alignments "
+                   "{}/{}/{} bytes); the plain fallback kernel computes it, slowly",
+                   dtype_name(g.dtype), g.m, g.n, g.k, g.batch, g.trans_a ? 'T' : 'N', g.trans_b ? 'T' : 'N', align_a,
+                   align_b, align_c);
     }
   } catch (...) {
     destroy(p);

@@ -247,6 +247,29 @@ TEST(MemoryPlanner, AutoPicksTheSmallestPartitionThatFits) {
 }
 
 // Bad simulation requests: exit 2 with one line naming the flag or key, before any work.
+// What the start-up memory check tells a user whose plan does not fit: only knobs whose own
+// plan fits, each with its size; and plainly when nothing does.
+TEST(MemoryPlanner, AdviceNamesOnlyKnobsThatFit) {
+  mics::Config config = bert_10b();
+  config.train.activation_checkpointing = false;
+  const double budget = 80.0 * (1 << 30);  // an H100
+  ASSERT_GT(mics::plan_memory(config, 2, 8, false).total(), budget);
+  const std::string advice = mics::memory_fit_advice(config, 2, 64, budget);
+  EXPECT_EQ(advice.rfind("any of these fits: ", 0), 0u) << advice;
+  // The smallest larger partition size dividing 64 that fits, and no other.
+  int64_t expected = 0;
+  for (int64_t q = 4; q <= 64 && expected == 0; q *= 2)
+    if (mics::plan_memory(config, q, 8, false).total() <= budget) expected = q;
+  ASSERT_GT(expected, 0);
+  EXPECT_NE(advice.find("'mics.partition_size' " + std::to_string(expected) + " ("), std::string::npos) << advice;
+  const bool ckpt_fits = mics::plan_memory(config, 2, 8, true).total() <= budget;
+  EXPECT_EQ(advice.find("'train.activation_checkpointing' true") != std::string::npos, ckpt_fits) << advice;
+
+  const std::string none = mics::memory_fit_advice(config, 1, 1, 1.0 * (1 << 30));
+  EXPECT_NE(none.find("no partition size up to the 1 ranks"), std::string::npos) << none;
+  EXPECT_NE(mics::describe_plan(mics::plan_memory(config, 4, 8, false)).find("activations"), std::string::npos);
+}
+
 TEST(SimulateCli, BadRequestsAreRefusedByName) {
   TempDir dir("simcli");
   const std::string base = "--config " + source_path("configs/bert-10b.json");
