@@ -104,6 +104,13 @@ def checks(bindir, work, env, rows):
     rows.append({"check": "1 rank over NCCL vs the same without, fp32", "ok": d == 0.0,
                  "detail": f"max relative loss difference {d:.2e}" if c1 == 0 else t1[-400:]})
     fp16_overflow_and_resume(mt, config, work, env, tiny, rows)
+    # BERT 10B on one GPU at p = 1 (16 bytes per parameter: 150 GiB): refused at start, by name.
+    code, text = train(mt, os.path.join(ROOT, "configs", "bert-10b.json"), os.path.join(work, "big.jsonl"),
+                       ["mics.partition_size=1", "train.steps=1"], env, timeout=300)
+    ok = code == 2 and "this configuration plans" in text and "'mics.partition_size'" in text
+    line = next((l for l in text.splitlines() if "error" in l), text[-300:])
+    rows.append({"check": "BERT 10B at p=1 on one GPU is refused before allocating", "ok": ok,
+                 "detail": f"exit {code}: {line[:300]}"})
 
 
 def fp16_overflow_and_resume(mt, config, work, env, tiny, rows):
