@@ -192,6 +192,16 @@ def profile(bindir, work, env, tables):
                                              if "done:" not in line)))
 
 
+class Rows(list):
+    """A list that calls on_append() after each append (the report is rewritten)."""
+    on_append = None
+
+    def append(self, item):
+        super().append(item)
+        if self.on_append:
+            self.on_append()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("parts", nargs="*", default=["checks", "bench"])
@@ -207,7 +217,40 @@ def main():
     gpu = card()
     peak = next((v for k, v in PEAK_BF16.items() if k in gpu), 989.0)
     today = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
-    check_rows, bench_rows, profile_tables = [], [], []
+    check_rows, bench_rows, profile_tables = Rows(), Rows(), Rows()
+
+    def write_report(final):
+        lines = [f"# GPU check ({today})", "",
+                 f"Card: {gpu} (name, driver, memory). `scripts/gpu-check.sh {' '.join(args.parts)}`"
+                 + ("." if final else " (unfinished: the call ended before every part ran)."), ""]
+        if check_rows:
+            lines += ["| check | result | detail |", "|---|---|---|"]
+            lines += [f"| {r['check']} | {'pass' if r['ok'] else 'FAIL'} | {r['detail']} |" for r in check_rows]
+            lines.append("")
+        if bench_rows:
+            lines += [f"Model TFLOP/s per GPU of the layers, 72*B*S*L*H^2*(1+S/(6H)) over the median step (steps 2-10), "
+                      f"MFU against {peak:.0f} TFLOP/s dense bf16; recompute not credited.", "",
+                      "| slice | engine | variant | step ms | TFLOP/s | MFU |", "|---|---|---|---|---|---|"]
+            for r in bench_rows:
+                if "error" in r:
+                    lines.append(f"| {r['bench']} | {r['engine']} | {r['variant']} | error: {r['error'][-200:]!r} | | |")
+                else:
+                    lines.append(f"| {r['bench']} | {r['engine']} | {r['variant']} | {1e3 * r['step_s']:.1f} | "
+                                 f"{r['tflops']:.1f} | {100 * r['mfu']:.1f}% |")
+        for name, code, table in profile_tables:
+            lines += ["", f"`{name}` with `--profile`" + ("" if code == 0 else f" (exit {code})") + ":", "", "```",
+                      table, "```"]
+        report = "\n".join(lines) + "\n"
+        open(os.path.join(out, args.report + ".md"), "w").write(report)
+        json.dump({"date": today, "card": gpu, "finished": final, "checks": check_rows, "bench": bench_rows,
+                   "profile": [{"slice": n, "exit": c, "table": t} for n, c, t in profile_tables]},
+                  open(os.path.join(out, args.report + ".json"), "w"), indent=1)
+        return report
+
+    # Device time is scarce: the report is rewritten after every result, so a call cut
+    # short by its time limit still brings back what it measured.
+    for rows in (check_rows, bench_rows, profile_tables):
+        rows.on_append = lambda: write_report(False)
     with tempfile.TemporaryDirectory() as work:
         if "checks" in args.parts:
             checks(args.bin, work, env, check_rows)
@@ -215,29 +258,7 @@ def main():
             bench(args.bin, work, env, bench_rows, peak)
         if "profile" in args.parts:
             profile(args.bin, work, env, profile_tables)
-    lines = [f"# GPU check ({today})", "", f"Card: {gpu} (name, driver, memory). `scripts/gpu-check.sh {' '.join(args.parts)}`.", ""]
-    if check_rows:
-        lines += ["| check | result | detail |", "|---|---|---|"]
-        lines += [f"| {r['check']} | {'pass' if r['ok'] else 'FAIL'} | {r['detail']} |" for r in check_rows]
-        lines.append("")
-    if bench_rows:
-        lines += [f"Model TFLOP/s per GPU of the layers, 72*B*S*L*H^2*(1+S/(6H)) over the median step (steps 2-10), "
-                  f"MFU against {peak:.0f} TFLOP/s dense bf16; recompute not credited.", "",
-                  "| slice | engine | variant | step ms | TFLOP/s | MFU |", "|---|---|---|---|---|---|"]
-        for r in bench_rows:
-            if "error" in r:
-                lines.append(f"| {r['bench']} | {r['engine']} | {r['variant']} | error: {r['error'][-200:]!r} | | |")
-            else:
-                lines.append(f"| {r['bench']} | {r['engine']} | {r['variant']} | {1e3 * r['step_s']:.1f} | "
-                             f"{r['tflops']:.1f} | {100 * r['mfu']:.1f}% |")
-    for name, code, table in profile_tables:
-        lines += ["", f"`{name}` with `--profile`" + ("" if code == 0 else f" (exit {code})") + ":", "", "```", table, "```"]
-    report = "\n".join(lines) + "\n"
-    print(report)
-    open(os.path.join(out, args.report + ".md"), "w").write(report)
-    json.dump({"date": today, "card": gpu, "checks": check_rows, "bench": bench_rows,
-               "profile": [{"slice": n, "exit": c, "table": t} for n, c, t in profile_tables]},
-              open(os.path.join(out, args.report + ".json"), "w"), indent=1)
+    print(write_report(True))
     sys.exit(0 if all(r["ok"] for r in check_rows) else 1)
 
 
