@@ -237,10 +237,14 @@ Config parse_config(const json& input, const std::string& source,
     r.get_int_or_auto("partition_size", c.mics.partition_size);
     r.get_tristate("hierarchical_allgather", c.mics.hierarchical_allgather);
     r.get("gradient_sync", c.mics.gradient_sync, {"two_hop", "every_microstep"});
+    r.get("replication_dtype", c.mics.replication_dtype, {"fp32", "compute"});
     r.get("prefetch", c.mics.prefetch);
     r.finish();
     must(r, c.mics.prefetch >= 0, "'mics.prefetch' is " + std::to_string(c.mics.prefetch) +
                                       "; it must be 0 or more layers");
+    must(r, c.mics.replication_dtype == "fp32" || c.mics.gradient_sync == "two_hop",
+         "'mics.replication_dtype' \"compute\" applies to the two-hop sync; with 'mics.gradient_sync' "
+         "\"every_microstep\" every micro-step's all-reduce is fp32");
   }
   {
     SectionReader r(doc, "runtime", source);
@@ -427,7 +431,8 @@ json Config::to_json() const {
                {"mask_token_id", data.mask_token_id}, {"shuffle", data.shuffle}};
   j["mics"] = {{"partition_size", mics.partition_size == 0 ? json("auto") : json(mics.partition_size)},
                {"hierarchical_allgather", mics.hierarchical_allgather},
-               {"gradient_sync", mics.gradient_sync}, {"prefetch", mics.prefetch}};
+               {"gradient_sync", mics.gradient_sync}, {"replication_dtype", mics.replication_dtype},
+               {"prefetch", mics.prefetch}};
   j["runtime"] = {{"backend", runtime.backend}, {"ranks_per_node", runtime.ranks_per_node},
                   {"device_memory_gb", runtime.device_memory_gb}, {"comm_timeout_s", runtime.comm_timeout_s},
                   {"communicator", runtime.communicator}};

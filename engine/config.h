@@ -70,6 +70,10 @@ struct MicsConfig {
   int64_t partition_size = 1;  // 0 means "auto"
   std::string hierarchical_allgather = "auto";  // auto | true | false
   std::string gradient_sync = "two_hop";        // two_hop | every_microstep
+  // fp32 | compute: the dtype of the two-hop all-reduce across replicas. fp32 sends the
+  // accumulator as it is; compute casts it to the model's dtype first (half the bytes, as
+  // the MiCS paper and REFERENCES.md's formula count, at half precision's rounding).
+  std::string replication_dtype = "fp32";
   int64_t prefetch = 1;
 };
 

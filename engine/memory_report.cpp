@@ -66,6 +66,9 @@ MemoryPlan plan_memory(const Config& config, int64_t p, int64_t micro_batch, boo
   // With p = 1 nothing is gathered: the working copy is the whole model already.
   b.gathered = p > 1 ? compute * largest * static_cast<double>(config.mics.prefetch + 2) : 0.0;
   b.grad_buffers = 3.0 * compute * (largest + (p > 1 ? largest / static_cast<double>(p) : 0.0));
+  // The shard in half precision for the all-reduce across replicas (planned as if there
+  // were replicas).
+  b.replication = mixed && config.mics.replication_dtype == "compute" ? compute * shard : 0.0;
   b.activations = activation_bytes(spec, compute_dtype(config.train.precision), micro_batch, config.train.seq_len,
                                    checkpointing);
   return b;
@@ -85,7 +88,8 @@ int64_t auto_partition_size(const Config& config, int64_t ranks_per_node, double
 std::string describe_plan(const MemoryPlan& b) {
   std::string out = "model states " + gib(b.model_states()) + " GiB";
   if (b.gathered > 0) out += ", gathered layers " + gib(b.gathered) + " GiB";
-  return out + ", gradient buffers " + gib(b.grad_buffers) + " GiB, activations " + gib(b.activations) + " GiB";
+  out += ", gradient buffers " + gib(b.grad_buffers + b.replication) + " GiB";
+  return out + ", activations " + gib(b.activations) + " GiB";
 }
 
 std::string memory_fit_advice(const Config& config, int64_t p, int64_t world, double budget_bytes) {
@@ -163,6 +167,7 @@ std::string dry_run_report(const Config& config, int64_t ranks_per_node) {
     add(line, format_bytes(b.gathered));
   }
   add("gradient buffers (3 layers)", format_bytes(b.grad_buffers));
+  if (b.replication > 0) add(std::string(half) + " replication all-reduce shard", format_bytes(b.replication));
   std::snprintf(line, sizeof line, "activations (%s%lld)", b.checkpointing ? "checkpointed, mb " : "micro-batch ",
                 static_cast<long long>(b.micro_batch));
   add(line, format_bytes(b.activations));
@@ -200,7 +205,7 @@ std::string planner_report(const Config& config, const sim::ClusterSpec& cluster
     if (fits_ckpt && recommended_ckpt == 0) recommended_ckpt = p;
     const std::string verdict = fits ? "yes" : fits_ckpt ? "with ckpt" : "no";
     std::snprintf(row, sizeof row, "%6lld %8s %8s %8s %8s %9s %9s %9s %9s  %s\n", static_cast<long long>(p),
-                  gib(off.model_states()).c_str(), gib(off.gathered).c_str(), gib(off.grad_buffers).c_str(),
+                  gib(off.model_states()).c_str(), gib(off.gathered).c_str(), gib(off.grad_buffers + off.replication).c_str(),
                   gib(off.activations).c_str(), gib(on.activations).c_str(), gib(off.total()).c_str(),
                   gib(on.total()).c_str(), gib(twice.total()).c_str(), verdict.c_str());
     out += row;

@@ -22,10 +22,11 @@ struct MemoryPlan {
   double adam = 0;            // fp32 m and v
   double gathered = 0;        // gather slots: prefetch + 2 of the largest layer (p > 1)
   double grad_buffers = 0;    // three gradient working buffers of the largest layer + shards
+  double replication = 0;     // mics.replication_dtype "compute": the shard in half precision
   double activations = 0;     // activations and workspace of one micro-batch
 
   double model_states() const { return working_params + grads + master + adam; }
-  double total() const { return model_states() + gathered + grad_buffers + activations; }
+  double total() const { return model_states() + gathered + grad_buffers + replication + activations; }
 };
 
 // Bytes per device in the config's precision (fp32, or bf16/fp16 with fp32 master weights).

@@ -47,6 +47,8 @@ ShardedParamStore::ShardedParamStore(Backend& backend, const model::ParamLayout&
   v_ = DeviceBuffer(backend, floats(shard_total_));
   const size_t work = dtype_size(opt_.work_dtype);
   if (keeps_working_copy()) working_ = DeviceBuffer(backend, work * static_cast<size_t>(shard_total_));
+  if (overlaps_replication() && opt_.replication_dtype != DType::f32)
+    replication_ = DeviceBuffer(backend, dtype_size(opt_.replication_dtype) * static_cast<size_t>(shard_total_));
 
 
   // With p = 1 the shard is the whole model: layers are used in place, nothing gathered.
@@ -294,9 +296,15 @@ void ShardedParamStore::start_replication_all_reduce(int layer) {
     throw std::logic_error("layer " + std::to_string(layer) +
                            "'s gradients landed twice in the last micro-step, after its all-reduce began");
   const int64_t chunk = layout_.layers()[static_cast<size_t>(layer)].size / topo_.partition_size;
+  Tensor sum = accumulator().slice(shard_offset(layer), {chunk});
+  if (replication_.data() != nullptr) {  // sent in half precision, widened again in end_accumulation
+    Tensor narrow = replication_.view(opt_.replication_dtype, {shard_total_}).slice(shard_offset(layer), {chunk});
+    be_.cast(narrow, sum);
+    sum = narrow;
+  }
   // Every replica lands the layers in the same order, so the collectives match up.
-  replication_requests_[static_cast<size_t>(layer)] = groups_.replication->all_reduce(
-      accumulator().slice(shard_offset(layer), {chunk}).ptr<float>(), static_cast<size_t>(chunk));
+  replication_requests_[static_cast<size_t>(layer)] =
+      groups_.replication->all_reduce(sum.data, sum.dtype, static_cast<size_t>(chunk));
   replication_started_[static_cast<size_t>(layer)] = true;
 }
 
@@ -336,6 +344,7 @@ void ShardedParamStore::end_accumulation() {
   for (int l = 0; l < layout_.num_layers(); ++l)
     if (!replication_started_[static_cast<size_t>(l)]) start_replication_all_reduce(l);
   for (Request& r : replication_requests_) groups_.replication->wait(r);
+  if (replication_.data() != nullptr) be_.cast(accumulator(), replication_.view(opt_.replication_dtype, {shard_total_}));
 }
 
 double ShardedParamStore::grad_norm_squared() {
@@ -357,7 +366,7 @@ size_t ShardedParamStore::model_state_bytes() const {
 }
 
 size_t ShardedParamStore::resident_bytes() const {
-  size_t total = model_state_bytes() + working_.bytes();
+  size_t total = model_state_bytes() + working_.bytes() + replication_.bytes();
   for (const auto& s : param_slots_) total += s->buffer.bytes();
   for (const auto& s : grad_slots_) total += s->work.bytes() + s->shard.bytes();
   return total;

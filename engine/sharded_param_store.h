@@ -26,6 +26,8 @@ struct StoreOptions {
   // their reduce-scatter) are in it; master weights, Adam states and the accumulated
   // gradient shard stay fp32.
   DType work_dtype = DType::f32;
+  // Two-hop: the dtype of the all-reduce across replicas (f32, or work_dtype to halve it).
+  DType replication_dtype = DType::f32;
 };
 
 class ShardedParamStore final : public model::ParamProvider {
@@ -112,6 +114,7 @@ class ShardedParamStore final : public model::ParamProvider {
   int64_t shard_total_ = 0, max_layer_ = 0;
   DeviceBuffer master_, grads_, m_, v_;
   DeviceBuffer working_;  // see keeps_working_copy()
+  DeviceBuffer replication_;  // [shard] in replication_dtype when it is not f32 (and r > 1)
   std::vector<std::unique_ptr<ParamSlot>> param_slots_;
   std::vector<std::unique_ptr<GradSlot>> grad_slots_;
   // Acquire order seen in the first micro-step, replayed as the prefetch schedule.

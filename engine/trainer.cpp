@@ -67,7 +67,8 @@ Trainer::Trainer(const Config& c, Backend& backend, const Topology& topo, Traine
   groups_ = runtime.groups ? std::move(runtime.groups) : build_mpi_groups(topo);
   store_ = std::make_unique<ShardedParamStore>(
       backend, layout, topo, groups_->groups(),
-      StoreOptions{static_cast<int>(c.mics.prefetch), c.mics.gradient_sync == "every_microstep", compute});
+      StoreOptions{static_cast<int>(c.mics.prefetch), c.mics.gradient_sync == "every_microstep", compute,
+                   c.mics.replication_dtype == "compute" ? compute : DType::f32});
   if (runtime.initialize_parameters) store_->initialize(static_cast<uint64_t>(t.seed));
   after_step_ = std::move(runtime.after_step);
   if (t.precision == "fp16") {

@@ -98,6 +98,18 @@ def checks(bindir, work, env, rows):
         d = max_rel(losses(m), losses(one)) if c4 == 0 and code == 0 else float("inf")
         rows.append({"check": f"4 ranks on one GPU ({label}, staged) vs 1 rank, fp32", "ok": d <= 1e-4,
                      "detail": f"max relative loss difference {d:.2e} (limit 1e-4)" if c4 == 0 else t4[-400:]})
+    # The all-reduce across replicas in bf16 (mics.replication_dtype compute) against fp32: p = 2, r = 2.
+    two = base[:] + ["runtime.ranks_per_node=2", "runtime.communicator=\"staged\"", "mics.partition_size=2",
+                     "train.precision=\"bf16\""]
+    runs = {}
+    for rd in ("fp32", "compute"):
+        m = os.path.join(work, f"replication-{rd}.jsonl")
+        runs[rd] = train(mt, config, m, two + [f"mics.replication_dtype=\"{rd}\""], env, ranks=4) + (m,)
+    ok = all(r[0] == 0 for r in runs.values())
+    d = max_rel(losses(runs["compute"][2]), losses(runs["fp32"][2])) if ok else float("inf")
+    rows.append({"check": "4 ranks, p=2, bf16: replication all-reduce in bf16 vs fp32", "ok": d <= 2e-2,
+                 "detail": f"max relative loss difference {d:.2e} (limit 2e-2)" if ok
+                           else next(r[1] for r in runs.values() if r[0] != 0)[-400:]})
     m = os.path.join(work, "nccl.jsonl")
     c1, t1 = train(mt, config, m, base + ["runtime.communicator=\"nccl\""], env)
     d = max_rel(losses(m), losses(one)) if c1 == 0 and code == 0 else float("inf")

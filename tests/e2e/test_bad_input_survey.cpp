@@ -153,6 +153,12 @@ std::vector<Case> cases() {
                                                      : "'runtime.backend' \"cuda\" is not available in this build"));
   c.push_back(config_case("negative_loss_scale", [](json& j) { j["train"]["initial_loss_scale"] = -8; },
                           "'train.initial_loss_scale' must be 0 (the default, 2^16) or a positive number"));
+  c.push_back(config_case("half_replication_every_microstep",
+                          [](json& j) {
+                            j["mics"]["gradient_sync"] = "every_microstep";
+                            j["mics"]["replication_dtype"] = "compute";
+                          },
+                          "'mics.replication_dtype' \"compute\" applies to the two-hop sync"));
   c.push_back(config_case("path_without_source", [](json& j) { j["data"] = {{"path", "/tmp"}}; },
                           "'data.path' is set but 'data.source' is \"synthetic\""));
   c.push_back(config_case("gpt_type_vocab", [](json& j) { j["model"]["type_vocab_size"] = 2; },

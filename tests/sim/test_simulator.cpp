@@ -141,6 +141,24 @@ TEST(Simulator, ReplicationAllReduceOverlapsTheLastBackward) {
   EXPECT_LT(exposed, 0.75 * busy) << "the all-reduce should hide partly behind the last micro-step's backward";
 }
 
+// mics.replication_dtype "compute": the all-reduce across replicas moves the half-precision
+// shard, half the bytes of the fp32 accumulator, and its time shrinks with them; nothing
+// else changes.
+TEST(Simulator, HalfPrecisionReplicationHalvesItsBytes) {
+  const mics::sim::ClusterSpec p3dn = mics::sim::load_cluster(source_path("configs/clusters/p3dn.json"));
+  mics::Config config = bert_10b();  // fp16
+  config.mics.replication_dtype = "fp32";
+  const auto wide = mics::sim::simulate_step(config, p3dn, 4, "mics");
+  config.mics.replication_dtype = "compute";
+  const auto narrow = mics::sim::simulate_step(config, p3dn, 4, "mics");
+  const auto all_reduce = mics::CollectiveOp::all_reduce, all_gather = mics::CollectiveOp::all_gather;
+  ASSERT_GT(wide.bytes.bytes(all_reduce), 1e9);
+  EXPECT_EQ(narrow.bytes.bytes(all_reduce), wide.bytes.bytes(all_reduce) / 2);
+  EXPECT_EQ(narrow.bytes.bytes(all_gather), wide.bytes.bytes(all_gather));
+  EXPECT_LT(narrow.time.comm_total(static_cast<int>(all_reduce)), 0.6 * wide.time.comm_total(static_cast<int>(all_reduce)));
+  EXPECT_LT(narrow.step_s, wide.step_s);
+}
+
 double seconds_to_simulate(const mics::Config& config, const mics::sim::ClusterSpec& cluster, int nodes) {
   const auto start = std::chrono::steady_clock::now();
   mics::sim::SweepRequest request;
