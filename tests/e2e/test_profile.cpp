@@ -58,6 +58,23 @@ TEST(Profile, CountsEveryOpOfAStepAndChangesNoLoss) {
   EXPECT_GT(share, 50.0);   // and on the CPU they are most of it
 }
 
+// BERT with dropout goes through the ops GPT leaves out (token types, masked rows gathered
+// for the head, dropout masks): still the same numbers.
+TEST(Profile, BertWithDropoutChangesNoLoss) {
+  TempDir dir("profile-bert");
+  const std::string run = "--config " + source_path("configs/bert-tiny.json") +
+                          " --steps 3 --set data.source=synthetic --set data.path='\"\"' --set train.seq_len=32"
+                          " --set model.dropout=0.1 --set model.attention_dropout=0.1 --set log.every=1 --metrics ";
+  const auto plain = run_cli(run + dir.file("plain.jsonl"));
+  const auto profiled = run_cli(run + dir.file("profiled.jsonl") + " --profile");
+  ASSERT_EQ(plain.exit_code, 0) << plain.output;
+  ASSERT_EQ(profiled.exit_code, 0) << profiled.output;
+  EXPECT_EQ(read_losses(dir.file("plain.jsonl")), read_losses(dir.file("profiled.jsonl")));
+  const auto rows = parse_table(profiled.output);
+  EXPECT_TRUE(rows.count("dropout_forward") && rows.count("gather_rows") && rows.count("scatter_add_rows"))
+      << profiled.output;
+}
+
 TEST(Profile, RefusedWithoutTraining) {
   const auto r = run_cli("--config " + source_path("configs/gpt-tiny.json") + " --dry-run --profile");
   EXPECT_EQ(r.exit_code, 2);
