@@ -70,6 +70,18 @@ void expect_shape(const char* op, const char* arg, const Tensor& t, Shape shape)
                      ", expected " + shape.str());
 }
 
+void expect_rank(const char* op, const char* arg, const Tensor& t, int rank) {
+  if (t.shape.rank != rank)
+    throw ShapeError(std::string(op) + ": " + arg + " has shape " + t.shape.str() + ", expected " +
+                     std::to_string(rank) + " dimensions");
+}
+
+void expect_numel(const char* op, const char* arg, const Tensor& t, int64_t n) {
+  if (t.numel() != n)
+    throw ShapeError(std::string(op) + ": " + arg + " has shape " + t.shape.str() + ", expected " +
+                     std::to_string(n) + " elements");
+}
+
 void expect_same_dtype(const char* op, const Tensor& a, const Tensor& b) {
   if (a.dtype != b.dtype)
     throw ShapeError(std::string(op) + ": mixed dtypes " + dtype_name(a.dtype) + " and " +

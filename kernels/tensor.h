@@ -73,5 +73,8 @@ struct IntTensor {
 // Checks used at op entry: throw ShapeError with the op and argument named.
 void expect_shape(const char* op, const char* arg, const Tensor& t, Shape shape);
 void expect_same_dtype(const char* op, const Tensor& a, const Tensor& b);
+void expect_rank(const char* op, const char* arg, const Tensor& t, int rank);
+void expect_numel(const char* op, const char* arg, const Tensor& t, int64_t n);
+inline int64_t dim(const Tensor& t, int i) { return t.shape[i]; }
 
 }  // namespace mics

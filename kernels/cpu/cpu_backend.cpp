@@ -22,20 +22,6 @@ void dispatch(const char* op, DType dtype, F&& f) {
 
 template <class T> T* p(const Tensor& t) { return t.empty() ? nullptr : t.ptr<T>(); }
 
-int64_t dim(const Tensor& t, int i) { return t.shape[i]; }
-
-void expect_rank(const char* op, const char* arg, const Tensor& t, int rank) {
-  if (t.shape.rank != rank)
-    throw ShapeError(std::string(op) + ": " + arg + " has shape " + t.shape.str() + ", expected " +
-                     std::to_string(rank) + " dimensions");
-}
-
-void expect_numel(const char* op, const char* arg, const Tensor& t, int64_t n) {
-  if (t.numel() != n)
-    throw ShapeError(std::string(op) + ": " + arg + " has shape " + t.shape.str() + ", expected " +
-                     std::to_string(n) + " elements");
-}
-
 class CpuBackend final : public Backend {
  public:
   const char* name() const override { return "cpu"; }

@@ -62,20 +62,6 @@ namespace {
 
 using namespace mics::cuda;
 
-int64_t dim(const Tensor& t, int i) { return t.shape[i]; }
-
-void expect_rank(const char* op, const char* arg, const Tensor& t, int rank) {
-  if (t.shape.rank != rank)
-    throw ShapeError(std::string(op) + ": " + arg + " has shape " + t.shape.str() + ", expected " +
-                     std::to_string(rank) + " dimensions");
-}
-
-void expect_numel(const char* op, const char* arg, const Tensor& t, int64_t n) {
-  if (t.numel() != n)
-    throw ShapeError(std::string(op) + ": " + arg + " has shape " + t.shape.str() + ", expected " +
-                     std::to_string(n) + " elements");
-}
-
 // The compute dtypes of this backend.
 bool compute_dtype(DType t) { return t == DType::f32 || t == DType::bf16 || t == DType::f16; }
 
