@@ -107,6 +107,9 @@ for _ in $(seq 900); do
   fi
   sleep 0.2
 done
+# The state read above can predate the squeue check that ended the loop (the job finished
+# in between): read it once more now that the job has left the queue.
+state=$(scontrol show job "$job" 2>/dev/null | grep -oE '(JobState|Reason|Restarts|ExitCode)=[^ ]+' | tr '\n' ' ')
 cat "$work/job.out"; tail -5 "$MICS_SLURM_DIR"/log/slurmctld.log
 [[ $state == *JobState=COMPLETED*Restarts=1*ExitCode=0:0* || $state == *JobState=COMPLETED*ExitCode=0:0*Restarts=1* ]] \
   || fail "batch job $job did not finish after one requeue: $state"
