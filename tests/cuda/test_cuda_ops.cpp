@@ -32,6 +32,7 @@
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/ops.h"
 #include "tests/cuda/host_dtype.h"
+#include "tests/numerics/expect_close.h"
 
 namespace mics {
 namespace {
@@ -74,10 +75,7 @@ DtypeTol kTol(DType t) {
 }
 constexpr double kU32 = 0x1p-24;
 
-struct Tol {
-  double rtol;
-  double atol;
-};
+using tol::Tol;
 Tol tol(DType t, double growth, double scale, double roundings = 0) {
   return {kTol(t).rtol, (growth * kU32 + roundings * kTol(t).u) * scale};
 }
@@ -156,27 +154,6 @@ double max_abs(const Vec& v) {
   return m;
 }
 int64_t ssize(const Vec& v) { return static_cast<int64_t>(v.size()); }
-
-void expect_close(const Vec& actual, const Vec& expected, Tol t, const std::string& what) {
-  ASSERT_EQ(actual.size(), expected.size()) << what;
-  size_t bad = 0, worst = 0;
-  double worst_ratio = -1;
-  for (size_t i = 0; i < actual.size(); ++i) {
-    const double err = std::abs(actual[i] - expected[i]);
-    const double allowed = t.atol + t.rtol * std::abs(expected[i]);
-    const double ratio = std::isnan(err) ? std::numeric_limits<double>::infinity()
-                                         : (allowed > 0 ? err / allowed : (err > 0 ? 1e300 : 0));
-    if (!(err <= allowed)) ++bad;
-    if (ratio > worst_ratio) worst_ratio = ratio, worst = i;
-  }
-  EXPECT_EQ(bad, 0u) << what << ": " << bad << " of " << actual.size()
-                     << " entries outside |x - ref| <= " << t.atol << " + " << t.rtol
-                     << " |ref|; worst at index " << worst << ": got " << actual[worst]
-                     << ", expected " << expected[worst] << " (" << worst_ratio
-                     << "x the tolerance)";
-  if (std::getenv("MICS_TOL_REPORT") != nullptr)
-    std::printf("  [tol] %-55s worst %.3g of tolerance\n", what.c_str(), worst_ratio);
-}
 
 // Bit-for-bit (NaN never equals): names the first mismatch.
 void expect_identical(const Vec& actual, const Vec& expected, const std::string& what) {

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "kernels/ops.h"
+#include "tests/numerics/expect_close.h"
 #include "tests/numerics/reference_ops.h"
 #include "tests/numerics/tolerance.h"
 
@@ -94,28 +95,6 @@ struct Buf {
 IntTensor ints(Ints& v) { return IntTensor{v.data(), Shape{static_cast<int64_t>(v.size())}}; }
 
 template <class T> const char* dtype_label() { return std::is_same_v<T, float> ? "f32" : "f64"; }
-
-// |actual - expected| <= atol + rtol |expected| everywhere; on failure names the worst entry.
-void expect_close(const Vec& actual, const Vec& expected, Tol tol, const std::string& what) {
-  ASSERT_EQ(actual.size(), expected.size()) << what;
-  size_t bad = 0, worst = 0;
-  double worst_ratio = -1;
-  for (size_t i = 0; i < actual.size(); ++i) {
-    const double err = std::abs(actual[i] - expected[i]);
-    const double allowed = tol.atol + tol.rtol * std::abs(expected[i]);
-    const double ratio = std::isnan(err) ? std::numeric_limits<double>::infinity()
-                                         : (allowed > 0 ? err / allowed : (err > 0 ? 1e300 : 0));
-    if (!(err <= allowed)) ++bad;
-    if (ratio > worst_ratio) worst_ratio = ratio, worst = i;
-  }
-  EXPECT_EQ(bad, 0u) << what << ": " << bad << " of " << actual.size()
-                     << " entries outside |x - ref| <= " << tol.atol << " + " << tol.rtol
-                     << " |ref|; worst at index " << worst << ": got " << actual[worst]
-                     << ", expected " << expected[worst] << " (" << worst_ratio
-                     << "x the tolerance)";
-  if (std::getenv("MICS_TOL_REPORT") != nullptr)
-    std::printf("  [tol] %-40s worst %.3g of tolerance\n", what.c_str(), worst_ratio);
-}
 
 // Central differences of loss() w.r.t. each entry of x (perturbed in place, then restored).
 Vec fd_gradient(Vec& x, const std::function<double()>& loss) {
