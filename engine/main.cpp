@@ -205,9 +205,10 @@ Runtime make_runtime(const mics::Config& config, const mics::Topology& topology,
 // --profile: rank 0's time per backend op over the steps after the first (warm-up), and
 // what the ops leave uncovered, printed when the run ends.
 struct ProfileWindow {
-  mics::OpProfile ops;
+  mics::OpProfile ops;       // what the profiling backend records
+  mics::OpProfile at_step;   // ops as of the last completed step (not the final checkpoint's copies)
   int64_t first_done = -1, last_done = -1;
-  std::chrono::steady_clock::time_point start;
+  std::chrono::steady_clock::time_point start, end;
 
   void after_step(int64_t done) {
     if (first_done < 0) {  // the first step of this run: warm-up, not counted
@@ -216,6 +217,8 @@ struct ProfileWindow {
       start = std::chrono::steady_clock::now();
     }
     last_done = done;
+    end = std::chrono::steady_clock::now();  // not the final checkpoint after the last step
+    at_step = ops;
   }
   void report() const {
     const int64_t steps = last_done - first_done;
@@ -224,9 +227,9 @@ struct ProfileWindow {
       return;
     }
     const double step_s =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / static_cast<double>(steps);
+        std::chrono::duration<double>(end - start).count() / static_cast<double>(steps);
     spdlog::info("op profile of rank 0, steps {}-{} (the device is synchronised around every op, so the steps "
-                 "run slower than unprofiled ones):\n{}", first_done + 1, last_done, ops.table(step_s, steps));
+                 "run slower than unprofiled ones):\n{}", first_done + 1, last_done, at_step.table(step_s, steps));
   }
 };
 
