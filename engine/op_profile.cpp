@@ -148,8 +148,9 @@ class ProfilingBackend final : public Backend {
   void dropout_backward(Tensor d_in, Tensor d_out, DropoutSpec spec) override {
     timed("dropout_backward", 0, [&] { inner_->dropout_backward(d_in, d_out, spec); });
   }
-  void adamw(Tensor param, Tensor grad, Tensor m, Tensor v, const AdamWSpec& spec) override {
-    timed("adamw", 0, [&] { inner_->adamw(param, grad, m, v, spec); });
+  void adamw(Tensor param, Tensor grad, Tensor m, Tensor v, const AdamWSpec& spec,
+             Tensor param_copy) override {
+    timed("adamw", 0, [&] { inner_->adamw(param, grad, m, v, spec, param_copy); });
   }
 
  private:

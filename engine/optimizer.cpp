@@ -15,13 +15,14 @@ AdamW::AdamW(const model::ParamLayout& layout, const std::vector<model::FlatRang
 }
 
 void AdamW::step(Backend& backend, Tensor param, Tensor grad, Tensor m, Tensor v,
-                 const AdamWSpec& spec) const {
+                 const AdamWSpec& spec, Tensor param_copy) const {
   AdamWSpec no_decay = spec;
   no_decay.weight_decay = 0.0f;
   for (const Segment& s : segments_) {
     backend.adamw(param.slice(s.offset, {s.size}), grad.slice(s.offset, {s.size}),
                   m.slice(s.offset, {s.size}), v.slice(s.offset, {s.size}),
-                  s.decay ? spec : no_decay);
+                  s.decay ? spec : no_decay,
+                  param_copy.empty() ? Tensor{} : param_copy.slice(s.offset, {s.size}));
   }
 }
 

@@ -15,8 +15,9 @@ class AdamW {
   // `held`: where each run of the flat buffer sits in the views given to step().
   AdamW(const model::ParamLayout& layout, const std::vector<model::FlatRange>& held);
   // One update; spec.weight_decay is applied to decay-mask segments, 0 elsewhere.
-  void step(Backend& backend, Tensor param, Tensor grad, Tensor m, Tensor v,
-            const AdamWSpec& spec) const;
+  // param_copy: empty, or a compute-dtype view like param that receives the new values.
+  void step(Backend& backend, Tensor param, Tensor grad, Tensor m, Tensor v, const AdamWSpec& spec,
+            Tensor param_copy) const;
 
  private:
   struct Segment {

@@ -64,6 +64,7 @@ ShardedParamStore::ShardedParamStore(Backend& backend, const model::ParamLayout&
     // With p = 1 the layer's gradient is added to the accumulator directly.
     if (p > 1) grad_slots_.back()->shard = DeviceBuffer(backend, work * static_cast<size_t>(max_layer_ / p));
   }
+  landed_.assign(static_cast<size_t>(layout.num_layers()), false);
 }
 
 void ShardedParamStore::initialize(uint64_t init_seed) {
@@ -80,7 +81,11 @@ void ShardedParamStore::initialize(uint64_t init_seed) {
 }
 
 void ShardedParamStore::master_changed() {
-  if (keeps_working_copy()) be_.cast(working_.view(opt_.work_dtype, {shard_total_}), master());
+  if (keeps_working_copy()) be_.cast(working_copy(), master());
+}
+
+Tensor ShardedParamStore::working_copy() {
+  return keeps_working_copy() ? working_.view(opt_.work_dtype, {shard_total_}) : Tensor{};
 }
 
 ShardedParamStore::~ShardedParamStore() {
@@ -166,7 +171,7 @@ Tensor ShardedParamStore::acquire_params(int layer) {
   const size_t position = cursor_++;
   if (topo_.partition_size == 1) {
     const int64_t size = layout_.layers()[static_cast<size_t>(layer)].size;
-    return keeps_working_copy() ? working_.view(opt_.work_dtype, {shard_total_}).slice(shard_offset(layer), {size})
+    return keeps_working_copy() ? working_copy().slice(shard_offset(layer), {size})
                                 : master().slice(shard_offset(layer), {size});
   }
 
@@ -285,8 +290,13 @@ void ShardedParamStore::finish_grad_slot(GradSlot& slot) {
   const int64_t base = opt_.sync_every_microstep ? shard_total_ : 0;
   Tensor acc = accumulator().slice(base + shard_offset(slot.layer), {chunk});
   // fp32 accumulation of the (possibly half-precision) reduced gradient.
-  be_.add(acc, acc, (topo_.partition_size == 1 ? slot.work : slot.shard).view(opt_.work_dtype, {chunk}));
+  const Tensor reduced = (topo_.partition_size == 1 ? slot.work : slot.shard).view(opt_.work_dtype, {chunk});
   const int layer = slot.layer;
+  if (opt_.sync_every_microstep || landed_[static_cast<size_t>(layer)])
+    be_.add(acc, acc, reduced);
+  else
+    be_.cast(acc, reduced);  // acc = 0 + reduced, exactly
+  landed_[static_cast<size_t>(layer)] = true;
   slot.layer = -1;
   if (overlaps_replication() && micro_done_ + 1 == micro_steps_) start_replication_all_reduce(layer);
 }
@@ -314,7 +324,9 @@ void ShardedParamStore::begin_step(int64_t micro_steps) {
   micro_done_ = 0;
   replication_started_.assign(static_cast<size_t>(layout_.num_layers()), false);
   replication_requests_.resize(static_cast<size_t>(layout_.num_layers()));
-  be_.fill_zero(accumulator());
+  landed_.assign(static_cast<size_t>(layout_.num_layers()), false);
+  // every_microstep adds each synchronised micro-step into the accumulator's first half.
+  if (opt_.sync_every_microstep) be_.fill_zero(accumulator());
 }
 
 void ShardedParamStore::end_micro_step() {
@@ -336,6 +348,12 @@ void ShardedParamStore::end_micro_step() {
 }
 
 void ShardedParamStore::end_accumulation() {
+  if (!opt_.sync_every_microstep)
+    for (int l = 0; l < layout_.num_layers(); ++l)
+      if (!landed_[static_cast<size_t>(l)]) {
+        const int64_t chunk = layout_.layers()[static_cast<size_t>(l)].size / topo_.partition_size;
+        be_.fill_zero(accumulator().slice(shard_offset(l), {chunk}));
+      }
   if (!overlaps_replication()) return;  // every_microstep synced already; one replica has nothing to sync
   if (micro_done_ != micro_steps_)
     throw std::logic_error("end_accumulation after " + std::to_string(micro_done_) + " of " +

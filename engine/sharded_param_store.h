@@ -68,6 +68,9 @@ class ShardedParamStore final : public model::ParamProvider {
   // The master weights changed (optimizer step, checkpoint, imported weights): refresh the
   // half-precision working copy that a partition size of 1 computes on.
   void master_changed();
+  // The half-precision copy of the whole shard kept with p = 1 (keeps_working_copy()), for
+  // the optimizer to write as it updates the master; empty when there is none.
+  Tensor working_copy();
 
   // Zero the gradient accumulator for a step of `micro_steps` micro-steps (the last one
   // starts the replication all-reduces as its layers land).
@@ -127,6 +130,10 @@ class ShardedParamStore final : public model::ParamProvider {
   int64_t micro_steps_ = 1, micro_done_ = 0;
   std::vector<Request> replication_requests_;  // per layer; started this step when non-null
   std::vector<bool> replication_started_;
+  // Per layer: has a gradient landed in the accumulator this step? The first landing is a
+  // cast (no zeroed accumulator to read and add to); begin_step zeroes nothing, and
+  // end_accumulation zeroes the layers that never landed.
+  std::vector<bool> landed_;
   std::vector<ParamSlot*> pending_;  // progress_gathers' scratch
 };
 

@@ -159,8 +159,9 @@ double Trainer::train_step(int64_t step) {
     spec.step = step + 1;
     const double clip = t.grad_clip > 0 && norm > t.grad_clip ? t.grad_clip / (norm + 1e-6) : 1.0;
     spec.grad_scale = static_cast<float>(clip / loss_scale);
-    optimizer_->step(backend_, store_->master(), store_->grads(), store_->adam_m(), store_->adam_v(), spec);
-    store_->master_changed();
+    // The optimizer writes the working copy (if the store keeps one) as it updates the master.
+    optimizer_->step(backend_, store_->master(), store_->grads(), store_->adam_m(), store_->adam_v(), spec,
+                     store_->working_copy());
   }
   return loss_sum / static_cast<double>(accumulation_ * topo_.world);
 }

@@ -88,9 +88,10 @@ class SimBackend final : public Backend {
   void dropout_forward(Tensor out, Tensor in, DropoutSpec) override { stream(2, in); }
   void dropout_backward(Tensor d_in, Tensor d_out, DropoutSpec) override { stream(2, d_out); }
 
-  // fp32 shards: read param, grad, m, v; write param, m, v.
-  void adamw(Tensor param, Tensor, Tensor, Tensor, const AdamWSpec&) override {
-    const double seconds = static_cast<double>(param.numel()) * 7.0 * 4.0 / bytes_per_s_;
+  // fp32 shards: read param, grad, m, v; write param, m, v (and the working copy).
+  void adamw(Tensor param, Tensor, Tensor, Tensor, const AdamWSpec&, Tensor param_copy) override {
+    const double copy_bytes = param_copy.empty() ? 0.0 : static_cast<double>(dtype_size(param_copy.dtype));
+    const double seconds = static_cast<double>(param.numel()) * (7.0 * 4.0 + copy_bytes) / bytes_per_s_;
     timeline_.compute_s += seconds;
     timeline_.optimizer_s += seconds;
   }

@@ -336,12 +336,15 @@ class CpuBackend final : public Backend {
     dropout_forward(d_in, d_out, spec);
   }
 
-  void adamw(Tensor param, Tensor grad, Tensor m, Tensor v, const AdamWSpec& spec) override {
+  void adamw(Tensor param, Tensor grad, Tensor m, Tensor v, const AdamWSpec& spec,
+             Tensor param_copy) override {
     const int64_t n = param.numel();
     expect_numel("adamw", "grad", grad, n);
     expect_numel("adamw", "m", m, n);
     expect_numel("adamw", "v", v, n);
+    if (!param_copy.empty()) expect_numel("adamw", "param_copy", param_copy, n);
     cpu::adamw(param.ptr<float>(), grad.ptr<float>(), m.ptr<float>(), v.ptr<float>(), n, spec);
+    if (!param_copy.empty()) cast(param_copy, param);
   }
 };
 

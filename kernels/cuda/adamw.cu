@@ -21,8 +21,10 @@ __device__ __forceinline__ void adamw_one(float& p, float g_raw, float& m, float
   p = __fsub_rn(__fmul_rn(p, k.decay), __fdiv_rn(__fmul_rn(k.step_size, m), denom));
 }
 
+// copy (C: float, bf16, fp16; null for none) receives the new param rounded to C.
+template <class C>
 __global__ void adamw_kernel(float* param, const float* grad, float* m, float* v, int64_t n,
-                             AdamWScalars k) {
+                             AdamWScalars k, C* copy) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x) {
     float p = param[i], mi = m[i], vi = v[i];
@@ -30,12 +32,14 @@ __global__ void adamw_kernel(float* param, const float* grad, float* m, float* v
     param[i] = p;
     m[i] = mi;
     v[i] = vi;
+    if (copy != nullptr) copy[i] = from_f<C>(p);
   }
 }
 
 // float4 version for 16-byte aligned spans; the tail (n % 4) is done element-wise.
+template <class C>
 __global__ void adamw_vec_kernel(float* param, const float* grad, float* m, float* v, int64_t n,
-                                 AdamWScalars k) {
+                                 AdamWScalars k, C* copy) {
   const int64_t vectors = n / 4;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < vectors;
        i += int64_t(gridDim.x) * blockDim.x) {
@@ -50,6 +54,10 @@ __global__ void adamw_vec_kernel(float* param, const float* grad, float* m, floa
     reinterpret_cast<float4*>(param)[i] = p;
     reinterpret_cast<float4*>(m)[i] = mi;
     reinterpret_cast<float4*>(v)[i] = vi;
+    if (copy != nullptr) {
+      C* c = copy + 4 * i;
+      c[0] = from_f<C>(p.x), c[1] = from_f<C>(p.y), c[2] = from_f<C>(p.z), c[3] = from_f<C>(p.w);
+    }
   }
   const int64_t tail = vectors * 4 + blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (tail < n) {
@@ -58,6 +66,7 @@ __global__ void adamw_vec_kernel(float* param, const float* grad, float* m, floa
     param[tail] = p;
     m[tail] = mi;
     v[tail] = vi;
+    if (copy != nullptr) copy[tail] = from_f<C>(p);
   }
 }
 
@@ -66,16 +75,19 @@ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) ==
 }  // namespace
 
 void launch_adamw(float* param, const float* grad, float* m, float* v, int64_t n,
-                  const AdamWScalars& k, cudaStream_t s) {
+                  const AdamWScalars& k, DType copy_t, void* copy, cudaStream_t s) {
   if (n <= 0) return;
-  if (aligned16(param) && aligned16(grad) && aligned16(m) && aligned16(v)) {
-    const int64_t vectors = n / 4;
-    adamw_vec_kernel<<<grid_for(vectors > 0 ? vectors : 1), kThreads, 0, s>>>(param, grad, m, v,
-                                                                             n, k);
-  } else {
-    adamw_kernel<<<grid_for(n), kThreads, 0, s>>>(param, grad, m, v, n, k);
-  }
-  MICS_CUDA_CHECK_LAUNCH();
+  dispatch("adamw", copy != nullptr ? copy_t : DType::f32, [&](auto c) {
+    using C = decltype(c);
+    C* out = static_cast<C*>(copy);
+    if (aligned16(param) && aligned16(grad) && aligned16(m) && aligned16(v)) {
+      const int64_t vectors = n / 4;
+      adamw_vec_kernel<C><<<grid_for(vectors > 0 ? vectors : 1), kThreads, 0, s>>>(param, grad, m, v, n, k, out);
+    } else {
+      adamw_kernel<C><<<grid_for(n), kThreads, 0, s>>>(param, grad, m, v, n, k, out);
+    }
+    MICS_CUDA_CHECK_LAUNCH();
+  });
 }
 
 }  // namespace mics::cuda

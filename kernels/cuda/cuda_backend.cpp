@@ -87,6 +87,43 @@ char* at(const Tensor& t, int64_t offset) {
   return static_cast<char*>(t.data) + offset * static_cast<int64_t>(dtype_size(t.dtype));
 }
 
+// A device buffer that grows to the largest size asked of it. The sizes follow from the
+// model's shapes, so it grows in the first step and later steps reuse it (no allocation
+// inside a steady-state step). Growing synchronises the stream: work queued on the old
+// buffer finishes before it is freed.
+class GrowingBuffer {
+ public:
+  GrowingBuffer() = default;
+  GrowingBuffer(const GrowingBuffer&) = delete;
+  GrowingBuffer& operator=(const GrowingBuffer&) = delete;
+  ~GrowingBuffer() { cudaFree(ptr_); }
+
+  void* get(size_t bytes, cudaStream_t stream) {
+    if (bytes > bytes_) {
+      MICS_CUDA_CHECK(cudaStreamSynchronize(stream));
+      MICS_CUDA_CHECK(cudaFree(ptr_));
+      ptr_ = nullptr;
+      bytes_ = 0;
+      MICS_CUDA_CHECK(cudaMalloc(&ptr_, bytes));
+      bytes_ = bytes;
+    }
+    return ptr_;
+  }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+// cuBLASLt runs several times slower when a GEMM dimension is not a multiple of 16 bytes'
+// worth of elements (seen on H200: the GPT-2 LM head, 50265 outputs, at 95 TFLOP/s against
+// 640 for the layers, even with padded leading dimensions). linear_forward/backward pad
+// such an output width n to padded_width(n) with zero weight rows (PaddedLinear below).
+int64_t padded_width(int64_t n, DType t) {
+  const int64_t per16 = 16 / static_cast<int64_t>(dtype_size(t));
+  return (n + per16 - 1) / per16 * per16;
+}
+
 class CudaBackend final : public Backend {
  public:
   CudaBackend(int device, const CudaBackendOptions& options) : device_(device) {
@@ -221,7 +258,20 @@ class CudaBackend final : public Backend {
     g.b = weight.data, g.ldb = k, g.trans_b = true;
     g.c = out.data, g.ldc = n;
     g.bias = bias.empty() ? nullptr : bias.data;
+    const int64_t np = padded_width(n, out.dtype);
+    if (np == n || m == 0) {
+      gemm_->run(g);
+      return;
+    }
+    // out_padded[m, np] = in @ weight_padded^T (+ bias_padded), then its first n columns.
+    const size_t es = dtype_size(out.dtype);
+    g.n = np;
+    g.b = padded_rows(pad_weight_, weight.data, n, np, k, es);
+    if (!bias.empty()) g.bias = padded_rows(pad_bias_, bias.data, n, np, 1, es);
+    g.c = pad_rows_.get(static_cast<size_t>(m * np) * es, stream_), g.ldc = np;
     gemm_->run(g);
+    MICS_CUDA_CHECK(cudaMemcpy2DAsync(out.data, n * es, g.c, np * es, n * es, m,
+                                      cudaMemcpyDeviceToDevice, stream_));
   }
 
   void linear_backward(Tensor d_in, Tensor d_weight, Tensor d_bias, Tensor d_out, Tensor in,
@@ -238,12 +288,27 @@ class CudaBackend final : public Backend {
     if (!d_bias.empty()) expect_shape(op, "d_bias", d_bias, {n});
     expect_dtypes(op, d_out, {&in, &weight, &d_weight, &d_in, &d_bias});
     const DType t = d_out.dtype;
+    const size_t es = dtype_size(t);
+    // An output width cuBLASLt handles slowly: every product over the padded width (zero
+    // weight rows, zero d_out columns), d_weight's first n rows added from a staged result.
+    const int64_t np = m > 0 ? padded_width(n, t) : n;
+    const void* rows = d_out.data;
+    const void* w = weight.data;
+    if (np != n) {
+      void* staged = pad_rows_.get(static_cast<size_t>(m * np) * es, stream_);
+      MICS_CUDA_CHECK(cudaMemcpy2DAsync(staged, np * es, d_out.data, n * es, n * es, m,
+                                        cudaMemcpyDeviceToDevice, stream_));
+      MICS_CUDA_CHECK(cudaMemset2DAsync(static_cast<char*>(staged) + n * es, np * es, 0,
+                                        (np - n) * es, m, stream_));
+      rows = staged;
+      w = padded_rows(pad_weight_, weight.data, n, np, k, es);
+    }
     if (!d_in.empty()) {  // d_in[m,k] (= or +=) d_out[m,n] @ weight[n,k]
       GemmArgs g;
       g.dtype = t;
-      g.m = m, g.n = k, g.k = n;
-      g.a = d_out.data, g.lda = n;
-      g.b = weight.data, g.ldb = k;
+      g.m = m, g.n = k, g.k = np;
+      g.a = rows, g.lda = np;
+      g.b = w, g.ldb = k;
       g.c = d_in.data, g.ldc = k;
       g.beta = acc == Accumulate::yes ? 1.0f : 0.0f;
       gemm_->run(g);
@@ -251,14 +316,20 @@ class CudaBackend final : public Backend {
     {  // d_weight[n,k] += d_out^T[n,m] @ in[m,k]
       GemmArgs g;
       g.dtype = t;
-      g.m = n, g.n = k, g.k = m;
-      g.a = d_out.data, g.lda = n, g.trans_a = true;
+      g.m = np, g.n = k, g.k = m;
+      g.a = rows, g.lda = np, g.trans_a = true;
       g.b = in.data, g.ldb = k;
       g.c = d_weight.data, g.ldc = k;
       g.beta = 1.0f;
+      if (np != n) {
+        g.c = pad_weight_grad_.get(static_cast<size_t>(np * k) * es, stream_);
+        g.beta = 0.0f;
+      }
       gemm_->run(g);
+      if (np != n) launch_add(t, d_weight.data, t, d_weight.data, t, g.c, n * k, stream_);
     }
-    if (!d_bias.empty()) launch_column_sums_add(t, d_bias.data, d_out.data, m, n, stream_);
+    if (!d_bias.empty())
+      launch_column_sums_add(t, d_bias.data, d_out.data, m, n, column_partials(m, n, 1), stream_);
   }
 
   void gelu_forward(Tensor out, Tensor in, GeluKind kind) override {
@@ -312,7 +383,7 @@ class CudaBackend final : public Backend {
     expect_same_dtype(op, mean, rstd);
     launch_layernorm_backward(d_in.dtype, mean.dtype, d_in.data, d_gamma.data, d_beta.data,
                               d_out.data, in.data, gamma.data, mean.data, rstd.data, m, c,
-                              acc == Accumulate::yes, stream_);
+                              acc == Accumulate::yes, column_partials(m, c, 2), stream_);
   }
 
   // ---- attention ----
@@ -554,11 +625,16 @@ class CudaBackend final : public Backend {
   }
 
   // ---- optimizer ----
-  void adamw(Tensor param, Tensor grad, Tensor m, Tensor v, const AdamWSpec& s) override {
+  void adamw(Tensor param, Tensor grad, Tensor m, Tensor v, const AdamWSpec& s,
+             Tensor param_copy) override {
     const int64_t n = param.numel();
     expect_numel("adamw", "grad", grad, n);
     expect_numel("adamw", "m", m, n);
     expect_numel("adamw", "v", v, n);
+    if (!param_copy.empty()) {
+      expect_numel("adamw", "param_copy", param_copy, n);
+      expect_compute_dtype("adamw", param_copy);
+    }
     for (const Tensor* t : {&param, &grad, &m, &v})
       if (t->dtype != DType::f32)
         throw ShapeError(std::string("adamw: tensors must be fp32, got ") + dtype_name(t->dtype));
@@ -574,12 +650,30 @@ class CudaBackend final : public Backend {
     k.inv_sqrt_bc2 = static_cast<float>(1.0 / std::sqrt(bc2));
     k.decay = 1.0f - s.lr * s.weight_decay;
     launch_adamw(static_cast<float*>(param.data), static_cast<const float*>(grad.data),
-                 static_cast<float*>(m.data), static_cast<float*>(v.data), n, k, stream_);
+                 static_cast<float*>(m.data), static_cast<float*>(v.data), n, k, param_copy.dtype,
+                 param_copy.data, stream_);
   }
 
   int64_t gemm_fallback_calls() const { return gemm_->fallback_calls(); }
 
  private:
+  // `src` ([rows, cols] of es-byte elements) copied into `buffer` with zero rows after it up
+  // to padded_rows rows.
+  const void* padded_rows(GrowingBuffer& buffer, const void* src, int64_t rows, int64_t padded,
+                          int64_t cols, size_t es) {
+    char* dst = static_cast<char*>(buffer.get(static_cast<size_t>(padded * cols) * es, stream_));
+    const size_t used = static_cast<size_t>(rows * cols) * es;
+    MICS_CUDA_CHECK(cudaMemcpyAsync(dst, src, used, cudaMemcpyDeviceToDevice, stream_));
+    MICS_CUDA_CHECK(cudaMemsetAsync(dst + used, 0, static_cast<size_t>((padded - rows) * cols) * es, stream_));
+    return dst;
+  }
+
+  // Partial sums for a column reduction of `sums` outputs over [rows, cols].
+  float* column_partials(int64_t rows, int64_t cols, int sums) {
+    const auto floats = static_cast<size_t>(column_partials_floats(rows, cols, sums));
+    return static_cast<float*>(column_partials_.get(floats * sizeof(float), stream_));
+  }
+
   // Scratch layout: reduction partials (double, then unsigned long long), the two results,
   // the device error word.
   static constexpr size_t kScratchBytes = 2 * kReducePartials * 8 + 2 * 8 + 8;
@@ -625,6 +719,9 @@ class CudaBackend final : public Backend {
   cudaStream_t stream_ = nullptr;
   void* scratch_ = nullptr;
   std::unique_ptr<GemmLt> gemm_;
+  // Padded copies for linear layers of an awkward output width (padded_width).
+  GrowingBuffer pad_weight_, pad_bias_, pad_rows_, pad_weight_grad_;
+  GrowingBuffer column_partials_;  // column reductions' partial sums
 };
 
 }  // namespace

@@ -46,9 +46,23 @@ double device_sum(DType t, const void* x, int64_t n, bool squares, double* parti
                   double* result, cudaStream_t s);
 int64_t device_count_nonfinite(DType t, const void* x, int64_t n, unsigned long long* partials,
                                unsigned long long* result, cudaStream_t s);
-// sums[c] += sum over rows r of x[r, c], accumulated in fp32 in row order per column.
+// Column reductions (column_reduce.cuh) sum chunks of about kColumnChunkRows rows into fp32
+// partials, then fold each column's partials in chunk order: deterministic. The caller
+// provides the partials: column_partials_floats(rows, cols, sums wanted) floats.
+inline constexpr int64_t kColumnChunkRows = 128;
+inline constexpr int64_t kColumnMaxChunks = 64;
+// Chunks of rows: about kColumnChunkRows each, at most kColumnMaxChunks, at least 1 (rows
+// == 0 still adds zeros).
+inline int64_t column_chunks(int64_t rows) {
+  const int64_t chunks = (rows + kColumnChunkRows - 1) / kColumnChunkRows;
+  return chunks < 1 ? 1 : (chunks > kColumnMaxChunks ? kColumnMaxChunks : chunks);
+}
+inline int64_t column_partials_floats(int64_t rows, int64_t cols, int sums) {
+  return sums * cols * column_chunks(rows);
+}
+// sums[c] += sum over rows r of x[r, c], in fp32.
 void launch_column_sums_add(DType t, void* sums, const void* x, int64_t rows, int64_t cols,
-                            cudaStream_t s);
+                            float* partials, cudaStream_t s);
 
 // ---- layernorm.cu ----  (stats_t: dtype of mean/rstd, the op's dtype or f32)
 void launch_layernorm_forward(DType t, DType stats_t, void* out, void* mean, void* rstd,
@@ -57,7 +71,7 @@ void launch_layernorm_forward(DType t, DType stats_t, void* out, void* mean, voi
 void launch_layernorm_backward(DType t, DType stats_t, void* d_in, void* d_gamma, void* d_beta,
                                const void* d_out, const void* in, const void* gamma,
                                const void* mean, const void* rstd, int64_t rows, int64_t cols,
-                               bool accumulate_d_in, cudaStream_t s);
+                               bool accumulate_d_in, float* partials, cudaStream_t s);
 
 // ---- attention.cu ----
 // In place on scores[B*H*T, T] (already scaled): masked softmax per row (causal: key j > i
@@ -80,7 +94,8 @@ void launch_embedding_forward(DType t, void* out, const int32_t* ids, const int3
                               int* error, cudaStream_t s);
 // dst[idx(r), :] += src[r, :] for r in [0, n), idx(r) = rows[r] (rows non-null) or r % seq.
 // Deterministic: each destination row is summed by one block, in increasing r, so fp32
-// results equal the CPU backend's serial loop bit for bit. Bad rows set `error_bit`.
+// results equal the CPU backend's serial loop bit for bit (embedding.cu says how). Bad rows
+// set `error_bit`.
 void launch_index_add(DType t, void* dst, int64_t dst_rows, const void* src,
                       const int32_t* rows, int64_t seq, int64_t n, int64_t cols, int* error,
                       int error_bit, cudaStream_t s);
@@ -98,7 +113,8 @@ struct AdamWScalars {
   float beta1, beta2, eps, grad_scale;
   float step_size, inv_sqrt_bc2, decay;
 };
+// copy (may be null): [n] of copy_t, receives the updated param rounded to copy_t.
 void launch_adamw(float* param, const float* grad, float* m, float* v, int64_t n,
-                  const AdamWScalars& k, cudaStream_t s);
+                  const AdamWScalars& k, DType copy_t, void* copy, cudaStream_t s);
 
 }  // namespace mics::cuda

@@ -1,8 +1,9 @@
 // LayerNorm forward and backward. One block per row; statistics and the backward's row
 // means accumulated in fp32 (two passes over the row for the variance, no E[x^2] - E[x]^2
 // cancellation). mean/rstd are stored in the op's dtype or in fp32 (S below). The
-// parameter gradients come from a second, column-parallel kernel that sums rows in a fixed
-// order: deterministic, no atomics.
+// parameter gradients are column reductions (column_reduce.cuh): fixed order,
+// deterministic, no atomics.
+#include "kernels/cuda/column_reduce.cuh"
 #include "kernels/cuda/device_common.cuh"
 #include "kernels/cuda/launch.h"
 
@@ -63,34 +64,21 @@ __global__ void layernorm_backward_kernel(T* d_in, const T* d_out, const T* in, 
 
 // d_gamma[c] += sum_r dy[r,c] xhat[r,c]; d_beta[c] += sum_r dy[r,c]. Block (32, 16) as in
 // reduce.cu's column sums.
-constexpr int kRowsPerBlock = 16;
+// The gamma/beta gradients' terms of column_reduce.cuh: row r adds dy * xhat (gamma) and
+// dy (beta) to column c.
 template <class T, class S>
-__global__ void layernorm_param_grad_kernel(T* d_gamma, T* d_beta, const T* d_out, const T* in,
-                                            const S* mean, const S* rstd, int64_t rows,
-                                            int64_t cols) {
-  __shared__ float part_g[kRowsPerBlock][33];
-  __shared__ float part_b[kRowsPerBlock][33];
-  const int64_t c = blockIdx.x * int64_t(32) + threadIdx.x;
-  float acc_g = 0.0f, acc_b = 0.0f;
-  if (c < cols)
-    for (int64_t r = threadIdx.y; r < rows; r += kRowsPerBlock) {
-      const float dy = to_f(d_out[r * cols + c]);
-      acc_g += dy * ((to_f(in[r * cols + c]) - to_f(mean[r])) * to_f(rstd[r]));
-      acc_b += dy;
-    }
-  part_g[threadIdx.y][threadIdx.x] = acc_g;
-  part_b[threadIdx.y][threadIdx.x] = acc_b;
-  __syncthreads();
-  if (threadIdx.y == 0 && c < cols) {
-    float total_g = 0.0f, total_b = 0.0f;
-    for (int k = 0; k < kRowsPerBlock; ++k) {
-      total_g += part_g[k][threadIdx.x];
-      total_b += part_b[k][threadIdx.x];
-    }
-    d_gamma[c] = from_f<T>(to_f(d_gamma[c]) + total_g);
-    d_beta[c] = from_f<T>(to_f(d_beta[c]) + total_b);
+struct LayerNormParamTerms {
+  const T* d_out;
+  const T* in;
+  const S* mean;
+  const S* rstd;
+  int64_t cols;
+  __device__ void operator()(int64_t r, int64_t c, float* sums) const {
+    const float dy = to_f(d_out[r * cols + c]);
+    sums[0] += dy * ((to_f(in[r * cols + c]) - to_f(mean[r])) * to_f(rstd[r]));
+    sums[1] += dy;
   }
-}
+};
 
 // Calls f(T{}, S{}) with S = T or float.
 template <class F>
@@ -128,18 +116,19 @@ void launch_layernorm_forward(DType t, DType stats_t, void* out, void* mean, voi
 void launch_layernorm_backward(DType t, DType stats_t, void* d_in, void* d_gamma, void* d_beta,
                                const void* d_out, const void* in, const void* gamma,
                                const void* mean, const void* rstd, int64_t rows, int64_t cols,
-                               bool accumulate_d_in, cudaStream_t s) {
+                               bool accumulate_d_in, float* partials, cudaStream_t s) {
   if (rows <= 0 || cols <= 0) return;
   dispatch_stats("layernorm_backward", t, stats_t, [&](auto tv, auto sv) {
     using T = decltype(tv);
     using S = decltype(sv);
     // Parameter gradients first: they read d_out, which d_in must not alias anyway.
-    layernorm_param_grad_kernel<T, S>
-        <<<static_cast<unsigned>((cols + 31) / 32), dim3(32, kRowsPerBlock), 0, s>>>(
-            static_cast<T*>(d_gamma), static_cast<T*>(d_beta), static_cast<const T*>(d_out),
-            static_cast<const T*>(in), static_cast<const S*>(mean), static_cast<const S*>(rstd),
-            rows, cols);
-    MICS_CUDA_CHECK_LAUNCH();
+    launch_column_reduce<T, 2>({{static_cast<T*>(d_gamma), static_cast<T*>(d_beta)}}, rows, cols,
+                               partials,
+                               LayerNormParamTerms<T, S>{static_cast<const T*>(d_out),
+                                                         static_cast<const T*>(in),
+                                                         static_cast<const S*>(mean),
+                                                         static_cast<const S*>(rstd), cols},
+                               s);
     layernorm_backward_kernel<T, S><<<static_cast<unsigned>(rows), row_threads(cols), 0, s>>>(
         static_cast<T*>(d_in), static_cast<const T*>(d_out), static_cast<const T*>(in),
         static_cast<const T*>(gamma), static_cast<const S*>(mean), static_cast<const S*>(rstd),

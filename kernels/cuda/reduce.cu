@@ -1,6 +1,7 @@
 // Reductions: sum and sum of squares (accumulated in double, returned to the host), the
-// count of NaN/Inf entries, and column sums (the linear layer's bias gradient). All are
-// deterministic: fixed grids, fixed combination order, no atomics.
+// count of NaN/Inf entries, and column sums (the linear layer's bias gradient, through
+// column_reduce.cuh). All are deterministic: fixed grids, fixed combination order, no atomics.
+#include "kernels/cuda/column_reduce.cuh"
 #include "kernels/cuda/device_common.cuh"
 #include "kernels/cuda/launch.h"
 
@@ -45,24 +46,13 @@ __global__ void fold_partials_kernel(const A* partials, int count, A* result) {
   if (threadIdx.x == 0) *result = v;
 }
 
-// Block (32, kRowsPerBlock): thread (x, y) sums rows y, y + kRowsPerBlock, ... of column
-// blockIdx.x * 32 + x in fp32; the partials are added in y order.
-constexpr int kRowsPerBlock = 16;
+// The bias gradient's term of column_reduce.cuh: row r adds x[r, c].
 template <class T>
-__global__ void column_sums_add_kernel(T* sums, const T* x, int64_t rows, int64_t cols) {
-  __shared__ float part[kRowsPerBlock][33];
-  const int64_t c = blockIdx.x * int64_t(32) + threadIdx.x;
-  float acc = 0.0f;
-  if (c < cols)
-    for (int64_t r = threadIdx.y; r < rows; r += kRowsPerBlock) acc += to_f(x[r * cols + c]);
-  part[threadIdx.y][threadIdx.x] = acc;
-  __syncthreads();
-  if (threadIdx.y == 0 && c < cols) {
-    float total = 0.0f;
-    for (int k = 0; k < kRowsPerBlock; ++k) total += part[k][threadIdx.x];
-    sums[c] = from_f<T>(to_f(sums[c]) + total);
-  }
-}
+struct ColumnValue {
+  const T* x;
+  __device__ void operator()(int64_t r, int64_t c, float* sums) const { sums[0] += to_f(x[r * cols + c]); }
+  int64_t cols;
+};
 
 }  // namespace
 
@@ -106,16 +96,13 @@ int64_t device_count_nonfinite(DType t, const void* x, int64_t n, unsigned long 
 }
 
 void launch_column_sums_add(DType t, void* sums, const void* x, int64_t rows, int64_t cols,
-                            cudaStream_t s) {
+                            float* partials, cudaStream_t s) {
   if (cols <= 0) return;
   // rows == 0 still runs (adds 0): the result must not depend on an early exit's rounding.
-  const dim3 block(32, kRowsPerBlock);
-  const unsigned blocks = static_cast<unsigned>((cols + 31) / 32);
   dispatch("column_sums", t, [&](auto v) {
     using T = decltype(v);
-    column_sums_add_kernel<T><<<blocks, block, 0, s>>>(static_cast<T*>(sums),
-                                                       static_cast<const T*>(x), rows, cols);
-    MICS_CUDA_CHECK_LAUNCH();
+    launch_column_reduce<T, 1>({{static_cast<T*>(sums)}}, rows, cols, partials,
+                               ColumnValue<T>{static_cast<const T*>(x), cols}, s);
   });
 }
 

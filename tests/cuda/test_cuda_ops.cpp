@@ -257,7 +257,10 @@ TEST_P(CudaLinear, BackwardMatchesReferenceAndAccumulates) {
   MICS_REQUIRE_CUDA();
   const DType t = GetParam();
   enum class DIn { overwrite, accumulate, skipped };
-  for (auto [m, k, n] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{{37, 53, 67}, {64, 128, 96}, {5, 7, 3}})
+  // N = 67, 3: rows too narrow for cuBLASLt's fast kernels, staged padded; M = 300: the bias
+  // gradient's column sums in 3 chunks of rows.
+  for (auto [m, k, n] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{
+           {37, 53, 67}, {64, 128, 96}, {5, 7, 3}, {300, 24, 67}})
     for (bool with_bias : {false, true})
       for (DIn mode : {DIn::overwrite, DIn::accumulate, DIn::skipped}) {
         SCOPED_TRACE(testing::Message() << dname(t) << " M=" << m << " K=" << k << " N=" << n
@@ -372,7 +375,8 @@ TEST_P(CudaLayerNorm, ForwardMatchesReference) {
 TEST_P(CudaLayerNorm, BackwardMatchesReferenceAndAccumulates) {
   MICS_REQUIRE_CUDA();
   const auto [t, st] = GetParam();
-  for (auto [m, c] : std::vector<std::pair<int64_t, int64_t>>{{37, 53}, {3, 4099}, {67, 131}})
+  // M = 300: the parameter gradients' column sums run in 3 chunks of rows (column_reduce.cuh).
+  for (auto [m, c] : std::vector<std::pair<int64_t, int64_t>>{{37, 53}, {3, 4099}, {67, 131}, {300, 40}})
     for (Accumulate acc : {Accumulate::no, Accumulate::yes}) {
       SCOPED_TRACE(testing::Message() << dname(t) << " stats " << dname(st) << " M=" << m
                                       << " C=" << c << (acc == Accumulate::yes ? " d_in +=" : " d_in ="));
@@ -500,7 +504,11 @@ INSTANTIATE_TEST_SUITE_P(
                           AttnCase{"batch_major_causal", 4, 11, 2, 7, true, true, 0.1f},
                           AttnCase{"larger_causal_padded", 2, 67, 2, 16, true, true, 0.0f},
                           AttnCase{"larger_dropout", 1, 67, 3, 8, false, false, 0.1f},
-                          AttnCase{"aligned_64", 2, 64, 2, 64, true, false, 0.1f}),
+                          AttnCase{"aligned_64", 2, 64, 2, 64, true, false, 0.1f},
+                          // softmax rows of 16 entries per lane, and past the warp kernels'
+                          // 1024 (one block per row)
+                          AttnCase{"seq_300_padded_dropout", 1, 300, 2, 8, true, true, 0.1f},
+                          AttnCase{"seq_1030_block_rows", 1, 1030, 1, 8, true, true, 0.1f}),
         ::testing::Values(DType::f32, DType::bf16, DType::f16)),
     [](const auto& info) {
       return std::string(std::get<0>(info.param).name) + "_" + dtype_name(std::get<1>(info.param));
@@ -566,6 +574,37 @@ TEST_P(CudaEmbedding, ForwardAndBackwardMatchReference) {
         expect_identical(d_dtype.get(), c_dtype.vec(), "d_type vs CPU fp32");
       }
     }
+  }
+}
+
+// A padding id that fills most of a large batch: more source rows aimed at one destination
+// than the backward lists at once (embedding.cu's kMatchChunk = 2048), over many passes of
+// its 256-thread scan. fp32 must still equal the CPU's serial loop bit for bit.
+TEST_P(CudaEmbedding, BackwardWithOneIdFillingTheBatch) {
+  MICS_REQUIRE_CUDA();
+  const DType t = GetParam();
+  const int64_t V = 50, P = 600, C = 24, B = 8, S = 600, rows = B * S;
+  std::mt19937_64 rng(63);
+  Ints ids = random_ints(rng, rows, 0, static_cast<int32_t>(V));
+  for (int64_t r = 0; r < rows; ++r)
+    if (r % 5 != 0) ids[static_cast<size_t>(r)] = 3;  // 3840 of 4800 rows
+  const Vec g = rounded(t, random_vec(rng, rows * C));
+  const Vec tok0 = rounded(t, random_vec(rng, V * C)), pos0 = rounded(t, random_vec(rng, P * C));
+  DevInts d_ids(ids);
+  H64 r_dtok(tok0, {V, C}), r_dpos(pos0, {P, C}), r_g(g, {rows, C});
+  cpu().embedding_backward(r_dtok.t(), r_dpos.t(), Tensor{}, r_g.t(), host_ints(ids), IntTensor{}, S);
+  Dev d_dtok(t, {V, C}, tok0), d_dpos(t, {P, C}, pos0), d_g(t, {rows, C}, g);
+  gpu().embedding_backward(d_dtok.t(), d_dpos.t(), Tensor{}, d_g.t(), d_ids.t(), IntTensor{}, S);
+  // Up to 3840 terms of size 1 onto a prefill of size 1; half precision rounds the
+  // destination once per 2048 terms as well.
+  const double sr = std::sqrt(double(rows));
+  expect_close(d_dtok.get(), r_dtok.vec(), tol(t, 4 * sr, sr + 1, 2), "d_tok (+=)");
+  expect_close(d_dpos.get(), r_dpos.vec(), tol(t, 4 * sr, sr + 1), "d_pos (+=)");
+  if (t == DType::f32) {
+    H32 c_dtok(tok0, {V, C}), c_dpos(pos0, {P, C}), c_g(g, {rows, C});
+    cpu().embedding_backward(c_dtok.t(), c_dpos.t(), Tensor{}, c_g.t(), host_ints(ids), IntTensor{}, S);
+    expect_identical(d_dtok.get(), c_dtok.vec(), "d_tok vs CPU fp32");
+    expect_identical(d_dpos.get(), c_dpos.vec(), "d_pos vs CPU fp32");
   }
 }
 
@@ -714,15 +753,19 @@ TEST(CudaAdamW, BitForBitWithCpuFp32) {
         AdamWSpec spec = base;
         spec.step = base.step + s;
         H32 cg(g, {n});
-        cpu().adamw(cp.t(), cg.t(), cm.t(), cv.t(), spec);
+        cpu().adamw(cp.t(), cg.t(), cm.t(), cv.t(), spec, Tensor{});
         Dev dg(DType::f32, {n + offset}, padded(g));
+        // Every other step also writes a working copy (bf16 or fp16, alternating).
+        const DType copy_t = s % 4 == 1 ? DType::bf16 : DType::f16;
+        Dev copy(copy_t, {n + offset});
         gpu().adamw(dp.t().slice(offset, {n}), dg.t().slice(offset, {n}), dm.t().slice(offset, {n}),
-                    dv.t().slice(offset, {n}), spec);
+                    dv.t().slice(offset, {n}), spec, s % 2 == 1 ? copy.t().slice(offset, {n}) : Tensor{});
         auto unpad = [&](const Vec& x) { return Vec(x.begin() + offset, x.end()); };
         // Same operations, each rounded alone, same host-derived scalars: same bits.
         expect_identical(unpad(dp.get()), cp.vec(), "param");
         expect_identical(unpad(dm.get()), cm.vec(), "m");
         expect_identical(unpad(dv.get()), cv.vec(), "v");
+        if (s % 2 == 1) expect_identical(unpad(copy.get()), rounded(copy_t, cp.vec()), "working copy");
       }
     }
   }
@@ -874,7 +917,7 @@ TEST(CudaArgumentErrors, ShapeAndDtypeMismatchThrowShapeError) {
                ShapeError);
   EXPECT_THROW(gpu().layernorm_forward(bf({7, 37}), dd({7}), dd({7}), bf({7, 37}), bf({37}), bf({37}), 1e-5f),
                ShapeError);
-  EXPECT_THROW(gpu().adamw(bf({10}), bf({10}), bf({10}), bf({10}), AdamWSpec{}), ShapeError);
+  EXPECT_THROW(gpu().adamw(bf({10}), bf({10}), bf({10}), bf({10}), AdamWSpec{}, Tensor{}), ShapeError);
   EXPECT_THROW(gpu().add(dd({10}), f({10}), f({10})), ShapeError);
   EXPECT_THROW(gpu().sum(dd({10})), ShapeError);
   EXPECT_THROW(gpu().dropout_forward(bf({10}), f({10}), DropoutSpec{0.5f, 1}), ShapeError);

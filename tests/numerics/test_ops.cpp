@@ -664,7 +664,7 @@ TEST_P(AdamW, StepsMatchFloat64PyTorchUpdate) {
     ref::adamw_step(rp, g, rm, rv, to_ref(spec));
     ref::adamw_step(p_traj, g, m_traj, v_traj, to_ref(spec));
     cpu().adamw(Tensor(fp.data(), {n}), Tensor(fg.data(), {n}), Tensor(fm.data(), {n}),
-                Tensor(fv.data(), {n}), spec);
+                Tensor(fv.data(), {n}), spec, Tensor{});
 
     // One step from the same fp32 state: m, v are a few roundings of values of size
     // |m| + |g|, |v| + g^2 (cancellation in m); the parameter change p_new - p_old is
@@ -691,7 +691,7 @@ INSTANTIATE_TEST_SUITE_P(
 TEST(AdamWErrors, RejectsNonFp32) {
   std::vector<double> x(4, 0.0);
   Tensor t(x.data(), Shape{4});
-  EXPECT_THROW(cpu().adamw(t, t, t, t, AdamWSpec{}), ShapeError);
+  EXPECT_THROW(cpu().adamw(t, t, t, t, AdamWSpec{}, Tensor{}), ShapeError);
 }
 
 // ---------------------------------------------------------------- element-wise
