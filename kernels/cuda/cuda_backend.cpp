@@ -564,13 +564,14 @@ class CudaBackend final : public Backend {
       expect_shape(op, "d_type", d_type, {dim(d_type, 0), c});
     }
     expect_dtypes(op, d_out, {&d_tok, &d_pos, &d_type});
+    void* scratch = index_scratch_.get(index_add_scratch_bytes(rows), stream_);
     launch_index_add(d_out.dtype, d_tok.data, dim(d_tok, 0), d_out.data, ids.data, seq, rows, c,
-                     error_word(), kBadTokenId, stream_);
+                     scratch, error_word(), kBadTokenId, stream_);
     launch_index_add(d_out.dtype, d_pos.data, dim(d_pos, 0), d_out.data, nullptr, seq, rows, c,
-                     error_word(), kBadTokenId, stream_);
+                     scratch, error_word(), kBadTokenId, stream_);
     if (!d_type.empty())
       launch_index_add(d_out.dtype, d_type.data, dim(d_type, 0), d_out.data, type_ids.data, seq,
-                       rows, c, error_word(), kBadTypeId, stream_);
+                       rows, c, scratch, error_word(), kBadTypeId, stream_);
   }
 
   void gather_rows(Tensor out, Tensor in, IntTensor rows) override {
@@ -590,7 +591,8 @@ class CudaBackend final : public Backend {
     expect_shape(op, "d_out", d_out, {n, c});
     expect_dtypes(op, d_in, {&d_out});
     launch_index_add(d_in.dtype, d_in.data, dim(d_in, 0), d_out.data, rows.data, 1, n, c,
-                     error_word(), kBadScatterRow, stream_);
+                     index_scratch_.get(index_add_scratch_bytes(n), stream_), error_word(),
+                     kBadScatterRow, stream_);
   }
 
   // ---- loss ----
@@ -721,6 +723,7 @@ class CudaBackend final : public Backend {
   std::unique_ptr<GemmLt> gemm_;
   // Padded copies for linear layers of an awkward output width (padded_width).
   GrowingBuffer pad_weight_, pad_bias_, pad_rows_, pad_weight_grad_;
+  GrowingBuffer index_scratch_;  // index_add's sort (embedding backward, scatter_add_rows)
   GrowingBuffer column_partials_;  // column reductions' partial sums
 };
 

@@ -1,20 +1,20 @@
 // Embedding lookup (token + position (+ token type)), and the index-driven row updates
 // behind its backward and behind gather_rows / scatter_add_rows.
 //
-// Backward without atomics: rows that hit the same destination row are summed by ONE
-// block, the one of the first such source row, in increasing source order, starting from
-// the destination's current value: the order of the CPU backend's serial loop, so fp32
-// results are bit-identical to it and every run gives the same bits. That block first
-// lists the source rows aimed at its destination (one pass over the index array, the list
-// in shared memory, kept in source order by a ballot), then adds those rows column by
-// column. Index reads are O(n^2) over the whole launch (each block scans the array once
-// to find earlier rows and once for its list: 2 x 16M int reads from L2 for n = 4096);
-// row data are read once. More than kMatchChunk matches (a padding id that fills half
-// the batch, say) are added in chunks, writing the destination back between chunks: in
-// fp32 that changes no bits; in half precision it rounds once per chunk.
+// Backward without atomics: the source rows are sorted by destination with CUB's stable
+// radix sort (equal destinations keep increasing source order), and the first position of
+// each run of equal destinations sums that run, column by column, onto the destination's
+// current value: the order of the CPU backend's serial loop, so fp32 results are bit-
+// identical to it and every run gives the same bits. A run is as long as the destination
+// is frequent (a padding id, BERT's two token types): its threads walk it with independent
+// loads, and the columns are spread over several blocks.
 //
 // Bad indices (outside the table) set a bit in the backend's device error word and are
 // skipped; the backend throws at its next synchronising call.
+#include <cub/device/device_radix_sort.cuh>
+
+#include <climits>
+
 #include "kernels/cuda/device_common.cuh"
 #include "kernels/cuda/launch.h"
 
@@ -52,63 +52,62 @@ __device__ __forceinline__ int64_t index_of(const int32_t* rows, int64_t seq, in
   return rows != nullptr ? static_cast<int64_t>(rows[r]) : r % seq;
 }
 
-constexpr int kIndexAddThreads = 256;
-constexpr int kMatchChunk = 2048;
+constexpr int kIndexAddThreads = 256;  // columns per block
 
-// dst[d, :] += src[q, :] for the listed source rows q, in list order.
-template <class T>
-__device__ void add_listed_rows(T* dst_row, const T* src, const int32_t* list, int count,
-                                int64_t cols) {
-  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
-    float acc = to_f(dst_row[c]);
-    for (int j = 0; j < count; ++j) acc += to_f(src[static_cast<int64_t>(list[j]) * cols + c]);
-    dst_row[c] = from_f<T>(acc);
+// keys[r] = destination of source row r (a negative one becomes a huge unsigned key,
+// caught as out of range), values[r] = r.
+__global__ void index_keys_kernel(uint32_t* keys, int32_t* values, const int32_t* rows,
+                                  int64_t seq, int64_t n) {
+  for (int64_t r = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; r < n;
+       r += int64_t(gridDim.x) * blockDim.x) {
+    keys[r] = static_cast<uint32_t>(index_of(rows, seq, r));
+    values[r] = static_cast<int32_t>(r);
   }
 }
 
+// Block (i, tile): if sorted position i starts a run of equal keys, adds the run's source
+// rows (values[i..end), in order) to the destination row, for the tile's columns.
 template <class T>
 __global__ void __launch_bounds__(kIndexAddThreads)
-    index_add_kernel(T* dst, int64_t dst_rows, const T* src, const int32_t* rows, int64_t seq,
-                     int64_t n, int64_t cols, int* error, int error_bit) {
-  constexpr int kWarps = kIndexAddThreads / 32;
-  __shared__ int32_t list[kMatchChunk];
-  __shared__ int warp_hits[kWarps];
-  const int64_t r = blockIdx.x;
-  const int64_t d = index_of(rows, seq, r);
-  if (d < 0 || d >= dst_rows) {
-    if (threadIdx.x == 0) atomicOr(error, error_bit);
-    return;  // uniform across the block
+    index_add_runs_kernel(T* dst, int64_t dst_rows, const T* src, const uint32_t* keys,
+                          const int32_t* values, int64_t n, int64_t cols, int* error,
+                          int error_bit) {
+  const int64_t i = blockIdx.x;
+  const uint32_t d = keys[i];
+  if (i > 0 && keys[i - 1] == d) return;  // not the start of a run
+  if (d >= dst_rows) {
+    if (threadIdx.x == 0 && blockIdx.y == 0) atomicOr(error, error_bit);
+    return;
   }
-  // Is an earlier source row aimed at the same destination? Then that row's block owns it.
-  int earlier = 0;
-  for (int64_t q = threadIdx.x; q < r; q += blockDim.x) earlier |= index_of(rows, seq, q) == d;
-  if (__syncthreads_or(earlier)) return;
-
-  T* dst_row = dst + d * cols;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  int count = 0;  // entries of `list` in use; the same in every thread
-  for (int64_t base = r; base < n; base += kIndexAddThreads) {
-    const int64_t q = base + threadIdx.x;
-    const bool hit = q < n && index_of(rows, seq, q) == d;
-    const unsigned ballot = __ballot_sync(0xffffffffu, hit);
-    if (lane == 0) warp_hits[warp] = __popc(ballot);
-    __syncthreads();
-    int before = 0, hits = 0;  // hits of lower warps; of the whole block in this pass
-    for (int w = 0; w < kWarps; ++w) {
-      before += w < warp ? warp_hits[w] : 0;
-      hits += warp_hits[w];
-    }
-    if (count + hits > kMatchChunk) {  // full: add what is listed, start a new list
-      add_listed_rows(dst_row, src, list, count, cols);
-      count = 0;
-      __syncthreads();
-    }
-    if (hit) list[count + before + __popc(ballot & ((1u << lane) - 1u))] = static_cast<int32_t>(q);
-    count += hits;
-    __syncthreads();  // the list is complete for this pass; warp_hits may be rewritten
+  int64_t lo = i, hi = n;  // the run ends at the first key above d (keys are sorted)
+  while (lo + 1 < hi) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (keys[mid] == d) lo = mid; else hi = mid;
   }
-  add_listed_rows(dst_row, src, list, count, cols);
+  const int64_t c = blockIdx.y * int64_t(kIndexAddThreads) + threadIdx.x;
+  if (c >= cols) return;
+  T* out = dst + static_cast<int64_t>(d) * cols + c;
+  float acc = to_f(*out);
+#pragma unroll 8
+  for (int64_t j = i; j < hi; ++j) acc += to_f(src[static_cast<int64_t>(values[j]) * cols + c]);
+  *out = from_f<T>(acc);
 }
+
+// The scratch layout: keys and values before and after the sort, then CUB's temporary
+// storage, each at a 256-byte boundary.
+struct IndexAddScratch {
+  size_t keys_in = 0, keys_out = 0, values_in = 0, values_out = 0, temp = 0, temp_bytes = 0, total = 0;
+  explicit IndexAddScratch(int64_t n) {
+    auto up = [](size_t x) { return (x + 255) / 256 * 256; };
+    const size_t ints = up(static_cast<size_t>(n) * 4);
+    keys_out = ints, values_in = 2 * ints, values_out = 3 * ints, temp = 4 * ints;
+    MICS_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, temp_bytes, static_cast<const uint32_t*>(nullptr),
+                                                    static_cast<uint32_t*>(nullptr),
+                                                    static_cast<const int32_t*>(nullptr),
+                                                    static_cast<int32_t*>(nullptr), n));
+    total = temp + up(temp_bytes);
+  }
+};
 
 template <class T>
 __global__ void gather_rows_kernel(T* out, const T* in, const int32_t* rows, int64_t n,
@@ -143,15 +142,30 @@ void launch_embedding_forward(DType t, void* out, const int32_t* ids, const int3
   });
 }
 
+size_t index_add_scratch_bytes(int64_t n) { return n > 0 ? IndexAddScratch(n).total : 0; }
+
 void launch_index_add(DType t, void* dst, int64_t dst_rows, const void* src,
-                      const int32_t* rows, int64_t seq, int64_t n, int64_t cols, int* error,
-                      int error_bit, cudaStream_t s) {
+                      const int32_t* rows, int64_t seq, int64_t n, int64_t cols, void* scratch,
+                      int* error, int error_bit, cudaStream_t s) {
   if (n <= 0 || cols <= 0) return;
+  if (n > INT32_MAX) throw ShapeError("index_add: more than 2^31 source rows");
+  const IndexAddScratch at(n);
+  char* base = static_cast<char*>(scratch);
+  auto* keys_in = reinterpret_cast<uint32_t*>(base + at.keys_in);
+  auto* keys_out = reinterpret_cast<uint32_t*>(base + at.keys_out);
+  auto* values_in = reinterpret_cast<int32_t*>(base + at.values_in);
+  auto* values_out = reinterpret_cast<int32_t*>(base + at.values_out);
+  index_keys_kernel<<<grid_for(n), kThreads, 0, s>>>(keys_in, values_in, rows, seq, n);
+  MICS_CUDA_CHECK_LAUNCH();
+  size_t temp_bytes = at.temp_bytes;
+  MICS_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(base + at.temp, temp_bytes, keys_in, keys_out,
+                                                  values_in, values_out, n, 0, 32, s));
   dispatch("index_add", t, [&](auto v) {
     using T = decltype(v);
-    index_add_kernel<T><<<static_cast<unsigned>(n), kIndexAddThreads, 0, s>>>(
-        static_cast<T*>(dst), dst_rows, static_cast<const T*>(src), rows, seq, n, cols, error,
-        error_bit);
+    const dim3 grid(static_cast<unsigned>(n), static_cast<unsigned>((cols + kIndexAddThreads - 1) / kIndexAddThreads));
+    index_add_runs_kernel<T><<<grid, kIndexAddThreads, 0, s>>>(
+        static_cast<T*>(dst), dst_rows, static_cast<const T*>(src), keys_out, values_out, n, cols,
+        error, error_bit);
     MICS_CUDA_CHECK_LAUNCH();
   });
 }

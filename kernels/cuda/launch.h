@@ -93,12 +93,13 @@ void launch_embedding_forward(DType t, void* out, const int32_t* ids, const int3
                               int64_t cols, int64_t seq, int64_t vocab, int64_t types,
                               int* error, cudaStream_t s);
 // dst[idx(r), :] += src[r, :] for r in [0, n), idx(r) = rows[r] (rows non-null) or r % seq.
-// Deterministic: each destination row is summed by one block, in increasing r, so fp32
+// Deterministic: the sources of each destination row are summed in increasing r, so fp32
 // results equal the CPU backend's serial loop bit for bit (embedding.cu says how). Bad rows
-// set `error_bit`.
+// set `error_bit`. scratch: index_add_scratch_bytes(n) bytes, 256-byte aligned.
+size_t index_add_scratch_bytes(int64_t n);
 void launch_index_add(DType t, void* dst, int64_t dst_rows, const void* src,
-                      const int32_t* rows, int64_t seq, int64_t n, int64_t cols, int* error,
-                      int error_bit, cudaStream_t s);
+                      const int32_t* rows, int64_t seq, int64_t n, int64_t cols, void* scratch,
+                      int* error, int error_bit, cudaStream_t s);
 void launch_gather_rows(DType t, void* out, const void* in, const int32_t* rows, int64_t n,
                         int64_t cols, int64_t in_rows, int* error, cudaStream_t s);
 
