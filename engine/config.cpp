@@ -253,6 +253,7 @@ Config parse_config(const json& input, const std::string& source,
     r.get("device_memory_gb", c.runtime.device_memory_gb);
     r.get("comm_timeout_s", c.runtime.comm_timeout_s);
     r.get("communicator", c.runtime.communicator, {"auto", "mpi", "nccl", "staged"});
+    r.get("attention", c.runtime.attention, {"materialized", "fused"});
     r.finish();
     const std::string& comm = c.runtime.communicator;
     must(r, comm == "auto" || comm == "staged" || (comm == "mpi") == (c.runtime.backend == "cpu"),
@@ -343,6 +344,13 @@ Config parse_config(const json& input, const std::string& source,
   }
   must(t, tc.precision == "fp32" || c.runtime.backend == "cuda",
        "'train.precision' \"" + tc.precision + "\" needs 'runtime.backend' \"cuda\"; the CPU backend computes in \"fp32\"");
+  if (c.runtime.attention == "fused" && c.runtime.backend == "cuda") {
+    const int64_t head_dim = mc.hidden / mc.heads;
+    must(t, (tc.precision == "bf16" || tc.precision == "fp16") && (head_dim == 64 || head_dim == 128),
+         "'runtime.attention' \"fused\" on the CUDA backend runs in bf16 or fp16 with a head dimension "
+         "('model.hidden' / 'model.heads') of 64 or 128; this configuration has " + tc.precision + " and " +
+             std::to_string(head_dim) + ": use \"materialized\"");
+  }
 
   DataConfig& dc = c.data;
   must(d, dc.source == "synthetic" || !dc.path.empty(),
@@ -407,6 +415,7 @@ model::ModelSpec Config::model_spec() const {
   s.attention_dropout = static_cast<float>(model.attention_dropout);
   s.init_std = model.init_std;
   s.activation_checkpointing = train.activation_checkpointing;
+  s.fused_attention = runtime.attention == "fused";
   return s;
 }
 
@@ -435,7 +444,7 @@ json Config::to_json() const {
                {"prefetch", mics.prefetch}};
   j["runtime"] = {{"backend", runtime.backend}, {"ranks_per_node", runtime.ranks_per_node},
                   {"device_memory_gb", runtime.device_memory_gb}, {"comm_timeout_s", runtime.comm_timeout_s},
-                  {"communicator", runtime.communicator}};
+                  {"communicator", runtime.communicator}, {"attention", runtime.attention}};
   j["log"] = {{"every", log.every}, {"level", log.level}, {"metrics", log.metrics}};
   j["checkpoint"] = {{"dir", checkpoint.dir}, {"every", checkpoint.every}, {"keep", checkpoint.keep}};
   return j;

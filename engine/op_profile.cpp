@@ -122,7 +122,18 @@ class ProfilingBackend final : public Backend {
                           const AttentionDims& dims, DropoutSpec dropout) override {
     timed("attention_backward", attention_backward_flops(dims),
           [&] { inner_->attention_backward(d_qkv, scratch, d_out, qkv, probs, dims, dropout); });
+  }  // Model FLOPs, as the materialised path: the backward's recomputed products are not credited.
+  void attention_forward_fused(Tensor out, Tensor lse, Tensor qkv, IntTensor key_keep, const AttentionDims& dims,
+                               DropoutSpec dropout) override {
+    timed("attention_forward_fused", attention_forward_flops(dims),
+          [&] { inner_->attention_forward_fused(out, lse, qkv, key_keep, dims, dropout); });
   }
+  void attention_backward_fused(Tensor d_qkv, Tensor d_out, Tensor qkv, Tensor out, Tensor lse, IntTensor key_keep,
+                                const AttentionDims& dims, DropoutSpec dropout) override {
+    timed("attention_backward_fused", attention_backward_flops(dims),
+          [&] { inner_->attention_backward_fused(d_qkv, d_out, qkv, out, lse, key_keep, dims, dropout); });
+  }
+
   void embedding_forward(Tensor out, IntTensor ids, IntTensor type_ids, Tensor tok_table, Tensor pos_table,
                          Tensor type_table, int64_t seq) override {
     timed("embedding_forward", 0,

@@ -106,6 +106,16 @@ class Backend {
   virtual void attention_backward(Tensor d_qkv, Tensor scratch, Tensor d_out, Tensor qkv,
                                   Tensor probs, const AttentionDims& dims,
                                   DropoutSpec dropout) = 0;
+  // The same attention without a T x T matrix kept between forward and backward (flash
+  // style): lse[B,H,T] (fp32; fp64 for fp64 tensors) saves each query row's log-sum-exp of its scaled, masked
+  // scores (-inf for a row whose keys are all hidden; its output is 0). The backward
+  // recomputes the probabilities from qkv and lse; out is the forward's output. Dropout
+  // masks are the materialised path's, element for element (same flat index of probs).
+  virtual void attention_forward_fused(Tensor out, Tensor lse, Tensor qkv, IntTensor key_keep,
+                                       const AttentionDims& dims, DropoutSpec dropout) = 0;
+  virtual void attention_backward_fused(Tensor d_qkv, Tensor d_out, Tensor qkv, Tensor out,
+                                        Tensor lse, IntTensor key_keep, const AttentionDims& dims,
+                                        DropoutSpec dropout) = 0;
 
   // ---- embeddings ----
   // out[B*T,C] = tok[ids] + pos[t] (+ type[type_ids] when type_table is given).

@@ -13,7 +13,8 @@ namespace {
 
 BlockShape bert_block(const ModelSpec& s) {
   return BlockShape{s.hidden, s.heads, s.ffn, /*pre_norm=*/false, /*causal=*/false, GeluKind::erf,
-                    s.layernorm_eps, s.dropout, s.attention_dropout, s.activation_checkpointing};
+                    s.layernorm_eps, s.dropout, s.attention_dropout, s.activation_checkpointing,
+                    s.fused_attention};
 }
 
 class Bert final : public Model {

@@ -12,7 +12,8 @@ namespace {
 
 BlockShape gpt_block(const ModelSpec& s) {
   return BlockShape{s.hidden, s.heads, s.ffn, /*pre_norm=*/true, /*causal=*/true, GeluKind::tanh,
-                    s.layernorm_eps, s.dropout, s.attention_dropout, s.activation_checkpointing};
+                    s.layernorm_eps, s.dropout, s.attention_dropout, s.activation_checkpointing,
+                    s.fused_attention};
 }
 
 class Gpt final : public Model {

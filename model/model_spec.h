@@ -22,6 +22,9 @@ struct ModelSpec {
   // How it runs, not its shape: keep only each block's input and recompute the block's
   // activations in backward (one block's worth of memory instead of L).
   bool activation_checkpointing = false;
+  // Fused attention: keep each query row's log-sum-exp instead of the B x H x T x T
+  // probabilities, and recompute them in backward (Backend::attention_*_fused).
+  bool fused_attention = false;
 };
 
 }  // namespace mics::model

@@ -50,7 +50,10 @@ void BlockActivations::allocate(Arena& arena, DType dtype, int64_t B, int64_t T,
   mean1 = arena.take(dtype, {M});
   rstd1 = arena.take(dtype, {M});
   qkv = arena.take(dtype, {B, T, 3 * C});
-  probs = arena.take(dtype, {B, s.heads, T, T});
+  if (s.fused_attention)
+    lse = arena.take(dtype == DType::f64 ? DType::f64 : DType::f32, {B, s.heads, T});
+  else
+    probs = arena.take(dtype, {B, s.heads, T, T});
   attn = arena.take(dtype, {M, C});
   mid = arena.take(dtype, {M, C});
   norm2_io = arena.take(dtype, {M, C});
@@ -69,7 +72,7 @@ void BlockWorkspace::allocate(Arena& arena, DType dtype, int64_t B, int64_t T,
   grad_c = arena.take(dtype, {M, C});
   grad_ffn = arena.take(dtype, {M, s.ffn});
   grad_qkv = arena.take(dtype, {B, T, 3 * C});
-  grad_scores = arena.take(dtype, {B, s.heads, T, T});
+  if (!s.fused_attention) grad_scores = arena.take(dtype, {B, s.heads, T, T});
 }
 
 TransformerBlock::TransformerBlock(Backend& backend, BlockShape shape, int64_t batch, int64_t seq)
@@ -96,7 +99,10 @@ void TransformerBlock::forward(const BlockTensors& w, BlockActivations& a, Block
   } else {
     be_.linear_forward(qkv_rows, in, w.qkv_w, w.qkv_b);
   }
-  be_.attention_forward(attn3, a.probs, a.qkv, IntTensor{}, dims_, attn_drop);
+  if (s_.fused_attention)
+    be_.attention_forward_fused(attn3, a.lse, a.qkv, IntTensor{}, dims_, attn_drop);
+  else
+    be_.attention_forward(attn3, a.probs, a.qkv, IntTensor{}, dims_, attn_drop);
   be_.linear_forward(ws.branch, a.attn, w.proj_w, w.proj_b);
   if (out_drop.enabled()) be_.dropout_forward(ws.branch, ws.branch, out_drop);
   be_.add(a.mid, in, ws.branch);
@@ -149,7 +155,11 @@ void TransformerBlock::backward(const BlockTensors& w, const BlockTensors& g,
                                 Accumulate acc) {
     const Tensor d_o = undo_dropout(d_branch, out_drop);
     be_.linear_backward(ws.grad_c, g.proj_w, g.proj_b, d_o, a.attn, w.proj_w, Accumulate::no);
-    be_.attention_backward(ws.grad_qkv, ws.grad_scores, grad_c3, a.qkv, a.probs, dims_, attn_drop);
+    if (s_.fused_attention)
+      be_.attention_backward_fused(ws.grad_qkv, grad_c3, a.qkv, a.attn.reshaped(grad_c3.shape), a.lse,
+                                   IntTensor{}, dims_, attn_drop);
+    else
+      be_.attention_backward(ws.grad_qkv, ws.grad_scores, grad_c3, a.qkv, a.probs, dims_, attn_drop);
     be_.linear_backward(d_attn_in, g.qkv_w, g.qkv_b, grad_qkv_rows, attn_in, w.qkv_w, acc);
   };
 

@@ -22,6 +22,7 @@ struct BlockShape {
   float dropout = 0.0f;
   float attention_dropout = 0.0f;
   bool recompute = false;  // activation checkpointing: see BlockStack
+  bool fused_attention = false;  // see ModelSpec::fused_attention
 };
 
 // Registers one block's tensors as the current layer of `builder`, names prefixed.
@@ -58,7 +59,8 @@ class BlockBinding {
 struct BlockActivations {
   Tensor norm1, mean1, rstd1;  // pre-LN: LN1(in); post-LN: LN1(in + attn)
   Tensor qkv;                  // [B, T, 3C]
-  Tensor probs;                // [B, H, T, T]
+  Tensor probs;                // [B, H, T, T] (materialised attention)
+  Tensor lse;                  // [B, H, T] fp32 (fp64 for fp64 models) (fused attention)
   Tensor attn;                 // [M, C] attention output before the projection
   Tensor mid;                  // [M, C] pre-LN: in + attn branch; post-LN: LN1's input
   Tensor norm2_io;             // pre-LN: LN2(mid); post-LN: LN2's input
@@ -73,7 +75,7 @@ struct BlockWorkspace {
   Tensor grad_a, grad_b, grad_c;  // [M, C]
   Tensor grad_ffn;     // [M, F]
   Tensor grad_qkv;     // [B, T, 3C]
-  Tensor grad_scores;  // [B, H, T, T]
+  Tensor grad_scores;  // [B, H, T, T] (materialised attention only)
   void allocate(Arena& arena, DType dtype, int64_t batch, int64_t seq, const BlockShape& s);
 };
 

@@ -84,6 +84,19 @@ def checks(bindir, work, env, rows):
             d = max_rel(losses(m), losses(ref)) if code == 0 else float("inf")
             rows.append({"check": f"{model}-tiny 50 steps, CUDA {precision} vs CPU fp32", "ok": d <= tol,
                          "detail": f"max relative loss difference {d:.2e} (limit {tol:g})" if code == 0 else text[-300:]})
+        # Fused attention (runtime.attention "fused": bf16/fp16, head dim 64 or 128, so 2 heads
+        # of 64 here) against the materialised path, both on CUDA in bf16.
+        heads = tiny + ["runtime.backend=\"cuda\"", "train.precision=\"bf16\"", "model.heads=2"]
+        runs = {}
+        for attention in ("materialized", "fused"):
+            m = os.path.join(work, f"{model}-{attention}.jsonl")
+            runs[attention] = train(mt, config, m, heads + [f"runtime.attention=\"{attention}\""], env) + (m,)
+        ok = all(r[0] == 0 for r in runs.values())
+        d = max_rel(losses(runs["fused"][2]), losses(runs["materialized"][2])) if ok else float("inf")
+        rows.append({"check": f"{model}-tiny (2 heads of 64) 50 steps bf16, fused vs materialised attention",
+                     "ok": d <= 2e-2,
+                     "detail": f"max relative loss difference {d:.2e} (limit 2e-2)" if ok
+                               else next(r[1] for r in runs.values() if r[0] != 0)[-400:]})
     # Several ranks on the one GPU: staged communicator against one rank, fp32.
     config = os.path.join(ROOT, "configs", "gpt-tiny.json")
     base = tiny + ["runtime.backend=\"cuda\"", "train.precision=\"fp32\"", "train.micro_batch_size=4",
@@ -167,18 +180,19 @@ def bench(bindir, work, env, rows, peak):
     for name in ("bert-10b-slice", "gpt2-10b-slice"):
         path = os.path.join(ROOT, "configs", "bench", f"{name}.json")
         cfg = load_config(path)
-        for ckpt in (False, True):
-            m = os.path.join(work, f"{name}-{ckpt}.jsonl")
-            code, text = train(mt, path, m, ["train.steps=10", f"train.activation_checkpointing={'true' if ckpt else 'false'}"],
-                               env)
-            if code != 0:
-                rows.append({"bench": name, "engine": "mics-train", "variant": "ckpt" if ckpt else "no ckpt",
-                             "error": text[-400:]})
-                continue
-            steps = [json.loads(line) for line in open(m)]
-            t = statistics.median(s["step_time_s"] for s in steps[1:])  # the first step is warm-up
-            rows.append({"bench": name, "engine": "mics-train", "variant": "ckpt" if ckpt else "no ckpt", "step_s": t,
-                         "tflops": layer_flops(cfg) / t / 1e12, "mfu": layer_flops(cfg) / t / 1e12 / peak})
+        for attention in ("materialized", "fused"):
+            for ckpt in (False, True):
+                variant = ("ckpt" if ckpt else "no ckpt") + (", fused attention" if attention == "fused" else "")
+                m = os.path.join(work, f"{name}-{ckpt}-{attention}.jsonl")
+                code, text = train(mt, path, m, ["train.steps=10", f"train.activation_checkpointing={'true' if ckpt else 'false'}",
+                                                 f"runtime.attention=\"{attention}\""], env)
+                if code != 0:
+                    rows.append({"bench": name, "engine": "mics-train", "variant": variant, "error": text[-400:]})
+                    continue
+                steps = [json.loads(line) for line in open(m)]
+                t = statistics.median(s["step_time_s"] for s in steps[1:])  # the first step is warm-up
+                rows.append({"bench": name, "engine": "mics-train", "variant": variant, "step_s": t,
+                             "tflops": layer_flops(cfg) / t / 1e12, "mfu": layer_flops(cfg) / t / 1e12 / peak})
         # Three variants in 10 steps each keep the whole call inside the device tool's 10 minutes.
         code, text = sh([sys.executable, os.path.join(ROOT, "scripts", "bench", "torch_peer.py"), "--config", path,
                          "--steps", "10", "--warmup", "3", "--variants", "eager,compile,eager+ckpt"], env=env, timeout=300)
@@ -192,16 +206,18 @@ def bench(bindir, work, env, rows, peak):
 
 
 def profile(bindir, work, env, tables):
-    """Each slice once with --profile (4 steps; the op table covers steps 2-4)."""
+    """Each slice with --profile (4 steps; the op table covers steps 2-4), both attentions."""
     mt = os.path.join(bindir, "mics-train")
     for name in ("bert-10b-slice", "gpt2-10b-slice"):
-        path = os.path.join(ROOT, "configs", "bench", f"{name}.json")
-        m = os.path.join(work, f"{name}-profile.jsonl")
-        cmd = [mt, "--config", path, "--metrics", m, "--set", "train.steps=4", "--profile"]
-        code, text = sh(cmd, env=env, timeout=400)
-        table = text[text.find("op profile"):] if "op profile" in text else text[-1500:]
-        tables.append((name, code, "\n".join(line.split("] ", 1)[-1] for line in table.splitlines()
-                                             if "done:" not in line)))
+        for attention in ("materialized", "fused"):
+            path = os.path.join(ROOT, "configs", "bench", f"{name}.json")
+            m = os.path.join(work, f"{name}-{attention}-profile.jsonl")
+            cmd = [mt, "--config", path, "--metrics", m, "--set", "train.steps=4", "--profile",
+                   "--set", f"runtime.attention=\"{attention}\""]
+            code, text = sh(cmd, env=env, timeout=400)
+            table = text[text.find("op profile"):] if "op profile" in text else text[-1500:]
+            tables.append((f"{name}, {attention} attention", code,
+                           "\n".join(line.split("] ", 1)[-1] for line in table.splitlines() if "done:" not in line)))
 
 
 class Rows(list):

@@ -74,6 +74,19 @@ class SimBackend final : public Backend {
     stream(4, probs);
   }
 
+  // Fused: q, k, v read and out written once per pass, no T x T traffic; the CUDA backward
+  // runs 7 products (S and dP' twice: once for dK/dV, once for dQ) where the materialised
+  // one runs 4.
+  void attention_forward_fused(Tensor, Tensor, Tensor qkv, IntTensor, const AttentionDims& d, DropoutSpec) override {
+    const double bh = static_cast<double>(d.batch * d.heads), e = static_cast<double>(dtype_size(qkv.dtype));
+    charge_gemm(qkv.dtype, attention_forward_flops(d), e * bh * 4.0 * d.seq * d.head_dim);
+  }
+  void attention_backward_fused(Tensor d_qkv, Tensor, Tensor, Tensor, Tensor, IntTensor, const AttentionDims& d,
+                                DropoutSpec) override {
+    const double bh = static_cast<double>(d.batch * d.heads), e = static_cast<double>(dtype_size(d_qkv.dtype));
+    charge_gemm(d_qkv.dtype, attention_backward_flops(d) * 7.0 / 4.0, e * bh * 2.0 * 9.0 * d.seq * d.head_dim);
+  }
+
   void embedding_forward(Tensor out, IntTensor, IntTensor, Tensor, Tensor, Tensor type_table, int64_t) override {
     stream(type_table.empty() ? 3 : 4, out);
   }

@@ -241,6 +241,43 @@ class CpuBackend final : public Backend {
     });
   }
 
+  void attention_forward_fused(Tensor out, Tensor lse, Tensor qkv, IntTensor key_keep,
+                               const AttentionDims& d, DropoutSpec dropout) override {
+    const char* op = "attention_forward_fused";
+    check_fused_attention(op, qkv, lse, key_keep, d);
+    expect_shape(op, "out", out, {d.batch, d.seq, d.heads * d.head_dim});
+    dispatch(op, out.dtype, [&](auto t) {
+      using T = decltype(t);
+      cpu::attention_forward_fused<T>(p<T>(out), p<T>(lse), p<T>(qkv), key_keep.data, d, dropout);
+    });
+  }
+
+  void attention_backward_fused(Tensor d_qkv, Tensor d_out, Tensor qkv, Tensor out, Tensor lse,
+                                IntTensor key_keep, const AttentionDims& d, DropoutSpec dropout) override {
+    const char* op = "attention_backward_fused";
+    check_fused_attention(op, qkv, lse, key_keep, d);
+    expect_shape(op, "d_qkv", d_qkv, qkv.shape);
+    expect_shape(op, "d_out", d_out, {d.batch, d.seq, d.heads * d.head_dim});
+    expect_shape(op, "out", out, {d.batch, d.seq, d.heads * d.head_dim});
+    dispatch(op, d_qkv.dtype, [&](auto t) {
+      using T = decltype(t);
+      cpu::attention_backward_fused<T>(p<T>(d_qkv), p<T>(d_out), p<T>(qkv), p<T>(lse), key_keep.data, d,
+                                       dropout);
+    });
+  }
+
+  // lse in the op's dtype here (fp32 or fp64: the interface's "fp32, fp64 for fp64").
+  void check_fused_attention(const char* op, const Tensor& qkv, const Tensor& lse,
+                             const IntTensor& key_keep, const AttentionDims& d) {
+    if (d.batch <= 0 || d.seq <= 0 || d.heads <= 0 || d.head_dim <= 0)
+      throw ShapeError(std::string(op) + ": attention dimensions must be positive");
+    expect_shape(op, "qkv", qkv, {d.batch, d.seq, 3 * d.heads * d.head_dim});
+    expect_shape(op, "lse", lse, {d.batch, d.heads, d.seq});
+    expect_same_dtype(op, qkv, lse);
+    if (key_keep.data != nullptr && key_keep.numel() != d.batch * d.seq)
+      throw ShapeError(std::string(op) + ": key_keep must have B*T entries");
+  }
+
   void embedding_forward(Tensor out, IntTensor ids, IntTensor type_ids, Tensor tok, Tensor pos,
                          Tensor type, int64_t seq) override {
     const char* op = "embedding_forward";

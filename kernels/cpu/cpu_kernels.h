@@ -35,6 +35,11 @@ template <class T> void attention_forward(T* out, T* probs, const T* qkv, const 
 template <class T> void attention_backward(T* d_qkv, T* scratch, const T* d_out, const T* qkv,
                                            const T* probs, const AttentionDims& dims,
                                            DropoutSpec dropout);
+template <class T> void attention_forward_fused(T* out, T* lse, const T* qkv, const int32_t* key_keep,
+                                                const AttentionDims& dims, DropoutSpec dropout);
+template <class T> void attention_backward_fused(T* d_qkv, const T* d_out, const T* qkv, const T* lse,
+                                                 const int32_t* key_keep, const AttentionDims& dims,
+                                                 DropoutSpec dropout);
 
 template <class T> void embedding_forward(T* out, const int32_t* ids, const int32_t* type_ids,
                                           const T* tok, const T* pos, const T* type, int64_t rows,

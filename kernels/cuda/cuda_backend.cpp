@@ -6,6 +6,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <climits>
 #include <cmath>
 #include <cstdio>
 #include <stdexcept>
@@ -526,6 +527,53 @@ class CudaBackend final : public Backend {
     }
   }
 
+  void check_fused_attention(const char* op, const Tensor& qkv, const Tensor& lse, const IntTensor& key_keep,
+                             const AttentionDims& d) {
+    if (d.batch <= 0 || d.seq <= 0 || d.heads <= 0 || d.head_dim <= 0)
+      throw ShapeError(std::string(op) + ": attention dimensions must be positive");
+    expect_shape(op, "qkv", qkv, {d.batch, d.seq, 3 * d.heads * d.head_dim});
+    expect_shape(op, "lse", lse, {d.batch, d.heads, d.seq});
+    if (lse.dtype != DType::f32) throw ShapeError(std::string(op) + ": lse must be fp32, not " + dtype_name(lse.dtype));
+    if (key_keep.data != nullptr && key_keep.numel() != d.batch * d.seq)
+      throw ShapeError(std::string(op) + ": key_keep must have B*T entries");
+    if (d.seq > INT32_MAX / 2) throw ShapeError(std::string(op) + ": sequence too long");
+    int major = 0;
+    MICS_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device_));
+    if (major < 8)
+      throw ShapeError(std::string(op) + ": the CUDA fused attention needs compute capability 8.0 or newer "
+                       "(set 'runtime.attention' to \"materialized\")");
+  }
+
+  static FusedAttentionShape fused_shape(const AttentionDims& d, const IntTensor& key_keep, DropoutSpec dropout) {
+    return FusedAttentionShape{d.batch, d.seq, d.heads, d.head_dim, d.causal,
+                               dropout.enabled() ? dropout.prob : 0.0f, dropout.seed, key_keep.data};
+  }
+
+  void attention_forward_fused(Tensor out, Tensor lse, Tensor qkv, IntTensor key_keep, const AttentionDims& d,
+                               DropoutSpec dropout) override {
+    const char* op = "attention_forward_fused";
+    check_fused_attention(op, qkv, lse, key_keep, d);
+    expect_shape(op, "out", out, {d.batch, d.seq, d.heads * d.head_dim});
+    expect_dtypes(op, out, {&qkv});
+    launch_attention_forward_fused(out.dtype, out.data, static_cast<float*>(lse.data), qkv.data,
+                                   fused_shape(d, key_keep, dropout), stream_);
+  }
+
+  void attention_backward_fused(Tensor d_qkv, Tensor d_out, Tensor qkv, Tensor out, Tensor lse, IntTensor key_keep,
+                                const AttentionDims& d, DropoutSpec dropout) override {
+    const char* op = "attention_backward_fused";
+    check_fused_attention(op, qkv, lse, key_keep, d);
+    expect_shape(op, "d_qkv", d_qkv, qkv.shape);
+    expect_shape(op, "d_out", d_out, {d.batch, d.seq, d.heads * d.head_dim});
+    expect_shape(op, "out", out, {d.batch, d.seq, d.heads * d.head_dim});
+    expect_dtypes(op, d_qkv, {&d_out, &qkv, &out});
+    auto* delta = static_cast<float*>(
+        fused_delta_.get(static_cast<size_t>(d.batch * d.heads * d.seq) * sizeof(float), stream_));
+    launch_attention_backward_fused(d_qkv.dtype, d_qkv.data, d_out.data, qkv.data, out.data,
+                                    static_cast<const float*>(lse.data), delta, fused_shape(d, key_keep, dropout),
+                                    stream_);
+  }
+
   // ---- embeddings ----
   void embedding_forward(Tensor out, IntTensor ids, IntTensor type_ids, Tensor tok, Tensor pos,
                          Tensor type, int64_t seq) override {
@@ -724,6 +772,7 @@ class CudaBackend final : public Backend {
   // Padded copies for linear layers of an awkward output width (padded_width).
   GrowingBuffer pad_weight_, pad_bias_, pad_rows_, pad_weight_grad_;
   GrowingBuffer index_scratch_;  // index_add's sort (embedding backward, scatter_add_rows)
+  GrowingBuffer fused_delta_;    // the fused attention backward's row dots dO . O
   GrowingBuffer column_partials_;  // column reductions' partial sums
 };
 

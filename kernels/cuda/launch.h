@@ -87,6 +87,21 @@ void launch_attention_softmax_backward(DType t, void* grad, const void* probs, i
                                        int64_t seq, float scale, float drop_prob,
                                        uint64_t drop_seed, cudaStream_t s);
 
+// ---- attention_fused.cu ----  (bf16/fp16, head_dim 64 or 128, sm_80+; else ShapeError)
+struct FusedAttentionShape {
+  int64_t batch, seq, heads, head_dim;
+  bool causal;
+  float drop_prob;
+  uint64_t drop_seed;
+  const int32_t* key_keep;  // [B*T] or null
+};
+// out[B,T,C], lse[B,H,T] fp32 from qkv[B,T,3C] (Backend::attention_forward_fused).
+void launch_attention_forward_fused(DType t, void* out, float* lse, const void* qkv, const FusedAttentionShape& a,
+                                    cudaStream_t s);
+// d_qkv[B,T,3C] (=); delta: [B*H*T] fp32 workspace.
+void launch_attention_backward_fused(DType t, void* d_qkv, const void* d_out, const void* qkv, const void* out,
+                                     const float* lse, float* delta, const FusedAttentionShape& a, cudaStream_t s);
+
 // ---- embedding.cu ----
 void launch_embedding_forward(DType t, void* out, const int32_t* ids, const int32_t* type_ids,
                               const void* tok, const void* pos, const void* type, int64_t rows,

@@ -514,6 +514,102 @@ INSTANTIATE_TEST_SUITE_P(
       return std::string(std::get<0>(info.param).name) + "_" + dtype_name(std::get<1>(info.param));
     });
 
+// ---------------------------------------------------------------- fused attention
+
+// The flash-style kernels (attention_fused.cu: bf16/fp16, head dim 64 or 128) against the
+// CPU backend's fused attention in fp64: out, lse, and the gradient recomputed from lse.
+// Rows of 13, 67, 130 and 200 queries cross the kernels' 64-row tiles part way.
+class CudaFusedAttention : public ::testing::TestWithParam<std::tuple<AttnCase, DType>> {};
+
+TEST_P(CudaFusedAttention, ForwardAndBackwardMatchReference) {
+  MICS_REQUIRE_CUDA();
+  const auto [c, t] = GetParam();
+  const int64_t B = c.batch, S = c.seq, H = c.heads, D = c.head_dim, C = H * D;
+  const AttentionDims dims{B, S, H, D, c.causal};
+  const DropoutSpec drop{c.drop_prob, 0xF05Eull};
+  std::mt19937_64 rng(57);
+  const Vec qkv = rounded(t, random_vec(rng, B * S * 3 * C, -1.5, 1.5));
+  Ints keep = c.padding ? make_key_keep(B, S) : Ints{};
+  const double keep_scale = 1 / (1 - double(c.drop_prob));
+  double smax = 0;  // the largest |score|, as in CudaAttention
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t i = 0; i < S; ++i)
+        for (int64_t j = 0; j < S; ++j) {
+          double s = 0;
+          for (int64_t d = 0; d < D; ++d)
+            s += qkv[((b * S + i) * 3 + 0) * C + h * D + d] * qkv[((b * S + j) * 3 + 1) * C + h * D + d];
+          smax = std::max(smax, std::abs(s) / std::sqrt(double(D)));
+        }
+
+  H64 r_out(Shape{B, S, C}), r_lse(Shape{B, H, S}), r_qkv(qkv, {B, S, 3 * C});
+  cpu().attention_forward_fused(r_out.t(), r_lse.t(), r_qkv.t(), c.padding ? host_ints(keep) : IntTensor{}, dims,
+                                drop);
+  std::unique_ptr<DevInts> d_keep = c.padding ? std::make_unique<DevInts>(keep) : nullptr;
+  Dev d_out(t, Shape{B, S, C}), d_lse(DType::f32, Shape{B, H, S}), d_qkv(t, {B, S, 3 * C}, qkv);
+  gpu().attention_forward_fused(d_out.t(), d_lse.t(), d_qkv.t(), d_keep ? d_keep->t() : IntTensor{}, dims, drop);
+  // The unnormalised probabilities enter P V rounded to the dtype (u each, relative); the
+  // scores are fp32 dots, exp is the fast hardware one (~2^-21 relative). out as in
+  // CudaAttention; lse: fp32 sums of exp and a log, absolute ~1e-6 (1 + smax).
+  const double growth = 4 * (std::sqrt(double(D)) + 2.25 * std::sqrt(double(D)) + std::sqrt(double(S)));
+  expect_close(d_out.get(), r_out.vec(), tol(t, growth, 1.5 * keep_scale, 2 * smax + 3), "out");
+  const Vec got_lse = d_lse.get(), want_lse = r_lse.vec();
+  Vec g_fin, w_fin;
+  for (size_t i = 0; i < want_lse.size(); ++i) {
+    if (std::isinf(want_lse[i])) {
+      EXPECT_EQ(got_lse[i], want_lse[i]) << "lse row " << i << " (no key shown)";
+      continue;
+    }
+    g_fin.push_back(got_lse[i]);
+    w_fin.push_back(want_lse[i]);
+  }
+  expect_close(g_fin, w_fin, Tol{1e-6, 4e-6 * (1 + smax + std::log(double(S)))}, "lse");
+
+  // Backward from the reference's out and lse (the forward's, rounded as the device keeps them).
+  const Vec out = rounded(t, r_out.vec()), w = rounded(t, random_vec(rng, B * S * C));
+  const Vec lse = rounded(DType::f32, r_lse.vec());
+  H64 r_dqkv(Shape{B, S, 3 * C}), r_w(w, {B, S, C}), r_o(out, {B, S, C}), r_l(lse, {B, H, S});
+  cpu().attention_backward_fused(r_dqkv.t(), r_w.t(), r_qkv.t(), r_o.t(), r_l.t(),
+                                 c.padding ? host_ints(keep) : IntTensor{}, dims, drop);
+  Dev d_dqkv(t, Shape{B, S, 3 * C}), d_w(t, {B, S, C}, w), d_o(t, {B, S, C}, out), d_l(DType::f32, {B, H, S}, lse);
+  gpu().attention_backward_fused(d_dqkv.t(), d_w.t(), d_qkv.t(), d_o.t(), d_l.t(), d_keep ? d_keep->t() : IntTensor{},
+                                 dims, drop);
+  // As CudaAttention: dS and P' enter products rounded to the dtype, and delta = dO . O uses
+  // the rounded O (a few u on products of T terms that cancel: sqrt(T) of headroom).
+  const Vec got = d_dqkv.get(), want = r_dqkv.vec();
+  const char* parts[3] = {"d_q", "d_k", "d_v"};
+  for (int part = 0; part < 3; ++part) {
+    Vec g, r;
+    for (size_t e = 0; e < want.size(); ++e)
+      if ((static_cast<int64_t>(e) % (3 * C)) / C == part) g.push_back(got[e]), r.push_back(want[e]);
+    const double roundings = (part == 2 ? 4 : 8) * std::sqrt(double(S));
+    expect_close(g, r, tol(t, 2 * growth, max_abs(r) * keep_scale, roundings), parts[part]);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Cuda, CudaFusedAttention,
+    ::testing::Combine(
+        ::testing::Values(AttnCase{"causal_64", 2, 67, 2, 64, true, false, 0.0f},
+                          AttnCase{"bidirectional_padded_128", 1, 130, 2, 128, false, true, 0.0f},
+                          AttnCase{"causal_padded_dropout_64", 2, 130, 2, 64, true, true, 0.1f},
+                          AttnCase{"bidirectional_dropout_128", 1, 13, 3, 128, false, false, 0.2f},
+                          AttnCase{"causal_200_128", 1, 200, 1, 128, true, false, 0.0f}),
+        ::testing::Values(DType::bf16, DType::f16)),
+    [](const auto& info) {
+      return std::string(std::get<0>(info.param).name) + "_" + dtype_name(std::get<1>(info.param));
+    });
+
+TEST(CudaFusedAttentionErrors, UnsupportedDtypeOrHeadDimIsRefused) {
+  MICS_REQUIRE_CUDA();
+  const AttentionDims d64{1, 8, 1, 64, false}, d32{1, 8, 2, 32, false};
+  Dev out(DType::f32, Shape{1, 8, 64}), qkv(DType::f32, Shape{1, 8, 192}), lse(DType::f32, Shape{1, 1, 8});
+  EXPECT_THROW(gpu().attention_forward_fused(out.t(), lse.t(), qkv.t(), IntTensor{}, d64, DropoutSpec{}), ShapeError);
+  Dev out16(DType::bf16, Shape{1, 8, 64}), qkv16(DType::bf16, Shape{1, 8, 192}), lse2(DType::f32, Shape{1, 2, 8});
+  EXPECT_THROW(gpu().attention_forward_fused(out16.t(), lse2.t(), qkv16.t(), IntTensor{}, d32, DropoutSpec{}),
+               ShapeError);
+}
+
 // ---------------------------------------------------------------- embeddings and rows
 
 class CudaEmbedding : public CudaOps {};

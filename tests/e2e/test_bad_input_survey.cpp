@@ -159,6 +159,15 @@ std::vector<Case> cases() {
                             j["mics"]["replication_dtype"] = "compute";
                           },
                           "'mics.replication_dtype' \"compute\" applies to the two-hop sync"));
+  c.push_back(config_case("fused_attention_fp32_on_cuda",
+                          [](json& j) {
+                            j["runtime"]["backend"] = "cuda";
+                            j["runtime"]["attention"] = "fused";
+                            j["train"]["precision"] = "fp32";
+                          },
+                          "'runtime.attention' \"fused\" on the CUDA backend runs in bf16 or fp16"));
+  c.push_back(config_case("attention_unknown", [](json& j) { j["runtime"]["attention"] = "flash"; },
+                          "'runtime.attention' is \"flash\"; accepted values are \"materialized\", \"fused\""));
   c.push_back(config_case("path_without_source", [](json& j) { j["data"] = {{"path", "/tmp"}}; },
                           "'data.path' is set but 'data.source' is \"synthetic\""));
   c.push_back(config_case("gpt_type_vocab", [](json& j) { j["model"]["type_vocab_size"] = 2; },

@@ -57,6 +57,7 @@ struct Case {
   Arch arch;
   float dropout;
   const char* name;
+  bool fused_attention = false;
 };
 
 class ModelGradient : public ::testing::TestWithParam<Case> {};
@@ -65,7 +66,8 @@ TEST_P(ModelGradient, EveryParameterMatchesFiniteDifferences) {
   const Case c = GetParam();
   const int64_t B = 2, T = 5;
   auto backend = make_cpu_backend();
-  const ModelSpec spec = tiny_spec(c.arch, c.dropout);
+  ModelSpec spec = tiny_spec(c.arch, c.dropout);
+  spec.fused_attention = c.fused_attention;
   auto net = model::make_model(spec, *backend, DType::f64, B, T, 128);
   const model::ParamLayout& layout = net->layout();
   HostProvider store(layout);
@@ -140,7 +142,9 @@ TEST_P(ModelGradient, EveryParameterMatchesFiniteDifferences) {
 INSTANTIATE_TEST_SUITE_P(
     TinyModels, ModelGradient,
     ::testing::Values(Case{Arch::gpt, 0.0f, "gpt"}, Case{Arch::bert, 0.0f, "bert"},
-                      Case{Arch::gpt, 0.2f, "gpt_dropout"}, Case{Arch::bert, 0.2f, "bert_dropout"}),
+                      Case{Arch::gpt, 0.2f, "gpt_dropout"}, Case{Arch::bert, 0.2f, "bert_dropout"},
+                      Case{Arch::gpt, 0.2f, "gpt_dropout_fused_attention", true},
+                      Case{Arch::bert, 0.0f, "bert_fused_attention", true}),
     [](const auto& info) { return std::string(info.param.name); });
 
 // Gradients of two micro-batches accumulate: backward adds, it never overwrites.

@@ -374,10 +374,76 @@ void check_attention(AttnProblem& pr) {
                tol::gradient<T>(2 * growth, max_abs(pr.fd_grad) * keep_scale), "d_qkv");
 }
 
+// Each row's log-sum-exp of its scaled, shown scores, in double (-inf: no key shown).
+Vec reference_lse(const AttnProblem& pr) {
+  const AttnCase& c = pr.c;
+  const int64_t S = c.seq, H = c.heads, D = c.head_dim, C = H * D;
+  Vec lse;
+  for (int64_t b = 0; b < c.batch; ++b)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t i = 0; i < S; ++i) {
+        Vec s;
+        for (int64_t j = 0; j < S; ++j) {
+          if ((c.causal && j > i) || (!pr.keep.empty() && pr.keep[static_cast<size_t>(b * S + j)] == 0)) continue;
+          double dot = 0;
+          for (int64_t d = 0; d < D; ++d)
+            dot += pr.qkv[static_cast<size_t>((b * S + i) * 3 * C + h * D + d)] *
+                   pr.qkv[static_cast<size_t>((b * S + j) * 3 * C + C + h * D + d)];
+          s.push_back(dot / std::sqrt(double(D)));
+        }
+        if (s.empty()) {
+          lse.push_back(-std::numeric_limits<double>::infinity());
+          continue;
+        }
+        const double m = *std::max_element(s.begin(), s.end());
+        double sum = 0;
+        for (double x : s) sum += std::exp(x - m);
+        lse.push_back(m + std::log(sum));
+      }
+  return lse;
+}
+
+// The fused path against the same references: out, lse, and the gradient recomputed from
+// lse (same tolerances as the materialised path: the same operations, except that the
+// backward's probabilities are exp(s - lse) instead of the forward's normalised rows).
+template <class T>
+void check_fused_attention(AttnProblem& pr) {
+  SCOPED_TRACE(std::string("fused ") + dtype_label<T>());
+  const AttnCase& c = pr.c;
+  const int64_t B = c.batch, S = c.seq, H = c.heads, D = c.head_dim, C = H * D;
+  const AttentionDims dims{B, S, H, D, c.causal};
+  Buf<T> out(Shape{B, S, C}), lse(Shape{B, H, S}), tqkv(pr.qkv, {B, S, 3 * C});
+  IntTensor tkeep = c.padding ? ints(pr.keep) : IntTensor{};
+  cpu().attention_forward_fused(out.t(), lse.t(), tqkv.t(), tkeep, dims, pr.drop);
+  const double ss = 2.25 * std::sqrt(double(D)), keep_scale = 1 / (1 - double(c.drop_prob));
+  const double growth = 4 * (std::sqrt(double(D)) + ss + std::sqrt(double(S)));
+  expect_close(out.vec(), pr.r.out, tol::forward<T>(growth, 1.5 * keep_scale), "out");
+  const Vec want_lse = reference_lse(pr);
+  const Vec got_lse = lse.vec();
+  Vec finite_got, finite_want;  // -inf rows must agree exactly; the rest within tolerance
+  for (size_t i = 0; i < want_lse.size(); ++i) {
+    if (std::isinf(want_lse[i])) {
+      EXPECT_EQ(got_lse[i], want_lse[i]) << "lse row " << i;
+      continue;
+    }
+    finite_got.push_back(got_lse[i]);
+    finite_want.push_back(want_lse[i]);
+  }
+  expect_close(finite_got, finite_want, tol::forward<T>(growth, ss + std::log(double(S))), "lse");
+  if (pr.fd_grad.empty()) return;
+
+  Buf<T> d_qkv(Shape{B, S, 3 * C}), d_out(pr.w, {B, S, C});
+  cpu().attention_backward_fused(d_qkv.t(), d_out.t(), tqkv.t(), out.t(), lse.t(), tkeep, dims, pr.drop);
+  expect_close(d_qkv.vec(), pr.fd_grad,
+               tol::gradient<T>(2 * growth, max_abs(pr.fd_grad) * keep_scale), "d_qkv");
+}
+
 TEST_P(Attention, ForwardAndBackwardMatchReference) {
   AttnProblem pr = make_attention_problem(GetParam(), true);
   check_attention<float>(pr);
   check_attention<double>(pr);
+  check_fused_attention<float>(pr);
+  check_fused_attention<double>(pr);
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -398,6 +464,8 @@ TEST(AttentionLarger, ForwardMatchesReference) {
     AttnProblem pr = make_attention_problem(c, false);
     check_attention<float>(pr);
     check_attention<double>(pr);
+    check_fused_attention<float>(pr);
+    check_fused_attention<double>(pr);
   }
 }
 
