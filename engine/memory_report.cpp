@@ -92,6 +92,9 @@ std::string describe_plan(const MemoryPlan& b) {
   return out + ", activations " + gib(b.activations) + " GiB";
 }
 
+// The largest partition size the advice looks at when nothing fits on the ranks at hand.
+constexpr int64_t kLargestPartitionAdvised = 4096;
+
 std::string memory_fit_advice(const Config& config, int64_t p, int64_t world, double budget_bytes) {
   const int64_t mb = config.train.micro_batch_size;
   const bool ckpt = config.train.activation_checkpointing;
@@ -117,10 +120,19 @@ std::string memory_fit_advice(const Config& config, int64_t p, int64_t world, do
       break;
     }
   }
-  if (fixes.empty())
-    return "no partition size up to the " + std::to_string(world) +
-           " ranks, activation checkpointing or smaller micro-batch fits; add GPUs (more ranks) and raise "
-           "'mics.partition_size'";
+  if (fixes.empty()) {
+    // Nothing fits on these ranks: name the partition size (and so the number of GPUs) that would.
+    const std::string here = "nothing fits on " + std::to_string(world) + (world == 1 ? " rank" : " ranks") +
+                             " (no larger partition size, activation checkpointing or smaller micro-batch)";
+    for (int64_t q = 2 * p; q <= kLargestPartitionAdvised; q *= 2) {
+      const MemoryPlan plan = plan_memory(config, q, mb, ckpt);
+      if (plan.total() <= budget_bytes)
+        return here + "; 'mics.partition_size' " + std::to_string(q) + " would (" + gib(plan.total()) +
+               " GiB per rank), which needs at least " + std::to_string(q) + " ranks: add GPUs";
+    }
+    return here + ", nor 'mics.partition_size' " + std::to_string(kLargestPartitionAdvised) +
+           ": the micro-batch's activations alone exceed the budget";
+  }
   std::string out = "any of these fits: ";
   for (size_t i = 0; i < fixes.size(); ++i) out += (i ? (i + 1 == fixes.size() ? ", or " : ", ") : "") + fixes[i];
   return out;

@@ -283,8 +283,18 @@ TEST(MemoryPlanner, AdviceNamesOnlyKnobsThatFit) {
   const bool ckpt_fits = mics::plan_memory(config, 2, 8, true).total() <= budget;
   EXPECT_EQ(advice.find("'train.activation_checkpointing' true") != std::string::npos, ckpt_fits) << advice;
 
-  const std::string none = mics::memory_fit_advice(config, 1, 1, 1.0 * (1 << 30));
-  EXPECT_NE(none.find("no partition size up to the 1 ranks"), std::string::npos) << none;
+  // One rank, 80 GiB: nothing fits here; the advice names the smallest partition that would.
+  const std::string none = mics::memory_fit_advice(config, 1, 1, budget);
+  EXPECT_EQ(none.rfind("nothing fits on 1 rank", 0), 0u) << none;
+  int64_t needed = 0;
+  for (int64_t q = 2; q <= 4096 && needed == 0; q *= 2)
+    if (mics::plan_memory(config, q, 8, false).total() <= budget) needed = q;
+  ASSERT_GT(needed, 0);
+  EXPECT_NE(none.find("'mics.partition_size' " + std::to_string(needed) + " would ("), std::string::npos) << none;
+  EXPECT_NE(none.find("needs at least " + std::to_string(needed) + " ranks"), std::string::npos) << none;
+  // A budget below one micro-batch's activations: nothing helps, and the advice says why.
+  const std::string never = mics::memory_fit_advice(config, 1, 1, 1.0 * (1 << 20));
+  EXPECT_NE(never.find("activations alone exceed the budget"), std::string::npos) << never;
   EXPECT_NE(mics::describe_plan(mics::plan_memory(config, 4, 8, false)).find("activations"), std::string::npos);
 }
 
