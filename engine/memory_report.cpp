@@ -71,6 +71,13 @@ MemoryPlan plan_memory(const Config& config, int64_t p, int64_t micro_batch, boo
   b.replication = mixed && config.mics.replication_dtype == "compute" ? compute * shard : 0.0;
   b.activations = activation_bytes(spec, compute_dtype(config.train.precision), micro_batch, config.train.seq_len,
                                    checkpointing);
+  if (config.runtime.backend == "cuda") {
+    const int64_t per16 = static_cast<int64_t>(16 / compute);
+    const int64_t padded = (spec.vocab + per16 - 1) / per16 * per16;
+    if (padded != spec.vocab)  // at most every token of the micro-batch is a logits row
+      b.gemm_staging = compute * static_cast<double>(padded) *
+                       static_cast<double>(2 * spec.hidden + micro_batch * config.train.seq_len);
+  }
   return b;
 }
 
@@ -89,7 +96,9 @@ std::string describe_plan(const MemoryPlan& b) {
   std::string out = "model states " + gib(b.model_states()) + " GiB";
   if (b.gathered > 0) out += ", gathered layers " + gib(b.gathered) + " GiB";
   out += ", gradient buffers " + gib(b.grad_buffers + b.replication) + " GiB";
-  return out + ", activations " + gib(b.activations) + " GiB";
+  out += ", activations " + gib(b.activations) + " GiB";
+  if (b.gemm_staging > 0) out += ", padded vocabulary projection " + gib(b.gemm_staging) + " GiB";
+  return out;
 }
 
 // The largest partition size the advice looks at when nothing fits on the ranks at hand.
@@ -183,6 +192,7 @@ std::string dry_run_report(const Config& config, int64_t ranks_per_node) {
   std::snprintf(line, sizeof line, "activations (%s%lld)", b.checkpointing ? "checkpointed, mb " : "micro-batch ",
                 static_cast<long long>(b.micro_batch));
   add(line, format_bytes(b.activations));
+  if (b.gemm_staging > 0) add("padded vocab projection (CUDA)", format_bytes(b.gemm_staging));
   add("total", format_bytes(b.total()));
   std::snprintf(line, sizeof line, "%.1f GiB per device", budget);
   add("runtime.device_memory_gb", std::string(line) +

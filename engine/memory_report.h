@@ -24,9 +24,15 @@ struct MemoryPlan {
   double grad_buffers = 0;    // three gradient working buffers of the largest layer + shards
   double replication = 0;     // mics.replication_dtype "compute": the shard in half precision
   double activations = 0;     // activations and workspace of one micro-batch
+  // The CUDA backend's padded copies for a vocabulary projection whose width is not a
+  // multiple of 16 bytes (kernels/cuda/cuda_backend.cpp, padded_width): the weight and its
+  // gradient padded with zero rows, and the logits rows.
+  double gemm_staging = 0;
 
   double model_states() const { return working_params + grads + master + adam; }
-  double total() const { return model_states() + gathered + grad_buffers + replication + activations; }
+  double total() const {
+    return model_states() + gathered + grad_buffers + replication + activations + gemm_staging;
+  }
 };
 
 // Bytes per device in the config's precision (fp32, or bf16/fp16 with fp32 master weights).

@@ -298,6 +298,26 @@ TEST(MemoryPlanner, AdviceNamesOnlyKnobsThatFit) {
   EXPECT_NE(mics::describe_plan(mics::plan_memory(config, 4, 8, false)).find("activations"), std::string::npos);
 }
 
+// The CUDA backend pads a vocabulary projection of awkward width (GPT-2's 50257 tokens): the
+// plan counts the padded weight, its gradient and the logits rows; a width that is a
+// multiple of 8 half-precision elements, or the CPU backend, needs none.
+TEST(MemoryPlanner, CountsTheCudaBackendsPaddedVocabularyProjection) {
+  mics::Config config = bert_10b();
+  config.train.precision = "bf16";
+  config.runtime.backend = "cuda";
+  config.model.vocab_size = 50257;
+  const int64_t rows = config.train.micro_batch_size * config.train.seq_len;
+  const mics::MemoryPlan plan = mics::plan_memory(config, 8, config.train.micro_batch_size, false);
+  EXPECT_DOUBLE_EQ(plan.gemm_staging, 2.0 * 50264 * (2 * config.model.hidden + rows));
+  EXPECT_NE(mics::describe_plan(plan).find("padded vocabulary projection"), std::string::npos);
+  config.model.vocab_size = 50264;
+  EXPECT_EQ(mics::plan_memory(config, 8, config.train.micro_batch_size, false).gemm_staging, 0.0);
+  config.model.vocab_size = 50257;
+  config.runtime.backend = "cpu";
+  config.train.precision = "fp32";
+  EXPECT_EQ(mics::plan_memory(config, 8, config.train.micro_batch_size, false).gemm_staging, 0.0);
+}
+
 TEST(SimulateCli, BadRequestsAreRefusedByName) {
   TempDir dir("simcli");
   const std::string base = "--config " + source_path("configs/bert-10b.json");
