@@ -6,6 +6,7 @@
 #include <string>
 
 #include "kernels/cpu/cpu_kernels.h"
+#include "kernels/op_shapes.h"
 
 namespace mics {
 namespace {
@@ -117,11 +118,7 @@ class CpuBackend final : public Backend {
 
   void linear_forward(Tensor out, Tensor in, Tensor weight, Tensor bias) override {
     const char* op = "linear_forward";
-    expect_rank(op, "weight", weight, 2);
-    const int64_t n = dim(weight, 0), k = dim(weight, 1), m = in.numel() / k;
-    expect_shape(op, "in", in, {m, k});
-    expect_shape(op, "out", out, {m, n});
-    if (!bias.empty()) expect_shape(op, "bias", bias, {n});
+    const auto [m, n, k] = linear_forward_dims(out, in, weight, bias);
     expect_same_dtype(op, out, in);
     expect_same_dtype(op, out, weight);
     dispatch(op, out.dtype, [&](auto t) {
@@ -133,13 +130,7 @@ class CpuBackend final : public Backend {
   void linear_backward(Tensor d_in, Tensor d_weight, Tensor d_bias, Tensor d_out, Tensor in,
                        Tensor weight, Accumulate acc) override {
     const char* op = "linear_backward";
-    expect_rank(op, "weight", weight, 2);
-    const int64_t n = dim(weight, 0), k = dim(weight, 1), m = in.numel() / k;
-    expect_shape(op, "in", in, {m, k});
-    expect_shape(op, "d_out", d_out, {m, n});
-    expect_shape(op, "d_weight", d_weight, {n, k});
-    if (!d_in.empty()) expect_shape(op, "d_in", d_in, {m, k});
-    if (!d_bias.empty()) expect_shape(op, "d_bias", d_bias, {n});
+    const auto [m, n, k] = linear_backward_dims(d_in, d_weight, d_bias, d_out, in, weight);
     expect_same_dtype(op, d_out, in);
     expect_same_dtype(op, d_out, d_weight);
     dispatch(op, d_out.dtype, [&](auto t) {
@@ -171,13 +162,7 @@ class CpuBackend final : public Backend {
   void layernorm_forward(Tensor out, Tensor mean, Tensor rstd, Tensor in, Tensor gamma,
                          Tensor beta, float eps) override {
     const char* op = "layernorm_forward";
-    expect_rank(op, "gamma", gamma, 1);
-    const int64_t c = dim(gamma, 0), m = in.numel() / c;
-    expect_shape(op, "in", in, {m, c});
-    expect_shape(op, "out", out, {m, c});
-    expect_shape(op, "beta", beta, {c});
-    expect_shape(op, "mean", mean, {m});
-    expect_shape(op, "rstd", rstd, {m});
+    const auto [m, c] = layernorm_forward_dims(out, mean, rstd, in, gamma, beta);
     dispatch(op, out.dtype, [&](auto t) {
       using T = decltype(t);
       cpu::layernorm_forward<T>(p<T>(out), p<T>(mean), p<T>(rstd), p<T>(in), p<T>(gamma),
@@ -188,15 +173,7 @@ class CpuBackend final : public Backend {
   void layernorm_backward(Tensor d_in, Tensor d_gamma, Tensor d_beta, Tensor d_out, Tensor in,
                           Tensor gamma, Tensor mean, Tensor rstd, Accumulate acc) override {
     const char* op = "layernorm_backward";
-    expect_rank(op, "gamma", gamma, 1);
-    const int64_t c = dim(gamma, 0), m = in.numel() / c;
-    expect_shape(op, "in", in, {m, c});
-    expect_shape(op, "d_out", d_out, {m, c});
-    expect_shape(op, "d_in", d_in, {m, c});
-    expect_shape(op, "d_gamma", d_gamma, {c});
-    expect_shape(op, "d_beta", d_beta, {c});
-    expect_shape(op, "mean", mean, {m});
-    expect_shape(op, "rstd", rstd, {m});
+    const auto [m, c] = layernorm_backward_dims(d_in, d_gamma, d_beta, d_out, in, gamma, mean, rstd);
     dispatch(op, d_in.dtype, [&](auto t) {
       using T = decltype(t);
       cpu::layernorm_backward<T>(p<T>(d_in), p<T>(d_gamma), p<T>(d_beta), p<T>(d_out), p<T>(in),
@@ -205,22 +182,10 @@ class CpuBackend final : public Backend {
     });
   }
 
-  void check_attention(const char* op, const Tensor& qkv, const Tensor& probs,
-                       const AttentionDims& d) {
-    if (d.batch <= 0 || d.seq <= 0 || d.heads <= 0 || d.head_dim <= 0)
-      throw ShapeError(std::string(op) + ": attention dimensions must be positive");
-    const int64_t c = d.heads * d.head_dim;
-    expect_shape(op, "qkv", qkv, {d.batch, d.seq, 3 * c});
-    expect_shape(op, "probs", probs, {d.batch, d.heads, d.seq, d.seq});
-  }
-
   void attention_forward(Tensor out, Tensor probs, Tensor qkv, IntTensor key_keep,
                          const AttentionDims& d, DropoutSpec dropout) override {
     const char* op = "attention_forward";
-    check_attention(op, qkv, probs, d);
-    expect_shape(op, "out", out, {d.batch, d.seq, d.heads * d.head_dim});
-    if (key_keep.data != nullptr && key_keep.numel() != d.batch * d.seq)
-      throw ShapeError("attention_forward: key_keep must have B*T entries");
+    check_attention_shapes(op, qkv, probs, out, key_keep, d);
     dispatch(op, out.dtype, [&](auto t) {
       using T = decltype(t);
       cpu::attention_forward<T>(p<T>(out), p<T>(probs), p<T>(qkv), key_keep.data, d, dropout);
@@ -230,10 +195,9 @@ class CpuBackend final : public Backend {
   void attention_backward(Tensor d_qkv, Tensor scratch, Tensor d_out, Tensor qkv, Tensor probs,
                           const AttentionDims& d, DropoutSpec dropout) override {
     const char* op = "attention_backward";
-    check_attention(op, qkv, probs, d);
+    check_attention_shapes(op, qkv, probs, d_out, IntTensor{}, d);
     expect_shape(op, "d_qkv", d_qkv, qkv.shape);
     expect_shape(op, "scratch", scratch, probs.shape);
-    expect_shape(op, "d_out", d_out, {d.batch, d.seq, d.heads * d.head_dim});
     dispatch(op, d_qkv.dtype, [&](auto t) {
       using T = decltype(t);
       cpu::attention_backward<T>(p<T>(d_qkv), p<T>(scratch), p<T>(d_out), p<T>(qkv), p<T>(probs),
@@ -244,8 +208,8 @@ class CpuBackend final : public Backend {
   void attention_forward_fused(Tensor out, Tensor lse, Tensor qkv, IntTensor key_keep,
                                const AttentionDims& d, DropoutSpec dropout) override {
     const char* op = "attention_forward_fused";
-    check_fused_attention(op, qkv, lse, key_keep, d);
-    expect_shape(op, "out", out, {d.batch, d.seq, d.heads * d.head_dim});
+    check_fused_attention_shapes(op, qkv, lse, out, key_keep, d);
+    expect_same_dtype(op, qkv, lse);  // lse in the op's dtype here (fp32 or fp64)
     dispatch(op, out.dtype, [&](auto t) {
       using T = decltype(t);
       cpu::attention_forward_fused<T>(p<T>(out), p<T>(lse), p<T>(qkv), key_keep.data, d, dropout);
@@ -255,10 +219,10 @@ class CpuBackend final : public Backend {
   void attention_backward_fused(Tensor d_qkv, Tensor d_out, Tensor qkv, Tensor out, Tensor lse,
                                 IntTensor key_keep, const AttentionDims& d, DropoutSpec dropout) override {
     const char* op = "attention_backward_fused";
-    check_fused_attention(op, qkv, lse, key_keep, d);
+    check_fused_attention_shapes(op, qkv, lse, out, key_keep, d);
+    expect_same_dtype(op, qkv, lse);
     expect_shape(op, "d_qkv", d_qkv, qkv.shape);
-    expect_shape(op, "d_out", d_out, {d.batch, d.seq, d.heads * d.head_dim});
-    expect_shape(op, "out", out, {d.batch, d.seq, d.heads * d.head_dim});
+    expect_shape(op, "d_out", d_out, out.shape);
     dispatch(op, d_qkv.dtype, [&](auto t) {
       using T = decltype(t);
       cpu::attention_backward_fused<T>(p<T>(d_qkv), p<T>(d_out), p<T>(qkv), p<T>(lse), key_keep.data, d,
@@ -266,29 +230,10 @@ class CpuBackend final : public Backend {
     });
   }
 
-  // lse in the op's dtype here (fp32 or fp64: the interface's "fp32, fp64 for fp64").
-  void check_fused_attention(const char* op, const Tensor& qkv, const Tensor& lse,
-                             const IntTensor& key_keep, const AttentionDims& d) {
-    if (d.batch <= 0 || d.seq <= 0 || d.heads <= 0 || d.head_dim <= 0)
-      throw ShapeError(std::string(op) + ": attention dimensions must be positive");
-    expect_shape(op, "qkv", qkv, {d.batch, d.seq, 3 * d.heads * d.head_dim});
-    expect_shape(op, "lse", lse, {d.batch, d.heads, d.seq});
-    expect_same_dtype(op, qkv, lse);
-    if (key_keep.data != nullptr && key_keep.numel() != d.batch * d.seq)
-      throw ShapeError(std::string(op) + ": key_keep must have B*T entries");
-  }
-
   void embedding_forward(Tensor out, IntTensor ids, IntTensor type_ids, Tensor tok, Tensor pos,
                          Tensor type, int64_t seq) override {
     const char* op = "embedding_forward";
-    expect_rank(op, "tok_table", tok, 2);
-    expect_rank(op, "pos_table", pos, 2);
-    const int64_t rows = ids.numel(), c = dim(tok, 1);
-    expect_shape(op, "out", out, {rows, c});
-    expect_shape(op, "pos_table", pos, {dim(pos, 0), c});
-    if (seq <= 0 || rows % seq != 0) throw ShapeError("embedding_forward: rows not a multiple of seq");
-    if (!type.empty() && type_ids.numel() != rows)
-      throw ShapeError("embedding_forward: type_ids must match ids");
+    const auto [rows, c] = embedding_dims(false, out, ids, type_ids, tok, pos, type, seq);
     dispatch(op, out.dtype, [&](auto t) {
       using T = decltype(t);
       cpu::embedding_forward<T>(p<T>(out), ids.data, type_ids.data, p<T>(tok), p<T>(pos),
@@ -300,10 +245,7 @@ class CpuBackend final : public Backend {
   void embedding_backward(Tensor d_tok, Tensor d_pos, Tensor d_type, Tensor d_out, IntTensor ids,
                           IntTensor type_ids, int64_t seq) override {
     const char* op = "embedding_backward";
-    expect_rank(op, "d_tok", d_tok, 2);
-    const int64_t rows = ids.numel(), c = dim(d_tok, 1);
-    expect_shape(op, "d_out", d_out, {rows, c});
-    if (seq <= 0 || rows % seq != 0) throw ShapeError("embedding_backward: rows not a multiple of seq");
+    const auto [rows, c] = embedding_dims(true, d_out, ids, type_ids, d_tok, d_pos, d_type, seq);
     dispatch(op, d_out.dtype, [&](auto t) {
       using T = decltype(t);
       cpu::embedding_backward<T>(p<T>(d_tok), p<T>(d_pos), p<T>(d_type), p<T>(d_out), ids.data,

@@ -15,6 +15,7 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/gemm_lt.h"
 #include "kernels/cuda/launch.h"
+#include "kernels/op_shapes.h"
 
 namespace mics {
 
@@ -244,13 +245,7 @@ class CudaBackend final : public Backend {
   // ---- dense layers ----
   void linear_forward(Tensor out, Tensor in, Tensor weight, Tensor bias) override {
     const char* op = "linear_forward";
-    expect_rank(op, "weight", weight, 2);
-    const int64_t n = dim(weight, 0), k = dim(weight, 1);
-    if (k <= 0) throw ShapeError("linear_forward: weight has no columns");
-    const int64_t m = in.numel() / k;
-    expect_shape(op, "in", in, {m, k});
-    expect_shape(op, "out", out, {m, n});
-    if (!bias.empty()) expect_shape(op, "bias", bias, {n});
+    const auto [m, n, k] = linear_forward_dims(out, in, weight, bias);
     expect_dtypes(op, out, {&in, &weight, &bias});
     GemmArgs g;
     g.dtype = out.dtype;
@@ -278,15 +273,7 @@ class CudaBackend final : public Backend {
   void linear_backward(Tensor d_in, Tensor d_weight, Tensor d_bias, Tensor d_out, Tensor in,
                        Tensor weight, Accumulate acc) override {
     const char* op = "linear_backward";
-    expect_rank(op, "weight", weight, 2);
-    const int64_t n = dim(weight, 0), k = dim(weight, 1);
-    if (k <= 0) throw ShapeError("linear_backward: weight has no columns");
-    const int64_t m = in.numel() / k;
-    expect_shape(op, "in", in, {m, k});
-    expect_shape(op, "d_out", d_out, {m, n});
-    expect_shape(op, "d_weight", d_weight, {n, k});
-    if (!d_in.empty()) expect_shape(op, "d_in", d_in, {m, k});
-    if (!d_bias.empty()) expect_shape(op, "d_bias", d_bias, {n});
+    const auto [m, n, k] = linear_backward_dims(d_in, d_weight, d_bias, d_out, in, weight);
     expect_dtypes(op, d_out, {&in, &weight, &d_weight, &d_in, &d_bias});
     const DType t = d_out.dtype;
     const size_t es = dtype_size(t);
@@ -351,15 +338,7 @@ class CudaBackend final : public Backend {
   void layernorm_forward(Tensor out, Tensor mean, Tensor rstd, Tensor in, Tensor gamma,
                          Tensor beta, float eps) override {
     const char* op = "layernorm_forward";
-    expect_rank(op, "gamma", gamma, 1);
-    const int64_t c = dim(gamma, 0);
-    if (c <= 0) throw ShapeError("layernorm_forward: gamma is empty");
-    const int64_t m = in.numel() / c;
-    expect_shape(op, "in", in, {m, c});
-    expect_shape(op, "out", out, {m, c});
-    expect_shape(op, "beta", beta, {c});
-    expect_shape(op, "mean", mean, {m});
-    expect_shape(op, "rstd", rstd, {m});
+    const auto [m, c] = layernorm_forward_dims(out, mean, rstd, in, gamma, beta);
     expect_dtypes(op, out, {&in, &gamma, &beta});
     expect_same_dtype(op, mean, rstd);
     launch_layernorm_forward(out.dtype, mean.dtype, out.data, mean.data, rstd.data, in.data,
@@ -369,17 +348,7 @@ class CudaBackend final : public Backend {
   void layernorm_backward(Tensor d_in, Tensor d_gamma, Tensor d_beta, Tensor d_out, Tensor in,
                           Tensor gamma, Tensor mean, Tensor rstd, Accumulate acc) override {
     const char* op = "layernorm_backward";
-    expect_rank(op, "gamma", gamma, 1);
-    const int64_t c = dim(gamma, 0);
-    if (c <= 0) throw ShapeError("layernorm_backward: gamma is empty");
-    const int64_t m = in.numel() / c;
-    expect_shape(op, "in", in, {m, c});
-    expect_shape(op, "d_out", d_out, {m, c});
-    expect_shape(op, "d_in", d_in, {m, c});
-    expect_shape(op, "d_gamma", d_gamma, {c});
-    expect_shape(op, "d_beta", d_beta, {c});
-    expect_shape(op, "mean", mean, {m});
-    expect_shape(op, "rstd", rstd, {m});
+    const auto [m, c] = layernorm_backward_dims(d_in, d_gamma, d_beta, d_out, in, gamma, mean, rstd);
     expect_dtypes(op, d_in, {&d_gamma, &d_beta, &d_out, &in, &gamma});
     expect_same_dtype(op, mean, rstd);
     launch_layernorm_backward(d_in.dtype, mean.dtype, d_in.data, d_gamma.data, d_beta.data,
@@ -388,15 +357,6 @@ class CudaBackend final : public Backend {
   }
 
   // ---- attention ----
-  void check_attention(const char* op, const Tensor& qkv, const Tensor& probs,
-                       const AttentionDims& d) {
-    if (d.batch <= 0 || d.seq <= 0 || d.heads <= 0 || d.head_dim <= 0)
-      throw ShapeError(std::string(op) + ": attention dimensions must be positive");
-    const int64_t c = d.heads * d.head_dim;
-    expect_shape(op, "qkv", qkv, {d.batch, d.seq, 3 * c});
-    expect_shape(op, "probs", probs, {d.batch, d.heads, d.seq, d.seq});
-  }
-
   // The (batch, head) pairs as strided GEMM batches. q, k, v of pair (b, h) start at
   // qkv + b*T*3C + h*D (+ C for k, + 2C for v), its probabilities at (b*H + h)*T*T, its
   // output at b*T*C + h*D: affine in h for fixed b and in b for fixed h, but not in b*H + h.
@@ -434,10 +394,7 @@ class CudaBackend final : public Backend {
   void attention_forward(Tensor out, Tensor probs, Tensor qkv, IntTensor key_keep,
                          const AttentionDims& d, DropoutSpec dropout) override {
     const char* op = "attention_forward";
-    check_attention(op, qkv, probs, d);
-    expect_shape(op, "out", out, {d.batch, d.seq, d.heads * d.head_dim});
-    if (key_keep.data != nullptr && key_keep.numel() != d.batch * d.seq)
-      throw ShapeError("attention_forward: key_keep must have B*T entries");
+    check_attention_shapes(op, qkv, probs, out, key_keep, d);
     expect_dtypes(op, out, {&probs, &qkv});
     const int64_t T = d.seq, D = d.head_dim, C = d.heads * D;
     const float scale = 1.0f / std::sqrt(static_cast<float>(D));
@@ -470,10 +427,9 @@ class CudaBackend final : public Backend {
   void attention_backward(Tensor d_qkv, Tensor scratch, Tensor d_out, Tensor qkv, Tensor probs,
                           const AttentionDims& d, DropoutSpec dropout) override {
     const char* op = "attention_backward";
-    check_attention(op, qkv, probs, d);
+    check_attention_shapes(op, qkv, probs, d_out, IntTensor{}, d);
     expect_shape(op, "d_qkv", d_qkv, qkv.shape);
     expect_shape(op, "scratch", scratch, probs.shape);
-    expect_shape(op, "d_out", d_out, {d.batch, d.seq, d.heads * d.head_dim});
     expect_dtypes(op, d_qkv, {&scratch, &d_out, &qkv, &probs});
     const int64_t T = d.seq, D = d.head_dim, C = d.heads * D;
     const float scale = 1.0f / std::sqrt(static_cast<float>(D));
@@ -527,15 +483,11 @@ class CudaBackend final : public Backend {
     }
   }
 
-  void check_fused_attention(const char* op, const Tensor& qkv, const Tensor& lse, const IntTensor& key_keep,
-                             const AttentionDims& d) {
-    if (d.batch <= 0 || d.seq <= 0 || d.heads <= 0 || d.head_dim <= 0)
-      throw ShapeError(std::string(op) + ": attention dimensions must be positive");
-    expect_shape(op, "qkv", qkv, {d.batch, d.seq, 3 * d.heads * d.head_dim});
-    expect_shape(op, "lse", lse, {d.batch, d.heads, d.seq});
+  // The fused kernels' own limits, after the shared shape checks.
+  void check_fused_attention(const char* op, const Tensor& qkv, const Tensor& lse, const Tensor& out,
+                             const IntTensor& key_keep, const AttentionDims& d) {
+    check_fused_attention_shapes(op, qkv, lse, out, key_keep, d);
     if (lse.dtype != DType::f32) throw ShapeError(std::string(op) + ": lse must be fp32, not " + dtype_name(lse.dtype));
-    if (key_keep.data != nullptr && key_keep.numel() != d.batch * d.seq)
-      throw ShapeError(std::string(op) + ": key_keep must have B*T entries");
     if (d.seq > INT32_MAX / 2) throw ShapeError(std::string(op) + ": sequence too long");
     int major = 0;
     MICS_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device_));
@@ -552,8 +504,7 @@ class CudaBackend final : public Backend {
   void attention_forward_fused(Tensor out, Tensor lse, Tensor qkv, IntTensor key_keep, const AttentionDims& d,
                                DropoutSpec dropout) override {
     const char* op = "attention_forward_fused";
-    check_fused_attention(op, qkv, lse, key_keep, d);
-    expect_shape(op, "out", out, {d.batch, d.seq, d.heads * d.head_dim});
+    check_fused_attention(op, qkv, lse, out, key_keep, d);
     expect_dtypes(op, out, {&qkv});
     launch_attention_forward_fused(out.dtype, out.data, static_cast<float*>(lse.data), qkv.data,
                                    fused_shape(d, key_keep, dropout), stream_);
@@ -562,10 +513,9 @@ class CudaBackend final : public Backend {
   void attention_backward_fused(Tensor d_qkv, Tensor d_out, Tensor qkv, Tensor out, Tensor lse, IntTensor key_keep,
                                 const AttentionDims& d, DropoutSpec dropout) override {
     const char* op = "attention_backward_fused";
-    check_fused_attention(op, qkv, lse, key_keep, d);
+    check_fused_attention(op, qkv, lse, out, key_keep, d);
     expect_shape(op, "d_qkv", d_qkv, qkv.shape);
-    expect_shape(op, "d_out", d_out, {d.batch, d.seq, d.heads * d.head_dim});
-    expect_shape(op, "out", out, {d.batch, d.seq, d.heads * d.head_dim});
+    expect_shape(op, "d_out", d_out, out.shape);
     expect_dtypes(op, d_qkv, {&d_out, &qkv, &out});
     auto* delta = static_cast<float*>(
         fused_delta_.get(static_cast<size_t>(d.batch * d.heads * d.seq) * sizeof(float), stream_));
@@ -578,19 +528,8 @@ class CudaBackend final : public Backend {
   void embedding_forward(Tensor out, IntTensor ids, IntTensor type_ids, Tensor tok, Tensor pos,
                          Tensor type, int64_t seq) override {
     const char* op = "embedding_forward";
-    expect_rank(op, "tok_table", tok, 2);
-    expect_rank(op, "pos_table", pos, 2);
-    const int64_t rows = ids.numel(), c = dim(tok, 1);
-    expect_shape(op, "out", out, {rows, c});
-    expect_shape(op, "pos_table", pos, {dim(pos, 0), c});
-    if (seq <= 0 || rows % seq != 0) throw ShapeError("embedding_forward: rows not a multiple of seq");
-    if (!type.empty()) {
-      if (type_ids.numel() != rows) throw ShapeError("embedding_forward: type_ids must match ids");
-      expect_rank(op, "type_table", type, 2);
-      expect_shape(op, "type_table", type, {dim(type, 0), c});
-    }
+    const auto [rows, c] = embedding_dims(false, out, ids, type_ids, tok, pos, type, seq);
     expect_dtypes(op, out, {&tok, &pos, &type});
-    if (seq > dim(pos, 0)) throw std::out_of_range("sequence longer than the position table");
     launch_embedding_forward(out.dtype, out.data, ids.data, type_ids.data, tok.data, pos.data,
                              type.empty() ? nullptr : type.data, rows, c, seq, dim(tok, 0),
                              type.empty() ? 0 : dim(type, 0), error_word(), stream_);
@@ -599,18 +538,7 @@ class CudaBackend final : public Backend {
   void embedding_backward(Tensor d_tok, Tensor d_pos, Tensor d_type, Tensor d_out, IntTensor ids,
                           IntTensor type_ids, int64_t seq) override {
     const char* op = "embedding_backward";
-    expect_rank(op, "d_tok", d_tok, 2);
-    const int64_t rows = ids.numel(), c = dim(d_tok, 1);
-    expect_shape(op, "d_out", d_out, {rows, c});
-    if (seq <= 0 || rows % seq != 0) throw ShapeError("embedding_backward: rows not a multiple of seq");
-    expect_rank(op, "d_pos", d_pos, 2);
-    expect_shape(op, "d_pos", d_pos, {dim(d_pos, 0), c});
-    if (seq > dim(d_pos, 0)) throw std::out_of_range("sequence longer than the position table");
-    if (!d_type.empty()) {
-      if (type_ids.numel() != rows) throw ShapeError("embedding_backward: type_ids must match ids");
-      expect_rank(op, "d_type", d_type, 2);
-      expect_shape(op, "d_type", d_type, {dim(d_type, 0), c});
-    }
+    const auto [rows, c] = embedding_dims(true, d_out, ids, type_ids, d_tok, d_pos, d_type, seq);
     expect_dtypes(op, d_out, {&d_tok, &d_pos, &d_type});
     void* scratch = index_scratch_.get(index_add_scratch_bytes(rows), stream_);
     launch_index_add(d_out.dtype, d_tok.data, dim(d_tok, 0), d_out.data, ids.data, seq, rows, c,
