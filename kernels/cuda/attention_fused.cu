@@ -158,6 +158,41 @@ __device__ __forceinline__ float quad_sum(float v) {
   return v + __shfl_xor_sync(0xffffffffu, v, 2);
 }
 
+// The A fragment (16 rows x 16 columns kc) made of two C tiles side by side (columns
+// 16 kc .. 16 kc + 15 of a 16 x 64 accumulator block), rounded to T.
+template <class T>
+__device__ __forceinline__ void a_from_c(uint32_t (&a)[4], const float (&c)[8][4], int kc) {
+  a[0] = pack2<T>(c[2 * kc][0], c[2 * kc][1]);
+  a[1] = pack2<T>(c[2 * kc][2], c[2 * kc][3]);
+  a[2] = pack2<T>(c[2 * kc + 1][0], c[2 * kc + 1][1]);
+  a[3] = pack2<T>(c[2 * kc + 1][2], c[2 * kc + 1][3]);
+}
+
+// The (batch, head) pair of blockIdx.y: row 0 of its q (k, v at + C, + 2C; row stride ld)
+// and of its d_out rows (stride C).
+template <class T, int D>
+struct HeadView {
+  int bh, b, h, C;
+  int64_t ld;
+  const T* q;
+  const T* d_out;
+  __device__ HeadView(const T* qkv, const T* dout, const FusedArgs& f)
+      : bh(blockIdx.y), b(bh / f.heads), h(bh % f.heads), C(f.heads * D), ld(3 * static_cast<int64_t>(C)) {
+    q = qkv + static_cast<int64_t>(b) * f.seq * ld + h * D;
+    d_out = dout != nullptr ? dout + static_cast<int64_t>(b) * f.seq * C + h * D : nullptr;
+  }
+};
+
+// Row `row` of a [rows x D] accumulator block (acc[nt][2r], acc[nt][2r+1] at columns
+// 8 nt + 2t, + 1) rounded to T into dst[0 .. D).
+template <class T, int kOutTiles>
+__device__ __forceinline__ void store_row(T* dst, const float (&acc)[kOutTiles][4], int r, float scale = 1.0f) {
+  const int t = threadIdx.x & 3;
+#pragma unroll
+  for (int nt = 0; nt < kOutTiles; ++nt)
+    *reinterpret_cast<uint32_t*>(dst + nt * 8 + 2 * t) = pack2<T>(acc[nt][2 * r] * scale, acc[nt][2 * r + 1] * scale);
+}
+
 // ---------------------------------------------------------------- forward
 
 template <class T, int D>
@@ -166,18 +201,15 @@ __global__ void __launch_bounds__(kCtaThreads)
   constexpr int kChunks = D / 16, kOutTiles = D / 8;
   __shared__ __align__(16) T k_tile[kTile * (D + kPad)];
   __shared__ __align__(16) T v_t[D * (kTile + kPad)];
-  const int bh = blockIdx.y, b = bh / f.heads, h = bh % f.heads;
-  const int C = f.heads * D;
-  const int64_t ld = 3 * static_cast<int64_t>(C);
-  const T* q_base = qkv + static_cast<int64_t>(b) * f.seq * ld + h * D;
-  const T* k_base = q_base + C;
-  const T* v_base = q_base + 2 * C;
+  const HeadView<T, D> x(qkv, nullptr, f);
+  const int bh = x.bh, b = x.b, C = x.C;
+  const int64_t ld = x.ld;
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3, warp = threadIdx.x >> 5;
   const int row0 = blockIdx.x * kTile + warp * 16;
   const int rows[2] = {row0 + g, row0 + g + 8};
 
   uint32_t qf[kChunks][4];
-  load_a_global<T, kChunks>(qf, q_base, ld, row0, f.seq);
+  load_a_global<T, kChunks>(qf, x.q, ld, row0, f.seq);
   float o[kOutTiles][4] = {};
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
 
@@ -185,8 +217,8 @@ __global__ void __launch_bounds__(kCtaThreads)
   const int last = f.causal ? min(key_blocks, static_cast<int>(blockIdx.x) + 1) : key_blocks;
   for (int kb = 0; kb < last; ++kb) {
     __syncthreads();  // the previous tiles are consumed
-    load_tile<T, D>(k_tile, nullptr, k_base, ld, kb * kTile, f.seq);
-    load_tile<T, D>(nullptr, v_t, v_base, ld, kb * kTile, f.seq);
+    load_tile<T, D>(k_tile, nullptr, x.q + C, ld, kb * kTile, f.seq);
+    load_tile<T, D>(nullptr, v_t, x.q + 2 * C, ld, kb * kTile, f.seq);
     __syncthreads();
 
     float s[8][4] = {};
@@ -233,9 +265,8 @@ __global__ void __launch_bounds__(kCtaThreads)
     }
 #pragma unroll
     for (int kc = 0; kc < kTile / 16; ++kc) {
-      const uint32_t pa[4] = {pack2<T>(s[2 * kc][0], s[2 * kc][1]), pack2<T>(s[2 * kc][2], s[2 * kc][3]),
-                              pack2<T>(s[2 * kc + 1][0], s[2 * kc + 1][1]),
-                              pack2<T>(s[2 * kc + 1][2], s[2 * kc + 1][3])};
+      uint32_t pa[4];
+      a_from_c<T>(pa, s, kc);
 #pragma unroll
       for (int nt = 0; nt < kOutTiles; ++nt) mma_bt<T, kTile + kPad>(o[nt], pa, v_t, nt, kc);
     }
@@ -245,10 +276,7 @@ __global__ void __launch_bounds__(kCtaThreads)
   for (int r = 0; r < 2; ++r) {
     if (rows[r] >= f.seq) continue;
     const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;  // no key shown: output 0
-    T* dst = out + (static_cast<int64_t>(b) * f.seq + rows[r]) * C + h * D;
-#pragma unroll
-    for (int nt = 0; nt < kOutTiles; ++nt)
-      *reinterpret_cast<uint32_t*>(dst + nt * 8 + 2 * t) = pack2<T>(o[nt][2 * r] * inv, o[nt][2 * r + 1] * inv);
+    store_row<T, kOutTiles>(out + (static_cast<int64_t>(b) * f.seq + rows[r]) * C + x.h * D, o, r, inv);
     if (t == 0) lse[static_cast<int64_t>(bh) * f.seq + rows[r]] = l[r] > 0.0f ? m[r] + logf(l[r]) : -INFINITY;
   }
 }
@@ -289,24 +317,22 @@ __global__ void __launch_bounds__(kCtaThreads)
   T* do_t = q_t + D * kCol;
   __shared__ float lse_s[kTile], delta_s[kTile];
 
-  const int bh = blockIdx.y, b = bh / f.heads, h = bh % f.heads;
-  const int C = f.heads * D;
-  const int64_t ld = 3 * static_cast<int64_t>(C);
-  const T* q_base = qkv + static_cast<int64_t>(b) * f.seq * ld + h * D;
-  const T* do_base = d_out + static_cast<int64_t>(b) * f.seq * C + h * D;
+  const HeadView<T, D> x(qkv, d_out, f);
+  const int bh = x.bh, b = x.b, C = x.C;
+  const int64_t ld = x.ld;
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3, warp = threadIdx.x >> 5;
   const int key0 = blockIdx.x * kTile;
   const int keys[2] = {key0 + warp * 16 + g, key0 + warp * 16 + g + 8};
 
-  load_tile<T, D>(k_tile, nullptr, q_base + C, ld, key0, f.seq);
-  load_tile<T, D>(v_tile, nullptr, q_base + 2 * C, ld, key0, f.seq);
+  load_tile<T, D>(k_tile, nullptr, x.q + C, ld, key0, f.seq);
+  load_tile<T, D>(v_tile, nullptr, x.q + 2 * C, ld, key0, f.seq);
   float dk[kOutTiles][4] = {}, dv[kOutTiles][4] = {};
 
   const int query_blocks = (f.seq + kTile - 1) / kTile;
   for (int qb = f.causal ? static_cast<int>(blockIdx.x) : 0; qb < query_blocks; ++qb) {
     __syncthreads();
-    load_tile<T, D>(q_tile, q_t, q_base, ld, qb * kTile, f.seq);
-    load_tile<T, D>(do_tile, do_t, do_base, C, qb * kTile, f.seq);
+    load_tile<T, D>(q_tile, q_t, x.q, ld, qb * kTile, f.seq);
+    load_tile<T, D>(do_tile, do_t, x.d_out, C, qb * kTile, f.seq);
     for (int r = threadIdx.x; r < kTile; r += kCtaThreads) {
       const int i = qb * kTile + r;
       lse_s[r] = i < f.seq ? lse[static_cast<int64_t>(bh) * f.seq + i] : 0.0f;
@@ -341,12 +367,9 @@ __global__ void __launch_bounds__(kCtaThreads)
     // dV += P'^T dO, dK += dS^T Q: the 64 queries are the reduction dimension.
 #pragma unroll
     for (int kc = 0; kc < kTile / 16; ++kc) {
-      const uint32_t pa[4] = {pack2<T>(st[2 * kc][0], st[2 * kc][1]), pack2<T>(st[2 * kc][2], st[2 * kc][3]),
-                              pack2<T>(st[2 * kc + 1][0], st[2 * kc + 1][1]),
-                              pack2<T>(st[2 * kc + 1][2], st[2 * kc + 1][3])};
-      const uint32_t sa[4] = {pack2<T>(dpt[2 * kc][0], dpt[2 * kc][1]), pack2<T>(dpt[2 * kc][2], dpt[2 * kc][3]),
-                              pack2<T>(dpt[2 * kc + 1][0], dpt[2 * kc + 1][1]),
-                              pack2<T>(dpt[2 * kc + 1][2], dpt[2 * kc + 1][3])};
+      uint32_t pa[4], sa[4];
+      a_from_c<T>(pa, st, kc);
+      a_from_c<T>(sa, dpt, kc);
 #pragma unroll
       for (int nt = 0; nt < kOutTiles; ++nt) {
         mma_bt<T, kCol>(dv[nt], pa, do_t, nt, kc);
@@ -358,12 +381,9 @@ __global__ void __launch_bounds__(kCtaThreads)
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     if (keys[r] >= f.seq) continue;
-    T* dst = d_qkv + (static_cast<int64_t>(b) * f.seq + keys[r]) * ld + h * D;
-#pragma unroll
-    for (int nt = 0; nt < kOutTiles; ++nt) {
-      *reinterpret_cast<uint32_t*>(dst + C + nt * 8 + 2 * t) = pack2<T>(dk[nt][2 * r], dk[nt][2 * r + 1]);
-      *reinterpret_cast<uint32_t*>(dst + 2 * C + nt * 8 + 2 * t) = pack2<T>(dv[nt][2 * r], dv[nt][2 * r + 1]);
-    }
+    T* dst = d_qkv + (static_cast<int64_t>(b) * f.seq + keys[r]) * ld + x.h * D;
+    store_row<T, kOutTiles>(dst + C, dk, r);
+    store_row<T, kOutTiles>(dst + 2 * C, dv, r);
   }
 }
 
@@ -383,18 +403,16 @@ __global__ void __launch_bounds__(kCtaThreads)
   T* v_tile = k_tile + kTile * kRow;
   T* k_t = v_tile + kTile * kRow;
 
-  const int bh = blockIdx.y, b = bh / f.heads, h = bh % f.heads;
-  const int C = f.heads * D;
-  const int64_t ld = 3 * static_cast<int64_t>(C);
-  const T* q_base = qkv + static_cast<int64_t>(b) * f.seq * ld + h * D;
-  const T* do_base = d_out + static_cast<int64_t>(b) * f.seq * C + h * D;
+  const HeadView<T, D> x(qkv, d_out, f);
+  const int bh = x.bh, b = x.b, C = x.C;
+  const int64_t ld = x.ld;
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3, warp = threadIdx.x >> 5;
   const int row0 = blockIdx.x * kTile + warp * 16;
   const int rows[2] = {row0 + g, row0 + g + 8};
 
   uint32_t qf[kChunks][4], df[kChunks][4];
-  load_a_global<T, kChunks>(qf, q_base, ld, row0, f.seq);
-  load_a_global<T, kChunks>(df, do_base, C, row0, f.seq);
+  load_a_global<T, kChunks>(qf, x.q, ld, row0, f.seq);
+  load_a_global<T, kChunks>(df, x.d_out, C, row0, f.seq);
   float row_lse[2], row_delta[2];
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
@@ -408,8 +426,8 @@ __global__ void __launch_bounds__(kCtaThreads)
   const int last = f.causal ? min(key_blocks, static_cast<int>(blockIdx.x) + 1) : key_blocks;
   for (int kb = 0; kb < last; ++kb) {
     __syncthreads();
-    load_tile<T, D>(k_tile, k_t, q_base + C, ld, kb * kTile, f.seq);
-    load_tile<T, D>(v_tile, nullptr, q_base + 2 * C, ld, kb * kTile, f.seq);
+    load_tile<T, D>(k_tile, k_t, x.q + C, ld, kb * kTile, f.seq);
+    load_tile<T, D>(v_tile, nullptr, x.q + 2 * C, ld, kb * kTile, f.seq);
     __syncthreads();
 
     float s[8][4] = {}, dp[8][4] = {};
@@ -431,9 +449,8 @@ __global__ void __launch_bounds__(kCtaThreads)
       }
 #pragma unroll
     for (int kc = 0; kc < kTile / 16; ++kc) {
-      const uint32_t sa[4] = {pack2<T>(s[2 * kc][0], s[2 * kc][1]), pack2<T>(s[2 * kc][2], s[2 * kc][3]),
-                              pack2<T>(s[2 * kc + 1][0], s[2 * kc + 1][1]),
-                              pack2<T>(s[2 * kc + 1][2], s[2 * kc + 1][3])};
+      uint32_t sa[4];
+      a_from_c<T>(sa, s, kc);
 #pragma unroll
       for (int nt = 0; nt < kOutTiles; ++nt) mma_bt<T, kCol>(dq[nt], sa, k_t, nt, kc);
     }
@@ -442,10 +459,7 @@ __global__ void __launch_bounds__(kCtaThreads)
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     if (rows[r] >= f.seq) continue;
-    T* dst = d_qkv + (static_cast<int64_t>(b) * f.seq + rows[r]) * ld + h * D;
-#pragma unroll
-    for (int nt = 0; nt < kOutTiles; ++nt)
-      *reinterpret_cast<uint32_t*>(dst + nt * 8 + 2 * t) = pack2<T>(dq[nt][2 * r], dq[nt][2 * r + 1]);
+    store_row<T, kOutTiles>(d_qkv + (static_cast<int64_t>(b) * f.seq + rows[r]) * ld + x.h * D, dq, r);
   }
 }
 

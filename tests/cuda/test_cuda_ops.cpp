@@ -418,6 +418,37 @@ struct AttnCase {
   float drop_prob;
 };
 
+// The largest |q . k| / sqrt(D) over every (batch, head, query, key) of qkv[B,T,3C].
+double largest_score(const Vec& qkv, int64_t B, int64_t S, int64_t H, int64_t D) {
+  const int64_t C = H * D;
+  double smax = 0;
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t i = 0; i < S; ++i)
+        for (int64_t j = 0; j < S; ++j) {
+          double s = 0;
+          for (int64_t d = 0; d < D; ++d)
+            s += qkv[((b * S + i) * 3 + 0) * C + h * D + d] * qkv[((b * S + j) * 3 + 1) * C + h * D + d];
+          smax = std::max(smax, std::abs(s) / std::sqrt(double(D)));
+        }
+  return smax;
+}
+
+// d_qkv judged per part (q, k, v columns) against that part's largest gradient: fp32 as
+// tests/numerics; in half precision dP' = dO V^T, dS and P' enter products rounded to the
+// dtype (a few u each, on products of T terms that cancel: sqrt(T) of headroom).
+void expect_qkv_gradient_close(const Vec& got, const Vec& want, DType t, int64_t C, int64_t S, double growth,
+                               double keep_scale) {
+  const char* parts[3] = {"d_q", "d_k", "d_v"};
+  for (int part = 0; part < 3; ++part) {
+    Vec g, r;
+    for (size_t e = 0; e < want.size(); ++e)
+      if ((static_cast<int64_t>(e) % (3 * C)) / C == part) g.push_back(got[e]), r.push_back(want[e]);
+    const double roundings = (part == 2 ? 4 : 8) * std::sqrt(double(S));
+    expect_close(g, r, tol(t, 2 * growth, max_abs(r) * keep_scale, roundings), parts[part]);
+  }
+}
+
 Ints make_key_keep(int64_t batch, int64_t seq) {  // as tests/numerics/test_ops.cpp
   Ints keep(static_cast<size_t>(batch * seq), 1);
   keep[static_cast<size_t>(seq / 2)] = 0;
@@ -441,16 +472,7 @@ TEST_P(CudaAttention, ForwardAndBackwardMatchReference) {
   const double keep_scale = 1 / (1 - double(c.drop_prob));
   // The largest |score| (after the 1/sqrt(D) scale): the absolute error of scores stored in
   // the dtype is u |s|, which exp turns into relative error of the probabilities.
-  double smax = 0;
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t h = 0; h < H; ++h)
-      for (int64_t i = 0; i < S; ++i)
-        for (int64_t j = 0; j < S; ++j) {
-          double s = 0;
-          for (int64_t d = 0; d < D; ++d)
-            s += qkv[((b * S + i) * 3 + 0) * C + h * D + d] * qkv[((b * S + j) * 3 + 1) * C + h * D + d];
-          smax = std::max(smax, std::abs(s) / std::sqrt(double(D)));
-        }
+  const double smax = largest_score(qkv, B, S, H, D);
 
   H64 r_out(Shape{B, S, C}), r_probs(Shape{B, H, S, S}), r_qkv(qkv, {B, S, 3 * C});
   cpu().attention_forward(r_out.t(), r_probs.t(), r_qkv.t(), c.padding ? host_ints(keep) : IntTensor{},
@@ -476,18 +498,7 @@ TEST_P(CudaAttention, ForwardAndBackwardMatchReference) {
   Dev d_dqkv(t, Shape{B, S, 3 * C}), d_scratch(t, Shape{B, H, S, S}), d_w(t, {B, S, C}, w),
       d_p(t, {B, H, S, S}, probs);
   gpu().attention_backward(d_dqkv.t(), d_scratch.t(), d_w.t(), d_qkv.t(), d_p.t(), dims, drop);
-  // Judged per part (q, k, v columns) against that part's largest gradient: fp32 as
-  // tests/numerics; in half precision dP' = dO V^T, dS and P' are stored in the dtype
-  // (a few u each, on products of T terms that cancel: sqrt(T) of headroom).
-  const Vec got = d_dqkv.get(), want = r_dqkv.vec();
-  const char* parts[3] = {"d_q", "d_k", "d_v"};
-  for (int part = 0; part < 3; ++part) {
-    Vec g, r;
-    for (size_t e = 0; e < want.size(); ++e)
-      if ((static_cast<int64_t>(e) % (3 * C)) / C == part) g.push_back(got[e]), r.push_back(want[e]);
-    const double roundings = (part == 2 ? 4 : 8) * std::sqrt(double(S));
-    expect_close(g, r, tol(t, 2 * growth, max_abs(r) * keep_scale, roundings), parts[part]);
-  }
+  expect_qkv_gradient_close(d_dqkv.get(), r_dqkv.vec(), t, C, S, growth, keep_scale);
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -531,16 +542,7 @@ TEST_P(CudaFusedAttention, ForwardAndBackwardMatchReference) {
   const Vec qkv = rounded(t, random_vec(rng, B * S * 3 * C, -1.5, 1.5));
   Ints keep = c.padding ? make_key_keep(B, S) : Ints{};
   const double keep_scale = 1 / (1 - double(c.drop_prob));
-  double smax = 0;  // the largest |score|, as in CudaAttention
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t h = 0; h < H; ++h)
-      for (int64_t i = 0; i < S; ++i)
-        for (int64_t j = 0; j < S; ++j) {
-          double s = 0;
-          for (int64_t d = 0; d < D; ++d)
-            s += qkv[((b * S + i) * 3 + 0) * C + h * D + d] * qkv[((b * S + j) * 3 + 1) * C + h * D + d];
-          smax = std::max(smax, std::abs(s) / std::sqrt(double(D)));
-        }
+  const double smax = largest_score(qkv, B, S, H, D);
 
   H64 r_out(Shape{B, S, C}), r_lse(Shape{B, H, S}), r_qkv(qkv, {B, S, 3 * C});
   cpu().attention_forward_fused(r_out.t(), r_lse.t(), r_qkv.t(), c.padding ? host_ints(keep) : IntTensor{}, dims,
@@ -574,17 +576,8 @@ TEST_P(CudaFusedAttention, ForwardAndBackwardMatchReference) {
   Dev d_dqkv(t, Shape{B, S, 3 * C}), d_w(t, {B, S, C}, w), d_o(t, {B, S, C}, out), d_l(DType::f32, {B, H, S}, lse);
   gpu().attention_backward_fused(d_dqkv.t(), d_w.t(), d_qkv.t(), d_o.t(), d_l.t(), d_keep ? d_keep->t() : IntTensor{},
                                  dims, drop);
-  // As CudaAttention: dS and P' enter products rounded to the dtype, and delta = dO . O uses
-  // the rounded O (a few u on products of T terms that cancel: sqrt(T) of headroom).
-  const Vec got = d_dqkv.get(), want = r_dqkv.vec();
-  const char* parts[3] = {"d_q", "d_k", "d_v"};
-  for (int part = 0; part < 3; ++part) {
-    Vec g, r;
-    for (size_t e = 0; e < want.size(); ++e)
-      if ((static_cast<int64_t>(e) % (3 * C)) / C == part) g.push_back(got[e]), r.push_back(want[e]);
-    const double roundings = (part == 2 ? 4 : 8) * std::sqrt(double(S));
-    expect_close(g, r, tol(t, 2 * growth, max_abs(r) * keep_scale, roundings), parts[part]);
-  }
+  // As CudaAttention; delta = dO . O also uses the rounded O.
+  expect_qkv_gradient_close(d_dqkv.get(), r_dqkv.vec(), t, C, S, growth, keep_scale);
 }
 
 INSTANTIATE_TEST_SUITE_P(
