@@ -70,8 +70,6 @@ __global__ void adamw_vec_kernel(float* param, const float* grad, float* m, floa
   }
 }
 
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
-
 }  // namespace
 
 void launch_adamw(float* param, const float* grad, float* m, float* v, int64_t n,

@@ -89,6 +89,8 @@ __device__ inline float block_max(float v, float* scratch) {
   return total;
 }
 
+inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
 // Threads for a kernel that gives one block to a row of `cols` elements.
 inline int row_threads(int64_t cols) {
   if (cols >= 1024) return 256;

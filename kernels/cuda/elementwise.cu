@@ -1,12 +1,13 @@
 // Element-wise kernels: cast, add, scale, GELU (erf and tanh forms, the CPU backend's
 // formulas evaluated in fp32), dropout (the CPU backend's counter-based mask), and the
-// row broadcast used for a bias. Grid-stride loops over 64-bit indices; `add` on a single
-// dtype moves 16 bytes per load when every pointer is 16-byte aligned.
+// row broadcast used for a bias. Grid-stride loops over 64-bit indices; the maps move 16
+// bytes per access when every pointer is 16-byte aligned (vector_map.cuh).
 #include <cmath>
 
 #include "kernels/counter_hash.h"
 #include "kernels/cuda/device_common.cuh"
 #include "kernels/cuda/launch.h"
+#include "kernels/cuda/vector_map.cuh"
 
 namespace mics::cuda {
 namespace {
@@ -18,71 +19,45 @@ constexpr float kSqrt2OverPi = static_cast<float>(0.79788456080286535588);  // s
 constexpr float kTanhC = static_cast<float>(0.044715);
 constexpr float kTanhC3 = static_cast<float>(3 * 0.044715);
 
-template <class O, class I>
-__global__ void cast_kernel(O* out, const I* in, int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
-       i += int64_t(gridDim.x) * blockDim.x)
-    out[i] = from_f<O>(to_f(in[i]));
-}
+// The element functions below run under vector_map.cuh's maps (16-byte accesses when
+// every pointer is 16-byte aligned).
+template <class O>
+struct CastOp {
+  template <class I>
+  __device__ O operator()(int64_t, I x) const { return from_f<O>(to_f(x)); }
+};
 
-template <class O, class A, class B>
-__global__ void add_kernel(O* out, const A* a, const B* b, int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
-       i += int64_t(gridDim.x) * blockDim.x)
-    out[i] = from_f<O>(to_f(a[i]) + to_f(b[i]));
-}
-
-// Same as add_kernel for one dtype, 16 bytes (16 / sizeof(T) elements) per access; the
-// caller checked 16-byte alignment of every pointer. The tail is done element-wise.
-template <class T>
-__global__ void add_vec_kernel(T* out, const T* a, const T* b, int64_t n) {
-  constexpr int kPer = 16 / sizeof(T);
-  const int64_t vectors = n / kPer;
-  for (int64_t v = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; v < vectors;
-       v += int64_t(gridDim.x) * blockDim.x) {
-    uint4 ua = reinterpret_cast<const uint4*>(a)[v];
-    const uint4 ub = reinterpret_cast<const uint4*>(b)[v];
-    T* ea = reinterpret_cast<T*>(&ua);
-    const T* eb = reinterpret_cast<const T*>(&ub);
-#pragma unroll
-    for (int k = 0; k < kPer; ++k) ea[k] = from_f<T>(to_f(ea[k]) + to_f(eb[k]));
-    reinterpret_cast<uint4*>(out)[v] = ua;
-  }
-  const int64_t tail = vectors * kPer + blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (tail < n) out[tail] = from_f<T>(to_f(a[tail]) + to_f(b[tail]));
-}
+template <class O>
+struct AddOp {
+  template <class A, class B>
+  __device__ O operator()(int64_t, A a, B b) const { return from_f<O>(to_f(a) + to_f(b)); }
+};
 
 // x *= alpha in double, one rounding to T: the CPU's static_cast<T>(x * alpha).
 template <class T>
-__global__ void scale_kernel(T* x, int64_t n, double alpha) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
-       i += int64_t(gridDim.x) * blockDim.x)
-    x[i] = from_d<T>(static_cast<double>(to_f(x[i])) * alpha);
-}
+struct ScaleOp {
+  double alpha;
+  __device__ T operator()(int64_t, T x) const { return from_d<T>(static_cast<double>(to_f(x)) * alpha); }
+};
 
 template <class T>
-__global__ void gelu_forward_kernel(T* out, const T* in, int64_t n, bool tanh_form) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
-       i += int64_t(gridDim.x) * blockDim.x) {
-    const float x = to_f(in[i]);
-    float y;
-    if (!tanh_form) {
-      y = 0.5f * x * (1.0f + erff(x * kInvSqrt2));
-    } else {
-      // 0.5 (1 + tanh(u)) = sigmoid(2u), as the CPU writes it.
-      const float u = kSqrt2OverPi * (x + kTanhC * x * x * x);
-      y = x / (1.0f + expf(-2.0f * u));
-    }
-    out[i] = from_f<T>(y);
+struct GeluForwardOp {
+  bool tanh_form;
+  __device__ T operator()(int64_t, T in) const {
+    const float x = to_f(in);
+    if (!tanh_form) return from_f<T>(0.5f * x * (1.0f + erff(x * kInvSqrt2)));
+    // 0.5 (1 + tanh(u)) = sigmoid(2u), as the CPU writes it.
+    const float u = kSqrt2OverPi * (x + kTanhC * x * x * x);
+    return from_f<T>(x / (1.0f + expf(-2.0f * u)));
   }
-}
+};
 
+// d_in = d_out * gelu'(in).
 template <class T>
-__global__ void gelu_backward_kernel(T* d_in, const T* d_out, const T* in, int64_t n,
-                                     bool tanh_form) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
-       i += int64_t(gridDim.x) * blockDim.x) {
-    const float x = to_f(in[i]);
+struct GeluBackwardOp {
+  bool tanh_form;
+  __device__ T operator()(int64_t, T d_out, T in) const {
+    const float x = to_f(in);
     float d;
     if (!tanh_form) {
       const float cdf = 0.5f * (1.0f + erff(x * kInvSqrt2));
@@ -95,18 +70,20 @@ __global__ void gelu_backward_kernel(T* d_in, const T* d_out, const T* in, int64
       const float du = kSqrt2OverPi * (1.0f + kTanhC3 * x * x);
       d = s + 2.0f * x * s * (1.0f - s) * du;
     }
-    d_in[i] = from_f<T>(to_f(d_out[i]) * d);  // d_in may alias d_out: same index
+    return from_f<T>(to_f(d_out) * d);
   }
-}
+};
 
+// The CPU backend's counter-based mask: element i is kept by its flat index alone.
 template <class T>
-__global__ void dropout_kernel(T* out, const T* in, int64_t n, float prob, float keep_scale,
-                               uint64_t seed) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
-       i += int64_t(gridDim.x) * blockDim.x)
-    out[i] = dropout_keep(seed, static_cast<uint64_t>(i), prob) ? from_f<T>(to_f(in[i]) * keep_scale)
+struct DropoutOp {
+  float prob, keep_scale;
+  uint64_t seed;
+  __device__ T operator()(int64_t i, T in) const {
+    return dropout_keep(seed, static_cast<uint64_t>(i), prob) ? from_f<T>(to_f(in) * keep_scale)
                                                                 : from_f<T>(0.0f);
-}
+  }
+};
 
 template <class T>
 __global__ void broadcast_rows_kernel(T* out, const T* bias, int64_t rows, int64_t cols) {
@@ -116,8 +93,6 @@ __global__ void broadcast_rows_kernel(T* out, const T* bias, int64_t rows, int64
     out[i] = bias[i % cols];
 }
 
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
-
 }  // namespace
 
 void launch_cast(DType out_t, void* out, DType in_t, const void* in, int64_t n, cudaStream_t s) {
@@ -126,9 +101,7 @@ void launch_cast(DType out_t, void* out, DType in_t, const void* in, int64_t n, 
     using O = decltype(o);
     dispatch("cast", in_t, [&](auto i) {
       using I = decltype(i);
-      cast_kernel<O, I><<<grid_for(n), kThreads, 0, s>>>(static_cast<O*>(out),
-                                                          static_cast<const I*>(in), n);
-      MICS_CUDA_CHECK_LAUNCH();
+      launch_unary_map(static_cast<O*>(out), static_cast<const I*>(in), n, CastOp<O>{}, s);
     });
   });
 }
@@ -136,25 +109,14 @@ void launch_cast(DType out_t, void* out, DType in_t, const void* in, int64_t n, 
 void launch_add(DType out_t, void* out, DType a_t, const void* a, DType b_t, const void* b,
                 int64_t n, cudaStream_t s) {
   if (n <= 0) return;
-  if (out_t == a_t && out_t == b_t && aligned16(out) && aligned16(a) && aligned16(b)) {
-    dispatch("add", out_t, [&](auto t) {
-      using T = decltype(t);
-      const int64_t vectors = n / (16 / int64_t(sizeof(T)));
-      add_vec_kernel<T><<<grid_for(vectors > 0 ? vectors : 1), kThreads, 0, s>>>(
-          static_cast<T*>(out), static_cast<const T*>(a), static_cast<const T*>(b), n);
-      MICS_CUDA_CHECK_LAUNCH();
-    });
-    return;
-  }
   dispatch("add", out_t, [&](auto o) {
     using O = decltype(o);
     dispatch("add", a_t, [&](auto x) {
       using A = decltype(x);
       dispatch("add", b_t, [&](auto y) {
         using B = decltype(y);
-        add_kernel<O, A, B><<<grid_for(n), kThreads, 0, s>>>(
-            static_cast<O*>(out), static_cast<const A*>(a), static_cast<const B*>(b), n);
-        MICS_CUDA_CHECK_LAUNCH();
+        launch_binary_map(static_cast<O*>(out), static_cast<const A*>(a), static_cast<const B*>(b), n,
+                          AddOp<O>{}, s);
       });
     });
   });
@@ -164,8 +126,7 @@ void launch_scale(DType t, void* x, int64_t n, double alpha, cudaStream_t s) {
   if (n <= 0) return;
   dispatch("scale", t, [&](auto v) {
     using T = decltype(v);
-    scale_kernel<T><<<grid_for(n), kThreads, 0, s>>>(static_cast<T*>(x), n, alpha);
-    MICS_CUDA_CHECK_LAUNCH();
+    launch_unary_map(static_cast<T*>(x), static_cast<const T*>(x), n, ScaleOp<T>{alpha}, s);
   });
 }
 
@@ -174,9 +135,8 @@ void launch_gelu_forward(DType t, void* out, const void* in, int64_t n, GeluKind
   if (n <= 0) return;
   dispatch("gelu_forward", t, [&](auto v) {
     using T = decltype(v);
-    gelu_forward_kernel<T><<<grid_for(n), kThreads, 0, s>>>(
-        static_cast<T*>(out), static_cast<const T*>(in), n, kind == GeluKind::tanh);
-    MICS_CUDA_CHECK_LAUNCH();
+    launch_unary_map(static_cast<T*>(out), static_cast<const T*>(in), n,
+                     GeluForwardOp<T>{kind == GeluKind::tanh}, s);
   });
 }
 
@@ -185,10 +145,8 @@ void launch_gelu_backward(DType t, void* d_in, const void* d_out, const void* in
   if (n <= 0) return;
   dispatch("gelu_backward", t, [&](auto v) {
     using T = decltype(v);
-    gelu_backward_kernel<T><<<grid_for(n), kThreads, 0, s>>>(
-        static_cast<T*>(d_in), static_cast<const T*>(d_out), static_cast<const T*>(in), n,
-        kind == GeluKind::tanh);
-    MICS_CUDA_CHECK_LAUNCH();
+    launch_binary_map(static_cast<T*>(d_in), static_cast<const T*>(d_out), static_cast<const T*>(in), n,
+                      GeluBackwardOp<T>{kind == GeluKind::tanh}, s);
   });
 }
 
@@ -198,9 +156,7 @@ void launch_dropout(DType t, void* out, const void* in, int64_t n, float prob, u
   const float keep_scale = 1.0f / (1.0f - prob);  // as the CPU's T(1) / (T(1) - T(p)), T = float
   dispatch("dropout", t, [&](auto v) {
     using T = decltype(v);
-    dropout_kernel<T><<<grid_for(n), kThreads, 0, s>>>(
-        static_cast<T*>(out), static_cast<const T*>(in), n, prob, keep_scale, seed);
-    MICS_CUDA_CHECK_LAUNCH();
+    launch_unary_map(static_cast<T*>(out), static_cast<const T*>(in), n, DropoutOp<T>{prob, keep_scale, seed}, s);
   });
 }
 

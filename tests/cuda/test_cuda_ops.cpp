@@ -951,6 +951,54 @@ TEST_P(CudaElementwise, SumSumSquaresCountNonfinite) {
   EXPECT_EQ(gpu().count_nonfinite(dy.t().slice(0, {0})), 0);
 }
 
+// The element-wise maps take 16-byte accesses on aligned views and single elements on
+// others (kernels/cuda/vector_map.cuh); both must give the same bits, tail included.
+TEST_P(CudaElementwise, AlignedAndUnalignedViewsGiveTheSameBits) {
+  MICS_REQUIRE_CUDA();
+  const DType t = GetParam();
+  const int64_t n = 8 * 129 + 5;  // whole packs of 8 and a tail
+  std::mt19937_64 rng(115);
+  const Vec x = rounded(t, random_vec(rng, n, -4, 4)), y = rounded(t, random_vec(rng, n, -4, 4));
+  // Runs `op` on views at element offset 0 (aligned) and 1 (not), returns both results.
+  auto both = [&](DType out_t, auto op) {
+    std::vector<Vec> r;
+    for (int64_t offset : {0, 1}) {
+      auto padded = [&](const Vec& v) {
+        Vec p(static_cast<size_t>(offset), 0.0);
+        p.insert(p.end(), v.begin(), v.end());
+        return p;
+      };
+      Dev dx(t, {n + offset}, padded(x)), dy(t, {n + offset}, padded(y)), out(out_t, Shape{n + offset});
+      op(out.t().slice(offset, {n}), dx.t().slice(offset, {n}), dy.t().slice(offset, {n}));
+      const Vec got = out.get();
+      r.emplace_back(got.begin() + offset, got.end());
+    }
+    return r;
+  };
+  auto check = [&](const char* what, DType out_t, auto op) {
+    const std::vector<Vec> r = both(out_t, op);
+    expect_identical(r[1], r[0], std::string(what) + ": unaligned vs aligned");
+  };
+  for (GeluKind kind : {GeluKind::erf, GeluKind::tanh}) {
+    check("gelu forward", t, [&](Tensor o, Tensor a, Tensor) { gpu().gelu_forward(o, a, kind); });
+    check("gelu backward", t, [&](Tensor o, Tensor a, Tensor b) { gpu().gelu_backward(o, a, b, kind); });
+  }
+  check("dropout", t, [&](Tensor o, Tensor a, Tensor) { gpu().dropout_forward(o, a, DropoutSpec{0.3f, 77}); });
+  check("add", t, [&](Tensor o, Tensor a, Tensor b) { gpu().add(o, a, b); });
+  check("scale", t, [&](Tensor o, Tensor a, Tensor) {
+    gpu().cast(o, a);
+    gpu().scale(o, 0.7);
+  });
+  for (DType to : {DType::f32, DType::bf16, DType::f16}) {
+    check("cast", to, [&](Tensor o, Tensor a, Tensor) { gpu().cast(o, a); });
+    check("mixed add", to, [&](Tensor o, Tensor a, Tensor b) {
+      gpu().fill_zero(o);
+      gpu().add(o, o, a);
+      gpu().add(o, o, b);
+    });
+  }
+}
+
 TEST(CudaCast, ConvertsBetweenEveryPairExactly) {
   MICS_REQUIRE_CUDA();
   const int64_t n = 517;
