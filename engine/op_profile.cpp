@@ -104,9 +104,23 @@ class ProfilingBackend final : public Backend {
   void gelu_backward(Tensor d_in, Tensor d_out, Tensor in, GeluKind kind) override {
     timed("gelu_backward", 0, [&] { inner_->gelu_backward(d_in, d_out, in, kind); });
   }
+  void linear_gelu_forward(Tensor act, Tensor pre, Tensor in, Tensor weight, Tensor bias, GeluKind kind) override {
+    timed("linear_gelu_forward", linear_forward_flops(in, weight),
+          [&] { inner_->linear_gelu_forward(act, pre, in, weight, bias, kind); });
+  }
+  void linear_gelu_backward(Tensor d_pre, Tensor d_weight, Tensor d_bias, Tensor d_out, Tensor act, Tensor pre,
+                            Tensor weight, GeluKind kind) override {
+    timed("linear_gelu_backward", linear_backward_flops(d_pre, d_out, act),
+          [&] { inner_->linear_gelu_backward(d_pre, d_weight, d_bias, d_out, act, pre, weight, kind); });
+  }
   void layernorm_forward(Tensor out, Tensor mean, Tensor rstd, Tensor in, Tensor gamma, Tensor beta,
                          float eps) override {
     timed("layernorm_forward", 0, [&] { inner_->layernorm_forward(out, mean, rstd, in, gamma, beta, eps); });
+  }
+  void add_layernorm_forward(Tensor sum, Tensor out, Tensor mean, Tensor rstd, Tensor a, Tensor b, Tensor gamma,
+                             Tensor beta, float eps) override {
+    timed("add_layernorm_forward", 0,
+          [&] { inner_->add_layernorm_forward(sum, out, mean, rstd, a, b, gamma, beta, eps); });
   }
   void layernorm_backward(Tensor d_in, Tensor d_gamma, Tensor d_beta, Tensor d_out, Tensor in, Tensor gamma,
                           Tensor mean, Tensor rstd, Accumulate acc) override {

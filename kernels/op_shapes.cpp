@@ -49,6 +49,14 @@ RowDims layernorm_forward_dims(const Tensor& out, const Tensor& mean, const Tens
   return {m, c};
 }
 
+RowDims add_layernorm_forward_dims(const Tensor& sum, const Tensor& out, const Tensor& mean, const Tensor& rstd,
+                                   const Tensor& a, const Tensor& b, const Tensor& gamma, const Tensor& beta) {
+  const RowDims d = layernorm_forward_dims(out, mean, rstd, sum, gamma, beta);
+  expect_shape("add_layernorm_forward", "a", a, {d.rows, d.cols});
+  expect_shape("add_layernorm_forward", "b", b, {d.rows, d.cols});
+  return d;
+}
+
 RowDims layernorm_backward_dims(const Tensor& d_in, const Tensor& d_gamma, const Tensor& d_beta, const Tensor& d_out,
                                 const Tensor& in, const Tensor& gamma, const Tensor& mean, const Tensor& rstd) {
   const char* op = "layernorm_backward";

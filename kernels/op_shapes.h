@@ -25,6 +25,9 @@ struct RowDims {
 RowDims layernorm_forward_dims(const Tensor& out, const Tensor& mean, const Tensor& rstd, const Tensor& in,
                                const Tensor& gamma, const Tensor& beta);
 // d_in, d_out, in [rows, cols]; d_gamma, d_beta, gamma [cols]; mean, rstd [rows].
+// layernorm_forward_dims with in = sum, and a, b of sum's shape.
+RowDims add_layernorm_forward_dims(const Tensor& sum, const Tensor& out, const Tensor& mean, const Tensor& rstd,
+                                   const Tensor& a, const Tensor& b, const Tensor& gamma, const Tensor& beta);
 RowDims layernorm_backward_dims(const Tensor& d_in, const Tensor& d_gamma, const Tensor& d_beta, const Tensor& d_out,
                                 const Tensor& in, const Tensor& gamma, const Tensor& mean, const Tensor& rstd);
 

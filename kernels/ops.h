@@ -88,9 +88,24 @@ class Backend {
   // d_in = gelu'(in) * d_out; d_in may alias d_out.
   virtual void gelu_backward(Tensor d_in, Tensor d_out, Tensor in, GeluKind kind) = 0;
 
+  // A linear layer followed by GELU (the FFN's first layer), one GEMM epilogue where the
+  // backend can: pre[M,N] = linear_forward(in, weight, bias), act[M,N] = gelu(pre).
+  virtual void linear_gelu_forward(Tensor act, Tensor pre, Tensor in, Tensor weight, Tensor bias,
+                                   GeluKind kind) = 0;
+  // The backward of a linear layer whose input was act = gelu(pre), through the GELU:
+  // d_pre[M,K] = (d_out @ weight) * gelu'(pre) (written), d_weight[N,K] += d_out^T @ act,
+  // d_bias[N] += column sums of d_out (skipped when empty).
+  virtual void linear_gelu_backward(Tensor d_pre, Tensor d_weight, Tensor d_bias, Tensor d_out,
+                                    Tensor act, Tensor pre, Tensor weight, GeluKind kind) = 0;
+
   // out[M,C] = (in - mean) * rstd * gamma[C] + beta[C]; saves mean[M], rstd[M].
   virtual void layernorm_forward(Tensor out, Tensor mean, Tensor rstd, Tensor in, Tensor gamma,
                                  Tensor beta, float eps) = 0;
+  // The residual add and the LayerNorm after it, in one pass where the backend can:
+  // sum[M,C] = a + b (rounded to the dtype), then out = layernorm_forward(sum). sum may
+  // alias a or b.
+  virtual void add_layernorm_forward(Tensor sum, Tensor out, Tensor mean, Tensor rstd, Tensor a,
+                                     Tensor b, Tensor gamma, Tensor beta, float eps) = 0;
   // d_in[M,C] (= or +=), d_gamma[C] +=, d_beta[C] +=.
   virtual void layernorm_backward(Tensor d_in, Tensor d_gamma, Tensor d_beta, Tensor d_out,
                                   Tensor in, Tensor gamma, Tensor mean, Tensor rstd,

@@ -105,25 +105,22 @@ void TransformerBlock::forward(const BlockTensors& w, BlockActivations& a, Block
     be_.attention_forward(attn3, a.probs, a.qkv, IntTensor{}, dims_, attn_drop);
   be_.linear_forward(ws.branch, a.attn, w.proj_w, w.proj_b);
   if (out_drop.enabled()) be_.dropout_forward(ws.branch, ws.branch, out_drop);
-  be_.add(a.mid, in, ws.branch);
-
-  Tensor ffn_in = a.mid;
+  // mid = in + branch, and the LayerNorm that reads it, in one pass.
+  Tensor ffn_in;
   if (s_.pre_norm) {
-    be_.layernorm_forward(a.norm2_io, a.mean2, a.rstd2, a.mid, w.norm2_g, w.norm2_b, eps);
+    be_.add_layernorm_forward(a.mid, a.norm2_io, a.mean2, a.rstd2, in, ws.branch, w.norm2_g, w.norm2_b, eps);
     ffn_in = a.norm2_io;
   } else {
-    be_.layernorm_forward(a.norm1, a.mean1, a.rstd1, a.mid, w.norm1_g, w.norm1_b, eps);
+    be_.add_layernorm_forward(a.mid, a.norm1, a.mean1, a.rstd1, in, ws.branch, w.norm1_g, w.norm1_b, eps);
     ffn_in = a.norm1;
   }
-  be_.linear_forward(a.ffn_pre, ffn_in, w.fc_w, w.fc_b);
-  be_.gelu_forward(a.ffn_act, a.ffn_pre, s_.gelu);
+  be_.linear_gelu_forward(a.ffn_act, a.ffn_pre, ffn_in, w.fc_w, w.fc_b, s_.gelu);
   be_.linear_forward(ws.branch, a.ffn_act, w.fc2_w, w.fc2_b);
   if (ffn_drop.enabled()) be_.dropout_forward(ws.branch, ws.branch, ffn_drop);
   if (s_.pre_norm) {
     be_.add(out, a.mid, ws.branch);
   } else {
-    be_.add(a.norm2_io, a.norm1, ws.branch);
-    be_.layernorm_forward(out, a.mean2, a.rstd2, a.norm2_io, w.norm2_g, w.norm2_b, eps);
+    be_.add_layernorm_forward(a.norm2_io, out, a.mean2, a.rstd2, a.norm1, ws.branch, w.norm2_g, w.norm2_b, eps);
   }
 }
 
@@ -146,8 +143,7 @@ void TransformerBlock::backward(const BlockTensors& w, const BlockTensors& g,
   // FFN branch: d_branch -> d(ffn input) written (=) or added (+=) into d_ffn_in.
   auto ffn_backward = [&](Tensor d_branch, Tensor ffn_in, Tensor d_ffn_in, Accumulate acc) {
     const Tensor d_g = undo_dropout(d_branch, ffn_drop);
-    be_.linear_backward(ws.grad_ffn, g.fc2_w, g.fc2_b, d_g, a.ffn_act, w.fc2_w, Accumulate::no);
-    be_.gelu_backward(ws.grad_ffn, ws.grad_ffn, a.ffn_pre, s_.gelu);
+    be_.linear_gelu_backward(ws.grad_ffn, g.fc2_w, g.fc2_b, d_g, a.ffn_act, a.ffn_pre, w.fc2_w, s_.gelu);
     be_.linear_backward(d_ffn_in, g.fc_w, g.fc_b, ws.grad_ffn, ffn_in, w.fc_w, acc);
   };
   // Attention branch: d_branch -> d(attention input) written (=) or added (+=).

@@ -52,6 +52,20 @@ class SimBackend final : public Backend {
   void gelu_forward(Tensor out, Tensor in, GeluKind) override { stream(2, in); }
   void gelu_backward(Tensor d_in, Tensor d_out, Tensor in, GeluKind) override { stream(3, in); }
   void layernorm_forward(Tensor out, Tensor, Tensor, Tensor in, Tensor, Tensor, float) override { stream(2, in); }
+  // Costed as the two ops they replace.
+  void linear_gelu_forward(Tensor act, Tensor pre, Tensor in, Tensor weight, Tensor bias, GeluKind kind) override {
+    linear_forward(pre, in, weight, bias);
+    gelu_forward(act, pre, kind);
+  }
+  void linear_gelu_backward(Tensor d_pre, Tensor d_weight, Tensor d_bias, Tensor d_out, Tensor act, Tensor pre,
+                            Tensor weight, GeluKind kind) override {
+    linear_backward(d_pre, d_weight, d_bias, d_out, act, weight, Accumulate::no);
+    gelu_backward(d_pre, d_pre, pre, kind);
+  }
+  // Reads a and b, writes sum and out.
+  void add_layernorm_forward(Tensor sum, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, float) override {
+    stream(4, sum);
+  }
   void layernorm_backward(Tensor d_in, Tensor, Tensor, Tensor d_out, Tensor in, Tensor, Tensor, Tensor,
                           Accumulate acc) override {
     stream(acc == Accumulate::yes ? 4 : 3, in);

@@ -170,6 +170,26 @@ class CpuBackend final : public Backend {
     });
   }
 
+  // Composed here; the CUDA backend fuses what cuBLASLt's epilogues allow.
+  void linear_gelu_forward(Tensor act, Tensor pre, Tensor in, Tensor weight, Tensor bias,
+                           GeluKind kind) override {
+    linear_forward(pre, in, weight, bias);
+    gelu_forward(act, pre, kind);
+  }
+  void linear_gelu_backward(Tensor d_pre, Tensor d_weight, Tensor d_bias, Tensor d_out, Tensor act,
+                            Tensor pre, Tensor weight, GeluKind kind) override {
+    linear_backward(d_pre, d_weight, d_bias, d_out, act, weight, Accumulate::no);
+    gelu_backward(d_pre, d_pre, pre, kind);
+  }
+
+  // Two passes here; the CUDA backend fuses them.
+  void add_layernorm_forward(Tensor sum, Tensor out, Tensor mean, Tensor rstd, Tensor a, Tensor b,
+                             Tensor gamma, Tensor beta, float eps) override {
+    add_layernorm_forward_dims(sum, out, mean, rstd, a, b, gamma, beta);
+    add(sum, a, b);
+    layernorm_forward(out, mean, rstd, sum, gamma, beta, eps);
+  }
+
   void layernorm_backward(Tensor d_in, Tensor d_gamma, Tensor d_beta, Tensor d_out, Tensor in,
                           Tensor gamma, Tensor mean, Tensor rstd, Accumulate acc) override {
     const char* op = "layernorm_backward";

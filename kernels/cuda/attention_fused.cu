@@ -497,6 +497,14 @@ dim3 fused_grid(const FusedAttentionShape& a) {
 
 }  // namespace
 
+size_t fused_attention_shared_bytes(int64_t head_dim) {
+  // The dK/dV kernel needs the most: its dynamic tiles plus the static lse and delta rows.
+  const size_t statics = 2 * kTile * sizeof(float);
+  if (head_dim == 64) return dkdv_shared_elements<64>() * 2 + statics;
+  if (head_dim == 128) return dkdv_shared_elements<128>() * 2 + statics;
+  return 0;
+}
+
 void launch_attention_forward_fused(DType t, void* out, float* lse, const void* qkv, const FusedAttentionShape& a,
                                     cudaStream_t s) {
   if (a.batch * a.heads * a.seq <= 0) return;

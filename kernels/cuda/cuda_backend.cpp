@@ -345,6 +345,69 @@ class CudaBackend final : public Backend {
                              gamma.data, beta.data, m, c, eps, stream_);
   }
 
+  // cuBLASLt's GELU epilogues compute the tanh form. They run in half precision, where the
+  // output rounding hides how they evaluate it, on widths the GEMMs take unpadded; fp32
+  // keeps the separate kernels, the CPU backend's formulas.
+  bool gelu_epilogue(DType t, GeluKind kind, int64_t width, const void* aux) const {
+    return kind == GeluKind::tanh && t != DType::f32 && padded_width(width, t) == width &&
+           (reinterpret_cast<uintptr_t>(aux) & 15u) == 0;
+  }
+
+  void linear_gelu_forward(Tensor act, Tensor pre, Tensor in, Tensor weight, Tensor bias, GeluKind kind) override {
+    const char* op = "linear_gelu_forward";
+    const auto [m, n, k] = linear_forward_dims(pre, in, weight, bias);
+    expect_shape(op, "act", act, pre.shape);
+    expect_dtypes(op, pre, {&act, &in, &weight, &bias});
+    if (m == 0 || k == 0 || !gelu_epilogue(pre.dtype, kind, n, pre.data)) {
+      linear_forward(pre, in, weight, bias);
+      gelu_forward(act, pre, kind);
+      return;
+    }
+    GemmArgs g;  // act = gelu(in @ weight^T + bias), pre = in @ weight^T + bias
+    g.dtype = pre.dtype;
+    g.m = m, g.n = n, g.k = k;
+    g.a = in.data, g.lda = k;
+    g.b = weight.data, g.ldb = k, g.trans_b = true;
+    g.c = act.data, g.ldc = n;
+    g.bias = bias.empty() ? nullptr : bias.data;
+    g.gelu = GemmArgs::Gelu::gelu_aux, g.aux = pre.data;
+    gemm_->run(g);
+  }
+
+  void linear_gelu_backward(Tensor d_pre, Tensor d_weight, Tensor d_bias, Tensor d_out, Tensor act, Tensor pre,
+                            Tensor weight, GeluKind kind) override {
+    const char* op = "linear_gelu_backward";
+    const auto [m, n, k] = linear_backward_dims(d_pre, d_weight, d_bias, d_out, act, weight);
+    expect_shape(op, "d_pre", d_pre, act.shape);
+    expect_shape(op, "pre", pre, act.shape);
+    expect_dtypes(op, d_out, {&d_pre, &pre, &act, &weight, &d_weight, &d_bias});
+    const DType t = d_out.dtype;
+    if (m == 0 || n == 0 || padded_width(n, t) != n || !gelu_epilogue(t, kind, k, pre.data)) {
+      linear_backward(d_pre, d_weight, d_bias, d_out, act, weight, Accumulate::no);
+      gelu_backward(d_pre, d_pre, pre, kind);
+      return;
+    }
+    GemmArgs g;  // d_pre[m,k] = (d_out[m,n] @ weight[n,k]) * gelu'(pre)
+    g.dtype = t;
+    g.m = m, g.n = k, g.k = n;
+    g.a = d_out.data, g.lda = n;
+    g.b = weight.data, g.ldb = k;
+    g.c = d_pre.data, g.ldc = k;
+    g.gelu = GemmArgs::Gelu::dgelu, g.aux = pre.data;
+    gemm_->run(g);
+    linear_backward(Tensor{}, d_weight, d_bias, d_out, act, weight, Accumulate::no);  // d_weight, d_bias
+  }
+
+  void add_layernorm_forward(Tensor sum, Tensor out, Tensor mean, Tensor rstd, Tensor a, Tensor b,
+                             Tensor gamma, Tensor beta, float eps) override {
+    const char* op = "add_layernorm_forward";
+    const auto [m, c] = add_layernorm_forward_dims(sum, out, mean, rstd, a, b, gamma, beta);
+    expect_dtypes(op, out, {&sum, &a, &b, &gamma, &beta});
+    expect_same_dtype(op, mean, rstd);
+    launch_add_layernorm_forward(out.dtype, mean.dtype, sum.data, out.data, mean.data, rstd.data, a.data,
+                                 b.data, gamma.data, beta.data, m, c, eps, stream_);
+  }
+
   void layernorm_backward(Tensor d_in, Tensor d_gamma, Tensor d_beta, Tensor d_out, Tensor in,
                           Tensor gamma, Tensor mean, Tensor rstd, Accumulate acc) override {
     const char* op = "layernorm_backward";
@@ -494,6 +557,16 @@ class CudaBackend final : public Backend {
     if (major < 8)
       throw ShapeError(std::string(op) + ": the CUDA fused attention needs compute capability 8.0 or newer "
                        "(set 'runtime.attention' to \"materialized\")");
+    int shared_optin = 0;
+    MICS_CUDA_CHECK(cudaDeviceGetAttribute(&shared_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device_));
+    const size_t needed = fused_attention_shared_bytes(d.head_dim);
+    if (needed > static_cast<size_t>(shared_optin))
+      throw ShapeError(std::string(op) + ": the CUDA fused attention at head dimension " + std::to_string(d.head_dim) +
+                       " needs " + std::to_string(needed) + " bytes of shared memory per block, this GPU offers " +
+                       std::to_string(shared_optin) + " (set 'runtime.attention' to \"materialized\")");
+    if (d.batch * d.heads > 65535)  // the grid's y dimension
+      throw ShapeError(std::string(op) + ": the CUDA fused attention takes at most 65535 batch x heads, not " +
+                       std::to_string(d.batch * d.heads) + " (lower train.micro_batch_size)");
   }
 
   static FusedAttentionShape fused_shape(const AttentionDims& d, const IntTensor& key_keep, DropoutSpec dropout) {

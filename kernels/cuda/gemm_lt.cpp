@@ -64,10 +64,11 @@ GemmLt::Plan& GemmLt::plan_for(const GemmArgs& g) {
   const int64_t align_b = alignment(g.b, g.stride_b * es, g.batch);
   const int64_t align_c = alignment(g.c, g.stride_c * es, g.batch);
   const int64_t align_bias = g.bias != nullptr ? alignment(g.bias, 0, 1) : 0;
+  const int64_t align_aux = g.aux != nullptr ? alignment(g.aux, 0, 1) : 0;
   const Key key{static_cast<int64_t>(g.dtype), g.trans_a, g.trans_b, g.m, g.n, g.k, g.lda,
                 g.ldb, g.ldc, g.stride_a, g.stride_b, g.stride_c, g.batch,
                 g.bias != nullptr, g.beta != 0.0f, align_a, align_b, align_c, align_bias,
-                allow_tf32_};
+                allow_tf32_, static_cast<int64_t>(g.gelu), align_aux};
   auto found = plans_.find(key);
   if (found != plans_.end()) return found->second;
 
@@ -85,10 +86,25 @@ GemmLt::Plan& GemmLt::plan_for(const GemmArgs& g) {
                                                      sizeof(op_a)));
     MICS_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_b,
                                                      sizeof(op_b)));
-    if (g.bias != nullptr) {
-      const cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_BIAS;
+    cublasLtEpilogue_t epilogue = g.bias != nullptr ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
+    if (g.gelu == GemmArgs::Gelu::gelu_aux)
+      epilogue = g.bias != nullptr ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX;
+    if (g.gelu == GemmArgs::Gelu::dgelu) epilogue = CUBLASLT_EPILOGUE_DGELU;
+    if (epilogue != CUBLASLT_EPILOGUE_DEFAULT)
       MICS_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE,
                                                        &epilogue, sizeof(epilogue)));
+    if (g.gelu != GemmArgs::Gelu::none) {
+      // aux has C's shape: rows(D) = n in cuBLASLt's column-major view, ld = n.
+      const int64_t ld_aux = g.n;
+      const int32_t aux_type = type;
+      MICS_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER,
+                                                       &g.aux, sizeof(g.aux)));
+      MICS_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD,
+                                                       &ld_aux, sizeof(ld_aux)));
+      MICS_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_DATA_TYPE,
+                                                       &aux_type, sizeof(aux_type)));
+    }
+    if (g.bias != nullptr) {
       const int32_t bias_type = type;
       MICS_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(
           p.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof(bias_type)));
@@ -164,6 +180,10 @@ GemmLt::Plan& GemmLt::plan_for(const GemmArgs& g) {
 void GemmLt::run(const GemmArgs& g) {
   if (g.m <= 0 || g.n <= 0 || g.batch <= 0) return;
   if (g.bias != nullptr && g.batch != 1) throw ShapeError("gemm: a bias needs batch 1");
+  if (g.gelu != GemmArgs::Gelu::none &&
+      (g.batch != 1 || g.ldc != g.n || g.aux == nullptr || g.k <= 0 ||
+       (g.gelu == GemmArgs::Gelu::dgelu && (g.bias != nullptr || g.beta != 0.0f))))
+    throw ShapeError("gemm: a GELU epilogue needs batch 1, k > 0, contiguous C and aux, and (dgelu) no bias or beta");
   if (g.k <= 0) {  // no products: C = beta C (+ bias); only reachable with batch 1
     if (g.batch != 1 || g.ldc != g.n) throw ShapeError("gemm: k = 0 with a batch or a strided C");
     if (g.beta == 0.0f) {
@@ -184,12 +204,26 @@ void GemmLt::run(const GemmArgs& g) {
   Plan& p = plan_for(g);
   if (!p.has_algo) {
     ++fallback_calls_;
-    launch_gemm_fallback(g, stream_);
+    if (g.gelu == GemmArgs::Gelu::gelu_aux) {  // aux = product (+ bias), then C = gelu(aux)
+      GemmArgs product = g;
+      product.gelu = GemmArgs::Gelu::none;
+      product.c = g.aux;
+      launch_gemm_fallback(product, stream_);
+      launch_gelu_forward(g.dtype, g.c, g.aux, g.m * g.n, GeluKind::tanh, stream_);
+    } else {
+      launch_gemm_fallback(g, stream_);
+      if (g.gelu == GemmArgs::Gelu::dgelu)  // C = product * gelu'(aux)
+        launch_gelu_backward(g.dtype, g.c, g.c, g.aux, g.m * g.n, GeluKind::tanh, stream_);
+    }
     return;
   }
-  if (g.bias != nullptr)  // the cached descriptor holds the last call's bias pointer
+  // The cached descriptor holds the last call's pointers.
+  if (g.bias != nullptr)
     MICS_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
                                                      &g.bias, sizeof(g.bias)));
+  if (g.gelu != GemmArgs::Gelu::none)
+    MICS_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER,
+                                                     &g.aux, sizeof(g.aux)));
   MICS_CUBLAS_CHECK(cublasLtMatmul(handle_, p.desc, &g.alpha, g.b, p.a, g.a, p.b, &g.beta, g.c,
                                    p.c, g.c, p.c, &p.algo, workspace_, workspace_bytes_, stream_));
 }

@@ -19,11 +19,12 @@
 // Batched products (attention) use strided batches: element b of the batch is at
 // pointer + b * stride for each matrix.
 //
-// Every distinct (dtype, shape, transposes, leading dimensions, strides, batch, epilogue,
+// Every distinct (dtype, shape, transposes, leading dimensions, strides, batch, epilogues,
 // beta != 0, pointer alignments) gets its descriptor, layouts and the heuristic's best
 // algorithm once; later calls reuse them. When cuBLASLt offers no algorithm (unusual
 // alignments, say), a plain tiled CUDA kernel computes the product instead (fp32
-// accumulation, same semantics) and fallback_calls() counts it.
+// accumulation, same semantics; a GELU epilogue as a separate pass) and fallback_calls()
+// counts it.
 #include <cublasLt.h>
 #include <cuda_runtime_api.h>
 
@@ -48,6 +49,11 @@ struct GemmArgs {
   int64_t batch = 1;
   float alpha = 1.0f, beta = 0.0f;
   const void* bias = nullptr;  // [n], added to every row of C; only with batch == 1
+  // cuBLASLt's GELU epilogues (the tanh form), batch 1, C and aux contiguous (ldc = ld_aux = n):
+  // gelu_aux: aux = product (+ bias), C = gelu(aux); dgelu: C = product * gelu'(aux), no bias.
+  enum class Gelu : uint8_t { none, gelu_aux, dgelu };
+  Gelu gelu = Gelu::none;
+  void* aux = nullptr;  // [m, n]
 };
 
 // The fallback kernel (gemm_fallback.cu): same contract as GemmLt::run.
@@ -73,7 +79,7 @@ class GemmLt {
     cublasLtMatmulAlgo_t algo{};
     bool has_algo = false;  // false: use the fallback kernel
   };
-  using Key = std::array<int64_t, 20>;
+  using Key = std::array<int64_t, 22>;
   Plan& plan_for(const GemmArgs& g);
   static void destroy(Plan& p) noexcept;
 

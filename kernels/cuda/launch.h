@@ -68,6 +68,10 @@ void launch_column_sums_add(DType t, void* sums, const void* x, int64_t rows, in
 void launch_layernorm_forward(DType t, DType stats_t, void* out, void* mean, void* rstd,
                               const void* in, const void* gamma, const void* beta, int64_t rows,
                               int64_t cols, float eps, cudaStream_t s);
+// sum = a + b (rounded to t), out = LayerNorm(sum); sum may alias a or b.
+void launch_add_layernorm_forward(DType t, DType stats_t, void* sum, void* out, void* mean, void* rstd,
+                                  const void* a, const void* b, const void* gamma, const void* beta,
+                                  int64_t rows, int64_t cols, float eps, cudaStream_t s);
 void launch_layernorm_backward(DType t, DType stats_t, void* d_in, void* d_gamma, void* d_beta,
                                const void* d_out, const void* in, const void* gamma,
                                const void* mean, const void* rstd, int64_t rows, int64_t cols,
@@ -98,6 +102,9 @@ struct FusedAttentionShape {
 // out[B,T,C], lse[B,H,T] fp32 from qkv[B,T,3C] (Backend::attention_forward_fused).
 void launch_attention_forward_fused(DType t, void* out, float* lse, const void* qkv, const FusedAttentionShape& a,
                                     cudaStream_t s);
+// Shared memory per block the fused kernels need at this head dimension (bf16/fp16): the
+// device's opt-in limit must reach it (sm_86/sm_89 offer 99 KiB, short of head dim 128).
+size_t fused_attention_shared_bytes(int64_t head_dim);
 // d_qkv[B,T,3C] (=); delta: [B*H*T] fp32 workspace.
 void launch_attention_backward_fused(DType t, void* d_qkv, const void* d_out, const void* qkv, const void* out,
                                      const float* lse, float* delta, const FusedAttentionShape& a, cudaStream_t s);

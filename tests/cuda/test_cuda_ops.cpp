@@ -296,6 +296,60 @@ TEST_P(CudaLinear, BackwardMatchesReferenceAndAccumulates) {
       }
 }
 
+// ---------------------------------------------------------------- linear + GELU
+
+// The FFN's first layer with its GELU, and the backward through the second layer and the
+// GELU. Widths that are multiples of 8 in half precision with the tanh form run as
+// cuBLASLt epilogues (GELU_AUX_BIAS, DGELU); the other cases as separate ops. Both are
+// held to the float64 reference.
+TEST_P(CudaLinear, GeluFusedForwardAndBackwardMatchReference) {
+  MICS_REQUIRE_CUDA();
+  const DType t = GetParam();
+  for (GeluKind kind : {GeluKind::tanh, GeluKind::erf})
+    for (auto [m, k, n] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{{64, 96, 128}, {37, 53, 67}, {300, 64, 40}}) {
+      SCOPED_TRACE(testing::Message() << dname(t) << (kind == GeluKind::tanh ? " tanh" : " erf") << " M=" << m
+                                      << " K=" << k << " N=" << n);
+      std::mt19937_64 rng(17);
+      // Forward: pre[m,n] = in[m,k] @ w[n,k]^T + b, act = gelu(pre).
+      const Vec in = rounded(t, random_vec(rng, m * k)), w = rounded(t, random_vec(rng, n * k)),
+                b = rounded(t, random_vec(rng, n));
+      H64 r_pre(Shape{m, n}), r_in(in, {m, k}), r_w(w, {n, k}), r_b(b, {n});
+      cpu().linear_forward(r_pre.t(), r_in.t(), r_w.t(), r_b.t());
+      Dev d_act(t, Shape{m, n}), d_pre(t, Shape{m, n}), d_in(t, {m, k}, in), d_w(t, {n, k}, w), d_b(t, {n}, b);
+      gpu().linear_gelu_forward(d_act.t(), d_pre.t(), d_in.t(), d_w.t(), d_b.t(), kind);
+      const double sk = std::sqrt(static_cast<double>(k));
+      const Vec pre = d_pre.get();
+      expect_close(pre, r_pre.vec(), tol(t, 4 * sk, sk + 1, 1), "pre");
+      // act against gelu of the stored pre in float64: the GELU is taken of the fp32 sum
+      // before pre is rounded (|gelu'| < 1.13), and cuBLASLt evaluates the tanh its own way.
+      H64 r_act(Shape{m, n}), r_pre_got(pre, {m, n});
+      cpu().gelu_forward(r_act.t(), r_pre_got.t(), kind);
+      expect_close(d_act.get(), r_act.vec(), Tol{kTol(t).rtol, 3 * kTol(t).u * max_abs(pre) + 8 * kU32}, "act");
+
+      // Backward through a second layer y[m,n2] = act @ w2[n2,n]^T: d_pre = (d_y @ w2) * gelu'(pre),
+      // d_w2 += d_y^T act, d_b2 += column sums of d_y.
+      const int64_t n2 = k;
+      const Vec pre_in = rounded(t, random_vec(rng, m * n, -3, 3));
+      H64 r_act_in(Shape{m, n}), r_prein(pre_in, {m, n});
+      cpu().gelu_forward(r_act_in.t(), r_prein.t(), kind);
+      const Vec act_in = rounded(t, r_act_in.vec());
+      const Vec w2 = rounded(t, random_vec(rng, n2 * n)), dy = rounded(t, random_vec(rng, m * n2));
+      const Vec dw0 = rounded(t, random_vec(rng, n2 * n)), db0 = rounded(t, random_vec(rng, n2));
+      H64 r_dpre(Shape{m, n}), r_dw(dw0, {n2, n}), r_db(db0, {n2}), r_dy(dy, {m, n2}), r_act2(act_in, {m, n}),
+          r_w2(w2, {n2, n});
+      cpu().linear_gelu_backward(r_dpre.t(), r_dw.t(), r_db.t(), r_dy.t(), r_act2.t(), r_prein.t(), r_w2.t(), kind);
+      Dev g_dpre(t, Shape{m, n}), g_dw(t, {n2, n}, dw0), g_db(t, {n2}, db0), g_dy(t, {m, n2}, dy),
+          g_act(t, {m, n}, act_in), g_pre(t, {m, n}, pre_in), g_w2(t, {n2, n}, w2);
+      gpu().linear_gelu_backward(g_dpre.t(), g_dw.t(), g_db.t(), g_dy.t(), g_act.t(), g_pre.t(), g_w2.t(), kind);
+      // d_y @ w2: n2 products in fp32 (sqrt(n2) growth), times |gelu'| <= 1.13 on [-3, 3];
+      // one rounding of the product (separate ops) and one of d_pre.
+      const double sn = std::sqrt(static_cast<double>(n2)), sm = std::sqrt(static_cast<double>(m));
+      expect_close(g_dpre.get(), r_dpre.vec(), tol(t, 4 * sn * 1.13, (sn + 1) * 1.13, 2), "d_pre");
+      expect_close(g_dw.get(), r_dw.vec(), tol(t, 4 * sm, sm + 1, 1), "d_weight (+=)");
+      expect_close(g_db.get(), r_db.vec(), tol(t, 4 * sm, sm + 1), "d_bias (+=)");
+    }
+}
+
 // ---------------------------------------------------------------- gelu
 
 class CudaGelu : public CudaOps {};
@@ -351,7 +405,9 @@ constexpr float kLnEps = 1e-5f;
 TEST_P(CudaLayerNorm, ForwardMatchesReference) {
   MICS_REQUIRE_CUDA();
   const auto [t, st] = GetParam();
-  for (auto [m, c] : std::vector<std::pair<int64_t, int64_t>>{{37, 53}, {67, 131}, {3, 4099}, {5, 1}}) {
+  // Odd widths read element by element; multiples of 8 take 16-byte accesses (BERT's 2560).
+  for (auto [m, c] : std::vector<std::pair<int64_t, int64_t>>{
+           {37, 53}, {67, 131}, {3, 4099}, {5, 1}, {9, 8}, {33, 40}, {16, 2560}, {2, 5120}}) {
     SCOPED_TRACE(testing::Message() << dname(t) << " stats " << dname(st) << " M=" << m << " C=" << c);
     std::mt19937_64 rng(41);
     const Vec in = rounded(t, random_vec(rng, m * c, 1.0, 3.0));  // mean ~2
@@ -376,7 +432,7 @@ TEST_P(CudaLayerNorm, BackwardMatchesReferenceAndAccumulates) {
   MICS_REQUIRE_CUDA();
   const auto [t, st] = GetParam();
   // M = 300: the parameter gradients' column sums run in 3 chunks of rows (column_reduce.cuh).
-  for (auto [m, c] : std::vector<std::pair<int64_t, int64_t>>{{37, 53}, {3, 4099}, {67, 131}, {300, 40}})
+  for (auto [m, c] : std::vector<std::pair<int64_t, int64_t>>{{37, 53}, {3, 4099}, {67, 131}, {300, 40}, {16, 2560}})
     for (Accumulate acc : {Accumulate::no, Accumulate::yes}) {
       SCOPED_TRACE(testing::Message() << dname(t) << " stats " << dname(st) << " M=" << m
                                       << " C=" << c << (acc == Accumulate::yes ? " d_in +=" : " d_in ="));
@@ -407,6 +463,84 @@ TEST_P(CudaLayerNorm, BackwardMatchesReferenceAndAccumulates) {
       expect_close(dg.get(), r_dg.vec(), tol(t, 8 * sm, 2 * sm + 1), "d_gamma (+=)");
       expect_close(db.get(), r_db.vec(), tol(t, 4 * sm, sm + 1), "d_beta (+=)");
     }
+}
+
+// The residual add and the LayerNorm after it in one pass: sum = a + b rounded to the
+// dtype (as `add`), out / mean / rstd = layernorm_forward(sum).
+TEST_P(CudaLayerNorm, AddLayerNormMatchesAddThenLayerNorm) {
+  MICS_REQUIRE_CUDA();
+  const auto [t, st] = GetParam();
+  for (auto [m, c] : std::vector<std::pair<int64_t, int64_t>>{{37, 53}, {16, 2560}, {3, 4099}}) {
+    SCOPED_TRACE(testing::Message() << dname(t) << " stats " << dname(st) << " M=" << m << " C=" << c);
+    std::mt19937_64 rng(45);
+    const Vec a = rounded(t, random_vec(rng, m * c, 1.0, 3.0)), b = rounded(t, random_vec(rng, m * c, -0.5, 0.5));
+    const Vec gamma = rounded(t, random_vec(rng, c, 0.5, 1.5)), beta = rounded(t, random_vec(rng, c));
+    Vec exact(a.size());
+    for (size_t i = 0; i < a.size(); ++i) exact[i] = a[i] + b[i];
+    Dev d_sum(t, Shape{m, c}), d_out(t, Shape{m, c}), d_mean(st, Shape{m}), d_rstd(st, Shape{m}), d_a(t, {m, c}, a),
+        d_b(t, {m, c}, b), d_g(t, {c}, gamma), d_be(t, {c}, beta);
+    gpu().add_layernorm_forward(d_sum.t(), d_out.t(), d_mean.t(), d_rstd.t(), d_a.t(), d_b.t(), d_g.t(), d_be.t(),
+                                kLnEps);
+    // The fp32 sum of two dtype values, rounded once more to the dtype (as the add test).
+    const Vec sum = d_sum.get();
+    expect_close(sum, exact, Tol{kTol(t).u + kU32, t == DType::f16 ? 0x1p-25 : 0.0}, "sum");
+    // The LayerNorm of the sum as stored, against float64.
+    H64 r_out(Shape{m, c}), r_mean(Shape{m}), r_rstd(Shape{m}), r_in(sum, {m, c}), r_g(gamma, {c}), r_b(beta, {c});
+    cpu().layernorm_forward(r_out.t(), r_mean.t(), r_rstd.t(), r_in.t(), r_g.t(), r_b.t(), kLnEps);
+    const double sc = std::sqrt(double(c)), rs = max_abs(r_rstd.vec());
+    expect_close(d_out.get(), r_out.vec(), tol(t, 4 * sc, 2 * 1.5 + 1), "out");
+    expect_close(d_mean.get(), r_mean.vec(), tol(st, 4 * sc, 3), "mean");
+    expect_close(d_rstd.get(), r_rstd.vec(), tol(st, 4 * sc, rs), "rstd");
+    // The same kernel's LayerNorm alone on that sum gives the same bits; sum may alias a.
+    Dev l_out(t, Shape{m, c}), l_mean(st, Shape{m}), l_rstd(st, Shape{m});
+    gpu().layernorm_forward(l_out.t(), l_mean.t(), l_rstd.t(), d_sum.t(), d_g.t(), d_be.t(), kLnEps);
+    expect_identical(l_out.get(), d_out.get(), "out vs layernorm_forward(sum)");
+    gpu().add_layernorm_forward(d_a.t(), l_out.t(), l_mean.t(), l_rstd.t(), d_a.t(), d_b.t(), d_g.t(), d_be.t(),
+                                kLnEps);
+    expect_identical(d_a.get(), sum, "sum written over a");
+    expect_identical(l_out.get(), d_out.get(), "out with sum aliasing a");
+  }
+}
+
+// Rows whose width is a multiple of 8 take 16-byte accesses when every pointer is 16-byte
+// aligned and single elements otherwise; both must give the same bits.
+TEST_P(CudaLayerNorm, AlignedAndUnalignedRowsGiveTheSameBits) {
+  MICS_REQUIRE_CUDA();
+  const auto [t, st] = GetParam();
+  const int64_t m = 7, c = 2560;
+  std::mt19937_64 rng(47);
+  const Vec a = rounded(t, random_vec(rng, m * c, 1.0, 3.0)), b = rounded(t, random_vec(rng, m * c));
+  const Vec gamma = rounded(t, random_vec(rng, c, 0.5, 1.5)), beta = rounded(t, random_vec(rng, c));
+  const Vec dy = rounded(t, random_vec(rng, m * c)), d_in0 = rounded(t, random_vec(rng, m * c));
+  std::vector<std::vector<Vec>> results;
+  for (int64_t offset : {0, 1}) {
+    auto padded = [&](const Vec& v) {
+      Vec p(static_cast<size_t>(offset), 0.0);
+      p.insert(p.end(), v.begin(), v.end());
+      return p;
+    };
+    auto rows = [&](Dev& d) { return d.t().slice(offset, {m * c}).reshaped({m, c}); };
+    auto vec = [&](Dev& d) { return d.t().slice(offset, {c}); };
+    auto unpad = [&](const Dev& d) {
+      const Vec v = d.get();
+      return Vec(v.begin() + offset, v.end());
+    };
+    Dev d_a(t, {m * c + offset}, padded(a)), d_b(t, {m * c + offset}, padded(b)), d_g(t, {c + offset}, padded(gamma)),
+        d_be(t, {c + offset}, padded(beta)), d_sum(t, Shape{m * c + offset}), d_out(t, Shape{m * c + offset});
+    Dev d_mean(st, Shape{m}), d_rstd(st, Shape{m});
+    gpu().add_layernorm_forward(rows(d_sum), rows(d_out), d_mean.t(), d_rstd.t(), rows(d_a), rows(d_b), vec(d_g),
+                                vec(d_be), kLnEps);
+    Dev d_dy(t, {m * c + offset}, padded(dy)), d_din(t, {m * c + offset}, padded(d_in0)), d_dg(t, {c + offset}),
+        d_db(t, {c + offset});
+    gpu().fill_zero(d_dg.t());
+    gpu().fill_zero(d_db.t());
+    gpu().layernorm_backward(rows(d_din), vec(d_dg), vec(d_db), rows(d_dy), rows(d_sum), vec(d_g), d_mean.t(),
+                             d_rstd.t(), Accumulate::yes);
+    results.push_back({unpad(d_sum), unpad(d_out), d_mean.get(), d_rstd.get(), unpad(d_din), unpad(d_dg), unpad(d_db)});
+  }
+  const char* names[] = {"sum", "out", "mean", "rstd", "d_in (+=)", "d_gamma", "d_beta"};
+  for (size_t i = 0; i < results[0].size(); ++i)
+    expect_identical(results[1][i], results[0][i], std::string(names[i]) + ": unaligned vs aligned");
 }
 
 // ---------------------------------------------------------------- attention
