@@ -8,12 +8,15 @@
           its resume from a checkpoint, bit for bit.
   profile each slice with --profile: time per op (not part of the default run)
   bench   configs/bench/*-slice.json with and without activation checkpointing, 9 steps
-          after 1 of warm-up, TFLOP/s per GPU (model FLOPs of the layers, as the peer
-          counts them) and MFU; the PyTorch peer of the same shapes in the same call.
+          after 1 of warm-up, TFLOP/s per GPU (model FLOPs as mics-train counts them,
+          engine/flops.cpp, and of the layers alone) and MFU; the PyTorch peer training the
+          same model (scripts/bench/torch_peer.py: eager, compile, eager+ckpt) and its
+          layers-only method of REFERENCES.md (compile), in the same call.
 
 Writes OUT/gpu-results.md (OUT: $OUT, else docs/) and OUT/gpu-results.json.
 """
 import argparse
+import collections
 import datetime
 import json
 import os
@@ -22,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEAK_BF16 = {"H100": 989.0, "H200": 989.0}  # dense bf16 TFLOP/s, datasheet (REFERENCES.md)
@@ -165,14 +169,59 @@ def fp16_overflow_and_resume(mt, config, work, env, tiny, rows):
                  "detail": (f"{len(r)} steps compared, identical: {same}" if code == 0 else text[-400:])})
 
 
-def layer_flops(cfg):
+def _shape(cfg):
     m, t = cfg["model"], cfg["train"]
-    b, s, l, h = t["micro_batch_size"], t["seq_len"], m["layers"], m["hidden"]
-    return 72.0 * b * s * l * h * h * (1 + s / (6.0 * h))
+    h = m["hidden"]
+    return (float(t["micro_batch_size"]), float(t["seq_len"]), float(h), float(m.get("ffn") or 4 * h),
+            float(m["layers"]), float(m["vocab_size"]))
+
+
+def layer_flops(cfg):
+    """Model FLOPs of the layers for one micro-batch (B samples), engine/flops.cpp's per-layer
+    count: L*(24*S*H^2 + 12*S*H*F + 12*S^2*H) per sample, = 72*S*L*H^2*(1 + S/(6H)) for F = 4H."""
+    b, s, h, f, l, _ = _shape(cfg)
+    return b * (l * (24.0 * s * h * h + 12.0 * s * h * f + 12.0 * s * s * h))
+
+
+def bert_masked_rows(cfg):
+    """Expected masked rows per BERT micro-batch from the engine's data (data/batcher.cpp):
+    each position selected with probability p = data.mask_prob, and one fallback position
+    in a sample with none selected: B*(S*p + (1-p)^S)."""
+    b, s = cfg["train"]["micro_batch_size"], cfg["train"]["seq_len"]
+    p = cfg.get("data", {}).get("mask_prob", 0.15)
+    return b * (s * p + (1.0 - p) ** s)
+
+
+def model_flops(cfg):
+    """Model FLOPs for one micro-batch exactly as mics-train credits them (engine/flops.cpp
+    model_flops_per_sample x B, the number behind its logged TFLOP/s): the layers plus the
+    head, GPT's vocabulary projection on every token (6*B*S*H*V), BERT's MLM transform and
+    decoder on the masked rows n only (6*n*H*(H + V))."""
+    b, s, h, f, l, v = _shape(cfg)
+    if cfg["model"]["type"] == "bert":
+        return layer_flops(cfg) + 6.0 * bert_masked_rows(cfg) * h * (h + v)
+    return layer_flops(cfg) + 6.0 * b * s * h * v
 
 
 def load_config(path):
     return json.loads(re.sub(r"^\s*//.*$", "", open(path).read(), flags=re.M))
+
+
+def stream(cmd, env, timeout, on_line):
+    """Runs cmd, handing each output line to on_line as it comes (so a device call cut short
+    keeps what finished); killed after timeout seconds. Returns (exit code, last lines)."""
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    timer = threading.Timer(timeout, p.kill)
+    timer.start()
+    tail = collections.deque(maxlen=40)
+    try:
+        for line in p.stdout:
+            tail.append(line)
+            on_line(line)
+        code = p.wait()
+    finally:
+        timer.cancel()
+    return code, "".join(tail)
 
 
 def bench(bindir, work, env, rows, peak):
@@ -180,6 +229,7 @@ def bench(bindir, work, env, rows, peak):
     for name in ("bert-10b-slice", "gpt2-10b-slice"):
         path = os.path.join(ROOT, "configs", "bench", f"{name}.json")
         cfg = load_config(path)
+        full, layers = model_flops(cfg), layer_flops(cfg)
         for attention in ("materialized", "fused"):
             for ckpt in (False, True):
                 variant = ("ckpt" if ckpt else "no ckpt") + (", fused attention" if attention == "fused" else "")
@@ -191,18 +241,44 @@ def bench(bindir, work, env, rows, peak):
                     continue
                 steps = [json.loads(line) for line in open(m)]
                 t = statistics.median(s["step_time_s"] for s in steps[1:])  # the first step is warm-up
-                rows.append({"bench": name, "engine": "mics-train", "variant": variant, "step_s": t,
-                             "tflops": layer_flops(cfg) / t / 1e12, "mfu": layer_flops(cfg) / t / 1e12 / peak})
-        # Three variants in 10 steps each keep the whole call inside the device tool's 10 minutes.
-        code, text = sh([sys.executable, os.path.join(ROOT, "scripts", "bench", "torch_peer.py"), "--config", path,
-                         "--steps", "10", "--warmup", "3", "--variants", "eager,compile,eager+ckpt"], env=env, timeout=300)
-        for line in text.splitlines():
-            if line.startswith("{"):
-                r = json.loads(line)
-                rows.append({"bench": name, "engine": f"PyTorch {r['torch']}", "variant": r["variant"],
-                             "step_s": r["step_s"], "tflops": r["tflops"], "mfu": r["tflops"] / peak})
+                rows.append({"bench": name, "engine": "mics-train", "variant": variant, "ckpt": ckpt, "step_s": t,
+                             "tflops": full / t / 1e12, "layer_tflops": layers / t / 1e12,
+                             "mfu": full / t / 1e12 / peak,
+                             # what the engine itself logged (engine/flops.cpp): should equal tflops
+                             "engine_logged_tflops": statistics.median(s["tflops_per_device"] for s in steps[1:])})
+        # The full model (the engine's) in three variants, then the layers alone compiled (the
+        # method of REFERENCES.md), 10 steps each in one process.
+        def peer_line(line):
+            try:
+                r = json.loads(line) if line.startswith("{") else None
+            except ValueError:
+                r = None
+            if not isinstance(r, dict) or "step_s" not in r:
+                return
+            rows.append({"bench": name, "engine": f"PyTorch {r['torch']}",
+                         "variant": r["variant"].replace("+layers", "") + (", layers only" if r["model"] == "layers-only" else ""),
+                         "peer_model": r["model"], "ckpt": r["checkpointing"], "step_s": r["step_s"],
+                         "tflops": r["tflops"], "layer_tflops": r["layer_tflops"],
+                         "mfu": r["tflops"] / peak,
+                         "losses": r.get("losses")})
+        code, text = stream([sys.executable, os.path.join(ROOT, "scripts", "bench", "torch_peer.py"), "--config", path,
+                             "--steps", "10", "--warmup", "3", "--variants", "eager,compile,eager+ckpt,compile+layers"],
+                            env, 420, peer_line)
         if code != 0:
             rows.append({"bench": name, "engine": "PyTorch", "variant": "-", "error": text[-400:]})
+
+
+def peer_ratio(r, rows):
+    """mics-train's model TFLOP/s over the best full-model PyTorch variant of the same slice
+    with the same activation checkpointing (both credited with the same FLOPs)."""
+    if r.get("engine") != "mics-train" or "error" in r:
+        return ""
+    peers = [p for p in rows if p["bench"] == r["bench"] and p.get("peer_model") == "full"
+             and p.get("ckpt") == r.get("ckpt") and "error" not in p]
+    if not peers:
+        return ""
+    best = max(peers, key=lambda p: p["tflops"])
+    return f"{r['tflops'] / best['tflops']:.2f}x {best['variant']}"
 
 
 def profile(bindir, work, env, tables):
@@ -256,15 +332,23 @@ def main():
             lines += [f"| {r['check']} | {'pass' if r['ok'] else 'FAIL'} | {r['detail']} |" for r in check_rows]
             lines.append("")
         if bench_rows:
-            lines += [f"Model TFLOP/s per GPU of the layers, 72*B*S*L*H^2*(1+S/(6H)) over the median step (steps 2-10), "
-                      f"MFU against {peak:.0f} TFLOP/s dense bf16; recompute not credited.", "",
-                      "| slice | engine | variant | step ms | TFLOP/s | MFU |", "|---|---|---|---|---|---|"]
+            lines += ["TFLOP/s per GPU over the median step (steps 2-10); recompute not credited. *model*: the "
+                      "FLOPs mics-train logs (engine/flops.cpp): per sample L*(24*S*H^2 + 12*S*H*F + 12*S^2*H) "
+                      "plus the head (GPT: 6*S*H*V; BERT: 6*n*H*(H+V) on its n masked rows), both engines credited alike, the PyTorch peer training the same model "
+                      "(embeddings, layers, head, cross-entropy, grad clipping); *layers*: the first term "
+                      "alone (72*B*S*L*H^2*(1+S/(6H)) at F = 4H). \"layers only\" is the peer's earlier "
+                      "method (layer stack, square-mean loss; REFERENCES.md). MFU of the model column against "
+                      f"{peak:.0f} TFLOP/s dense bf16. *vs peer*: model TFLOP/s over the best full-model "
+                      "PyTorch variant with the same checkpointing.", "",
+                      "| slice | engine | variant | step ms | TFLOP/s model | TFLOP/s layers | MFU | vs peer |",
+                      "|---|---|---|---|---|---|---|---|"]
             for r in bench_rows:
                 if "error" in r:
-                    lines.append(f"| {r['bench']} | {r['engine']} | {r['variant']} | error: {r['error'][-200:]!r} | | |")
+                    lines.append(f"| {r['bench']} | {r['engine']} | {r['variant']} | error: {r['error'][-200:]!r} | | | | |")
                 else:
                     lines.append(f"| {r['bench']} | {r['engine']} | {r['variant']} | {1e3 * r['step_s']:.1f} | "
-                                 f"{r['tflops']:.1f} | {100 * r['mfu']:.1f}% |")
+                                 f"{r['tflops']:.1f} | {r['layer_tflops']:.1f} | {100 * r['mfu']:.1f}% | "
+                                 f"{peer_ratio(r, bench_rows)} |")
         for name, code, table in profile_tables:
             lines += ["", f"`{name}` with `--profile`" + ("" if code == 0 else f" (exit {code})") + ":", "", "```",
                       table, "```"]
