@@ -204,7 +204,7 @@ void Trainer::init_from(const std::string& where) {
 
 std::vector<double> Trainer::run() {
   const TrainConfig& t = config_.train;
-  const double flops_per_sample = model_flops_per_sample(config_.model_spec(), t.seq_len, config_.data.mask_prob);
+  const double flops_per_sample = model_flops_per_sample(config_.model_spec(), t.seq_len);
   std::vector<double> losses;
   losses.reserve(static_cast<size_t>(t.steps));
   const Clock::time_point start = Clock::now();

@@ -195,11 +195,9 @@ def bert_masked_rows(cfg):
 def model_flops(cfg):
     """Model FLOPs for one micro-batch exactly as mics-train credits them (engine/flops.cpp
     model_flops_per_sample x B, the number behind its logged TFLOP/s): the layers plus the
-    head, GPT's vocabulary projection on every token (6*B*S*H*V), BERT's MLM transform and
-    decoder on the masked rows n only (6*n*H*(H + V))."""
+    vocabulary projection 6*B*S*H*V, REFERENCES.md's formula, for BERT too (whose head runs
+    on the masked rows only: both engines are credited alike)."""
     b, s, h, f, l, v = _shape(cfg)
-    if cfg["model"]["type"] == "bert":
-        return layer_flops(cfg) + 6.0 * bert_masked_rows(cfg) * h * (h + v)
     return layer_flops(cfg) + 6.0 * b * s * h * v
 
 
@@ -334,7 +332,7 @@ def main():
         if bench_rows:
             lines += ["TFLOP/s per GPU over the median step (steps 2-10); recompute not credited. *model*: the "
                       "FLOPs mics-train logs (engine/flops.cpp): per sample L*(24*S*H^2 + 12*S*H*F + 12*S^2*H) "
-                      "plus the head (GPT: 6*S*H*V; BERT: 6*n*H*(H+V) on its n masked rows), both engines credited alike, the PyTorch peer training the same model "
+                      "+ 6*S*H*V (REFERENCES.md's formula; BERT's head runs on the masked rows only), both engines credited alike, the PyTorch peer training the same model "
                       "(embeddings, layers, head, cross-entropy, grad clipping); *layers*: the first term "
                       "alone (72*B*S*L*H^2*(1+S/(6H)) at F = 4H). \"layers only\" is the peer's earlier "
                       "method (layer stack, square-mean loss; REFERENCES.md). MFU of the model column against "

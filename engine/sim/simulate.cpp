@@ -94,7 +94,7 @@ SimulatedStep simulate_step(const Config& config, const ClusterSpec& cluster, in
   }
   out.step_s = out.time.compute_s;
   out.samples_per_s = static_cast<double>(out.global_batch) / out.step_s;
-  out.tflops_per_gpu = model_flops_per_sample(c.model_spec(), c.train.seq_len, c.data.mask_prob) * out.samples_per_s / world / 1e12;
+  out.tflops_per_gpu = model_flops_per_sample(c.model_spec(), c.train.seq_len) * out.samples_per_s / world / 1e12;
   out.mfu = out.tflops_per_gpu / (half ? cluster.peak_tflops_half : cluster.peak_tflops_fp32);
   out.memory_bytes = plan_memory(c, p, c.train.micro_batch_size, c.train.activation_checkpointing).total();
   out.fits = out.memory_bytes <= cluster.memory_gib * kGiB;

@@ -21,9 +21,9 @@ the layer stack alone on random activations, loss = output.float().square().mean
 carry "+layers" ("compile+layers") to run that one variant this way.
 
 Each variant prints one JSON line with the median step time and
-  tflops        model FLOPs / step time: the count of engine/flops.cpp (the layers plus the
-                head: GPT 6*S*H*V per sample, BERT 6*n*H*(H + V) on its n masked rows) times
-                the micro-batch, the number mics-train logs;
+  tflops        model FLOPs / step time: the count of engine/flops.cpp (the layers plus
+                6*S*H*V per sample, REFERENCES.md's formula, BERT included) times the
+                micro-batch, the number mics-train logs;
                 in --layers-only mode the layers alone (tflops == layer_tflops)
   layer_tflops  the layers alone, B*L*(24*S*H^2 + 12*S*H*F + 12*S^2*H)
                 (= 72*B*S*L*H^2*(1 + S/(6H)) for F = 4H)
