@@ -104,6 +104,7 @@ class ProfilingBackend final : public Backend {
   void gelu_backward(Tensor d_in, Tensor d_out, Tensor in, GeluKind kind) override {
     timed("gelu_backward", 0, [&] { inner_->gelu_backward(d_in, d_out, in, kind); });
   }
+  void reserve_scratch(const ScratchBounds& bounds) override { inner_->reserve_scratch(bounds); }
   void linear_gelu_forward(Tensor act, Tensor pre, Tensor in, Tensor weight, Tensor bias, GeluKind kind) override {
     timed("linear_gelu_forward", linear_forward_flops(in, weight),
           [&] { inner_->linear_gelu_forward(act, pre, in, weight, bias, kind); });

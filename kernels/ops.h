@@ -14,6 +14,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <utility>
+#include <vector>
 
 #include "kernels/tensor.h"
 
@@ -48,6 +50,15 @@ struct AdamWSpec {
   float grad_scale = 1.0f;    // multiplies the gradient first (clipping, loss-scale undo)
 };
 
+// The largest shapes a model will give the ops (Backend::reserve_scratch).
+struct ScratchBounds {
+  DType dtype = DType::f32;
+  int64_t rows = 0;                                  // rows of any row-wise op: B*T
+  std::vector<std::pair<int64_t, int64_t>> linears;  // every linear weight's (out, in)
+  int64_t layernorm_width = 0;
+  int64_t attention_rows = 0;  // B*heads*T when attention is fused, else 0
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -61,6 +72,9 @@ class Backend {
   virtual void copy_from_host(void* dst, const void* src, size_t bytes) = 0;
   virtual void copy_to_host(void* dst, const void* src, size_t bytes) = 0;
   virtual void synchronize() = 0;
+  // Sizes the backend's per-op scratch for the largest shapes to come, so that no op
+  // allocates inside a training step. A model calls it once its shapes are known.
+  virtual void reserve_scratch(const ScratchBounds& bounds) = 0;
 
   // ---- element-wise ----
   virtual void fill_zero(Tensor x) = 0;

@@ -170,6 +170,8 @@ class CpuBackend final : public Backend {
     });
   }
 
+  void reserve_scratch(const ScratchBounds&) override {}  // the CPU ops keep no scratch
+
   // Composed here; the CUDA backend fuses what cuBLASLt's epilogues allow.
   void linear_gelu_forward(Tensor act, Tensor pre, Tensor in, Tensor weight, Tensor bias,
                            GeluKind kind) override {

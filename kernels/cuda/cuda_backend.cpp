@@ -12,6 +12,8 @@
 #include <stdexcept>
 #include <string>
 
+#include <spdlog/spdlog.h>
+
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/gemm_lt.h"
 #include "kernels/cuda/launch.h"
@@ -102,6 +104,9 @@ class GrowingBuffer {
 
   void* get(size_t bytes, cudaStream_t stream) {
     if (bytes > bytes_) {
+      if (reserved_ && growths_++ == 0)
+        spdlog::warn("a CUDA scratch buffer grew from {} to {} bytes inside a step: the model's reserve_scratch "
+                     "bounds missed an op (correct, but it allocates and synchronises)", bytes_, bytes);
       MICS_CUDA_CHECK(cudaStreamSynchronize(stream));
       MICS_CUDA_CHECK(cudaFree(ptr_));
       ptr_ = nullptr;
@@ -111,10 +116,18 @@ class GrowingBuffer {
     }
     return ptr_;
   }
+  // Grows to `bytes` now; from then on, growing is counted (and logged once).
+  void reserve(size_t bytes, cudaStream_t stream) {
+    get(bytes, stream);
+    reserved_ = true;
+  }
+  int64_t growths() const { return growths_; }
 
  private:
   void* ptr_ = nullptr;
   size_t bytes_ = 0;
+  bool reserved_ = false;
+  int64_t growths_ = 0;
 };
 
 // cuBLASLt runs several times slower when a GEMM dimension is not a multiple of 16 bytes'
@@ -706,6 +719,10 @@ class CudaBackend final : public Backend {
   }
 
   int64_t gemm_fallback_calls() const { return gemm_->fallback_calls(); }
+  int64_t scratch_growths() const {
+    return pad_weight_.growths() + pad_bias_.growths() + pad_rows_.growths() + pad_weight_grad_.growths() +
+           index_scratch_.growths() + fused_delta_.growths() + column_partials_.growths();
+  }
 
  private:
   // `src` ([rows, cols] of es-byte elements) copied into `buffer` with zero rows after it up
@@ -717,6 +734,27 @@ class CudaBackend final : public Backend {
     MICS_CUDA_CHECK(cudaMemcpyAsync(dst, src, used, cudaMemcpyDeviceToDevice, stream_));
     MICS_CUDA_CHECK(cudaMemsetAsync(dst + used, 0, static_cast<size_t>((padded - rows) * cols) * es, stream_));
     return dst;
+  }
+
+  void reserve_scratch(const ScratchBounds& b) override {
+    const size_t es = dtype_size(b.dtype);
+    size_t weight = 0, bias = 0, rows = 0;
+    int64_t partials = column_partials_floats(b.rows, b.layernorm_width, 2);
+    for (const auto& [n, k] : b.linears) {
+      partials = std::max(partials, column_partials_floats(b.rows, n, 1));
+      const int64_t np = padded_width(n, b.dtype);
+      if (np == n) continue;
+      weight = std::max(weight, static_cast<size_t>(np * k) * es);
+      bias = std::max(bias, static_cast<size_t>(np) * es);
+      rows = std::max(rows, static_cast<size_t>(b.rows * np) * es);
+    }
+    pad_weight_.reserve(weight, stream_);
+    pad_weight_grad_.reserve(weight, stream_);
+    pad_bias_.reserve(bias, stream_);
+    pad_rows_.reserve(rows, stream_);
+    column_partials_.reserve(static_cast<size_t>(partials) * sizeof(float), stream_);
+    index_scratch_.reserve(index_add_scratch_bytes(b.rows), stream_);
+    fused_delta_.reserve(static_cast<size_t>(b.attention_rows) * sizeof(float), stream_);
   }
 
   // Partial sums for a column reduction of `sums` outputs over [rows, cols].
@@ -791,6 +829,11 @@ void* cuda_stream(Backend& backend) {
 int64_t cuda_gemm_fallback_calls(Backend& backend) {
   auto* cuda = dynamic_cast<CudaBackend*>(&backend);
   return cuda != nullptr ? cuda->gemm_fallback_calls() : 0;
+}
+
+int64_t cuda_scratch_growths(Backend& backend) {
+  auto* cuda = dynamic_cast<CudaBackend*>(&backend);
+  return cuda != nullptr ? cuda->scratch_growths() : 0;
 }
 
 }  // namespace mics

@@ -181,9 +181,10 @@ void GemmLt::run(const GemmArgs& g) {
   if (g.m <= 0 || g.n <= 0 || g.batch <= 0) return;
   if (g.bias != nullptr && g.batch != 1) throw ShapeError("gemm: a bias needs batch 1");
   if (g.gelu != GemmArgs::Gelu::none &&
-      (g.batch != 1 || g.ldc != g.n || g.aux == nullptr || g.k <= 0 ||
-       (g.gelu == GemmArgs::Gelu::dgelu && (g.bias != nullptr || g.beta != 0.0f))))
-    throw ShapeError("gemm: a GELU epilogue needs batch 1, k > 0, contiguous C and aux, and (dgelu) no bias or beta");
+      (g.batch != 1 || g.ldc != g.n || g.aux == nullptr || g.k <= 0 || g.beta != 0.0f || g.n % 8 != 0 ||
+       (reinterpret_cast<uintptr_t>(g.aux) & 15u) != 0 || (g.gelu == GemmArgs::Gelu::dgelu && g.bias != nullptr)))
+    throw ShapeError("gemm: a GELU epilogue needs batch 1, k > 0, beta 0, contiguous C and aux with a width "
+                     "that is a multiple of 8 and a 16-byte aligned aux, and (dgelu) no bias");
   if (g.k <= 0) {  // no products: C = beta C (+ bias); only reachable with batch 1
     if (g.batch != 1 || g.ldc != g.n) throw ShapeError("gemm: k = 0 with a batch or a strided C");
     if (g.beta == 0.0f) {

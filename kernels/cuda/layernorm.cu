@@ -16,8 +16,11 @@ namespace {
 // of the row in thread p % blockDim.x. kVector: the row's packs are 16-byte aligned and
 // whole (cols % 8 == 0), so each is one or two 16-byte accesses; otherwise the same packs
 // are read element by element and the tail pack is padded (padding never enters a sum).
+// At most 512 threads per row: the backward holds ~96 registers per thread, and 1024 such
+// threads would exceed a block's 64K registers.
 constexpr int kRowPacks = 4;
-constexpr int64_t kMaxRowCols = int64_t(1024) * kRowPacks * kMapWidth;
+constexpr int kMaxRowThreads = 512;
+constexpr int64_t kMaxRowCols = int64_t(kMaxRowThreads) * kRowPacks * kMapWidth;
 
 template <bool kVector, class T>
 __device__ __forceinline__ Pack8<T> load_row_pack(const T* row, int64_t p, int64_t cols) {
@@ -56,7 +59,7 @@ __device__ __forceinline__ bool in_row(int64_t p, int j, int64_t cols) {
 // stored to `sum` (the residual add before a LayerNorm, in the same pass). sum may alias
 // a or b: each element is read before the same thread writes it.
 template <bool kVector, bool kResidual, class T, class S>
-__global__ void layernorm_forward_kernel(T* out, T* sum, S* mean, S* rstd, const T* a, const T* b,
+__global__ void __launch_bounds__(kMaxRowThreads) layernorm_forward_kernel(T* out, T* sum, S* mean, S* rstd, const T* a, const T* b,
                                          const T* gamma, const T* beta, int64_t cols, float eps) {
   __shared__ float scratch[32];
   const int64_t packs = (cols + kMapWidth - 1) / kMapWidth, row = blockIdx.x * cols;
@@ -109,7 +112,7 @@ __global__ void layernorm_forward_kernel(T* out, T* sum, S* mean, S* rstd, const
 
 // d_x = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = d_y * gamma; d_x = or +=.
 template <bool kVector, class T, class S>
-__global__ void layernorm_backward_kernel(T* d_in, const T* d_out, const T* in, const T* gamma,
+__global__ void __launch_bounds__(kMaxRowThreads) layernorm_backward_kernel(T* d_in, const T* d_out, const T* in, const T* gamma,
                                           const S* mean, const S* rstd, int64_t cols,
                                           bool accumulate) {
   __shared__ float scratch[32];

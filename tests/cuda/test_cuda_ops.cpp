@@ -465,6 +465,19 @@ TEST_P(CudaLayerNorm, BackwardMatchesReferenceAndAccumulates) {
     }
 }
 
+// Rows live in registers, at most 512 threads of 32 elements: wider rows are refused.
+TEST(CudaLayerNormErrors, RowsWiderThan16384AreRefused) {
+  MICS_REQUIRE_CUDA();
+  const int64_t m = 2, c = 16392;
+  Dev out(DType::bf16, Shape{m, c}), in(DType::bf16, Shape{m, c}), g(DType::bf16, Shape{c}), b(DType::bf16, Shape{c}),
+      mean(DType::f32, Shape{m}), rstd(DType::f32, Shape{m});
+  EXPECT_THROW(gpu().layernorm_forward(out.t(), mean.t(), rstd.t(), in.t(), g.t(), b.t(), kLnEps), ShapeError);
+  Dev ok_out(DType::bf16, Shape{m, 16384}), ok_in(DType::bf16, Shape{m, 16384}, Vec(2 * 16384, 1.0)),
+      ok_g(DType::bf16, Shape{16384}, Vec(16384, 1.0)), ok_b(DType::bf16, Shape{16384}, Vec(16384, 0.0));
+  gpu().layernorm_forward(ok_out.t(), mean.t(), rstd.t(), ok_in.t(), ok_g.t(), ok_b.t(), kLnEps);
+  expect_identical(ok_out.get(), Vec(2 * 16384, 0.0), "a constant row of the widest width normalises to 0");
+}
+
 // The residual add and the LayerNorm after it in one pass: sum = a + b rounded to the
 // dtype (as `add`), out / mean / rstd = layernorm_forward(sum).
 TEST_P(CudaLayerNorm, AddLayerNormMatchesAddThenLayerNorm) {

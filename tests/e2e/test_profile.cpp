@@ -44,11 +44,15 @@ TEST(Profile, CountsEveryOpOfAStepAndChangesNoLoss) {
   EXPECT_EQ(plain.output.find("op profile"), std::string::npos);
 
   const auto rows = parse_table(profiled.output);
-  // Per micro-batch: q/k/v, attention projection, two MLP layers in each of the 4 blocks, and
-  // the vocabulary projection; forward once, backward once; 2 micro-batches per step.
+  // Per micro-batch: q/k/v, attention projection and the second MLP layer in each of the 4
+  // blocks, and the vocabulary projection; the first MLP layer with its GELU (and, backward,
+  // the second through that GELU) as one op each; 2 micro-batches per step.
   ASSERT_TRUE(rows.count("linear_forward")) << profiled.output;
-  EXPECT_EQ(rows.at("linear_forward").first, 2 * (4 * 4 + 1));
-  EXPECT_EQ(rows.at("linear_backward").first, 2 * (4 * 4 + 1));
+  EXPECT_EQ(rows.at("linear_forward").first, 2 * (3 * 4 + 1));
+  EXPECT_EQ(rows.at("linear_backward").first, 2 * (3 * 4 + 1));
+  EXPECT_EQ(rows.at("linear_gelu_forward").first, 2 * 4);
+  EXPECT_EQ(rows.at("linear_gelu_backward").first, 2 * 4);
+  EXPECT_EQ(rows.at("add_layernorm_forward").first, 2 * 4);  // pre-LN: mid = in + attention, LN2
   EXPECT_EQ(rows.at("attention_forward").first, 2 * 4);
   EXPECT_EQ(rows.at("cross_entropy").first, 2);
   ASSERT_TRUE(rows.count("adamw"));
