@@ -36,7 +36,8 @@ __global__ void adamw_kernel(float* param, const float* grad, float* m, float* v
   }
 }
 
-// float4 version for 16-byte aligned spans; the tail (n % 4) is done element-wise.
+// float4 version for 16-byte aligned spans (the copy too); the tail (n % 4) is done
+// element-wise.
 template <class C>
 __global__ void adamw_vec_kernel(float* param, const float* grad, float* m, float* v, int64_t n,
                                  AdamWScalars k, C* copy) {
@@ -54,9 +55,11 @@ __global__ void adamw_vec_kernel(float* param, const float* grad, float* m, floa
     reinterpret_cast<float4*>(param)[i] = p;
     reinterpret_cast<float4*>(m)[i] = mi;
     reinterpret_cast<float4*>(v)[i] = vi;
-    if (copy != nullptr) {
-      C* c = copy + 4 * i;
-      c[0] = from_f<C>(p.x), c[1] = from_f<C>(p.y), c[2] = from_f<C>(p.z), c[3] = from_f<C>(p.w);
+    if (copy != nullptr) {  // one 8-byte (half precision) or 16-byte (fp32) store
+      struct alignas(4 * sizeof(C)) Four {
+        C e[4];
+      } c{{from_f<C>(p.x), from_f<C>(p.y), from_f<C>(p.z), from_f<C>(p.w)}};
+      reinterpret_cast<Four*>(copy)[i] = c;
     }
   }
   const int64_t tail = vectors * 4 + blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
@@ -78,7 +81,7 @@ void launch_adamw(float* param, const float* grad, float* m, float* v, int64_t n
   dispatch("adamw", copy != nullptr ? copy_t : DType::f32, [&](auto c) {
     using C = decltype(c);
     C* out = static_cast<C*>(copy);
-    if (aligned16(param) && aligned16(grad) && aligned16(m) && aligned16(v)) {
+    if (aligned16(param) && aligned16(grad) && aligned16(m) && aligned16(v) && (out == nullptr || aligned16(out))) {
       const int64_t vectors = n / 4;
       adamw_vec_kernel<C><<<grid_for(vectors > 0 ? vectors : 1), kThreads, 0, s>>>(param, grad, m, v, n, k, out);
     } else {
