@@ -143,6 +143,9 @@ class CudaBackend final : public Backend {
  public:
   CudaBackend(int device, const CudaBackendOptions& options) : device_(device) {
     MICS_CUDA_CHECK(cudaSetDevice(device));
+    // Asked once: the fused attention checks them on every call.
+    MICS_CUDA_CHECK(cudaDeviceGetAttribute(&compute_major_, cudaDevAttrComputeCapabilityMajor, device));
+    MICS_CUDA_CHECK(cudaDeviceGetAttribute(&shared_optin_, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
     // A blocking stream: it still orders with the legacy default stream, so code that uses
     // the default stream (cudaMemcpy, say) sees this backend's work in order.
     MICS_CUDA_CHECK(cudaStreamCreate(&stream_));
@@ -256,10 +259,8 @@ class CudaBackend final : public Backend {
   }
 
   // ---- dense layers ----
-  void linear_forward(Tensor out, Tensor in, Tensor weight, Tensor bias) override {
-    const char* op = "linear_forward";
-    const auto [m, n, k] = linear_forward_dims(out, in, weight, bias);
-    expect_dtypes(op, out, {&in, &weight, &bias});
+  // out[m,n] = in[m,k] @ weight[n,k]^T (+ bias[n]).
+  static GemmArgs linear_gemm(Tensor out, Tensor in, Tensor weight, Tensor bias, int64_t m, int64_t n, int64_t k) {
     GemmArgs g;
     g.dtype = out.dtype;
     g.m = m, g.n = n, g.k = k;
@@ -267,6 +268,14 @@ class CudaBackend final : public Backend {
     g.b = weight.data, g.ldb = k, g.trans_b = true;
     g.c = out.data, g.ldc = n;
     g.bias = bias.empty() ? nullptr : bias.data;
+    return g;
+  }
+
+  void linear_forward(Tensor out, Tensor in, Tensor weight, Tensor bias) override {
+    const char* op = "linear_forward";
+    const auto [m, n, k] = linear_forward_dims(out, in, weight, bias);
+    expect_dtypes(op, out, {&in, &weight, &bias});
+    GemmArgs g = linear_gemm(out, in, weight, bias, m, n, k);
     const int64_t np = padded_width(n, out.dtype);
     if (np == n || m == 0) {
       gemm_->run(g);
@@ -376,13 +385,7 @@ class CudaBackend final : public Backend {
       gelu_forward(act, pre, kind);
       return;
     }
-    GemmArgs g;  // act = gelu(in @ weight^T + bias), pre = in @ weight^T + bias
-    g.dtype = pre.dtype;
-    g.m = m, g.n = n, g.k = k;
-    g.a = in.data, g.lda = k;
-    g.b = weight.data, g.ldb = k, g.trans_b = true;
-    g.c = act.data, g.ldc = n;
-    g.bias = bias.empty() ? nullptr : bias.data;
+    GemmArgs g = linear_gemm(act, in, weight, bias, m, n, k);  // act = gelu(pre), pre = in @ weight^T + bias
     g.gelu = GemmArgs::Gelu::gelu_aux, g.aux = pre.data;
     gemm_->run(g);
   }
@@ -565,18 +568,14 @@ class CudaBackend final : public Backend {
     check_fused_attention_shapes(op, qkv, lse, out, key_keep, d);
     if (lse.dtype != DType::f32) throw ShapeError(std::string(op) + ": lse must be fp32, not " + dtype_name(lse.dtype));
     if (d.seq > INT32_MAX / 2) throw ShapeError(std::string(op) + ": sequence too long");
-    int major = 0;
-    MICS_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device_));
-    if (major < 8)
+    if (compute_major_ < 8)
       throw ShapeError(std::string(op) + ": the CUDA fused attention needs compute capability 8.0 or newer "
                        "(set 'runtime.attention' to \"materialized\")");
-    int shared_optin = 0;
-    MICS_CUDA_CHECK(cudaDeviceGetAttribute(&shared_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device_));
     const size_t needed = fused_attention_shared_bytes(d.head_dim);
-    if (needed > static_cast<size_t>(shared_optin))
+    if (needed > static_cast<size_t>(shared_optin_))
       throw ShapeError(std::string(op) + ": the CUDA fused attention at head dimension " + std::to_string(d.head_dim) +
                        " needs " + std::to_string(needed) + " bytes of shared memory per block, this GPU offers " +
-                       std::to_string(shared_optin) + " (set 'runtime.attention' to \"materialized\")");
+                       std::to_string(shared_optin_) + " (set 'runtime.attention' to \"materialized\")");
     if (d.batch * d.heads > 65535)  // the grid's y dimension
       throw ShapeError(std::string(op) + ": the CUDA fused attention takes at most 65535 batch x heads, not " +
                        std::to_string(d.batch * d.heads) + " (lower train.micro_batch_size)");
@@ -805,6 +804,7 @@ class CudaBackend final : public Backend {
   }
 
   int device_;
+  int compute_major_ = 0, shared_optin_ = 0;  // compute capability major, opt-in shared memory per block
   cudaStream_t stream_ = nullptr;
   void* scratch_ = nullptr;
   std::unique_ptr<GemmLt> gemm_;
