@@ -253,7 +253,7 @@ Config parse_config(const json& input, const std::string& source,
     r.get("device_memory_gb", c.runtime.device_memory_gb);
     r.get("comm_timeout_s", c.runtime.comm_timeout_s);
     r.get("communicator", c.runtime.communicator, {"auto", "mpi", "nccl", "staged"});
-    r.get("attention", c.runtime.attention, {"materialized", "fused"});
+    r.get("attention", c.runtime.attention, {"materialized", "fused", "cudnn"});
     r.finish();
     const std::string& comm = c.runtime.communicator;
     must(r, comm == "auto" || comm == "staged" || (comm == "mpi") == (c.runtime.backend == "cpu"),
@@ -344,6 +344,17 @@ Config parse_config(const json& input, const std::string& source,
   }
   must(t, tc.precision == "fp32" || c.runtime.backend == "cuda",
        "'train.precision' \"" + tc.precision + "\" needs 'runtime.backend' \"cuda\"; the CPU backend computes in \"fp32\"");
+  if (c.runtime.attention == "cudnn") {
+    const int64_t head_dim = mc.hidden / mc.heads;
+    must(t, c.runtime.backend == "cuda", "'runtime.attention' \"cudnn\" needs 'runtime.backend' \"cuda\"");
+    must(t, (tc.precision == "bf16" || tc.precision == "fp16") && head_dim % 8 == 0 && head_dim <= 128,
+         "'runtime.attention' \"cudnn\" runs in bf16 or fp16 with a head dimension ('model.hidden' / "
+         "'model.heads') that is a multiple of 8 up to 128; this configuration has " + tc.precision + " and " +
+             std::to_string(head_dim) + ": use \"materialized\"");
+    must(t, mc.attention_dropout == 0,
+         "'runtime.attention' \"cudnn\" takes no 'model.attention_dropout' (cuDNN draws its own dropout mask, "
+         "which the CPU backend cannot reproduce); set it to 0 or use \"fused\"");
+  }
   if (c.runtime.attention == "fused" && c.runtime.backend == "cuda") {
     const int64_t head_dim = mc.hidden / mc.heads;
     must(t, (tc.precision == "bf16" || tc.precision == "fp16") && (head_dim == 64 || head_dim == 128),
@@ -415,7 +426,7 @@ model::ModelSpec Config::model_spec() const {
   s.attention_dropout = static_cast<float>(model.attention_dropout);
   s.init_std = model.init_std;
   s.activation_checkpointing = train.activation_checkpointing;
-  s.fused_attention = runtime.attention == "fused";
+  s.fused_attention = runtime.attention == "fused" || runtime.attention == "cudnn";
   return s;
 }
 

@@ -86,8 +86,9 @@ struct RuntimeConfig {
   // NCCL when every rank of a node has its own GPU, else MPI staged through host memory
   // ("staged" also runs on the CPU, where it tests the device path's logic).
   std::string communicator = "auto";
-  // materialized | fused: attention keeping the B x H x T x T probabilities for the
-  // backward, or only each row's log-sum-exp (recomputing them; less memory).
+  // materialized | fused | cudnn: attention keeping the B x H x T x T probabilities for
+  // the backward, or only each row's log-sum-exp (recomputing them; less memory) with the
+  // engine's own kernels, or the same through cuDNN's fused attention (CUDA only).
   std::string attention = "materialized";
 };
 

@@ -188,7 +188,9 @@ Runtime make_runtime(const mics::Config& config, const mics::Topology& topology,
   }
   const int devices = mics::cuda_device_count();
   const int device = env.local_rank() % devices;
-  r.backend = mics::make_cuda_backend(device);
+  mics::CudaBackendOptions options;
+  options.cudnn_attention = config.runtime.attention == "cudnn";
+  r.backend = mics::make_cuda_backend(device, options);
   check_device_memory(config, topology, env, device, devices);
   std::string kind = config.runtime.communicator;
   if (kind == "auto") kind = env.ranks_per_node() <= devices ? "nccl" : "staged";

@@ -56,7 +56,7 @@ struct ScratchBounds {
   int64_t rows = 0;                                  // rows of any row-wise op: B*T
   std::vector<std::pair<int64_t, int64_t>> linears;  // every linear weight's (out, in)
   int64_t layernorm_width = 0;
-  int64_t attention_rows = 0;  // B*heads*T when attention is fused, else 0
+  AttentionDims fused_attention;  // the fused attention's shape; batch 0 when attention is materialised
 };
 
 class Backend {

@@ -17,7 +17,7 @@ ScratchBounds scratch_bounds(const ModelSpec& s, DType dtype, int64_t batch, int
   b.rows = batch * seq;
   b.linears = {{3 * C, C}, {C, C}, {F, C}, {C, F}, {s.vocab, C}};  // blocks, then the vocabulary projection
   b.layernorm_width = C;
-  b.attention_rows = s.fused_attention ? batch * s.heads * seq : 0;
+  if (s.fused_attention) b.fused_attention = AttentionDims{batch, seq, s.heads, C / s.heads, s.arch == Arch::gpt};
   return b;
 }
 

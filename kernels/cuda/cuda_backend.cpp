@@ -6,6 +6,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <climits>
 #include <cmath>
 #include <cstdio>
@@ -14,6 +15,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "kernels/cuda/attention_cudnn.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/gemm_lt.h"
 #include "kernels/cuda/launch.h"
@@ -153,6 +155,7 @@ class CudaBackend final : public Backend {
       MICS_CUDA_CHECK(cudaMalloc(&scratch_, kScratchBytes));
       MICS_CUDA_CHECK(cudaMemsetAsync(scratch_, 0, kScratchBytes, stream_));
       gemm_ = std::make_unique<GemmLt>(stream_, options.gemm_workspace_bytes, options.allow_tf32);
+      if (options.cudnn_attention) cudnn_ = std::make_unique<CudnnAttention>(stream_);
       MICS_CUDA_CHECK(cudaStreamSynchronize(stream_));
     } catch (...) {
       if (scratch_ != nullptr) cudaFree(scratch_);
@@ -164,6 +167,7 @@ class CudaBackend final : public Backend {
   ~CudaBackend() override {
     cudaStreamSynchronize(stream_);  // errors here cannot be reported
     gemm_.reset();
+    cudnn_.reset();
     cudaFree(scratch_);
     cudaStreamDestroy(stream_);
   }
@@ -562,11 +566,25 @@ class CudaBackend final : public Backend {
     }
   }
 
-  // The fused kernels' own limits, after the shared shape checks.
+  // The fused kernels' own limits (ours, or cuDNN's), after the shared shape checks.
   void check_fused_attention(const char* op, const Tensor& qkv, const Tensor& lse, const Tensor& out,
-                             const IntTensor& key_keep, const AttentionDims& d) {
+                             const IntTensor& key_keep, const AttentionDims& d, DropoutSpec dropout) {
     check_fused_attention_shapes(op, qkv, lse, out, key_keep, d);
     if (lse.dtype != DType::f32) throw ShapeError(std::string(op) + ": lse must be fp32, not " + dtype_name(lse.dtype));
+    if (cudnn_ != nullptr) {
+      const std::string by = std::string(op) + " through cuDNN (runtime.attention \"cudnn\")";
+      if (qkv.dtype != DType::bf16 && qkv.dtype != DType::f16)
+        throw ShapeError(by + " computes in bf16 or fp16, not " + dtype_name(qkv.dtype));
+      if (d.head_dim % 8 != 0 || d.head_dim > 128)
+        throw ShapeError(by + " takes a head dimension that is a multiple of 8 up to 128, not " +
+                         std::to_string(d.head_dim));
+      if (compute_major_ < 8) throw ShapeError(by + " needs compute capability 8.0 or newer");
+      if (key_keep.data != nullptr) throw ShapeError(by + " takes no padding mask (use \"fused\")");
+      if (dropout.enabled())
+        throw ShapeError(by + " takes no attention dropout: cuDNN draws its own mask, which the CPU backend cannot "
+                         "reproduce (set model.attention_dropout to 0, or use \"fused\")");
+      return;
+    }
     if (d.seq > INT32_MAX / 2) throw ShapeError(std::string(op) + ": sequence too long");
     if (compute_major_ < 8)
       throw ShapeError(std::string(op) + ": the CUDA fused attention needs compute capability 8.0 or newer "
@@ -589,8 +607,12 @@ class CudaBackend final : public Backend {
   void attention_forward_fused(Tensor out, Tensor lse, Tensor qkv, IntTensor key_keep, const AttentionDims& d,
                                DropoutSpec dropout) override {
     const char* op = "attention_forward_fused";
-    check_fused_attention(op, qkv, lse, out, key_keep, d);
+    check_fused_attention(op, qkv, lse, out, key_keep, d, dropout);
     expect_dtypes(op, out, {&qkv});
+    if (cudnn_ != nullptr) {
+      cudnn_->forward(out.dtype, d, out.data, static_cast<float*>(lse.data), qkv.data, cudnn_workspace(out.dtype, d));
+      return;
+    }
     launch_attention_forward_fused(out.dtype, out.data, static_cast<float*>(lse.data), qkv.data,
                                    fused_shape(d, key_keep, dropout), stream_);
   }
@@ -598,10 +620,15 @@ class CudaBackend final : public Backend {
   void attention_backward_fused(Tensor d_qkv, Tensor d_out, Tensor qkv, Tensor out, Tensor lse, IntTensor key_keep,
                                 const AttentionDims& d, DropoutSpec dropout) override {
     const char* op = "attention_backward_fused";
-    check_fused_attention(op, qkv, lse, out, key_keep, d);
+    check_fused_attention(op, qkv, lse, out, key_keep, d, dropout);
     expect_shape(op, "d_qkv", d_qkv, qkv.shape);
     expect_shape(op, "d_out", d_out, out.shape);
     expect_dtypes(op, d_qkv, {&d_out, &qkv, &out});
+    if (cudnn_ != nullptr) {
+      cudnn_->backward(d_qkv.dtype, d, d_qkv.data, d_out.data, qkv.data, out.data, static_cast<const float*>(lse.data),
+                       cudnn_workspace(d_qkv.dtype, d));
+      return;
+    }
     auto* delta = static_cast<float*>(
         fused_delta_.get(static_cast<size_t>(d.batch * d.heads * d.seq) * sizeof(float), stream_));
     launch_attention_backward_fused(d_qkv.dtype, d_qkv.data, d_out.data, qkv.data, out.data,
@@ -720,7 +747,8 @@ class CudaBackend final : public Backend {
   int64_t gemm_fallback_calls() const { return gemm_->fallback_calls(); }
   int64_t scratch_growths() const {
     return pad_weight_.growths() + pad_bias_.growths() + pad_rows_.growths() + pad_weight_grad_.growths() +
-           index_scratch_.growths() + fused_delta_.growths() + column_partials_.growths();
+           index_scratch_.growths() + fused_delta_.growths() + column_partials_.growths() +
+           cudnn_workspace_.growths();
   }
 
  private:
@@ -753,7 +781,17 @@ class CudaBackend final : public Backend {
     pad_rows_.reserve(rows, stream_);
     column_partials_.reserve(static_cast<size_t>(partials) * sizeof(float), stream_);
     index_scratch_.reserve(index_add_scratch_bytes(b.rows), stream_);
-    fused_delta_.reserve(static_cast<size_t>(b.attention_rows) * sizeof(float), stream_);
+    const AttentionDims& a = b.fused_attention;
+    if (cudnn_ != nullptr && a.batch > 0 && (b.dtype == DType::bf16 || b.dtype == DType::f16))
+      cudnn_workspace_.reserve(cudnn_->prepare(b.dtype, a), stream_);  // builds the plans too
+    else
+      fused_delta_.reserve(static_cast<size_t>(a.batch * a.heads * a.seq) * sizeof(float), stream_);
+  }
+
+  // cuDNN's workspace for this attention shape (its plans are built on first use).
+  void* cudnn_workspace(DType t, const AttentionDims& d) {
+    const size_t bytes = cudnn_->prepare(t, d);
+    return bytes == 0 ? nullptr : cudnn_workspace_.get(bytes, stream_);
   }
 
   // Partial sums for a column reduction of `sums` outputs over [rows, cols].
@@ -813,6 +851,8 @@ class CudaBackend final : public Backend {
   GrowingBuffer index_scratch_;  // index_add's sort (embedding backward, scatter_add_rows)
   GrowingBuffer fused_delta_;    // the fused attention backward's row dots dO . O
   GrowingBuffer column_partials_;  // column reductions' partial sums
+  std::unique_ptr<CudnnAttention> cudnn_;  // runtime.attention "cudnn": the fused ops go to cuDNN
+  GrowingBuffer cudnn_workspace_;
 };
 
 }  // namespace

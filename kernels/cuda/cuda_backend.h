@@ -18,6 +18,10 @@ struct CudaBackendOptions {
   bool allow_tf32 = false;
   // cuBLASLt workspace, allocated once at construction.
   size_t gemm_workspace_bytes = size_t{32} << 20;
+  // attention_forward_fused / attention_backward_fused through cuDNN's fused attention
+  // instead of this backend's own kernels (runtime.attention "cudnn"): bf16/fp16, head
+  // dimension a multiple of 8 up to 128, no padding mask, no attention dropout.
+  bool cudnn_attention = false;
 };
 
 // Whether this build compiled the CUDA backend (false where nvcc was absent or MICS_CUDA off).

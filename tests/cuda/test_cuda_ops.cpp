@@ -29,6 +29,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cuda/attention_cudnn.h"
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/ops.h"
 #include "tests/cuda/device_numerics.h"
@@ -614,9 +615,10 @@ INSTANTIATE_TEST_SUITE_P(
 // Rows of 13, 67, 130 and 200 queries cross the kernels' 64-row tiles part way.
 class CudaFusedAttention : public ::testing::TestWithParam<std::tuple<AttnCase, DType>> {};
 
-TEST_P(CudaFusedAttention, ForwardAndBackwardMatchReference) {
-  MICS_REQUIRE_CUDA();
-  const auto [c, t] = GetParam();
+// Forward on `device` against the CPU's fp64 fused attention (out, lse), then the backward
+// from the reference's out; `device_lse` feeds the backward the device's own lse (cuDNN's
+// statistics are its own state) instead of the reference's.
+void check_fused_attention_on(Backend& device, const AttnCase& c, DType t, bool device_lse) {
   const int64_t B = c.batch, S = c.seq, H = c.heads, D = c.head_dim, C = H * D;
   const AttentionDims dims{B, S, H, D, c.causal};
   const DropoutSpec drop{c.drop_prob, 0xF05Eull};
@@ -631,7 +633,7 @@ TEST_P(CudaFusedAttention, ForwardAndBackwardMatchReference) {
                                 drop);
   std::unique_ptr<DevInts> d_keep = c.padding ? std::make_unique<DevInts>(keep) : nullptr;
   Dev d_out(t, Shape{B, S, C}), d_lse(DType::f32, Shape{B, H, S}), d_qkv(t, {B, S, 3 * C}, qkv);
-  gpu().attention_forward_fused(d_out.t(), d_lse.t(), d_qkv.t(), d_keep ? d_keep->t() : IntTensor{}, dims, drop);
+  device.attention_forward_fused(d_out.t(), d_lse.t(), d_qkv.t(), d_keep ? d_keep->t() : IntTensor{}, dims, drop);
   // The unnormalised probabilities enter P V rounded to the dtype (u each, relative); the
   // scores are fp32 dots, exp is the fast hardware one (~2^-21 relative). out as in
   // CudaAttention; lse: fp32 sums of exp and a log, absolute ~1e-6 (1 + smax).
@@ -655,11 +657,18 @@ TEST_P(CudaFusedAttention, ForwardAndBackwardMatchReference) {
   H64 r_dqkv(Shape{B, S, 3 * C}), r_w(w, {B, S, C}), r_o(out, {B, S, C}), r_l(lse, {B, H, S});
   cpu().attention_backward_fused(r_dqkv.t(), r_w.t(), r_qkv.t(), r_o.t(), r_l.t(),
                                  c.padding ? host_ints(keep) : IntTensor{}, dims, drop);
-  Dev d_dqkv(t, Shape{B, S, 3 * C}), d_w(t, {B, S, C}, w), d_o(t, {B, S, C}, out), d_l(DType::f32, {B, H, S}, lse);
-  gpu().attention_backward_fused(d_dqkv.t(), d_w.t(), d_qkv.t(), d_o.t(), d_l.t(), d_keep ? d_keep->t() : IntTensor{},
-                                 dims, drop);
+  Dev d_dqkv(t, Shape{B, S, 3 * C}), d_w(t, {B, S, C}, w), d_o(t, {B, S, C}, out),
+      d_l(DType::f32, {B, H, S}, device_lse ? got_lse : lse);
+  device.attention_backward_fused(d_dqkv.t(), d_w.t(), d_qkv.t(), d_o.t(), d_l.t(), d_keep ? d_keep->t() : IntTensor{},
+                                  dims, drop);
   // As CudaAttention; delta = dO . O also uses the rounded O.
   expect_qkv_gradient_close(d_dqkv.get(), r_dqkv.vec(), t, C, S, growth, keep_scale);
+}
+
+TEST_P(CudaFusedAttention, ForwardAndBackwardMatchReference) {
+  MICS_REQUIRE_CUDA();
+  const auto [c, t] = GetParam();
+  check_fused_attention_on(gpu(), c, t, false);
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -683,6 +692,68 @@ TEST(CudaFusedAttentionErrors, UnsupportedDtypeOrHeadDimIsRefused) {
   Dev out16(DType::bf16, Shape{1, 8, 64}), qkv16(DType::bf16, Shape{1, 8, 192}), lse2(DType::f32, Shape{1, 2, 8});
   EXPECT_THROW(gpu().attention_forward_fused(out16.t(), lse2.t(), qkv16.t(), IntTensor{}, d32, DropoutSpec{}),
                ShapeError);
+}
+
+// ---------------------------------------------------------------- cuDNN's fused attention
+
+// runtime.attention "cudnn": the same ops through cuDNN's SDPA, against the same fp64
+// reference. No padding and no dropout (the backend refuses both; see the errors test).
+Backend& gpu_cudnn() {
+  static const std::unique_ptr<Backend> backend = [] {
+    CudaBackendOptions options;
+    options.cudnn_attention = true;
+    return make_cuda_backend(0, options);
+  }();
+  return *backend;
+}
+
+class CudnnFusedAttention : public ::testing::TestWithParam<std::tuple<AttnCase, DType>> {};
+
+TEST_P(CudnnFusedAttention, ForwardAndBackwardMatchReference) {
+  MICS_REQUIRE_CUDA();
+  if (cuda_compute_capability(0) < 80) GTEST_SKIP() << "cuDNN's fused attention needs compute capability 8.0";
+  const auto [c, t] = GetParam();
+  check_fused_attention_on(gpu_cudnn(), c, t, true);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Cuda, CudnnFusedAttention,
+    ::testing::Combine(
+        ::testing::Values(AttnCase{"causal_64", 2, 67, 2, 64, true, false, 0.0f},
+                          AttnCase{"bidirectional_64", 2, 256, 3, 64, false, false, 0.0f},
+                          AttnCase{"bidirectional_128", 1, 130, 2, 128, false, false, 0.0f},
+                          AttnCase{"causal_200_128", 1, 200, 1, 128, true, false, 0.0f},
+                          AttnCase{"causal_32", 1, 40, 2, 32, true, false, 0.0f}),
+        ::testing::Values(DType::bf16, DType::f16)),
+    [](const auto& info) {
+      return std::string(std::get<0>(info.param).name) + "_" + dtype_name(std::get<1>(info.param));
+    });
+
+TEST(CudnnFusedAttentionErrors, PaddingDropoutAndFp32AreRefused) {
+  MICS_REQUIRE_CUDA();
+  const AttentionDims d{1, 8, 1, 64, false};
+  Dev out(DType::bf16, Shape{1, 8, 64}), qkv(DType::bf16, Shape{1, 8, 192}), lse(DType::f32, Shape{1, 1, 8});
+  DevInts keep(Ints(8, 1));
+  EXPECT_THROW(gpu_cudnn().attention_forward_fused(out.t(), lse.t(), qkv.t(), keep.t(), d, DropoutSpec{}), ShapeError);
+  EXPECT_THROW(gpu_cudnn().attention_forward_fused(out.t(), lse.t(), qkv.t(), IntTensor{}, d, DropoutSpec{0.1f, 7}),
+               ShapeError);
+  Dev out32(DType::f32, Shape{1, 8, 64}), qkv32(DType::f32, Shape{1, 8, 192});
+  EXPECT_THROW(gpu_cudnn().attention_forward_fused(out32.t(), lse.t(), qkv32.t(), IntTensor{}, d, DropoutSpec{}),
+               ShapeError);
+}
+
+// No GPU needed: the frontend's own validation of the graphs (shapes, strides, dtypes and
+// its support surface for the compute capability) for the benchmark slices' shapes, on
+// Ampere and Hopper. A head dimension cuDNN does not take must fail the same check.
+TEST(CudnnAttentionGraphs, TheFrontendAcceptsTheSliceShapesWithoutAGpu) {
+  for (int sm : {80, 90})
+    for (DType t : {DType::bf16, DType::f16}) {
+      SCOPED_TRACE(testing::Message() << "sm_" << sm << " " << dtype_name(t));
+      EXPECT_EQ(cuda::validate_cudnn_attention(t, AttentionDims{8, 512, 40, 64, false}, sm), "");  // BERT 10B
+      EXPECT_EQ(cuda::validate_cudnn_attention(t, AttentionDims{8, 512, 40, 128, true}, sm), "");  // GPT-2 10B
+      EXPECT_EQ(cuda::validate_cudnn_attention(t, AttentionDims{2, 67, 2, 64, true}, sm), "");
+    }
+  EXPECT_NE(cuda::validate_cudnn_attention(DType::bf16, AttentionDims{1, 64, 2, 260, false}, 90), "");
 }
 
 // ---------------------------------------------------------------- embeddings and rows

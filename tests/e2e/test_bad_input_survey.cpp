@@ -167,7 +167,18 @@ std::vector<Case> cases() {
                           },
                           "'runtime.attention' \"fused\" on the CUDA backend runs in bf16 or fp16"));
   c.push_back(config_case("attention_unknown", [](json& j) { j["runtime"]["attention"] = "flash"; },
-                          "'runtime.attention' is \"flash\"; accepted values are \"materialized\", \"fused\""));
+                          "'runtime.attention' is \"flash\"; accepted values are \"materialized\", \"fused\", "
+                          "\"cudnn\""));
+  c.push_back(config_case("cudnn_attention_on_cpu", [](json& j) { j["runtime"]["attention"] = "cudnn"; },
+                          "'runtime.attention' \"cudnn\" needs 'runtime.backend' \"cuda\""));
+  c.push_back(config_case("cudnn_attention_with_dropout",
+                          [](json& j) {
+                            j["runtime"]["backend"] = "cuda";
+                            j["runtime"]["attention"] = "cudnn";
+                            j["train"]["precision"] = "bf16";
+                            j["model"]["attention_dropout"] = 0.1;
+                          },
+                          "'runtime.attention' \"cudnn\" takes no 'model.attention_dropout'"));
   c.push_back(config_case("path_without_source", [](json& j) { j["data"] = {{"path", "/tmp"}}; },
                           "'data.path' is set but 'data.source' is \"synthetic\""));
   c.push_back(config_case("gpt_type_vocab", [](json& j) { j["model"]["type_vocab_size"] = 2; },

@@ -1,0 +1,225 @@
+// cuDNN's SDPA forward and backward as frontend graphs, built once per shape and cached.
+// Layouts (no copies): q, k and v are strided views of qkv[B,T,3C] (head h at columns h*D
+// of each third), out and d_out are [B,T,C] seen as [B,H,T,D], and d_qkv takes dQ, dK and
+// dV at the same strides as qkv.
+#include "kernels/cuda/attention_cudnn.h"
+
+#include <cudnn.h>
+#include <spdlog/spdlog.h>
+
+#include <cmath>
+#include <map>
+#include <stdexcept>
+#include <string>
+#include <tuple>
+#include <unordered_map>
+#include <utility>
+
+#include "cudnn_frontend.h"
+
+namespace mics::cuda {
+namespace {
+
+namespace fe = cudnn_frontend;
+
+// Tensor uids of the variant packs.
+enum Uid : int64_t { kQ = 1, kK, kV, kO, kStats, kDO, kDQ, kDK, kDV };
+
+std::string cudnn_status(cudnnStatus_t s) { return cudnnGetErrorString(s); }
+
+std::string describe(DType t, const AttentionDims& d) {
+  return std::string(dtype_name(t)) + ", batch " + std::to_string(d.batch) + ", " + std::to_string(d.seq) +
+         " positions, " + std::to_string(d.heads) + " heads of " + std::to_string(d.head_dim) +
+         (d.causal ? ", causal" : ", bidirectional");
+}
+
+// A frontend call that must succeed: anything else is cuDNN refusing or failing.
+void require(fe::error_t status, const char* step, DType t, const AttentionDims& d) {
+  if (status.is_good()) return;
+  throw std::runtime_error(std::string("runtime.attention \"cudnn\": cuDNN failed to ") + step + " for " +
+                           describe(t, d) + ": " + status.get_message());
+}
+
+struct Layout {
+  std::vector<int64_t> dims, qkv_strides, out_strides, stats_dims, stats_strides;
+};
+
+Layout layout(const AttentionDims& d) {
+  const int64_t B = d.batch, T = d.seq, H = d.heads, D = d.head_dim, C = H * D;
+  return Layout{{B, H, T, D}, {T * 3 * C, D, 3 * C, 1}, {T * C, D, C, 1}, {B, H, T, 1}, {H * T, T, 1, 1}};
+}
+
+// sm_version 0: the current device's (the frontend asks it); else a compute capability to
+// describe the graph for without a device. Set before any node: nodes copy the context.
+std::shared_ptr<fe::graph::Graph> new_graph(DType t, int sm_version) {
+  auto g = std::make_shared<fe::graph::Graph>();
+  if (sm_version > 0) g->set_sm_version(sm_version);
+  g->set_io_data_type(t == DType::bf16 ? fe::DataType_t::BFLOAT16 : fe::DataType_t::HALF)
+      .set_intermediate_data_type(fe::DataType_t::FLOAT)
+      .set_compute_data_type(fe::DataType_t::FLOAT);
+  return g;
+}
+
+std::shared_ptr<fe::graph::Tensor_attributes> input(fe::graph::Graph& g, const char* name, int64_t uid,
+                                                    const std::vector<int64_t>& dims,
+                                                    const std::vector<int64_t>& strides) {
+  return g.tensor(fe::graph::Tensor_attributes().set_name(name).set_uid(uid).set_dim(dims).set_stride(strides));
+}
+
+// The forward graph: q, k, v in, out and the softmax statistics out.
+std::shared_ptr<fe::graph::Graph> describe_forward(DType t, const AttentionDims& d, int sm_version = 0) {
+  const Layout l = layout(d);
+  auto g = new_graph(t, sm_version);
+  auto q = input(*g, "q", kQ, l.dims, l.qkv_strides);
+  auto k = input(*g, "k", kK, l.dims, l.qkv_strides);
+  auto v = input(*g, "v", kV, l.dims, l.qkv_strides);
+  auto options = fe::graph::SDPA_attributes()
+                     .set_name("attention_forward")
+                     .set_generate_stats(true)
+                     .set_attn_scale(1.0f / std::sqrt(static_cast<float>(d.head_dim)))
+                     .set_causal_mask(d.causal);
+  auto [o, stats] = g->sdpa(q, k, v, options);
+  o->set_output(true).set_uid(kO).set_dim(l.dims).set_stride(l.out_strides);
+  stats->set_output(true).set_uid(kStats).set_data_type(fe::DataType_t::FLOAT).set_dim(l.stats_dims).set_stride(
+      l.stats_strides);
+  return g;
+}
+
+// The backward graph: q, k, v, out, d_out and the statistics in; dQ, dK, dV out.
+std::shared_ptr<fe::graph::Graph> describe_backward(DType t, const AttentionDims& d, bool deterministic,
+                                                    int sm_version = 0) {
+  const Layout l = layout(d);
+  auto g = new_graph(t, sm_version);
+  auto q = input(*g, "q", kQ, l.dims, l.qkv_strides);
+  auto k = input(*g, "k", kK, l.dims, l.qkv_strides);
+  auto v = input(*g, "v", kV, l.dims, l.qkv_strides);
+  auto o = input(*g, "o", kO, l.dims, l.out_strides);
+  auto d_o = input(*g, "d_o", kDO, l.dims, l.out_strides);
+  auto stats = input(*g, "stats", kStats, l.stats_dims, l.stats_strides);
+  stats->set_data_type(fe::DataType_t::FLOAT);
+  auto options = fe::graph::SDPA_backward_attributes()
+                     .set_name("attention_backward")
+                     .set_attn_scale(1.0f / std::sqrt(static_cast<float>(d.head_dim)))
+                     .set_causal_mask(d.causal)
+                     .set_deterministic_algorithm(deterministic);
+  auto [dq, dk, dv] = g->sdpa_backward(q, k, v, o, d_o, stats, options);
+  dq->set_output(true).set_uid(kDQ).set_dim(l.dims).set_stride(l.qkv_strides);
+  dk->set_output(true).set_uid(kDK).set_dim(l.dims).set_stride(l.qkv_strides);
+  dv->set_output(true).set_uid(kDV).set_dim(l.dims).set_stride(l.qkv_strides);
+  return g;
+}
+
+}  // namespace
+
+struct CudnnAttention::Impl {
+  struct Plans {
+    std::shared_ptr<fe::graph::Graph> forward, backward;
+    size_t workspace = 0;
+  };
+  cudnnHandle_t handle = nullptr;
+  std::map<std::tuple<DType, int64_t, int64_t, int64_t, int64_t, bool>, Plans> plans;
+  bool told_nondeterministic = false;
+
+  // Plans for one shape: the frontend's validate, operation graph, heuristics (mode A, then
+  // the fallback list), support check and plan build, each failure named.
+  void build(const std::shared_ptr<fe::graph::Graph>& g, DType t, const AttentionDims& d) {
+    require(g->validate(), "validate the attention graph", t, d);
+    require(g->build_operation_graph(handle), "build the operation graph", t, d);
+    require(g->create_execution_plans({fe::HeurMode_t::A, fe::HeurMode_t::FALLBACK}), "find execution plans", t, d);
+    fe::error_t support = g->check_support(handle);
+    if (support.is_bad())
+      throw ShapeError("runtime.attention \"cudnn\": this cuDNN has no fused attention kernel for " + describe(t, d) +
+                       " (" + support.get_message() + "); use \"fused\" or \"materialized\"");
+    require(g->build_plans(handle), "build the execution plan", t, d);
+  }
+
+  Plans& plans_for(DType t, const AttentionDims& d) {
+    const auto key = std::make_tuple(t, d.batch, d.seq, d.heads, d.head_dim, d.causal);
+    auto it = plans.find(key);
+    if (it != plans.end()) return it->second;
+    Plans p;
+    p.forward = describe_forward(t, d);
+    build(p.forward, t, d);
+    try {
+      p.backward = describe_backward(t, d, true);
+      build(p.backward, t, d);
+    } catch (const std::exception& e) {
+      // Without a deterministic kernel for this shape (or this cuDNN), the fast one (dQ
+      // summed with atomics: the last bits of a step may then differ between runs).
+      p.backward = describe_backward(t, d, false);
+      build(p.backward, t, d);
+      if (!told_nondeterministic)
+        spdlog::warn("runtime.attention \"cudnn\": cuDNN has no deterministic backward for {} ({}); using its "
+                     "nondeterministic one, so repeated runs may differ in the last bits",
+                     describe(t, d), e.what());
+      told_nondeterministic = true;
+    }
+    int64_t forward_bytes = 0, backward_bytes = 0;
+    require(p.forward->get_workspace_size(forward_bytes), "size the forward workspace", t, d);
+    require(p.backward->get_workspace_size(backward_bytes), "size the backward workspace", t, d);
+    p.workspace = static_cast<size_t>(std::max(forward_bytes, backward_bytes));
+    spdlog::debug("cuDNN attention plans for {}: workspace {} bytes", describe(t, d), p.workspace);
+    return plans.emplace(key, std::move(p)).first->second;
+  }
+};
+
+CudnnAttention::CudnnAttention(cudaStream_t stream) : impl_(std::make_unique<Impl>()) {
+  const cudnnStatus_t created = cudnnCreate(&impl_->handle);
+  if (created != CUDNN_STATUS_SUCCESS)
+    throw std::runtime_error("runtime.attention \"cudnn\": cuDNN could not start (cudnnCreate: " +
+                             cudnn_status(created) + "); use \"fused\" or \"materialized\"");
+  const cudnnStatus_t bound = cudnnSetStream(impl_->handle, stream);
+  if (bound != CUDNN_STATUS_SUCCESS) {
+    cudnnDestroy(impl_->handle);
+    throw std::runtime_error("runtime.attention \"cudnn\": cudnnSetStream failed: " + cudnn_status(bound));
+  }
+  spdlog::debug("cuDNN {} (built against {}.{}.{}), frontend {}", cudnnGetVersion(), CUDNN_MAJOR, CUDNN_MINOR,
+                CUDNN_PATCHLEVEL, CUDNN_FRONTEND_VERSION);
+}
+
+CudnnAttention::~CudnnAttention() {
+  impl_->plans.clear();  // plans hold cuDNN descriptors: released before the handle
+  if (impl_->handle != nullptr) cudnnDestroy(impl_->handle);
+}
+
+size_t CudnnAttention::prepare(DType t, const AttentionDims& d) { return impl_->plans_for(t, d).workspace; }
+
+void CudnnAttention::forward(DType t, const AttentionDims& d, void* out, float* lse, const void* qkv,
+                             void* workspace) {
+  Impl::Plans& p = impl_->plans_for(t, d);
+  char* base = static_cast<char*>(const_cast<void*>(qkv));
+  const size_t third = static_cast<size_t>(d.heads * d.head_dim) * dtype_size(t);
+  std::unordered_map<int64_t, void*> pack{{kQ, base}, {kK, base + third}, {kV, base + 2 * third},
+                                          {kO, out},  {kStats, lse}};
+  require(p.forward->execute(impl_->handle, pack, workspace), "run the attention forward", t, d);
+}
+
+void CudnnAttention::backward(DType t, const AttentionDims& d, void* d_qkv, const void* d_out, const void* qkv,
+                              const void* out, const float* lse, void* workspace) {
+  Impl::Plans& p = impl_->plans_for(t, d);
+  char* base = static_cast<char*>(const_cast<void*>(qkv));
+  char* grad = static_cast<char*>(d_qkv);
+  const size_t third = static_cast<size_t>(d.heads * d.head_dim) * dtype_size(t);
+  std::unordered_map<int64_t, void*> pack{{kQ, base},
+                                          {kK, base + third},
+                                          {kV, base + 2 * third},
+                                          {kO, const_cast<void*>(out)},
+                                          {kDO, const_cast<void*>(d_out)},
+                                          {kStats, const_cast<float*>(lse)},
+                                          {kDQ, grad},
+                                          {kDK, grad + third},
+                                          {kDV, grad + 2 * third}};
+  require(p.backward->execute(impl_->handle, pack, workspace), "run the attention backward", t, d);
+}
+
+std::string validate_cudnn_attention(DType t, const AttentionDims& d, int sm_version) {
+  std::string problems;
+  for (const auto& [what, g] : {std::pair{"forward", describe_forward(t, d, sm_version)},
+                                std::pair{"backward", describe_backward(t, d, true, sm_version)}}) {
+    fe::error_t status = g->validate();
+    if (status.is_bad()) problems += std::string(problems.empty() ? "" : "; ") + what + ": " + status.get_message();
+  }
+  return problems;
+}
+
+}  // namespace mics::cuda
