@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds what scripts/gpu-check.sh runs on a GPU machine, here, and packs it into
-# gpu-carry/ (git-ignored through .git/info/exclude): bin/ (mics-train, the CUDA tests,
-# mics-bench-ops) and lib/ (the shared libraries Debian installs here but the GPU machine
-# lacks: OpenBLAS and its runtimes, spdlog, fmt, OpenMPI's C++ bindings). Hopper only by
+# gpu-carry/bundle.tar.xz (gpu-carry/ is git-ignored through .git/info/exclude): bin/
+# (mics-train, the CUDA tests, mics-bench-ops) and lib/ (the shared libraries Debian
+# installs here but the GPU machine lacks: OpenBLAS and its runtimes, spdlog, fmt,
+# OpenMPI's C++ bindings). Hopper only by
 # default to keep the bundle under the device tool's 64 MiB: MICS_GPU_ARCHS=90.
 #   scripts/gpu-bundle.sh          then (device tool) run scripts/gpu-check.sh, carry gpu-carry
 set -euo pipefail
@@ -20,5 +21,9 @@ for lib in libopenblas.so.0 libgomp.so.1 libgfortran.so.5 libquadmath.so.0 libsp
   path=$(ldd gpu-carry/bin/mics-train | awk -v l="$lib" '$1 == l {print $3}')
   [[ -n $path ]] && cp -L "$path" gpu-carry/lib/
 done
+# Packed: the device tool carries at most 64 MiB, and bin/ + lib/ are about 63 (OpenBLAS alone
+# 37); xz brings them to about 11. scripts/gpu-check.sh unpacks gpu-carry/bundle.tar.xz.
+tar -C gpu-carry -cJf gpu-carry/bundle.tar.xz bin lib
+rm -rf gpu-carry/bin gpu-carry/lib
 grep -qx '/gpu-carry/' .git/info/exclude 2>/dev/null || echo '/gpu-carry/' >>.git/info/exclude
 du -sh gpu-carry

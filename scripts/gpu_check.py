@@ -36,6 +36,29 @@ def sh(cmd, env=None, timeout=None):
     return r.returncode, r.stdout + r.stderr
 
 
+def find_missing_libraries(binary, env):
+    """Libraries `binary` needs that the loader does not find (cuDNN and NVRTC may live only in
+    a Python wheel on the GPU machine, nvidia/*/lib): searched for under the Python prefixes
+    and /usr/local, and their folders put on LD_LIBRARY_PATH. Returns what stays missing."""
+    def missing():
+        out = subprocess.run(["ldd", binary], env=env, capture_output=True, text=True).stdout
+        return [line.split()[0] for line in out.splitlines() if "not found" in line]
+    roots = sorted({sys.prefix, sys.base_prefix, "/usr/local", "/opt"})
+    for name in missing():
+        found = None
+        for root in roots:
+            for folder, _, files in os.walk(root):
+                if name in files:
+                    found = folder
+                    break
+            if found:
+                break
+        if found:
+            print(f"gpu-check: {name} from {found}", flush=True)
+            env["LD_LIBRARY_PATH"] = found + ":" + env.get("LD_LIBRARY_PATH", "")
+    return missing()
+
+
 def card():
     code, text = sh(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"])
     return text.strip().splitlines()[0] if code == 0 else "unknown"
@@ -88,19 +111,22 @@ def checks(bindir, work, env, rows):
             d = max_rel(losses(m), losses(ref)) if code == 0 else float("inf")
             rows.append({"check": f"{model}-tiny 50 steps, CUDA {precision} vs CPU fp32", "ok": d <= tol,
                          "detail": f"max relative loss difference {d:.2e} (limit {tol:g})" if code == 0 else text[-300:]})
-        # Fused attention (runtime.attention "fused": bf16/fp16, head dim 64 or 128, so 2 heads
-        # of 64 here) against the materialised path, both on CUDA in bf16.
+        # Fused attention, the engine's kernels ("fused": bf16/fp16, head dim 64 or 128, so 2
+        # heads of 64 here) and cuDNN's ("cudnn"), against the materialised path, all on CUDA
+        # in bf16.
         heads = tiny + ["runtime.backend=\"cuda\"", "train.precision=\"bf16\"", "model.heads=2"]
         runs = {}
-        for attention in ("materialized", "fused"):
+        for attention in ("materialized", "fused", "cudnn"):
             m = os.path.join(work, f"{model}-{attention}.jsonl")
             runs[attention] = train(mt, config, m, heads + [f"runtime.attention=\"{attention}\""], env) + (m,)
-        ok = all(r[0] == 0 for r in runs.values())
-        d = max_rel(losses(runs["fused"][2]), losses(runs["materialized"][2])) if ok else float("inf")
-        rows.append({"check": f"{model}-tiny (2 heads of 64) 50 steps bf16, fused vs materialised attention",
-                     "ok": d <= 2e-2,
-                     "detail": f"max relative loss difference {d:.2e} (limit 2e-2)" if ok
-                               else next(r[1] for r in runs.values() if r[0] != 0)[-400:]})
+        for attention in ("fused", "cudnn"):
+            pair = (runs[attention], runs["materialized"])
+            ok = all(r[0] == 0 for r in pair)
+            d = max_rel(losses(pair[0][2]), losses(pair[1][2])) if ok else float("inf")
+            rows.append({"check": f"{model}-tiny (2 heads of 64) 50 steps bf16, {attention} vs materialised attention",
+                         "ok": d <= 2e-2,
+                         "detail": f"max relative loss difference {d:.2e} (limit 2e-2)" if ok
+                                   else next(r[1] for r in pair if r[0] != 0)[-400:]})
     # Several ranks on the one GPU: staged communicator against one rank, fp32.
     config = os.path.join(ROOT, "configs", "gpt-tiny.json")
     base = tiny + ["runtime.backend=\"cuda\"", "train.precision=\"fp32\"", "train.micro_batch_size=4",
@@ -228,22 +254,24 @@ def bench(bindir, work, env, rows, peak):
         path = os.path.join(ROOT, "configs", "bench", f"{name}.json")
         cfg = load_config(path)
         full, layers = model_flops(cfg), layer_flops(cfg)
-        for attention in ("materialized", "fused"):
-            for ckpt in (False, True):
-                variant = ("ckpt" if ckpt else "no ckpt") + (", fused attention" if attention == "fused" else "")
-                m = os.path.join(work, f"{name}-{ckpt}-{attention}.jsonl")
-                code, text = train(mt, path, m, ["train.steps=10", f"train.activation_checkpointing={'true' if ckpt else 'false'}",
-                                                 f"runtime.attention=\"{attention}\""], env)
-                if code != 0:
-                    rows.append({"bench": name, "engine": "mics-train", "variant": variant, "error": text[-400:]})
-                    continue
-                steps = [json.loads(line) for line in open(m)]
-                t = statistics.median(s["step_time_s"] for s in steps[1:])  # the first step is warm-up
-                rows.append({"bench": name, "engine": "mics-train", "variant": variant, "ckpt": ckpt, "step_s": t,
-                             "tflops": full / t / 1e12, "layer_tflops": layers / t / 1e12,
-                             "mfu": full / t / 1e12 / peak,
-                             # what the engine itself logged (engine/flops.cpp): should equal tflops
-                             "engine_logged_tflops": statistics.median(s["tflops_per_device"] for s in steps[1:])})
+        # The engine's own fused attention without checkpointing only (device time is short).
+        for attention, ckpt in (("materialized", False), ("materialized", True), ("fused", False),
+                                ("cudnn", False), ("cudnn", True)):
+            variant = ("ckpt" if ckpt else "no ckpt") + {"materialized": "", "fused": ", fused attention",
+                                                         "cudnn": ", cuDNN attention"}[attention]
+            m = os.path.join(work, f"{name}-{ckpt}-{attention}.jsonl")
+            code, text = train(mt, path, m, ["train.steps=10", f"train.activation_checkpointing={'true' if ckpt else 'false'}",
+                                             f"runtime.attention=\"{attention}\""], env)
+            if code != 0:
+                rows.append({"bench": name, "engine": "mics-train", "variant": variant, "error": text[-400:]})
+                continue
+            steps = [json.loads(line) for line in open(m)]
+            t = statistics.median(s["step_time_s"] for s in steps[1:])  # the first step is warm-up
+            rows.append({"bench": name, "engine": "mics-train", "variant": variant, "ckpt": ckpt, "step_s": t,
+                         "tflops": full / t / 1e12, "layer_tflops": layers / t / 1e12,
+                         "mfu": full / t / 1e12 / peak,
+                         # what the engine itself logged (engine/flops.cpp): should equal tflops
+                         "engine_logged_tflops": statistics.median(s["tflops_per_device"] for s in steps[1:])})
         # The full model (the engine's) in three variants, then the layers alone compiled (the
         # method of REFERENCES.md), 10 steps each in one process.
         def peer_line(line):
@@ -280,10 +308,11 @@ def peer_ratio(r, rows):
 
 
 def profile(bindir, work, env, tables):
-    """Each slice with --profile (4 steps; the op table covers steps 2-4), both attentions."""
+    """Each slice with --profile (4 steps; the op table covers steps 2-4), with the engine's
+    fused attention and cuDNN's (docs/gpu-results.md has the materialised path's)."""
     mt = os.path.join(bindir, "mics-train")
     for name in ("bert-10b-slice", "gpt2-10b-slice"):
-        for attention in ("materialized", "fused"):
+        for attention in ("fused", "cudnn"):
             path = os.path.join(ROOT, "configs", "bench", f"{name}.json")
             m = os.path.join(work, f"{name}-{attention}-profile.jsonl")
             cmd = [mt, "--config", path, "--metrics", m, "--set", "train.steps=4", "--profile",
@@ -316,6 +345,10 @@ def main():
                OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "8"))
     lib = os.path.join(ROOT, "gpu-carry", "lib")
     env["LD_LIBRARY_PATH"] = lib + ":" + env.get("LD_LIBRARY_PATH", "")
+    unresolved = find_missing_libraries(os.path.join(args.bin, "mics-train"), env)
+    if unresolved:
+        print(f"gpu-check: mics-train needs {', '.join(unresolved)}, found nowhere here", file=sys.stderr)
+        sys.exit(2)
     gpu = card()
     peak = next((v for k, v in PEAK_BF16.items() if k in gpu), 989.0)
     today = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")

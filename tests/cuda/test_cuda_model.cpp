@@ -52,7 +52,8 @@ class SpanProvider final : public model::ParamProvider {
   Tensor params_, grads_;
 };
 
-ModelSpec small_spec(Arch arch, float dropout) {
+// cudnn: attention through cuDNN (runtime.attention "cudnn": fused, no attention dropout).
+ModelSpec small_spec(Arch arch, float dropout, bool cudnn) {
   ModelSpec s;
   s.arch = arch;
   s.hidden = 48;
@@ -64,7 +65,8 @@ ModelSpec small_spec(Arch arch, float dropout) {
   s.type_vocab = arch == Arch::bert ? 2 : 0;
   s.layernorm_eps = arch == Arch::bert ? 1e-12 : 1e-5;
   s.dropout = dropout;
-  s.attention_dropout = dropout;
+  s.attention_dropout = cudnn ? 0.0f : dropout;
+  s.fused_attention = cudnn;
   return s;
 }
 
@@ -72,6 +74,7 @@ struct Case {
   Arch arch;
   float dropout;
   DType dtype;
+  bool cudnn = false;
 };
 
 class CudaModel : public ::testing::TestWithParam<Case> {};
@@ -80,9 +83,12 @@ TEST_P(CudaModel, LossAndEveryGradientMatchCpuFloat64) {
   MICS_REQUIRE_CUDA();
   const Case c = GetParam();
   const int64_t B = 2, T = 13;
-  const ModelSpec spec = small_spec(c.arch, c.dropout);
+  if (c.cudnn && cuda_compute_capability(0) < 80) GTEST_SKIP() << "cuDNN's fused attention needs compute capability 8.0";
+  const ModelSpec spec = small_spec(c.arch, c.dropout, c.cudnn);
   auto cpu = make_cpu_backend();
-  auto gpu = make_cuda_backend(0);
+  CudaBackendOptions options;
+  options.cudnn_attention = c.cudnn;
+  auto gpu = make_cuda_backend(0, options);
   auto ref_net = model::make_model(spec, *cpu, DType::f64, B, T, 128);
   auto net = model::make_model(spec, *gpu, c.dtype, B, T, 128);
   const model::ParamLayout& layout = ref_net->layout();
@@ -167,10 +173,13 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(Case{Arch::bert, 0.0f, DType::f32}, Case{Arch::bert, 0.1f, DType::f32},
                       Case{Arch::gpt, 0.0f, DType::f32}, Case{Arch::gpt, 0.1f, DType::f32},
                       Case{Arch::bert, 0.1f, DType::bf16}, Case{Arch::gpt, 0.1f, DType::bf16},
-                      Case{Arch::bert, 0.1f, DType::f16}, Case{Arch::gpt, 0.1f, DType::f16}),
+                      Case{Arch::bert, 0.1f, DType::f16}, Case{Arch::gpt, 0.1f, DType::f16},
+                      Case{Arch::bert, 0.1f, DType::bf16, true}, Case{Arch::gpt, 0.1f, DType::bf16, true},
+                      Case{Arch::gpt, 0.0f, DType::f16, true}),
     [](const testing::TestParamInfo<Case>& info) {
       return std::string(info.param.arch == Arch::bert ? "bert" : "gpt") +
-             (info.param.dropout > 0 ? "_dropout_" : "_") + dtype_name(info.param.dtype);
+             (info.param.dropout > 0 ? "_dropout_" : "_") + dtype_name(info.param.dtype) +
+             (info.param.cudnn ? "_cudnn_attention" : "");
     });
 
 }  // namespace

@@ -751,7 +751,12 @@ TEST(CudnnAttentionGraphs, TheFrontendAcceptsTheSliceShapesWithoutAGpu) {
       SCOPED_TRACE(testing::Message() << "sm_" << sm << " " << dtype_name(t));
       EXPECT_EQ(cuda::validate_cudnn_attention(t, AttentionDims{8, 512, 40, 64, false}, sm), "");  // BERT 10B
       EXPECT_EQ(cuda::validate_cudnn_attention(t, AttentionDims{8, 512, 40, 128, true}, sm), "");  // GPT-2 10B
-      EXPECT_EQ(cuda::validate_cudnn_attention(t, AttentionDims{2, 67, 2, 64, true}, sm), "");
+      // The shapes of the GPU tests: CudnnFusedAttention's, and CudaModel's (13 positions, 3 heads of 16).
+      for (const AttentionDims& d : {AttentionDims{2, 67, 2, 64, true}, AttentionDims{2, 256, 3, 64, false},
+                                     AttentionDims{1, 130, 2, 128, false}, AttentionDims{1, 200, 1, 128, true},
+                                     AttentionDims{1, 40, 2, 32, true}, AttentionDims{2, 13, 3, 16, false},
+                                     AttentionDims{2, 13, 3, 16, true}})
+        EXPECT_EQ(cuda::validate_cudnn_attention(t, d, sm), "") << d.seq << " positions, head dim " << d.head_dim;
     }
   EXPECT_NE(cuda::validate_cudnn_attention(DType::bf16, AttentionDims{1, 64, 2, 260, false}, 90), "");
 }
