@@ -18,6 +18,26 @@ void OpProfile::add(const char* op, double seconds, double flops) {
   e.flops += flops;
 }
 
+void OpProfile::add_on_device(const char* op, double flops, DeviceTimeline& timeline, int64_t begin, int64_t end) {
+  device_timed_ = true;
+  pending_.push_back({op, flops, &timeline, begin, end});
+}
+
+void OpProfile::settle() {
+  DeviceTimeline* timeline = nullptr;
+  for (const Pending& p : pending_) {
+    add(p.op, p.timeline->seconds_between(p.begin, p.end), p.flops);
+    timeline = p.timeline;
+  }
+  pending_.clear();
+  if (timeline != nullptr) timeline->forget();
+}
+
+void OpProfile::reset() {
+  settle();  // lets the timeline reuse its marks
+  entries_.clear();
+}
+
 std::string OpProfile::table(double step_seconds, int64_t steps) const {
   std::vector<std::pair<std::string, Entry>> rows(entries_.begin(), entries_.end());
   std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.second.seconds > b.second.seconds; });
@@ -44,9 +64,26 @@ class ProfilingBackend final : public Backend {
  public:
   ProfilingBackend(std::unique_ptr<Backend> inner, OpProfile& profile) : inner_(std::move(inner)), profile_(profile) {}
 
-  // Work queued before the op is not the op's: wait for it first, then time the op to its end.
+  // On a device timeline: marks around the op, read at the next settle. Otherwise work
+  // queued before the op is not the op's: wait for it first, then time the op to its end.
   template <class F>
   auto timed(const char* op, double flops, F&& f) {
+    if (DeviceTimeline* timeline = inner_->timeline()) {
+      struct Marks {  // also on an exception, and around a returned value
+        OpProfile& profile;
+        DeviceTimeline& timeline;
+        const char* op;
+        double flops;
+        int64_t begin;
+        ~Marks() {
+          try {
+            profile.add_on_device(op, flops, timeline, begin, timeline.mark());
+          } catch (...) {  // the op's own error is the one to report
+          }
+        }
+      } marks{profile_, *timeline, op, flops, timeline->mark()};
+      return f();
+    }
     inner_->synchronize();
     const Clock::time_point start = Clock::now();
     struct Record {  // also on an exception, and around a returned value
@@ -79,6 +116,7 @@ class ProfilingBackend final : public Backend {
     timed("copy_to_host", 0, [&] { inner_->copy_to_host(dst, src, bytes); });
   }
   void synchronize() override { inner_->synchronize(); }
+  DeviceTimeline* timeline() override { return inner_->timeline(); }
 
   void fill_zero(Tensor x) override { timed("fill_zero", 0, [&] { inner_->fill_zero(x); }); }
   void cast(Tensor out, Tensor in) override { timed("cast", 0, [&] { inner_->cast(out, in); }); }

@@ -1,14 +1,17 @@
 #pragma once
 // Where a step's time goes, op by op (--profile). A ProfilingBackend forwards every op to
-// the real backend and times it between two synchronisations of the device, so each op's
-// time is its own, launch included; the run gets slower by those waits (and loses the
-// overlap of compute with collectives), so a profiled run is for finding the expensive
-// ops, not for quoting throughput. What the ops do not cover (waiting for collectives,
-// host work) is the step's remainder.
+// the real backend and times it:
+//  * on a device with a timeline (CUDA): between two events recorded on the backend's
+//    stream around the op, read back at the end of each step. Nothing is synchronised, so
+//    the steps run at nearly their unprofiled speed and the remainder of the step is the
+//    time the device spent outside the ops (waiting for the host or for collectives);
+//  * otherwise (CPU): between two synchronisations, launch included.
+// A profiled run is for finding the expensive ops; throughput is quoted from plain runs.
 #include <cstdint>
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "kernels/ops.h"
 
@@ -22,8 +25,13 @@ class OpProfile {
     double flops = 0;  // matrix-product ops only
   };
   void add(const char* op, double seconds, double flops);
-  // Starts a new window (e.g. after the warm-up step).
-  void reset() { entries_.clear(); }
+  // An op timed on `timeline` from mark `begin` to mark `end`, added at the next settle().
+  void add_on_device(const char* op, double flops, DeviceTimeline& timeline, int64_t begin, int64_t end);
+  // Reads the device times of the ops added since the last settle (waiting for them).
+  void settle();
+  bool device_timed() const { return device_timed_; }
+  // Starts a new window (e.g. after the warm-up step): ops still pending are dropped.
+  void reset();
   const std::map<std::string, Entry>& entries() const { return entries_; }
 
   // One row per op, slowest first: calls and milliseconds per step, share of the step,
@@ -31,7 +39,15 @@ class OpProfile {
   std::string table(double step_seconds, int64_t steps) const;
 
  private:
+  struct Pending {
+    const char* op;
+    double flops;
+    DeviceTimeline* timeline;
+    int64_t begin, end;
+  };
   std::map<std::string, Entry> entries_;
+  std::vector<Pending> pending_;
+  bool device_timed_ = false;
 };
 
 // Wraps `inner` (which it owns); `profile` must outlive the returned backend.

@@ -59,6 +59,19 @@ struct ScratchBounds {
   AttentionDims fused_attention;  // the fused attention's shape; batch 0 when attention is materialised
 };
 
+// Points on a device's own timeline (CUDA events on the backend's stream): a profiler can
+// time ops there without synchronising around each one.
+class DeviceTimeline {
+ public:
+  virtual ~DeviceTimeline() = default;
+  // Records a point after all work queued so far; returns its id.
+  virtual int64_t mark() = 0;
+  // Device seconds from mark `begin` to mark `end` (waits until `end` is reached).
+  virtual double seconds_between(int64_t begin, int64_t end) = 0;
+  // Every mark so far has been read: their ids may be reused.
+  virtual void forget() = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -72,6 +85,9 @@ class Backend {
   virtual void copy_from_host(void* dst, const void* src, size_t bytes) = 0;
   virtual void copy_to_host(void* dst, const void* src, size_t bytes) = 0;
   virtual void synchronize() = 0;
+  // The device's timeline for profiling; nullptr where ops run on the host (CPU backend),
+  // whose wall-clock time between synchronisations is the op's time.
+  virtual DeviceTimeline* timeline() { return nullptr; }
   // Sizes the backend's per-op scratch for the largest shapes to come, so that no op
   // allocates inside a training step. A model calls it once its shapes are known.
   virtual void reserve_scratch(const ScratchBounds& bounds) = 0;

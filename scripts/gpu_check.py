@@ -308,8 +308,9 @@ def peer_ratio(r, rows):
 
 
 def profile(bindir, work, env, tables):
-    """Each slice with --profile (4 steps; the op table covers steps 2-4), with the engine's
-    fused attention and cuDNN's (docs/gpu-results.md has the materialised path's)."""
+    """Each slice with --profile (4 steps; the op table covers steps 2-4, each op timed by CUDA
+    events), with the engine's fused attention and cuDNN's (docs/gpu-results.md has the
+    materialised path's, timed between synchronisations)."""
     mt = os.path.join(bindir, "mics-train")
     for name in ("bert-10b-slice", "gpt2-10b-slice"):
         for attention in ("fused", "cudnn"):

@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include <spdlog/spdlog.h>
 
@@ -141,6 +142,41 @@ int64_t padded_width(int64_t n, DType t) {
   return (n + per16 - 1) / per16 * per16;
 }
 
+// CUDA events on the backend's stream, kept in a pool: a profiled step records two per op
+// and reads them all at its end, then reuses them.
+class EventTimeline final : public DeviceTimeline {
+ public:
+  explicit EventTimeline(cudaStream_t stream) : stream_(stream) {}
+  EventTimeline(const EventTimeline&) = delete;
+  EventTimeline& operator=(const EventTimeline&) = delete;
+  ~EventTimeline() override {
+    for (cudaEvent_t e : events_) cudaEventDestroy(e);
+  }
+  int64_t mark() override {
+    if (used_ == events_.size()) {
+      cudaEvent_t e = nullptr;
+      MICS_CUDA_CHECK(cudaEventCreate(&e));
+      events_.push_back(e);
+    }
+    MICS_CUDA_CHECK(cudaEventRecord(events_[used_], stream_));
+    return static_cast<int64_t>(used_++);
+  }
+  double seconds_between(int64_t begin, int64_t end) override {
+    if (begin < 0 || end < 0 || static_cast<size_t>(std::max(begin, end)) >= used_)
+      throw std::logic_error("EventTimeline: mark " + std::to_string(std::max(begin, end)) + " was not recorded");
+    MICS_CUDA_CHECK(cudaEventSynchronize(events_[static_cast<size_t>(end)]));
+    float ms = 0;
+    MICS_CUDA_CHECK(cudaEventElapsedTime(&ms, events_[static_cast<size_t>(begin)], events_[static_cast<size_t>(end)]));
+    return 1e-3 * ms;
+  }
+  void forget() override { used_ = 0; }
+
+ private:
+  cudaStream_t stream_;
+  std::vector<cudaEvent_t> events_;
+  size_t used_ = 0;
+};
+
 class CudaBackend final : public Backend {
  public:
   CudaBackend(int device, const CudaBackendOptions& options) : device_(device) {
@@ -168,11 +204,16 @@ class CudaBackend final : public Backend {
     cudaStreamSynchronize(stream_);  // errors here cannot be reported
     gemm_.reset();
     cudnn_.reset();
+    timeline_.reset();
     cudaFree(scratch_);
     cudaStreamDestroy(stream_);
   }
 
   cudaStream_t stream() const { return stream_; }
+  DeviceTimeline* timeline() override {
+    if (timeline_ == nullptr) timeline_ = std::make_unique<EventTimeline>(stream_);
+    return timeline_.get();
+  }
 
   const char* name() const override { return "cuda"; }
   bool supports(DType dtype) const override { return compute_dtype(dtype); }
@@ -853,6 +894,7 @@ class CudaBackend final : public Backend {
   GrowingBuffer column_partials_;  // column reductions' partial sums
   std::unique_ptr<CudnnAttention> cudnn_;  // runtime.attention "cudnn": the fused ops go to cuDNN
   GrowingBuffer cudnn_workspace_;
+  std::unique_ptr<EventTimeline> timeline_;  // made when a profiler first asks
 };
 
 }  // namespace

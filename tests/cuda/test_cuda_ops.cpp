@@ -694,6 +694,27 @@ TEST(CudaFusedAttentionErrors, UnsupportedDtypeOrHeadDimIsRefused) {
                ShapeError);
 }
 
+// ---------------------------------------------------------------- profiling timeline
+
+// --profile on CUDA times ops between events on the backend's stream (engine/op_profile.h).
+TEST(CudaTimeline, MarksTimeTheWorkBetweenThem) {
+  EXPECT_EQ(cpu().timeline(), nullptr);  // the CPU's ops are timed by the host clock
+  MICS_REQUIRE_CUDA();
+  DeviceTimeline* timeline = gpu().timeline();
+  ASSERT_NE(timeline, nullptr);
+  Dev x(DType::f32, Shape{int64_t{1} << 26});  // 256 MiB: a fill of ~0.1 ms or more
+  const int64_t a = timeline->mark();
+  gpu().fill_zero(x.t());
+  const int64_t b = timeline->mark(), c = timeline->mark();
+  const double fill = timeline->seconds_between(a, b), nothing = timeline->seconds_between(b, c);
+  EXPECT_GT(fill, 1e-5);
+  EXPECT_LT(fill, 1.0);
+  EXPECT_LT(nothing, fill);
+  timeline->forget();
+  EXPECT_EQ(timeline->mark(), 0);  // the pool is reused
+  timeline->forget();
+}
+
 // ---------------------------------------------------------------- cuDNN's fused attention
 
 // runtime.attention "cudnn": the same ops through cuDNN's SDPA, against the same fp64

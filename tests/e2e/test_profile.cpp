@@ -5,6 +5,7 @@
 #include <regex>
 #include <sstream>
 
+#include "engine/op_profile.h"
 #include "tests/e2e/cli_runner.h"
 
 namespace {
@@ -31,6 +32,44 @@ std::map<std::string, std::pair<double, double>> parse_table(const std::string& 
   while (std::getline(in, line))
     if (std::regex_search(line, m, row)) rows[m[1]] = {std::stod(m[2]), std::stod(m[3])};
   return rows;
+}
+
+// A timeline whose marks are at known device times: what OpProfile reads at settle().
+class FakeTimeline final : public mics::DeviceTimeline {
+ public:
+  std::vector<double> at;  // device seconds of each mark
+  int forgotten = 0;
+  int64_t mark() override {
+    at.push_back(0.5 * static_cast<double>(at.size()));
+    return static_cast<int64_t>(at.size()) - 1;
+  }
+  double seconds_between(int64_t begin, int64_t end) override {
+    return at.at(static_cast<size_t>(end)) - at.at(static_cast<size_t>(begin));
+  }
+  void forget() override {
+    at.clear();
+    ++forgotten;
+  }
+};
+
+TEST(Profile, DeviceTimedOpsCountWhenSettled) {
+  FakeTimeline timeline;
+  mics::OpProfile profile;
+  const int64_t a = timeline.mark(), b = timeline.mark(), c = timeline.mark();
+  profile.add_on_device("gemm", 2e12, timeline, a, c);  // 1.0 s
+  profile.add_on_device("gemm", 2e12, timeline, b, c);  // 0.5 s
+  EXPECT_TRUE(profile.device_timed());
+  EXPECT_TRUE(profile.entries().empty());  // nothing read before settle
+  profile.settle();
+  ASSERT_EQ(profile.entries().count("gemm"), 1u);
+  EXPECT_EQ(profile.entries().at("gemm").calls, 2);
+  EXPECT_DOUBLE_EQ(profile.entries().at("gemm").seconds, 1.5);
+  EXPECT_EQ(timeline.forgotten, 1);  // marks free for the next step
+  const int64_t d = timeline.mark(), e = timeline.mark();
+  profile.add_on_device("add", 0, timeline, d, e);
+  profile.reset();  // settles, then starts an empty window
+  EXPECT_TRUE(profile.entries().empty());
+  EXPECT_EQ(timeline.forgotten, 2);
 }
 
 TEST(Profile, CountsEveryOpOfAStepAndChangesNoLoss) {
