@@ -368,6 +368,7 @@ class CudaBackend final : public Backend {
       g.beta = acc == Accumulate::yes ? 1.0f : 0.0f;
       gemm_->run(g);
     }
+    bool bias_done = d_bias.empty();
     {  // d_weight[n,k] += d_out^T[n,m] @ in[m,k]
       GemmArgs g;
       g.dtype = t;
@@ -380,10 +381,22 @@ class CudaBackend final : public Backend {
         g.c = pad_weight_grad_.get(static_cast<size_t>(np * k) * es, stream_);
         g.beta = 0.0f;
       }
-      gemm_->run(g);
+      // Half precision, unpadded: the bias gradient (fp32 column sums of d_out) in the same
+      // GEMM's BGRADB epilogue, then added; fp32 keeps the column-sum kernel (the CPU's order).
+      bool ran = false;
+      if (!bias_done && t != DType::f32 && np == n && m > 0 && k > 0) {
+        GemmArgs with_bias_grad = g;
+        with_bias_grad.bias_grad =
+            static_cast<float*>(bias_grad_.get(static_cast<size_t>(n) * sizeof(float), stream_));
+        if (gemm_->try_run(with_bias_grad)) {
+          launch_add(t, d_bias.data, t, d_bias.data, DType::f32, with_bias_grad.bias_grad, n, stream_);
+          bias_done = ran = true;
+        }
+      }
+      if (!ran) gemm_->run(g);
       if (np != n) launch_add(t, d_weight.data, t, d_weight.data, t, g.c, n * k, stream_);
     }
-    if (!d_bias.empty())
+    if (!bias_done)
       launch_column_sums_add(t, d_bias.data, d_out.data, m, n, column_partials(m, n, 1), stream_);
   }
 
@@ -789,7 +802,7 @@ class CudaBackend final : public Backend {
   int64_t scratch_growths() const {
     return pad_weight_.growths() + pad_bias_.growths() + pad_rows_.growths() + pad_weight_grad_.growths() +
            index_scratch_.growths() + fused_delta_.growths() + column_partials_.growths() +
-           cudnn_workspace_.growths();
+           cudnn_workspace_.growths() + bias_grad_.growths();
   }
 
  private:
@@ -821,6 +834,9 @@ class CudaBackend final : public Backend {
     pad_bias_.reserve(bias, stream_);
     pad_rows_.reserve(rows, stream_);
     column_partials_.reserve(static_cast<size_t>(partials) * sizeof(float), stream_);
+    int64_t widest = 0;
+    for (const auto& [n, k] : b.linears) widest = std::max(widest, n);
+    bias_grad_.reserve(static_cast<size_t>(widest) * sizeof(float), stream_);
     index_scratch_.reserve(index_add_scratch_bytes(b.rows), stream_);
     const AttentionDims& a = b.fused_attention;
     if (cudnn_ != nullptr && a.batch > 0 && (b.dtype == DType::bf16 || b.dtype == DType::f16))
@@ -892,6 +908,7 @@ class CudaBackend final : public Backend {
   GrowingBuffer index_scratch_;  // index_add's sort (embedding backward, scatter_add_rows)
   GrowingBuffer fused_delta_;    // the fused attention backward's row dots dO . O
   GrowingBuffer column_partials_;  // column reductions' partial sums
+  GrowingBuffer bias_grad_;        // a linear layer's fp32 bias gradient from the GEMM's epilogue
   std::unique_ptr<CudnnAttention> cudnn_;  // runtime.attention "cudnn": the fused ops go to cuDNN
   GrowingBuffer cudnn_workspace_;
   std::unique_ptr<EventTimeline> timeline_;  // made when a profiler first asks

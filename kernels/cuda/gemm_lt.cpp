@@ -64,11 +64,15 @@ GemmLt::Plan& GemmLt::plan_for(const GemmArgs& g) {
   const int64_t align_b = alignment(g.b, g.stride_b * es, g.batch);
   const int64_t align_c = alignment(g.c, g.stride_c * es, g.batch);
   const int64_t align_bias = g.bias != nullptr ? alignment(g.bias, 0, 1) : 0;
-  const int64_t align_aux = g.aux != nullptr ? alignment(g.aux, 0, 1) : 0;
+  const int64_t align_aux = g.aux != nullptr ? alignment(g.aux, 0, 1)
+                            : g.bias_grad != nullptr ? alignment(g.bias_grad, 0, 1)
+                                                     : 0;
+  // The epilogue field tells GELU variants and BGRADB apart; align_aux is bias_grad's then.
+  const int64_t epilogue_kind = g.bias_grad != nullptr ? 16 : static_cast<int64_t>(g.gelu);
   const Key key{static_cast<int64_t>(g.dtype), g.trans_a, g.trans_b, g.m, g.n, g.k, g.lda,
                 g.ldb, g.ldc, g.stride_a, g.stride_b, g.stride_c, g.batch,
                 g.bias != nullptr, g.beta != 0.0f, align_a, align_b, align_c, align_bias,
-                allow_tf32_, static_cast<int64_t>(g.gelu), align_aux};
+                allow_tf32_, epilogue_kind, align_aux};
   auto found = plans_.find(key);
   if (found != plans_.end()) return found->second;
 
@@ -90,6 +94,7 @@ GemmLt::Plan& GemmLt::plan_for(const GemmArgs& g) {
     if (g.gelu == GemmArgs::Gelu::gelu_aux)
       epilogue = g.bias != nullptr ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX;
     if (g.gelu == GemmArgs::Gelu::dgelu) epilogue = CUBLASLT_EPILOGUE_DGELU;
+    if (g.bias_grad != nullptr) epilogue = CUBLASLT_EPILOGUE_BGRADB;
     if (epilogue != CUBLASLT_EPILOGUE_DEFAULT)
       MICS_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE,
                                                        &epilogue, sizeof(epilogue)));
@@ -111,6 +116,13 @@ GemmLt::Plan& GemmLt::plan_for(const GemmArgs& g) {
       // The heuristic reads the bias pointer's alignment from the descriptor.
       MICS_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
                                                        &g.bias, sizeof(g.bias)));
+    }
+    if (g.bias_grad != nullptr) {  // fp32 sums, whatever the inputs' dtype
+      const int32_t bias_type = CUDA_R_32F;
+      MICS_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(
+          p.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof(bias_type)));
+      MICS_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                                                       &g.bias_grad, sizeof(g.bias_grad)));
     }
     const uint64_t a_rows = g.trans_b ? g.k : g.n, a_cols = g.trans_b ? g.n : g.k;
     const uint64_t b_rows = g.trans_a ? g.m : g.k, b_cols = g.trans_a ? g.k : g.m;
@@ -163,6 +175,9 @@ GemmLt::Plan& GemmLt::plan_for(const GemmArgs& g) {
     if (status == CUBLAS_STATUS_SUCCESS && returned > 0 && result.state == CUBLAS_STATUS_SUCCESS) {
       p.algo = result.algo;
       p.has_algo = true;
+    } else if (g.bias_grad != nullptr) {  // try_run's caller composes the product and the sums
+      spdlog::debug("cuBLASLt has no BGRADB algorithm for a {} GEMM m={} n={} k={}; bias gradient as column sums",
+                    dtype_name(g.dtype), g.m, g.n, g.k);
     } else {
       // Correct but many times slower than cuBLASLt: worth a line once per shape.
       spdlog::warn("cuBLASLt has no algorithm for a {} GEMM m={} n={} k={} batch={} (transposes {}{}, alignments "
@@ -177,7 +192,21 @@ GemmLt::Plan& GemmLt::plan_for(const GemmArgs& g) {
   return plans_.emplace(key, p).first->second;
 }
 
+bool GemmLt::try_run(const GemmArgs& g) {
+  if (g.bias_grad == nullptr) throw std::logic_error("GemmLt::try_run: only for a bias_grad epilogue");
+  if (g.batch != 1 || g.bias != nullptr || g.gelu != GemmArgs::Gelu::none || g.k <= 0 || g.m <= 0 || g.n <= 0)
+    throw ShapeError("gemm: a bias-gradient epilogue needs batch 1, k > 0, no bias and no GELU");
+  Plan& p = plan_for(g);
+  if (!p.has_algo) return false;
+  MICS_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g.bias_grad,
+                                                   sizeof(g.bias_grad)));
+  MICS_CUBLAS_CHECK(cublasLtMatmul(handle_, p.desc, &g.alpha, g.b, p.a, g.a, p.b, &g.beta, g.c, p.c, g.c, p.c,
+                                   &p.algo, workspace_, workspace_bytes_, stream_));
+  return true;
+}
+
 void GemmLt::run(const GemmArgs& g) {
+  if (g.bias_grad != nullptr) throw std::logic_error("GemmLt::run: a bias_grad epilogue goes through try_run");
   if (g.m <= 0 || g.n <= 0 || g.batch <= 0) return;
   if (g.bias != nullptr && g.batch != 1) throw ShapeError("gemm: a bias needs batch 1");
   if (g.gelu != GemmArgs::Gelu::none &&

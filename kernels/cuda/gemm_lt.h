@@ -54,6 +54,10 @@ struct GemmArgs {
   enum class Gelu : uint8_t { none, gelu_aux, dgelu };
   Gelu gelu = Gelu::none;
   void* aux = nullptr;  // [m, n]
+  // cuBLASLt's BGRADB epilogue (only through GemmLt::try_run): bias_grad[m] (fp32) = the sums
+  // of op(A)'s rows over k, written, not added; batch 1, no bias or GELU. For the weight
+  // gradient d_out^T @ in, that is the bias gradient (cuBLASLt's B is our A, gemm_lt.h).
+  float* bias_grad = nullptr;
 };
 
 // The fallback kernel (gemm_fallback.cu): same contract as GemmLt::run.
@@ -68,6 +72,9 @@ class GemmLt {
 
   // C = alpha op(A) op(B) + beta C (+ bias), row-major, on the stream given at construction.
   void run(const GemmArgs& g);
+  // The same for products with an epilogue the caller can do without (bias_grad): false,
+  // with nothing run, when cuBLASLt has no algorithm for it (the caller composes instead).
+  bool try_run(const GemmArgs& g);
 
   int64_t fallback_calls() const { return fallback_calls_; }
   size_t cached_plans() const { return plans_.size(); }
