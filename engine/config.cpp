@@ -347,10 +347,12 @@ Config parse_config(const json& input, const std::string& source,
   if (c.runtime.attention == "cudnn") {
     const int64_t head_dim = mc.hidden / mc.heads;
     must(t, c.runtime.backend == "cuda", "'runtime.attention' \"cudnn\" needs 'runtime.backend' \"cuda\"");
-    must(t, (tc.precision == "bf16" || tc.precision == "fp16") && head_dim % 8 == 0 && head_dim <= 128,
-         "'runtime.attention' \"cudnn\" runs in bf16 or fp16 with a head dimension ('model.hidden' / "
-         "'model.heads') that is a multiple of 8 up to 128; this configuration has " + tc.precision + " and " +
-             std::to_string(head_dim) + ": use \"materialized\"");
+    must(t, tc.precision == "bf16" || tc.precision == "fp16",
+         "'runtime.attention' \"cudnn\" runs in bf16 or fp16, not 'train.precision' \"" + tc.precision +
+             "\": use \"materialized\"");
+    must(t, head_dim % 8 == 0 && head_dim <= 128,
+         "'runtime.attention' \"cudnn\" takes a head dimension ('model.hidden' / 'model.heads') that is a multiple "
+         "of 8 up to 128, not " + std::to_string(head_dim) + ": use \"materialized\"");
     must(t, mc.attention_dropout == 0,
          "'runtime.attention' \"cudnn\" takes no 'model.attention_dropout' (cuDNN draws its own dropout mask, "
          "which the CPU backend cannot reproduce); set it to 0 or use \"fused\"");

@@ -7,13 +7,16 @@
 #include <cudnn.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <cmath>
 #include <map>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <tuple>
 #include <unordered_map>
 #include <utility>
+#include <vector>
 
 // The frontend's headers also carry an engine for another op (an RMSNorm for sm_100) that
 // compiles its kernel with NVRTC at run time. These graphs never reach it, so its NVRTC

@@ -171,6 +171,14 @@ std::vector<Case> cases() {
                           "\"cudnn\""));
   c.push_back(config_case("cudnn_attention_on_cpu", [](json& j) { j["runtime"]["attention"] = "cudnn"; },
                           "'runtime.attention' \"cudnn\" needs 'runtime.backend' \"cuda\""));
+  c.push_back(config_case("cudnn_attention_head_dim",
+                          [](json& j) {
+                            j["runtime"]["backend"] = "cuda";
+                            j["runtime"]["attention"] = "cudnn";
+                            j["train"]["precision"] = "bf16";
+                            j["model"]["heads"] = 32;  // head dimension 4
+                          },
+                          "'runtime.attention' \"cudnn\" takes a head dimension"));
   c.push_back(config_case("cudnn_attention_with_dropout",
                           [](json& j) {
                             j["runtime"]["backend"] = "cuda";
