@@ -84,7 +84,9 @@ std::shared_ptr<fe::graph::Tensor_attributes> input(fe::graph::Graph& g, const c
 }
 
 // The forward graph: q, k, v in, out and the softmax statistics out.
-std::shared_ptr<fe::graph::Graph> describe_forward(DType t, const AttentionDims& d, int sm_version = 0) {
+// composite: cuDNN's composite SDPA graph instead of the frontend's default choice.
+std::shared_ptr<fe::graph::Graph> describe_forward(DType t, const AttentionDims& d, int sm_version = 0,
+                                                   bool composite = false) {
   const Layout l = layout(d);
   auto g = new_graph(t, sm_version);
   auto q = input(*g, "q", kQ, l.dims, l.qkv_strides);
@@ -95,6 +97,7 @@ std::shared_ptr<fe::graph::Graph> describe_forward(DType t, const AttentionDims&
                      .set_generate_stats(true)
                      .set_attn_scale(1.0f / std::sqrt(static_cast<float>(d.head_dim)))
                      .set_causal_mask(d.causal);
+  if (composite) options.set_implementation(fe::AttentionImplementation_t::COMPOSITE);
   auto [o, stats] = g->sdpa(q, k, v, options);
   o->set_output(true).set_uid(kO).set_dim(l.dims).set_stride(l.out_strides);
   stats->set_output(true).set_uid(kStats).set_data_type(fe::DataType_t::FLOAT).set_dim(l.stats_dims).set_stride(
@@ -150,27 +153,60 @@ struct CudnnAttention::Impl {
     require(g->build_plans(handle), "build the execution plan", t, d);
   }
 
+  // The deterministic backward keeps dP (B x H x T x T) in its workspace: beyond this, the
+  // fast one, whose workspace is linear in T.
+  static constexpr int64_t kDeterministicWorkspaceBudget = int64_t{1} << 30;
+
+  std::shared_ptr<fe::graph::Graph> built_forward(DType t, const AttentionDims& d) {
+    auto g = describe_forward(t, d);
+    try {
+      build(g, t, d);
+      return g;
+    } catch (const ShapeError& first) {
+      // The frontend picks cuDNN's unified kernel whenever the library is recent enough,
+      // whatever the GPU; the composite graph covers more of them.
+      g = describe_forward(t, d, 0, /*composite=*/true);
+      try {
+        build(g, t, d);
+      } catch (const ShapeError&) {
+        throw first;
+      }
+      return g;
+    }
+  }
+
+  void warn_nondeterministic(DType t, const AttentionDims& d, const std::string& why) {
+    if (!told_nondeterministic)
+      spdlog::warn("runtime.attention \"cudnn\": using cuDNN's nondeterministic attention backward for {} ({}); "
+                   "repeated runs may differ in the last bits", describe(t, d), why);
+    told_nondeterministic = true;
+  }
+
+  std::shared_ptr<fe::graph::Graph> built_backward(DType t, const AttentionDims& d) {
+    std::string why;
+    try {
+      auto g = describe_backward(t, d, true);
+      build(g, t, d);
+      int64_t bytes = 0;
+      require(g->get_workspace_size(bytes), "size the deterministic backward's workspace", t, d);
+      if (bytes <= kDeterministicWorkspaceBudget) return g;
+      why = "its deterministic one needs " + std::to_string(bytes >> 20) + " MiB of workspace";
+    } catch (const std::exception& e) {
+      why = std::string("no deterministic one: ") + e.what();
+    }
+    auto g = describe_backward(t, d, false);
+    build(g, t, d);
+    warn_nondeterministic(t, d, why);
+    return g;
+  }
+
   Plans& plans_for(DType t, const AttentionDims& d) {
     const auto key = std::make_tuple(t, d.batch, d.seq, d.heads, d.head_dim, d.causal);
     auto it = plans.find(key);
     if (it != plans.end()) return it->second;
     Plans p;
-    p.forward = describe_forward(t, d);
-    build(p.forward, t, d);
-    try {
-      p.backward = describe_backward(t, d, true);
-      build(p.backward, t, d);
-    } catch (const std::exception& e) {
-      // Without a deterministic kernel for this shape (or this cuDNN), the fast one (dQ
-      // summed with atomics: the last bits of a step may then differ between runs).
-      p.backward = describe_backward(t, d, false);
-      build(p.backward, t, d);
-      if (!told_nondeterministic)
-        spdlog::warn("runtime.attention \"cudnn\": cuDNN has no deterministic backward for {} ({}); using its "
-                     "nondeterministic one, so repeated runs may differ in the last bits",
-                     describe(t, d), e.what());
-      told_nondeterministic = true;
-    }
+    p.forward = built_forward(t, d);
+    p.backward = built_backward(t, d);
     int64_t forward_bytes = 0, backward_bytes = 0;
     require(p.forward->get_workspace_size(forward_bytes), "size the forward workspace", t, d);
     require(p.backward->get_workspace_size(backward_bytes), "size the backward workspace", t, d);

@@ -1,5 +1,5 @@
 #pragma once
-// cuDNN's fused (flash) attention, through the cuDNN frontend's graph API
+// cuDNN's fused attention (its SDPA graphs), through the cuDNN frontend's graph API
 // (third_party/cudnn_frontend): the same op as attention_forward_fused /
 // attention_backward_fused (kernels/ops.h), computed by cuDNN's own SDPA kernels.
 // `runtime.attention: "cudnn"` selects it. Internal to kernels/cuda; plain C++ (the
@@ -13,7 +13,10 @@
 //
 // lse[B,H,T] holds cuDNN's softmax statistics (the natural log-sum-exp of the scaled
 // scores); the backward reads them back. The backward asks cuDNN for its deterministic
-// algorithm, so a step repeats bit for bit like the rest of the engine.
+// algorithm, so a step repeats bit for bit like the rest of the engine; that one keeps dP
+// (B x H x T x T) in its workspace, so past 1 GiB of it (long sequences), or where cuDNN
+// has none, the nondeterministic one runs and the log says so once. The forward takes the
+// frontend's default SDPA implementation, or its composite one where cuDNN declines that.
 #include <cuda_runtime_api.h>
 
 #include <cstddef>

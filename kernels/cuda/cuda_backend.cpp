@@ -799,6 +799,7 @@ class CudaBackend final : public Backend {
   }
 
   int64_t gemm_fallback_calls() const { return gemm_->fallback_calls(); }
+  int64_t bias_grad_epilogue_calls() const { return gemm_->bias_grad_epilogue_calls(); }
   int64_t scratch_growths() const {
     return pad_weight_.growths() + pad_bias_.growths() + pad_rows_.growths() + pad_weight_grad_.growths() +
            index_scratch_.growths() + fused_delta_.growths() + column_partials_.growths() +
@@ -928,6 +929,11 @@ void* cuda_stream(Backend& backend) {
 int64_t cuda_gemm_fallback_calls(Backend& backend) {
   auto* cuda = dynamic_cast<CudaBackend*>(&backend);
   return cuda != nullptr ? cuda->gemm_fallback_calls() : 0;
+}
+
+int64_t cuda_bias_grad_epilogue_calls(Backend& backend) {
+  auto* cuda = dynamic_cast<CudaBackend*>(&backend);
+  return cuda != nullptr ? cuda->bias_grad_epilogue_calls() : 0;
 }
 
 int64_t cuda_scratch_growths(Backend& backend) {

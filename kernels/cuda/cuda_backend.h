@@ -47,6 +47,10 @@ void* cuda_stream(Backend& backend);
 // GEMMs that cuBLASLt declined and the plain fallback kernel computed (tests, diagnostics).
 int64_t cuda_gemm_fallback_calls(Backend& backend);
 
+// Linear-layer bias gradients that cuBLASLt's BGRADB epilogue computed (tests, diagnostics;
+// the rest ran as column sums).
+int64_t cuda_bias_grad_epilogue_calls(Backend& backend);
+
 // Times a scratch buffer had to grow after Backend::reserve_scratch (0 when the model's
 // bounds covered every op: no allocation inside a step).
 int64_t cuda_scratch_growths(Backend& backend);

@@ -117,12 +117,17 @@ GemmLt::Plan& GemmLt::plan_for(const GemmArgs& g) {
       MICS_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
                                                        &g.bias, sizeof(g.bias)));
     }
-    if (g.bias_grad != nullptr) {  // fp32 sums, whatever the inputs' dtype
+    // fp32 sums, whatever the inputs' dtype. cuBLASLt documents the bias gradient in the
+    // output's type; fp32 is asked for and, where it is declined anyhow (an error from an
+    // attribute or the heuristic as much as no algorithm), the caller's column sums run.
+    cublasStatus_t bias_grad_status = CUBLAS_STATUS_SUCCESS;
+    if (g.bias_grad != nullptr) {
       const int32_t bias_type = CUDA_R_32F;
-      MICS_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(
-          p.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof(bias_type)));
-      MICS_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
-                                                       &g.bias_grad, sizeof(g.bias_grad)));
+      bias_grad_status = cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type,
+                                                        sizeof(bias_type));
+      if (bias_grad_status == CUBLAS_STATUS_SUCCESS)
+        bias_grad_status = cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g.bias_grad,
+                                                          sizeof(g.bias_grad));
     }
     const uint64_t a_rows = g.trans_b ? g.k : g.n, a_cols = g.trans_b ? g.n : g.k;
     const uint64_t b_rows = g.trans_a ? g.m : g.k, b_cols = g.trans_a ? g.k : g.m;
@@ -165,19 +170,21 @@ GemmLt::Plan& GemmLt::plan_for(const GemmArgs& g) {
       if (status == CUBLAS_STATUS_SUCCESS)
         status = cublasLtMatmulPreferenceSetAttribute(
             pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_c, sizeof(al_c));
+      if (status == CUBLAS_STATUS_SUCCESS) status = bias_grad_status;
       if (status == CUBLAS_STATUS_SUCCESS)
         status = cublasLtMatmulAlgoGetHeuristic(handle_, p.desc, p.a, p.b, p.c, p.c, pref, 1,
                                                 &result, &returned);
     }
     cublasLtMatmulPreferenceDestroy(pref);
-    // NOT_SUPPORTED: no algorithm for this problem; the fallback kernel takes it.
-    if (status != CUBLAS_STATUS_NOT_SUPPORTED) MICS_CUBLAS_CHECK(status);
+    // NOT_SUPPORTED: no algorithm for this problem; the fallback kernel takes it (a bias
+    // gradient epilogue: anything but success means the caller composes).
+    if (status != CUBLAS_STATUS_NOT_SUPPORTED && g.bias_grad == nullptr) MICS_CUBLAS_CHECK(status);
     if (status == CUBLAS_STATUS_SUCCESS && returned > 0 && result.state == CUBLAS_STATUS_SUCCESS) {
       p.algo = result.algo;
       p.has_algo = true;
     } else if (g.bias_grad != nullptr) {  // try_run's caller composes the product and the sums
-      spdlog::debug("cuBLASLt has no BGRADB algorithm for a {} GEMM m={} n={} k={}; bias gradient as column sums",
-                    dtype_name(g.dtype), g.m, g.n, g.k);
+      spdlog::debug("cuBLASLt declined the BGRADB epilogue for a {} GEMM m={} n={} k={} ({}); bias gradient as "
+                    "column sums", dtype_name(g.dtype), g.m, g.n, g.k, cublasLtGetStatusName(status));
     } else {
       // Correct but many times slower than cuBLASLt: worth a line once per shape.
       spdlog::warn("cuBLASLt has no algorithm for a {} GEMM m={} n={} k={} batch={} (transposes {}{}, alignments "
@@ -202,6 +209,7 @@ bool GemmLt::try_run(const GemmArgs& g) {
                                                    sizeof(g.bias_grad)));
   MICS_CUBLAS_CHECK(cublasLtMatmul(handle_, p.desc, &g.alpha, g.b, p.a, g.a, p.b, &g.beta, g.c, p.c, g.c, p.c,
                                    &p.algo, workspace_, workspace_bytes_, stream_));
+  ++bias_grad_epilogue_calls_;
   return true;
 }
 

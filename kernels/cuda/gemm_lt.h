@@ -77,6 +77,7 @@ class GemmLt {
   bool try_run(const GemmArgs& g);
 
   int64_t fallback_calls() const { return fallback_calls_; }
+  int64_t bias_grad_epilogue_calls() const { return bias_grad_epilogue_calls_; }
   size_t cached_plans() const { return plans_.size(); }
 
  private:
@@ -97,6 +98,7 @@ class GemmLt {
   size_t workspace_bytes_ = 0;
   std::map<Key, Plan> plans_;
   int64_t fallback_calls_ = 0;
+  int64_t bias_grad_epilogue_calls_ = 0;
 };
 
 }  // namespace mics::cuda
