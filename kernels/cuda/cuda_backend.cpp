@@ -626,17 +626,18 @@ class CudaBackend final : public Backend {
     check_fused_attention_shapes(op, qkv, lse, out, key_keep, d);
     if (lse.dtype != DType::f32) throw ShapeError(std::string(op) + ": lse must be fp32, not " + dtype_name(lse.dtype));
     if (cudnn_ != nullptr) {
-      const std::string by = std::string(op) + " through cuDNN (runtime.attention \"cudnn\")";
+      auto refuse = [op](const std::string& why) {
+        throw ShapeError(std::string(op) + " through cuDNN (runtime.attention \"cudnn\") " + why);
+      };
       if (qkv.dtype != DType::bf16 && qkv.dtype != DType::f16)
-        throw ShapeError(by + " computes in bf16 or fp16, not " + dtype_name(qkv.dtype));
+        refuse(std::string("computes in bf16 or fp16, not ") + dtype_name(qkv.dtype));
       if (d.head_dim % 8 != 0 || d.head_dim > 128)
-        throw ShapeError(by + " takes a head dimension that is a multiple of 8 up to 128, not " +
-                         std::to_string(d.head_dim));
-      if (compute_major_ < 8) throw ShapeError(by + " needs compute capability 8.0 or newer");
-      if (key_keep.data != nullptr) throw ShapeError(by + " takes no padding mask (use \"fused\")");
+        refuse("takes a head dimension that is a multiple of 8 up to 128, not " + std::to_string(d.head_dim));
+      if (compute_major_ < 8) refuse("needs compute capability 8.0 or newer");
+      if (key_keep.data != nullptr) refuse("takes no padding mask (use \"fused\")");
       if (dropout.enabled())
-        throw ShapeError(by + " takes no attention dropout: cuDNN draws its own mask, which the CPU backend cannot "
-                         "reproduce (set model.attention_dropout to 0, or use \"fused\")");
+        refuse("takes no attention dropout: cuDNN draws its own mask, which the CPU backend cannot reproduce (set "
+               "model.attention_dropout to 0, or use \"fused\")");
       return;
     }
     if (d.seq > INT32_MAX / 2) throw ShapeError(std::string(op) + ": sequence too long");
