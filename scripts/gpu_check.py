@@ -37,9 +37,9 @@ def sh(cmd, env=None, timeout=None):
 
 
 def find_missing_libraries(binary, env):
-    """Libraries `binary` needs that the loader does not find (cuDNN and NVRTC may live only in
-    a Python wheel on the GPU machine, nvidia/*/lib): searched for under the Python prefixes
-    and /usr/local, and their folders put on LD_LIBRARY_PATH. Returns what stays missing."""
+    """Libraries `binary` needs that the loader does not find (cuDNN may live only in a Python
+    wheel on the GPU machine, nvidia/*/lib): searched for under the Python prefixes,
+    /usr/local and /opt, and their folders put on LD_LIBRARY_PATH. Returns what stays missing."""
     def missing():
         out = subprocess.run(["ldd", binary], env=env, capture_output=True, text=True).stdout
         return [line.split()[0] for line in out.splitlines() if "not found" in line]
@@ -310,11 +310,10 @@ def peer_ratio(r, rows):
 
 def profile(bindir, work, env, tables):
     """Each slice with --profile (4 steps; the op table covers steps 2-4, each op timed by CUDA
-    events), with the engine's fused attention and cuDNN's (docs/gpu-results.md has the
-    materialised path's, timed between synchronisations)."""
+    events), with cuDNN's attention, the materialised one and the engine's fused kernels."""
     mt = os.path.join(bindir, "mics-train")
     for name in ("bert-10b-slice", "gpt2-10b-slice"):
-        for attention in ("fused", "cudnn"):
+        for attention in ("cudnn", "materialized", "fused"):
             path = os.path.join(ROOT, "configs", "bench", f"{name}.json")
             m = os.path.join(work, f"{name}-{attention}-profile.jsonl")
             cmd = [mt, "--config", path, "--metrics", m, "--set", "train.steps=4", "--profile",
