@@ -213,7 +213,7 @@ struct ProfileWindow {
   std::chrono::steady_clock::time_point start, end;
 
   void after_step(int64_t done) {
-    ops.settle();  // device-timed ops: read their events now that the step is queued
+    ops.settle();  // read the step's marks (on a device timeline, now that the step is queued)
     if (first_done < 0) {  // the first step of this run: warm-up, not counted
       ops.reset();
       first_done = done;
@@ -231,11 +231,7 @@ struct ProfileWindow {
     }
     const double step_s =
         std::chrono::duration<double>(end - start).count() / static_cast<double>(steps);
-    spdlog::info("op profile of rank 0, steps {}-{} ({}):\n{}", first_done + 1, last_done,
-                 at_step.device_timed()
-                     ? "ops timed by events on the device's stream, without synchronising; the remainder is time "
-                       "the device spent outside the ops"
-                     : "the device is synchronised around every op, so the steps run slower than unprofiled ones",
+    spdlog::info("op profile of rank 0, steps {}-{} ({}):\n{}", first_done + 1, last_done, at_step.timing(),
                  at_step.table(step_s, steps));
   }
 };

@@ -18,8 +18,8 @@ void OpProfile::add(const char* op, double seconds, double flops) {
   e.flops += flops;
 }
 
-void OpProfile::add_on_device(const char* op, double flops, DeviceTimeline& timeline, int64_t begin, int64_t end) {
-  device_timed_ = true;
+void OpProfile::add_timed(const char* op, double flops, DeviceTimeline& timeline, int64_t begin, int64_t end) {
+  timing_ = timeline.how();
   pending_.push_back({op, flops, &timeline, begin, end});
 }
 
@@ -60,46 +60,54 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+// For a backend without a timeline of its own: each mark waits for the work queued so far
+// (work queued before an op is not the op's), then reads the host clock.
+class HostTimeline final : public DeviceTimeline {
+ public:
+  explicit HostTimeline(Backend& backend) : backend_(backend) {}
+  int64_t mark() override {
+    backend_.synchronize();
+    at_.push_back(Clock::now());
+    return static_cast<int64_t>(at_.size()) - 1;
+  }
+  double seconds_between(int64_t begin, int64_t end) override {
+    return std::chrono::duration<double>(at_.at(static_cast<size_t>(end)) - at_.at(static_cast<size_t>(begin)))
+        .count();
+  }
+  void forget() override { at_.clear(); }
+  const char* how() const override {
+    return "the device is synchronised around every op, so the steps run slower than unprofiled ones";
+  }
+
+ private:
+  Backend& backend_;
+  std::vector<Clock::time_point> at_;
+};
+
 class ProfilingBackend final : public Backend {
  public:
-  ProfilingBackend(std::unique_ptr<Backend> inner, OpProfile& profile) : inner_(std::move(inner)), profile_(profile) {}
+  ProfilingBackend(std::unique_ptr<Backend> inner, OpProfile& profile)
+      : inner_(std::move(inner)), profile_(profile), host_timeline_(*inner_) {
+    timeline_ = inner_->timeline() != nullptr ? inner_->timeline() : &host_timeline_;
+  }
 
-  // On a device timeline: marks around the op, read at the next settle. Otherwise work
-  // queued before the op is not the op's: wait for it first, then time the op to its end.
+  // Marks around the op (also on an exception, and around a returned value), read at the
+  // next settle.
   template <class F>
   auto timed(const char* op, double flops, F&& f) {
-    if (DeviceTimeline* timeline = inner_->timeline()) {
-      struct Marks {  // also on an exception, and around a returned value
-        OpProfile& profile;
-        DeviceTimeline& timeline;
-        const char* op;
-        double flops;
-        int64_t begin;
-        ~Marks() {
-          try {
-            profile.add_on_device(op, flops, timeline, begin, timeline.mark());
-          } catch (...) {  // the op's own error is the one to report
-          }
-        }
-      } marks{profile_, *timeline, op, flops, timeline->mark()};
-      return f();
-    }
-    inner_->synchronize();
-    const Clock::time_point start = Clock::now();
-    struct Record {  // also on an exception, and around a returned value
+    struct Marks {
       OpProfile& profile;
-      Backend& backend;
+      DeviceTimeline& timeline;
       const char* op;
       double flops;
-      Clock::time_point start;
-      ~Record() {
+      int64_t begin;
+      ~Marks() {
         try {
-          backend.synchronize();
+          profile.add_timed(op, flops, timeline, begin, timeline.mark());
         } catch (...) {  // the op's own error is the one to report
         }
-        profile.add(op, std::chrono::duration<double>(Clock::now() - start).count(), flops);
       }
-    } record{profile_, *inner_, op, flops, start};
+    } marks{profile_, *timeline_, op, flops, timeline_->mark()};
     return f();
   }
 
@@ -220,6 +228,8 @@ class ProfilingBackend final : public Backend {
  private:
   std::unique_ptr<Backend> inner_;
   OpProfile& profile_;
+  HostTimeline host_timeline_;
+  DeviceTimeline* timeline_;
 };
 
 }  // namespace

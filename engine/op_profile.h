@@ -1,11 +1,11 @@
 #pragma once
 // Where a step's time goes, op by op (--profile). A ProfilingBackend forwards every op to
-// the real backend and times it:
-//  * on a device with a timeline (CUDA): between two events recorded on the backend's
-//    stream around the op, read back at the end of each step. Nothing is synchronised, so
-//    the steps run at nearly their unprofiled speed and the remainder of the step is the
-//    time the device spent outside the ops (waiting for the host or for collectives);
-//  * otherwise (CPU): between two synchronisations, launch included.
+// the real backend and times it between two marks on a timeline, read back at the end of
+// each step:
+//  * the backend's own (CUDA: events on its stream): nothing is synchronised, so the steps
+//    run at nearly their unprofiled speed and the remainder of the step is the time the
+//    device spent outside the ops (waiting for the host or for collectives);
+//  * else the host clock, each mark after a synchronisation (CPU): launch included.
 // A profiled run is for finding the expensive ops; throughput is quoted from plain runs.
 #include <cstdint>
 #include <map>
@@ -26,10 +26,11 @@ class OpProfile {
   };
   void add(const char* op, double seconds, double flops);
   // An op timed on `timeline` from mark `begin` to mark `end`, added at the next settle().
-  void add_on_device(const char* op, double flops, DeviceTimeline& timeline, int64_t begin, int64_t end);
-  // Reads the device times of the ops added since the last settle (waiting for them).
+  void add_timed(const char* op, double flops, DeviceTimeline& timeline, int64_t begin, int64_t end);
+  // Reads the times of the ops added since the last settle (waiting for them).
   void settle();
-  bool device_timed() const { return device_timed_; }
+  // How the ops were timed (the timeline's how()); empty before any was.
+  const char* timing() const { return timing_; }
   // Starts a new window (e.g. after the warm-up step): ops still pending are dropped.
   void reset();
   const std::map<std::string, Entry>& entries() const { return entries_; }
@@ -47,7 +48,7 @@ class OpProfile {
   };
   std::map<std::string, Entry> entries_;
   std::vector<Pending> pending_;
-  bool device_timed_ = false;
+  const char* timing_ = "";
 };
 
 // Wraps `inner` (which it owns); `profile` must outlive the returned backend.

@@ -70,6 +70,8 @@ class DeviceTimeline {
   virtual double seconds_between(int64_t begin, int64_t end) = 0;
   // Every mark so far has been read: their ids may be reused.
   virtual void forget() = 0;
+  // How an op's time between two marks is to be read (one clause, for reports).
+  virtual const char* how() const = 0;
 };
 
 class Backend {
@@ -85,8 +87,8 @@ class Backend {
   virtual void copy_from_host(void* dst, const void* src, size_t bytes) = 0;
   virtual void copy_to_host(void* dst, const void* src, size_t bytes) = 0;
   virtual void synchronize() = 0;
-  // The device's timeline for profiling; nullptr where ops run on the host (CPU backend),
-  // whose wall-clock time between synchronisations is the op's time.
+  // The device's timeline for profiling; nullptr where there is none (CPU backend): a
+  // profiler then reads the host clock between synchronisations.
   virtual DeviceTimeline* timeline() { return nullptr; }
   // Sizes the backend's per-op scratch for the largest shapes to come, so that no op
   // allocates inside a training step. A model calls it once its shapes are known.

@@ -170,6 +170,10 @@ class EventTimeline final : public DeviceTimeline {
     return 1e-3 * ms;
   }
   void forget() override { used_ = 0; }
+  const char* how() const override {
+    return "ops timed by events on the device's stream, without synchronising; the remainder is time the device "
+           "spent outside the ops";
+  }
 
  private:
   cudaStream_t stream_;

@@ -50,15 +50,16 @@ class FakeTimeline final : public mics::DeviceTimeline {
     at.clear();
     ++forgotten;
   }
+  const char* how() const override { return "fake marks"; }
 };
 
 TEST(Profile, DeviceTimedOpsCountWhenSettled) {
   FakeTimeline timeline;
   mics::OpProfile profile;
   const int64_t a = timeline.mark(), b = timeline.mark(), c = timeline.mark();
-  profile.add_on_device("gemm", 2e12, timeline, a, c);  // 1.0 s
-  profile.add_on_device("gemm", 2e12, timeline, b, c);  // 0.5 s
-  EXPECT_TRUE(profile.device_timed());
+  profile.add_timed("gemm", 2e12, timeline, a, c);  // 1.0 s
+  profile.add_timed("gemm", 2e12, timeline, b, c);  // 0.5 s
+  EXPECT_STREQ(profile.timing(), "fake marks");
   EXPECT_TRUE(profile.entries().empty());  // nothing read before settle
   profile.settle();
   ASSERT_EQ(profile.entries().count("gemm"), 1u);
@@ -66,7 +67,7 @@ TEST(Profile, DeviceTimedOpsCountWhenSettled) {
   EXPECT_DOUBLE_EQ(profile.entries().at("gemm").seconds, 1.5);
   EXPECT_EQ(timeline.forgotten, 1);  // marks free for the next step
   const int64_t d = timeline.mark(), e = timeline.mark();
-  profile.add_on_device("add", 0, timeline, d, e);
+  profile.add_timed("add", 0, timeline, d, e);
   profile.reset();  // settles, then starts an empty window
   EXPECT_TRUE(profile.entries().empty());
   EXPECT_EQ(timeline.forgotten, 2);
