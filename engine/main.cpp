@@ -123,7 +123,7 @@ mics::Topology check_runnable(const mics::Config& config, const mics::ProcessEnv
   const int p = config.mics.partition_size > 0
                     ? static_cast<int>(config.mics.partition_size)
                     : static_cast<int>(std::min<int64_t>(
-                          mics::auto_partition_size(config, k, config.runtime.device_memory_gb), env.world()));
+                          mics::auto_partition_size(config, env.world(), k, config.runtime.device_memory_gb), env.world()));
   try {
     return mics::make_topology(env.rank(), env.world(), k, p, config.mics.hierarchical_allgather);
   } catch (const mics::ConfigError& e) {
@@ -148,7 +148,7 @@ void check_device_memory(const mics::Config& config, const mics::Topology& topol
   const bool known = mics::cuda_memory_info(device, free_bytes, total_bytes);
   const int local = env.ranks_per_node();
   const int sharing = device < local ? (local - 1 - device) / devices + 1 : 1;  // local ranks on this GPU
-  const mics::MemoryPlan plan = mics::plan_memory(config, topology.partition_size, config.train.micro_batch_size,
+  const mics::MemoryPlan plan = mics::plan_memory(config, topology.world, topology.partition_size, config.train.micro_batch_size,
                                                   config.train.activation_checkpointing);
   constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
   const double budget = static_cast<double>(free_bytes) / sharing;
@@ -370,7 +370,7 @@ int main(int argc, char** argv) {
     const mics::Config config = resolve(o);
     setup_logging(env, config.log.level);
     if (o.dry_run) {
-      if (env.rank() == 0) std::fputs(mics::dry_run_report(config, env.ranks_per_node()).c_str(), stdout);
+      if (env.rank() == 0) std::fputs(mics::dry_run_report(config, env.world(), env.ranks_per_node()).c_str(), stdout);
       return 0;
     }
     const mics::Topology topology = check_runnable(config, env);

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "engine/metrics.h"
+#include "engine/sharded_param_store.h"
 #include "engine/sim/cluster_spec.h"
 #include "engine/sim/sim_backend.h"
 #include "model/model.h"
@@ -46,7 +47,7 @@ std::string gib(double bytes) {
 }
 }  // namespace
 
-MemoryPlan plan_memory(const Config& config, int64_t p, int64_t micro_batch, bool checkpointing) {
+MemoryPlan plan_memory(const Config& config, int64_t world, int64_t p, int64_t micro_batch, bool checkpointing) {
   const model::ModelSpec spec = config.model_spec();
   const model::ParamLayout layout = model::build_layout(spec, model::shard_multiple_for(p));
   const double shard = static_cast<double>(layout.total_elements()) / static_cast<double>(p);
@@ -58,14 +59,20 @@ MemoryPlan plan_memory(const Config& config, int64_t p, int64_t micro_batch, boo
   b.micro_batch = micro_batch;
   b.checkpointing = checkpointing;
   // As ShardedParamStore holds them: gathers cast from the fp32 master on the fly, so only
-  // p = 1 keeps a half-precision copy of the whole model; gradients accumulate in fp32.
+  // p = 1 keeps a half-precision copy of the whole model; gradients accumulate in fp32,
+  // unless one rank uses the model's own (gradients_in_place).
   b.working_params = mixed && p == 1 ? 2.0 * shard : 0.0;
-  b.grads = 4.0 * shard * (config.mics.gradient_sync == "every_microstep" ? 2.0 : 1.0);
+  const int64_t per_round = micro_batch * world;
+  const int64_t accumulation =
+      config.train.global_batch_size > 0 ? std::max<int64_t>(config.train.global_batch_size / per_round, 1) : 1;
+  b.grads_in_place = gradients_in_place(p, world / p, compute_dtype(config.train.precision), accumulation);
+  b.grads = b.grads_in_place ? compute * shard
+                             : 4.0 * shard * (config.mics.gradient_sync == "every_microstep" ? 2.0 : 1.0);
   b.master = 4.0 * shard;
   b.adam = 8.0 * shard;
   // With p = 1 nothing is gathered: the working copy is the whole model already.
   b.gathered = p > 1 ? compute * largest * static_cast<double>(config.mics.prefetch + 2) : 0.0;
-  b.grad_buffers = 3.0 * compute * (largest + (p > 1 ? largest / static_cast<double>(p) : 0.0));
+  b.grad_buffers = b.grads_in_place ? 0.0 : 3.0 * compute * (largest + (p > 1 ? largest / static_cast<double>(p) : 0.0));
   // The shard in half precision for the all-reduce across replicas (planned as if there
   // were replicas).
   b.replication = mixed && config.mics.replication_dtype == "compute" ? compute * shard : 0.0;
@@ -81,10 +88,10 @@ MemoryPlan plan_memory(const Config& config, int64_t p, int64_t micro_batch, boo
   return b;
 }
 
-int64_t auto_partition_size(const Config& config, int64_t ranks_per_node, double memory_gib) {
+int64_t auto_partition_size(const Config& config, int64_t world, int64_t ranks_per_node, double memory_gib) {
   const int64_t k = std::max<int64_t>(ranks_per_node, 1);
   for (int64_t p : candidate_partitions(k, kMaxPartition))
-    if (plan_memory(config, p, config.train.micro_batch_size, config.train.activation_checkpointing).total() <=
+    if (plan_memory(config, std::max(world, p), p, config.train.micro_batch_size, config.train.activation_checkpointing).total() <=
         memory_gib * kGiB)
       return p;
   throw ConfigError("'mics.partition_size' \"auto\": model states and activations do not fit " +
@@ -110,19 +117,19 @@ std::string memory_fit_advice(const Config& config, int64_t p, int64_t world, do
   std::vector<std::string> fixes;
   for (int64_t q = p + 1; q <= world; ++q) {
     if (world % q != 0) continue;
-    const MemoryPlan plan = plan_memory(config, q, mb, ckpt);
+    const MemoryPlan plan = plan_memory(config, world, q, mb, ckpt);
     if (plan.total() <= budget_bytes) {
       fixes.push_back("'mics.partition_size' " + std::to_string(q) + " (" + gib(plan.total()) + " GiB)");
       break;
     }
   }
   if (!ckpt) {
-    const MemoryPlan plan = plan_memory(config, p, mb, true);
+    const MemoryPlan plan = plan_memory(config, world, p, mb, true);
     if (plan.total() <= budget_bytes)
       fixes.push_back("'train.activation_checkpointing' true (" + gib(plan.total()) + " GiB)");
   }
   for (int64_t smaller = mb / 2; smaller >= 1; smaller /= 2) {
-    const MemoryPlan plan = plan_memory(config, p, smaller, ckpt);
+    const MemoryPlan plan = plan_memory(config, world, p, smaller, ckpt);
     if (plan.total() <= budget_bytes) {
       fixes.push_back("'train.micro_batch_size' " + std::to_string(smaller) + " (" + gib(plan.total()) +
                       " GiB, with more accumulation steps)");
@@ -134,7 +141,7 @@ std::string memory_fit_advice(const Config& config, int64_t p, int64_t world, do
     const std::string here = "nothing fits on " + std::to_string(world) + (world == 1 ? " rank" : " ranks") +
                              " (no larger partition size, activation checkpointing or smaller micro-batch)";
     for (int64_t q = 2 * p; q <= kLargestPartitionAdvised; q *= 2) {
-      const MemoryPlan plan = plan_memory(config, q, mb, ckpt);
+      const MemoryPlan plan = plan_memory(config, q, q, mb, ckpt);
       if (plan.total() <= budget_bytes)
         return here + "; 'mics.partition_size' " + std::to_string(q) + " would (" + gib(plan.total()) +
                " GiB per rank), which needs at least " + std::to_string(q) + " ranks: add GPUs";
@@ -147,13 +154,14 @@ std::string memory_fit_advice(const Config& config, int64_t p, int64_t world, do
   return out;
 }
 
-std::string dry_run_report(const Config& config, int64_t ranks_per_node) {
+std::string dry_run_report(const Config& config, int64_t world, int64_t ranks_per_node) {
   const model::ModelSpec spec = config.model_spec();
   const double budget = config.runtime.device_memory_gb;
   const int64_t p = config.mics.partition_size > 0 ? config.mics.partition_size
-                                                   : auto_partition_size(config, ranks_per_node, budget);
+                                                   : std::min(auto_partition_size(config, world, ranks_per_node, budget), world);
   const model::ParamLayout layout = model::build_layout(spec, model::shard_multiple_for(p));
-  const MemoryPlan b = plan_memory(config, p, config.train.micro_batch_size, config.train.activation_checkpointing);
+  const MemoryPlan b = plan_memory(config, std::max(world, p), p, config.train.micro_batch_size,
+                                   config.train.activation_checkpointing);
   const bool mixed = config.train.precision != "fp32";
   const char* half = config.train.precision.c_str();
 
@@ -178,7 +186,8 @@ std::string dry_run_report(const Config& config, int64_t ranks_per_node) {
                          : std::string("fp32"));
   out += "model-state bytes per device (1/p of each):\n";
   if (b.working_params > 0) add(std::string(half) + " working copy (p = 1)", format_bytes(b.working_params));
-  add("fp32 gradient accumulator", format_bytes(b.grads));
+  add(b.grads_in_place ? std::string(mixed ? half : "fp32") + " gradients (in place, 1 rank)" : "fp32 gradient accumulator",
+      format_bytes(b.grads));
   add(mixed ? "fp32 master weights" : "fp32 parameters", format_bytes(b.master));
   add("fp32 Adam m and v", format_bytes(b.adam));
   add(b.working_params > 0 ? "model states" : "model states (16 bytes/param / p)", format_bytes(b.model_states()));
@@ -187,7 +196,7 @@ std::string dry_run_report(const Config& config, int64_t ranks_per_node) {
     std::snprintf(line, sizeof line, "gathered layers (%lld slots)", static_cast<long long>(config.mics.prefetch + 2));
     add(line, format_bytes(b.gathered));
   }
-  add("gradient buffers (3 layers)", format_bytes(b.grad_buffers));
+  if (!b.grads_in_place) add("gradient buffers (3 layers)", format_bytes(b.grad_buffers));
   if (b.replication > 0) add(std::string(half) + " replication all-reduce shard", format_bytes(b.replication));
   std::snprintf(line, sizeof line, "activations (%s%lld)", b.checkpointing ? "checkpointed, mb " : "micro-batch ",
                 static_cast<long long>(b.micro_batch));
@@ -220,8 +229,10 @@ std::string planner_report(const Config& config, const sim::ClusterSpec& cluster
   out += row;
   int64_t recommended = 0, recommended_ckpt = 0;
   for (int64_t p : candidate_partitions(k, 64 * k)) {
-    const MemoryPlan off = plan_memory(config, p, mb, false), on = plan_memory(config, p, mb, true);
-    const MemoryPlan twice = plan_memory(config, p, 2 * mb, false);
+    // Planned for a cluster: every partition size has replicas.
+    const int64_t world = 128 * k;
+    const MemoryPlan off = plan_memory(config, world, p, mb, false), on = plan_memory(config, world, p, mb, true);
+    const MemoryPlan twice = plan_memory(config, world, p, 2 * mb, false);
     const bool fits = off.total() <= budget, fits_ckpt = on.total() <= budget;
     if (fits && recommended == 0) recommended = p;
     if (fits_ckpt && recommended_ckpt == 0) recommended_ckpt = p;

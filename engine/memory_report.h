@@ -17,11 +17,14 @@ struct MemoryPlan {
   int64_t micro_batch = 0;
   bool checkpointing = false;  // activations kept only at layer inputs, one layer recomputed
   double working_params = 0;  // half-precision copy of the whole model (mixed precision, p = 1)
-  double grads = 0;           // fp32 gradient accumulator shard (twice with every_microstep sync)
+  // fp32 gradient accumulator shard (twice with every_microstep sync); on a single rank the
+  // model's own gradient in the compute dtype instead (gradients_in_place)
+  double grads = 0;
+  bool grads_in_place = false;
   double master = 0;          // fp32 master weights
   double adam = 0;            // fp32 m and v
   double gathered = 0;        // gather slots: prefetch + 2 of the largest layer (p > 1)
-  double grad_buffers = 0;    // three gradient working buffers of the largest layer + shards
+  double grad_buffers = 0;    // three gradient working buffers of the largest layer + shards (none in place)
   double replication = 0;     // mics.replication_dtype "compute": the shard in half precision
   double activations = 0;     // activations and workspace of one micro-batch
   // The CUDA backend's padded copies for a vocabulary projection whose width is not a
@@ -35,14 +38,15 @@ struct MemoryPlan {
   }
 };
 
-// Bytes per device in the config's precision (fp32, or bf16/fp16 with fp32 master weights).
-MemoryPlan plan_memory(const Config& config, int64_t partition_size, int64_t micro_batch,
+// Bytes per device in the config's precision (fp32, or bf16/fp16 with fp32 master weights),
+// for `world` ranks in all (world / partition_size replicas).
+MemoryPlan plan_memory(const Config& config, int64_t world, int64_t partition_size, int64_t micro_batch,
                        bool checkpointing);
 
 // Smallest partition size (1, 2, 4 ... up to ranks_per_node, then k times powers of two)
 // whose plan at the configured micro-batch and checkpointing fits `memory_gib` per device;
 // ConfigError if none does.
-int64_t auto_partition_size(const Config& config, int64_t ranks_per_node, double memory_gib);
+int64_t auto_partition_size(const Config& config, int64_t world, int64_t ranks_per_node, double memory_gib);
 
 // "model states 18.78 GiB, gathered 0.47 GiB, gradient buffers 0.52 GiB, activations
 // 3.74 GiB": the plan's categories in one line, for logs and errors.
@@ -54,7 +58,7 @@ std::string describe_plan(const MemoryPlan& plan);
 std::string memory_fit_advice(const Config& config, int64_t partition_size, int64_t world, double budget_bytes);
 
 // The --dry-run report: parameter count, layout and memory per device at the resolved p.
-std::string dry_run_report(const Config& config, int64_t ranks_per_node);
+std::string dry_run_report(const Config& config, int64_t world, int64_t ranks_per_node);
 
 // --dry-run --cluster: the plan for every candidate p, micro-batch and checkpointing
 // choice on the cluster's GPUs, and the smallest p that fits.

@@ -29,6 +29,10 @@ namespace {
 size_t floats(int64_t n) { return sizeof(float) * static_cast<size_t>(n); }
 }  // namespace
 
+bool gradients_in_place(int64_t partition_size, int64_t replicas, DType work_dtype, int64_t accumulation_steps) {
+  return partition_size == 1 && replicas == 1 && (work_dtype == DType::f32 || accumulation_steps == 1);
+}
+
 Tensor ShardedParamStore::accumulator() const {
   return grads_.view(DType::f32, {static_cast<int64_t>(grads_.bytes() / sizeof(float))});
 }
@@ -41,8 +45,13 @@ ShardedParamStore::ShardedParamStore(Backend& backend, const model::ParamLayout&
     throw std::logic_error("layout not padded for partition size " + std::to_string(p));
   for (const model::LayerSpan& s : layout.layers()) max_layer_ = std::max(max_layer_, s.size);
   shard_total_ = layout.total_elements() / p;
+  const int64_t replicas = groups.replication != nullptr ? groups.replication->size() : 1;
+  in_place_grads_ = gradients_in_place(p, replicas, opt_.work_dtype, opt_.accumulation_steps);
   master_ = DeviceBuffer(backend, floats(shard_total_));
-  grads_ = DeviceBuffer(backend, floats(shard_total_ * (opt_.sync_every_microstep ? 2 : 1)));
+  if (in_place_grads_)
+    grads_ = DeviceBuffer(backend, dtype_size(opt_.work_dtype) * static_cast<size_t>(shard_total_));
+  else
+    grads_ = DeviceBuffer(backend, floats(shard_total_ * (opt_.sync_every_microstep ? 2 : 1)));
   m_ = DeviceBuffer(backend, floats(shard_total_));
   v_ = DeviceBuffer(backend, floats(shard_total_));
   const size_t work = dtype_size(opt_.work_dtype);
@@ -58,7 +67,8 @@ ShardedParamStore::ShardedParamStore(Backend& backend, const model::ParamLayout&
     param_slots_.back()->buffer = DeviceBuffer(backend, work * static_cast<size_t>(max_layer_));
   }
   pending_.reserve(param_slots_.size());
-  for (int i = 0; i < 3; ++i) {  // head and embeddings open together, one reducing
+  const int grad_slots = in_place_grads_ ? 0 : 3;
+  for (int i = 0; i < grad_slots; ++i) {  // head and embeddings open together, one reducing
     grad_slots_.push_back(std::make_unique<GradSlot>());
     grad_slots_.back()->work = DeviceBuffer(backend, work * static_cast<size_t>(max_layer_));
     // With p = 1 the layer's gradient is added to the accumulator directly.
@@ -74,7 +84,7 @@ void ShardedParamStore::initialize(uint64_t init_seed) {
     model::init_parameters(layout_, init_seed, r.flat_begin, r.flat_begin + r.size,
                            init.data() + r.local_offset);
   be_.copy_from_host(master_.data(), init.data(), floats(shard_total_));
-  be_.fill_zero(accumulator());
+  be_.fill_zero(in_place_grads_ ? grads() : accumulator());
   be_.fill_zero(adam_m());
   be_.fill_zero(adam_v());
   master_changed();
@@ -116,7 +126,7 @@ std::vector<model::FlatRange> ShardedParamStore::ranges() const {
 }
 
 Tensor ShardedParamStore::master() const { return master_.view(DType::f32, {shard_total_}); }
-Tensor ShardedParamStore::grads() const { return grads_.view(DType::f32, {shard_total_}); }
+Tensor ShardedParamStore::grads() const { return grads_.view(grads_dtype(), {shard_total_}); }
 Tensor ShardedParamStore::adam_m() const { return m_.view(DType::f32, {shard_total_}); }
 Tensor ShardedParamStore::adam_v() const { return v_.view(DType::f32, {shard_total_}); }
 
@@ -244,6 +254,8 @@ void ShardedParamStore::release_params(int layer) {
 // ---- gradients ----
 
 Tensor ShardedParamStore::grad_buffer(int layer) {
+  if (in_place_grads_)  // zeroed at begin_step; the model adds each contribution in place
+    return grads().slice(shard_offset(layer), {layout_.layers()[static_cast<size_t>(layer)].size});
   for (auto& s : grad_slots_)
     if (s->open && s->layer == layer) return layer_span_view(s->work, layer);
   // A free slot has landed its last layer in the accumulator. (A finished request alone is
@@ -266,6 +278,7 @@ Tensor ShardedParamStore::grad_buffer(int layer) {
 }
 
 void ShardedParamStore::grads_ready(int layer) {
+  if (in_place_grads_) return;  // nothing to reduce or land
   for (auto& s : grad_slots_) {
     if (s->open && s->layer == layer) {
       s->open = false;
@@ -325,6 +338,13 @@ void ShardedParamStore::begin_step(int64_t micro_steps) {
   replication_started_.assign(static_cast<size_t>(layout_.num_layers()), false);
   replication_requests_.resize(static_cast<size_t>(layout_.num_layers()));
   landed_.assign(static_cast<size_t>(layout_.num_layers()), false);
+  if (in_place_grads_) {
+    if (micro_steps > opt_.accumulation_steps && opt_.work_dtype != DType::f32)
+      throw std::logic_error("a step of " + std::to_string(micro_steps) + " micro-steps on a store built for " +
+                             std::to_string(opt_.accumulation_steps) + " (half-precision gradients in place)");
+    be_.fill_zero(grads());
+    return;
+  }
   // every_microstep adds each synchronised micro-step into the accumulator's first half.
   if (opt_.sync_every_microstep) be_.fill_zero(accumulator());
 }
@@ -338,7 +358,7 @@ void ShardedParamStore::end_micro_step() {
   recording_ = false;
   cursor_ = 0;
   on_schedule_ = true;
-  if (opt_.sync_every_microstep) {
+  if (opt_.sync_every_microstep && !in_place_grads_) {
     Tensor micro = grads_.view(DType::f32, {2 * shard_total_}).slice(shard_total_, {shard_total_});
     Request r = groups_.replication->all_reduce(micro.ptr<float>(), static_cast<size_t>(shard_total_));
     groups_.replication->wait(r);
@@ -348,6 +368,7 @@ void ShardedParamStore::end_micro_step() {
 }
 
 void ShardedParamStore::end_accumulation() {
+  if (in_place_grads_) return;  // every layer's gradient is complete where the model wrote it
   if (!opt_.sync_every_microstep)
     for (int l = 0; l < layout_.num_layers(); ++l)
       if (!landed_[static_cast<size_t>(l)]) {

@@ -6,7 +6,8 @@
 // and its gradients are reduce-scattered into the accumulator shard right after its
 // backward. The replication group all-reduces the accumulated shard once per optimizer
 // step (two-hop: layer by layer as each lands in the last micro-step, so the all-reduce
-// overlaps the rest of that backward) or after every micro-step.
+// overlaps the rest of that backward) or after every micro-step. With p = 1 and no replicas
+// the model's gradients are used where it wrote them (gradients_in_place()).
 #include <cstdint>
 #include <memory>
 #include <vector>
@@ -28,7 +29,16 @@ struct StoreOptions {
   DType work_dtype = DType::f32;
   // Two-hop: the dtype of the all-reduce across replicas (f32, or work_dtype to halve it).
   DType replication_dtype = DType::f32;
+  // Micro-steps per optimizer step (the trainer's accumulation steps).
+  int64_t accumulation_steps = 1;
 };
+
+// Whether a rank's gradients can be the model's own, written in place in the work dtype
+// and read so by the optimizer (ShardedParamStore::grads()): with p = 1 and no replicas
+// there is nothing to reduce, and unless a half-precision model sums several micro-steps
+// (kept in fp32) nothing to accumulate in higher precision either. It saves, per step and
+// parameter, the cast into an fp32 accumulator and half of the optimizer's gradient read.
+bool gradients_in_place(int64_t partition_size, int64_t replicas, DType work_dtype, int64_t accumulation_steps);
 
 class ShardedParamStore final : public model::ParamProvider {
  public:
@@ -54,6 +64,7 @@ class ShardedParamStore final : public model::ParamProvider {
 
   Backend& backend() const { return be_; }
   // This rank's shard, [shard_elements] fp32 each: layer l's slice at shard_offset(l).
+  // grads() is in the work dtype instead when gradients_in_place() (the model's own).
   Tensor master() const;
   Tensor grads() const;
   Tensor adam_m() const;
@@ -72,8 +83,8 @@ class ShardedParamStore final : public model::ParamProvider {
   // the optimizer to write as it updates the master; empty when there is none.
   Tensor working_copy();
 
-  // Zero the gradient accumulator for a step of `micro_steps` micro-steps (the last one
-  // starts the replication all-reduces as its layers land).
+  // Start a step of `micro_steps` micro-steps (the last one starts the replication
+  // all-reduces as its layers land); in-place gradients are zeroed here.
   void begin_step(int64_t micro_steps = 1);
   void end_micro_step();      // all reduce-scatters landed (and, every_microstep, synced)
   void end_accumulation();    // two-hop: every layer's all-reduce across replicas finished
@@ -108,6 +119,7 @@ class ShardedParamStore final : public model::ParamProvider {
   Tensor accumulator() const;  // fp32, [shard] or [2 * shard] with every_microstep
   // p = 1 with a half-precision model: the whole model in the work dtype (else empty).
   bool keeps_working_copy() const { return topo_.partition_size == 1 && opt_.work_dtype != DType::f32; }
+  DType grads_dtype() const { return in_place_grads_ ? opt_.work_dtype : DType::f32; }
 
   Backend& be_;
   const model::ParamLayout& layout_;
@@ -115,6 +127,7 @@ class ShardedParamStore final : public model::ParamProvider {
   Groups groups_;
   StoreOptions opt_;
   int64_t shard_total_ = 0, max_layer_ = 0;
+  bool in_place_grads_ = false;  // gradients_in_place(): grads_ is the model's gradient, no slots
   DeviceBuffer master_, grads_, m_, v_;
   DeviceBuffer working_;  // see keeps_working_copy()
   DeviceBuffer replication_;  // [shard] in replication_dtype when it is not f32 (and r > 1)

@@ -68,7 +68,7 @@ Trainer::Trainer(const Config& c, Backend& backend, const Topology& topo, Traine
   store_ = std::make_unique<ShardedParamStore>(
       backend, layout, topo, groups_->groups(),
       StoreOptions{static_cast<int>(c.mics.prefetch), c.mics.gradient_sync == "every_microstep", compute,
-                   c.mics.replication_dtype == "compute" ? compute : DType::f32});
+                   c.mics.replication_dtype == "compute" ? compute : DType::f32, accumulation_});
   if (runtime.initialize_parameters) store_->initialize(static_cast<uint64_t>(t.seed));
   after_step_ = std::move(runtime.after_step);
   if (t.precision == "fp16") {

@@ -189,7 +189,8 @@ class Backend {
   virtual void dropout_backward(Tensor d_in, Tensor d_out, DropoutSpec spec) = 0;
 
   // ---- optimizer (fp32 shards) ----
-  // AdamW on a contiguous span: param, grad, m, v all [n] fp32. param_copy: empty, or [n]
+  // AdamW on a contiguous span: param, m, v [n] fp32; grad [n] fp32, or (CUDA) a model's own
+  // bf16/fp16 gradient, widened exactly as it is read. param_copy: empty, or [n]
   // in a compute dtype that also receives the updated param, rounded to it (the
   // half-precision working copy, written in the same pass instead of a cast after it).
   virtual void adamw(Tensor param, Tensor grad, Tensor m, Tensor v, const AdamWSpec& spec,

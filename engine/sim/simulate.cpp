@@ -96,7 +96,7 @@ SimulatedStep simulate_step(const Config& config, const ClusterSpec& cluster, in
   out.samples_per_s = static_cast<double>(out.global_batch) / out.step_s;
   out.tflops_per_gpu = model_flops_per_sample(c.model_spec(), c.train.seq_len) * out.samples_per_s / world / 1e12;
   out.mfu = out.tflops_per_gpu / (half ? cluster.peak_tflops_half : cluster.peak_tflops_fp32);
-  out.memory_bytes = plan_memory(c, p, c.train.micro_batch_size, c.train.activation_checkpointing).total();
+  out.memory_bytes = plan_memory(c, world, p, c.train.micro_batch_size, c.train.activation_checkpointing).total();
   out.fits = out.memory_bytes <= cluster.memory_gib * kGiB;
   return out;
 }
@@ -130,7 +130,7 @@ std::vector<SimulatedStep> simulate_sweep(const Config& config, const ClusterSpe
         c.mics.hierarchical_allgather = "false";
       } else {
         const int64_t p = config.mics.partition_size > 0 ? config.mics.partition_size
-                                                         : auto_partition_size(config, k, cluster.memory_gib);
+                                                         : auto_partition_size(config, world, k, cluster.memory_gib);
         c.mics.partition_size = std::min<int64_t>(p, world);
       }
       try {

@@ -21,14 +21,22 @@ __device__ __forceinline__ void adamw_one(float& p, float g_raw, float& m, float
   p = __fsub_rn(__fmul_rn(p, k.decay), __fdiv_rn(__fmul_rn(k.step_size, m), denom));
 }
 
-// copy (C: float, bf16, fp16; null for none) receives the new param rounded to C.
-template <class C>
-__global__ void adamw_kernel(float* param, const float* grad, float* m, float* v, int64_t n,
+// Four consecutive elements of T in one aligned load or store (16 bytes for fp32, 8 for
+// half precision).
+template <class T>
+struct alignas(4 * sizeof(T)) Four {
+  T e[4];
+};
+
+// grad (G: float, or a model's own bf16/fp16 gradient, widened exactly); copy (C: float,
+// bf16, fp16; null for none) receives the new param rounded to C.
+template <class G, class C>
+__global__ void adamw_kernel(float* param, const G* grad, float* m, float* v, int64_t n,
                              AdamWScalars k, C* copy) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x) {
     float p = param[i], mi = m[i], vi = v[i];
-    adamw_one(p, grad[i], mi, vi, k);
+    adamw_one(p, to_f(grad[i]), mi, vi, k);
     param[i] = p;
     m[i] = mi;
     v[i] = vi;
@@ -36,36 +44,32 @@ __global__ void adamw_kernel(float* param, const float* grad, float* m, float* v
   }
 }
 
-// float4 version for 16-byte aligned spans (the copy too); the tail (n % 4) is done
-// element-wise.
-template <class C>
-__global__ void adamw_vec_kernel(float* param, const float* grad, float* m, float* v, int64_t n,
+// Four elements a thread for aligned spans (the gradient and copy at their own widths);
+// the tail (n % 4) is done element-wise.
+template <class G, class C>
+__global__ void adamw_vec_kernel(float* param, const G* grad, float* m, float* v, int64_t n,
                                  AdamWScalars k, C* copy) {
   const int64_t vectors = n / 4;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < vectors;
        i += int64_t(gridDim.x) * blockDim.x) {
     float4 p = reinterpret_cast<float4*>(param)[i];
-    const float4 g = reinterpret_cast<const float4*>(grad)[i];
+    const Four<G> g = reinterpret_cast<const Four<G>*>(grad)[i];
     float4 mi = reinterpret_cast<float4*>(m)[i];
     float4 vi = reinterpret_cast<float4*>(v)[i];
-    adamw_one(p.x, g.x, mi.x, vi.x, k);
-    adamw_one(p.y, g.y, mi.y, vi.y, k);
-    adamw_one(p.z, g.z, mi.z, vi.z, k);
-    adamw_one(p.w, g.w, mi.w, vi.w, k);
+    adamw_one(p.x, to_f(g.e[0]), mi.x, vi.x, k);
+    adamw_one(p.y, to_f(g.e[1]), mi.y, vi.y, k);
+    adamw_one(p.z, to_f(g.e[2]), mi.z, vi.z, k);
+    adamw_one(p.w, to_f(g.e[3]), mi.w, vi.w, k);
     reinterpret_cast<float4*>(param)[i] = p;
     reinterpret_cast<float4*>(m)[i] = mi;
     reinterpret_cast<float4*>(v)[i] = vi;
-    if (copy != nullptr) {  // one 8-byte (half precision) or 16-byte (fp32) store
-      struct alignas(4 * sizeof(C)) Four {
-        C e[4];
-      } c{{from_f<C>(p.x), from_f<C>(p.y), from_f<C>(p.z), from_f<C>(p.w)}};
-      reinterpret_cast<Four*>(copy)[i] = c;
-    }
+    if (copy != nullptr)
+      reinterpret_cast<Four<C>*>(copy)[i] = Four<C>{{from_f<C>(p.x), from_f<C>(p.y), from_f<C>(p.z), from_f<C>(p.w)}};
   }
   const int64_t tail = vectors * 4 + blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (tail < n) {
     float p = param[tail], mi = m[tail], vi = v[tail];
-    adamw_one(p, grad[tail], mi, vi, k);
+    adamw_one(p, to_f(grad[tail]), mi, vi, k);
     param[tail] = p;
     m[tail] = mi;
     v[tail] = vi;
@@ -73,21 +77,28 @@ __global__ void adamw_vec_kernel(float* param, const float* grad, float* m, floa
   }
 }
 
+bool aligned_to(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
+
 }  // namespace
 
-void launch_adamw(float* param, const float* grad, float* m, float* v, int64_t n,
+void launch_adamw(float* param, DType grad_t, const void* grad, float* m, float* v, int64_t n,
                   const AdamWScalars& k, DType copy_t, void* copy, cudaStream_t s) {
   if (n <= 0) return;
-  dispatch("adamw", copy != nullptr ? copy_t : DType::f32, [&](auto c) {
-    using C = decltype(c);
-    C* out = static_cast<C*>(copy);
-    if (aligned16(param) && aligned16(grad) && aligned16(m) && aligned16(v) && (out == nullptr || aligned16(out))) {
-      const int64_t vectors = n / 4;
-      adamw_vec_kernel<C><<<grid_for(vectors > 0 ? vectors : 1), kThreads, 0, s>>>(param, grad, m, v, n, k, out);
-    } else {
-      adamw_kernel<C><<<grid_for(n), kThreads, 0, s>>>(param, grad, m, v, n, k, out);
-    }
-    MICS_CUDA_CHECK_LAUNCH();
+  dispatch("adamw", grad_t, [&](auto g) {
+    using G = decltype(g);
+    const G* gr = static_cast<const G*>(grad);
+    dispatch("adamw", copy != nullptr ? copy_t : DType::f32, [&](auto c) {
+      using C = decltype(c);
+      C* out = static_cast<C*>(copy);
+      if (aligned16(param) && aligned16(m) && aligned16(v) && aligned_to(gr, 4 * sizeof(G)) &&
+          (out == nullptr || aligned_to(out, 4 * sizeof(C)))) {
+        const int64_t vectors = n / 4;
+        adamw_vec_kernel<G, C><<<grid_for(vectors > 0 ? vectors : 1), kThreads, 0, s>>>(param, gr, m, v, n, k, out);
+      } else {
+        adamw_kernel<G, C><<<grid_for(n), kThreads, 0, s>>>(param, gr, m, v, n, k, out);
+      }
+      MICS_CUDA_CHECK_LAUNCH();
+    });
   });
 }
 

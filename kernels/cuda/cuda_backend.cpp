@@ -784,9 +784,10 @@ class CudaBackend final : public Backend {
       expect_numel("adamw", "param_copy", param_copy, n);
       expect_compute_dtype("adamw", param_copy);
     }
-    for (const Tensor* t : {&param, &grad, &m, &v})
+    for (const Tensor* t : {&param, &m, &v})
       if (t->dtype != DType::f32)
-        throw ShapeError(std::string("adamw: tensors must be fp32, got ") + dtype_name(t->dtype));
+        throw ShapeError(std::string("adamw: param, m and v must be fp32, got ") + dtype_name(t->dtype));
+    expect_compute_dtype("adamw", grad);  // fp32, or a model's own half-precision gradient
     // The scalars exactly as kernels/cpu/adamw.cpp computes them.
     const double bc1 = 1.0 - std::pow(static_cast<double>(s.beta1), static_cast<double>(s.step));
     const double bc2 = 1.0 - std::pow(static_cast<double>(s.beta2), static_cast<double>(s.step));
@@ -798,8 +799,7 @@ class CudaBackend final : public Backend {
     k.step_size = static_cast<float>(s.lr / bc1);
     k.inv_sqrt_bc2 = static_cast<float>(1.0 / std::sqrt(bc2));
     k.decay = 1.0f - s.lr * s.weight_decay;
-    launch_adamw(static_cast<float*>(param.data), static_cast<const float*>(grad.data),
-                 static_cast<float*>(m.data), static_cast<float*>(v.data), n, k, param_copy.dtype,
+    launch_adamw(static_cast<float*>(param.data), grad.dtype, grad.data, static_cast<float*>(m.data), static_cast<float*>(v.data), n, k, param_copy.dtype,
                  param_copy.data, stream_);
   }
 

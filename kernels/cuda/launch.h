@@ -136,8 +136,9 @@ struct AdamWScalars {
   float beta1, beta2, eps, grad_scale;
   float step_size, inv_sqrt_bc2, decay;
 };
-// copy (may be null): [n] of copy_t, receives the updated param rounded to copy_t.
-void launch_adamw(float* param, const float* grad, float* m, float* v, int64_t n,
+// grad: [n] of grad_t (fp32, or a model's half-precision gradient); copy (may be null):
+// [n] of copy_t, receives the updated param rounded to copy_t.
+void launch_adamw(float* param, DType grad_t, const void* grad, float* m, float* v, int64_t n,
                   const AdamWScalars& k, DType copy_t, void* copy, cudaStream_t s);
 
 }  // namespace mics::cuda

@@ -995,6 +995,8 @@ TEST_P(CudaDropout, MaskIsTheCpuMaskBitForBit) {
 
 // ---------------------------------------------------------------- adamw
 
+// The gradient is fp32, or a model's own bf16/fp16 gradient (read in place with p = 1):
+// widened exactly, so the CPU's update of the same values gives the same bits.
 TEST(CudaAdamW, BitForBitWithCpuFp32) {
   MICS_REQUIRE_CUDA();
   for (int64_t offset : {0, 1}) {  // 16-byte aligned (vector path) and not
@@ -1021,12 +1023,14 @@ TEST(CudaAdamW, BitForBitWithCpuFp32) {
         std::uniform_real_distribution<double> expo(-10, -7);
         for (int64_t i = 0; i < n; i += 7) g[i] *= std::pow(10.0, expo(rng));
         for (int64_t i = 3; i < n; i += 101) g[i] = 0;
-        g = rounded(DType::f32, g);
+        const DType grad_t = s % 3 == 0 ? DType::f32 : s % 3 == 1 ? DType::bf16 : DType::f16;
+        SCOPED_TRACE(testing::Message() << "gradient " << dname(grad_t));
+        g = rounded(grad_t, g);
         AdamWSpec spec = base;
         spec.step = base.step + s;
         H32 cg(g, {n});
         cpu().adamw(cp.t(), cg.t(), cm.t(), cv.t(), spec, Tensor{});
-        Dev dg(DType::f32, {n + offset}, padded(g));
+        Dev dg(grad_t, {n + offset}, padded(g));
         // Every other step also writes a working copy (bf16 or fp16, alternating).
         const DType copy_t = s % 4 == 1 ? DType::bf16 : DType::f16;
         Dev copy(copy_t, {n + offset});
@@ -1238,6 +1242,7 @@ TEST(CudaArgumentErrors, ShapeAndDtypeMismatchThrowShapeError) {
   EXPECT_THROW(gpu().layernorm_forward(bf({7, 37}), dd({7}), dd({7}), bf({7, 37}), bf({37}), bf({37}), 1e-5f),
                ShapeError);
   EXPECT_THROW(gpu().adamw(bf({10}), bf({10}), bf({10}), bf({10}), AdamWSpec{}, Tensor{}), ShapeError);
+  EXPECT_THROW(gpu().adamw(f({10}), dd({10}), f({10}), f({10}), AdamWSpec{}, Tensor{}), ShapeError);
   EXPECT_THROW(gpu().add(dd({10}), f({10}), f({10})), ShapeError);
   EXPECT_THROW(gpu().sum(dd({10})), ShapeError);
   EXPECT_THROW(gpu().dropout_forward(bf({10}), f({10}), DropoutSpec{0.5f, 1}), ShapeError);

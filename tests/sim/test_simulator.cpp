@@ -255,13 +255,13 @@ TEST(MemoryPlanner, AutoPicksTheSmallestPartitionThatFits) {
   for (bool checkpointing : {false, true}) {
     mics::Config config = bert_10b();
     config.train.activation_checkpointing = checkpointing;
-    const int64_t p = mics::auto_partition_size(config, 8, 80.0);
-    EXPECT_LE(mics::plan_memory(config, p, 8, checkpointing).total(), budget) << checkpointing;
-    EXPECT_GT(mics::plan_memory(config, p / 2, 8, checkpointing).total(), budget) << checkpointing;
+    const int64_t p = mics::auto_partition_size(config, 64, 8, 80.0);
+    EXPECT_LE(mics::plan_memory(config, 64, p, 8, checkpointing).total(), budget) << checkpointing;
+    EXPECT_GT(mics::plan_memory(config, 64, p / 2, 8, checkpointing).total(), budget) << checkpointing;
   }
   // Checkpointing keeps one block's activations (and every block's input) instead of all.
   const mics::Config config = bert_10b();
-  EXPECT_LT(mics::plan_memory(config, 8, 8, true).activations * 10, mics::plan_memory(config, 8, 8, false).activations);
+  EXPECT_LT(mics::plan_memory(config, 64, 8, 8, true).activations * 10, mics::plan_memory(config, 64, 8, 8, false).activations);
 }
 
 // Bad simulation requests: exit 2 with one line naming the flag or key, before any work.
@@ -271,16 +271,16 @@ TEST(MemoryPlanner, AdviceNamesOnlyKnobsThatFit) {
   mics::Config config = bert_10b();
   config.train.activation_checkpointing = false;
   const double budget = 80.0 * (1 << 30);  // an H100
-  ASSERT_GT(mics::plan_memory(config, 2, 8, false).total(), budget);
+  ASSERT_GT(mics::plan_memory(config, 64, 2, 8, false).total(), budget);
   const std::string advice = mics::memory_fit_advice(config, 2, 64, budget);
   EXPECT_EQ(advice.rfind("any of these fits: ", 0), 0u) << advice;
   // The smallest larger partition size dividing 64 that fits, and no other.
   int64_t expected = 0;
   for (int64_t q = 4; q <= 64 && expected == 0; q *= 2)
-    if (mics::plan_memory(config, q, 8, false).total() <= budget) expected = q;
+    if (mics::plan_memory(config, 64, q, 8, false).total() <= budget) expected = q;
   ASSERT_GT(expected, 0);
   EXPECT_NE(advice.find("'mics.partition_size' " + std::to_string(expected) + " ("), std::string::npos) << advice;
-  const bool ckpt_fits = mics::plan_memory(config, 2, 8, true).total() <= budget;
+  const bool ckpt_fits = mics::plan_memory(config, 64, 2, 8, true).total() <= budget;
   EXPECT_EQ(advice.find("'train.activation_checkpointing' true") != std::string::npos, ckpt_fits) << advice;
 
   // One rank, 80 GiB: nothing fits here; the advice names the smallest partition that would.
@@ -288,14 +288,42 @@ TEST(MemoryPlanner, AdviceNamesOnlyKnobsThatFit) {
   EXPECT_EQ(none.rfind("nothing fits on 1 rank", 0), 0u) << none;
   int64_t needed = 0;
   for (int64_t q = 2; q <= 4096 && needed == 0; q *= 2)
-    if (mics::plan_memory(config, q, 8, false).total() <= budget) needed = q;
+    if (mics::plan_memory(config, 64, q, 8, false).total() <= budget) needed = q;
   ASSERT_GT(needed, 0);
   EXPECT_NE(none.find("'mics.partition_size' " + std::to_string(needed) + " would ("), std::string::npos) << none;
   EXPECT_NE(none.find("needs at least " + std::to_string(needed) + " ranks"), std::string::npos) << none;
   // A budget below one micro-batch's activations: nothing helps, and the advice says why.
   const std::string never = mics::memory_fit_advice(config, 1, 1, 1.0 * (1 << 20));
   EXPECT_NE(never.find("activations alone exceed the budget"), std::string::npos) << never;
-  EXPECT_NE(mics::describe_plan(mics::plan_memory(config, 4, 8, false)).find("activations"), std::string::npos);
+  EXPECT_NE(mics::describe_plan(mics::plan_memory(config, 64, 4, 8, false)).find("activations"), std::string::npos);
+}
+
+// One rank at p = 1 keeps no fp32 accumulator and no per-layer gradient buffers: the model's
+// gradient, in its compute dtype, is what the optimizer reads. Replicas, or a half-precision
+// model summing micro-steps, bring the fp32 accumulator back.
+TEST(MemoryPlanner, OneRankPlansItsGradientsInPlace) {
+  mics::Config config = bert_10b();
+  config.train.precision = "bf16";
+  config.train.global_batch_size = 0;  // one micro-step per step
+  const int64_t mb = config.train.micro_batch_size;
+  const mics::MemoryPlan alone = mics::plan_memory(config, 1, 1, mb, false);
+  const mics::MemoryPlan replicated = mics::plan_memory(config, 2, 1, mb, false);
+  EXPECT_TRUE(alone.grads_in_place);
+  EXPECT_FALSE(replicated.grads_in_place);
+  EXPECT_DOUBLE_EQ(alone.grads * 2, replicated.grads);  // bf16 in place, fp32 accumulated
+  EXPECT_EQ(alone.grad_buffers, 0.0);
+  EXPECT_GT(replicated.grad_buffers, 0.0);
+  EXPECT_DOUBLE_EQ(replicated.total() - alone.total(), replicated.grads / 2 + replicated.grad_buffers);
+  config.train.global_batch_size = 2 * mb;  // two micro-steps: summed in fp32
+  EXPECT_FALSE(mics::plan_memory(config, 1, 1, mb, false).grads_in_place);
+  config.train.precision = "fp32";  // fp32 gradients add up in place across micro-steps
+  const mics::MemoryPlan fp32 = mics::plan_memory(config, 1, 1, mb, false);
+  EXPECT_TRUE(fp32.grads_in_place);
+  EXPECT_DOUBLE_EQ(fp32.grads, fp32.master);
+  config.mics.partition_size = 1;
+  const std::string report = mics::dry_run_report(config, 1, 1);
+  EXPECT_NE(report.find("fp32 gradients (in place, 1 rank)"), std::string::npos) << report;
+  EXPECT_EQ(report.find("gradient buffers"), std::string::npos) << report;
 }
 
 // The CUDA backend pads a vocabulary projection of awkward width (GPT-2's 50257 tokens): the
@@ -307,15 +335,15 @@ TEST(MemoryPlanner, CountsTheCudaBackendsPaddedVocabularyProjection) {
   config.runtime.backend = "cuda";
   config.model.vocab_size = 50257;
   const int64_t rows = config.train.micro_batch_size * config.train.seq_len;
-  const mics::MemoryPlan plan = mics::plan_memory(config, 8, config.train.micro_batch_size, false);
+  const mics::MemoryPlan plan = mics::plan_memory(config, 64, 8, config.train.micro_batch_size, false);
   EXPECT_DOUBLE_EQ(plan.gemm_staging, 2.0 * 50264 * (2 * config.model.hidden + rows));
   EXPECT_NE(mics::describe_plan(plan).find("padded vocabulary projection"), std::string::npos);
   config.model.vocab_size = 50264;
-  EXPECT_EQ(mics::plan_memory(config, 8, config.train.micro_batch_size, false).gemm_staging, 0.0);
+  EXPECT_EQ(mics::plan_memory(config, 64, 8, config.train.micro_batch_size, false).gemm_staging, 0.0);
   config.model.vocab_size = 50257;
   config.runtime.backend = "cpu";
   config.train.precision = "fp32";
-  EXPECT_EQ(mics::plan_memory(config, 8, config.train.micro_batch_size, false).gemm_staging, 0.0);
+  EXPECT_EQ(mics::plan_memory(config, 64, 8, config.train.micro_batch_size, false).gemm_staging, 0.0);
 }
 
 TEST(SimulateCli, BadRequestsAreRefusedByName) {
