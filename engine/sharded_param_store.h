@@ -70,6 +70,7 @@ class ShardedParamStore final : public model::ParamProvider {
   Tensor adam_m() const;
   Tensor adam_v() const;
   int64_t shard_elements() const { return shard_total_; }
+  bool grads_in_place() const { return in_place_grads_; }
   int64_t shard_offset(int layer) const;
   // The flat-buffer runs this shard holds, one per layer.
   std::vector<model::FlatRange> ranges() const;

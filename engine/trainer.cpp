@@ -95,10 +95,13 @@ Trainer::Trainer(const Config& c, Backend& backend, const Topology& topo, Traine
                static_cast<double>(model_->activation_bytes()) / (1024.0 * 1024.0));
   spdlog::info("batch: global {} = micro-batch {} x {} accumulation steps x {} ranks, seq {}",
                global_batch_, t.micro_batch_size, accumulation_, topo.world, t.seq_len);
-  spdlog::info("model states on this rank: {} of {} elements, {:.2f} MiB; with working buffers {:.2f} MiB",
+  spdlog::info("model states on this rank: {} of {} elements, {:.2f} MiB; with working buffers {:.2f} MiB; {}",
                store_->shard_elements(), layout.total_elements(),
                static_cast<double>(store_->model_state_bytes()) / (1024.0 * 1024.0),
-               static_cast<double>(store_->resident_bytes()) / (1024.0 * 1024.0));
+               static_cast<double>(store_->resident_bytes()) / (1024.0 * 1024.0),
+               store_->grads_in_place() ? "gradients used in place (" + std::string(dtype_name(store_->grads().dtype)) +
+                                              ", one rank)"
+                                        : std::string("gradients accumulated in fp32"));
 }
 
 Trainer::~Trainer() = default;
