@@ -14,7 +14,6 @@
 #include <stdexcept>
 #include <string>
 #include <tuple>
-#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -55,6 +54,12 @@ void require(fe::error_t status, const char* step, DType t, const AttentionDims&
   if (status.is_good()) return;
   throw std::runtime_error(std::string("runtime.attention \"cudnn\": cuDNN failed to ") + step + " for " +
                            describe(t, d) + ": " + status.get_message());
+}
+
+// cuDNN has no kernel for a graph: the refusal the header promises, naming the way out.
+std::string declined(const std::string& why, DType t, const AttentionDims& d) {
+  return "runtime.attention \"cudnn\": this cuDNN has no fused attention kernel for " + describe(t, d) + " (" + why +
+         "); use \"fused\" or \"materialized\"";
 }
 
 struct Layout {
@@ -132,8 +137,27 @@ std::shared_ptr<fe::graph::Graph> describe_backward(DType t, const AttentionDims
 }  // namespace
 
 struct CudnnAttention::Impl {
+  // A graph and its variant pack: the user tensors' uids in the order execute() wants their
+  // pointers, and the array those are written into per call (no container built in a step).
+  struct Pack {
+    std::shared_ptr<fe::graph::Graph> graph;
+    std::vector<int64_t> uids;
+    std::vector<void*> pointers;
+
+    explicit Pack(std::shared_ptr<fe::graph::Graph> g = nullptr) : graph(std::move(g)) {
+      if (graph == nullptr) return;
+      uids = graph->get_variant_pack_uids_sorted();
+      pointers.assign(uids.size(), nullptr);
+    }
+    // where(uid) gives each tensor's pointer.
+    template <class Where>
+    void run(cudnnHandle_t handle, Where&& where, void* workspace, const char* step, DType t, const AttentionDims& d) {
+      for (size_t i = 0; i < uids.size(); ++i) pointers[i] = where(uids[i]);
+      require(graph->execute(handle, pointers.data(), static_cast<int>(pointers.size()), workspace), step, t, d);
+    }
+  };
   struct Plans {
-    std::shared_ptr<fe::graph::Graph> forward, backward;
+    Pack forward, backward;
     size_t workspace = 0;
   };
   cudnnHandle_t handle = nullptr;
@@ -141,38 +165,44 @@ struct CudnnAttention::Impl {
   bool told_nondeterministic = false;
 
   // Plans for one shape: the frontend's validate, operation graph, heuristics (mode A, then
-  // the fallback list), support check and plan build, each failure named.
+  // the fallback list), support check and plan build. cuDNN declines a graph at any of these
+  // steps (a recent cuDNN answers most at the heuristics or the build, not the support
+  // check), so every failure is a ShapeError naming its step, which lets the callers try
+  // another graph.
   void build(const std::shared_ptr<fe::graph::Graph>& g, DType t, const AttentionDims& d) {
-    require(g->validate(), "validate the attention graph", t, d);
-    require(g->build_operation_graph(handle), "build the operation graph", t, d);
-    require(g->create_execution_plans({fe::HeurMode_t::A, fe::HeurMode_t::FALLBACK}), "find execution plans", t, d);
-    fe::error_t support = g->check_support(handle);
-    if (support.is_bad())
-      throw ShapeError("runtime.attention \"cudnn\": this cuDNN has no fused attention kernel for " + describe(t, d) +
-                       " (" + support.get_message() + "); use \"fused\" or \"materialized\"");
-    require(g->build_plans(handle), "build the execution plan", t, d);
+    auto step = [&](fe::error_t status, const char* what) {
+      if (status.is_bad()) throw ShapeError(declined(std::string(what) + ": " + status.get_message(), t, d));
+    };
+    step(g->validate(), "validate");
+    step(g->build_operation_graph(handle), "operation graph");
+    step(g->create_execution_plans({fe::HeurMode_t::A, fe::HeurMode_t::FALLBACK}), "heuristics");
+    step(g->check_support(), "support check");
+    step(g->build_plans(), "plan build");
+    std::string name;
+    if (g->get_plan_name(name).is_good()) spdlog::debug("cuDNN attention plan for {}: {}", describe(t, d), name);
   }
 
   // The deterministic backward keeps dP (B x H x T x T) in its workspace: beyond this, the
   // fast one, whose workspace is linear in T.
   static constexpr int64_t kDeterministicWorkspaceBudget = int64_t{1} << 30;
 
+  // The frontend picks cuDNN's unified kernel whenever the library is recent enough,
+  // whatever the GPU; the composite graph covers more of them. The first refusal is the one
+  // reported.
   std::shared_ptr<fe::graph::Graph> built_forward(DType t, const AttentionDims& d) {
-    auto g = describe_forward(t, d);
-    try {
-      build(g, t, d);
-      return g;
-    } catch (const ShapeError& first) {
-      // The frontend picks cuDNN's unified kernel whenever the library is recent enough,
-      // whatever the GPU; the composite graph covers more of them.
-      g = describe_forward(t, d, 0, /*composite=*/true);
+    std::string first;
+    for (bool composite : {false, true}) {
       try {
+        auto g = describe_forward(t, d, 0, composite);  // may throw: no implementation for these attributes
         build(g, t, d);
-      } catch (const ShapeError&) {
-        throw first;
+        return g;
+      } catch (const ShapeError& e) {
+        if (first.empty()) first = e.what();
+      } catch (const std::runtime_error& e) {
+        if (first.empty()) first = declined(std::string("graph: ") + e.what(), t, d);
       }
-      return g;
     }
+    throw ShapeError(first);
   }
 
   void warn_nondeterministic(DType t, const AttentionDims& d, const std::string& why) {
@@ -194,7 +224,12 @@ struct CudnnAttention::Impl {
     } catch (const std::exception& e) {
       why = std::string("no deterministic one: ") + e.what();
     }
-    auto g = describe_backward(t, d, false);
+    std::shared_ptr<fe::graph::Graph> g;
+    try {
+      g = describe_backward(t, d, false);
+    } catch (const std::runtime_error& e) {
+      throw ShapeError(declined(std::string("backward graph: ") + e.what(), t, d));
+    }
     build(g, t, d);
     warn_nondeterministic(t, d, why);
     return g;
@@ -205,11 +240,11 @@ struct CudnnAttention::Impl {
     auto it = plans.find(key);
     if (it != plans.end()) return it->second;
     Plans p;
-    p.forward = built_forward(t, d);
-    p.backward = built_backward(t, d);
+    p.forward = Pack(built_forward(t, d));
+    p.backward = Pack(built_backward(t, d));
     int64_t forward_bytes = 0, backward_bytes = 0;
-    require(p.forward->get_workspace_size(forward_bytes), "size the forward workspace", t, d);
-    require(p.backward->get_workspace_size(backward_bytes), "size the backward workspace", t, d);
+    require(p.forward.graph->get_workspace_size(forward_bytes), "size the forward workspace", t, d);
+    require(p.backward.graph->get_workspace_size(backward_bytes), "size the backward workspace", t, d);
     p.workspace = static_cast<size_t>(std::max(forward_bytes, backward_bytes));
     spdlog::debug("cuDNN attention plans for {}: workspace {} bytes", describe(t, d), p.workspace);
     return plans.emplace(key, std::move(p)).first->second;
@@ -239,30 +274,41 @@ size_t CudnnAttention::prepare(DType t, const AttentionDims& d) { return impl_->
 
 void CudnnAttention::forward(DType t, const AttentionDims& d, void* out, float* lse, const void* qkv,
                              void* workspace) {
-  Impl::Plans& p = impl_->plans_for(t, d);
   char* base = static_cast<char*>(const_cast<void*>(qkv));
   const size_t third = static_cast<size_t>(d.heads * d.head_dim) * dtype_size(t);
-  std::unordered_map<int64_t, void*> pack{{kQ, base}, {kK, base + third}, {kV, base + 2 * third},
-                                          {kO, out},  {kStats, lse}};
-  require(p.forward->execute(impl_->handle, pack, workspace), "run the attention forward", t, d);
+  auto where = [&](int64_t uid) -> void* {
+    switch (uid) {
+      case kQ: return base;
+      case kK: return base + third;
+      case kV: return base + 2 * third;
+      case kO: return out;
+      case kStats: return lse;
+      default: throw std::logic_error("cuDNN attention forward: unknown tensor uid " + std::to_string(uid));
+    }
+  };
+  impl_->plans_for(t, d).forward.run(impl_->handle, where, workspace, "run the attention forward", t, d);
 }
 
 void CudnnAttention::backward(DType t, const AttentionDims& d, void* d_qkv, const void* d_out, const void* qkv,
                               const void* out, const float* lse, void* workspace) {
-  Impl::Plans& p = impl_->plans_for(t, d);
   char* base = static_cast<char*>(const_cast<void*>(qkv));
   char* grad = static_cast<char*>(d_qkv);
   const size_t third = static_cast<size_t>(d.heads * d.head_dim) * dtype_size(t);
-  std::unordered_map<int64_t, void*> pack{{kQ, base},
-                                          {kK, base + third},
-                                          {kV, base + 2 * third},
-                                          {kO, const_cast<void*>(out)},
-                                          {kDO, const_cast<void*>(d_out)},
-                                          {kStats, const_cast<float*>(lse)},
-                                          {kDQ, grad},
-                                          {kDK, grad + third},
-                                          {kDV, grad + 2 * third}};
-  require(p.backward->execute(impl_->handle, pack, workspace), "run the attention backward", t, d);
+  auto where = [&](int64_t uid) -> void* {
+    switch (uid) {
+      case kQ: return base;
+      case kK: return base + third;
+      case kV: return base + 2 * third;
+      case kO: return const_cast<void*>(out);
+      case kDO: return const_cast<void*>(d_out);
+      case kStats: return const_cast<float*>(lse);
+      case kDQ: return grad;
+      case kDK: return grad + third;
+      case kDV: return grad + 2 * third;
+      default: throw std::logic_error("cuDNN attention backward: unknown tensor uid " + std::to_string(uid));
+    }
+  };
+  impl_->plans_for(t, d).backward.run(impl_->handle, where, workspace, "run the attention backward", t, d);
 }
 
 std::string validate_cudnn_attention(DType t, const AttentionDims& d, int sm_version) {

@@ -8,8 +8,10 @@
 // What it covers: bf16/fp16, head dimension a multiple of 8 up to 128, causal or
 // bidirectional, no padding mask and no attention dropout (cuDNN draws its dropout mask
 // from its own generator, which the CPU backend cannot reproduce): the backend refuses the
-// rest before calling. cuDNN itself may still decline a shape (check_support), which is
-// reported as a ShapeError naming runtime.attention.
+// rest before calling. cuDNN itself may still decline a shape (at its heuristics, support
+// check or plan build), which is
+// reported as a ShapeError naming runtime.attention (the forward first retries with the
+// frontend's composite graph).
 //
 // lse[B,H,T] holds cuDNN's softmax statistics (the natural log-sum-exp of the scaled
 // scores); the backward reads them back. The backward asks cuDNN for its deterministic

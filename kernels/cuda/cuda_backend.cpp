@@ -10,6 +10,7 @@
 #include <climits>
 #include <cmath>
 #include <cstdio>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -385,15 +386,15 @@ class CudaBackend final : public Backend {
         g.c = pad_weight_grad_.get(static_cast<size_t>(np * k) * es, stream_);
         g.beta = 0.0f;
       }
-      // Half precision, unpadded: the bias gradient (fp32 column sums of d_out) in the same
-      // GEMM's BGRADB epilogue, then added; fp32 keeps the column-sum kernel (the CPU's order).
+      // Half precision, unpadded: the bias gradient (column sums of d_out) in the same GEMM's
+      // BGRADB epilogue, in fp32 or the dtype as cuBLASLt takes it, then added; fp32 keeps
+      // the column-sum kernel (the CPU's order).
       bool ran = false;
       if (!bias_done && t != DType::f32 && np == n && m > 0 && k > 0) {
         GemmArgs with_bias_grad = g;
-        with_bias_grad.bias_grad =
-            static_cast<float*>(bias_grad_.get(static_cast<size_t>(n) * sizeof(float), stream_));
-        if (gemm_->try_run(with_bias_grad)) {
-          launch_add(t, d_bias.data, t, d_bias.data, DType::f32, with_bias_grad.bias_grad, n, stream_);
+        with_bias_grad.bias_grad = bias_grad_.get(static_cast<size_t>(n) * sizeof(float), stream_);
+        if (const std::optional<DType> written = gemm_->try_run(with_bias_grad)) {
+          launch_add(t, d_bias.data, t, d_bias.data, *written, with_bias_grad.bias_grad, n, stream_);
           bias_done = ran = true;
         }
       }
@@ -914,7 +915,7 @@ class CudaBackend final : public Backend {
   GrowingBuffer index_scratch_;  // index_add's sort (embedding backward, scatter_add_rows)
   GrowingBuffer fused_delta_;    // the fused attention backward's row dots dO . O
   GrowingBuffer column_partials_;  // column reductions' partial sums
-  GrowingBuffer bias_grad_;        // a linear layer's fp32 bias gradient from the GEMM's epilogue
+  GrowingBuffer bias_grad_;        // a linear layer's bias gradient from the GEMM's epilogue (fp32 room)
   std::unique_ptr<CudnnAttention> cudnn_;  // runtime.attention "cudnn": the fused ops go to cuDNN
   GrowingBuffer cudnn_workspace_;
   std::unique_ptr<EventTimeline> timeline_;  // made when a profiler first asks

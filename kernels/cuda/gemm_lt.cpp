@@ -117,18 +117,20 @@ GemmLt::Plan& GemmLt::plan_for(const GemmArgs& g) {
       MICS_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
                                                        &g.bias, sizeof(g.bias)));
     }
-    // fp32 sums, whatever the inputs' dtype. cuBLASLt documents the bias gradient in the
-    // output's type; fp32 is asked for and, where it is declined anyhow (an error from an
+    // The bias gradient in fp32 sums is asked for first; cuBLASLt documents it in the
+    // output's type, which is asked for next. Where both are declined (an error from an
     // attribute or the heuristic as much as no algorithm), the caller's column sums run.
+    auto set_bias_grad_type = [&](cudaDataType_t bias_type) {
+      const int32_t value = bias_type;
+      cublasStatus_t st = cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &value,
+                                                          sizeof(value));
+      if (st == CUBLAS_STATUS_SUCCESS)
+        st = cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g.bias_grad,
+                                            sizeof(g.bias_grad));
+      return st;
+    };
     cublasStatus_t bias_grad_status = CUBLAS_STATUS_SUCCESS;
-    if (g.bias_grad != nullptr) {
-      const int32_t bias_type = CUDA_R_32F;
-      bias_grad_status = cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type,
-                                                        sizeof(bias_type));
-      if (bias_grad_status == CUBLAS_STATUS_SUCCESS)
-        bias_grad_status = cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g.bias_grad,
-                                                          sizeof(g.bias_grad));
-    }
+    if (g.bias_grad != nullptr) bias_grad_status = set_bias_grad_type(CUDA_R_32F);
     const uint64_t a_rows = g.trans_b ? g.k : g.n, a_cols = g.trans_b ? g.n : g.k;
     const uint64_t b_rows = g.trans_a ? g.m : g.k, b_cols = g.trans_a ? g.k : g.m;
     MICS_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.a, type, a_rows, a_cols, g.ldb));
@@ -170,15 +172,26 @@ GemmLt::Plan& GemmLt::plan_for(const GemmArgs& g) {
       if (status == CUBLAS_STATUS_SUCCESS)
         status = cublasLtMatmulPreferenceSetAttribute(
             pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_c, sizeof(al_c));
-      if (status == CUBLAS_STATUS_SUCCESS) status = bias_grad_status;
-      if (status == CUBLAS_STATUS_SUCCESS)
-        status = cublasLtMatmulAlgoGetHeuristic(handle_, p.desc, p.a, p.b, p.c, p.c, pref, 1,
-                                                &result, &returned);
+      auto heuristic = [&](cublasStatus_t before) {
+        returned = 0;
+        if (before != CUBLAS_STATUS_SUCCESS) return before;
+        return cublasLtMatmulAlgoGetHeuristic(handle_, p.desc, p.a, p.b, p.c, p.c, pref, 1, &result, &returned);
+      };
+      auto found = [&] { return status == CUBLAS_STATUS_SUCCESS && returned > 0 && result.state == CUBLAS_STATUS_SUCCESS; };
+      if (status == CUBLAS_STATUS_SUCCESS) status = heuristic(bias_grad_status);
+      if (g.bias_grad != nullptr && !found() && type != CUDA_R_32F) {
+        status = heuristic(set_bias_grad_type(type));
+        p.bias_grad_dtype = g.dtype;
+      }
     }
     cublasLtMatmulPreferenceDestroy(pref);
-    // NOT_SUPPORTED: no algorithm for this problem; the fallback kernel takes it (a bias
-    // gradient epilogue: anything but success means the caller composes).
-    if (status != CUBLAS_STATUS_NOT_SUPPORTED && g.bias_grad == nullptr) MICS_CUBLAS_CHECK(status);
+    // NOT_SUPPORTED: no algorithm for this problem; the fallback kernel takes it. An
+    // epilogue the caller can do without (bias gradient, GELU): anything but success means
+    // the caller composes.
+    const bool optional_epilogue = g.bias_grad != nullptr || g.gelu != GemmArgs::Gelu::none;
+    if (status != CUBLAS_STATUS_NOT_SUPPORTED && !(optional_epilogue && status == CUBLAS_STATUS_INVALID_VALUE) &&
+        g.bias_grad == nullptr)
+      MICS_CUBLAS_CHECK(status);
     if (status == CUBLAS_STATUS_SUCCESS && returned > 0 && result.state == CUBLAS_STATUS_SUCCESS) {
       p.algo = result.algo;
       p.has_algo = true;
@@ -199,18 +212,29 @@ GemmLt::Plan& GemmLt::plan_for(const GemmArgs& g) {
   return plans_.emplace(key, p).first->second;
 }
 
-bool GemmLt::try_run(const GemmArgs& g) {
+std::optional<DType> GemmLt::try_run(const GemmArgs& g) {
   if (g.bias_grad == nullptr) throw std::logic_error("GemmLt::try_run: only for a bias_grad epilogue");
-  if (g.batch != 1 || g.bias != nullptr || g.gelu != GemmArgs::Gelu::none || g.k <= 0 || g.m <= 0 || g.n <= 0)
-    throw ShapeError("gemm: a bias-gradient epilogue needs batch 1, k > 0, no bias and no GELU");
+  // cuBLASLt: "BGRADB only works with transposed B" (its B is our A).
+  if (g.batch != 1 || g.bias != nullptr || g.gelu != GemmArgs::Gelu::none || !g.trans_a || g.k <= 0 || g.m <= 0 ||
+      g.n <= 0)
+    throw ShapeError("gemm: a bias-gradient epilogue needs batch 1, trans_a, k > 0, no bias and no GELU");
   Plan& p = plan_for(g);
-  if (!p.has_algo) return false;
+  if (!p.has_algo) return std::nullopt;
   MICS_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g.bias_grad,
                                                    sizeof(g.bias_grad)));
-  MICS_CUBLAS_CHECK(cublasLtMatmul(handle_, p.desc, &g.alpha, g.b, p.a, g.a, p.b, &g.beta, g.c, p.c, g.c, p.c,
-                                   &p.algo, workspace_, workspace_bytes_, stream_));
+  const cublasStatus_t status = cublasLtMatmul(handle_, p.desc, &g.alpha, g.b, p.a, g.a, p.b, &g.beta, g.c, p.c,
+                                               g.c, p.c, &p.algo, workspace_, workspace_bytes_, stream_);
+  if (status == CUBLAS_STATUS_INVALID_VALUE || status == CUBLAS_STATUS_NOT_SUPPORTED) {
+    // Some combinations are refused only here (the header says so of aux types): nothing
+    // ran; the plan is kept as declined so later calls compose at once.
+    spdlog::debug("cuBLASLt refused the BGRADB epilogue at the call for a {} GEMM m={} n={} k={} ({}); bias "
+                  "gradient as column sums", dtype_name(g.dtype), g.m, g.n, g.k, cublasLtGetStatusName(status));
+    p.has_algo = false;
+    return std::nullopt;
+  }
+  MICS_CUBLAS_CHECK(status);
   ++bias_grad_epilogue_calls_;
-  return true;
+  return p.bias_grad_dtype;
 }
 
 void GemmLt::run(const GemmArgs& g) {

@@ -28,9 +28,10 @@
 #include <cublasLt.h>
 #include <cuda_runtime_api.h>
 
+#include <array>
 #include <cstdint>
 #include <map>
-#include <array>
+#include <optional>
 
 #include "kernels/tensor.h"
 
@@ -54,10 +55,12 @@ struct GemmArgs {
   enum class Gelu : uint8_t { none, gelu_aux, dgelu };
   Gelu gelu = Gelu::none;
   void* aux = nullptr;  // [m, n]
-  // cuBLASLt's BGRADB epilogue (only through GemmLt::try_run): bias_grad[m] (fp32) = the sums
-  // of op(A)'s rows over k, written, not added; batch 1, no bias or GELU. For the weight
-  // gradient d_out^T @ in, that is the bias gradient (cuBLASLt's B is our A, gemm_lt.h).
-  float* bias_grad = nullptr;
+  // cuBLASLt's BGRADB epilogue (only through GemmLt::try_run): bias_grad[m] = the sums of
+  // op(A)'s rows over k, written, not added, in fp32 or (where cuBLASLt takes only that, as
+  // its documentation says) the output's dtype: try_run says which. Batch 1, no bias or
+  // GELU, trans_a (cuBLASLt's transposed B). For the weight gradient d_out^T @ in, that is
+  // the bias gradient (cuBLASLt's B is our A). Room for m fp32 values.
+  void* bias_grad = nullptr;
 };
 
 // The fallback kernel (gemm_fallback.cu): same contract as GemmLt::run.
@@ -72,9 +75,10 @@ class GemmLt {
 
   // C = alpha op(A) op(B) + beta C (+ bias), row-major, on the stream given at construction.
   void run(const GemmArgs& g);
-  // The same for products with an epilogue the caller can do without (bias_grad): false,
-  // with nothing run, when cuBLASLt has no algorithm for it (the caller composes instead).
-  bool try_run(const GemmArgs& g);
+  // The same for products with an epilogue the caller can do without (bias_grad): the dtype
+  // the bias gradient was written in, or nothing, with nothing run, when cuBLASLt declines
+  // the epilogue (no algorithm, or the call refused): the caller composes instead.
+  std::optional<DType> try_run(const GemmArgs& g);
 
   int64_t fallback_calls() const { return fallback_calls_; }
   int64_t bias_grad_epilogue_calls() const { return bias_grad_epilogue_calls_; }
@@ -86,6 +90,7 @@ class GemmLt {
     cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
     cublasLtMatmulAlgo_t algo{};
     bool has_algo = false;  // false: use the fallback kernel
+    DType bias_grad_dtype = DType::f32;  // BGRADB: the type cuBLASLt took for bias_grad
   };
   using Key = std::array<int64_t, 22>;
   Plan& plan_for(const GemmArgs& g);
