@@ -178,8 +178,11 @@ struct CudnnAttention::Impl {
     step(g->create_execution_plans({fe::HeurMode_t::A, fe::HeurMode_t::FALLBACK}), "heuristics");
     step(g->check_support(), "support check");
     step(g->build_plans(), "plan build");
+  }
+
+  static std::string plan_name(const std::shared_ptr<fe::graph::Graph>& g) {
     std::string name;
-    if (g->get_plan_name(name).is_good()) spdlog::debug("cuDNN attention plan for {}: {}", describe(t, d), name);
+    return g->get_plan_name(name).is_good() ? name : std::string("(unnamed)");
   }
 
   // The deterministic backward keeps dP (B x H x T x T) in its workspace: beyond this, the
@@ -246,7 +249,10 @@ struct CudnnAttention::Impl {
     require(p.forward.graph->get_workspace_size(forward_bytes), "size the forward workspace", t, d);
     require(p.backward.graph->get_workspace_size(backward_bytes), "size the backward workspace", t, d);
     p.workspace = static_cast<size_t>(std::max(forward_bytes, backward_bytes));
-    spdlog::debug("cuDNN attention plans for {}: workspace {} bytes", describe(t, d), p.workspace);
+    // Once per shape, at start-up: which kernels cuDNN chose, for reading a profile.
+    spdlog::info("cuDNN {} attention for {}: forward {}, backward {}; workspace {:.1f} MiB", cudnnGetVersion(),
+                 describe(t, d), plan_name(p.forward.graph), plan_name(p.backward.graph),
+                 static_cast<double>(p.workspace) / (1024.0 * 1024.0));
     return plans.emplace(key, std::move(p)).first->second;
   }
 };
