@@ -443,13 +443,13 @@ class CudaBackend final : public Backend {
     const auto [m, n, k] = linear_forward_dims(pre, in, weight, bias);
     expect_shape(op, "act", act, pre.shape);
     expect_dtypes(op, pre, {&act, &in, &weight, &bias});
-    if (m == 0 || k == 0 || !gelu_epilogue(pre.dtype, kind, n, pre.data)) {
+    GemmArgs g = linear_gemm(act, in, weight, bias, m, n, k);  // act = gelu(pre), pre = in @ weight^T + bias
+    g.gelu = GemmArgs::Gelu::gelu_aux, g.aux = pre.data;
+    if (m == 0 || k == 0 || !gelu_epilogue(pre.dtype, kind, n, pre.data) || !gemm_->has_algorithm(g)) {
       linear_forward(pre, in, weight, bias);
       gelu_forward(act, pre, kind);
       return;
     }
-    GemmArgs g = linear_gemm(act, in, weight, bias, m, n, k);  // act = gelu(pre), pre = in @ weight^T + bias
-    g.gelu = GemmArgs::Gelu::gelu_aux, g.aux = pre.data;
     gemm_->run(g);
   }
 
@@ -461,11 +461,6 @@ class CudaBackend final : public Backend {
     expect_shape(op, "pre", pre, act.shape);
     expect_dtypes(op, d_out, {&d_pre, &pre, &act, &weight, &d_weight, &d_bias});
     const DType t = d_out.dtype;
-    if (m == 0 || n == 0 || padded_width(n, t) != n || !gelu_epilogue(t, kind, k, pre.data)) {
-      linear_backward(d_pre, d_weight, d_bias, d_out, act, weight, Accumulate::no);
-      gelu_backward(d_pre, d_pre, pre, kind);
-      return;
-    }
     GemmArgs g;  // d_pre[m,k] = (d_out[m,n] @ weight[n,k]) * gelu'(pre)
     g.dtype = t;
     g.m = m, g.n = k, g.k = n;
@@ -473,6 +468,12 @@ class CudaBackend final : public Backend {
     g.b = weight.data, g.ldb = k;
     g.c = d_pre.data, g.ldc = k;
     g.gelu = GemmArgs::Gelu::dgelu, g.aux = pre.data;
+    if (m == 0 || n == 0 || padded_width(n, t) != n || !gelu_epilogue(t, kind, k, pre.data) ||
+        !gemm_->has_algorithm(g)) {
+      linear_backward(d_pre, d_weight, d_bias, d_out, act, weight, Accumulate::no);
+      gelu_backward(d_pre, d_pre, pre, kind);
+      return;
+    }
     gemm_->run(g);
     linear_backward(Tensor{}, d_weight, d_bias, d_out, act, weight, Accumulate::no);  // d_weight, d_bias
   }

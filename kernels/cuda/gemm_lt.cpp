@@ -198,6 +198,9 @@ GemmLt::Plan& GemmLt::plan_for(const GemmArgs& g) {
     } else if (g.bias_grad != nullptr) {  // try_run's caller composes the product and the sums
       spdlog::debug("cuBLASLt declined the BGRADB epilogue for a {} GEMM m={} n={} k={} ({}); bias gradient as "
                     "column sums", dtype_name(g.dtype), g.m, g.n, g.k, cublasLtGetStatusName(status));
+    } else if (g.gelu != GemmArgs::Gelu::none) {  // the backend asks has_algorithm() and composes
+      spdlog::info("cuBLASLt declined the GELU epilogue for a {} GEMM m={} n={} k={} ({}); the product and the "
+                   "GELU run apart", dtype_name(g.dtype), g.m, g.n, g.k, cublasLtGetStatusName(status));
     } else {
       // Correct but many times slower than cuBLASLt: worth a line once per shape.
       spdlog::warn("cuBLASLt has no algorithm for a {} GEMM m={} n={} k={} batch={} (transposes {}{}, alignments "
@@ -210,6 +213,11 @@ GemmLt::Plan& GemmLt::plan_for(const GemmArgs& g) {
     throw;
   }
   return plans_.emplace(key, p).first->second;
+}
+
+bool GemmLt::has_algorithm(const GemmArgs& g) {
+  if (g.m <= 0 || g.n <= 0 || g.k <= 0 || g.batch <= 0) return true;  // run() needs no algorithm for these
+  return plan_for(g).has_algo;
 }
 
 std::optional<DType> GemmLt::try_run(const GemmArgs& g) {

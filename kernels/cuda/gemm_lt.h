@@ -79,6 +79,10 @@ class GemmLt {
   // the bias gradient was written in, or nothing, with nothing run, when cuBLASLt declines
   // the epilogue (no algorithm, or the call refused): the caller composes instead.
   std::optional<DType> try_run(const GemmArgs& g);
+  // Whether cuBLASLt has an algorithm for this product as asked (epilogue included): where
+  // it has none, run() would take the slow fallback kernel, and a caller that can compose
+  // the epilogue from other ops (GELU) does that instead.
+  bool has_algorithm(const GemmArgs& g);
 
   int64_t fallback_calls() const { return fallback_calls_; }
   int64_t bias_grad_epilogue_calls() const { return bias_grad_epilogue_calls_; }
