@@ -2,7 +2,8 @@
 """The whole GPU check in one go (scripts/gpu-check.sh runs this on the GPU machine):
 
   checks  the CUDA tests; tiny BERT and GPT trained 50 steps on CUDA against the CPU
-          backend (fp32 within 1e-4 relative, bf16 and fp16 within 2e-2); 4 ranks on the one
+          backend (fp32 within 1e-4 relative, bf16 and fp16 within 2e-2; half precision also
+          with one micro-step, the gradients used in place); 4 ranks on the one
           GPU (staged communicator) against 1 rank in fp32 within 1e-4; one rank over NCCL;
           fp16 from a loss scale of 2^32 (overflows skipped, scale halved, then training) and
           its resume from a checkpoint, bit for bit.
@@ -68,8 +69,8 @@ def losses(path):
     return [json.loads(line)["loss"] for line in open(path)]
 
 
-def train(binary, config, metrics, sets, env, ranks=1, timeout=600, extra=()):
-    cmd = [binary, "--config", config, "--metrics", metrics, "--log-level", "warn", "--set", "log.every=1", *extra]
+def train(binary, config, metrics, sets, env, ranks=1, timeout=600, extra=(), log_level="warn"):
+    cmd = [binary, "--config", config, "--metrics", metrics, "--log-level", log_level, "--set", "log.every=1", *extra]
     for s in sets:
         cmd += ["--set", s]
     if ranks > 1:
@@ -111,6 +112,23 @@ def checks(bindir, work, env, rows):
             d = max_rel(losses(m), losses(ref)) if code == 0 else float("inf")
             rows.append({"check": f"{model}-tiny 50 steps, CUDA {precision} vs CPU fp32", "ok": d <= tol,
                          "detail": f"max relative loss difference {d:.2e} (limit {tol:g})" if code == 0 else text[-300:]})
+        # One micro-step per step: a single rank's half-precision gradients are used in place
+        # (AdamW reads them; no fp32 accumulator), the benchmark's path; the runs above sum
+        # two micro-steps in fp32.
+        one_step = tiny + ["train.global_batch_size=8"]
+        ref8 = os.path.join(work, f"{model}-cpu-gb8.jsonl")
+        code8, text8 = train(mt, config, ref8, one_step + ["runtime.backend=\"cpu\""], env)
+        for precision in ("bf16", "fp16"):
+            m = os.path.join(work, f"{model}-cuda-{precision}-inplace.jsonl")
+            code, text = train(mt, config, m, one_step + ["runtime.backend=\"cuda\"", f"train.precision=\"{precision}\""],
+                               env, log_level="info")
+            ok = code == 0 and code8 == 0 and "gradients used in place" in text
+            d = max_rel(losses(m), losses(ref8)) if code == 0 and code8 == 0 else float("inf")
+            rows.append({"check": f"{model}-tiny 50 steps of one micro-step, CUDA {precision} gradients in place vs CPU fp32",
+                         "ok": ok and d <= 2e-2,
+                         "detail": (f"max relative loss difference {d:.2e} (limit 2e-2)"
+                                    + ("" if "gradients used in place" in text else "; the log does not say 'gradients used in place'"))
+                                   if code == 0 and code8 == 0 else (text if code else text8)[-300:]})
         # Fused attention, the engine's kernels ("fused": bf16/fp16, head dim 64 or 128, so 2
         # heads of 64 here) and cuDNN's ("cudnn"), against the materialised path, all on CUDA
         # in bf16.
