@@ -70,6 +70,24 @@ TEST(Training, FusedAttentionTracksMaterialized) {
     EXPECT_NEAR(fused[i], kept[i], 1e-5 * std::abs(kept[i])) << "step " << i + 1;
 }
 
+// One rank's gradients are used in place (gradients_in_place): micro-steps add into the
+// same fp32 buffer. Two micro-batches of 4 then train like one of 8, up to the order in
+// which each gradient's terms are summed (fp32 rounding, carried by 20 steps into the losses
+// at the 1e-6 level), and the log says where the gradients live.
+TEST(Training, MicroStepsAccumulateInPlaceLikeOneBatch) {
+  TempDir dir("accumulate");
+  const auto whole = train_gpt_tiny(dir, "whole.jsonl", 7);
+  const auto halves = train_gpt_tiny(dir, "halves.jsonl", 7, " --set train.micro_batch_size=4");
+  ASSERT_EQ(whole.size(), 20u);
+  ASSERT_EQ(halves.size(), 20u);
+  for (size_t i = 0; i < whole.size(); ++i)
+    EXPECT_NEAR(halves[i], whole[i], 1e-5 * std::abs(whole[i])) << "step " << i + 1;
+  const auto r = run_cli("--config " + source_path("configs/gpt-tiny.json") +
+                         " --steps 1 --set train.global_batch_size=8 --set train.micro_batch_size=4");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("gradients used in place (fp32, one rank)"), std::string::npos) << r.output;
+}
+
 // Trains `config` on its real-text corpus; returns the mean of the last ten losses over
 // the first loss.
 double final_over_first_loss(const std::string& config, int steps) {
