@@ -790,19 +790,8 @@ class CudaBackend final : public Backend {
       if (t->dtype != DType::f32)
         throw ShapeError(std::string("adamw: param, m and v must be fp32, got ") + dtype_name(t->dtype));
     expect_compute_dtype("adamw", grad);  // fp32, or a model's own half-precision gradient
-    // The scalars exactly as kernels/cpu/adamw.cpp computes them.
-    const double bc1 = 1.0 - std::pow(static_cast<double>(s.beta1), static_cast<double>(s.step));
-    const double bc2 = 1.0 - std::pow(static_cast<double>(s.beta2), static_cast<double>(s.step));
-    AdamWScalars k{};
-    k.beta1 = s.beta1;
-    k.beta2 = s.beta2;
-    k.eps = s.eps;
-    k.grad_scale = s.grad_scale;
-    k.step_size = static_cast<float>(s.lr / bc1);
-    k.inv_sqrt_bc2 = static_cast<float>(1.0 / std::sqrt(bc2));
-    k.decay = 1.0f - s.lr * s.weight_decay;
-    launch_adamw(static_cast<float*>(param.data), grad.dtype, grad.data, static_cast<float*>(m.data), static_cast<float*>(v.data), n, k, param_copy.dtype,
-                 param_copy.data, stream_);
+    launch_adamw(static_cast<float*>(param.data), grad.dtype, grad.data, static_cast<float*>(m.data),
+                 static_cast<float*>(v.data), n, adamw_scalars(s), param_copy.dtype, param_copy.data, stream_);
   }
 
   int64_t gemm_fallback_calls() const { return gemm_->fallback_calls(); }

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 
+#include "kernels/cuda/adamw_scalars.h"
 #include "kernels/ops.h"
 
 namespace mics::cuda {
@@ -131,11 +132,6 @@ void launch_cross_entropy(DType t, void* losses, void* d_logits, const void* log
                           int* error, cudaStream_t s);
 
 // ---- adamw.cu ----
-// The scalars exactly as kernels/cpu/adamw.cpp derives them on the host.
-struct AdamWScalars {
-  float beta1, beta2, eps, grad_scale;
-  float step_size, inv_sqrt_bc2, decay;
-};
 // grad: [n] of grad_t (fp32, or a model's half-precision gradient); copy (may be null):
 // [n] of copy_t, receives the updated param rounded to copy_t.
 void launch_adamw(float* param, DType grad_t, const void* grad, float* m, float* v, int64_t n,

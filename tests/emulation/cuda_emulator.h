@@ -14,8 +14,9 @@
 // threads of a block share, and which keeps its contents from one block to the next, unlike
 // the GPU's); the dynamic shared memory as mics::cuda::shared_bytes, filled with 0xff bytes
 // (NaN in fp32, bf16 and fp16) before every block, so that a read before the write shows;
-// __shfl_xor_sync on floats with the full mask; __expf; and, in mics::cuda, the element
-// types and mma16816 of kernels/cuda/device_common.cuh and attention_fused.cu.
+// __shfl_xor_sync on floats with the full mask; __expf; the _rn fp32 intrinsics; uint4 and
+// float4; and, in mics::cuda, the element types and mma16816 of
+// kernels/cuda/device_common.cuh and attention_fused.cu.
 #include <math.h>  // fmaxf, logf, sqrtf in the global namespace, as CUDA code calls them
 
 #include <cmath>
@@ -46,6 +47,9 @@ struct alignas(16) uint4 {
   uint32_t x, y, z, w;
 };
 inline uint4 make_uint4(uint32_t x, uint32_t y, uint32_t z, uint32_t w) { return {x, y, z, w}; }
+struct alignas(16) float4 {
+  float x, y, z, w;
+};
 
 inline int min(int a, int b) { return a < b ? a : b; }
 
@@ -55,6 +59,14 @@ inline float __expf(float x) {
   const float x_log2e = x * 1.44269504f;
   return static_cast<float>(std::exp2(static_cast<double>(x_log2e)));
 }
+
+// fp32 operations rounded once each, as the _rn intrinsics are (host float arithmetic is
+// IEEE round-to-nearest; the tests build without FMA contraction).
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
+inline float __fsqrt_rn(float a) { return std::sqrt(a); }
 
 // The value of lane (this lane ^ lane_mask); every lane of the warp must take part.
 float __shfl_xor_sync(unsigned mask, float value, int lane_mask);
@@ -70,9 +82,11 @@ struct bf16 {
 struct f16 {
   uint16_t bits;
 };
+inline float to_f(float x) { return x; }
 inline float to_f(bf16 x) { return from_bf16(x.bits); }
 inline float to_f(f16 x) { return from_f16(x.bits); }
 template <class T> T from_f(float x);
+template <> inline float from_f<float>(float x) { return x; }
 template <> inline bf16 from_f<bf16>(float x) { return {bf16_bits(x)}; }
 template <> inline f16 from_f<f16>(float x) { return {f16_bits(x)}; }
 
