@@ -73,9 +73,9 @@ MemoryPlan plan_memory(const Config& config, int64_t world, int64_t p, int64_t m
   // With p = 1 nothing is gathered: the working copy is the whole model already.
   b.gathered = p > 1 ? compute * largest * static_cast<double>(config.mics.prefetch + 2) : 0.0;
   b.grad_buffers = b.grads_in_place ? 0.0 : 3.0 * compute * (largest + (p > 1 ? largest / static_cast<double>(p) : 0.0));
-  // The shard in half precision for the all-reduce across replicas (planned as if there
-  // were replicas).
-  b.replication = mixed && config.mics.replication_dtype == "compute" ? compute * shard : 0.0;
+  // The shard in half precision for the two-hop all-reduce across replicas, where there are.
+  const bool two_hop_replicas = world / p > 1 && config.mics.gradient_sync != "every_microstep";
+  b.replication = mixed && config.mics.replication_dtype == "compute" && two_hop_replicas ? compute * shard : 0.0;
   b.activations = activation_bytes(spec, compute_dtype(config.train.precision), micro_batch, config.train.seq_len,
                                    checkpointing);
   if (config.runtime.backend == "cuda") {
@@ -158,7 +158,7 @@ std::string dry_run_report(const Config& config, int64_t world, int64_t ranks_pe
   const model::ModelSpec spec = config.model_spec();
   const double budget = config.runtime.device_memory_gb;
   const int64_t p = config.mics.partition_size > 0 ? config.mics.partition_size
-                                                   : std::min(auto_partition_size(config, world, ranks_per_node, budget), world);
+                                                   : auto_partition_size(config, world, ranks_per_node, budget);
   const model::ParamLayout layout = model::build_layout(spec, model::shard_multiple_for(p));
   const MemoryPlan b = plan_memory(config, std::max(world, p), p, config.train.micro_batch_size,
                                    config.train.activation_checkpointing);

@@ -33,7 +33,7 @@ class SimBackend final : public Backend {
   void cast(Tensor out, Tensor in) override { charge_stream(static_cast<double>(in.bytes() + out.bytes())); }
   void add(Tensor out, Tensor a, Tensor b) override { stream(3, out); }
   void scale(Tensor x, double) override { stream(2, x); }
-  // Reductions over fp32 gradient shards.
+  // Reductions over gradient shards.
   double sum(Tensor x) override { return stream(1, x), 0.0; }
   double sum_squares(Tensor x) override { return stream(1, x), 0.0; }
   int64_t count_nonfinite(Tensor x) override { return stream(1, x), 0; }
@@ -117,10 +117,12 @@ class SimBackend final : public Backend {
   void dropout_forward(Tensor out, Tensor in, DropoutSpec) override { stream(2, in); }
   void dropout_backward(Tensor d_in, Tensor d_out, DropoutSpec) override { stream(2, d_out); }
 
-  // fp32 shards: read param, grad, m, v; write param, m, v (and the working copy).
-  void adamw(Tensor param, Tensor, Tensor, Tensor, const AdamWSpec&, Tensor param_copy) override {
+  // fp32 shards: read param, m, v and the gradient (fp32, or the model's own in place);
+  // write param, m, v (and the working copy).
+  void adamw(Tensor param, Tensor grad, Tensor, Tensor, const AdamWSpec&, Tensor param_copy) override {
     const double copy_bytes = param_copy.empty() ? 0.0 : static_cast<double>(dtype_size(param_copy.dtype));
-    const double seconds = static_cast<double>(param.numel()) * (7.0 * 4.0 + copy_bytes) / bytes_per_s_;
+    const double grad_bytes = static_cast<double>(dtype_size(grad.dtype));
+    const double seconds = static_cast<double>(param.numel()) * (6.0 * 4.0 + grad_bytes + copy_bytes) / bytes_per_s_;
     timeline_.compute_s += seconds;
     timeline_.optimizer_s += seconds;
   }

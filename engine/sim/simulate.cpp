@@ -130,7 +130,7 @@ std::vector<SimulatedStep> simulate_sweep(const Config& config, const ClusterSpe
         c.mics.hierarchical_allgather = "false";
       } else {
         const int64_t p = config.mics.partition_size > 0 ? config.mics.partition_size
-                                                         : auto_partition_size(config, world, k, cluster.memory_gib);
+                                                         : auto_partition_size(c, world, k, cluster.memory_gib);
         c.mics.partition_size = std::min<int64_t>(p, world);
       }
       try {

@@ -300,7 +300,8 @@ TEST(MemoryPlanner, AdviceNamesOnlyKnobsThatFit) {
 
 // One rank at p = 1 keeps no fp32 accumulator and no per-layer gradient buffers: the model's
 // gradient, in its compute dtype, is what the optimizer reads. Replicas, or a half-precision
-// model summing micro-steps, bring the fp32 accumulator back.
+// model summing micro-steps, bring the fp32 accumulator back (and replicas the half-precision
+// shard of the all-reduce across them).
 TEST(MemoryPlanner, OneRankPlansItsGradientsInPlace) {
   mics::Config config = bert_10b();
   config.train.precision = "bf16";
@@ -313,7 +314,12 @@ TEST(MemoryPlanner, OneRankPlansItsGradientsInPlace) {
   EXPECT_DOUBLE_EQ(alone.grads * 2, replicated.grads);  // bf16 in place, fp32 accumulated
   EXPECT_EQ(alone.grad_buffers, 0.0);
   EXPECT_GT(replicated.grad_buffers, 0.0);
-  EXPECT_DOUBLE_EQ(replicated.total() - alone.total(), replicated.grads / 2 + replicated.grad_buffers);
+  // bert-10b sends the two-hop all-reduce in the compute dtype: a shard buffer only with replicas.
+  ASSERT_EQ(config.mics.replication_dtype, "compute");
+  EXPECT_EQ(alone.replication, 0.0);
+  EXPECT_DOUBLE_EQ(replicated.replication, replicated.grads / 2);
+  EXPECT_DOUBLE_EQ(replicated.total() - alone.total(),
+                   replicated.grads / 2 + replicated.grad_buffers + replicated.replication);
   config.train.global_batch_size = 2 * mb;  // two micro-steps: summed in fp32
   EXPECT_FALSE(mics::plan_memory(config, 1, 1, mb, false).grads_in_place);
   config.train.precision = "fp32";  // fp32 gradients add up in place across micro-steps
