@@ -280,7 +280,7 @@ def bench(bindir, work, env, rows, peak):
                                                          "cudnn": ", cuDNN attention"}[attention]
             m = os.path.join(work, f"{name}-{ckpt}-{attention}.jsonl")
             code, text = train(mt, path, m, ["train.steps=10", f"train.activation_checkpointing={'true' if ckpt else 'false'}",
-                                             f"runtime.attention=\"{attention}\""], env)
+                                             f"runtime.attention=\"{attention}\""], env, log_level="info")
             if code != 0:
                 rows.append({"bench": name, "engine": "mics-train", "variant": variant, "error": text[-400:]})
                 continue
@@ -290,7 +290,11 @@ def bench(bindir, work, env, rows, peak):
                          "tflops": full / t / 1e12, "layer_tflops": layers / t / 1e12,
                          "mfu": full / t / 1e12 / peak,
                          # what the engine itself logged (engine/flops.cpp): should equal tflops
-                         "engine_logged_tflops": statistics.median(s["tflops_per_device"] for s in steps[1:])})
+                         "engine_logged_tflops": statistics.median(s["tflops_per_device"] for s in steps[1:]),
+                         # which kernels and gradient path it chose, in its own words
+                         "logged": sorted({re.sub(r"^\[[^]]*\] \[\w+\] ", "", l) for l in text.splitlines()
+                                           if re.search(r"cuDNN .*attention for|cuBLASLt declined|gradients used in place"
+                                                        r"|gradients accumulated", l)})})
         # The full model (the engine's) in three variants, then the layers alone compiled (the
         # method of REFERENCES.md), 10 steps each in one process.
         def peer_line(line):
@@ -399,6 +403,10 @@ def main():
                     lines.append(f"| {r['bench']} | {r['engine']} | {r['variant']} | {1e3 * r['step_s']:.1f} | "
                                  f"{r['tflops']:.1f} | {r['layer_tflops']:.1f} | {100 * r['mfu']:.1f}% | "
                                  f"{peer_ratio(r, bench_rows)} |")
+            logged = [(r, l) for r in bench_rows for l in r.get("logged", [])]
+            if logged:
+                lines += ["", "What mics-train logged about its choices:", ""]
+                lines += [f"- {r['bench']}, {r['variant']}: {l}" for r, l in logged]
         for name, code, table in profile_tables:
             lines += ["", f"`{name}` with `--profile`" + ("" if code == 0 else f" (exit {code})") + ":", "", "```",
                       table, "```"]
