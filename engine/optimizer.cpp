@@ -9,7 +9,15 @@ AdamW::AdamW(const model::ParamLayout& layout, const std::vector<model::FlatRang
     const int64_t end = run.flat_begin + run.size;
     for (const model::ParamTensor& t : layout.tensors()) {
       const int64_t lo = std::max(run.flat_begin, t.offset), hi = std::min(end, t.offset + t.numel());
-      if (lo < hi) segments_.push_back({run.local_offset + lo - run.flat_begin, hi - lo, t.decay});
+      if (lo >= hi) continue;
+      const Segment next{run.local_offset + lo - run.flat_begin, hi - lo, t.decay};
+      // Back-to-back tensors with the same decay are one update (a layer's bias and the
+      // LayerNorm after it): fewer launches, the same arithmetic per element.
+      if (!segments_.empty() && segments_.back().decay == next.decay &&
+          segments_.back().offset + segments_.back().size == next.offset)
+        segments_.back().size += next.size;
+      else
+        segments_.push_back(next);
     }
   }
 }

@@ -1,7 +1,7 @@
 #pragma once
 // AdamW over the runs of the flat buffer a rank holds (its shard: one run per layer),
 // applying weight decay only to the tensors in the decay mask. Shards cut across tensor
-// boundaries, so the runs are split into per-tensor segments once, at construction.
+// boundaries, so the runs are split into segments of one decay setting once, at construction.
 #include <cstdint>
 #include <vector>
 
