@@ -35,20 +35,26 @@ struct alignas(4 * sizeof(T)) Four {
   T e[4];
 };
 
+// Element i of the arrays below, updated in place.
+template <class G, class C>
+__device__ __forceinline__ void adamw_element(int64_t i, float* param, const G* grad, float* m, float* v,
+                                              const AdamWScalars& k, C* copy) {
+  float p = param[i], mi = m[i], vi = v[i];
+  adamw_one(p, to_f(grad[i]), mi, vi, k);
+  param[i] = p;
+  m[i] = mi;
+  v[i] = vi;
+  if (copy != nullptr) copy[i] = from_f<C>(p);
+}
+
 // grad (G: float, or a model's own bf16/fp16 gradient, widened exactly); copy (C: float,
 // bf16, fp16; null for none) receives the new param rounded to C.
 template <class G, class C>
 __global__ void adamw_kernel(float* param, const G* grad, float* m, float* v, int64_t n,
                              AdamWScalars k, C* copy) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
-       i += int64_t(gridDim.x) * blockDim.x) {
-    float p = param[i], mi = m[i], vi = v[i];
-    adamw_one(p, to_f(grad[i]), mi, vi, k);
-    param[i] = p;
-    m[i] = mi;
-    v[i] = vi;
-    if (copy != nullptr) copy[i] = from_f<C>(p);
-  }
+       i += int64_t(gridDim.x) * blockDim.x)
+    adamw_element(i, param, grad, m, v, k, copy);
 }
 
 // Four elements a thread for aligned spans (the gradient and copy at their own widths);
@@ -74,14 +80,7 @@ __global__ void adamw_vec_kernel(float* param, const G* grad, float* m, float* v
       reinterpret_cast<Four<C>*>(copy)[i] = Four<C>{{from_f<C>(p.x), from_f<C>(p.y), from_f<C>(p.z), from_f<C>(p.w)}};
   }
   const int64_t tail = vectors * 4 + blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (tail < n) {
-    float p = param[tail], mi = m[tail], vi = v[tail];
-    adamw_one(p, to_f(grad[tail]), mi, vi, k);
-    param[tail] = p;
-    m[tail] = mi;
-    v[tail] = vi;
-    if (copy != nullptr) copy[tail] = from_f<C>(p);
-  }
+  if (tail < n) adamw_element(tail, param, grad, m, v, k, copy);
 }
 
 }  // namespace mics::cuda
