@@ -134,6 +134,38 @@ std::shared_ptr<fe::graph::Graph> describe_backward(DType t, const AttentionDims
   return g;
 }
 
+// Every tensor either graph names, by uid (those a graph does not use stay null).
+struct TensorPointers {
+  void *q = nullptr, *k = nullptr, *v = nullptr, *o = nullptr, *stats = nullptr;
+  void *d_o = nullptr, *d_q = nullptr, *d_k = nullptr, *d_v = nullptr;
+
+  // q, k and v (and their gradients) are the thirds of qkv[B,T,3C] (d_qkv), `third` bytes apart.
+  static TensorPointers of_qkv(const void* qkv, void* d_qkv, size_t third) {
+    TensorPointers p;
+    char* base = static_cast<char*>(const_cast<void*>(qkv));
+    p.q = base, p.k = base + third, p.v = base + 2 * third;
+    if (d_qkv != nullptr) {
+      char* grad = static_cast<char*>(d_qkv);
+      p.d_q = grad, p.d_k = grad + third, p.d_v = grad + 2 * third;
+    }
+    return p;
+  }
+  void* at(int64_t uid) const {
+    switch (uid) {
+      case kQ: return q;
+      case kK: return k;
+      case kV: return v;
+      case kO: return o;
+      case kStats: return stats;
+      case kDO: return d_o;
+      case kDQ: return d_q;
+      case kDK: return d_k;
+      case kDV: return d_v;
+      default: throw std::logic_error("cuDNN attention: unknown tensor uid " + std::to_string(uid));
+    }
+  }
+};
+
 }  // namespace
 
 struct CudnnAttention::Impl {
@@ -149,10 +181,9 @@ struct CudnnAttention::Impl {
       uids = graph->get_variant_pack_uids_sorted();
       pointers.assign(uids.size(), nullptr);
     }
-    // where(uid) gives each tensor's pointer.
-    template <class Where>
-    void run(cudnnHandle_t handle, Where&& where, void* workspace, const char* step, DType t, const AttentionDims& d) {
-      for (size_t i = 0; i < uids.size(); ++i) pointers[i] = where(uids[i]);
+    void run(cudnnHandle_t handle, const TensorPointers& tensors, void* workspace, const char* step, DType t,
+             const AttentionDims& d) {
+      for (size_t i = 0; i < uids.size(); ++i) pointers[i] = tensors.at(uids[i]);
       require(graph->execute(handle, pointers.data(), static_cast<int>(pointers.size()), workspace), step, t, d);
     }
   };
@@ -280,41 +311,16 @@ size_t CudnnAttention::prepare(DType t, const AttentionDims& d) { return impl_->
 
 void CudnnAttention::forward(DType t, const AttentionDims& d, void* out, float* lse, const void* qkv,
                              void* workspace) {
-  char* base = static_cast<char*>(const_cast<void*>(qkv));
-  const size_t third = static_cast<size_t>(d.heads * d.head_dim) * dtype_size(t);
-  auto where = [&](int64_t uid) -> void* {
-    switch (uid) {
-      case kQ: return base;
-      case kK: return base + third;
-      case kV: return base + 2 * third;
-      case kO: return out;
-      case kStats: return lse;
-      default: throw std::logic_error("cuDNN attention forward: unknown tensor uid " + std::to_string(uid));
-    }
-  };
-  impl_->plans_for(t, d).forward.run(impl_->handle, where, workspace, "run the attention forward", t, d);
+  TensorPointers p = TensorPointers::of_qkv(qkv, nullptr, static_cast<size_t>(d.heads * d.head_dim) * dtype_size(t));
+  p.o = out, p.stats = lse;
+  impl_->plans_for(t, d).forward.run(impl_->handle, p, workspace, "run the attention forward", t, d);
 }
 
 void CudnnAttention::backward(DType t, const AttentionDims& d, void* d_qkv, const void* d_out, const void* qkv,
                               const void* out, const float* lse, void* workspace) {
-  char* base = static_cast<char*>(const_cast<void*>(qkv));
-  char* grad = static_cast<char*>(d_qkv);
-  const size_t third = static_cast<size_t>(d.heads * d.head_dim) * dtype_size(t);
-  auto where = [&](int64_t uid) -> void* {
-    switch (uid) {
-      case kQ: return base;
-      case kK: return base + third;
-      case kV: return base + 2 * third;
-      case kO: return const_cast<void*>(out);
-      case kDO: return const_cast<void*>(d_out);
-      case kStats: return const_cast<float*>(lse);
-      case kDQ: return grad;
-      case kDK: return grad + third;
-      case kDV: return grad + 2 * third;
-      default: throw std::logic_error("cuDNN attention backward: unknown tensor uid " + std::to_string(uid));
-    }
-  };
-  impl_->plans_for(t, d).backward.run(impl_->handle, where, workspace, "run the attention backward", t, d);
+  TensorPointers p = TensorPointers::of_qkv(qkv, d_qkv, static_cast<size_t>(d.heads * d.head_dim) * dtype_size(t));
+  p.o = const_cast<void*>(out), p.d_o = const_cast<void*>(d_out), p.stats = const_cast<float*>(lse);
+  impl_->plans_for(t, d).backward.run(impl_->handle, p, workspace, "run the attention backward", t, d);
 }
 
 std::string validate_cudnn_attention(DType t, const AttentionDims& d, int sm_version) {
