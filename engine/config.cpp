@@ -413,6 +413,21 @@ DType compute_dtype(const std::string& precision) {
   return DType::f32;
 }
 
+int64_t Config::accumulation_steps(int64_t world, int64_t micro_batch) const {
+  const int64_t per_round = micro_batch * world;
+  if (train.global_batch_size == 0) return 1;
+  return train.global_batch_size % per_round == 0 ? train.global_batch_size / per_round : 0;
+}
+
+int64_t Config::checked_accumulation_steps(int64_t world) const {
+  const int64_t steps = accumulation_steps(world, train.micro_batch_size);
+  if (steps == 0)
+    throw ConfigError(source_name + ": 'train.global_batch_size' (" + std::to_string(train.global_batch_size) +
+                      ") must be a multiple of micro_batch_size x ranks (" + std::to_string(train.micro_batch_size) +
+                      " x " + std::to_string(world) + ").");
+  return steps;
+}
+
 model::ModelSpec Config::model_spec() const {
   model::ModelSpec s;
   s.arch = model.type == "bert" ? model::Arch::bert : model::Arch::gpt;

@@ -116,6 +116,12 @@ struct Config {
 
   model::ModelSpec model_spec() const;
   nlohmann::json to_json() const;  // fully resolved, defaults filled in
+  // Micro-steps per optimizer step on `world` ranks at `micro_batch` samples each:
+  // train.global_batch_size / (micro_batch x world), 1 when that key is 0; 0 when it does not
+  // divide (the trainer refuses that; the memory advice skips it).
+  int64_t accumulation_steps(int64_t world, int64_t micro_batch) const;
+  // The same at train.micro_batch_size, or ConfigError naming the file and key.
+  int64_t checked_accumulation_steps(int64_t world) const;
 };
 
 // train.precision "auto" for a backend: fp32 on "cpu"; on "cuda" bf16 at compute capability

@@ -54,6 +54,7 @@ struct Options {
   std::vector<int> nodes;
   std::vector<std::string> modes = {"mics", "zero3", "dp"};
   int64_t per_gpu_batch = 0;
+  int64_t ranks = 0;  // --dry-run --ranks N
 };
 
 // --simulate: the weak-scaling table of the config on a described cluster, no GPUs needed.
@@ -110,6 +111,22 @@ mics::Config resolve(const Options& o) {
 
 // What can be refused before anything is logged or allocated: the backend and the
 // placement of this job's ranks into nodes and groups.
+// The topology of a run of `world` ranks as rank `rank`: the config's partition size, or with
+// "auto" the smallest that fits runtime.device_memory_gb (at most the world); ranks per node
+// from runtime.ranks_per_node, else as launched. ConfigError naming the file when it cannot be.
+mics::Topology resolve_topology(const mics::Config& config, int rank, int world, int launched_per_node) {
+  const int k = config.runtime.ranks_per_node > 0 ? static_cast<int>(config.runtime.ranks_per_node) : launched_per_node;
+  const int p = config.mics.partition_size > 0
+                    ? static_cast<int>(config.mics.partition_size)
+                    : static_cast<int>(std::min<int64_t>(
+                          mics::auto_partition_size(config, world, k, config.runtime.device_memory_gb), world));
+  try {
+    return mics::make_topology(rank, world, k, p, config.mics.hierarchical_allgather);
+  } catch (const mics::ConfigError& e) {
+    throw mics::ConfigError(config.source_name + ": " + e.what());
+  }
+}
+
 mics::Topology check_runnable(const mics::Config& config, const mics::ProcessEnv& env) {
   if (config.runtime.backend == "cuda" && !mics::cuda_backend_built())
     throw mics::ConfigError(config.source_name +
@@ -118,17 +135,23 @@ mics::Topology check_runnable(const mics::Config& config, const mics::ProcessEnv
   if (config.runtime.backend == "cuda" && mics::cuda_device_count() == 0)
     throw mics::ConfigError(config.source_name +
                             ": 'runtime.backend' is \"cuda\" but no CUDA device is visible on this node; use \"cpu\".");
-  const int k = config.runtime.ranks_per_node > 0 ? static_cast<int>(config.runtime.ranks_per_node)
-                                                  : env.ranks_per_node();
-  const int p = config.mics.partition_size > 0
-                    ? static_cast<int>(config.mics.partition_size)
-                    : static_cast<int>(std::min<int64_t>(
-                          mics::auto_partition_size(config, env.world(), k, config.runtime.device_memory_gb), env.world()));
-  try {
-    return mics::make_topology(env.rank(), env.world(), k, p, config.mics.hierarchical_allgather);
-  } catch (const mics::ConfigError& e) {
-    throw mics::ConfigError(config.source_name + ": " + e.what());
+  return resolve_topology(config, env.rank(), env.world(), env.ranks_per_node());
+}
+
+// --dry-run: the memory plan of a run on `ranks` ranks (--ranks), checked as that run would
+// check its topology and batch; without --ranks, on the ranks launched, or on p of them when
+// the partition size asks for more (a dry run on a login node plans one partition group).
+std::string dry_run(const mics::Config& config, const mics::ProcessEnv& env, int64_t ranks) {
+  if (ranks > 0) {
+    const mics::Topology t = resolve_topology(config, 0, static_cast<int>(ranks), env.ranks_per_node());
+    config.checked_accumulation_steps(t.world);
+    return mics::dry_run_report(config, t.world, t.partition_size);
   }
+  const int k = config.runtime.ranks_per_node > 0 ? static_cast<int>(config.runtime.ranks_per_node) : env.ranks_per_node();
+  const int64_t p = config.mics.partition_size > 0
+                        ? config.mics.partition_size
+                        : mics::auto_partition_size(config, env.world(), k, config.runtime.device_memory_gb);
+  return mics::dry_run_report(config, std::max<int64_t>(env.world(), p), p);
 }
 
 // The CPU backend over MPI, or a GPU per rank (local rank modulo the node's GPUs) with NCCL
@@ -302,6 +325,9 @@ int main(int argc, char** argv) {
                "time every backend op (device synchronised around each) and print where rank 0's steps go");
   app.add_flag("--dry-run", o.dry_run,
                "print parameter count and memory per device, allocate nothing");
+  app.add_option("--ranks", o.ranks,
+                 "with --dry-run: plan a job of N ranks (default: the ranks launched, or p of them)")
+      ->check(positive_integer);
   app.add_option("--cluster", o.cluster, "with --dry-run: plan memory on this cluster file for every partition size")
       ->check(CLI::ExistingFile);
   app.add_option("--simulate", o.simulate,
@@ -340,6 +366,10 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "mics-train: error: --profile times a training run; it does not go with --dry-run or --simulate.\n");
     return kExitBadInput;
   }
+  if (o.ranks > 0 && (!o.dry_run || !o.cluster.empty())) {
+    std::fprintf(stderr, "mics-train: error: --ranks goes with --dry-run (without --cluster, which plans its own cluster's sizes).\n");
+    return kExitBadInput;
+  }
   if (!o.cluster.empty() && !o.dry_run) {
     std::fprintf(stderr, "mics-train: error: --cluster goes with --dry-run (the memory plan); to predict step times use --simulate FILE.\n");
     return kExitBadInput;
@@ -370,7 +400,7 @@ int main(int argc, char** argv) {
     const mics::Config config = resolve(o);
     setup_logging(env, config.log.level);
     if (o.dry_run) {
-      if (env.rank() == 0) std::fputs(mics::dry_run_report(config, env.world(), env.ranks_per_node()).c_str(), stdout);
+      if (env.rank() == 0) std::fputs(dry_run(config, env, o.ranks).c_str(), stdout);
       return 0;
     }
     const mics::Topology topology = check_runnable(config, env);

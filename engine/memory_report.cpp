@@ -62,10 +62,8 @@ MemoryPlan plan_memory(const Config& config, int64_t world, int64_t p, int64_t m
   // p = 1 keeps a half-precision copy of the whole model; gradients accumulate in fp32,
   // unless one rank uses the model's own (gradients_in_place).
   b.working_params = mixed && p == 1 ? 2.0 * shard : 0.0;
-  const int64_t per_round = micro_batch * world;
-  const int64_t accumulation =
-      config.train.global_batch_size > 0 ? std::max<int64_t>(config.train.global_batch_size / per_round, 1) : 1;
-  b.grads_in_place = gradients_in_place(p, world / p, compute_dtype(config.train.precision), accumulation);
+  b.grads_in_place = gradients_in_place(p, world / p, compute_dtype(config.train.precision),
+                                       std::max<int64_t>(config.accumulation_steps(world, micro_batch), 1));
   b.grads = b.grads_in_place ? compute * shard
                              : 4.0 * shard * (config.mics.gradient_sync == "every_microstep" ? 2.0 : 1.0);
   b.master = 4.0 * shard;
@@ -129,6 +127,7 @@ std::string memory_fit_advice(const Config& config, int64_t p, int64_t world, do
       fixes.push_back("'train.activation_checkpointing' true (" + gib(plan.total()) + " GiB)");
   }
   for (int64_t smaller = mb / 2; smaller >= 1; smaller /= 2) {
+    if (config.accumulation_steps(world, smaller) == 0) continue;  // would need another global batch too
     const MemoryPlan plan = plan_memory(config, world, p, smaller, ckpt);
     if (plan.total() <= budget_bytes) {
       fixes.push_back("'train.micro_batch_size' " + std::to_string(smaller) + " (" + gib(plan.total()) +
@@ -154,13 +153,11 @@ std::string memory_fit_advice(const Config& config, int64_t p, int64_t world, do
   return out;
 }
 
-std::string dry_run_report(const Config& config, int64_t world, int64_t ranks_per_node) {
+std::string dry_run_report(const Config& config, int64_t world, int64_t p) {
   const model::ModelSpec spec = config.model_spec();
   const double budget = config.runtime.device_memory_gb;
-  const int64_t p = config.mics.partition_size > 0 ? config.mics.partition_size
-                                                   : auto_partition_size(config, world, ranks_per_node, budget);
   const model::ParamLayout layout = model::build_layout(spec, model::shard_multiple_for(p));
-  const MemoryPlan b = plan_memory(config, std::max(world, p), p, config.train.micro_batch_size,
+  const MemoryPlan b = plan_memory(config, world, p, config.train.micro_batch_size,
                                    config.train.activation_checkpointing);
   const bool mixed = config.train.precision != "fp32";
   const char* half = config.train.precision.c_str();
@@ -182,6 +179,10 @@ std::string dry_run_report(const Config& config, int64_t world, int64_t ranks_pe
   add("flat buffer (aligned, padded)", std::to_string(layout.total_elements()) + " elements in " +
                                            std::to_string(layout.num_layers()) + " layer spans");
   add("partition size p", std::to_string(p) + (config.mics.partition_size == 0 ? " (auto)" : ""));
+  const int64_t replicas = world / p;
+  add("ranks planned", std::to_string(world) + " (" + std::to_string(replicas) +
+                           (replicas == 1 ? " partition group" : " replicas of the partition group") +
+                           "; --ranks N plans another size)");
   add("precision", mixed ? config.train.precision + " compute, fp32 master weights and Adam states"
                          : std::string("fp32"));
   out += "model-state bytes per device (1/p of each):\n";

@@ -25,13 +25,8 @@ double seconds_since(Clock::time_point t) {
 Trainer::Trainer(const Config& c, Backend& backend, const Topology& topo, TrainerRuntime runtime)
     : config_(c), backend_(backend), topo_(topo) {
   const TrainConfig& t = c.train;
-  const int64_t per_round = t.micro_batch_size * topo.world;
-  global_batch_ = t.global_batch_size > 0 ? t.global_batch_size : per_round;
-  if (global_batch_ % per_round != 0)
-    throw ConfigError(c.source_name + ": 'train.global_batch_size' (" + std::to_string(global_batch_) +
-                      ") must be a multiple of micro_batch_size x ranks (" +
-                      std::to_string(t.micro_batch_size) + " x " + std::to_string(topo.world) + ").");
-  accumulation_ = global_batch_ / per_round;
+  accumulation_ = c.checked_accumulation_steps(topo.world);
+  global_batch_ = accumulation_ * t.micro_batch_size * topo.world;
 
   const bool bert = c.model.type == "bert";
   const data::Objective objective = bert ? data::Objective::masked_lm : data::Objective::causal_lm;

@@ -52,7 +52,13 @@ class Reader {
   [[noreturn]] void fail(const std::string& what, const std::string& problem) const {
     throw ConfigError(file_ + ": " + what + " " + problem + ".");
   }
-  std::string where(const std::string& key) const { return "'" + where_path(key) + "'"; }
+  std::string where(const std::string& key) const {
+    // Appended rather than "'" + path + "'": GCC 12 warns falsely (-Wrestrict) on that form.
+    std::string quoted = "'";
+    quoted += where_path(key);
+    quoted += "'";
+    return quoted;
+  }
 
  private:
   std::string where_path(const std::string& key) const { return prefix_.empty() ? key : prefix_ + "." + key; }

@@ -162,4 +162,36 @@ TEST(DryRun, ReportsModelStatesPerDevice) {
   EXPECT_NE(r.output.find("partition size p                   8"), std::string::npos) << r.output;
 }
 
+// A dry run on a login node plans the job it is asked about: --ranks 64 at p = 8 gives eight
+// replicas, so the half-precision shard of the all-reduce across them is planned (2 bytes per
+// parameter over p: 2.35 GiB for bert-10b), which one partition group of 8 does not need. The
+// job's topology and batch are checked as the run would check them.
+TEST(DryRun, RanksPlansTheJobsReplicasAndChecksItsShape) {
+  const std::string base = "--config " + source_path("configs/bert-10b.json") + " --dry-run";
+  const auto group = run_cli(base);
+  ASSERT_EQ(group.exit_code, 0) << group.output;
+  EXPECT_NE(group.output.find("ranks planned                      8 (1 partition group"), std::string::npos)
+      << group.output;
+  EXPECT_EQ(group.output.find("replication all-reduce shard"), std::string::npos) << group.output;
+  const auto job = run_cli(base + " --ranks 64 --set runtime.ranks_per_node=8");
+  ASSERT_EQ(job.exit_code, 0) << job.output;
+  EXPECT_NE(job.output.find("ranks planned                      64 (8 replicas"), std::string::npos) << job.output;
+  EXPECT_NE(job.output.find("fp16 replication all-reduce shard  2.35 GiB"), std::string::npos) << job.output;
+  const struct {
+    std::string args, message;
+  } refusals[] = {
+      {base + " --ranks 12", "'mics.partition_size' (8) must divide the number of ranks (12)"},
+      {base + " --ranks 16 --set train.global_batch_size=24",
+       "'train.global_batch_size' (24) must be a multiple of micro_batch_size x ranks (8 x 16)"},
+      {base + " --ranks 0", "--ranks: must be a positive integer"},
+      {"--config " + source_path("configs/bert-10b.json") + " --ranks 16", "--ranks goes with --dry-run"},
+  };
+  for (const auto& c : refusals) {
+    const auto r = run_cli(c.args);
+    EXPECT_EQ(r.exit_code, 2) << c.args << "\n" << r.output;
+    EXPECT_NE(r.output.find(c.message), std::string::npos) << c.args << "\n" << r.output;
+    EXPECT_EQ(r.output.find("dry run:"), std::string::npos) << c.args << "\n" << r.output;
+  }
+}
+
 }  // namespace
