@@ -12,6 +12,8 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/tensor.h"
 
+#include "kernels/cuda/block_reduce.cuh"  // warp_sum, block_sum, warp_max, block_max (after the CUDA headers)
+
 namespace mics::cuda {
 
 using bf16 = __nv_bfloat16;
@@ -51,42 +53,6 @@ inline constexpr int kThreads = 256;
 inline unsigned grid_for(int64_t n, int threads = kThreads) {
   const int64_t blocks = (n + threads - 1) / threads;
   return static_cast<unsigned>(blocks < 65536 ? blocks : 65536);
-}
-
-template <class T>
-__device__ __forceinline__ T warp_sum(T v) {
-  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
-}
-__device__ __forceinline__ float warp_max(float v) {
-  for (int offset = 16; offset > 0; offset >>= 1)
-    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
-  return v;
-}
-
-// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the
-// result. `scratch` holds 32 entries; the call ends with a barrier, so it can be reused.
-template <class T>
-__device__ T block_sum(T v, T* scratch) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  v = warp_sum(v);
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  T total = lane < warps ? scratch[lane] : T(0);
-  total = warp_sum(total);
-  __syncthreads();
-  return total;
-}
-
-__device__ inline float block_max(float v, float* scratch) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  v = warp_max(v);
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  float total = lane < warps ? scratch[lane] : -INFINITY;
-  total = warp_max(total);
-  __syncthreads();
-  return total;
 }
 
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }

@@ -1,0 +1,77 @@
+#pragma once
+// The element-wise map kernels alone (vector_map.cuh launches them): a thread moves 8
+// elements per step, as one 16-byte access for a half-precision tensor or two for fp32
+// (kVector, every pointer 16-byte aligned), or one element per step otherwise; the n % 8
+// tail is done element by element. No CUDA header: the includer provides the element types
+// with to_f/from_f and uint4 (device_common.cuh for nvcc, tests/emulation/cuda_emulator.h
+// on the host, where tests/emulation/test_row_kernels_emulated.cpp runs them).
+#include <cstdint>
+
+namespace mics::cuda {
+
+inline constexpr int kMapWidth = 8;
+
+template <class T>
+struct alignas(16) Pack8 {
+  T v[kMapWidth];
+};
+
+template <class T>
+__device__ __forceinline__ Pack8<T> load_pack(const T* p) {
+  Pack8<T> r;
+#pragma unroll
+  for (int w = 0; w < int(sizeof(Pack8<T>) / 16); ++w)
+    reinterpret_cast<uint4*>(&r)[w] = reinterpret_cast<const uint4*>(p)[w];
+  return r;
+}
+
+template <class T>
+__device__ __forceinline__ void store_pack(T* p, const Pack8<T>& r) {
+#pragma unroll
+  for (int w = 0; w < int(sizeof(Pack8<T>) / 16); ++w)
+    reinterpret_cast<uint4*>(p)[w] = reinterpret_cast<const uint4*>(&r)[w];
+}
+
+// out[i] = f(i, x[i]) for i < n. `out` may alias `x` (each element is read before it is
+// written, by the same thread).
+template <bool kVector, class O, class X, class F>
+__global__ void unary_map_kernel(O* out, const X* x, int64_t n, F f) {
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  int64_t first = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if constexpr (kVector) {
+    const int64_t packs = n / kMapWidth;
+    for (int64_t p = first; p < packs; p += stride) {
+      const int64_t base = p * kMapWidth;
+      const Pack8<X> a = load_pack(x + base);
+      Pack8<O> r;
+#pragma unroll
+      for (int k = 0; k < kMapWidth; ++k) r.v[k] = f(base + k, a.v[k]);
+      store_pack(out + base, r);
+    }
+    first += packs * kMapWidth;
+  }
+  for (int64_t i = first; i < n; i += stride) out[i] = f(i, x[i]);
+}
+
+// out[i] = f(i, x[i], y[i]) for i < n; `out` may alias `x` or `y`.
+template <bool kVector, class O, class X, class Y, class F>
+__global__ void binary_map_kernel(O* out, const X* x, const Y* y, int64_t n, F f) {
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  int64_t first = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if constexpr (kVector) {
+    const int64_t packs = n / kMapWidth;
+    for (int64_t p = first; p < packs; p += stride) {
+      const int64_t base = p * kMapWidth;
+      const Pack8<X> a = load_pack(x + base);
+      const Pack8<Y> b = load_pack(y + base);
+      Pack8<O> r;
+#pragma unroll
+      for (int k = 0; k < kMapWidth; ++k) r.v[k] = f(base + k, a.v[k], b.v[k]);
+      store_pack(out + base, r);
+    }
+    first += packs * kMapWidth;
+  }
+  for (int64_t i = first; i < n; i += stride) out[i] = f(i, x[i], y[i]);
+}
+
+}  // namespace mics::cuda
