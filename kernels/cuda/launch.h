@@ -8,19 +8,10 @@
 #include <cstdint>
 
 #include "kernels/cuda/adamw_scalars.h"
+#include "kernels/cuda/device_errors.h"
 #include "kernels/ops.h"
 
 namespace mics::cuda {
-
-// Bits of the device error word: kernels that meet a bad index set one and skip the entry;
-// the backend reads the word at its next synchronising call and throws.
-enum DeviceErrorBit : int {
-  kBadTokenId = 1,
-  kBadTypeId = 2,
-  kBadLabel = 4,
-  kBadGatherRow = 8,
-  kBadScatterRow = 16,
-};
 
 // ---- elementwise.cu ----
 void launch_cast(DType out_t, void* out, DType in_t, const void* in, int64_t n, cudaStream_t s);

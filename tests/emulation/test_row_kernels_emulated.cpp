@@ -1,11 +1,12 @@
-// The CUDA LayerNorm row kernels (kernels/cuda/layernorm_kernels.cuh) and the element-wise
-// map kernels with their GELU and dropout functions (vector_map_kernels.cuh,
-// elementwise_ops.cuh), compiled for the host and run under tests/emulation/cuda_emulator.h:
+// The CUDA LayerNorm row kernels (kernels/cuda/layernorm_kernels.cuh), the cross-entropy
+// kernel (cross_entropy_kernels.cuh) and the element-wise map kernels with their GELU and
+// dropout functions (vector_map_kernels.cuh, elementwise_ops.cuh), compiled for the host and run under tests/emulation/cuda_emulator.h:
 // against float64 with tests/cuda/test_cuda_ops.cpp's tolerances (device_numerics.h), and
 // the 16-byte path against the element-by-element one bit for bit. Both were rewritten
 // after the last GPU run (rows held in registers, the residual add fused, 16-byte
-// accesses), so this is what checks their indexing where there is no GPU; CudaLayerNorm
-// and CudaGelu run the same kernels on one. Every array is followed by a guard that must
+// accesses, the cross-entropy's single-pass softmax statistics), so this is what checks
+// their indexing where there is no GPU; CudaLayerNorm, CudaCrossEntropy and CudaGelu run
+// the same kernels on one. Every array is followed by a guard that must
 // stay untouched.
 #include <gtest/gtest.h>
 
@@ -26,6 +27,7 @@
 
 // The emulator stands in for the CUDA headers the kernels expect, so it comes first.
 #include "tests/emulation/cuda_emulator.h"
+#include "kernels/cuda/cross_entropy_kernels.cuh"
 #include "kernels/cuda/elementwise_ops.cuh"
 #include "kernels/cuda/layernorm_kernels.cuh"
 #include "kernels/cuda/vector_map_kernels.cuh"
@@ -369,6 +371,89 @@ TEST(EmulatedCudaElementwise, DropoutKeepsTheCpuMaskOnBothPaths) {
     expect_close(got, rounded(t, want), tol::Tol{0.0, 0.0}, "dropout values");
     out.expect_guards("dropout");
   }
+}
+
+// ---------------------------------------------------------------- cross-entropy
+
+// As CudaCrossEntropy: ignored rows (negative labels), loss and gradient against float64,
+// the same losses without a gradient and with the gradient written over the logits. Rows
+// of an odd vocabulary start at every alignment, so heads, packs and tails all occur; 32
+// threads make each thread take several packs of a row.
+template <class T>
+void check_cross_entropy(int64_t m, int64_t v, double range, uint64_t seed, int threads) {
+  const DType t = dtype_for<T>();
+  SCOPED_TRACE(testing::Message() << dtype_name(t) << " M=" << m << " V=" << v << " logits in +-" << range << ", "
+                                  << threads << " threads");
+  std::mt19937_64 rng(seed);
+  const Vec logits = rounded(t, random_vec(rng, m * v, -range, range));
+  std::vector<int32_t> labels(static_cast<size_t>(m));
+  std::uniform_int_distribution<int32_t> pick(0, static_cast<int32_t>(v - 1));
+  for (int32_t& l : labels) l = pick(rng);
+  labels[1] = labels[m - 1] = -100;
+  labels[2] = -1;
+  const double grad_scale = 0.37;
+  Ref r_losses = ref(Shape{m}), r_d = ref(Shape{m, v}), r_logits = ref(logits, {m, v});
+  cpu().cross_entropy(r_losses.t(), r_d.t(), r_logits.t(), IntTensor{labels.data(), Shape{m}}, grad_scale);
+  auto run = [&](Buffer<T>& losses, T* d, Buffer<T>& x, int* error) {
+    cuda_emulator::launch(dim3{static_cast<unsigned>(m)}, threads, 0, cuda::cross_entropy_kernel<T>, losses.data(), d,
+                          static_cast<const T*>(x.data()), static_cast<const int32_t*>(labels.data()), v,
+                          static_cast<float>(grad_scale), error);
+  };
+  int error = 0;
+  Buffer<T> losses(m), d(m * v), x(logits);
+  run(losses, d.data(), x, &error);
+  EXPECT_EQ(error, 0);
+  // log-sum-exp of V terms in fp32, relative to the largest logit; softmax - onehot: a few
+  // fp32 roundings of values <= 1, times grad_scale.
+  const Vec got_losses = losses.get(), got_d = d.get();
+  expect_close(got_losses, r_losses.v, tol(t, 8 + std::sqrt(double(v)), range + std::log(double(v))), "losses");
+  expect_close(got_d, r_d.v, tol(t, 8, grad_scale), "d_logits");
+  for (int64_t i : {int64_t{1}, int64_t{2}, m - 1}) {
+    EXPECT_EQ(got_losses[i], 0.0) << "ignored row " << i;
+    for (int64_t j = 0; j < v; ++j) ASSERT_EQ(got_d[i * v + j], 0.0) << "ignored row " << i;
+  }
+  losses.expect_guards("losses");
+  d.expect_guards("d_logits");
+  // Without d_logits: the same losses. In place: the same losses and gradient.
+  Buffer<T> losses2(m), losses3(m);
+  run(losses2, nullptr, x, &error);
+  expect_same_bits(losses2, losses, "losses without d_logits");
+  run(losses3, x.data(), x, &error);
+  expect_same_bits(losses3, losses, "losses with d_logits aliasing logits");
+  expect_same_bits(x, d, "d_logits aliasing logits");
+  // A gradient buffer aligned unlike the logits takes the element path: the same bits.
+  Buffer<T> x2(logits), losses4(m), d_shifted(m * v, 1);
+  run(losses4, d_shifted.data(), x2, &error);
+  expect_same_bits(d_shifted, d, "d_logits aligned unlike the logits");
+  d_shifted.expect_guards("d_logits aligned unlike the logits");
+  EXPECT_EQ(error, 0);
+}
+
+TEST(EmulatedCudaCrossEntropy, LossesAndGradientMatchFloat64) {
+  for (int threads : {32, 256}) {
+    check_cross_entropy<float>(11, 29, 3.0, 81, threads);
+    check_cross_entropy<cuda::bf16>(67, 131, 30.0, 82, threads);
+    check_cross_entropy<cuda::f16>(37, 1031, 100.0, 83, threads);
+    check_cross_entropy<cuda::bf16>(5, 50257, 10.0, 84, threads);  // GPT-2's vocabulary
+  }
+  check_cross_entropy<float>(4, 50257, 10.0, 85, 256);
+}
+
+// A label past the vocabulary sets the error bit and leaves its row alone; the other rows
+// are computed as usual.
+TEST(EmulatedCudaCrossEntropy, LabelOutsideTheVocabularySetsTheErrorBit) {
+  const int64_t m = 3, v = 40;
+  std::mt19937_64 rng(7);
+  const Vec logits = random_vec(rng, m * v, -2, 2);
+  const std::vector<int32_t> labels = {3, int32_t(v), 5};
+  Buffer<float> losses(Vec(m, -7.0)), d(m * v), x(logits);
+  int error = 0;
+  cuda_emulator::launch(dim3{unsigned(m)}, 32, 0, cuda::cross_entropy_kernel<float>, losses.data(), d.data(),
+                        static_cast<const float*>(x.data()), labels.data(), v, 1.0f, &error);
+  EXPECT_EQ(error, cuda::kBadLabel);
+  EXPECT_EQ(losses.get()[1], -7.0) << "the bad row's loss is left as it was";
+  EXPECT_NE(losses.get()[0], -7.0);
+  EXPECT_NE(losses.get()[2], -7.0);
 }
 
 }  // namespace
