@@ -140,9 +140,9 @@ class ProfilingBackend final : public Backend {
     timed("linear_forward", linear_forward_flops(in, weight), [&] { inner_->linear_forward(out, in, weight, bias); });
   }
   void linear_backward(Tensor d_in, Tensor d_weight, Tensor d_bias, Tensor d_out, Tensor in, Tensor weight,
-                       Accumulate acc) override {
+                       Accumulate acc, Accumulate acc_params) override {
     timed("linear_backward", linear_backward_flops(d_in, d_out, in),
-          [&] { inner_->linear_backward(d_in, d_weight, d_bias, d_out, in, weight, acc); });
+          [&] { inner_->linear_backward(d_in, d_weight, d_bias, d_out, in, weight, acc, acc_params); });
   }
   void gelu_forward(Tensor out, Tensor in, GeluKind kind) override {
     timed("gelu_forward", 0, [&] { inner_->gelu_forward(out, in, kind); });
@@ -156,9 +156,9 @@ class ProfilingBackend final : public Backend {
           [&] { inner_->linear_gelu_forward(act, pre, in, weight, bias, kind); });
   }
   void linear_gelu_backward(Tensor d_pre, Tensor d_weight, Tensor d_bias, Tensor d_out, Tensor act, Tensor pre,
-                            Tensor weight, GeluKind kind) override {
+                            Tensor weight, GeluKind kind, Accumulate acc_params) override {
     timed("linear_gelu_backward", linear_backward_flops(d_pre, d_out, act),
-          [&] { inner_->linear_gelu_backward(d_pre, d_weight, d_bias, d_out, act, pre, weight, kind); });
+          [&] { inner_->linear_gelu_backward(d_pre, d_weight, d_bias, d_out, act, pre, weight, kind, acc_params); });
   }
   void layernorm_forward(Tensor out, Tensor mean, Tensor rstd, Tensor in, Tensor gamma, Tensor beta,
                          float eps) override {
@@ -170,9 +170,9 @@ class ProfilingBackend final : public Backend {
           [&] { inner_->add_layernorm_forward(sum, out, mean, rstd, a, b, gamma, beta, eps); });
   }
   void layernorm_backward(Tensor d_in, Tensor d_gamma, Tensor d_beta, Tensor d_out, Tensor in, Tensor gamma,
-                          Tensor mean, Tensor rstd, Accumulate acc) override {
+                          Tensor mean, Tensor rstd, Accumulate acc, Accumulate acc_params) override {
     timed("layernorm_backward", 0,
-          [&] { inner_->layernorm_backward(d_in, d_gamma, d_beta, d_out, in, gamma, mean, rstd, acc); });
+          [&] { inner_->layernorm_backward(d_in, d_gamma, d_beta, d_out, in, gamma, mean, rstd, acc, acc_params); });
   }
   void attention_forward(Tensor out, Tensor probs, Tensor qkv, IntTensor key_keep, const AttentionDims& dims,
                          DropoutSpec dropout) override {

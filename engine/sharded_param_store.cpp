@@ -253,11 +253,17 @@ void ShardedParamStore::release_params(int layer) {
 
 // ---- gradients ----
 
-Tensor ShardedParamStore::grad_buffer(int layer) {
-  if (in_place_grads_)  // zeroed at begin_step; the model adds each contribution in place
-    return grads().slice(shard_offset(layer), {layout_.layers()[static_cast<size_t>(layer)].size});
+model::GradBuffer ShardedParamStore::grad_buffer(int layer) {
+  if (in_place_grads_) {
+    // Not zeroed: the layer's first gradient of the step overwrites last step's (the gaps
+    // between tensors were zeroed once, and nothing writes them). end_accumulation zeroes
+    // a layer the model never asked for.
+    const bool first = !landed_[static_cast<size_t>(layer)];
+    landed_[static_cast<size_t>(layer)] = true;
+    return {grads().slice(shard_offset(layer), {layout_.layers()[static_cast<size_t>(layer)].size}), first};
+  }
   for (auto& s : grad_slots_)
-    if (s->open && s->layer == layer) return layer_span_view(s->work, layer);
+    if (s->open && s->layer == layer) return {layer_span_view(s->work, layer), false};
   // A free slot has landed its last layer in the accumulator. (A finished request alone is
   // not enough: a communicator may complete collectives before returning.)
   GradSlot* slot = nullptr;
@@ -272,9 +278,10 @@ Tensor ShardedParamStore::grad_buffer(int layer) {
   slot->layer = layer;
   slot->open = true;
   slot->age = grad_age_++;
+  // Zeroed, not handed out fresh: a slot serves layers whose gaps between tensors differ.
   Tensor view = layer_span_view(slot->work, layer);
   be_.fill_zero(view);
-  return view;
+  return {view, false};
 }
 
 void ShardedParamStore::grads_ready(int layer) {
@@ -342,8 +349,7 @@ void ShardedParamStore::begin_step(int64_t micro_steps) {
     if (micro_steps > opt_.accumulation_steps && opt_.work_dtype != DType::f32)
       throw std::logic_error("a step of " + std::to_string(micro_steps) + " micro-steps on a store built for " +
                              std::to_string(opt_.accumulation_steps) + " (half-precision gradients in place)");
-    be_.fill_zero(grads());
-    return;
+    return;  // each layer's first gradient of the step overwrites the last (grad_buffer)
   }
   // every_microstep adds each synchronised micro-step into the accumulator's first half.
   if (opt_.sync_every_microstep) be_.fill_zero(accumulator());
@@ -368,7 +374,12 @@ void ShardedParamStore::end_micro_step() {
 }
 
 void ShardedParamStore::end_accumulation() {
-  if (in_place_grads_) return;  // every layer's gradient is complete where the model wrote it
+  if (in_place_grads_) {  // every layer's gradient is complete where the model wrote it
+    for (int l = 0; l < layout_.num_layers(); ++l)
+      if (!landed_[static_cast<size_t>(l)])
+        be_.fill_zero(grads().slice(shard_offset(l), {layout_.layers()[static_cast<size_t>(l)].size}));
+    return;
+  }
   if (!opt_.sync_every_microstep)
     for (int l = 0; l < layout_.num_layers(); ++l)
       if (!landed_[static_cast<size_t>(l)]) {

@@ -59,7 +59,7 @@ class ShardedParamStore final : public model::ParamProvider {
   // ParamProvider
   Tensor acquire_params(int layer) override;
   void release_params(int layer) override;
-  Tensor grad_buffer(int layer) override;
+  model::GradBuffer grad_buffer(int layer) override;
   void grads_ready(int layer) override;
 
   Backend& backend() const { return be_; }

@@ -111,10 +111,13 @@ class Backend {
   // ---- dense layers ----
   // out[M,N] = in[M,K] @ weight[N,K]^T (+ bias[N] when given). Weights are [out, in].
   virtual void linear_forward(Tensor out, Tensor in, Tensor weight, Tensor bias) = 0;
-  // d_in[M,K] (=, or += with acc) = d_out @ weight; d_weight[N,K] += d_out^T @ in;
-  // d_bias[N] += column sums of d_out. Empty d_in / d_bias are skipped.
+  // d_in[M,K] (=, or += with acc_d_in) = d_out @ weight; d_weight[N,K] (+=, or = with
+  // acc_params no) d_out^T @ in; d_bias[N] (the same) column sums of d_out. Empty d_in /
+  // d_bias are skipped. Parameter gradients accumulate unless the caller knows the buffer
+  // holds nothing yet (its first write in a micro-step: no zero-fill, no read of it).
   virtual void linear_backward(Tensor d_in, Tensor d_weight, Tensor d_bias, Tensor d_out,
-                               Tensor in, Tensor weight, Accumulate acc_d_in) = 0;
+                               Tensor in, Tensor weight, Accumulate acc_d_in,
+                               Accumulate acc_params = Accumulate::yes) = 0;
 
   virtual void gelu_forward(Tensor out, Tensor in, GeluKind kind) = 0;
   // d_in = gelu'(in) * d_out; d_in may alias d_out.
@@ -126,9 +129,10 @@ class Backend {
                                    GeluKind kind) = 0;
   // The backward of a linear layer whose input was act = gelu(pre), through the GELU:
   // d_pre[M,K] = (d_out @ weight) * gelu'(pre) (written), d_weight[N,K] += d_out^T @ act,
-  // d_bias[N] += column sums of d_out (skipped when empty).
+  // d_bias[N] += column sums of d_out (skipped when empty); = for both with acc_params no.
   virtual void linear_gelu_backward(Tensor d_pre, Tensor d_weight, Tensor d_bias, Tensor d_out,
-                                    Tensor act, Tensor pre, Tensor weight, GeluKind kind) = 0;
+                                    Tensor act, Tensor pre, Tensor weight, GeluKind kind,
+                                    Accumulate acc_params = Accumulate::yes) = 0;
 
   // out[M,C] = (in - mean) * rstd * gamma[C] + beta[C]; saves mean[M], rstd[M].
   virtual void layernorm_forward(Tensor out, Tensor mean, Tensor rstd, Tensor in, Tensor gamma,
@@ -138,10 +142,10 @@ class Backend {
   // alias a or b.
   virtual void add_layernorm_forward(Tensor sum, Tensor out, Tensor mean, Tensor rstd, Tensor a,
                                      Tensor b, Tensor gamma, Tensor beta, float eps) = 0;
-  // d_in[M,C] (= or +=), d_gamma[C] +=, d_beta[C] +=.
+  // d_in[M,C] (= or +=), d_gamma[C] and d_beta[C] (+=, or = with acc_params no).
   virtual void layernorm_backward(Tensor d_in, Tensor d_gamma, Tensor d_beta, Tensor d_out,
                                   Tensor in, Tensor gamma, Tensor mean, Tensor rstd,
-                                  Accumulate acc_d_in) = 0;
+                                  Accumulate acc_d_in, Accumulate acc_params = Accumulate::yes) = 0;
 
   // ---- attention ----
   // qkv[B,T,3C] holds q, k, v side by side, head h at columns h*D of each.

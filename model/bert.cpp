@@ -96,22 +96,39 @@ class Bert final : public Model {
     if (grad_scale_ <= 0) throw std::logic_error("Bert::backward without a forward that formed gradients");
     const int64_t n = masked();
     Tensor head = params.acquire_params(head_layer_);
-    Tensor head_grad = params.grad_buffer(head_layer_);
-    Tensor emb_grad = params.grad_buffer(0);
+    const GradBuffer head_buffer = params.grad_buffer(head_layer_);
+    const GradBuffer emb_buffer = params.grad_buffer(0);
+    const Tensor head_grad = head_buffer.grads, emb_grad = emb_buffer.grads;
+    // Fresh buffers (a step's first micro-step with gradients in place) come together: the
+    // head's ops then write their gradients (=), the decoder's weight gradient included,
+    // which the embedding's backward adds to; what no op writes is zeroed.
+    const bool fresh = head_buffer.fresh && emb_buffer.fresh;
+    if (!fresh) {
+      if (head_buffer.fresh) be_.fill_zero(head_grad);
+      if (emb_buffer.fresh) be_.fill_zero(emb_grad);
+    }
+    const Accumulate params_acc = fresh ? Accumulate::no : Accumulate::yes;
     be_.fill_zero(stack_.grad());
     if (n > 0) {
       Tensor wte = ref(params.acquire_params(0), tok_);
       be_.linear_backward(rows_view(d_a_), ref(emb_grad, tok_), ref(head_grad, dec_b_),
                           logits_.slice(0, {n, spec_.vocab}), rows_view(tr_out_), wte,
-                          Accumulate::no);
+                          Accumulate::no, params_acc);
       params.release_params(0);
       be_.layernorm_backward(rows_view(d_b_), ref(head_grad, tr_g_), ref(head_grad, tr_beta_),
                              rows_view(d_a_), rows_view(tr_act_), ref(head, tr_g_),
-                             tr_mean_.slice(0, {n}), tr_rstd_.slice(0, {n}), Accumulate::no);
+                             tr_mean_.slice(0, {n}), tr_rstd_.slice(0, {n}), Accumulate::no, params_acc);
       be_.gelu_backward(rows_view(d_b_), rows_view(d_b_), rows_view(tr_pre_), GeluKind::erf);
       be_.linear_backward(rows_view(d_a_), ref(head_grad, tr_w_), ref(head_grad, tr_b_),
-                          rows_view(d_b_), rows_view(picked_), ref(head, tr_w_), Accumulate::no);
+                          rows_view(d_b_), rows_view(picked_), ref(head, tr_w_), Accumulate::no, params_acc);
       be_.scatter_add_rows(stack_.grad(), rows_view(d_a_), rows_n());
+    } else if (fresh) {  // no masked token: the head has no gradient, the tokens none from it
+      be_.fill_zero(head_grad);
+      be_.fill_zero(ref(emb_grad, tok_));
+    }
+    if (fresh) {  // the embedding's backward adds into these
+      be_.fill_zero(ref(emb_grad, pos_));
+      be_.fill_zero(ref(emb_grad, type_));
     }
     params.release_params(head_layer_);
     params.grads_ready(head_layer_);
@@ -122,7 +139,7 @@ class Bert final : public Model {
     if (drop.enabled()) be_.dropout_backward(stack_.grad(), stack_.grad(), drop);
     Tensor emb = params.acquire_params(0);
     be_.layernorm_backward(d_emb_, ref(emb_grad, emb_g_), ref(emb_grad, emb_b_), stack_.grad(),
-                           emb_sum_, ref(emb, emb_g_), emb_mean_, emb_rstd_, Accumulate::no);
+                           emb_sum_, ref(emb, emb_g_), emb_mean_, emb_rstd_, Accumulate::no, params_acc);
     params.release_params(0);
     be_.embedding_backward(ref(emb_grad, tok_), ref(emb_grad, pos_), ref(emb_grad, type_), d_emb_,
                            ids_, type_ids_, seq_);

@@ -52,8 +52,11 @@ void BlockStack::backward(ParamProvider& params, uint64_t seed) {
     if (shape_.recompute)
       block_.forward(w, acts(l), ws_, residual_[static_cast<size_t>(l)], residual_[static_cast<size_t>(l + 1)],
                      layer_seed(seed, l));
-    const BlockTensors g = binding_.bind(params.grad_buffer(layer));
-    block_.backward(w, g, acts(l), ws_, residual_[static_cast<size_t>(l)], grad_, layer_seed(seed, l));
+    // Each of the block's parameter gradients is written by one op: into a fresh buffer (=).
+    const GradBuffer grads = params.grad_buffer(layer);
+    const BlockTensors g = binding_.bind(grads.grads);
+    block_.backward(w, g, acts(l), ws_, residual_[static_cast<size_t>(l)], grad_, layer_seed(seed, l),
+                    grads.fresh ? Accumulate::no : Accumulate::yes);
     params.release_params(layer);
     params.grads_ready(layer);
   }

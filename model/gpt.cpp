@@ -71,19 +71,25 @@ class Gpt final : public Model {
   void backward(ParamProvider& params) override {
     if (grad_scale_ <= 0) throw std::logic_error("Gpt::backward without a forward that formed gradients");
     Tensor head = params.acquire_params(head_layer_);
-    Tensor head_grad = params.grad_buffer(head_layer_);
-    Tensor emb_grad = params.grad_buffer(0);
+    const GradBuffer head_buffer = params.grad_buffer(head_layer_);
+    const GradBuffer emb_buffer = params.grad_buffer(0);
+    const Tensor head_grad = head_buffer.grads, emb_grad = emb_buffer.grads;
+    // A fresh buffer (a step's first micro-step with gradients in place): the LM head writes
+    // the token table's gradient (=), which the embedding's backward adds to; the final
+    // LayerNorm writes its own; the positions, which only the embedding adds to, are zeroed.
     if (valid_ > 0) {
       Tensor wte = ref(params.acquire_params(0), tok_);
       be_.linear_backward(d_final_, ref(emb_grad, tok_), Tensor{}, logits_, final_, wte,
-                          Accumulate::no);
+                          Accumulate::no, emb_buffer.fresh ? Accumulate::no : Accumulate::yes);
       params.release_params(0);
     } else {
       be_.fill_zero(d_final_);
+      if (emb_buffer.fresh) be_.fill_zero(ref(emb_grad, tok_));
     }
+    if (emb_buffer.fresh) be_.fill_zero(ref(emb_grad, pos_));
     be_.layernorm_backward(stack_.grad(), ref(head_grad, norm_g_), ref(head_grad, norm_b_),
                            d_final_, stack_.output(), ref(head, norm_g_), mean_, rstd_,
-                           Accumulate::no);
+                           Accumulate::no, head_buffer.fresh ? Accumulate::no : Accumulate::yes);
     params.release_params(head_layer_);
     params.grads_ready(head_layer_);
 

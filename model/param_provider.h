@@ -6,6 +6,16 @@
 
 namespace mics::model {
 
+// A layer's gradient buffer for one micro-step: the layer's padded span, same shape and
+// dtype as its parameters. When `fresh`, its parameter entries hold nothing to keep (they
+// were not zeroed): the model's first write to each overwrites it (Accumulate::no for the
+// parameter gradients of an op), and a model that adds several contributions, or may write
+// none, zeroes the span first. The entries between and after the tensors are zero either way.
+struct GradBuffer {
+  Tensor grads;
+  bool fresh = false;
+};
+
 class ParamProvider {
  public:
   virtual ~ParamProvider() = default;
@@ -13,9 +23,9 @@ class ParamProvider {
   // model's compute dtype; valid until release_params(layer).
   virtual Tensor acquire_params(int layer) = 0;
   virtual void release_params(int layer) = 0;
-  // The buffer the model accumulates (+=) layer `layer`'s gradients into during backward;
-  // same shape and dtype as the parameters. Valid until grads_ready(layer).
-  virtual Tensor grad_buffer(int layer) = 0;
+  // The buffer the model writes layer `layer`'s gradients into during backward (adding to
+  // what it holds unless it is fresh). Valid until grads_ready(layer).
+  virtual GradBuffer grad_buffer(int layer) = 0;
   // The model will not touch this layer's gradients again in this micro-step.
   virtual void grads_ready(int layer) = 0;
 };

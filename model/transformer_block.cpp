@@ -126,7 +126,7 @@ void TransformerBlock::forward(const BlockTensors& w, BlockActivations& a, Block
 
 void TransformerBlock::backward(const BlockTensors& w, const BlockTensors& g,
                                 const BlockActivations& a, BlockWorkspace& ws, Tensor in,
-                                Tensor d_io, uint64_t seed) const {
+                                Tensor d_io, uint64_t seed, Accumulate acc_params) const {
   const DropoutSpec attn_drop = site(seed, kAttentionProbs, s_.attention_dropout);
   const DropoutSpec out_drop = site(seed, kAttentionOut, s_.dropout);
   const DropoutSpec ffn_drop = site(seed, kFfnOut, s_.dropout);
@@ -143,37 +143,37 @@ void TransformerBlock::backward(const BlockTensors& w, const BlockTensors& g,
   // FFN branch: d_branch -> d(ffn input) written (=) or added (+=) into d_ffn_in.
   auto ffn_backward = [&](Tensor d_branch, Tensor ffn_in, Tensor d_ffn_in, Accumulate acc) {
     const Tensor d_g = undo_dropout(d_branch, ffn_drop);
-    be_.linear_gelu_backward(ws.grad_ffn, g.fc2_w, g.fc2_b, d_g, a.ffn_act, a.ffn_pre, w.fc2_w, s_.gelu);
-    be_.linear_backward(d_ffn_in, g.fc_w, g.fc_b, ws.grad_ffn, ffn_in, w.fc_w, acc);
+    be_.linear_gelu_backward(ws.grad_ffn, g.fc2_w, g.fc2_b, d_g, a.ffn_act, a.ffn_pre, w.fc2_w, s_.gelu, acc_params);
+    be_.linear_backward(d_ffn_in, g.fc_w, g.fc_b, ws.grad_ffn, ffn_in, w.fc_w, acc, acc_params);
   };
   // Attention branch: d_branch -> d(attention input) written (=) or added (+=).
   auto attention_backward = [&](Tensor d_branch, Tensor attn_in, Tensor d_attn_in,
                                 Accumulate acc) {
     const Tensor d_o = undo_dropout(d_branch, out_drop);
-    be_.linear_backward(ws.grad_c, g.proj_w, g.proj_b, d_o, a.attn, w.proj_w, Accumulate::no);
+    be_.linear_backward(ws.grad_c, g.proj_w, g.proj_b, d_o, a.attn, w.proj_w, Accumulate::no, acc_params);
     if (s_.fused_attention)
       be_.attention_backward_fused(ws.grad_qkv, grad_c3, a.qkv, a.attn.reshaped(grad_c3.shape), a.lse,
                                    IntTensor{}, dims_, attn_drop);
     else
       be_.attention_backward(ws.grad_qkv, ws.grad_scores, grad_c3, a.qkv, a.probs, dims_, attn_drop);
-    be_.linear_backward(d_attn_in, g.qkv_w, g.qkv_b, grad_qkv_rows, attn_in, w.qkv_w, acc);
+    be_.linear_backward(d_attn_in, g.qkv_w, g.qkv_b, grad_qkv_rows, attn_in, w.qkv_w, acc, acc_params);
   };
 
   if (s_.pre_norm) {
     // out = mid + ffn(LN2(mid)); mid = in + attn(LN1(in)).
     ffn_backward(d_io, a.norm2_io, ws.grad_a, Accumulate::no);
     be_.layernorm_backward(d_io, g.norm2_g, g.norm2_b, ws.grad_a, a.mid, w.norm2_g, a.mean2,
-                           a.rstd2, Accumulate::yes);
+                           a.rstd2, Accumulate::yes, acc_params);
     attention_backward(d_io, a.norm1, ws.grad_a, Accumulate::no);
     be_.layernorm_backward(d_io, g.norm1_g, g.norm1_b, ws.grad_a, in, w.norm1_g, a.mean1,
-                           a.rstd1, Accumulate::yes);
+                           a.rstd1, Accumulate::yes, acc_params);
   } else {
     // out = LN2(norm1 + ffn(norm1)); norm1 = LN1(in + attn(in)).
     be_.layernorm_backward(ws.grad_a, g.norm2_g, g.norm2_b, d_io, a.norm2_io, w.norm2_g, a.mean2,
-                           a.rstd2, Accumulate::no);
+                           a.rstd2, Accumulate::no, acc_params);
     ffn_backward(ws.grad_a, a.norm1, ws.grad_a, Accumulate::yes);
     be_.layernorm_backward(d_io, g.norm1_g, g.norm1_b, ws.grad_a, a.mid, w.norm1_g, a.mean1,
-                           a.rstd1, Accumulate::no);
+                           a.rstd1, Accumulate::no, acc_params);
     attention_backward(d_io, in, d_io, Accumulate::yes);
   }
 }

@@ -87,9 +87,11 @@ class TransformerBlock {
   void forward(const BlockTensors& w, BlockActivations& act, BlockWorkspace& ws, Tensor in,
                Tensor out, uint64_t seed) const;
   // d_io: on entry dLoss/d_out, on exit dLoss/d_in (ws.grad_a is used as well, so d_io
-  // must be one of the caller's buffers, not a workspace tensor). Gradients += into g.
+  // must be one of the caller's buffers, not a workspace tensor). Each parameter's gradient
+  // is written once, by one op: added into g, or with acc_params no written over it.
   void backward(const BlockTensors& w, const BlockTensors& g, const BlockActivations& act,
-                BlockWorkspace& ws, Tensor in, Tensor d_io, uint64_t seed) const;
+                BlockWorkspace& ws, Tensor in, Tensor d_io, uint64_t seed,
+                Accumulate acc_params = Accumulate::yes) const;
 
  private:
   DropoutSpec site(uint64_t seed, uint64_t which, float prob) const;

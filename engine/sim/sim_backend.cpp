@@ -43,7 +43,7 @@ class SimBackend final : public Backend {
     gemm(in.dtype, m, n, k);
   }
   void linear_backward(Tensor d_in, Tensor d_weight, Tensor d_bias, Tensor d_out, Tensor in, Tensor weight,
-                       Accumulate) override {
+                       Accumulate, Accumulate) override {
     const int64_t m = d_out.shape[0], n = d_out.shape[1], k = in.shape[1];
     if (!d_in.empty()) gemm(in.dtype, m, k, n);
     gemm(in.dtype, n, k, m);
@@ -60,8 +60,8 @@ class SimBackend final : public Backend {
     gelu_forward(act, pre, kind);
   }
   void linear_gelu_backward(Tensor d_pre, Tensor d_weight, Tensor d_bias, Tensor d_out, Tensor act, Tensor pre,
-                            Tensor weight, GeluKind kind) override {
-    linear_backward(d_pre, d_weight, d_bias, d_out, act, weight, Accumulate::no);
+                            Tensor weight, GeluKind kind, Accumulate acc_params) override {
+    linear_backward(d_pre, d_weight, d_bias, d_out, act, weight, Accumulate::no, acc_params);
     gelu_backward(d_pre, d_pre, pre, kind);
   }
   // Reads a and b, writes sum and out.
@@ -69,7 +69,7 @@ class SimBackend final : public Backend {
     stream(4, sum);
   }
   void layernorm_backward(Tensor d_in, Tensor, Tensor, Tensor d_out, Tensor in, Tensor, Tensor, Tensor,
-                          Accumulate acc) override {
+                          Accumulate acc, Accumulate) override {
     stream(acc == Accumulate::yes ? 4 : 3, in);
   }
 

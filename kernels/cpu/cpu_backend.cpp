@@ -128,7 +128,7 @@ class CpuBackend final : public Backend {
   }
 
   void linear_backward(Tensor d_in, Tensor d_weight, Tensor d_bias, Tensor d_out, Tensor in,
-                       Tensor weight, Accumulate acc) override {
+                       Tensor weight, Accumulate acc, Accumulate acc_params) override {
     const char* op = "linear_backward";
     const auto [m, n, k] = linear_backward_dims(d_in, d_weight, d_bias, d_out, in, weight);
     expect_same_dtype(op, d_out, in);
@@ -136,7 +136,7 @@ class CpuBackend final : public Backend {
     dispatch(op, d_out.dtype, [&](auto t) {
       using T = decltype(t);
       cpu::linear_backward<T>(p<T>(d_in), p<T>(d_weight), p<T>(d_bias), p<T>(d_out), p<T>(in),
-                              p<T>(weight), m, n, k, acc == Accumulate::yes);
+                              p<T>(weight), m, n, k, acc == Accumulate::yes, acc_params == Accumulate::yes);
     });
   }
 
@@ -179,8 +179,8 @@ class CpuBackend final : public Backend {
     gelu_forward(act, pre, kind);
   }
   void linear_gelu_backward(Tensor d_pre, Tensor d_weight, Tensor d_bias, Tensor d_out, Tensor act,
-                            Tensor pre, Tensor weight, GeluKind kind) override {
-    linear_backward(d_pre, d_weight, d_bias, d_out, act, weight, Accumulate::no);
+                            Tensor pre, Tensor weight, GeluKind kind, Accumulate acc_params) override {
+    linear_backward(d_pre, d_weight, d_bias, d_out, act, weight, Accumulate::no, acc_params);
     gelu_backward(d_pre, d_pre, pre, kind);
   }
 
@@ -193,14 +193,14 @@ class CpuBackend final : public Backend {
   }
 
   void layernorm_backward(Tensor d_in, Tensor d_gamma, Tensor d_beta, Tensor d_out, Tensor in,
-                          Tensor gamma, Tensor mean, Tensor rstd, Accumulate acc) override {
+                          Tensor gamma, Tensor mean, Tensor rstd, Accumulate acc, Accumulate acc_params) override {
     const char* op = "layernorm_backward";
     const auto [m, c] = layernorm_backward_dims(d_in, d_gamma, d_beta, d_out, in, gamma, mean, rstd);
     dispatch(op, d_in.dtype, [&](auto t) {
       using T = decltype(t);
       cpu::layernorm_backward<T>(p<T>(d_in), p<T>(d_gamma), p<T>(d_beta), p<T>(d_out), p<T>(in),
                                  p<T>(gamma), p<T>(mean), p<T>(rstd), m, c,
-                                 acc == Accumulate::yes);
+                                 acc == Accumulate::yes, acc_params == Accumulate::yes);
     });
   }
 

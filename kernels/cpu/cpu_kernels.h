@@ -17,7 +17,7 @@ template <class T> void linear_forward(T* out, const T* in, const T* weight, con
                                        int64_t m, int64_t n, int64_t k);
 template <class T> void linear_backward(T* d_in, T* d_weight, T* d_bias, const T* d_out,
                                         const T* in, const T* weight, int64_t m, int64_t n,
-                                        int64_t k, bool accumulate_d_in);
+                                        int64_t k, bool accumulate_d_in, bool accumulate_params);
 
 template <class T> void gelu_forward(T* out, const T* in, int64_t n, GeluKind kind);
 template <class T> void gelu_backward(T* d_in, const T* d_out, const T* in, int64_t n,
@@ -28,7 +28,7 @@ template <class T> void layernorm_forward(T* out, T* mean, T* rstd, const T* in,
 template <class T> void layernorm_backward(T* d_in, T* d_gamma, T* d_beta, const T* d_out,
                                            const T* in, const T* gamma, const T* mean,
                                            const T* rstd, int64_t rows, int64_t cols,
-                                           bool accumulate_d_in);
+                                           bool accumulate_d_in, bool accumulate_params);
 
 template <class T> void attention_forward(T* out, T* probs, const T* qkv, const int32_t* key_keep,
                                           const AttentionDims& dims, DropoutSpec dropout);

@@ -1,6 +1,8 @@
 // GEMM through OpenBLAS, and the linear layer built on it.
 #include <cblas.h>
 
+#include <algorithm>
+
 #include "kernels/cpu/cpu_kernels.h"
 
 namespace mics::cpu {
@@ -41,12 +43,14 @@ void linear_forward(T* out, const T* in, const T* weight, const T* bias, int64_t
 
 template <class T>
 void linear_backward(T* d_in, T* d_weight, T* d_bias, const T* d_out, const T* in,
-                     const T* weight, int64_t m, int64_t n, int64_t k, bool accumulate_d_in) {
+                     const T* weight, int64_t m, int64_t n, int64_t k, bool accumulate_d_in,
+                     bool accumulate_params) {
   if (d_in != nullptr)
     gemm<T>(false, false, m, k, n, T(1), d_out, n, weight, k, accumulate_d_in ? T(1) : T(0),
             d_in, k);
-  gemm<T>(true, false, n, k, m, T(1), d_out, n, in, k, T(1), d_weight, k);
+  gemm<T>(true, false, n, k, m, T(1), d_out, n, in, k, accumulate_params ? T(1) : T(0), d_weight, k);
   if (d_bias != nullptr) {
+    if (!accumulate_params) std::fill(d_bias, d_bias + n, T(0));  // then the same sums in the same order
     for (int64_t i = 0; i < m; ++i)
       for (int64_t j = 0; j < n; ++j) d_bias[j] += d_out[i * n + j];
   }
@@ -57,8 +61,8 @@ template void linear_forward<float>(float*, const float*, const float*, const fl
 template void linear_forward<double>(double*, const double*, const double*, const double*,
                                      int64_t, int64_t, int64_t);
 template void linear_backward<float>(float*, float*, float*, const float*, const float*,
-                                     const float*, int64_t, int64_t, int64_t, bool);
+                                     const float*, int64_t, int64_t, int64_t, bool, bool);
 template void linear_backward<double>(double*, double*, double*, const double*, const double*,
-                                      const double*, int64_t, int64_t, int64_t, bool);
+                                      const double*, int64_t, int64_t, int64_t, bool, bool);
 
 }  // namespace mics::cpu

@@ -1,4 +1,5 @@
 // LayerNorm forward/backward, statistics accumulated in double for every element type.
+#include <algorithm>
 #include <cmath>
 
 #include "kernels/cpu/cpu_kernels.h"
@@ -28,7 +29,7 @@ void layernorm_forward(T* out, T* mean, T* rstd, const T* in, const T* gamma, co
 template <class T>
 void layernorm_backward(T* d_in, T* d_gamma, T* d_beta, const T* d_out, const T* in,
                         const T* gamma, const T* mean, const T* rstd, int64_t rows, int64_t cols,
-                        bool accumulate_d_in) {
+                        bool accumulate_d_in, bool accumulate_params) {
   // d_x = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = d_y * gamma.
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
@@ -52,6 +53,10 @@ void layernorm_backward(T* d_in, T* d_gamma, T* d_beta, const T* d_out, const T*
     }
   }
   // Parameter gradients summed over rows in a fixed order, so results are reproducible.
+  if (!accumulate_params) {
+    std::fill(d_gamma, d_gamma + cols, T(0));
+    std::fill(d_beta, d_beta + cols, T(0));
+  }
   for (int64_t r = 0; r < rows; ++r) {
     const T* x = in + r * cols;
     const T* dy = d_out + r * cols;
@@ -69,9 +74,9 @@ template void layernorm_forward<double>(double*, double*, double*, const double*
                                         const double*, int64_t, int64_t, double);
 template void layernorm_backward<float>(float*, float*, float*, const float*, const float*,
                                         const float*, const float*, const float*, int64_t,
-                                        int64_t, bool);
+                                        int64_t, bool, bool);
 template void layernorm_backward<double>(double*, double*, double*, const double*, const double*,
                                          const double*, const double*, const double*, int64_t,
-                                         int64_t, bool);
+                                         int64_t, bool, bool);
 
 }  // namespace mics::cpu

@@ -36,7 +36,7 @@ __global__ void column_partials_kernel(float* partials, int64_t rows, int64_t co
     }
 }
 
-// Stage 2: out[k][c] += the column's partials, in chunk order.
+// Stage 2: out[k][c] += (or, without accumulate, =) the column's partials, in chunk order.
 template <class T, int kOutputs>
 struct ColumnOutputs {
   T* out[kOutputs];
@@ -44,27 +44,27 @@ struct ColumnOutputs {
 
 template <class T, int kOutputs>
 __global__ void column_fold_kernel(ColumnOutputs<T, kOutputs> outs, const float* partials,
-                                   int64_t chunks, int64_t cols) {
+                                   int64_t chunks, int64_t cols, bool accumulate) {
   for (int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; c < cols;
        c += int64_t(gridDim.x) * blockDim.x)
     for (int k = 0; k < kOutputs; ++k) {
       float total = 0.0f;
       for (int64_t chunk = 0; chunk < chunks; ++chunk) total += partials[(k * chunks + chunk) * cols + c];
-      outs.out[k][c] = from_f<T>(to_f(outs.out[k][c]) + total);
+      outs.out[k][c] = from_f<T>(accumulate ? to_f(outs.out[k][c]) + total : total);
     }
 }
 
 // Both stages on stream s; `partials` holds column_partials_floats(rows, cols, kOutputs).
 template <class T, int kOutputs, class Term>
 void launch_column_reduce(ColumnOutputs<T, kOutputs> outs, int64_t rows, int64_t cols,
-                          float* partials, Term term, cudaStream_t s) {
+                          float* partials, Term term, bool accumulate, cudaStream_t s) {
   const int64_t chunks = column_chunks(rows);
   const int64_t chunk_rows = (rows + chunks - 1) / chunks;
   const dim3 grid(static_cast<unsigned>((cols + 31) / 32), static_cast<unsigned>(chunks));
   column_partials_kernel<kOutputs><<<grid, dim3(32, kColumnRowThreads), 0, s>>>(
       partials, rows, cols, chunk_rows, term);
   MICS_CUDA_CHECK_LAUNCH();
-  column_fold_kernel<T, kOutputs><<<grid_for(cols), kThreads, 0, s>>>(outs, partials, chunks, cols);
+  column_fold_kernel<T, kOutputs><<<grid_for(cols), kThreads, 0, s>>>(outs, partials, chunks, cols, accumulate);
   MICS_CUDA_CHECK_LAUNCH();
 }
 

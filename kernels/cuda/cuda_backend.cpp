@@ -343,14 +343,16 @@ class CudaBackend final : public Backend {
   }
 
   void linear_backward(Tensor d_in, Tensor d_weight, Tensor d_bias, Tensor d_out, Tensor in,
-                       Tensor weight, Accumulate acc) override {
+                       Tensor weight, Accumulate acc, Accumulate acc_params) override {
     const char* op = "linear_backward";
     const auto [m, n, k] = linear_backward_dims(d_in, d_weight, d_bias, d_out, in, weight);
     expect_dtypes(op, d_out, {&in, &weight, &d_weight, &d_in, &d_bias});
     const DType t = d_out.dtype;
     const size_t es = dtype_size(t);
     // An output width cuBLASLt handles slowly: every product over the padded width (zero
-    // weight rows, zero d_out columns), d_weight's first n rows added from a staged result.
+    // weight rows, zero d_out columns), d_weight's first n rows added (or copied) from a
+    // staged result.
+    const bool add_params = acc_params == Accumulate::yes;
     const int64_t np = m > 0 ? padded_width(n, t) : n;
     const void* rows = d_out.data;
     const void* w = weight.data;
@@ -374,35 +376,41 @@ class CudaBackend final : public Backend {
       gemm_->run(g);
     }
     bool bias_done = d_bias.empty();
-    {  // d_weight[n,k] += d_out^T[n,m] @ in[m,k]
+    {  // d_weight[n,k] += (or =) d_out^T[n,m] @ in[m,k]
       GemmArgs g;
       g.dtype = t;
       g.m = np, g.n = k, g.k = m;
       g.a = rows, g.lda = np, g.trans_a = true;
       g.b = in.data, g.ldb = k;
       g.c = d_weight.data, g.ldc = k;
-      g.beta = 1.0f;
+      g.beta = add_params ? 1.0f : 0.0f;
       if (np != n) {
         g.c = pad_weight_grad_.get(static_cast<size_t>(np * k) * es, stream_);
         g.beta = 0.0f;
       }
       // Half precision, unpadded: the bias gradient (column sums of d_out) in the same GEMM's
-      // BGRADB epilogue, in fp32 or the dtype as cuBLASLt takes it, then added; fp32 keeps
-      // the column-sum kernel (the CPU's order).
+      // BGRADB epilogue, in fp32 or the dtype as cuBLASLt takes it, then added (or cast
+      // into place); fp32 keeps the column-sum kernel (the CPU's order).
       bool ran = false;
       if (!bias_done && t != DType::f32 && np == n && m > 0 && k > 0) {
         GemmArgs with_bias_grad = g;
         with_bias_grad.bias_grad = bias_grad_.get(static_cast<size_t>(n) * sizeof(float), stream_);
         if (const std::optional<DType> written = gemm_->try_run(with_bias_grad)) {
-          launch_add(t, d_bias.data, t, d_bias.data, *written, with_bias_grad.bias_grad, n, stream_);
+          if (add_params)
+            launch_add(t, d_bias.data, t, d_bias.data, *written, with_bias_grad.bias_grad, n, stream_);
+          else
+            launch_cast(t, d_bias.data, *written, with_bias_grad.bias_grad, n, stream_);
           bias_done = ran = true;
         }
       }
       if (!ran) gemm_->run(g);
-      if (np != n) launch_add(t, d_weight.data, t, d_weight.data, t, g.c, n * k, stream_);
+      if (np != n && add_params) launch_add(t, d_weight.data, t, d_weight.data, t, g.c, n * k, stream_);
+      if (np != n && !add_params)
+        MICS_CUDA_CHECK(cudaMemcpyAsync(d_weight.data, g.c, static_cast<size_t>(n * k) * es, cudaMemcpyDeviceToDevice,
+                                        stream_));
     }
     if (!bias_done)
-      launch_column_sums_add(t, d_bias.data, d_out.data, m, n, column_partials(m, n, 1), stream_);
+      launch_column_sums(t, d_bias.data, d_out.data, m, n, add_params, column_partials(m, n, 1), stream_);
   }
 
   void gelu_forward(Tensor out, Tensor in, GeluKind kind) override {
@@ -454,7 +462,7 @@ class CudaBackend final : public Backend {
   }
 
   void linear_gelu_backward(Tensor d_pre, Tensor d_weight, Tensor d_bias, Tensor d_out, Tensor act, Tensor pre,
-                            Tensor weight, GeluKind kind) override {
+                            Tensor weight, GeluKind kind, Accumulate acc_params) override {
     const char* op = "linear_gelu_backward";
     const auto [m, n, k] = linear_backward_dims(d_pre, d_weight, d_bias, d_out, act, weight);
     expect_shape(op, "d_pre", d_pre, act.shape);
@@ -470,12 +478,12 @@ class CudaBackend final : public Backend {
     g.gelu = GemmArgs::Gelu::dgelu, g.aux = pre.data;
     if (m == 0 || n == 0 || padded_width(n, t) != n || !gelu_epilogue(t, kind, k, pre.data) ||
         !gemm_->has_algorithm(g)) {
-      linear_backward(d_pre, d_weight, d_bias, d_out, act, weight, Accumulate::no);
+      linear_backward(d_pre, d_weight, d_bias, d_out, act, weight, Accumulate::no, acc_params);
       gelu_backward(d_pre, d_pre, pre, kind);
       return;
     }
     gemm_->run(g);
-    linear_backward(Tensor{}, d_weight, d_bias, d_out, act, weight, Accumulate::no);  // d_weight, d_bias
+    linear_backward(Tensor{}, d_weight, d_bias, d_out, act, weight, Accumulate::no, acc_params);  // d_weight, d_bias
   }
 
   void add_layernorm_forward(Tensor sum, Tensor out, Tensor mean, Tensor rstd, Tensor a, Tensor b,
@@ -489,14 +497,14 @@ class CudaBackend final : public Backend {
   }
 
   void layernorm_backward(Tensor d_in, Tensor d_gamma, Tensor d_beta, Tensor d_out, Tensor in,
-                          Tensor gamma, Tensor mean, Tensor rstd, Accumulate acc) override {
+                          Tensor gamma, Tensor mean, Tensor rstd, Accumulate acc, Accumulate acc_params) override {
     const char* op = "layernorm_backward";
     const auto [m, c] = layernorm_backward_dims(d_in, d_gamma, d_beta, d_out, in, gamma, mean, rstd);
     expect_dtypes(op, d_in, {&d_gamma, &d_beta, &d_out, &in, &gamma});
     expect_same_dtype(op, mean, rstd);
     launch_layernorm_backward(d_in.dtype, mean.dtype, d_in.data, d_gamma.data, d_beta.data,
                               d_out.data, in.data, gamma.data, mean.data, rstd.data, m, c,
-                              acc == Accumulate::yes, column_partials(m, c, 2), stream_);
+                              acc == Accumulate::yes, acc_params == Accumulate::yes, column_partials(m, c, 2), stream_);
   }
 
   // ---- attention ----

@@ -52,9 +52,9 @@ inline int64_t column_chunks(int64_t rows) {
 inline int64_t column_partials_floats(int64_t rows, int64_t cols, int sums) {
   return sums * cols * column_chunks(rows);
 }
-// sums[c] += sum over rows r of x[r, c], in fp32.
-void launch_column_sums_add(DType t, void* sums, const void* x, int64_t rows, int64_t cols,
-                            float* partials, cudaStream_t s);
+// sums[c] += (or, without accumulate, =) the sum over rows r of x[r, c], in fp32.
+void launch_column_sums(DType t, void* sums, const void* x, int64_t rows, int64_t cols, bool accumulate,
+                        float* partials, cudaStream_t s);
 
 // ---- layernorm.cu ----  (stats_t: dtype of mean/rstd, the op's dtype or f32)
 void launch_layernorm_forward(DType t, DType stats_t, void* out, void* mean, void* rstd,
@@ -67,7 +67,7 @@ void launch_add_layernorm_forward(DType t, DType stats_t, void* sum, void* out, 
 void launch_layernorm_backward(DType t, DType stats_t, void* d_in, void* d_gamma, void* d_beta,
                                const void* d_out, const void* in, const void* gamma,
                                const void* mean, const void* rstd, int64_t rows, int64_t cols,
-                               bool accumulate_d_in, float* partials, cudaStream_t s);
+                               bool accumulate_d_in, bool accumulate_params, float* partials, cudaStream_t s);
 
 // ---- attention.cu ----
 // In place on scores[B*H*T, T] (already scaled): masked softmax per row (causal: key j > i

@@ -94,7 +94,7 @@ void launch_add_layernorm_forward(DType t, DType stats_t, void* sum, void* out, 
 void launch_layernorm_backward(DType t, DType stats_t, void* d_in, void* d_gamma, void* d_beta,
                                const void* d_out, const void* in, const void* gamma,
                                const void* mean, const void* rstd, int64_t rows, int64_t cols,
-                               bool accumulate_d_in, float* partials, cudaStream_t s) {
+                               bool accumulate_d_in, bool accumulate_params, float* partials, cudaStream_t s) {
   if (rows <= 0 || cols <= 0) return;
   check_row_width("layernorm_backward", cols);
   dispatch_stats("layernorm_backward", t, stats_t, [&](auto tv, auto sv) {
@@ -107,7 +107,7 @@ void launch_layernorm_backward(DType t, DType stats_t, void* d_in, void* d_gamma
                                                          static_cast<const T*>(in),
                                                          static_cast<const S*>(mean),
                                                          static_cast<const S*>(rstd), cols},
-                               s);
+                               accumulate_params, s);
     with_row_access(cols, {d_in, d_out, in, gamma}, [&](auto vector) {
       layernorm_backward_kernel<decltype(vector)::value, T, S>
           <<<static_cast<unsigned>(rows), row_block_threads(cols), 0, s>>>(

@@ -95,14 +95,14 @@ int64_t device_count_nonfinite(DType t, const void* x, int64_t n, unsigned long 
   return static_cast<int64_t>(host);
 }
 
-void launch_column_sums_add(DType t, void* sums, const void* x, int64_t rows, int64_t cols,
-                            float* partials, cudaStream_t s) {
+void launch_column_sums(DType t, void* sums, const void* x, int64_t rows, int64_t cols, bool accumulate,
+                        float* partials, cudaStream_t s) {
   if (cols <= 0) return;
   // rows == 0 still runs (adds 0): the result must not depend on an early exit's rounding.
   dispatch("column_sums", t, [&](auto v) {
     using T = decltype(v);
     launch_column_reduce<T, 1>({{static_cast<T*>(sums)}}, rows, cols, partials,
-                               ColumnValue<T>{static_cast<const T*>(x), cols}, s);
+                               ColumnValue<T>{static_cast<const T*>(x), cols}, accumulate, s);
   });
 }
 

@@ -40,7 +40,7 @@ class SpanProvider final : public model::ParamProvider {
       : layout_(layout), params_(params), grads_(grads) {}
   Tensor acquire_params(int layer) override { return span(params_, layer); }
   void release_params(int) override {}
-  Tensor grad_buffer(int layer) override { return span(grads_, layer); }
+  model::GradBuffer grad_buffer(int layer) override { return {span(grads_, layer), false}; }
   void grads_ready(int) override {}
 
  private:

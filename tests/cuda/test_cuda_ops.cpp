@@ -277,6 +277,55 @@ TEST_P(CudaLinear, BackwardMatchesReferenceAndAccumulates) {
               dname(t), static_cast<long long>(cuda_bias_grad_epilogue_calls(gpu()) - epilogues_before));
 }
 
+// acc_params no: parameter gradients written over stale contents (NaN here), against the
+// CPU's float64 sums into zeroed buffers: the padded output width (N = 67), cuBLASLt's
+// BGRADB epilogue in half precision (N = 96), no rows (zeros written); linear_backward,
+// linear_gelu_backward (tanh: cuBLASLt's DGELU epilogue where it applies) and
+// layernorm_backward (its column reductions' fold writes instead of adding).
+TEST_P(CudaLinear, ParameterGradientsWrittenOverWithAccParamsNo) {
+  MICS_REQUIRE_CUDA();
+  const DType t = GetParam();
+  const double nan = std::nan("");
+  for (auto [m, k, n] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{{37, 53, 67}, {64, 128, 96}, {0, 24, 16}})
+    for (int op = 0; op < 3; ++op) {
+      SCOPED_TRACE(testing::Message() << dname(t) << " M=" << m << " K=" << k << " N=" << n << " "
+                                      << (op == 0 ? "linear_backward" : op == 1 ? "linear_gelu_backward"
+                                                                                 : "layernorm_backward"));
+      std::mt19937_64 rng(25);
+      const Vec in = rounded(t, random_vec(rng, m * k)), w = rounded(t, random_vec(rng, n * k));
+      const Vec g = rounded(t, random_vec(rng, m * n)), pre = rounded(t, random_vec(rng, m * k, -3, 3));
+      const Vec gamma = rounded(t, random_vec(rng, k, 0.5, 1.5)), beta = rounded(t, random_vec(rng, k));
+      const bool ln = op == 2;
+      const Shape ws = ln ? Shape{k} : Shape{n, k}, bs = ln ? Shape{k} : Shape{n};
+      H64 r_w(ws), r_b(bs), r_dx(Shape{m, k}), r_g(g, {m, n}), r_in(in, {m, k}), r_wt(w, {n, k}), r_pre(pre, {m, k}),
+          r_gam(gamma, {k}), r_be(beta, {k}), r_y(Shape{m, k}), r_mean(Shape{m}), r_rstd(Shape{m}), r_dy(in, {m, k});
+      Dev d_w(t, ws, Vec(static_cast<size_t>(ws.numel()), nan)), d_b(t, bs, Vec(static_cast<size_t>(bs.numel()), nan)),
+          d_dx(t, Shape{m, k}), d_g(t, {m, n}, g), d_in(t, {m, k}, in), d_wt(t, {n, k}, w), d_pre(t, {m, k}, pre),
+          d_gam(t, {k}, gamma), d_be(t, {k}, beta), d_y(t, Shape{m, k}), d_mean(DType::f32, Shape{m}),
+          d_rstd(DType::f32, Shape{m}), d_dy(t, {m, k}, in);
+      if (op == 0) {
+        cpu().linear_backward(r_dx.t(), r_w.t(), r_b.t(), r_g.t(), r_in.t(), r_wt.t(), Accumulate::no);
+        gpu().linear_backward(d_dx.t(), d_w.t(), d_b.t(), d_g.t(), d_in.t(), d_wt.t(), Accumulate::no, Accumulate::no);
+      } else if (op == 1) {
+        cpu().linear_gelu_backward(r_dx.t(), r_w.t(), r_b.t(), r_g.t(), r_in.t(), r_pre.t(), r_wt.t(), GeluKind::tanh);
+        gpu().linear_gelu_backward(d_dx.t(), d_w.t(), d_b.t(), d_g.t(), d_in.t(), d_pre.t(), d_wt.t(), GeluKind::tanh,
+                                   Accumulate::no);
+      } else {
+        gpu().layernorm_forward(d_y.t(), d_mean.t(), d_rstd.t(), d_pre.t(), d_gam.t(), d_be.t(), 1e-5f);
+        // The CPU's reference from the GPU's own statistics (rounded to fp32 already).
+        H64 r_m(d_mean.get(), {m}), r_r(d_rstd.get(), {m});
+        cpu().layernorm_backward(r_dx.t(), r_w.t(), r_b.t(), r_dy.t(), r_pre.t(), r_gam.t(), r_m.t(), r_r.t(),
+                                 Accumulate::no);
+        gpu().layernorm_backward(d_dx.t(), d_w.t(), d_b.t(), d_dy.t(), d_pre.t(), d_gam.t(), d_mean.t(), d_rstd.t(),
+                                 Accumulate::no, Accumulate::no);
+      }
+      // M-term sums (times |xhat| <= ~3 for LayerNorm's gamma), one rounding to the dtype.
+      const double sm = std::sqrt(double(std::max<int64_t>(m, 1)));
+      expect_close(d_w.get(), r_w.vec(), tol(t, 4 * sm * 3, 3 * sm + 1, 1), "weight (gamma) gradient written");
+      expect_close(d_b.get(), r_b.vec(), tol(t, 4 * sm, sm + 1, 1), "bias (beta) gradient written");
+    }
+}
+
 // ---------------------------------------------------------------- linear + GELU
 
 // The FFN's first layer with its GELU, and the backward through the second layer and the

@@ -16,18 +16,28 @@ using namespace mics;
 using model::Arch;
 using model::ModelSpec;
 
-// Parameters and gradients in host float64, the whole model "gathered".
+// Parameters and gradients in host float64, the whole model "gathered". With `fresh`, each
+// layer's gradient buffer is handed out fresh the first time, its parameter entries NaN
+// (what a store that does not zero leaves there), the gaps between tensors zero.
 class HostProvider final : public model::ParamProvider {
  public:
   explicit HostProvider(const model::ParamLayout& layout)
       : params(static_cast<size_t>(layout.total_elements())), grads(params.size(), 0.0),
-        layout_(layout) {}
+        layout_(layout), handed_out_(static_cast<size_t>(layout.num_layers()), false) {}
   Tensor acquire_params(int layer) override { return span(params, layer); }
   void release_params(int) override {}
-  Tensor grad_buffer(int layer) override { return span(grads, layer); }
+  model::GradBuffer grad_buffer(int layer) override {
+    const bool first = fresh && !handed_out_[static_cast<size_t>(layer)];
+    handed_out_[static_cast<size_t>(layer)] = true;
+    if (first)
+      for (const model::ParamTensor& t : layout_.tensors())
+        if (t.layer == layer) std::fill_n(grads.begin() + t.offset, t.numel(), std::nan(""));
+    return {span(grads, layer), first};
+  }
   void grads_ready(int) override {}
 
   std::vector<double> params, grads;
+  bool fresh = false;
 
  private:
   Tensor span(std::vector<double>& v, int layer) {
@@ -35,6 +45,7 @@ class HostProvider final : public model::ParamProvider {
     return Tensor(v.data() + s.begin, Shape{s.size});
   }
   const model::ParamLayout& layout_;
+  std::vector<bool> handed_out_;
 };
 
 ModelSpec tiny_spec(Arch arch, float dropout) {
@@ -169,6 +180,48 @@ TEST(ModelGradient, MicroBatchesAccumulate) {
   net->forward(store, batch, 1, 1.0);
   net->backward(store);
   for (size_t i = 0; i < once.size(); ++i) ASSERT_NEAR(store.grads[i], 2 * once[i], 1e-12 * (1 + std::abs(once[i])));
+}
+
+// A store that hands out fresh (unzeroed) gradient buffers, as ShardedParamStore does for a
+// step's first micro-step with gradients in place: every parameter's gradient is written
+// over the stale values, bit for bit what a zeroed buffer accumulates, and the gaps between
+// tensors stay zero. BERT with no masked token too (its head then gets no gradient at all),
+// with activation checkpointing, with dropout and with fused attention.
+TEST(ModelGradient, FreshBuffersAreWrittenOverLikeZeroedOnes) {
+  const int64_t B = 2, T = 5;
+  auto backend = make_cpu_backend();
+  for (Arch arch : {Arch::gpt, Arch::bert})
+    for (bool masked : {true, false})
+      for (int variant = 0; variant < 3; ++variant) {
+        if (arch == Arch::gpt && !masked) continue;
+        SCOPED_TRACE(testing::Message() << (arch == Arch::gpt ? "gpt" : "bert") << (masked ? "" : " no masked token")
+                                        << " variant " << variant);
+        ModelSpec spec = tiny_spec(arch, variant == 1 ? 0.2f : 0.0f);
+        spec.activation_checkpointing = variant == 1;
+        spec.fused_attention = variant == 2;
+        auto net = model::make_model(spec, *backend, DType::f64, B, T, 128);
+        HostProvider zeroed(net->layout()), fresh(net->layout());
+        fresh.fresh = true;
+        std::mt19937_64 rng(17);
+        std::normal_distribution<double> normal(0.0, 0.4);
+        for (auto& p : zeroed.params) p = normal(rng);
+        fresh.params = zeroed.params;
+        std::vector<int32_t> tokens(B * T), labels(B * T, -100);
+        for (int64_t i = 0; i < B * T; ++i) {
+          tokens[i] = static_cast<int32_t>((5 * i + 2) % (spec.vocab - 1));
+          if (arch == Arch::gpt || (masked && i % 3 == 1)) labels[i] = static_cast<int32_t>((7 * i + 1) % spec.vocab);
+        }
+        const model::TokenBatch batch{tokens.data(), labels.data(), B, T};
+        net->forward(zeroed, batch, 3, 0.5);
+        net->backward(zeroed);
+        net->forward(fresh, batch, 3, 0.5);
+        net->backward(fresh);
+        size_t differ = 0, first = 0;
+        for (size_t i = 0; i < zeroed.grads.size(); ++i)
+          if (!(fresh.grads[i] == zeroed.grads[i]) && differ++ == 0) first = i;  // NaN left behind differs
+        EXPECT_EQ(differ, 0u) << "first at flat index " << first << ": " << fresh.grads[first] << " vs "
+                              << zeroed.grads[first];
+      }
 }
 
 // Activation checkpointing recomputes each block from its saved input with the same ops

@@ -180,6 +180,48 @@ TYPED_TEST(Linear, BackwardMatchesFiniteDifferencesAndAccumulates) {
     }
 }
 
+// acc_params no: the parameter gradients are written over whatever the buffers held (NaN
+// here), the same bits as adding into zeroed buffers; with no rows, written as zeros.
+// linear_backward, linear_gelu_backward and layernorm_backward alike.
+TYPED_TEST(Linear, ParameterGradientsWrittenOverWithAccParamsNo) {
+  using T = TypeParam;
+  const double nan = std::nan("");
+  for (int64_t m : {int64_t{7}, int64_t{0}}) {
+    SCOPED_TRACE(testing::Message() << "M=" << m);
+    const int64_t k = 13, n = 5;
+    std::mt19937_64 rng(23);
+    const Vec in = random_vec(rng, m * k), w = random_vec(rng, n * k), d_out = random_vec(rng, m * n);
+    const Vec pre = random_vec(rng, m * k, -3, 3), gamma = random_vec(rng, k, 0.5, 1.5), beta = random_vec(rng, k);
+    for (int op = 0; op < 3; ++op) {
+      SCOPED_TRACE(op == 0 ? "linear_backward" : op == 1 ? "linear_gelu_backward" : "layernorm_backward");
+      auto run = [&](double prefill, Accumulate acc_params) {
+        const bool ln = op == 2;
+        const int64_t pn = ln ? k : n;  // gradient rows: the weight's, or LayerNorm's width
+        Buf<T> g_w(Vec(ln ? k : n * k, prefill), {ln ? k : n * k}), g_b(Vec(pn, prefill), {pn}),
+            d_x(Shape{m, k}), tin(in, {m, k}), tw(w, {n, k}), tdo(d_out, {m, n}), tpre(pre, {m, k}),
+            tg(gamma, {k}), tbe(beta, {k}), ln_out(Shape{m, k}), mean(Shape{m}), rstd(Shape{m}), dy(in, {m, k});
+        if (op == 0) {
+          cpu().linear_backward(d_x.t(), g_w.t().reshaped({n, k}), g_b.t(), tdo.t(), tin.t(), tw.t(), Accumulate::no,
+                                acc_params);
+        } else if (op == 1) {
+          cpu().linear_gelu_backward(d_x.t(), g_w.t().reshaped({n, k}), g_b.t(), tdo.t(), tin.t(), tpre.t(), tw.t(),
+                                     GeluKind::erf, acc_params);
+        } else {
+          cpu().layernorm_forward(ln_out.t(), mean.t(), rstd.t(), tpre.t(), tg.t(), tbe.t(), 1e-5f);
+          cpu().layernorm_backward(d_x.t(), g_w.t(), g_b.t(), dy.t(), tpre.t(), tg.t(), mean.t(), rstd.t(),
+                                   Accumulate::no, acc_params);
+        }
+        return std::pair{g_w.vec(), g_b.vec()};
+      };
+      const auto [w_added, b_added] = run(0.0, Accumulate::yes);
+      const auto [w_written, b_written] = run(nan, Accumulate::no);
+      expect_close(w_written, w_added, Tol{0, 0}, "weight (or gamma) gradient written over NaN");
+      expect_close(b_written, b_added, Tol{0, 0}, "bias (or beta) gradient written over NaN");
+      if (m == 0) expect_close(w_written, Vec(w_written.size(), 0.0), Tol{0, 0}, "no rows: zeros");
+    }
+  }
+}
+
 // ---------------------------------------------------------------- gelu
 
 MICS_TYPED_SUITE(Gelu);
