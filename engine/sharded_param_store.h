@@ -146,7 +146,8 @@ class ShardedParamStore final : public model::ParamProvider {
   std::vector<bool> replication_started_;
   // Per layer: has a gradient landed in the accumulator this step? The first landing is a
   // cast (no zeroed accumulator to read and add to); begin_step zeroes nothing, and
-  // end_accumulation zeroes the layers that never landed.
+  // end_accumulation zeroes the layers that never landed. With gradients in place: has
+  // the model been handed the layer's gradient this step (the first time, fresh)?
   std::vector<bool> landed_;
   std::vector<ParamSlot*> pending_;  // progress_gathers' scratch
 };
