@@ -81,7 +81,7 @@ MemoryPlan plan_memory(const Config& config, int64_t world, int64_t p, int64_t m
     const int64_t padded = (spec.vocab + per16 - 1) / per16 * per16;
     if (padded != spec.vocab)  // at most every token of the micro-batch is a logits row
       b.gemm_staging = compute * static_cast<double>(padded) *
-                       static_cast<double>(2 * spec.hidden + micro_batch * config.train.seq_len);
+                       static_cast<double>(spec.hidden + micro_batch * config.train.seq_len);
   }
   return b;
 }

@@ -28,8 +28,8 @@ struct MemoryPlan {
   double replication = 0;     // mics.replication_dtype "compute": the shard in half precision
   double activations = 0;     // activations and workspace of one micro-batch
   // The CUDA backend's padded copies for a vocabulary projection whose width is not a
-  // multiple of 16 bytes (kernels/cuda/cuda_backend.cpp, padded_width): the weight and its
-  // gradient padded with zero rows, and the logits rows.
+  // multiple of 16 bytes (kernels/cuda/cuda_backend.cpp, padded_width): the weight padded
+  // with zero rows, and the logits rows.
   double gemm_staging = 0;
 
   double model_states() const { return working_params + grads + master + adam; }

@@ -349,9 +349,9 @@ class CudaBackend final : public Backend {
     expect_dtypes(op, d_out, {&in, &weight, &d_weight, &d_in, &d_bias});
     const DType t = d_out.dtype;
     const size_t es = dtype_size(t);
-    // An output width cuBLASLt handles slowly: every product over the padded width (zero
-    // weight rows, zero d_out columns), d_weight's first n rows added (or copied) from a
-    // staged result.
+    // An output width cuBLASLt handles slowly: d_out staged at the padded width (zero
+    // columns), the weight padded with zero rows for d_in's product over that width;
+    // d_weight's n rows straight from the staged rows (its own rows are k wide).
     const bool add_params = acc_params == Accumulate::yes;
     const int64_t np = m > 0 ? padded_width(n, t) : n;
     const void* rows = d_out.data;
@@ -379,15 +379,11 @@ class CudaBackend final : public Backend {
     {  // d_weight[n,k] += (or =) d_out^T[n,m] @ in[m,k]
       GemmArgs g;
       g.dtype = t;
-      g.m = np, g.n = k, g.k = m;
+      g.m = n, g.n = k, g.k = m;
       g.a = rows, g.lda = np, g.trans_a = true;
       g.b = in.data, g.ldb = k;
       g.c = d_weight.data, g.ldc = k;
       g.beta = add_params ? 1.0f : 0.0f;
-      if (np != n) {
-        g.c = pad_weight_grad_.get(static_cast<size_t>(np * k) * es, stream_);
-        g.beta = 0.0f;
-      }
       // Half precision, unpadded: the bias gradient (column sums of d_out) in the same GEMM's
       // BGRADB epilogue, in fp32 or the dtype as cuBLASLt takes it, then added (or cast
       // into place); fp32 keeps the column-sum kernel (the CPU's order).
@@ -404,10 +400,6 @@ class CudaBackend final : public Backend {
         }
       }
       if (!ran) gemm_->run(g);
-      if (np != n && add_params) launch_add(t, d_weight.data, t, d_weight.data, t, g.c, n * k, stream_);
-      if (np != n && !add_params)
-        MICS_CUDA_CHECK(cudaMemcpyAsync(d_weight.data, g.c, static_cast<size_t>(n * k) * es, cudaMemcpyDeviceToDevice,
-                                        stream_));
     }
     if (!bias_done)
       launch_column_sums(t, d_bias.data, d_out.data, m, n, add_params, column_partials(m, n, 1), stream_);
@@ -805,7 +797,7 @@ class CudaBackend final : public Backend {
   int64_t gemm_fallback_calls() const { return gemm_->fallback_calls(); }
   int64_t bias_grad_epilogue_calls() const { return gemm_->bias_grad_epilogue_calls(); }
   int64_t scratch_growths() const {
-    return pad_weight_.growths() + pad_bias_.growths() + pad_rows_.growths() + pad_weight_grad_.growths() +
+    return pad_weight_.growths() + pad_bias_.growths() + pad_rows_.growths() +
            index_scratch_.growths() + fused_delta_.growths() + column_partials_.growths() +
            cudnn_workspace_.growths() + bias_grad_.growths();
   }
@@ -835,7 +827,6 @@ class CudaBackend final : public Backend {
       rows = std::max(rows, static_cast<size_t>(b.rows * np) * es);
     }
     pad_weight_.reserve(weight, stream_);
-    pad_weight_grad_.reserve(weight, stream_);
     pad_bias_.reserve(bias, stream_);
     pad_rows_.reserve(rows, stream_);
     column_partials_.reserve(static_cast<size_t>(partials) * sizeof(float), stream_);
@@ -909,7 +900,7 @@ class CudaBackend final : public Backend {
   void* scratch_ = nullptr;
   std::unique_ptr<GemmLt> gemm_;
   // Padded copies for linear layers of an awkward output width (padded_width).
-  GrowingBuffer pad_weight_, pad_bias_, pad_rows_, pad_weight_grad_;
+  GrowingBuffer pad_weight_, pad_bias_, pad_rows_;
   GrowingBuffer index_scratch_;  // index_add's sort (embedding backward, scatter_add_rows)
   GrowingBuffer fused_delta_;    // the fused attention backward's row dots dO . O
   GrowingBuffer column_partials_;  // column reductions' partial sums

@@ -333,7 +333,7 @@ TEST(MemoryPlanner, OneRankPlansItsGradientsInPlace) {
 }
 
 // The CUDA backend pads a vocabulary projection of awkward width (GPT-2's 50257 tokens): the
-// plan counts the padded weight, its gradient and the logits rows; a width that is a
+// plan counts the padded weight and the logits rows; a width that is a
 // multiple of 8 half-precision elements, or the CPU backend, needs none.
 TEST(MemoryPlanner, CountsTheCudaBackendsPaddedVocabularyProjection) {
   mics::Config config = bert_10b();
@@ -342,7 +342,7 @@ TEST(MemoryPlanner, CountsTheCudaBackendsPaddedVocabularyProjection) {
   config.model.vocab_size = 50257;
   const int64_t rows = config.train.micro_batch_size * config.train.seq_len;
   const mics::MemoryPlan plan = mics::plan_memory(config, 64, 8, config.train.micro_batch_size, false);
-  EXPECT_DOUBLE_EQ(plan.gemm_staging, 2.0 * 50264 * (2 * config.model.hidden + rows));
+  EXPECT_DOUBLE_EQ(plan.gemm_staging, 2.0 * 50264 * (config.model.hidden + rows));
   EXPECT_NE(mics::describe_plan(plan).find("padded vocabulary projection"), std::string::npos);
   config.model.vocab_size = 50264;
   EXPECT_EQ(mics::plan_memory(config, 64, 8, config.train.micro_batch_size, false).gemm_staging, 0.0);
