@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -138,20 +139,23 @@ mics::Topology check_runnable(const mics::Config& config, const mics::ProcessEnv
   return resolve_topology(config, env.rank(), env.world(), env.ranks_per_node());
 }
 
-// --dry-run: the memory plan of a run on `ranks` ranks (--ranks), checked as that run would
-// check its topology and batch; without --ranks, on the ranks launched, or on p of them when
-// the partition size asks for more (a dry run on a login node plans one partition group).
+// --dry-run: the memory plan of a run on `ranks` ranks (--ranks; else the ranks launched,
+// when there are several), its topology and batch checked as that run would check them. A
+// single process (a login node) plans one partition group at the config's p.
 std::string dry_run(const mics::Config& config, const mics::ProcessEnv& env, int64_t ranks) {
+  if (ranks > std::numeric_limits<int>::max())
+    throw mics::ConfigError("--ranks " + std::to_string(ranks) + " is more ranks than a job can have.");
+  if (ranks == 0 && env.world() > 1) ranks = env.world();
   if (ranks > 0) {
     const mics::Topology t = resolve_topology(config, 0, static_cast<int>(ranks), env.ranks_per_node());
     config.checked_accumulation_steps(t.world);
-    return mics::dry_run_report(config, t.world, t.partition_size);
+    return mics::dry_run_report(config, t.world, t.partition_size, t.ranks_per_node);
   }
-  const int k = config.runtime.ranks_per_node > 0 ? static_cast<int>(config.runtime.ranks_per_node) : env.ranks_per_node();
+  const int k = config.runtime.ranks_per_node > 0 ? static_cast<int>(config.runtime.ranks_per_node) : 1;
   const int64_t p = config.mics.partition_size > 0
                         ? config.mics.partition_size
-                        : mics::auto_partition_size(config, env.world(), k, config.runtime.device_memory_gb);
-  return mics::dry_run_report(config, std::max<int64_t>(env.world(), p), p);
+                        : mics::auto_partition_size(config, 1, k, config.runtime.device_memory_gb);
+  return mics::dry_run_report(config, p, p, k);
 }
 
 // The CPU backend over MPI, or a GPU per rank (local rank modulo the node's GPUs) with NCCL
@@ -326,7 +330,8 @@ int main(int argc, char** argv) {
   app.add_flag("--dry-run", o.dry_run,
                "print parameter count and memory per device, allocate nothing");
   app.add_option("--ranks", o.ranks,
-                 "with --dry-run: plan a job of N ranks (default: the ranks launched, or p of them)")
+                 "with --dry-run: plan a job of N ranks (default: the ranks launched, or one partition group); "
+                 "set runtime.ranks_per_node to the job's GPUs per node")
       ->check(positive_integer);
   app.add_option("--cluster", o.cluster, "with --dry-run: plan memory on this cluster file for every partition size")
       ->check(CLI::ExistingFile);

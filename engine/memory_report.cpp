@@ -153,7 +153,7 @@ std::string memory_fit_advice(const Config& config, int64_t p, int64_t world, do
   return out;
 }
 
-std::string dry_run_report(const Config& config, int64_t world, int64_t p) {
+std::string dry_run_report(const Config& config, int64_t world, int64_t p, int64_t ranks_per_node) {
   const model::ModelSpec spec = config.model_spec();
   const double budget = config.runtime.device_memory_gb;
   const model::ParamLayout layout = model::build_layout(spec, model::shard_multiple_for(p));
@@ -180,7 +180,8 @@ std::string dry_run_report(const Config& config, int64_t world, int64_t p) {
                                            std::to_string(layout.num_layers()) + " layer spans");
   add("partition size p", std::to_string(p) + (config.mics.partition_size == 0 ? " (auto)" : ""));
   const int64_t replicas = world / p;
-  add("ranks planned", std::to_string(world) + " (" + std::to_string(replicas) +
+  add("ranks planned", std::to_string(world) + " (" + std::to_string(ranks_per_node) + " per node, " +
+                           std::to_string(replicas) +
                            (replicas == 1 ? " partition group" : " replicas of the partition group") +
                            "; --ranks N plans another size)");
   add("precision", mixed ? config.train.precision + " compute, fp32 master weights and Adam states"

@@ -58,8 +58,9 @@ std::string describe_plan(const MemoryPlan& plan);
 std::string memory_fit_advice(const Config& config, int64_t partition_size, int64_t world, double budget_bytes);
 
 // The --dry-run report: parameter count, layout and memory per device of a run on `world`
-// ranks at partition size `partition_size` (resolved by the caller; it divides world).
-std::string dry_run_report(const Config& config, int64_t world, int64_t partition_size);
+// ranks, `ranks_per_node` a node, at partition size `partition_size` (resolved and checked
+// by the caller; it divides world).
+std::string dry_run_report(const Config& config, int64_t world, int64_t partition_size, int64_t ranks_per_node);
 
 // --dry-run --cluster: the plan for every candidate p, micro-batch and checkpointing
 // choice on the cluster's GPUs, and the smallest p that fits.

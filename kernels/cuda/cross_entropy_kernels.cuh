@@ -30,7 +30,6 @@ __device__ __forceinline__ int64_t elements_to_16_bytes(const T* row, int64_t n)
 
 // Calls f(v, x_v) for this thread's elements of row[0, n): the head and the tail one by
 // one, the aligned middle in 8-element packs (f sees each element of a pack in turn).
-// `aligned` is false when the row's address is not a multiple of the element size.
 template <class T, class F>
 __device__ __forceinline__ void for_row_elements(const T* row, int64_t n, F&& f) {
   const int64_t head = elements_to_16_bytes(row, n);

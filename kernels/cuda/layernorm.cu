@@ -95,7 +95,8 @@ void launch_layernorm_backward(DType t, DType stats_t, void* d_in, void* d_gamma
                                const void* d_out, const void* in, const void* gamma,
                                const void* mean, const void* rstd, int64_t rows, int64_t cols,
                                bool accumulate_d_in, bool accumulate_params, float* partials, cudaStream_t s) {
-  if (rows <= 0 || cols <= 0) return;
+  // No rows still runs the parameter gradients' sums: zeros written, or nothing added.
+  if (cols <= 0) return;
   check_row_width("layernorm_backward", cols);
   dispatch_stats("layernorm_backward", t, stats_t, [&](auto tv, auto sv) {
     using T = decltype(tv);
@@ -108,6 +109,7 @@ void launch_layernorm_backward(DType t, DType stats_t, void* d_in, void* d_gamma
                                                          static_cast<const S*>(mean),
                                                          static_cast<const S*>(rstd), cols},
                                accumulate_params, s);
+    if (rows <= 0) return;
     with_row_access(cols, {d_in, d_out, in, gamma}, [&](auto vector) {
       layernorm_backward_kernel<decltype(vector)::value, T, S>
           <<<static_cast<unsigned>(rows), row_block_threads(cols), 0, s>>>(

@@ -154,7 +154,7 @@ __global__ void __launch_bounds__(kMaxRowThreads) layernorm_backward_kernel(T* d
 }
 
 // Threads per row: the fewest (a warp at least) that keep each thread at kRowPacks packs.
-int row_block_threads(int64_t cols) {
+inline int row_block_threads(int64_t cols) {
   const int64_t packs = (cols + kMapWidth - 1) / kMapWidth;
   int threads = 32;
   while (int64_t(threads) * kRowPacks < packs) threads *= 2;

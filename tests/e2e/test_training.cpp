@@ -170,12 +170,13 @@ TEST(DryRun, RanksPlansTheJobsReplicasAndChecksItsShape) {
   const std::string base = "--config " + source_path("configs/bert-10b.json") + " --dry-run";
   const auto group = run_cli(base);
   ASSERT_EQ(group.exit_code, 0) << group.output;
-  EXPECT_NE(group.output.find("ranks planned                      8 (1 partition group"), std::string::npos)
+  EXPECT_NE(group.output.find("ranks planned                      8 (1 per node, 1 partition group"), std::string::npos)
       << group.output;
   EXPECT_EQ(group.output.find("replication all-reduce shard"), std::string::npos) << group.output;
   const auto job = run_cli(base + " --ranks 64 --set runtime.ranks_per_node=8");
   ASSERT_EQ(job.exit_code, 0) << job.output;
-  EXPECT_NE(job.output.find("ranks planned                      64 (8 replicas"), std::string::npos) << job.output;
+  EXPECT_NE(job.output.find("ranks planned                      64 (8 per node, 8 replicas"), std::string::npos)
+      << job.output;
   EXPECT_NE(job.output.find("fp16 replication all-reduce shard  2.35 GiB"), std::string::npos) << job.output;
   const struct {
     std::string args, message;

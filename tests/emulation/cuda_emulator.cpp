@@ -103,20 +103,23 @@ void thread_entry() {
   running_thread().state = ThreadState::finished;
 }  // returns to block.scheduler (uc_link)
 
+// A thread ready to start at thread_entry on its own stack. (getcontext in a frame of its
+// own: no local of the caller lives across it.)
+void start_thread(Thread& t) {
+  if (t.stack.empty()) t.stack.resize(kStackBytes);
+  getcontext(&t.context);
+  t.context.uc_stack.ss_sp = t.stack.data();
+  t.context.uc_stack.ss_size = t.stack.size();
+  t.context.uc_link = &block.scheduler;
+  makecontext(&t.context, thread_entry, 0);
+  t.state = ThreadState::ready;
+  t.warp_operations = 0;
+}
+
 void run_block(size_t dynamic_shared_bytes) {
   // Poisoned up to the end of the array: past the launch's size it must stay so.
   std::memset(cuda::shared_bytes, 0xff, sizeof cuda::shared_bytes);
-  for (int i = 0; i < block.thread_count; ++i) {
-    Thread& t = block.threads[static_cast<size_t>(i)];
-    if (t.stack.empty()) t.stack.resize(kStackBytes);
-    getcontext(&t.context);
-    t.context.uc_stack.ss_sp = t.stack.data();
-    t.context.uc_stack.ss_size = t.stack.size();
-    t.context.uc_link = &block.scheduler;
-    makecontext(&t.context, thread_entry, 0);
-    t.state = ThreadState::ready;
-    t.warp_operations = 0;
-  }
+  for (int i = 0; i < block.thread_count; ++i) start_thread(block.threads[static_cast<size_t>(i)]);
   for (;;) {
     bool progressed = false, all_finished = true;
     for (int i = 0; i < block.thread_count; ++i) {

@@ -327,7 +327,7 @@ TEST(MemoryPlanner, OneRankPlansItsGradientsInPlace) {
   EXPECT_TRUE(fp32.grads_in_place);
   EXPECT_DOUBLE_EQ(fp32.grads, fp32.master);
   config.mics.partition_size = 1;
-  const std::string report = mics::dry_run_report(config, 1, 1);
+  const std::string report = mics::dry_run_report(config, 1, 1, 1);
   EXPECT_NE(report.find("fp32 gradients (in place, 1 rank)"), std::string::npos) << report;
   EXPECT_EQ(report.find("gradient buffers"), std::string::npos) << report;
 }
