@@ -19,6 +19,7 @@
 
 // The emulator stands in for the CUDA headers the kernels expect, so it comes first.
 #include "tests/emulation/cuda_emulator.h"
+#include "tests/emulation/guard_bytes.h"
 #include "kernels/cuda/adamw_kernels.cuh"
 
 namespace mics {
@@ -32,16 +33,8 @@ Backend& cpu() {
 constexpr size_t kGuard = 64;
 constexpr int kThreads = 256;
 
-template <class E>
-bool same_bits(const E& a, const E& b) {
-  return std::memcmp(&a, &b, sizeof(E)) == 0;
-}
-template <class E>
-E guard_value() {
-  E e;
-  std::memset(&e, 0xa5, sizeof e);
-  return e;
-}
+using emulation::guard_value;
+using emulation::same_bits;
 
 // n values of E, then the guard.
 template <class E>

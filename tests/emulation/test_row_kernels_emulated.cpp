@@ -27,6 +27,7 @@
 
 // The emulator stands in for the CUDA headers the kernels expect, so it comes first.
 #include "tests/emulation/cuda_emulator.h"
+#include "tests/emulation/guard_bytes.h"
 #include "kernels/cuda/cross_entropy_kernels.cuh"
 #include "kernels/cuda/elementwise_ops.cuh"
 #include "kernels/cuda/layernorm_kernels.cuh"
@@ -58,13 +59,8 @@ Ref ref(const Vec& v, Shape s) { return {v, s}; }
 // ---------------------------------------------------------------- emulated device buffers
 
 constexpr size_t kGuard = 64;
-
-template <class E>
-E guard_value() {
-  E e;
-  std::memset(&e, 0xa5, sizeof e);
-  return e;
-}
+using emulation::guard_value;
+using emulation::same_bits;
 
 // n entries (`offset` of them before the data, to misalign it), then the guard.
 template <class E>
@@ -86,7 +82,7 @@ struct Buffer {
     const E g = guard_value<E>();
     size_t touched = 0;
     for (size_t i = 0; i < mem.size(); ++i)
-      if ((i < offset || i >= offset + n) && std::memcmp(&mem[i], &g, sizeof g) != 0) ++touched;
+      if ((i < offset || i >= offset + n) && !same_bits(mem[i], g)) ++touched;
     EXPECT_EQ(touched, 0u) << what << ": " << touched << " guard entries written";
   }
   std::vector<unsigned char> bytes() const {
