@@ -14,7 +14,8 @@
           same model (scripts/bench/torch_peer.py: eager, compile, eager+ckpt) and its
           layers-only method of REFERENCES.md (compile), in the same call.
 
-Writes OUT/gpu-results.md (OUT: $OUT, else docs/) and OUT/gpu-results.json.
+The parts run in the order given (default: checks bench). Writes OUT/gpu-results.md (OUT:
+$OUT, else docs/) and OUT/gpu-results.json, rewritten after every result.
 """
 import argparse
 import collections
@@ -421,13 +422,17 @@ def main():
     # short by its time limit still brings back what it measured.
     for rows in (check_rows, bench_rows, profile_tables):
         rows.on_append = lambda: write_report(False)
+    # The parts run in the order given (`bench checks` measures first when device time is short).
+    runs = {"checks": lambda work: checks(args.bin, work, env, check_rows),
+            "bench": lambda work: bench(args.bin, work, env, bench_rows, peak),
+            "profile": lambda work: profile(args.bin, work, env, profile_tables)}
+    unknown = [p for p in args.parts if p not in runs]
+    if unknown:
+        print(f"gpu-check: unknown part(s) {', '.join(unknown)}: give checks, bench and/or profile", file=sys.stderr)
+        sys.exit(2)
     with tempfile.TemporaryDirectory() as work:
-        if "checks" in args.parts:
-            checks(args.bin, work, env, check_rows)
-        if "bench" in args.parts:
-            bench(args.bin, work, env, bench_rows, peak)
-        if "profile" in args.parts:
-            profile(args.bin, work, env, profile_tables)
+        for part in dict.fromkeys(args.parts):
+            runs[part](work)
     print(write_report(True))
     sys.exit(0 if all(r["ok"] for r in check_rows) else 1)
 
