@@ -359,11 +359,13 @@ class Rows(list):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("parts", nargs="*", default=["checks", "bench"], choices=["checks", "bench", "profile"],
+    # No default list here: argparse checks a list default against the choices as one value.
+    ap.add_argument("parts", nargs="*", choices=["checks", "bench", "profile"],
                     help="which parts, in this order (default: checks bench)")
     ap.add_argument("--bin", default=os.path.join(ROOT, "gpu-carry", "bin"))
     ap.add_argument("--report", default="gpu-results", help="report file name, without .md/.json")
     args = ap.parse_args()
+    args.parts = args.parts or ["checks", "bench"]
     out = os.environ.get("OUT") or os.path.join(ROOT, "docs")
     os.makedirs(out, exist_ok=True)
     env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
