@@ -359,13 +359,16 @@ class Rows(list):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    # No default list here: argparse checks a list default against the choices as one value.
-    ap.add_argument("parts", nargs="*", choices=["checks", "bench", "profile"],
-                    help="which parts, in this order (default: checks bench)")
+    # Checked below rather than with choices=: Python 3.11's argparse rejects an empty list
+    # (and a list default) against choices for nargs="*".
+    ap.add_argument("parts", nargs="*", help="checks, bench and/or profile, run in this order (default: checks bench)")
     ap.add_argument("--bin", default=os.path.join(ROOT, "gpu-carry", "bin"))
     ap.add_argument("--report", default="gpu-results", help="report file name, without .md/.json")
     args = ap.parse_args()
     args.parts = args.parts or ["checks", "bench"]
+    unknown = [p for p in args.parts if p not in ("checks", "bench", "profile")]
+    if unknown:
+        ap.error(f"unknown part(s) {', '.join(unknown)}: give checks, bench and/or profile")
     out = os.environ.get("OUT") or os.path.join(ROOT, "docs")
     os.makedirs(out, exist_ok=True)
     env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
