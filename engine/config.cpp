@@ -254,7 +254,10 @@ Config parse_config(const json& input, const std::string& source,
     r.get("comm_timeout_s", c.runtime.comm_timeout_s);
     r.get("communicator", c.runtime.communicator, {"auto", "mpi", "nccl", "staged"});
     r.get("attention", c.runtime.attention, {"materialized", "fused", "cudnn"});
+    r.get("gemm_autotune", c.runtime.gemm_autotune);
     r.finish();
+    must(r, !c.runtime.gemm_autotune || c.runtime.backend == "cuda",
+         "'runtime.gemm_autotune' times cuBLASLt's algorithms; it needs 'runtime.backend' \"cuda\"");
     const std::string& comm = c.runtime.communicator;
     must(r, comm == "auto" || comm == "staged" || (comm == "mpi") == (c.runtime.backend == "cpu"),
          "'runtime.communicator' \"" + comm + "\" does not go with 'runtime.backend' \"" + c.runtime.backend +
@@ -472,7 +475,8 @@ json Config::to_json() const {
                {"prefetch", mics.prefetch}};
   j["runtime"] = {{"backend", runtime.backend}, {"ranks_per_node", runtime.ranks_per_node},
                   {"device_memory_gb", runtime.device_memory_gb}, {"comm_timeout_s", runtime.comm_timeout_s},
-                  {"communicator", runtime.communicator}, {"attention", runtime.attention}};
+                  {"communicator", runtime.communicator}, {"attention", runtime.attention},
+                  {"gemm_autotune", runtime.gemm_autotune}};
   j["log"] = {{"every", log.every}, {"level", log.level}, {"metrics", log.metrics}};
   j["checkpoint"] = {{"dir", checkpoint.dir}, {"every", checkpoint.every}, {"keep", checkpoint.keep}};
   return j;

@@ -90,6 +90,10 @@ struct RuntimeConfig {
   // the backward, or only each row's log-sum-exp (recomputing them; less memory) with the
   // engine's own kernels, or the same through cuDNN's fused attention (CUDA only).
   std::string attention = "materialized";
+  // CUDA: time the heuristic's top cuBLASLt algorithms for each GEMM shape at its first
+  // call and keep the fastest (the first step runs slower; results can differ in the last
+  // bits from run to run, as the winner may).
+  bool gemm_autotune = false;
 };
 
 struct LogConfig {

@@ -217,6 +217,7 @@ Runtime make_runtime(const mics::Config& config, const mics::Topology& topology,
   const int device = env.local_rank() % devices;
   mics::CudaBackendOptions options;
   options.cudnn_attention = config.runtime.attention == "cudnn";
+  options.gemm_autotune = config.runtime.gemm_autotune;
   r.backend = mics::make_cuda_backend(device, options);
   check_device_memory(config, topology, env, device, devices);
   std::string kind = config.runtime.communicator;

@@ -8,7 +8,8 @@
           fp16 from a loss scale of 2^32 (overflows skipped, scale halved, then training) and
           its resume from a checkpoint, bit for bit.
   profile each slice with --profile: time per op (not part of the default run)
-  bench   configs/bench/*-slice.json with and without activation checkpointing, 9 steps
+  bench   configs/bench/*-slice.json with and without activation checkpointing (and, with
+          cuDNN's attention, runtime.gemm_autotune), 9 steps
           after 1 of warm-up, TFLOP/s per GPU (model FLOPs as mics-train counts them,
           engine/flops.cpp, and of the layers alone) and MFU; the PyTorch peer training the
           same model (scripts/bench/torch_peer.py: eager, compile, eager+ckpt) and its
@@ -273,15 +274,18 @@ def bench(bindir, work, env, rows, peak):
         path = os.path.join(ROOT, "configs", "bench", f"{name}.json")
         cfg = load_config(path)
         full, layers = model_flops(cfg), layer_flops(cfg)
-        # The engine's own fused attention without checkpointing only (device time is short);
-        # the likely fastest first, so that a call cut short still has the rows that matter.
-        for attention, ckpt in (("cudnn", False), ("materialized", False), ("fused", False),
-                                ("cudnn", True), ("materialized", True)):
+        # The engine's own fused attention and the GEMM autotune without checkpointing only
+        # (device time is short); the likely fastest first, so that a call cut short still has
+        # the rows that matter.
+        for attention, ckpt, tune in (("cudnn", False, False), ("cudnn", False, True), ("materialized", False, False),
+                                      ("fused", False, False), ("cudnn", True, False), ("materialized", True, False)):
             variant = ("ckpt" if ckpt else "no ckpt") + {"materialized": "", "fused": ", fused attention",
-                                                         "cudnn": ", cuDNN attention"}[attention]
-            m = os.path.join(work, f"{name}-{ckpt}-{attention}.jsonl")
+                                                         "cudnn": ", cuDNN attention"}[attention] + \
+                (", GEMM autotune" if tune else "")
+            m = os.path.join(work, f"{name}-{ckpt}-{attention}-{tune}.jsonl")
             code, text = train(mt, path, m, ["train.steps=10", f"train.activation_checkpointing={'true' if ckpt else 'false'}",
-                                             f"runtime.attention=\"{attention}\""], env, log_level="info")
+                                             f"runtime.attention=\"{attention}\"",
+                                             f"runtime.gemm_autotune={'true' if tune else 'false'}"], env, log_level="info")
             if code != 0:
                 rows.append({"bench": name, "engine": "mics-train", "variant": variant, "error": text[-400:]})
                 continue
@@ -295,7 +299,7 @@ def bench(bindir, work, env, rows, peak):
                          # which kernels and gradient path it chose, in its own words
                          "logged": sorted({re.sub(r"^\[[^]]*\] \[\w+\] ", "", l) for l in text.splitlines()
                                            if re.search(r"cuDNN .*attention for|cuBLASLt declined|gradients used in place"
-                                                        r"|gradients accumulated", l)})})
+                                                        r"|gradients accumulated|cuBLASLt autotune", l)})})
         # The full model (the engine's) in three variants, then the layers alone compiled (the
         # method of REFERENCES.md), 10 steps each in one process.
         def peer_line(line):

@@ -195,7 +195,7 @@ class CudaBackend final : public Backend {
     try {
       MICS_CUDA_CHECK(cudaMalloc(&scratch_, kScratchBytes));
       MICS_CUDA_CHECK(cudaMemsetAsync(scratch_, 0, kScratchBytes, stream_));
-      gemm_ = std::make_unique<GemmLt>(stream_, options.gemm_workspace_bytes, options.allow_tf32);
+      gemm_ = std::make_unique<GemmLt>(stream_, options.gemm_workspace_bytes, options.allow_tf32, options.gemm_autotune);
       if (options.cudnn_attention) cudnn_ = std::make_unique<CudnnAttention>(stream_);
       MICS_CUDA_CHECK(cudaStreamSynchronize(stream_));
     } catch (...) {
@@ -796,6 +796,7 @@ class CudaBackend final : public Backend {
 
   int64_t gemm_fallback_calls() const { return gemm_->fallback_calls(); }
   int64_t bias_grad_epilogue_calls() const { return gemm_->bias_grad_epilogue_calls(); }
+  const GemmLt& gemm() const { return *gemm_; }
   int64_t scratch_growths() const {
     return pad_weight_.growths() + pad_bias_.growths() + pad_rows_.growths() +
            index_scratch_.growths() + fused_delta_.growths() + column_partials_.growths() +
@@ -929,6 +930,16 @@ int64_t cuda_gemm_fallback_calls(Backend& backend) {
 int64_t cuda_bias_grad_epilogue_calls(Backend& backend) {
   auto* cuda = dynamic_cast<CudaBackend*>(&backend);
   return cuda != nullptr ? cuda->bias_grad_epilogue_calls() : 0;
+}
+
+int64_t cuda_gemm_autotuned_plans(Backend& backend) {
+  auto* cuda = dynamic_cast<CudaBackend*>(&backend);
+  return cuda != nullptr ? cuda->gemm().autotuned_plans() : 0;
+}
+
+int64_t cuda_gemm_autotune_changes(Backend& backend) {
+  auto* cuda = dynamic_cast<CudaBackend*>(&backend);
+  return cuda != nullptr ? cuda->gemm().autotune_changes() : 0;
 }
 
 int64_t cuda_scratch_growths(Backend& backend) {

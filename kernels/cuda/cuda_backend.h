@@ -22,6 +22,9 @@ struct CudaBackendOptions {
   // instead of this backend's own kernels (runtime.attention "cudnn"): bf16/fp16, head
   // dimension a multiple of 8 up to 128, no padding mask, no attention dropout.
   bool cudnn_attention = false;
+  // Time the heuristic's top cuBLASLt algorithms per GEMM shape at its first call (beta 0
+  // ones) and keep the fastest (runtime.gemm_autotune).
+  bool gemm_autotune = false;
 };
 
 // Whether this build compiled the CUDA backend (false where nvcc was absent or MICS_CUDA off).
@@ -50,6 +53,11 @@ int64_t cuda_gemm_fallback_calls(Backend& backend);
 // Linear-layer bias gradients that cuBLASLt's BGRADB epilogue computed (tests, diagnostics;
 // the rest ran as column sums).
 int64_t cuda_bias_grad_epilogue_calls(Backend& backend);
+
+// With gemm_autotune: GEMM shapes whose cuBLASLt algorithms were timed, and those where one
+// other than the heuristic's first won (tests, diagnostics).
+int64_t cuda_gemm_autotuned_plans(Backend& backend);
+int64_t cuda_gemm_autotune_changes(Backend& backend);
 
 // Times a scratch buffer had to grow after Backend::reserve_scratch (0 when the model's
 // bounds covered every op: no allocation inside a step).

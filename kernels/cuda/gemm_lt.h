@@ -25,6 +25,13 @@
 // alignments, say), a plain tiled CUDA kernel computes the product instead (fp32
 // accumulation, same semantics; a GELU epilogue as a separate pass) and fallback_calls()
 // counts it.
+//
+// With autotune on, a plan keeps up to kAutotuneCandidates of the heuristic's algorithms
+// and, at its first call whose output does not depend on what C held (beta 0), times each
+// on that call's own operands and keeps the fastest (cuBLASLt's first choice is not always
+// it). The product is then computed once more with the kept algorithm, so the call's result
+// is that algorithm's. Off by default: which algorithm wins can change from run to run, and
+// with it the last bits of the products.
 #include <cublasLt.h>
 #include <cuda_runtime_api.h>
 
@@ -32,6 +39,7 @@
 #include <cstdint>
 #include <map>
 #include <optional>
+#include <vector>
 
 #include "kernels/tensor.h"
 
@@ -68,7 +76,9 @@ void launch_gemm_fallback(const GemmArgs& g, cudaStream_t s);
 
 class GemmLt {
  public:
-  GemmLt(cudaStream_t stream, size_t workspace_bytes, bool allow_tf32);
+  static constexpr int kAutotuneCandidates = 8;
+
+  GemmLt(cudaStream_t stream, size_t workspace_bytes, bool allow_tf32, bool autotune = false);
   ~GemmLt();
   GemmLt(const GemmLt&) = delete;
   GemmLt& operator=(const GemmLt&) = delete;
@@ -87,6 +97,9 @@ class GemmLt {
   int64_t fallback_calls() const { return fallback_calls_; }
   int64_t bias_grad_epilogue_calls() const { return bias_grad_epilogue_calls_; }
   size_t cached_plans() const { return plans_.size(); }
+  // Plans timed so far, and those where an algorithm other than the heuristic's first won.
+  int64_t autotuned_plans() const { return autotuned_plans_; }
+  int64_t autotune_changes() const { return autotune_changes_; }
 
  private:
   struct Plan {
@@ -94,20 +107,28 @@ class GemmLt {
     cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
     cublasLtMatmulAlgo_t algo{};
     bool has_algo = false;  // false: use the fallback kernel
+    // Autotune: the heuristic's algorithms, best guess first; emptied once timed.
+    std::vector<cublasLtMatmulAlgo_t> candidates;
     DType bias_grad_dtype = DType::f32;  // BGRADB: the type cuBLASLt took for bias_grad
   };
   using Key = std::array<int64_t, 22>;
   Plan& plan_for(const GemmArgs& g);
   static void destroy(Plan& p) noexcept;
+  // One cublasLtMatmul of g with `algo` (pointers set on the plan's descriptor already).
+  cublasStatus_t matmul(const Plan& p, const GemmArgs& g, const cublasLtMatmulAlgo_t& algo);
+  // Times p's candidates on g's operands and keeps the fastest as p.algo.
+  void autotune(Plan& p, const GemmArgs& g);
 
   cudaStream_t stream_;
   bool allow_tf32_;
+  bool autotune_;
   cublasLtHandle_t handle_ = nullptr;
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 0;
   std::map<Key, Plan> plans_;
   int64_t fallback_calls_ = 0;
   int64_t bias_grad_epilogue_calls_ = 0;
+  int64_t autotuned_plans_ = 0, autotune_changes_ = 0;
 };
 
 }  // namespace mics::cuda

@@ -326,6 +326,43 @@ TEST_P(CudaLinear, ParameterGradientsWrittenOverWithAccParamsNo) {
     }
 }
 
+// runtime.gemm_autotune: each GEMM shape's first beta-0 call times cuBLASLt's candidate
+// algorithms on its own operands and keeps the fastest; every call's result is still the
+// product (forward with bias, d_in written and added, d_weight written and added), within
+// CudaLinear's tolerances. How many shapes changed algorithm is printed, not asserted.
+TEST_P(CudaLinear, AutotunedGemmsComputeTheSameProducts) {
+  MICS_REQUIRE_CUDA();
+  const DType t = GetParam();
+  CudaBackendOptions options;
+  options.gemm_autotune = true;
+  const std::unique_ptr<Backend> tuned = make_cuda_backend(0, options);
+  for (auto [m, k, n] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{{64, 128, 96}, {256, 512, 384}, {37, 53, 67}})
+    for (int call = 0; call < 2; ++call) {  // the first call of each shape is timed, the second reuses its choice
+      SCOPED_TRACE(testing::Message() << dname(t) << " M=" << m << " K=" << k << " N=" << n << " call " << call);
+      std::mt19937_64 rng(27 + call);
+      const Vec in = rounded(t, random_vec(rng, m * k)), w = rounded(t, random_vec(rng, n * k));
+      const Vec b = rounded(t, random_vec(rng, n)), g = rounded(t, random_vec(rng, m * n));
+      const Vec d_in0 = rounded(t, random_vec(rng, m * k)), d_w0 = rounded(t, random_vec(rng, n * k));
+      H64 r_out(Shape{m, n}), r_in(in, {m, k}), r_w(w, {n, k}), r_b(b, {n});
+      cpu().linear_forward(r_out.t(), r_in.t(), r_w.t(), r_b.t());
+      Dev d_out(t, Shape{m, n}), d_in(t, {m, k}, in), d_w(t, {n, k}, w), d_b(t, {n}, b);
+      tuned->linear_forward(d_out.t(), d_in.t(), d_w.t(), d_b.t());
+      const double sk = std::sqrt(double(k)), sn = std::sqrt(double(n)), sm = std::sqrt(double(m));
+      expect_close(d_out.get(), r_out.vec(), tol(t, 4 * sk, sk + 1, 1), "out");
+      for (Accumulate acc : {Accumulate::no, Accumulate::yes}) {
+        H64 r_din(d_in0, {m, k}), r_dw(d_w0, {n, k}), r_g(g, {m, n});
+        cpu().linear_backward(r_din.t(), r_dw.t(), Tensor{}, r_g.t(), r_in.t(), r_w.t(), acc, acc);
+        Dev din(t, {m, k}, d_in0), dw(t, {n, k}, d_w0), dg(t, {m, n}, g);
+        tuned->linear_backward(din.t(), dw.t(), Tensor{}, dg.t(), d_in.t(), d_w.t(), acc, acc);
+        expect_close(din.get(), r_din.vec(), tol(t, 4 * sn, sn + 1, 1), acc == Accumulate::yes ? "d_in (+=)" : "d_in (=)");
+        expect_close(dw.get(), r_dw.vec(), tol(t, 4 * sm, sm + 1, 1), acc == Accumulate::yes ? "d_weight (+=)" : "d_weight (=)");
+      }
+    }
+  std::printf("  %s: %lld GEMM shapes autotuned, %lld kept an algorithm other than the heuristic's first\n", dname(t),
+              static_cast<long long>(cuda_gemm_autotuned_plans(*tuned)),
+              static_cast<long long>(cuda_gemm_autotune_changes(*tuned)));
+}
+
 // ---------------------------------------------------------------- linear + GELU
 
 // The FFN's first layer with its GELU, and the backward through the second layer and the

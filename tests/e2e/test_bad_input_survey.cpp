@@ -171,6 +171,10 @@ std::vector<Case> cases() {
                           "\"cudnn\""));
   c.push_back(config_case("cudnn_attention_on_cpu", [](json& j) { j["runtime"]["attention"] = "cudnn"; },
                           "'runtime.attention' \"cudnn\" needs 'runtime.backend' \"cuda\""));
+  c.push_back(config_case("gemm_autotune_on_cpu", [](json& j) { j["runtime"]["gemm_autotune"] = true; },
+                          "'runtime.gemm_autotune' times cuBLASLt's algorithms; it needs 'runtime.backend' \"cuda\""));
+  c.push_back(config_case("gemm_autotune_not_a_bool", [](json& j) { j["runtime"]["gemm_autotune"] = "yes"; },
+                          "'runtime.gemm_autotune'"));
   c.push_back(config_case("cudnn_attention_head_dim",
                           [](json& j) {
                             j["runtime"]["backend"] = "cuda";
