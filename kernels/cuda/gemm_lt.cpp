@@ -154,7 +154,8 @@ GemmLt::Plan& GemmLt::plan_for(const GemmArgs& g) {
     // The heuristic's best first; with autotune, up to kAutotuneCandidates to time.
     cublasLtMatmulHeuristicResult_t results[kAutotuneCandidates] = {};
     cublasLtMatmulHeuristicResult_t& result = results[0];
-    const int wanted = autotune_ && g.bias_grad == nullptr ? kAutotuneCandidates : 1;
+    // (Only a product that overwrites C can be run again to time it; the key keeps beta != 0 apart.)
+    const int wanted = autotune_ && g.bias_grad == nullptr && g.beta == 0.0f ? kAutotuneCandidates : 1;
     int returned = 0;
     cublasStatus_t status = CUBLAS_STATUS_SUCCESS;
     {
