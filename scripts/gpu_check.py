@@ -19,6 +19,7 @@ The parts run in the order given (default: checks bench). Writes OUT/gpu-results
 $OUT, else docs/) and OUT/gpu-results.json, rewritten after every result.
 """
 import argparse
+import traceback
 import collections
 import datetime
 import json
@@ -438,7 +439,12 @@ def main():
             "profile": lambda work: profile(args.bin, work, env, profile_tables)}
     with tempfile.TemporaryDirectory() as work:
         for part in dict.fromkeys(args.parts):
-            runs[part](work)
+            try:
+                runs[part](work)
+            except Exception as e:  # a result that cannot be read is a failure, not the end of the call
+                traceback.print_exc()
+                check_rows.append({"check": f"gpu-check {part}", "ok": False,
+                                   "detail": f"stopped by {type(e).__name__}: {e}"[:300]})
     print(write_report(True))
     sys.exit(0 if all(r["ok"] for r in check_rows) else 1)
 
