@@ -14,9 +14,9 @@ template <class O, class X, class F>
 void launch_unary_map(O* out, const X* x, int64_t n, F f, cudaStream_t s) {
   if (aligned16(out) && aligned16(x)) {
     const int64_t packs = n / kMapWidth;
-    unary_map_kernel<true><<<grid_for(packs > 0 ? packs : 1), kThreads, 0, s>>>(out, x, n, f);
+    map_kernel<true><<<grid_for(packs > 0 ? packs : 1), kThreads, 0, s>>>(out, n, f, x);
   } else {
-    unary_map_kernel<false><<<grid_for(n), kThreads, 0, s>>>(out, x, n, f);
+    map_kernel<false><<<grid_for(n), kThreads, 0, s>>>(out, n, f, x);
   }
   MICS_CUDA_CHECK_LAUNCH();
 }
@@ -25,9 +25,9 @@ template <class O, class X, class Y, class F>
 void launch_binary_map(O* out, const X* x, const Y* y, int64_t n, F f, cudaStream_t s) {
   if (aligned16(out) && aligned16(x) && aligned16(y)) {
     const int64_t packs = n / kMapWidth;
-    binary_map_kernel<true><<<grid_for(packs > 0 ? packs : 1), kThreads, 0, s>>>(out, x, y, n, f);
+    map_kernel<true><<<grid_for(packs > 0 ? packs : 1), kThreads, 0, s>>>(out, n, f, x, y);
   } else {
-    binary_map_kernel<false><<<grid_for(n), kThreads, 0, s>>>(out, x, y, n, f);
+    map_kernel<false><<<grid_for(n), kThreads, 0, s>>>(out, n, f, x, y);
   }
   MICS_CUDA_CHECK_LAUNCH();
 }

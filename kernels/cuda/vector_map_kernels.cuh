@@ -32,46 +32,28 @@ __device__ __forceinline__ void store_pack(T* p, const Pack8<T>& r) {
     reinterpret_cast<uint4*>(p)[w] = reinterpret_cast<const uint4*>(&r)[w];
 }
 
-// out[i] = f(i, x[i]) for i < n. `out` may alias `x` (each element is read before it is
-// written, by the same thread).
-template <bool kVector, class O, class X, class F>
-__global__ void unary_map_kernel(O* out, const X* x, int64_t n, F f) {
+// out[i] = f(i, x[i]...) for i < n, over one or more inputs. `out` may alias any input
+// (each element is read before it is written, by the same thread).
+template <bool kVector, class O, class F, class... X>
+__global__ void map_kernel(O* out, int64_t n, F f, const X*... x) {
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   int64_t first = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if constexpr (kVector) {
     const int64_t packs = n / kMapWidth;
     for (int64_t p = first; p < packs; p += stride) {
       const int64_t base = p * kMapWidth;
-      const Pack8<X> a = load_pack(x + base);
-      Pack8<O> r;
+      // Every input's pack loaded once, then the 8 results stored as one pack.
+      auto map_pack = [&](const Pack8<X>&... in) {
+        Pack8<O> r;
 #pragma unroll
-      for (int k = 0; k < kMapWidth; ++k) r.v[k] = f(base + k, a.v[k]);
-      store_pack(out + base, r);
+        for (int k = 0; k < kMapWidth; ++k) r.v[k] = f(base + k, in.v[k]...);
+        store_pack(out + base, r);
+      };
+      map_pack(load_pack(x + base)...);
     }
     first += packs * kMapWidth;
   }
-  for (int64_t i = first; i < n; i += stride) out[i] = f(i, x[i]);
-}
-
-// out[i] = f(i, x[i], y[i]) for i < n; `out` may alias `x` or `y`.
-template <bool kVector, class O, class X, class Y, class F>
-__global__ void binary_map_kernel(O* out, const X* x, const Y* y, int64_t n, F f) {
-  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
-  int64_t first = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if constexpr (kVector) {
-    const int64_t packs = n / kMapWidth;
-    for (int64_t p = first; p < packs; p += stride) {
-      const int64_t base = p * kMapWidth;
-      const Pack8<X> a = load_pack(x + base);
-      const Pack8<Y> b = load_pack(y + base);
-      Pack8<O> r;
-#pragma unroll
-      for (int k = 0; k < kMapWidth; ++k) r.v[k] = f(base + k, a.v[k], b.v[k]);
-      store_pack(out + base, r);
-    }
-    first += packs * kMapWidth;
-  }
-  for (int64_t i = first; i < n; i += stride) out[i] = f(i, x[i], y[i]);
+  for (int64_t i = first; i < n; i += stride) out[i] = f(i, x[i]...);
 }
 
 }  // namespace mics::cuda

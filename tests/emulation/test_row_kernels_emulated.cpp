@@ -296,11 +296,11 @@ void check_gelu() {
         Buffer<T> x(in, off), out(n, off), dy(w, off), din(n, off);
         auto run = [&](auto kVector) {
           constexpr bool v = decltype(kVector)::value;
-          cuda_emulator::launch(dim3{kMapBlocks}, kMapThreads, 0, cuda::unary_map_kernel<v, T, T, decltype(fwd)>,
-                                out.data(), static_cast<const T*>(x.data()), int64_t(n), fwd);
+          cuda_emulator::launch(dim3{kMapBlocks}, kMapThreads, 0, cuda::map_kernel<v, T, decltype(fwd), T>, out.data(),
+                                int64_t(n), fwd, static_cast<const T*>(x.data()));
           cuda_emulator::launch(dim3{kMapBlocks}, kMapThreads, 0,
-                                cuda::binary_map_kernel<v, T, T, T, decltype(bwd)>, din.data(),
-                                static_cast<const T*>(dy.data()), static_cast<const T*>(x.data()), int64_t(n), bwd);
+                                cuda::map_kernel<v, T, decltype(bwd), T, T>, din.data(), int64_t(n), bwd,
+                                static_cast<const T*>(dy.data()), static_cast<const T*>(x.data()));
         };
         off == 0 ? run(std::true_type{}) : run(std::false_type{});
         // As CudaGelu: a few fp32 roundings; the backward's 1 - s amplified by 2|x| u'(x).
@@ -314,8 +314,8 @@ void check_gelu() {
         Buffer<T> io(in, off);
         auto run_in_place = [&](auto kVector) {
           cuda_emulator::launch(dim3{kMapBlocks}, kMapThreads, 0,
-                                cuda::unary_map_kernel<decltype(kVector)::value, T, T, decltype(fwd)>, io.data(),
-                                static_cast<const T*>(io.data()), int64_t(n), fwd);
+                                cuda::map_kernel<decltype(kVector)::value, T, decltype(fwd), T>, io.data(),
+                                int64_t(n), fwd, static_cast<const T*>(io.data()));
         };
         off == 0 ? run_in_place(std::true_type{}) : run_in_place(std::false_type{});
         EXPECT_TRUE(io.bytes() == out_bits[off]) << "gelu forward in place differs";
@@ -349,8 +349,8 @@ TEST(EmulatedCudaElementwise, DropoutKeepsTheCpuMaskOnBothPaths) {
     Buffer<cuda::bf16> x(in, off), out(size_t(n), off);
     auto run = [&](auto kVector) {
       cuda_emulator::launch(dim3{kMapBlocks}, kMapThreads, 0,
-                            cuda::unary_map_kernel<decltype(kVector)::value, cuda::bf16, cuda::bf16, decltype(op)>,
-                            out.data(), static_cast<const cuda::bf16*>(x.data()), n, op);
+                            cuda::map_kernel<decltype(kVector)::value, cuda::bf16, decltype(op), cuda::bf16>,
+                            out.data(), n, op, static_cast<const cuda::bf16*>(x.data()));
     };
     off == 0 ? run(std::true_type{}) : run(std::false_type{});
     const Vec got = out.get();
