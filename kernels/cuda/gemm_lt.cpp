@@ -236,8 +236,7 @@ std::optional<DType> GemmLt::try_run(const GemmArgs& g) {
   if (!p.has_algo) return std::nullopt;
   MICS_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g.bias_grad,
                                                    sizeof(g.bias_grad)));
-  const cublasStatus_t status = cublasLtMatmul(handle_, p.desc, &g.alpha, g.b, p.a, g.a, p.b, &g.beta, g.c, p.c,
-                                               g.c, p.c, &p.algo, workspace_, workspace_bytes_, stream_);
+  const cublasStatus_t status = matmul(p, g, p.algo);
   if (status == CUBLAS_STATUS_INVALID_VALUE || status == CUBLAS_STATUS_NOT_SUPPORTED) {
     // Some combinations are refused only here (the header says so of aux types): nothing
     // ran; the plan is kept as declined so later calls compose at once.
