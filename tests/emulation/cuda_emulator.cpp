@@ -4,6 +4,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -116,24 +117,41 @@ void start_thread(Thread& t) {
   t.warp_operations = 0;
 }
 
-void run_block(size_t dynamic_shared_bytes) {
+// Warps are scheduled greedily: one warp's threads are resumed until none of them is ready
+// (all wait at __syncthreads or have finished), and only then the next warp's, so a warp runs
+// ahead through its shuffles and mmas to the block's next barrier, as a GPU warp may. Even
+// blocks favour the lowest-numbered warp, odd ones the highest: a barrier missing before
+// shared memory is written again (a fast warp overwriting what a slow one has yet to read)
+// then changes the results.
+void run_block(size_t dynamic_shared_bytes, bool highest_first) {
   // Poisoned up to the end of the array: past the launch's size it must stay so.
   std::memset(cuda::shared_bytes, 0xff, sizeof cuda::shared_bytes);
   for (int i = 0; i < block.thread_count; ++i) start_thread(block.threads[static_cast<size_t>(i)]);
+  const int warps = (block.thread_count + kWarpSize - 1) / kWarpSize;
+  auto ready_in = [](int w) {
+    for (int i = w * kWarpSize; i < std::min((w + 1) * kWarpSize, block.thread_count); ++i)
+      if (block.threads[static_cast<size_t>(i)].state == ThreadState::ready) return true;
+    return false;
+  };
   for (;;) {
-    bool progressed = false, all_finished = true;
-    for (int i = 0; i < block.thread_count; ++i) {
-      Thread& t = block.threads[static_cast<size_t>(i)];
-      if (t.state == ThreadState::ready) {
-        progressed = true;
-        block.running = i;
-        threadIdx = {static_cast<unsigned>(i), 0, 0};
-        swapcontext(&block.scheduler, &t.context);
-      }
-      all_finished = all_finished && t.state == ThreadState::finished;
+    int chosen = -1;
+    for (int k = 0; k < warps && chosen < 0; ++k) {
+      const int w = highest_first ? warps - 1 - k : k;
+      if (ready_in(w)) chosen = w;
     }
-    if (all_finished) break;
-    if (!progressed) fail("deadlock: threads wait at a barrier that others never reach");
+    if (chosen < 0) {
+      for (int i = 0; i < block.thread_count; ++i)
+        if (block.threads[static_cast<size_t>(i)].state != ThreadState::finished)
+          fail("deadlock: threads wait at a barrier that others never reach");
+      break;
+    }
+    for (int i = chosen * kWarpSize; i < std::min((chosen + 1) * kWarpSize, block.thread_count); ++i) {
+      Thread& t = block.threads[static_cast<size_t>(i)];
+      if (t.state != ThreadState::ready) continue;
+      block.running = i;
+      threadIdx = {static_cast<unsigned>(i), 0, 0};
+      swapcontext(&block.scheduler, &t.context);
+    }
   }
   for (size_t i = dynamic_shared_bytes; i < sizeof cuda::shared_bytes; ++i)
     if (cuda::shared_bytes[i] != 0xff) fail("write past the launch's dynamic shared memory");
@@ -154,7 +172,7 @@ void run(dim3 grid, int threads_per_block, size_t dynamic_shared_bytes, const st
     for (unsigned y = 0; y < grid.y; ++y)
       for (unsigned x = 0; x < grid.x; ++x) {
         blockIdx = {x, y, z};
-        run_block(dynamic_shared_bytes);
+        run_block(dynamic_shared_bytes, (x + y + z) % 2 == 1);
       }
 }
 

@@ -6,8 +6,11 @@
 // A launch runs its blocks one after another. The threads of a block are coroutines on the
 // calling thread (ucontext): each runs until it reaches a barrier (__syncthreads, or the
 // warp-wide exchange inside a shuffle or an mma) and resumes once every thread the barrier
-// waits for has arrived, as on the GPU. A barrier that some thread never reaches
-// (divergence) stops the program with a message instead of hanging.
+// waits for has arrived, as on the GPU. One warp at a time runs ahead to the block's next
+// __syncthreads (the lowest-numbered first in even blocks, the highest in odd ones), so a
+// missing barrier between a read of shared memory and the next write of it changes the
+// results. A barrier that some thread never reaches (divergence) stops the program with a
+// message instead of hanging.
 //
 // What the kernels may use: one-dimensional blocks of at most kMaxThreads threads;
 // __shared__ arrays declared in a kernel (function-local statics here: one copy, which the
