@@ -10,7 +10,6 @@
 #include <climits>
 #include <cmath>
 #include <cstdio>
-#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -385,17 +384,18 @@ class CudaBackend final : public Backend {
       g.c = d_weight.data, g.ldc = k;
       g.beta = add_params ? 1.0f : 0.0f;
       // Half precision, unpadded: the bias gradient (column sums of d_out) in the same GEMM's
-      // BGRADB epilogue, in fp32 or the dtype as cuBLASLt takes it, then added (or cast
-      // into place); fp32 keeps the column-sum kernel (the CPU's order).
+      // BGRADB epilogue, in the dtype, then added (or copied into place); fp32 keeps the
+      // column-sum kernel (the CPU's order).
       bool ran = false;
       if (!bias_done && t != DType::f32 && np == n && m > 0 && k > 0) {
         GemmArgs with_bias_grad = g;
-        with_bias_grad.bias_grad = bias_grad_.get(static_cast<size_t>(n) * sizeof(float), stream_);
-        if (const std::optional<DType> written = gemm_->try_run(with_bias_grad)) {
+        with_bias_grad.bias_grad = bias_grad_.get(static_cast<size_t>(n) * dtype_size(t), stream_);
+        if (gemm_->try_run(with_bias_grad)) {
           if (add_params)
-            launch_add(t, d_bias.data, t, d_bias.data, *written, with_bias_grad.bias_grad, n, stream_);
+            launch_add(t, d_bias.data, t, d_bias.data, t, with_bias_grad.bias_grad, n, stream_);
           else
-            launch_cast(t, d_bias.data, *written, with_bias_grad.bias_grad, n, stream_);
+            MICS_CUDA_CHECK(cudaMemcpyAsync(d_bias.data, with_bias_grad.bias_grad, static_cast<size_t>(n) * dtype_size(t),
+                                            cudaMemcpyDeviceToDevice, stream_));
           bias_done = ran = true;
         }
       }
@@ -445,12 +445,10 @@ class CudaBackend final : public Backend {
     expect_dtypes(op, pre, {&act, &in, &weight, &bias});
     GemmArgs g = linear_gemm(act, in, weight, bias, m, n, k);  // act = gelu(pre), pre = in @ weight^T + bias
     g.gelu = GemmArgs::Gelu::gelu_aux, g.aux = pre.data;
-    if (m == 0 || k == 0 || !gelu_epilogue(pre.dtype, kind, n, pre.data) || !gemm_->has_algorithm(g)) {
+    if (m == 0 || k == 0 || !gelu_epilogue(pre.dtype, kind, n, pre.data) || !gemm_->try_run(g)) {
       linear_forward(pre, in, weight, bias);
       gelu_forward(act, pre, kind);
-      return;
     }
-    gemm_->run(g);
   }
 
   void linear_gelu_backward(Tensor d_pre, Tensor d_weight, Tensor d_bias, Tensor d_out, Tensor act, Tensor pre,
@@ -469,12 +467,11 @@ class CudaBackend final : public Backend {
     g.c = d_pre.data, g.ldc = k;
     g.gelu = GemmArgs::Gelu::dgelu, g.aux = pre.data;
     if (m == 0 || n == 0 || padded_width(n, t) != n || !gelu_epilogue(t, kind, k, pre.data) ||
-        !gemm_->has_algorithm(g)) {
+        !gemm_->try_run(g)) {
       linear_backward(d_pre, d_weight, d_bias, d_out, act, weight, Accumulate::no, acc_params);
       gelu_backward(d_pre, d_pre, pre, kind);
       return;
     }
-    gemm_->run(g);
     linear_backward(Tensor{}, d_weight, d_bias, d_out, act, weight, Accumulate::no, acc_params);  // d_weight, d_bias
   }
 
@@ -905,7 +902,7 @@ class CudaBackend final : public Backend {
   GrowingBuffer index_scratch_;  // index_add's sort (embedding backward, scatter_add_rows)
   GrowingBuffer fused_delta_;    // the fused attention backward's row dots dO . O
   GrowingBuffer column_partials_;  // column reductions' partial sums
-  GrowingBuffer bias_grad_;        // a linear layer's bias gradient from the GEMM's epilogue (fp32 room)
+  GrowingBuffer bias_grad_;        // a linear layer's bias gradient from the GEMM's epilogue
   std::unique_ptr<CudnnAttention> cudnn_;  // runtime.attention "cudnn": the fused ops go to cuDNN
   GrowingBuffer cudnn_workspace_;
   std::unique_ptr<EventTimeline> timeline_;  // made when a profiler first asks

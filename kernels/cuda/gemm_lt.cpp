@@ -99,15 +99,14 @@ GemmLt::Plan& GemmLt::plan_for(const GemmArgs& g) {
       MICS_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE,
                                                        &epilogue, sizeof(epilogue)));
     if (g.gelu != GemmArgs::Gelu::none) {
-      // aux has C's shape: rows(D) = n in cuBLASLt's column-major view, ld = n.
+      // aux has C's shape: rows(D) = n in cuBLASLt's column-major view, ld = n. Its type is
+      // left at the default, the output's (setting it is refused only at the call where
+      // cuBLASLt does not take it).
       const int64_t ld_aux = g.n;
-      const int32_t aux_type = type;
       MICS_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER,
                                                        &g.aux, sizeof(g.aux)));
       MICS_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD,
                                                        &ld_aux, sizeof(ld_aux)));
-      MICS_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_DATA_TYPE,
-                                                       &aux_type, sizeof(aux_type)));
     }
     if (g.bias != nullptr) {
       const int32_t bias_type = type;
@@ -117,20 +116,13 @@ GemmLt::Plan& GemmLt::plan_for(const GemmArgs& g) {
       MICS_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
                                                        &g.bias, sizeof(g.bias)));
     }
-    // The bias gradient in fp32 sums is asked for first; cuBLASLt documents it in the
-    // output's type, which is asked for next. Where both are declined (an error from an
-    // attribute or the heuristic as much as no algorithm), the caller's column sums run.
-    auto set_bias_grad_type = [&](cudaDataType_t bias_type) {
-      const int32_t value = bias_type;
-      cublasStatus_t st = cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &value,
-                                                          sizeof(value));
-      if (st == CUBLAS_STATUS_SUCCESS)
-        st = cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g.bias_grad,
-                                            sizeof(g.bias_grad));
-      return st;
-    };
+    // The bias gradient in the output's type, the one cuBLASLt documents for BGRADB (the
+    // attribute's default). Declined anywhere (an attribute, the heuristic, the call), the
+    // caller's column sums run instead.
     cublasStatus_t bias_grad_status = CUBLAS_STATUS_SUCCESS;
-    if (g.bias_grad != nullptr) bias_grad_status = set_bias_grad_type(CUDA_R_32F);
+    if (g.bias_grad != nullptr)
+      bias_grad_status = cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g.bias_grad,
+                                                        sizeof(g.bias_grad));
     const uint64_t a_rows = g.trans_b ? g.k : g.n, a_cols = g.trans_b ? g.n : g.k;
     const uint64_t b_rows = g.trans_a ? g.m : g.k, b_cols = g.trans_a ? g.k : g.m;
     MICS_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.a, type, a_rows, a_cols, g.ldb));
@@ -154,8 +146,12 @@ GemmLt::Plan& GemmLt::plan_for(const GemmArgs& g) {
     // The heuristic's best first; with autotune, up to kAutotuneCandidates to time.
     cublasLtMatmulHeuristicResult_t results[kAutotuneCandidates] = {};
     cublasLtMatmulHeuristicResult_t& result = results[0];
-    // (Only a product that overwrites C can be run again to time it; the key keeps beta != 0 apart.)
-    const int wanted = autotune_ && g.bias_grad == nullptr && g.beta == 0.0f ? kAutotuneCandidates : 1;
+    // Only a product that overwrites C can be run again to time it (the key keeps beta != 0
+    // apart), and only the first plan of a family (the key without m) is timed.
+    Key family = key;
+    family[3] = 0;
+    const bool timed = autotune_ && g.bias_grad == nullptr && g.beta == 0.0f && tuned_families_.insert(family).second;
+    const int wanted = timed ? kAutotuneCandidates : 1;
     int returned = 0;
     cublasStatus_t status = CUBLAS_STATUS_SUCCESS;
     {
@@ -176,26 +172,16 @@ GemmLt::Plan& GemmLt::plan_for(const GemmArgs& g) {
       if (status == CUBLAS_STATUS_SUCCESS)
         status = cublasLtMatmulPreferenceSetAttribute(
             pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_c, sizeof(al_c));
-      auto heuristic = [&](cublasStatus_t before) {
-        returned = 0;
-        if (before != CUBLAS_STATUS_SUCCESS) return before;
-        return cublasLtMatmulAlgoGetHeuristic(handle_, p.desc, p.a, p.b, p.c, p.c, pref, wanted, results, &returned);
-      };
-      auto found = [&] { return status == CUBLAS_STATUS_SUCCESS && returned > 0 && result.state == CUBLAS_STATUS_SUCCESS; };
-      if (status == CUBLAS_STATUS_SUCCESS) status = heuristic(bias_grad_status);
-      if (g.bias_grad != nullptr && !found() && type != CUDA_R_32F) {
-        status = heuristic(set_bias_grad_type(type));
-        p.bias_grad_dtype = g.dtype;
-      }
+      if (status == CUBLAS_STATUS_SUCCESS) status = bias_grad_status;
+      if (status == CUBLAS_STATUS_SUCCESS)
+        status = cublasLtMatmulAlgoGetHeuristic(handle_, p.desc, p.a, p.b, p.c, p.c, pref, wanted, results, &returned);
     }
     cublasLtMatmulPreferenceDestroy(pref);
     // NOT_SUPPORTED: no algorithm for this problem; the fallback kernel takes it. An
     // epilogue the caller can do without (bias gradient, GELU): anything but success means
     // the caller composes.
     const bool optional_epilogue = g.bias_grad != nullptr || g.gelu != GemmArgs::Gelu::none;
-    if (status != CUBLAS_STATUS_NOT_SUPPORTED && !(optional_epilogue && status == CUBLAS_STATUS_INVALID_VALUE) &&
-        g.bias_grad == nullptr)
-      MICS_CUBLAS_CHECK(status);
+    if (status != CUBLAS_STATUS_NOT_SUPPORTED && !optional_epilogue) MICS_CUBLAS_CHECK(status);
     if (status == CUBLAS_STATUS_SUCCESS && returned > 0 && result.state == CUBLAS_STATUS_SUCCESS) {
       p.algo = result.algo;
       p.has_algo = true;
@@ -204,7 +190,7 @@ GemmLt::Plan& GemmLt::plan_for(const GemmArgs& g) {
     } else if (g.bias_grad != nullptr) {  // try_run's caller composes the product and the sums
       spdlog::debug("cuBLASLt declined the BGRADB epilogue for a {} GEMM m={} n={} k={} ({}); bias gradient as "
                     "column sums", dtype_name(g.dtype), g.m, g.n, g.k, cublasLtGetStatusName(status));
-    } else if (g.gelu != GemmArgs::Gelu::none) {  // the backend asks has_algorithm() and composes
+    } else if (g.gelu != GemmArgs::Gelu::none) {  // try_run's caller composes the product and the GELU
       spdlog::info("cuBLASLt declined the GELU epilogue for a {} GEMM m={} n={} k={} ({}); the product and the "
                    "GELU run apart", dtype_name(g.dtype), g.m, g.n, g.k, cublasLtGetStatusName(status));
     } else {
@@ -221,44 +207,52 @@ GemmLt::Plan& GemmLt::plan_for(const GemmArgs& g) {
   return plans_.emplace(key, p).first->second;
 }
 
-bool GemmLt::has_algorithm(const GemmArgs& g) {
-  if (g.m <= 0 || g.n <= 0 || g.k <= 0 || g.batch <= 0) return true;  // run() needs no algorithm for these
-  return plan_for(g).has_algo;
-}
-
-std::optional<DType> GemmLt::try_run(const GemmArgs& g) {
-  if (g.bias_grad == nullptr) throw std::logic_error("GemmLt::try_run: only for a bias_grad epilogue");
+bool GemmLt::try_run(const GemmArgs& g) {
+  const bool bias_grad = g.bias_grad != nullptr;
+  if (bias_grad == (g.gelu != GemmArgs::Gelu::none))
+    throw std::logic_error("GemmLt::try_run: for one GELU or bias-gradient epilogue");
   // cuBLASLt: "BGRADB only works with transposed B" (its B is our A).
-  if (g.batch != 1 || g.bias != nullptr || g.gelu != GemmArgs::Gelu::none || !g.trans_a || g.k <= 0 || g.m <= 0 ||
-      g.n <= 0)
+  if (bias_grad && (g.batch != 1 || g.bias != nullptr || !g.trans_a || g.k <= 0 || g.m <= 0 || g.n <= 0))
     throw ShapeError("gemm: a bias-gradient epilogue needs batch 1, trans_a, k > 0, no bias and no GELU");
+  if (!bias_grad && (g.batch != 1 || g.ldc != g.n || g.aux == nullptr || g.m <= 0 || g.k <= 0 || g.beta != 0.0f ||
+                     g.n % 8 != 0 || (reinterpret_cast<uintptr_t>(g.aux) & 15u) != 0 ||
+                     (g.gelu == GemmArgs::Gelu::dgelu && g.bias != nullptr)))
+    throw ShapeError("gemm: a GELU epilogue needs batch 1, m > 0, k > 0, beta 0, contiguous C and aux with a width "
+                     "that is a multiple of 8 and a 16-byte aligned aux, and (dgelu) no bias");
   Plan& p = plan_for(g);
-  if (!p.has_algo) return std::nullopt;
-  MICS_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g.bias_grad,
-                                                   sizeof(g.bias_grad)));
+  if (!p.has_algo) return false;
+  // The cached descriptor holds the last call's pointers.
+  if (g.bias != nullptr)
+    MICS_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g.bias,
+                                                     sizeof(g.bias)));
+  if (bias_grad)
+    MICS_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g.bias_grad,
+                                                     sizeof(g.bias_grad)));
+  else
+    MICS_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &g.aux,
+                                                     sizeof(g.aux)));
+  // A GELU product overwrites C and rewrites aux with the same values (or only reads it).
+  if (!p.candidates.empty()) autotune(p, g);
   const cublasStatus_t status = matmul(p, g, p.algo);
   if (status == CUBLAS_STATUS_INVALID_VALUE || status == CUBLAS_STATUS_NOT_SUPPORTED) {
-    // Some combinations are refused only here (the header says so of aux types): nothing
-    // ran; the plan is kept as declined so later calls compose at once.
-    spdlog::debug("cuBLASLt refused the BGRADB epilogue at the call for a {} GEMM m={} n={} k={} ({}); bias "
-                  "gradient as column sums", dtype_name(g.dtype), g.m, g.n, g.k, cublasLtGetStatusName(status));
+    // Some combinations are refused only here (the header says so of aux and bias types):
+    // nothing ran; the plan is kept as declined so later calls compose at once.
+    spdlog::info("cuBLASLt refused the {} epilogue at the call for a {} GEMM m={} n={} k={} ({}); composed from "
+                 "other ops instead", bias_grad ? "BGRADB" : "GELU", dtype_name(g.dtype), g.m, g.n, g.k,
+                 cublasLtGetStatusName(status));
     p.has_algo = false;
-    return std::nullopt;
+    return false;
   }
   MICS_CUBLAS_CHECK(status);
-  ++bias_grad_epilogue_calls_;
-  return p.bias_grad_dtype;
+  if (bias_grad) ++bias_grad_epilogue_calls_;
+  return true;
 }
 
 void GemmLt::run(const GemmArgs& g) {
-  if (g.bias_grad != nullptr) throw std::logic_error("GemmLt::run: a bias_grad epilogue goes through try_run");
+  if (g.bias_grad != nullptr || g.gelu != GemmArgs::Gelu::none)
+    throw std::logic_error("GemmLt::run: a GELU or bias-gradient epilogue goes through try_run");
   if (g.m <= 0 || g.n <= 0 || g.batch <= 0) return;
   if (g.bias != nullptr && g.batch != 1) throw ShapeError("gemm: a bias needs batch 1");
-  if (g.gelu != GemmArgs::Gelu::none &&
-      (g.batch != 1 || g.ldc != g.n || g.aux == nullptr || g.k <= 0 || g.beta != 0.0f || g.n % 8 != 0 ||
-       (reinterpret_cast<uintptr_t>(g.aux) & 15u) != 0 || (g.gelu == GemmArgs::Gelu::dgelu && g.bias != nullptr)))
-    throw ShapeError("gemm: a GELU epilogue needs batch 1, k > 0, beta 0, contiguous C and aux with a width "
-                     "that is a multiple of 8 and a 16-byte aligned aux, and (dgelu) no bias");
   if (g.k <= 0) {  // no products: C = beta C (+ bias); only reachable with batch 1
     if (g.batch != 1 || g.ldc != g.n) throw ShapeError("gemm: k = 0 with a batch or a strided C");
     if (g.beta == 0.0f) {
@@ -279,28 +273,14 @@ void GemmLt::run(const GemmArgs& g) {
   Plan& p = plan_for(g);
   if (!p.has_algo) {
     ++fallback_calls_;
-    if (g.gelu == GemmArgs::Gelu::gelu_aux) {  // aux = product (+ bias), then C = gelu(aux)
-      GemmArgs product = g;
-      product.gelu = GemmArgs::Gelu::none;
-      product.c = g.aux;
-      launch_gemm_fallback(product, stream_);
-      launch_gelu_forward(g.dtype, g.c, g.aux, g.m * g.n, GeluKind::tanh, stream_);
-    } else {
-      launch_gemm_fallback(g, stream_);
-      if (g.gelu == GemmArgs::Gelu::dgelu)  // C = product * gelu'(aux)
-        launch_gelu_backward(g.dtype, g.c, g.c, g.aux, g.m * g.n, GeluKind::tanh, stream_);
-    }
+    launch_gemm_fallback(g, stream_);
     return;
   }
   // The cached descriptor holds the last call's pointers.
   if (g.bias != nullptr)
     MICS_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
                                                      &g.bias, sizeof(g.bias)));
-  if (g.gelu != GemmArgs::Gelu::none)
-    MICS_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER,
-                                                     &g.aux, sizeof(g.aux)));
-  // Timed only where a repeated call gives the same output: beta 0 (C is not read; a GELU
-  // epilogue's aux is written with the same values, or only read).
+  // Timed only where a repeated call gives the same output: beta 0 (C is not read).
   if (!p.candidates.empty() && g.beta == 0.0f) autotune(p, g);
   MICS_CUBLAS_CHECK(matmul(p, g, p.algo));
 }

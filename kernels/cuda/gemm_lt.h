@@ -23,14 +23,14 @@
 // beta != 0, pointer alignments) gets its descriptor, layouts and the heuristic's best
 // algorithm once; later calls reuse them. When cuBLASLt offers no algorithm (unusual
 // alignments, say), a plain tiled CUDA kernel computes the product instead (fp32
-// accumulation, same semantics; a GELU epilogue as a separate pass) and fallback_calls()
-// counts it.
+// accumulation, same semantics) and fallback_calls() counts it; a product with a GELU or
+// bias-gradient epilogue is declined instead (try_run), and the caller composes it.
 //
 // With autotune on, a plan keeps up to kAutotuneCandidates of the heuristic's algorithms
 // and, at its first call whose output does not depend on what C held (beta 0), times each
 // on that call's own operands and keeps the fastest (cuBLASLt's first choice is not always
 // it). The product is then computed once more with the kept algorithm, so the call's result
-// is that algorithm's. Off by default: which algorithm wins can change from run to run, and
+// is that algorithm's. One plan per shape family (the key without m) is timed. Off by default: which algorithm wins can change from run to run, and
 // with it the last bits of the products.
 #include <cublasLt.h>
 #include <cuda_runtime_api.h>
@@ -38,7 +38,7 @@
 #include <array>
 #include <cstdint>
 #include <map>
-#include <optional>
+#include <set>
 #include <vector>
 
 #include "kernels/tensor.h"
@@ -64,10 +64,9 @@ struct GemmArgs {
   Gelu gelu = Gelu::none;
   void* aux = nullptr;  // [m, n]
   // cuBLASLt's BGRADB epilogue (only through GemmLt::try_run): bias_grad[m] = the sums of
-  // op(A)'s rows over k, written, not added, in fp32 or (where cuBLASLt takes only that, as
-  // its documentation says) the output's dtype: try_run says which. Batch 1, no bias or
-  // GELU, trans_a (cuBLASLt's transposed B). For the weight gradient d_out^T @ in, that is
-  // the bias gradient (cuBLASLt's B is our A). Room for m fp32 values.
+  // op(A)'s rows over k, written, not added, in the output's dtype (the type cuBLASLt
+  // documents for it). Batch 1, no bias or GELU, trans_a (cuBLASLt's transposed B). For the
+  // weight gradient d_out^T @ in, that is the bias gradient (cuBLASLt's B is our A).
   void* bias_grad = nullptr;
 };
 
@@ -84,15 +83,13 @@ class GemmLt {
   GemmLt& operator=(const GemmLt&) = delete;
 
   // C = alpha op(A) op(B) + beta C (+ bias), row-major, on the stream given at construction.
+  // No GELU or bias-gradient epilogue: those go through try_run.
   void run(const GemmArgs& g);
-  // The same for products with an epilogue the caller can do without (bias_grad): the dtype
-  // the bias gradient was written in, or nothing, with nothing run, when cuBLASLt declines
-  // the epilogue (no algorithm, or the call refused): the caller composes instead.
-  std::optional<DType> try_run(const GemmArgs& g);
-  // Whether cuBLASLt has an algorithm for this product as asked (epilogue included): where
-  // it has none, run() would take the slow fallback kernel, and a caller that can compose
-  // the epilogue from other ops (GELU) does that instead.
-  bool has_algorithm(const GemmArgs& g);
+  // The same for a product with an epilogue the caller can do without (GELU, bias_grad):
+  // false, with nothing run, where cuBLASLt declines the epilogue (no algorithm at the
+  // heuristic, or the call refused, after which the plan stays declined): the caller
+  // composes the product and the epilogue from other ops instead.
+  bool try_run(const GemmArgs& g);
 
   int64_t fallback_calls() const { return fallback_calls_; }
   int64_t bias_grad_epilogue_calls() const { return bias_grad_epilogue_calls_; }
@@ -109,7 +106,6 @@ class GemmLt {
     bool has_algo = false;  // false: use the fallback kernel
     // Autotune: the heuristic's algorithms, best guess first; emptied once timed.
     std::vector<cublasLtMatmulAlgo_t> candidates;
-    DType bias_grad_dtype = DType::f32;  // BGRADB: the type cuBLASLt took for bias_grad
   };
   using Key = std::array<int64_t, 22>;
   Plan& plan_for(const GemmArgs& g);
@@ -126,6 +122,10 @@ class GemmLt {
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 0;
   std::map<Key, Plan> plans_;
+  // Autotune times one plan per key with m left out: BERT's MLM head has a new row count
+  // (the masked tokens) nearly every batch, and timing 8 algorithms for each would stall
+  // step after step; the others of such a family keep the heuristic's choice.
+  std::set<Key> tuned_families_;
   int64_t fallback_calls_ = 0;
   int64_t bias_grad_epilogue_calls_ = 0;
   int64_t autotuned_plans_ = 0, autotune_changes_ = 0;
