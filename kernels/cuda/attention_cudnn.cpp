@@ -19,9 +19,11 @@
 
 // The frontend's headers also carry an engine for another op (an RMSNorm for sm_100) that
 // compiles its kernel with NVRTC at run time. These graphs never reach it, so its NVRTC
-// calls are weak references: mics-train needs no libnvrtc (109 MB) at run time, and a call
-// would be a bug of ours (a null function). A newer frontend that calls more of NVRTC fails
-// to link, loudly, until it is listed here.
+// calls are weak references: mics-train does not link libnvrtc, and a call would be a bug of
+// ours (a null function). A newer frontend that calls more of NVRTC fails to link, loudly,
+// until it is listed here. cuDNN itself does load libnvrtc.so.<CUDA major> at run time
+// (dlopen, in libcudnn_graph) for its runtime-compiled SDPA engines: without it on the
+// loader's path every attention graph is declined (scripts/gpu_check.py looks for it).
 #include <nvrtc.h>
 #pragma weak nvrtcCreateProgram
 #pragma weak nvrtcCompileProgram
@@ -59,7 +61,8 @@ void require(fe::error_t status, const char* step, DType t, const AttentionDims&
 // cuDNN has no kernel for a graph: the refusal the header promises, naming the way out.
 std::string declined(const std::string& why, DType t, const AttentionDims& d) {
   return "runtime.attention \"cudnn\": this cuDNN has no fused attention kernel for " + describe(t, d) + " (" + why +
-         "); use \"fused\" or \"materialized\"";
+         "; cuDNN compiles these kernels at run time and needs libnvrtc on the loader's path); use \"fused\" or "
+         "\"materialized\"";
 }
 
 struct Layout {
@@ -175,6 +178,7 @@ struct CudnnAttention::Impl {
     std::shared_ptr<fe::graph::Graph> graph;
     std::vector<int64_t> uids;
     std::vector<void*> pointers;
+    bool ran = false;
 
     explicit Pack(std::shared_ptr<fe::graph::Graph> g = nullptr) : graph(std::move(g)) {
       if (graph == nullptr) return;
@@ -185,6 +189,18 @@ struct CudnnAttention::Impl {
              const AttentionDims& d) {
       for (size_t i = 0; i < uids.size(); ++i) pointers[i] = tensors.at(uids[i]);
       require(graph->execute(handle, pointers.data(), static_cast<int>(pointers.size()), workspace), step, t, d);
+      if (ran) return;
+      // The first run of a plan waits for its kernels: a fault in them is then reported here,
+      // naming cuDNN and the shape, instead of by whichever op synchronises next.
+      ran = true;
+      cudaStream_t stream = nullptr;
+      cudaError_t err = cudnnGetStream(handle, &stream) == CUDNN_STATUS_SUCCESS ? cudaStreamSynchronize(stream)
+                                                                                 : cudaDeviceSynchronize();
+      if (err == cudaSuccess) err = cudaGetLastError();
+      if (err != cudaSuccess)
+        throw std::runtime_error(std::string("runtime.attention \"cudnn\": cuDNN's kernels failed to ") + step +
+                                 " for " + describe(t, d) + ": " + cudaGetErrorString(err) +
+                                 "; use \"fused\" or \"materialized\"");
     }
   };
   struct Plans {
@@ -279,7 +295,11 @@ struct CudnnAttention::Impl {
     int64_t forward_bytes = 0, backward_bytes = 0;
     require(p.forward.graph->get_workspace_size(forward_bytes), "size the forward workspace", t, d);
     require(p.backward.graph->get_workspace_size(backward_bytes), "size the backward workspace", t, d);
-    p.workspace = static_cast<size_t>(std::max(forward_bytes, backward_bytes));
+    // 256 bytes over what the frontend asks: the frontend lays its own buffers (b·h·s·4 bytes
+    // of softmax sums) before cuDNN's part of the workspace, which is then only 4- or 8-byte
+    // aligned when b·h·s is not a multiple of 4; an engine that aligns its part up stays
+    // inside the allocation.
+    p.workspace = static_cast<size_t>(std::max(forward_bytes, backward_bytes)) + 256;
     // Once per shape, at start-up: which kernels cuDNN chose, for reading a profile.
     spdlog::info("cuDNN {} attention for {}: forward {}, backward {}; workspace {:.1f} MiB", cudnnGetVersion(),
                  describe(t, d), plan_name(p.forward.graph), plan_name(p.backward.graph),
