@@ -349,8 +349,12 @@ class CudaBackend final : public Backend {
     const DType t = d_out.dtype;
     const size_t es = dtype_size(t);
     // An output width cuBLASLt handles slowly: d_out staged at the padded width (zero
-    // columns), the weight padded with zero rows for d_in's product over that width;
-    // d_weight's n rows straight from the staged rows (its own rows are k wide).
+    // columns), the weight padded with zero rows for d_in's product over that width, and
+    // d_weight's product at the padded width too, into the padded weight's scratch once
+    // d_in's product has read it, then its first n rows copied (or added) into place. (The
+    // unpadded d_weight product, n = 50265 rows of D, is the shape cuBLASLt ran at a seventh
+    // of its speed in the forward even with padded leading dimensions, on the H200; the copy
+    // costs n*k elements read and written.)
     const bool add_params = acc_params == Accumulate::yes;
     const int64_t np = m > 0 ? padded_width(n, t) : n;
     const void* rows = d_out.data;
@@ -383,6 +387,16 @@ class CudaBackend final : public Backend {
       g.b = in.data, g.ldb = k;
       g.c = d_weight.data, g.ldc = k;
       g.beta = add_params ? 1.0f : 0.0f;
+      if (np != n) {
+        g.m = np, g.beta = 0.0f;
+        g.c = pad_weight_.get(static_cast<size_t>(np * k) * es, stream_);
+        gemm_->run(g);
+        if (add_params)
+          launch_add(t, d_weight.data, t, d_weight.data, t, g.c, n * k, stream_);
+        else
+          MICS_CUDA_CHECK(cudaMemcpyAsync(d_weight.data, g.c, static_cast<size_t>(n * k) * es,
+                                          cudaMemcpyDeviceToDevice, stream_));
+      }
       // Half precision, unpadded: the bias gradient (column sums of d_out) in the same GEMM's
       // BGRADB epilogue, in the dtype, then added (or copied into place); fp32 keeps the
       // column-sum kernel (the CPU's order).
@@ -399,7 +413,7 @@ class CudaBackend final : public Backend {
           bias_done = ran = true;
         }
       }
-      if (!ran) gemm_->run(g);
+      if (!ran && np == n) gemm_->run(g);
     }
     if (!bias_done)
       launch_column_sums(t, d_bias.data, d_out.data, m, n, add_params, column_partials(m, n, 1), stream_);
