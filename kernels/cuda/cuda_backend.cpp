@@ -69,6 +69,8 @@ namespace {
 
 using namespace mics::cuda;
 
+bool is_aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
 // The compute dtypes of this backend.
 bool compute_dtype(DType t) { return t == DType::f32 || t == DType::bf16 || t == DType::f16; }
 
@@ -449,7 +451,7 @@ class CudaBackend final : public Backend {
   // keeps the separate kernels, the CPU backend's formulas.
   bool gelu_epilogue(DType t, GeluKind kind, int64_t width, const void* aux) const {
     return kind == GeluKind::tanh && t != DType::f32 && padded_width(width, t) == width &&
-           (reinterpret_cast<uintptr_t>(aux) & 15u) == 0;
+           is_aligned16(aux);
   }
 
   void linear_gelu_forward(Tensor act, Tensor pre, Tensor in, Tensor weight, Tensor bias, GeluKind kind) override {
@@ -638,10 +640,18 @@ class CudaBackend final : public Backend {
   }
 
   // The fused kernels' own limits (ours, or cuDNN's), after the shared shape checks.
+  // `views`: the op's other [B,T,...] tensors (the backward's d_qkv and d_out).
   void check_fused_attention(const char* op, const Tensor& qkv, const Tensor& lse, const Tensor& out,
-                             const IntTensor& key_keep, const AttentionDims& d, DropoutSpec dropout) {
+                             const IntTensor& key_keep, const AttentionDims& d, DropoutSpec dropout,
+                             std::initializer_list<const Tensor*> views = {}) {
     check_fused_attention_shapes(op, qkv, lse, out, key_keep, d);
     if (lse.dtype != DType::f32) throw ShapeError(std::string(op) + ": lse must be fp32, not " + dtype_name(lse.dtype));
+    // Both paths read and write these in 16-byte vectors (cuDNN's graphs declare it).
+    bool aligned = is_aligned16(qkv.data) && is_aligned16(out.data);
+    for (const Tensor* v : views) aligned = aligned && is_aligned16(v->data);
+    if (!aligned)
+      throw ShapeError(std::string(op) + ": the fused attention needs its qkv, out and gradient tensors 16-byte "
+                       "aligned (set 'runtime.attention' to \"materialized\")");
     if (cudnn_ != nullptr) {
       auto refuse = [op](const std::string& why) {
         throw ShapeError(std::string(op) + " through cuDNN (runtime.attention \"cudnn\") " + why);
@@ -692,7 +702,7 @@ class CudaBackend final : public Backend {
   void attention_backward_fused(Tensor d_qkv, Tensor d_out, Tensor qkv, Tensor out, Tensor lse, IntTensor key_keep,
                                 const AttentionDims& d, DropoutSpec dropout) override {
     const char* op = "attention_backward_fused";
-    check_fused_attention(op, qkv, lse, out, key_keep, d, dropout);
+    check_fused_attention(op, qkv, lse, out, key_keep, d, dropout, {&d_qkv, &d_out});
     expect_shape(op, "d_qkv", d_qkv, qkv.shape);
     expect_shape(op, "d_out", d_out, out.shape);
     expect_dtypes(op, d_qkv, {&d_out, &qkv, &out});

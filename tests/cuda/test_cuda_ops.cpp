@@ -783,6 +783,11 @@ TEST(CudaFusedAttentionErrors, UnsupportedDtypeOrHeadDimIsRefused) {
   Dev out16(DType::bf16, Shape{1, 8, 64}), qkv16(DType::bf16, Shape{1, 8, 192}), lse2(DType::f32, Shape{1, 2, 8});
   EXPECT_THROW(gpu().attention_forward_fused(out16.t(), lse2.t(), qkv16.t(), IntTensor{}, d32, DropoutSpec{}),
                ShapeError);
+  // A qkv view that is not 16-byte aligned (the kernels' vector loads would fault).
+  Dev wide(DType::bf16, Shape{1 + 8 * 192});
+  EXPECT_THROW(gpu().attention_forward_fused(out16.t(), lse.t(), wide.t().slice(1, {1, 8, 192}), IntTensor{}, d64,
+                                             DropoutSpec{}),
+               ShapeError);
 }
 
 // ---------------------------------------------------------------- profiling timeline
