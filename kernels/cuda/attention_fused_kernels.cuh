@@ -94,11 +94,20 @@ __device__ __forceinline__ void mma_bt(float (&c)[4], const uint32_t (&a)[4], co
 // Rows [row0, row0 + kTile) of a [rows x D] global matrix (row stride ld) into a shared tile
 // stored as is ([kTile][D + kPad]) and, when `transposed` is non-null, transposed
 // ([D][kTile + kPad]). Rows past `rows` are zeros.
+// A warp takes 16 rows x 2 neighbouring 16-byte vectors (each row's 32 bytes: one whole
+// sector of global memory). In the transposed tile, element i of every row's vector c8 lands
+// in bank (4 i + r / 2) mod 32 whatever c8 (the row pitch, kTile + kPad elements, is 4 banks
+// past a multiple of 32, and c8 steps by 8 rows): 16 rows spread a warp's 32 stores over 8
+// banks (2 ways); a warp across one row's vectors, 4 or 2 rows, put them in 1 or 2 banks (8
+// or 16 ways).
 template <class T, int D>
 __device__ __forceinline__ void load_tile(T* tile, T* transposed, const T* base, int64_t ld, int row0, int rows) {
-  constexpr int kVectors = kTile * D / 8;
+  static_assert(D % 16 == 0 && kCtaThreads % 32 == 0 && kTile % 16 == 0, "a warp covers 16 rows x 2 vectors");
+  constexpr int kVectors = kTile * D / 8, kPairsPerRow = D / 16;
+  const int lane = static_cast<int>(threadIdx.x) % 32;
   for (int v = threadIdx.x; v < kVectors; v += kCtaThreads) {
-    const int r = v / (D / 8), c8 = (v % (D / 8)) * 8;
+    const int w = v / 32;  // which 16 rows (w / kPairsPerRow) and which pair of vectors (w % kPairsPerRow)
+    const int r = (w / kPairsPerRow) * 16 + lane / 2, c8 = ((w % kPairsPerRow) * 2 + lane % 2) * 8;
     uint4 x = make_uint4(0u, 0u, 0u, 0u);
     if (row0 + r < rows) x = *reinterpret_cast<const uint4*>(base + (row0 + r) * ld + c8);
     if (tile != nullptr) *reinterpret_cast<uint4*>(tile + r * (D + kPad) + c8) = x;
