@@ -10,7 +10,8 @@
   profile each slice with --profile: time per op (not part of the default run)
   bench   configs/bench/*-slice.json with and without activation checkpointing (and, with
           cuDNN's attention, runtime.gemm_autotune), 9 steps
-          after 1 of warm-up, TFLOP/s per GPU (model FLOPs as mics-train counts them,
+          after 1 of warm-up (first round: each slice's likely fastest variant and
+          torch.compile's full model; second: the rest), TFLOP/s per GPU (model FLOPs as mics-train counts them,
           engine/flops.cpp, and of the layers alone) and MFU; the PyTorch peer training the
           same model (scripts/bench/torch_peer.py: eager, compile, eager+ckpt) and its
           layers-only method of REFERENCES.md (compile), in the same call.
@@ -293,57 +294,67 @@ def stream(cmd, env, timeout, on_line):
 
 
 def bench(bindir, work, env, rows, peak):
+    """Both slices in two rounds, so that a device call cut short still has the rows that
+    matter: first the engine's likely fastest variant and torch.compile's full model for each
+    slice, then the other variants (GEMM autotune, the other attentions, checkpointing) and
+    the other peers (eager, eager+ckpt, the layers alone compiled: REFERENCES.md's method)."""
     mt = os.path.join(bindir, "mics-train")
-    for name in ("bert-10b-slice", "gpt2-10b-slice"):
-        path = os.path.join(ROOT, "configs", "bench", f"{name}.json")
-        cfg = load_config(path)
-        full, layers = model_flops(cfg), layer_flops(cfg)
-        # The engine's own fused attention and the GEMM autotune without checkpointing only
-        # (device time is short); the likely fastest first, so that a call cut short still has
-        # the rows that matter.
-        for attention, ckpt, tune in (("cudnn", False, False), ("cudnn", False, True), ("materialized", False, False),
-                                      ("fused", False, False), ("cudnn", True, False), ("materialized", True, False)):
-            variant = ("ckpt" if ckpt else "no ckpt") + {"materialized": "", "fused": ", fused attention",
-                                                         "cudnn": ", cuDNN attention"}[attention] + \
-                (", GEMM autotune" if tune else "")
-            m = os.path.join(work, f"{name}-{ckpt}-{attention}-{tune}.jsonl")
-            code, text = train(mt, path, m, ["train.steps=10", f"train.activation_checkpointing={'true' if ckpt else 'false'}",
-                                             f"runtime.attention=\"{attention}\"",
-                                             f"runtime.gemm_autotune={'true' if tune else 'false'}"], env, log_level="info")
-            if code != 0:
-                rows.append({"bench": name, "engine": "mics-train", "variant": variant, "error": text[-400:]})
-                continue
-            steps = [json.loads(line) for line in open(m)]
-            t = statistics.median(s["step_time_s"] for s in steps[1:])  # the first step is warm-up
-            rows.append({"bench": name, "engine": "mics-train", "variant": variant, "ckpt": ckpt, "step_s": t,
-                         "tflops": full / t / 1e12, "layer_tflops": layers / t / 1e12,
-                         "mfu": full / t / 1e12 / peak,
-                         # what the engine itself logged (engine/flops.cpp): should equal tflops
-                         "engine_logged_tflops": statistics.median(s["tflops_per_device"] for s in steps[1:]),
-                         # which kernels and gradient path it chose, in its own words
-                         "logged": sorted({re.sub(r"^\[[^]]*\] \[\w+\] ", "", l) for l in text.splitlines()
-                                           if re.search(r"cuDNN .*attention for|cuBLASLt declined|gradients used in place"
-                                                        r"|gradients accumulated|cuBLASLt autotune", l)})})
-        # The full model (the engine's) in three variants, then the layers alone compiled (the
-        # method of REFERENCES.md), 10 steps each in one process.
-        def peer_line(line):
-            try:
-                r = json.loads(line) if line.startswith("{") else None
-            except ValueError:
-                r = None
-            if not isinstance(r, dict) or "step_s" not in r:
-                return
-            rows.append({"bench": name, "engine": f"PyTorch {r['torch']}",
-                         "variant": r["variant"].replace("+layers", "") + (", layers only" if r["model"] == "layers-only" else ""),
-                         "peer_model": r["model"], "ckpt": r["checkpointing"], "step_s": r["step_s"],
-                         "tflops": r["tflops"], "layer_tflops": r["layer_tflops"],
-                         "mfu": r["tflops"] / peak,
-                         "losses": r.get("losses")})
-        code, text = stream([sys.executable, os.path.join(ROOT, "scripts", "bench", "torch_peer.py"), "--config", path,
-                             "--steps", "10", "--warmup", "3", "--variants", "eager,compile,eager+ckpt,compile+layers"],
-                            env, 420, peer_line)
+    # (The materialised attention in the first round too: the last measured path, should
+    # cuDNN's attention fail on the machine.)
+    first = [("cudnn", False, False), ("materialized", False, False)]
+    rest = [("cudnn", False, True), ("fused", False, False), ("cudnn", True, False), ("materialized", True, False)]
+    for variants, peers in ((first, "compile"), (rest, "eager,eager+ckpt,compile+layers")):
+        for name in ("bert-10b-slice", "gpt2-10b-slice"):
+            bench_slice(mt, name, variants, peers, work, env, rows, peak)
+
+
+def bench_slice(mt, name, variants, peers, work, env, rows, peak):
+    path = os.path.join(ROOT, "configs", "bench", f"{name}.json")
+    cfg = load_config(path)
+    full, layers = model_flops(cfg), layer_flops(cfg)
+    for attention, ckpt, tune in variants:
+        variant = ("ckpt" if ckpt else "no ckpt") + {"materialized": "", "fused": ", fused attention",
+                                                     "cudnn": ", cuDNN attention"}[attention] + \
+            (", GEMM autotune" if tune else "")
+        m = os.path.join(work, f"{name}-{ckpt}-{attention}-{tune}.jsonl")
+        code, text = train(mt, path, m, ["train.steps=10", f"train.activation_checkpointing={'true' if ckpt else 'false'}",
+                                         f"runtime.attention=\"{attention}\"",
+                                         f"runtime.gemm_autotune={'true' if tune else 'false'}"], env, log_level="info")
         if code != 0:
-            rows.append({"bench": name, "engine": "PyTorch", "variant": "-", "error": text[-400:]})
+            rows.append({"bench": name, "engine": "mics-train", "variant": variant, "error": text[-400:]})
+            continue
+        steps = [json.loads(line) for line in open(m)]
+        t = statistics.median(s["step_time_s"] for s in steps[1:])  # the first step is warm-up
+        rows.append({"bench": name, "engine": "mics-train", "variant": variant, "ckpt": ckpt, "step_s": t,
+                     "tflops": full / t / 1e12, "layer_tflops": layers / t / 1e12,
+                     "mfu": full / t / 1e12 / peak,
+                     # what the engine itself logged (engine/flops.cpp): should equal tflops
+                     "engine_logged_tflops": statistics.median(s["tflops_per_device"] for s in steps[1:]),
+                     # which kernels and gradient path it chose, in its own words
+                     "logged": sorted({re.sub(r"^\[[^]]*\] \[\w+\] ", "", l) for l in text.splitlines()
+                                       if re.search(r"cuDNN .*attention for|cuBLASLt declined|cuBLASLt refused"
+                                                    r"|gradients used in place|gradients accumulated|cuBLASLt autotune",
+                                                    l)})})
+
+    # The peer variants in one process, 10 steps each.
+    def peer_line(line):
+        try:
+            r = json.loads(line) if line.startswith("{") else None
+        except ValueError:
+            r = None
+        if not isinstance(r, dict) or "step_s" not in r:
+            return
+        rows.append({"bench": name, "engine": f"PyTorch {r['torch']}",
+                     "variant": r["variant"].replace("+layers", "") + (", layers only" if r["model"] == "layers-only" else ""),
+                     "peer_model": r["model"], "ckpt": r["checkpointing"], "step_s": r["step_s"],
+                     "tflops": r["tflops"], "layer_tflops": r["layer_tflops"],
+                     "mfu": r["tflops"] / peak,
+                     "losses": r.get("losses")})
+    code, text = stream([sys.executable, os.path.join(ROOT, "scripts", "bench", "torch_peer.py"), "--config", path,
+                         "--steps", "10", "--warmup", "3", "--variants", peers],
+                        env, 420, peer_line)
+    if code != 0:
+        rows.append({"bench": name, "engine": "PyTorch", "variant": peers, "error": text[-400:]})
 
 
 def peer_ratio(r, rows):
@@ -431,7 +442,7 @@ def main():
                       "PyTorch variant with the same checkpointing.", "",
                       "| slice | engine | variant | step ms | TFLOP/s model | TFLOP/s layers | MFU | vs peer |",
                       "|---|---|---|---|---|---|---|---|"]
-            for r in bench_rows:
+            for r in sorted(bench_rows, key=lambda r: r["bench"]):  # by slice, each in run order
                 if "error" in r:
                     lines.append(f"| {r['bench']} | {r['engine']} | {r['variant']} | error: {r['error'][-200:]!r} | | | | |")
                 else:
