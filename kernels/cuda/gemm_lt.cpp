@@ -186,7 +186,8 @@ GemmLt::Plan& GemmLt::plan_for(const GemmArgs& g) {
       p.algo = result.algo;
       p.has_algo = true;
       for (int i = 0; returned > 1 && i < returned; ++i)
-        if (results[i].state == CUBLAS_STATUS_SUCCESS) p.candidates.push_back(results[i].algo);
+        if (results[i].state == CUBLAS_STATUS_SUCCESS && results[i].workspaceSize <= workspace_bytes_)
+          p.candidates.push_back(results[i].algo);
     } else if (g.bias_grad != nullptr) {  // try_run's caller composes the product and the sums
       spdlog::debug("cuBLASLt declined the BGRADB epilogue for a {} GEMM m={} n={} k={} ({}); bias gradient as "
                     "column sums", dtype_name(g.dtype), g.m, g.n, g.k, cublasLtGetStatusName(status));
@@ -319,6 +320,7 @@ void GemmLt::autotune(Plan& p, const GemmArgs& g) {
   } catch (...) {
     cudaEventDestroy(start);
     cudaEventDestroy(stop);
+    p.candidates.clear();  // the heuristic's first stays: not timed again at every call
     throw;
   }
   cudaEventDestroy(start);
