@@ -167,7 +167,7 @@ Config parse_config(const json& input, const std::string& source,
                     const std::vector<std::string>& overrides) {
   if (!input.is_object())
     throw ConfigError(source + ": the config must be a JSON object with sections model, train, "
-                      "data, mics, runtime and log.");
+                      "data, mics, runtime, checkpoint and log.");
   json doc = input;
   for (const std::string& o : overrides) apply_override(doc, o, source);
 

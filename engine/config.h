@@ -72,7 +72,7 @@ struct MicsConfig {
   std::string gradient_sync = "two_hop";        // two_hop | every_microstep
   // fp32 | compute: the dtype of the two-hop all-reduce across replicas. fp32 sends the
   // accumulator as it is; compute casts it to the model's dtype first (half the bytes, as
-  // the MiCS paper and REFERENCES.md's formula count, at half precision's rounding).
+  // the MiCS paper and docs/references.md's formula count, at half precision's rounding).
   std::string replication_dtype = "fp32";
   int64_t prefetch = 1;
 };

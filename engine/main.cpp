@@ -327,7 +327,8 @@ int main(int argc, char** argv) {
   exporter->add_option("--format", o.format, "safetensors (one file) or hf (folder with config.json)")
       ->check(CLI::IsMember({"safetensors", "hf"}));
   app.add_flag("--profile", o.profile,
-               "time every backend op (device synchronised around each) and print where rank 0's steps go");
+               "time every backend op (CUDA events on a GPU; the host clock around each on the CPU) and print where "
+               "rank 0's steps go");
   app.add_flag("--dry-run", o.dry_run,
                "print parameter count and memory per device, allocate nothing");
   app.add_option("--ranks", o.ranks,

@@ -14,7 +14,7 @@
           torch.compile's full model; second: the rest), TFLOP/s per GPU (model FLOPs as mics-train counts them,
           engine/flops.cpp, and of the layers alone) and MFU; the PyTorch peer training the
           same model (scripts/bench/torch_peer.py: eager, compile, eager+ckpt) and its
-          layers-only method of REFERENCES.md (compile), in the same call.
+          layers-only method of docs/references.md (compile), in the same call.
 
 The parts run in the order given (default: checks bench). Writes OUT/gpu-results.md (OUT:
 $OUT, else docs/) and OUT/gpu-results.json, rewritten after every result.
@@ -33,7 +33,7 @@ import tempfile
 import threading
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PEAK_BF16 = {"H100": 989.0, "H200": 989.0}  # dense bf16 TFLOP/s, datasheet (REFERENCES.md)
+PEAK_BF16 = {"H100": 989.0, "H200": 989.0}  # dense bf16 TFLOP/s, datasheet (docs/references.md)
 
 
 def sh(cmd, env=None, timeout=None):
@@ -266,7 +266,7 @@ def bert_masked_rows(cfg):
 def model_flops(cfg):
     """Model FLOPs for one micro-batch exactly as mics-train credits them (engine/flops.cpp
     model_flops_per_sample x B, the number behind its logged TFLOP/s): the layers plus the
-    vocabulary projection 6*B*S*H*V, REFERENCES.md's formula, for BERT too (whose head runs
+    vocabulary projection 6*B*S*H*V, docs/references.md's formula, for BERT too (whose head runs
     on the masked rows only: both engines are credited alike)."""
     b, s, h, f, l, v = _shape(cfg)
     return layer_flops(cfg) + 6.0 * b * s * h * v
@@ -297,7 +297,7 @@ def bench(bindir, work, env, rows, peak):
     """Both slices in two rounds, so that a device call cut short still has the rows that
     matter: first the engine's likely fastest variant and torch.compile's full model for each
     slice, then the other variants (GEMM autotune, the other attentions, checkpointing) and
-    the other peers (eager, eager+ckpt, the layers alone compiled: REFERENCES.md's method)."""
+    the other peers (eager, eager+ckpt, the layers alone compiled: docs/references.md's method)."""
     mt = os.path.join(bindir, "mics-train")
     # (The materialised attention in the first round too: the last measured path, should
     # cuDNN's attention fail on the machine.)
@@ -434,10 +434,10 @@ def main():
         if bench_rows:
             lines += ["TFLOP/s per GPU over the median step (steps 2-10); recompute not credited. *model*: the "
                       "FLOPs mics-train logs (engine/flops.cpp): per sample L*(24*S*H^2 + 12*S*H*F + 12*S^2*H) "
-                      "+ 6*S*H*V (REFERENCES.md's formula; BERT's head runs on the masked rows only), both engines credited alike, the PyTorch peer training the same model "
+                      "+ 6*S*H*V (docs/references.md's formula; BERT's head runs on the masked rows only), both engines credited alike, the PyTorch peer training the same model "
                       "(embeddings, layers, head, cross-entropy, grad clipping); *layers*: the first term "
                       "alone (72*B*S*L*H^2*(1+S/(6H)) at F = 4H). \"layers only\" is the peer's earlier "
-                      "method (layer stack, square-mean loss; REFERENCES.md). MFU of the model column against "
+                      "method (layer stack, square-mean loss; docs/references.md). MFU of the model column against "
                       f"{peak:.0f} TFLOP/s dense bf16. *vs peer*: model TFLOP/s over the best full-model "
                       "PyTorch variant with the same checkpointing.", "",
                       "| slice | engine | variant | step ms | TFLOP/s model | TFLOP/s layers | MFU | vs peer |",

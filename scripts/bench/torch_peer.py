@@ -15,14 +15,14 @@ By default it trains THE SAME MODEL as the engine, from the same config:
   the config's lr, betas, eps and weight decay on the matrices and embeddings only (the engine's
   mask), grad clipping to train.grad_clip (when > 0), bf16 autocast, fused AdamW.
 
---layers-only keeps the earlier method, the one ../shared/REFERENCES.md's numbers come from:
+--layers-only keeps the earlier method, the one docs/references.md's numbers come from:
 the layer stack alone on random activations, loss = output.float().square().mean(), AdamW
 (lr 1e-4, weight decay 0.01 on everything), no clipping, dropout 0. A variant name may also
 carry "+layers" ("compile+layers") to run that one variant this way.
 
 Each variant prints one JSON line with the median step time and
   tflops        model FLOPs / step time: the count of engine/flops.cpp (the layers plus
-                6*S*H*V per sample, REFERENCES.md's formula, BERT included) times the
+                6*S*H*V per sample, docs/references.md's formula, BERT included) times the
                 micro-batch, the number mics-train logs;
                 in --layers-only mode the layers alone (tflops == layer_tflops)
   layer_tflops  the layers alone, B*L*(24*S*H^2 + 12*S*H*F + 12*S^2*H)
@@ -89,7 +89,7 @@ def settings(cfg):
     return s
 
 
-# ---- the earlier method (--layers-only): unchanged, so REFERENCES.md stays reproducible ----
+# ---- the earlier method (--layers-only): unchanged, so docs/references.md stays reproducible ----
 
 class Stack(nn.Module):
     def __init__(self, hidden, heads, ffn, layers, pre_norm, checkpointing):
@@ -316,7 +316,7 @@ def main():
     ap.add_argument("--variants", default="eager,compile,eager+ckpt,compile+ckpt",
                     help="comma-separated: eager | compile, each optionally +ckpt and/or +layers")
     ap.add_argument("--layers-only", action="store_true",
-                    help="the earlier method (REFERENCES.md): the layer stack alone, square-mean loss")
+                    help="the earlier method (docs/references.md): the layer stack alone, square-mean loss")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
                     help="bf16 autocast or fp32; auto: bf16 on CUDA, fp32 elsewhere")

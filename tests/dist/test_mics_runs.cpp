@@ -1,7 +1,7 @@
 // The MiCS runtime end to end under mpirun: every placement of 8 ranks (ranks per node,
 // partition size, flat or hierarchical gather, two-hop or per-micro-step sync) trains to
 // the same losses as one process over the same global batch; the byte counters equal the
-// formulas of REFERENCES.md; each rank holds 1/p of the model states.
+// formulas of docs/references.md; each rank holds 1/p of the model states.
 #include <gtest/gtest.h>
 
 #include <cmath>

@@ -175,7 +175,7 @@ TEST(Simulator, TinyIsWellUnderASecondAndBert10bAt128GpusUnderTenSeconds) {
   EXPECT_LT(seconds_to_simulate(bert_10b(), p3dn, 16), 10.0);
 }
 
-// The ring formulas of REFERENCES.md: an all-gather over p ranks moves (p-1) chunks per
+// The ring formulas of docs/references.md: an all-gather over p ranks moves (p-1) chunks per
 // rank; across nodes the per-step time is set by the node's network shared by its flows.
 TEST(CostModel, RingAllGatherFollowsTheAlphaBetaFormula) {
   const mics::sim::ClusterSpec c = test_cluster(4);
