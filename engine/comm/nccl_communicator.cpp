@@ -4,8 +4,12 @@
 #include <mpi.h>
 #include <nccl.h>
 
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <mutex>
 #include <stdexcept>
 #include <string>
@@ -22,11 +26,20 @@ namespace {
                            ":" + std::to_string(line) + ")");
 }
 
+// NCCL's error string says only the kind ("invalid usage"); its last error says what
+// ("Duplicate GPU detected ...").
+std::string nccl_message(ncclResult_t status) {
+  std::string text = ncclGetErrorString(status);
+  const char* last = ncclGetLastError(nullptr);
+  if (last != nullptr && *last != '\0') text += std::string(": ") + last;
+  return text;
+}
+
 #define MICS_NCCL_CHECK(expr)                                                     \
   do {                                                                           \
     const ncclResult_t mics_nccl_status = (expr);                                \
     if (mics_nccl_status != ncclSuccess)                                         \
-      fail(#expr, ncclGetErrorString(mics_nccl_status), __FILE__, __LINE__);     \
+      fail(#expr, nccl_message(mics_nccl_status).c_str(), __FILE__, __LINE__);   \
   } while (0)
 #define MICS_CUDA_RT_CHECK(expr)                                                 \
   do {                                                                           \
@@ -51,6 +64,9 @@ struct Registry {
   std::vector<ncclComm_t> comms;
   ncclComm_t world = nullptr;
   cudaStream_t compute = nullptr;
+  // Set by abort_nccl: from then on this rank's communicators start nothing and wait for
+  // nothing (the job is being torn down; their handles may be aborted).
+  std::atomic<bool> aborted{false};
 } g_nccl;
 
 
@@ -72,9 +88,10 @@ class NcclCommunicator final : public Communicator {
     ring_ = RingAccount(members, world_rank, ranks_per_node, kind);
     describe_ = std::string(name(kind)) + " group of ranks " + std::to_string(members.front()) + ".." +
                 std::to_string(members.back());
-    // Host scalars (norms, counts) go over MPI: NCCL wants device memory.
-    if (MPI_Comm_split(MPI_COMM_WORLD, members.front(), rank_, &mpi_) != MPI_SUCCESS)
-      throw std::runtime_error("MPI_Comm_split failed for the " + describe_);
+    // Host scalars (norms, counts) go over MPI, NCCL wanting device memory: through the
+    // MPI communicator of the same members, whose waits keep runtime.comm_timeout_s and
+    // answer its liveness pings.
+    host_ = make_mpi_communicator(members, kind, ranks_per_node, stats);
     // Every rank of the world calls the split; the group's first member is its colour.
     MICS_NCCL_CHECK(ncclCommSplit(g_nccl.world, members.front(), rank_, &comm_, nullptr));
     {
@@ -83,17 +100,8 @@ class NcclCommunicator final : public Communicator {
     }
     MICS_CUDA_RT_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     MICS_CUDA_RT_CHECK(cudaEventCreateWithFlags(&ready_, cudaEventDisableTiming));
-    // Events for requests in flight: a pool made now, so no step allocates.
-    for (int i = 0; i < kEvents; ++i) {
-      cudaEvent_t e;
-      MICS_CUDA_RT_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
-      free_events_.push_back(e);
-    }
   }
   ~NcclCommunicator() override {
-    int finalized = 0;
-    MPI_Finalized(&finalized);
-    if (!finalized && mpi_ != MPI_COMM_NULL) MPI_Comm_free(&mpi_);
     for (cudaEvent_t e : free_events_) cudaEventDestroy(e);
     cudaEventDestroy(ready_);
     cudaStreamDestroy(stream_);
@@ -103,9 +111,10 @@ class NcclCommunicator final : public Communicator {
   int rank() const override { return rank_; }
   int size() const override { return size_; }
 
+  // After abort_nccl every call returns at once: only the teardown of a failed job gets here.
   Request all_gather(void* base, DType dtype, size_t count, size_t blocks, size_t member_stride,
                      size_t block_stride) override {
-    if (size_ == 1) return nullptr;
+    if (size_ == 1 || g_nccl.aborted) return nullptr;
     const size_t esize = dtype_size(dtype);
     char* bytes = static_cast<char*>(base);
     begin();
@@ -133,6 +142,7 @@ class NcclCommunicator final : public Communicator {
   }
 
   Request reduce_scatter(const void* send, void* recv, DType dtype, size_t count) override {
+    if (g_nccl.aborted) return nullptr;
     begin();
     MICS_NCCL_CHECK(ncclReduceScatter(send, recv, count, nccl_type(dtype), ncclSum, comm_, stream_));
     ring_.charge(stats_, CollectiveOp::reduce_scatter,
@@ -141,7 +151,7 @@ class NcclCommunicator final : public Communicator {
   }
 
   Request all_reduce(void* data, DType dtype, size_t count) override {
-    if (size_ == 1) return nullptr;
+    if (size_ == 1 || g_nccl.aborted) return nullptr;
     begin();
     MICS_NCCL_CHECK(ncclAllReduce(data, data, count, nccl_type(dtype), ncclSum, comm_, stream_));
     ring_.charge(stats_, CollectiveOp::all_reduce,
@@ -152,6 +162,10 @@ class NcclCommunicator final : public Communicator {
   void wait(Request& request) override {
     auto* r = static_cast<NcclRequest*>(request.get());
     if (r == nullptr) return;
+    if (g_nccl.aborted) {
+      forget(request);
+      return;
+    }
     const auto start = std::chrono::steady_clock::now();
     for (long polls = 0;; ++polls) {
       const cudaError_t state = cudaEventQuery(r->done);
@@ -160,10 +174,13 @@ class NcclCommunicator final : public Communicator {
       ncclResult_t async = ncclSuccess;
       MICS_NCCL_CHECK(ncclCommGetAsyncError(comm_, &async));
       if (async != ncclSuccess && async != ncclInProgress) {
+        const std::string message = nccl_message(async);
+        forget(request);
         abort_nccl();
-        fail("a collective on the " + describe_, ncclGetErrorString(async), __FILE__, __LINE__);
+        fail("a collective on the " + describe_, message.c_str(), __FILE__, __LINE__);
       }
       if (std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() > comm_timeout()) {
+        forget(request);
         abort_nccl();
         int world_rank = -1;
         MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
@@ -180,6 +197,10 @@ class NcclCommunicator final : public Communicator {
   bool test(Request& request) override {
     auto* r = static_cast<NcclRequest*>(request.get());
     if (r == nullptr) return true;
+    if (g_nccl.aborted) {
+      forget(request);
+      return true;
+    }
     const cudaError_t state = cudaEventQuery(r->done);
     if (state == cudaErrorNotReady) return false;
     MICS_CUDA_RT_CHECK(state);
@@ -187,25 +208,25 @@ class NcclCommunicator final : public Communicator {
     return true;
   }
 
-  double sum_scalar(double value) override {
-    double total = value;
-    if (size_ > 1 && MPI_Allreduce(&value, &total, 1, MPI_DOUBLE, MPI_SUM, mpi_) != MPI_SUCCESS)
-      throw std::runtime_error("MPI_Allreduce of a scalar failed on the " + describe_);
-    return total;
-  }
+  double sum_scalar(double value) override { return host_->sum_scalar(value); }
 
  private:
-  static constexpr int kEvents = 16;
-
   // The collective may start once the compute stream has reached this call.
   void begin() {
     MICS_CUDA_RT_CHECK(cudaEventRecord(ready_, g_nccl.compute));
     MICS_CUDA_RT_CHECK(cudaStreamWaitEvent(stream_, ready_, 0));
   }
+  // The request's completion event: a free one, or a new one. As many are in flight at
+  // once as a step keeps (a replication all-reduce per layer until the step ends, the
+  // prefetched gathers), so the pool grows to that in the first step and is reused after.
   Request finish() {
-    if (free_events_.empty()) throw std::logic_error("more than 16 NCCL collectives in flight on the " + describe_);
-    cudaEvent_t done = free_events_.back();
-    free_events_.pop_back();
+    cudaEvent_t done = nullptr;
+    if (free_events_.empty()) {
+      MICS_CUDA_RT_CHECK(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
+    } else {
+      done = free_events_.back();
+      free_events_.pop_back();
+    }
     MICS_CUDA_RT_CHECK(cudaEventRecord(done, stream_));
     return std::make_unique<NcclRequest>(done);
   }
@@ -214,6 +235,11 @@ class NcclCommunicator final : public Communicator {
     // Later kernels on the compute stream see the collective's result.
     MICS_CUDA_RT_CHECK(cudaStreamWaitEvent(g_nccl.compute, r->done, 0));
     free_events_.push_back(r->done);
+    request.reset();
+  }
+  // A request given up (abort): its event may never fire; it is kept out of the pool.
+  void forget(Request& request) {
+    cudaEventDestroy(static_cast<NcclRequest*>(request.get())->done);
     request.reset();
   }
 
@@ -225,7 +251,7 @@ class NcclCommunicator final : public Communicator {
   cudaStream_t stream_ = nullptr;
   cudaEvent_t ready_ = nullptr;
   std::vector<cudaEvent_t> free_events_;
-  MPI_Comm mpi_ = MPI_COMM_NULL;
+  std::unique_ptr<Communicator> host_;  // the members over MPI, for host scalars
 };
 
 }  // namespace
@@ -252,10 +278,32 @@ std::unique_ptr<Communicator> make_nccl_communicator(const std::vector<int>& mem
 }
 
 void abort_nccl() {
-  std::lock_guard<std::mutex> lock(g_nccl.mutex);
-  for (ncclComm_t c : g_nccl.comms) ncclCommAbort(c);
-  g_nccl.comms.clear();
-  g_nccl.world = nullptr;
+  if (g_nccl.aborted.exchange(true)) return;
+  std::vector<ncclComm_t> comms;
+  {
+    std::lock_guard<std::mutex> lock(g_nccl.mutex);
+    comms.swap(g_nccl.comms);
+    g_nccl.world = nullptr;
+  }
+  if (comms.empty()) return;
+  // ncclCommAbort can block until the peers abort too (NVIDIA/nccl#863), and the caller's
+  // next step, MPI_Abort, is what ends the job for certain: the aborts run on a thread of
+  // their own, given a few seconds, then left behind.
+  struct Done {
+    std::mutex mutex;
+    std::condition_variable cv;
+    bool finished = false;
+  };
+  auto done = std::make_shared<Done>();
+  std::thread([comms, done] {
+    for (ncclComm_t c : comms) ncclCommAbort(c);
+    std::lock_guard<std::mutex> lock(done->mutex);
+    done->finished = true;
+    done->cv.notify_all();
+  }).detach();
+  std::unique_lock<std::mutex> lock(done->mutex);
+  if (!done->cv.wait_for(lock, std::chrono::seconds(10), [&] { return done->finished; }))
+    spdlog::warn("ncclCommAbort did not return within 10 s; ending the job without it");
 }
 
 }  // namespace mics

@@ -6,6 +6,8 @@
 // gather and the last layer's reduce-scatter overlap compute; wait() blocks the host until
 // the collective has completed, polling with the runtime.comm_timeout_s deadline, and a
 // timeout or an NCCL error aborts every NCCL communicator of this rank before it throws.
+// Host scalars go over MPI between the same members, with the same deadline. Completion
+// events are pooled: the pool grows to the most requests a step keeps in flight.
 #include <memory>
 #include <vector>
 
@@ -22,7 +24,10 @@ void init_nccl_world(void* compute_stream);
 // Collective over the world, like make_mpi_communicator.
 std::unique_ptr<Communicator> make_nccl_communicator(const std::vector<int>& members, GroupKind kind,
                                                      int ranks_per_node, CommStats& stats);
-// Aborts every NCCL communicator of this rank (on a fatal error, so no peer waits forever).
+// Aborts every NCCL communicator of this rank (on a fatal error, so no peer waits forever),
+// giving ncclCommAbort 10 s (it may wait for the peers to abort too); from then on the
+// communicators start nothing and wait for nothing, so the teardown cannot hang or use an
+// aborted handle. The caller then ends the job (MPI_Abort).
 void abort_nccl();
 
 }  // namespace mics
