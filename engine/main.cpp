@@ -168,13 +168,11 @@ struct Runtime {
 // Before the model allocates anything: the memory this rank plans (model states, gathered
 // layers, gradient buffers, activations) against its share of its GPU's free memory. All
 // ranks decide together, so a rank whose GPU is short cannot leave the others waiting.
-void check_device_memory(const mics::Config& config, const mics::Topology& topology, const mics::ProcessEnv& env,
-                         int device, int devices) {
+// `sharing`: the ranks of this node on this GPU, this one included.
+void check_device_memory(const mics::Config& config, const mics::Topology& topology, int device, int sharing) {
   mics::world_all(true);  // every rank's CUDA context exists, nothing else is allocated yet
   size_t free_bytes = 0, total_bytes = 0;
   const bool known = mics::cuda_memory_info(device, free_bytes, total_bytes);
-  const int local = env.ranks_per_node();
-  const int sharing = device < local ? (local - 1 - device) / devices + 1 : 1;  // local ranks on this GPU
   const mics::MemoryPlan plan = mics::plan_memory(config, topology.world, topology.partition_size, config.train.micro_batch_size,
                                                   config.train.activation_checkpointing);
   constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
@@ -219,15 +217,25 @@ Runtime make_runtime(const mics::Config& config, const mics::Topology& topology,
   options.cudnn_attention = config.runtime.attention == "cudnn";
   options.gemm_autotune = config.runtime.gemm_autotune;
   r.backend = mics::make_cuda_backend(device, options);
-  check_device_memory(config, topology, env, device, devices);
+  // The ranks on this GPU, told by its PCI bus id: a rank bound to one GPU (srun
+  // --gpus-per-task, a CUDA_VISIBLE_DEVICES of its own) sees one device whatever the node
+  // has, so the visible count alone would take 8 such ranks for 8 sharing one GPU.
+  const std::string bus = mics::cuda_device_pci_bus_id(device);
+  const int local = env.ranks_per_node();
+  const int sharing = !bus.empty() ? env.ranks_on_node_with(bus)
+                                   : (device < local ? (local - 1 - device) / devices + 1 : 1);
+  check_device_memory(config, topology, device, sharing);
+  // One decision for the whole job: mixed nodes must not pick different communicators.
+  const bool exclusive = mics::world_all(sharing == 1);
   std::string kind = config.runtime.communicator;
-  if (kind == "auto") kind = env.ranks_per_node() <= devices ? "nccl" : "staged";
-  if (kind == "nccl" && env.ranks_per_node() > devices)
+  if (kind == "auto") kind = exclusive ? "nccl" : "staged";
+  if (kind == "nccl" && !exclusive)
     throw mics::ConfigError(config.source_name + ": 'runtime.communicator' \"nccl\" needs a GPU per rank, but " +
-                            std::to_string(env.ranks_per_node()) + " ranks share " + std::to_string(devices) +
-                            " GPU(s) on this node; use \"staged\" or \"auto\".");
-  spdlog::info("device: GPU {} ({}) of {} on this node; communicator {}", device, mics::cuda_device_name(device), devices,
-               kind);
+                            (sharing > 1 ? std::to_string(sharing) + " ranks share GPU " + bus + " on this node"
+                                         : std::string("ranks share a GPU on another node")) +
+                            " (NCCL refuses two ranks on one GPU); use \"staged\" or \"auto\".");
+  spdlog::info("device: GPU {} ({}, bus {}) of {} on this node, {} rank(s) on it; communicator {}", device,
+               mics::cuda_device_name(device), bus.empty() ? "unknown" : bus, devices, sharing, kind);
   r.trainer.groups = mics::build_device_groups(topology, *r.backend, kind, mics::cuda_stream(*r.backend));
   return r;
 }

@@ -3,6 +3,8 @@
 #include <mpi.h>
 
 #include <cstdlib>
+#include <cstring>
+#include <vector>
 
 namespace mics {
 
@@ -34,6 +36,21 @@ ProcessEnv::ProcessEnv(int* argc, char*** argv) {
       warning_ = "Slurm says task " + env("SLURM_PROCID") + " of " + env("SLURM_NTASKS") + ", MPI says rank " +
                  std::to_string(rank_) + " of " + std::to_string(world_) + "; using MPI's";
   }
+}
+
+int ProcessEnv::ranks_on_node_with(const std::string& key) const {
+  MPI_Comm node;
+  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node);
+  constexpr int kKeyBytes = 64;
+  char mine[kKeyBytes] = {};
+  std::strncpy(mine, key.c_str(), kKeyBytes - 1);
+  std::vector<char> all(static_cast<size_t>(ranks_per_node_) * kKeyBytes);
+  MPI_Allgather(mine, kKeyBytes, MPI_CHAR, all.data(), kKeyBytes, MPI_CHAR, node);
+  MPI_Comm_free(&node);
+  int same = 0;
+  for (int r = 0; r < ranks_per_node_; ++r)
+    if (std::strncmp(all.data() + static_cast<size_t>(r) * kKeyBytes, mine, kKeyBytes) == 0) ++same;
+  return same;
 }
 
 ProcessEnv::~ProcessEnv() {

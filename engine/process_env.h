@@ -21,6 +21,9 @@ class ProcessEnv {
   // rank (under srun); empty otherwise. A mismatch with MPI is reported as a warning.
   const std::string& launcher_detail() const { return detail_; }
   const std::string& launcher_warning() const { return warning_; }
+  // How many ranks of this node, this one included, pass the same key (a GPU's PCI bus id:
+  // the ranks sharing it). Collective over the node: every rank of it calls this.
+  int ranks_on_node_with(const std::string& key) const;
   // Ends every rank of the job; used when one rank fails so that none waits forever.
   [[noreturn]] void abort_job(int code) const;
 

@@ -11,6 +11,7 @@ int cuda_device_count() { return 0; }
 bool cuda_memory_info(int, size_t&, size_t&) { return false; }
 int cuda_compute_capability(int) { return 0; }
 std::string cuda_device_name(int) { return "none"; }
+std::string cuda_device_pci_bus_id(int) { return ""; }
 std::unique_ptr<Backend> make_cuda_backend(int, const CudaBackendOptions&) {
   throw std::runtime_error("this build has no CUDA backend (configure where nvcc is installed, MICS_CUDA on)");
 }

@@ -56,6 +56,15 @@ int cuda_compute_capability(int device) {
   return prop.major * 10 + prop.minor;
 }
 
+std::string cuda_device_pci_bus_id(int device) {
+  char id[64] = {};
+  if (cudaDeviceGetPCIBusId(id, static_cast<int>(sizeof id), device) != cudaSuccess) {
+    cudaGetLastError();
+    return "";
+  }
+  return id;
+}
+
 std::string cuda_device_name(int device) {
   cudaDeviceProp prop{};
   if (cudaGetDeviceProperties(&prop, device) != cudaSuccess) {

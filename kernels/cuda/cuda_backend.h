@@ -37,6 +37,10 @@ bool cuda_memory_info(int device, size_t& free_bytes, size_t& total_bytes);
 int cuda_compute_capability(int device);
 // "NVIDIA H100 80GB HBM3", or "unknown" when the device cannot be queried.
 std::string cuda_device_name(int device);
+// The device's PCI bus id ("0000:3b:00.0"): the same GPU gives the same id in every process
+// of a node, whatever CUDA_VISIBLE_DEVICES numbers it (NCCL tells GPUs apart by it too);
+// empty when the device cannot be queried.
+std::string cuda_device_pci_bus_id(int device);
 
 // A backend on `device` (cudaSetDevice is called once, here): one stream, one cuBLASLt
 // handle and workspace, owned by the backend. Throws mics::cuda::CudaError (a
