@@ -1,5 +1,7 @@
 #include "engine/sharded_param_store.h"
 
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
 #include <stdexcept>
 
@@ -101,16 +103,23 @@ Tensor ShardedParamStore::working_copy() {
 ShardedParamStore::~ShardedParamStore() {
   // Nothing may still write into buffers that are about to be freed, and every rank must
   // have issued the same collectives: finish the second stages in order first.
-  const ParamSlot* last = nullptr;
-  for (auto& s : param_slots_)
-    if (s->stage == 1 && (last == nullptr || s->started > last->started)) last = s.get();
-  progress_gathers(last);
-  for (auto& s : param_slots_)
-    if (s->request) (topo_.hierarchical ? groups_.intra_node : groups_.partition)->wait(s->request);
-  for (auto& s : grad_slots_)
-    if (s->request) groups_.partition->wait(s->request);
-  for (Request& r : replication_requests_)
-    if (r) groups_.replication->wait(r);
+  try {
+    const ParamSlot* last = nullptr;
+    for (auto& s : param_slots_)
+      if (s->stage == 1 && (last == nullptr || s->started > last->started)) last = s.get();
+    progress_gathers(last);
+    for (auto& s : param_slots_)
+      if (s->request) (topo_.hierarchical ? groups_.intra_node : groups_.partition)->wait(s->request);
+    for (auto& s : grad_slots_)
+      if (s->request) groups_.partition->wait(s->request);
+    for (Request& r : replication_requests_)
+      if (r) groups_.replication->wait(r);
+  } catch (const std::exception& e) {
+    // Only while a failure unwinds the run (a peer gone, a timeout): the job is ending and
+    // its own error is the one to report; an exception escaping here would end the process
+    // before that (std::terminate).
+    spdlog::error("collectives still in flight could not be finished while the run stopped: {}", e.what());
+  }
 }
 
 int64_t ShardedParamStore::shard_offset(int layer) const {
