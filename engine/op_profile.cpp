@@ -117,6 +117,8 @@ class ProfilingBackend final : public Backend {
   // Memory management and transfers are set-up and data loading: forwarded, not timed.
   void* allocate(size_t bytes) override { return inner_->allocate(bytes); }
   void release(void* ptr) noexcept override { inner_->release(ptr); }
+  void* allocate_host(size_t bytes) override { return inner_->allocate_host(bytes); }
+  void release_host(void* ptr) noexcept override { inner_->release_host(ptr); }
   void copy_from_host(void* dst, const void* src, size_t bytes) override {
     timed("copy_from_host", 0, [&] { inner_->copy_from_host(dst, src, bytes); });
   }

@@ -14,6 +14,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <new>
 #include <utility>
 #include <vector>
 
@@ -86,6 +87,10 @@ class Backend {
   virtual void release(void* ptr) noexcept = 0;
   virtual void copy_from_host(void* dst, const void* src, size_t bytes) = 0;
   virtual void copy_to_host(void* dst, const void* src, size_t bytes) = 0;
+  // Host memory that device data is staged through (page-locked on a GPU, so copies to and
+  // from it run at the bus's speed); plain memory where the device is the host.
+  virtual void* allocate_host(size_t bytes) { return ::operator new(bytes); }
+  virtual void release_host(void* ptr) noexcept { ::operator delete(ptr); }
   virtual void synchronize() = 0;
   // The device's timeline for profiling; nullptr where there is none (CPU backend): a
   // profiler then reads the host clock between synchronisations.

@@ -9,6 +9,11 @@ namespace {
 class StagedCommunicator final : public Communicator {
  public:
   StagedCommunicator(std::unique_ptr<Communicator> host, Backend& device) : host_(std::move(host)), be_(device) {}
+  ~StagedCommunicator() override {
+    for (HostBuffer& b : host_buffers_) be_.release_host(b.data);
+  }
+  StagedCommunicator(const StagedCommunicator&) = delete;
+  StagedCommunicator& operator=(const StagedCommunicator&) = delete;
 
   int rank() const override { return host_->rank(); }
   int size() const override { return host_->size(); }
@@ -55,11 +60,21 @@ class StagedCommunicator final : public Communicator {
   double sum_scalar(double value) override { return host_->sum_scalar(value); }
 
  private:
-  // Staging buffers grow to the largest message on the first step and are reused after.
+  // Staging buffers (the backend's host memory: page-locked on a GPU) grow to the largest
+  // message on the first step and are reused after.
+  struct HostBuffer {
+    void* data = nullptr;
+    size_t bytes = 0;
+  };
   char* host_bytes(int which, size_t bytes) {
-    std::vector<char>& b = host_buffers_[which];
-    if (b.size() < bytes) b.resize(bytes);
-    return b.data();
+    HostBuffer& b = host_buffers_[which];
+    if (b.bytes < bytes) {
+      be_.release_host(b.data);
+      b = HostBuffer{};
+      b.data = be_.allocate_host(bytes);
+      b.bytes = bytes;
+    }
+    return static_cast<char*>(b.data);
   }
   Tensor device_fp32(size_t count) {
     if (device32_.bytes() < count * sizeof(float)) device32_ = DeviceBuffer(be_, count * sizeof(float));
@@ -89,7 +104,7 @@ class StagedCommunicator final : public Communicator {
 
   std::unique_ptr<Communicator> host_;
   Backend& be_;
-  std::vector<char> host_buffers_[2];
+  HostBuffer host_buffers_[2];
   DeviceBuffer device32_;
 };
 

@@ -247,6 +247,17 @@ class CudaBackend final : public Backend {
     if (err != cudaSuccess)
       std::fprintf(stderr, "mics cuda: cudaFree failed: %s\n", cudaGetErrorString(err));
   }
+  void* allocate_host(size_t bytes) override {
+    void* ptr = nullptr;
+    MICS_CUDA_CHECK(cudaMallocHost(&ptr, bytes));
+    return ptr;
+  }
+  void release_host(void* ptr) noexcept override {
+    if (ptr == nullptr) return;
+    const cudaError_t err = cudaFreeHost(ptr);
+    if (err != cudaSuccess)
+      std::fprintf(stderr, "mics cuda: cudaFreeHost failed: %s\n", cudaGetErrorString(err));
+  }
   void copy_from_host(void* dst, const void* src, size_t bytes) override {
     if (bytes == 0) return;
     MICS_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, stream_));
