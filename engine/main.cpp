@@ -220,10 +220,11 @@ Runtime make_runtime(const mics::Config& config, const mics::Topology& topology,
   // The ranks on this GPU, told by its PCI bus id: a rank bound to one GPU (srun
   // --gpus-per-task, a CUDA_VISIBLE_DEVICES of its own) sees one device whatever the node
   // has, so the visible count alone would take 8 such ranks for 8 sharing one GPU.
+  // (Every rank of the node takes part in the exchange, a bus id or not.)
   const std::string bus = mics::cuda_device_pci_bus_id(device);
   const int local = env.ranks_per_node();
-  const int sharing = !bus.empty() ? env.ranks_on_node_with(bus)
-                                   : (device < local ? (local - 1 - device) / devices + 1 : 1);
+  const int same_bus = env.ranks_on_node_with(bus);
+  const int sharing = !bus.empty() ? same_bus : (device < local ? (local - 1 - device) / devices + 1 : 1);
   check_device_memory(config, topology, device, sharing);
   // One decision for the whole job: mixed nodes must not pick different communicators.
   const bool exclusive = mics::world_all(sharing == 1);
