@@ -7,6 +7,14 @@
 
 namespace mics {
 
+namespace {
+
+// Keeps `buffer`'s memory allocated for the rest of the process, unowned: a collective
+// that could not be finished may still write into it, and the job is ending anyway.
+void abandon(DeviceBuffer& buffer) { new DeviceBuffer(std::move(buffer)); }  // NOLINT: leaked on purpose
+
+}  // namespace
+
 // A gathered layer: the whole span in working precision. A hierarchical gather runs in
 // two stages; the second starts once the first has landed.
 struct ShardedParamStore::ParamSlot {
@@ -119,6 +127,13 @@ ShardedParamStore::~ShardedParamStore() {
     // its own error is the one to report; an exception escaping here would end the process
     // before that (std::terminate).
     spdlog::error("collectives still in flight could not be finished while the run stopped: {}", e.what());
+    for (auto& s : param_slots_) abandon(s->buffer);
+    for (auto& s : grad_slots_) {
+      abandon(s->work);
+      abandon(s->shard);
+    }
+    abandon(grads_);
+    abandon(replication_);
   }
 }
 

@@ -34,6 +34,11 @@ void check(int code, const char* what) {
 // Seconds any wait on another rank may take before this rank gives up (set once at start).
 double g_timeout_s = 600.0;
 
+// Set by the first wait that gave up: the job is ending, and collectives still waited for
+// while it unwinds (the parameter store drains its in-flight gathers) fail at once instead
+// of each waiting out another timeout and pinging peers that are exiting by then.
+bool g_gave_up = false;
+
 // ---- Liveness pings ----------------------------------------------------------------------
 // MPI cannot say which member of a collective is missing. So every rank, while it polls a
 // wait, also answers pings on a duplicate of the world communicator (its own context, so
@@ -144,6 +149,8 @@ std::string diagnose_timeout(const std::vector<int>& members) {
 void wait_for(MPI_Request& request, const std::string& what, const std::vector<int>& members) {
   int done = 0;
   check(MPI_Test(&request, &done, MPI_STATUS_IGNORE), "MPI_Test");
+  if (!done && g_gave_up)
+    throw std::runtime_error(what + " was not waited for: an earlier wait on this rank gave up, so the job is ending");
   const auto start = std::chrono::steady_clock::now();
   auto last_poll = start;
   double frozen_s = 0;  // longest gap between polls of this wait
@@ -160,6 +167,7 @@ void wait_for(MPI_Request& request, const std::string& what, const std::vector<i
     if (!done && std::chrono::duration<double>(now - start).count() > g_timeout_s) {
       int rank = -1;
       MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+      g_gave_up = true;
       // A rank that was itself stopped blames no one: the others are going down by now.
       const std::string frozen = "this rank was itself frozen for " + std::to_string(std::lround(frozen_s)) +
                                  " s inside the wait (stopped, or starved of CPU)";
