@@ -190,6 +190,10 @@ ShardedParamStore::ParamSlot& ShardedParamStore::start_gather(int layer) {
     const int k = topo_.ranks_per_node;
     slot->request = groups_.inter_node->all_gather(at(topo_.local_rank() * chunk), work, static_cast<size_t>(chunk), 1,
                                                    static_cast<size_t>(k * chunk), 0);
+    // Where the device keeps the order, stage 2 is queued behind stage 1 now, so every rank
+    // submits its collectives in program order (NCCL deadlocks on concurrent communicators
+    // fed in different orders); elsewhere it starts once the host sees stage 1 done.
+    if (groups_.intra_node->orders_on_device()) start_intra_stage(*slot);
   } else {
     slot->request = groups_.partition->all_gather(base, work, static_cast<size_t>(chunk), 1, static_cast<size_t>(chunk), 0);
   }
@@ -236,12 +240,14 @@ void ShardedParamStore::prefetch_after(size_t position) {
 
 void ShardedParamStore::start_intra_stage(ParamSlot& slot) {
   // Stage 2: the node's ranks exchange what each gathered from its rail: n chunks each,
-  // k chunks apart.
+  // k chunks apart. It reads stage 1's result: queued behind it on the device, or (host
+  // order) stage 1 has completed and its request is null by now.
   const int64_t chunk = layout_.layers()[static_cast<size_t>(slot.layer)].size / topo_.partition_size;
   const int k = topo_.ranks_per_node;
   slot.stage = 2;
-  slot.request = groups_.intra_node->all_gather(
-      slot.buffer.data(), opt_.work_dtype, static_cast<size_t>(chunk), static_cast<size_t>(topo_.nodes_per_partition()),
+  Request stage1 = std::move(slot.request);
+  slot.request = groups_.intra_node->all_gather_after(
+      stage1, slot.buffer.data(), opt_.work_dtype, static_cast<size_t>(chunk), static_cast<size_t>(topo_.nodes_per_partition()),
       static_cast<size_t>(chunk), static_cast<size_t>(k * chunk));
 }
 

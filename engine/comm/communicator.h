@@ -2,10 +2,13 @@
 // Collectives over one process group, nonblocking: a call starts the operation and
 // returns a handle; the buffers may be read or reused only after wait() on it. Every
 // collective is charged to the rank's CommStats under its group kind and link tier.
-// The MPI implementation lives in mpi_communicator.cpp; NCCL and the simulator come later.
+// Implementations: MPI (mpi_communicator.cpp), NCCL (nccl_communicator.cpp), device
+// buffers staged through host memory over MPI (staged_communicator.cpp), the simulator
+// (sim/sim_communicator.cpp).
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -71,6 +74,19 @@ class Communicator {
   // every member's chunks. Flat gather: blocks = 1, member_stride = count.
   virtual Request all_gather(void* base, DType dtype, size_t count, size_t blocks, size_t member_stride,
                              size_t block_stride) = 0;
+  // Whether a collective that reads another's result can be started before that one has
+  // completed, the dependency kept where the data lives (NCCL and the simulator: stream
+  // order on the device). Then every rank submits its collectives in program order, which
+  // NCCL asks of communicators used at the same time; on host-ordered communicators (MPI,
+  // staged) the dependent one starts only once test() or wait() saw the first complete.
+  virtual bool orders_on_device() const { return false; }
+  // all_gather that begins only once `before` has completed: a request of another
+  // communicator of this backend, consumed here (afterwards null), or null.
+  virtual Request all_gather_after(Request& before, void* base, DType dtype, size_t count, size_t blocks,
+                                   size_t member_stride, size_t block_stride) {
+    if (before) throw std::logic_error("all_gather_after on a host-ordered communicator before its dependency completed");
+    return all_gather(base, dtype, count, blocks, member_stride, block_stride);
+  }
   // send[size()*count] summed over members; member j receives block j into recv[count].
   virtual Request reduce_scatter(const void* send, void* recv, DType dtype, size_t count) = 0;
   // data[count] summed over members, in place.

@@ -72,7 +72,8 @@ struct Registry {
 
 struct NcclRequest final : CommRequest {
   cudaEvent_t done = nullptr;
-  explicit NcclRequest(cudaEvent_t event) : done(event) {}
+  std::vector<cudaEvent_t>* pool = nullptr;  // the issuing communicator's free events
+  NcclRequest(cudaEvent_t event, std::vector<cudaEvent_t>* owner) : done(event), pool(owner) {}
 };
 
 class NcclCommunicator final : public Communicator {
@@ -115,30 +116,29 @@ class NcclCommunicator final : public Communicator {
   Request all_gather(void* base, DType dtype, size_t count, size_t blocks, size_t member_stride,
                      size_t block_stride) override {
     if (size_ == 1 || g_nccl.aborted) return nullptr;
-    const size_t esize = dtype_size(dtype);
-    char* bytes = static_cast<char*>(base);
     begin();
-    if (blocks == 1 && member_stride == count) {
-      // Contiguous: NCCL's in-place all-gather (send buffer = this rank's slot).
-      MICS_NCCL_CHECK(ncclAllGather(bytes + static_cast<size_t>(rank_) * count * esize, base, count, nccl_type(dtype),
-                                    comm_, stream_));
-    } else {
-      // Strided (the hierarchical gather's stages): every member's blocks by grouped
-      // point-to-point sends and receives straight into place.
-      MICS_NCCL_CHECK(ncclGroupStart());
-      for (int peer = 0; peer < size_; ++peer) {
-        if (peer == rank_) continue;
-        for (size_t b = 0; b < blocks; ++b) {
-          char* mine = bytes + (static_cast<size_t>(rank_) * member_stride + b * block_stride) * esize;
-          char* theirs = bytes + (static_cast<size_t>(peer) * member_stride + b * block_stride) * esize;
-          MICS_NCCL_CHECK(ncclSend(mine, count, nccl_type(dtype), peer, comm_, stream_));
-          MICS_NCCL_CHECK(ncclRecv(theirs, count, nccl_type(dtype), peer, comm_, stream_));
-        }
-      }
-      MICS_NCCL_CHECK(ncclGroupEnd());
+    return gather(base, dtype, count, blocks, member_stride, block_stride);
+  }
+
+  bool orders_on_device() const override { return true; }
+  Request all_gather_after(Request& before, void* base, DType dtype, size_t count, size_t blocks,
+                           size_t member_stride, size_t block_stride) override {
+    if (g_nccl.aborted) {
+      if (before) forget(before);
+      return nullptr;
     }
-    ring_.charge(stats_, CollectiveOp::all_gather, static_cast<double>(size_ - 1) * static_cast<double>(blocks * count * esize));
-    return finish();
+    if (size_ == 1) return std::move(before);  // nothing to gather: done when `before` is
+    begin();
+    if (before) {
+      // This stream waits for the event as recorded now; the event goes back to its own
+      // communicator's pool at once (a later record there does not move this wait), and
+      // the compute stream needs no wait of its own: this gather's completion implies it.
+      auto* first = static_cast<NcclRequest*>(before.get());
+      MICS_CUDA_RT_CHECK(cudaStreamWaitEvent(stream_, first->done, 0));
+      first->pool->push_back(first->done);
+      before.reset();
+    }
+    return gather(base, dtype, count, blocks, member_stride, block_stride);
   }
 
   Request reduce_scatter(const void* send, void* recv, DType dtype, size_t count) override {
@@ -211,6 +211,33 @@ class NcclCommunicator final : public Communicator {
   double sum_scalar(double value) override { return host_->sum_scalar(value); }
 
  private:
+  // Enqueues the all-gather on this communicator's stream (begin() already called).
+  Request gather(void* base, DType dtype, size_t count, size_t blocks, size_t member_stride, size_t block_stride) {
+    const size_t esize = dtype_size(dtype);
+    char* bytes = static_cast<char*>(base);
+    if (blocks == 1 && member_stride == count) {
+      // Contiguous: NCCL's in-place all-gather (send buffer = this rank's slot).
+      MICS_NCCL_CHECK(ncclAllGather(bytes + static_cast<size_t>(rank_) * count * esize, base, count, nccl_type(dtype),
+                                    comm_, stream_));
+    } else {
+      // Strided (the hierarchical gather's stages): every member's blocks by grouped
+      // point-to-point sends and receives straight into place.
+      MICS_NCCL_CHECK(ncclGroupStart());
+      for (int peer = 0; peer < size_; ++peer) {
+        if (peer == rank_) continue;
+        for (size_t b = 0; b < blocks; ++b) {
+          char* mine = bytes + (static_cast<size_t>(rank_) * member_stride + b * block_stride) * esize;
+          char* theirs = bytes + (static_cast<size_t>(peer) * member_stride + b * block_stride) * esize;
+          MICS_NCCL_CHECK(ncclSend(mine, count, nccl_type(dtype), peer, comm_, stream_));
+          MICS_NCCL_CHECK(ncclRecv(theirs, count, nccl_type(dtype), peer, comm_, stream_));
+        }
+      }
+      MICS_NCCL_CHECK(ncclGroupEnd());
+    }
+    ring_.charge(stats_, CollectiveOp::all_gather, static_cast<double>(size_ - 1) * static_cast<double>(blocks * count * esize));
+    return finish();
+  }
+
   // The collective may start once the compute stream has reached this call.
   void begin() {
     MICS_CUDA_RT_CHECK(cudaEventRecord(ready_, g_nccl.compute));
@@ -228,13 +255,13 @@ class NcclCommunicator final : public Communicator {
       free_events_.pop_back();
     }
     MICS_CUDA_RT_CHECK(cudaEventRecord(done, stream_));
-    return std::make_unique<NcclRequest>(done);
+    return std::make_unique<NcclRequest>(done, &free_events_);
   }
   void release(Request& request) {
     auto* r = static_cast<NcclRequest*>(request.get());
     // Later kernels on the compute stream see the collective's result.
     MICS_CUDA_RT_CHECK(cudaStreamWaitEvent(g_nccl.compute, r->done, 0));
-    free_events_.push_back(r->done);
+    r->pool->push_back(r->done);
     request.reset();
   }
   // A request given up (abort): its event may never fire; it is kept out of the pool.

@@ -34,6 +34,16 @@ class SimCommunicator final : public Communicator {
     const double chunk = static_cast<double>(blocks * count * dtype_size(dtype));
     return start(CollectiveOp::all_gather, chunk * size_, (size_ - 1) * chunk);
   }
+  // Simulated GPUs order collectives on the device, as NCCL does: a dependent gather is
+  // booked to begin once the one before it ends, whenever the host submitted it.
+  bool orders_on_device() const override { return true; }
+  Request all_gather_after(Request& before, void*, DType dtype, size_t count, size_t blocks, size_t,
+                           size_t) override {
+    const double not_before = before ? static_cast<SimRequest*>(before.get())->end_s : 0.0;
+    before.reset();
+    const double chunk = static_cast<double>(blocks * count * dtype_size(dtype));
+    return start(CollectiveOp::all_gather, chunk * size_, (size_ - 1) * chunk, not_before);
+  }
   Request reduce_scatter(const void*, void*, DType dtype, size_t count) override {
     const double chunk = static_cast<double>(count * dtype_size(dtype));
     return start(CollectiveOp::reduce_scatter, chunk * size_, (size_ - 1) * chunk);
@@ -64,15 +74,17 @@ class SimCommunicator final : public Communicator {
  private:
   // Charges the counters exactly as the MPI communicator does and books the collective on
   // the communication stream.
-  Request start(CollectiveOp op, double full_bytes, double ring_bytes) {
+  // `not_before`: when the collective it reads the result of ends (0: none).
+  Request start(CollectiveOp op, double full_bytes, double ring_bytes, double not_before = 0.0) {
     auto req = std::make_unique<SimRequest>();
+    req->end_s = not_before;  // a group of one is done when its dependency is
     if (size_ == 1) return req;
     const int o = static_cast<int>(op);
     ring_.charge(stats_, op, ring_bytes);
     const CollectiveTime t = collective_time(cluster_, shape_, op, full_bytes);
     // A ring that crosses nodes occupies the network; one inside a node only NVLink.
     double& lane = timeline_.lane_free_s[shape_.spans_nodes ? 1 : 0];
-    const double begin = std::max(timeline_.compute_s, lane);
+    const double begin = std::max({timeline_.compute_s, lane, not_before});
     lane = begin + t.seconds;
     timeline_.comm_s[o][static_cast<int>(t.bottleneck)] += t.seconds;
     req->end_s = lane;

@@ -2,9 +2,9 @@
 // Simulated time of one rank: a compute stream that ops advance, and a communication lane
 // per link tier: collectives whose ring crosses nodes run one after another on the
 // network lane, collectives inside a node on the NVLink lane, each in issue order (as on
-// a dedicated NCCL stream per lane). A collective starts when it is issued and its lane is
-// free; waiting on it moves the compute stream to its end, and the gap is the exposed
-// (not hidden) communication.
+// a dedicated NCCL stream per lane). A collective starts when it is issued, its lane is
+// free and any collective whose result it reads has ended; waiting on it moves the
+// compute stream to its end, and the gap is the exposed (not hidden) communication.
 #include "engine/comm/communicator.h"
 
 namespace mics::sim {

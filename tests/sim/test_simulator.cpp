@@ -231,6 +231,34 @@ TEST(CostModel, RingShapesCountTheFlowsThroughANodesNetwork) {
   EXPECT_EQ(replication.flows_per_nic, 4);
 }
 
+// The hierarchical gather's second stage, submitted with its dependency right after the
+// first (the device keeps the order, as on NCCL streams), begins on the NVLink lane the
+// moment the first ends, however long the host computes in between; the first stage's
+// request is consumed. A host-ordered start would begin at the host's next poll instead.
+TEST(SimCommunicator, AGatherAfterAnotherBeginsWhenThatOneEnds) {
+  const mics::sim::ClusterSpec c = test_cluster(4);
+  const mics::Topology t = mics::make_topology(0, 16, 4, 8, "true");
+  mics::sim::Timeline timeline;
+  mics::CommStats stats;
+  const mics::sim::RingShape rail{2, true, 2, 4, 1}, intra{4, false, 1, 0, 4};
+  auto inter_comm = mics::sim::make_sim_communicator(t, t.inter_node_members(), rail, mics::GroupKind::partition, c,
+                                                     timeline, stats);
+  auto intra_comm = mics::sim::make_sim_communicator(t, t.intra_node_members(), intra, mics::GroupKind::partition, c,
+                                                     timeline, stats);
+  ASSERT_TRUE(intra_comm->orders_on_device());
+  const size_t chunk = 1 << 20;  // bf16 elements per rank
+  mics::Request first = inter_comm->all_gather(nullptr, mics::DType::bf16, chunk, 1, 4 * chunk, 0);
+  mics::Request second = intra_comm->all_gather_after(first, nullptr, mics::DType::bf16, chunk, 2, chunk, 4 * chunk);
+  EXPECT_EQ(first, nullptr);
+  const double t_first = mics::sim::collective_time(c, rail, mics::CollectiveOp::all_gather, 2.0 * chunk * 2).seconds;
+  const double t_second = mics::sim::collective_time(c, intra, mics::CollectiveOp::all_gather, 4.0 * 2 * chunk * 2).seconds;
+  ASSERT_GT(t_first, 0.0);
+  timeline.compute_s = 0.5 * t_first;  // the host moves on before the first stage ends
+  intra_comm->wait(second);
+  EXPECT_DOUBLE_EQ(timeline.compute_s, t_first + t_second);
+  EXPECT_DOUBLE_EQ(timeline.lane_free_s[0], t_first + t_second);
+}
+
 TEST(ClusterFiles, EveryShippedFileLoadsAndAFileWithoutSourcesIsRefused) {
   for (const char* name : {"p3dn", "p4d", "p4de", "h100"}) {
     const auto c = mics::sim::load_cluster(source_path(std::string("configs/clusters/") + name + ".json"));
