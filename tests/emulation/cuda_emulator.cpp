@@ -1,11 +1,15 @@
 #include "tests/emulation/cuda_emulator.h"
 
+#include <elf.h>
+#include <link.h>
 #include <ucontext.h>
 
 #include <cstdio>
 #include <cstdlib>
 #include <algorithm>
 #include <cstring>
+#include <fstream>
+#include <iterator>
 #include <vector>
 
 dim3 threadIdx, blockIdx, blockDim, gridDim;
@@ -117,6 +121,44 @@ void start_thread(Thread& t) {
   t.warp_operations = 0;
 }
 
+// The kernels' static __shared__ arrays: the writable function-local statics of namespace
+// mics::cuda (mangled "_ZZN4mics4cuda..."), found in this program's symbol table, since
+// the compiler keeps a template's statics out of any section we could name.
+struct SharedArray {
+  unsigned char* data;
+  size_t bytes;
+};
+
+std::vector<SharedArray> find_static_shared_arrays() {
+  std::ifstream file("/proc/self/exe", std::ios::binary);
+  const std::vector<char> elf((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+  if (elf.size() < sizeof(Elf64_Ehdr)) fail("cannot read /proc/self/exe for the static shared arrays");
+  const auto* header = reinterpret_cast<const Elf64_Ehdr*>(elf.data());
+  const auto* sections = reinterpret_cast<const Elf64_Shdr*>(elf.data() + header->e_shoff);
+  // Where the program was loaded: the first object dl_iterate_phdr reports is the program.
+  ElfW(Addr) load_bias = 0;
+  dl_iterate_phdr([](dl_phdr_info* info, size_t, void* out) {
+    *static_cast<ElfW(Addr)*>(out) = info->dlpi_addr;
+    return 1;
+  }, &load_bias);
+  std::vector<SharedArray> arrays;
+  for (int i = 0; i < header->e_shnum; ++i) {
+    if (sections[i].sh_type != SHT_SYMTAB) continue;
+    const auto* symbols = reinterpret_cast<const Elf64_Sym*>(elf.data() + sections[i].sh_offset);
+    const char* names = elf.data() + sections[sections[i].sh_link].sh_offset;
+    const size_t count = sections[i].sh_size / sizeof(Elf64_Sym);
+    for (size_t k = 0; k < count; ++k) {
+      const Elf64_Sym& sym = symbols[k];
+      if (ELF64_ST_TYPE(sym.st_info) != STT_OBJECT || sym.st_size == 0 || sym.st_shndx == SHN_UNDEF ||
+          sym.st_shndx >= header->e_shnum || !(sections[sym.st_shndx].sh_flags & SHF_WRITE))
+        continue;
+      if (std::strncmp(names + sym.st_name, "_ZZN4mics4cuda", 14) != 0) continue;
+      arrays.push_back({reinterpret_cast<unsigned char*>(load_bias + sym.st_value), sym.st_size});
+    }
+  }
+  return arrays;
+}
+
 // Warps are scheduled greedily: one warp's threads are resumed until none of them is ready
 // (all wait at __syncthreads or have finished), and only then the next warp's, so a warp runs
 // ahead through its shuffles and mmas to the block's next barrier, as a GPU warp may. Even
@@ -126,6 +168,8 @@ void start_thread(Thread& t) {
 void run_block(size_t dynamic_shared_bytes, bool highest_first) {
   // Poisoned up to the end of the array: past the launch's size it must stay so.
   std::memset(cuda::shared_bytes, 0xff, sizeof cuda::shared_bytes);
+  static const std::vector<SharedArray> static_arrays = find_static_shared_arrays();
+  for (const SharedArray& a : static_arrays) std::memset(a.data, 0xff, a.bytes);
   for (int i = 0; i < block.thread_count; ++i) start_thread(block.threads[static_cast<size_t>(i)]);
   const int warps = (block.thread_count + kWarpSize - 1) / kWarpSize;
   auto ready_in = [](int w) {

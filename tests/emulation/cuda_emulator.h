@@ -13,10 +13,11 @@
 // message instead of hanging.
 //
 // What the kernels may use: one-dimensional blocks of at most kMaxThreads threads;
-// __shared__ arrays declared in a kernel (function-local statics here: one copy, which the
-// threads of a block share, and which keeps its contents from one block to the next, unlike
-// the GPU's); the dynamic shared memory as mics::cuda::shared_bytes, filled with 0xff bytes
-// (NaN in fp32, bf16 and fp16) before every block, so that a read before the write shows;
+// __shared__ arrays declared in a kernel of namespace mics::cuda (function-local statics
+// here: one copy, which the threads of a block share); the dynamic shared memory as
+// mics::cuda::shared_bytes. Both kinds are filled with 0xff bytes (NaN in fp32, bf16 and
+// fp16) before every block, so that a read before the write shows and nothing carries over
+// from the block before;
 // __shfl_xor_sync on floats with the full mask; atomicOr on an int; __expf; the _rn fp32
 // intrinsics; uint4 and float4; and, in mics::cuda, the element types and mma16816 of
 // kernels/cuda/device_common.cuh and attention_fused.cu.
