@@ -142,8 +142,10 @@ std::vector<SharedArray> find_static_shared_arrays() {
     return 1;
   }, &load_bias);
   std::vector<SharedArray> arrays;
+  bool has_symbols = false;
   for (int i = 0; i < header->e_shnum; ++i) {
     if (sections[i].sh_type != SHT_SYMTAB) continue;
+    has_symbols = true;
     const auto* symbols = reinterpret_cast<const Elf64_Sym*>(elf.data() + sections[i].sh_offset);
     const char* names = elf.data() + sections[sections[i].sh_link].sh_offset;
     const size_t count = sections[i].sh_size / sizeof(Elf64_Sym);
@@ -156,6 +158,7 @@ std::vector<SharedArray> find_static_shared_arrays() {
       arrays.push_back({reinterpret_cast<unsigned char*>(load_bias + sym.st_value), sym.st_size});
     }
   }
+  if (!has_symbols) fail("the test program has no symbol table (stripped?): its static shared arrays cannot be found");
   return arrays;
 }
 
