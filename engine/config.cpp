@@ -255,6 +255,7 @@ Config parse_config(const json& input, const std::string& source,
     r.get("communicator", c.runtime.communicator, {"auto", "mpi", "nccl", "staged"});
     r.get("attention", c.runtime.attention, {"materialized", "fused", "cudnn"});
     r.get("gemm_autotune", c.runtime.gemm_autotune);
+    r.get("overlap_optimizer", c.runtime.overlap_optimizer);
     r.finish();
     must(r, !c.runtime.gemm_autotune || c.runtime.backend == "cuda",
          "'runtime.gemm_autotune' times cuBLASLt's algorithms; it needs 'runtime.backend' \"cuda\"");
@@ -476,7 +477,7 @@ json Config::to_json() const {
   j["runtime"] = {{"backend", runtime.backend}, {"ranks_per_node", runtime.ranks_per_node},
                   {"device_memory_gb", runtime.device_memory_gb}, {"comm_timeout_s", runtime.comm_timeout_s},
                   {"communicator", runtime.communicator}, {"attention", runtime.attention},
-                  {"gemm_autotune", runtime.gemm_autotune}};
+                  {"gemm_autotune", runtime.gemm_autotune}, {"overlap_optimizer", runtime.overlap_optimizer}};
   j["log"] = {{"every", log.every}, {"level", log.level}, {"metrics", log.metrics}};
   j["checkpoint"] = {{"dir", checkpoint.dir}, {"every", checkpoint.every}, {"keep", checkpoint.keep}};
   return j;

@@ -94,6 +94,10 @@ struct RuntimeConfig {
   // call and keep the fastest (the first step runs slower; results can differ in the last
   // bits from run to run, as the winner may).
   bool gemm_autotune = false;
+  // Defer each layer's optimizer update to its first use in the next step (DeferredUpdates):
+  // on CUDA the updates run on a second stream alongside the next forward; on the CPU the
+  // same arithmetic, at each layer's first use.
+  bool overlap_optimizer = false;
 };
 
 struct LogConfig {

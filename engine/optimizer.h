@@ -18,6 +18,9 @@ class AdamW {
   // param_copy: empty, or a compute-dtype view like param that receives the new values.
   void step(Backend& backend, Tensor param, Tensor grad, Tensor m, Tensor v, const AdamWSpec& spec,
             Tensor param_copy) const;
+  // The same update, of run `run` of `held` only (a layer's slices: the runs are one per layer).
+  void step_run(Backend& backend, size_t run, Tensor param, Tensor grad, Tensor m, Tensor v, const AdamWSpec& spec,
+                Tensor param_copy) const;
 
  private:
   struct Segment {
@@ -25,6 +28,7 @@ class AdamW {
     bool decay;
   };
   std::vector<Segment> segments_;
+  std::vector<size_t> run_begin_;  // run r's segments: [run_begin_[r], run_begin_[r + 1])
 };
 
 }  // namespace mics

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <stdexcept>
+#include <utility>
 
 namespace mics {
 
@@ -49,7 +50,8 @@ Tensor ShardedParamStore::accumulator() const {
 
 ShardedParamStore::ShardedParamStore(Backend& backend, const model::ParamLayout& layout,
                                      const Topology& topo, Groups groups, StoreOptions options)
-    : be_(backend), layout_(layout), topo_(topo), groups_(groups), opt_(options) {
+    : be_(backend), layout_(layout), topo_(topo), groups_(groups), opt_(options),
+      updates_(backend, static_cast<int>(layout.num_layers())) {
   const int64_t p = topo.partition_size;
   if (layout.shard_multiple() % p != 0)
     throw std::logic_error("layout not padded for partition size " + std::to_string(p));
@@ -102,6 +104,10 @@ void ShardedParamStore::initialize(uint64_t init_seed) {
 
 void ShardedParamStore::master_changed() {
   if (keeps_working_copy()) be_.cast(working_copy(), master());
+}
+
+void ShardedParamStore::defer_update(std::function<void(int)> update) {
+  updates_.defer(std::move(update), schedule_);  // the order the first micro-step acquired the layers
 }
 
 Tensor ShardedParamStore::working_copy() {
@@ -179,6 +185,7 @@ ShardedParamStore::ParamSlot& ShardedParamStore::start_gather(int layer) {
   const int64_t chunk = layout_.layers()[static_cast<size_t>(layer)].size / topo_.partition_size;
   const DType work = opt_.work_dtype;
   char* base = static_cast<char*>(slot->buffer.data());
+  updates_.ensure(layer);  // the cast below reads the master slice
   auto at = [&](int64_t element) { return base + static_cast<size_t>(element) * dtype_size(work); };
   be_.cast(Tensor(at(topo_.shard_index() * chunk), work, {chunk}), master().slice(shard_offset(layer), {chunk}));
   slot->layer = layer;
@@ -208,6 +215,7 @@ Tensor ShardedParamStore::acquire_params(int layer) {
   }
   const size_t position = cursor_++;
   if (topo_.partition_size == 1) {
+    updates_.ensure(layer);
     const int64_t size = layout_.layers()[static_cast<size_t>(layer)].size;
     return keeps_working_copy() ? working_copy().slice(shard_offset(layer), {size})
                                 : master().slice(shard_offset(layer), {size});
@@ -382,7 +390,10 @@ void ShardedParamStore::begin_step(int64_t micro_steps) {
     return;  // each layer's first gradient of the step overwrites the last (grad_buffer)
   }
   // every_microstep adds each synchronised micro-step into the accumulator's first half.
-  if (opt_.sync_every_microstep) be_.fill_zero(accumulator());
+  if (opt_.sync_every_microstep) {
+    updates_.settle();  // the last step's updates read the gradients zeroed here
+    be_.fill_zero(accumulator());
+  }
 }
 
 void ShardedParamStore::end_micro_step() {

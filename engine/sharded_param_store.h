@@ -9,10 +9,12 @@
 // overlaps the rest of that backward) or after every micro-step. With p = 1 and no replicas
 // the model's gradients are used where it wrote them (gradients_in_place()).
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
 #include "engine/comm/communicator.h"
+#include "engine/deferred_updates.h"
 #include "engine/topology.h"
 #include "kernels/ops.h"
 #include "model/param_layout.h"
@@ -83,6 +85,12 @@ class ShardedParamStore final : public model::ParamProvider {
   // The half-precision copy of the whole shard kept with p = 1 (keeps_working_copy()), for
   // the optimizer to write as it updates the master; empty when there is none.
   Tensor working_copy();
+  // The optimizer's update, deferred layer by layer to each layer's next use (its gather,
+  // or its working copy with p = 1) so that it overlaps the next forward
+  // (runtime.overlap_optimizer; see DeferredUpdates): `update(l)` updates layer l's slices.
+  void defer_update(std::function<void(int layer)> update);
+  // Every deferred update done: before anything reads or writes whole shards.
+  void settle_updates() { updates_.settle(); }
 
   // Start a step of `micro_steps` micro-steps (the last one starts the replication
   // all-reduces as its layers land); in-place gradients are zeroed here.
@@ -151,6 +159,7 @@ class ShardedParamStore final : public model::ParamProvider {
   // the model been handed the layer's gradient this step (the first time, fresh)?
   std::vector<bool> landed_;
   std::vector<ParamSlot*> pending_;  // progress_gathers' scratch
+  DeferredUpdates updates_;
 };
 
 }  // namespace mics

@@ -158,13 +158,21 @@ double Trainer::train_step(int64_t step) {
     const double clip = t.grad_clip > 0 && norm > t.grad_clip ? t.grad_clip / (norm + 1e-6) : 1.0;
     spec.grad_scale = static_cast<float>(clip / loss_scale);
     // The optimizer writes the working copy (if the store keeps one) as it updates the master.
-    optimizer_->step(backend_, store_->master(), store_->grads(), store_->adam_m(), store_->adam_v(), spec,
-                     store_->working_copy());
+    if (config_.runtime.overlap_optimizer) {
+      store_->defer_update([this, spec, master = store_->master(), grads = store_->grads(), m = store_->adam_m(),
+                            v = store_->adam_v(), copy = store_->working_copy()](int layer) {
+        optimizer_->step_run(backend_, static_cast<size_t>(layer), master, grads, m, v, spec, copy);
+      });
+    } else {
+      optimizer_->step(backend_, store_->master(), store_->grads(), store_->adam_m(), store_->adam_v(), spec,
+                       store_->working_copy());
+    }
   }
   return loss_sum / static_cast<double>(accumulation_ * topo_.world);
 }
 
 void Trainer::resume(const std::string& where) {
+  store_->settle_updates();  // nothing deferred may land on the loaded weights
   const ResumePoint point = load_checkpoint(where, config_, topo_, model_->layout(), *store_);
   store_->master_changed();
   start_step_ = point.step;
@@ -195,6 +203,7 @@ void Trainer::init_from(const std::string& where) {
                   shard.begin() + run.local_offset + (lo - run.flat_begin));
     }
   }
+  store_->settle_updates();
   backend_.copy_from_host(store_->master().data, shard.data(), shard.size() * sizeof(float));
   store_->master_changed();
   spdlog::info("initialised {} parameters from {}", layout.parameter_count(), path);
@@ -253,14 +262,17 @@ std::vector<double> Trainer::run() {
       spdlog::warn("checkpoint of step {} not written: its update was skipped", done);
       scheduled = false;
     }
-    if (checkpoints && (scheduled || preempted_))
+    if (checkpoints && (scheduled || preempted_)) {
+      store_->settle_updates();  // the deferred updates of this step, all in the shards
       save_checkpoint(config_, topo_, model_->layout(), *store_, done,
                       sample_base_ + (done - start_step_) * global_batch_, scaler_.state());
+    }
     if (preempted_) {
       if (!checkpoints) spdlog::warn("no checkpoint.dir is set: the progress of this run is lost");
       break;
     }
   }
+  store_->settle_updates();
   return losses;
 }
 

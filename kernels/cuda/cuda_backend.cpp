@@ -7,11 +7,14 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <array>
 #include <climits>
 #include <cmath>
 #include <cstdio>
+#include <functional>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <spdlog/spdlog.h>
@@ -203,6 +206,8 @@ class CudaBackend final : public Backend {
     // the default stream (cudaMemcpy, say) sees this backend's work in order.
     MICS_CUDA_CHECK(cudaStreamCreate(&stream_));
     try {
+      MICS_CUDA_CHECK(cudaStreamCreate(&side_));
+      MICS_CUDA_CHECK(cudaEventCreateWithFlags(&side_start_, cudaEventDisableTiming));
       MICS_CUDA_CHECK(cudaMalloc(&scratch_, kScratchBytes));
       MICS_CUDA_CHECK(cudaMemsetAsync(scratch_, 0, kScratchBytes, stream_));
       gemm_ = std::make_unique<GemmLt>(stream_, options.gemm_workspace_bytes, options.allow_tf32, options.gemm_autotune);
@@ -210,17 +215,24 @@ class CudaBackend final : public Backend {
       MICS_CUDA_CHECK(cudaStreamSynchronize(stream_));
     } catch (...) {
       if (scratch_ != nullptr) cudaFree(scratch_);
+      if (side_start_ != nullptr) cudaEventDestroy(side_start_);
+      if (side_ != nullptr) cudaStreamDestroy(side_);
       cudaStreamDestroy(stream_);
       throw;
     }
   }
 
   ~CudaBackend() override {
-    cudaStreamSynchronize(stream_);  // errors here cannot be reported
+    cudaStreamSynchronize(side_);  // errors here cannot be reported
+    cudaStreamSynchronize(stream_);
     gemm_.reset();
     cudnn_.reset();
     timeline_.reset();
     cudaFree(scratch_);
+    for (cudaEvent_t e : fences_)
+      if (e != nullptr) cudaEventDestroy(e);
+    cudaEventDestroy(side_start_);
+    cudaStreamDestroy(side_);
     cudaStreamDestroy(stream_);
   }
 
@@ -270,8 +282,39 @@ class CudaBackend final : public Backend {
     check_device_errors();
   }
   void synchronize() override {
+    MICS_CUDA_CHECK(cudaStreamSynchronize(side_));
     MICS_CUDA_CHECK(cudaStreamSynchronize(stream_));
     check_device_errors();
+  }
+
+  // ---- side queue: a second stream ----
+  bool has_side_queue() const override { return true; }
+  int64_t run_on_side_queue(const std::function<void()>& work) override {
+    // Behind everything queued so far on the main stream (the gradients the update reads).
+    MICS_CUDA_CHECK(cudaEventRecord(side_start_, stream_));
+    MICS_CUDA_CHECK(cudaStreamWaitEvent(side_, side_start_, 0));
+    // The ops `work` calls queue on stream_: it names the side stream until they return.
+    struct OnSide {
+      cudaStream_t& a;
+      cudaStream_t& b;
+      OnSide(cudaStream_t& x, cudaStream_t& y) : a(x), b(y) { std::swap(a, b); }
+      ~OnSide() { std::swap(a, b); }
+    };
+    {
+      OnSide on_side(stream_, side_);
+      work();
+    }
+    // Fences reuse kFences events in turn: waiting on a fence whose event was recorded again
+    // since waits for a later point of the same stream, later but still correct.
+    const int64_t fence = next_fence_++;
+    cudaEvent_t& event = fences_[static_cast<size_t>(fence % kFences)];
+    if (event == nullptr) MICS_CUDA_CHECK(cudaEventCreateWithFlags(&event, cudaEventDisableTiming));
+    MICS_CUDA_CHECK(cudaEventRecord(event, side_));
+    return fence;
+  }
+  void wait_for_fence(int64_t fence) override {
+    if (fence < 0 || fence >= next_fence_) throw std::logic_error("wait_for_fence: no such fence");
+    MICS_CUDA_CHECK(cudaStreamWaitEvent(stream_, fences_[static_cast<size_t>(fence % kFences)], 0));
   }
 
   // ---- element-wise ----
@@ -939,6 +982,12 @@ class CudaBackend final : public Backend {
   int device_;
   int compute_major_ = 0, shared_optin_ = 0;  // compute capability major, opt-in shared memory per block
   cudaStream_t stream_ = nullptr;
+  // The side queue (run_on_side_queue): its stream, the event it starts behind, its fences.
+  static constexpr int64_t kFences = 1024;
+  cudaStream_t side_ = nullptr;
+  cudaEvent_t side_start_ = nullptr;
+  std::array<cudaEvent_t, kFences> fences_{};
+  int64_t next_fence_ = 0;
   void* scratch_ = nullptr;
   std::unique_ptr<GemmLt> gemm_;
   // Padded copies for linear layers of an awkward output width (padded_width).

@@ -1141,6 +1141,35 @@ TEST(CudaAdamW, BitForBitWithCpuFp32) {
   }
 }
 
+// The side queue (runtime.overlap_optimizer): an update queued there runs behind the main
+// queue's earlier work (it reads the gradient a main-queue copy has just written) and before
+// the main queue's work after the fence (a copy of the updated parameters): the CPU's bits.
+// Large enough that a missing order would show as stale values.
+TEST(CudaSideQueue, UpdateRunsBehindEarlierWorkAndBeforeFencedWork) {
+  MICS_REQUIRE_CUDA();
+  ASSERT_TRUE(gpu().has_side_queue());
+  const int64_t n = int64_t{1} << 22;
+  std::mt19937_64 rng(202);
+  const Vec p = rounded(DType::f32, random_vec(rng, n)), g = rounded(DType::f32, random_vec(rng, n));
+  const Vec m = rounded(DType::f32, random_vec(rng, n, -0.1, 0.1)), v = rounded(DType::f32, random_vec(rng, n, 0.0, 0.01));
+  const AdamWSpec spec{1e-2f, 0.9f, 0.999f, 1e-8f, 0.1f, 7, 0.5f};
+  H32 cp(p, {n}), cg(g, {n}), cm(m, {n}), cv(v, {n});
+  cpu().adamw(cp.t(), cg.t(), cm.t(), cv.t(), spec, Tensor{});
+  for (int round = 0; round < 3; ++round) {
+    SCOPED_TRACE(testing::Message() << "round " << round);
+    Dev dp(DType::f32, {n}, p), dm(DType::f32, {n}, m), dv(DType::f32, {n}, v), source(DType::f32, {n}, g);
+    Dev dg(DType::f32, {n}, Vec(static_cast<size_t>(n), 0.0)), out(DType::f32, {n});
+    gpu().cast(dg.t(), source.t());  // the gradient, written on the main queue
+    const int64_t fence =
+        gpu().run_on_side_queue([&] { gpu().adamw(dp.t(), dg.t(), dm.t(), dv.t(), spec, Tensor{}); });
+    gpu().wait_for_fence(fence);
+    gpu().cast(out.t(), dp.t());  // read on the main queue after the fence
+    expect_identical(out.get(), cp.vec(), "param read after the fence");
+    expect_identical(dm.get(), cm.vec(), "m");
+    expect_identical(dv.get(), cv.vec(), "v");
+  }
+}
+
 // ---------------------------------------------------------------- element-wise
 
 class CudaElementwise : public CudaOps {};

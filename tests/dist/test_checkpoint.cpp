@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 
 #include "tests/e2e/cli_runner.h"
 
@@ -43,6 +44,33 @@ TEST(Checkpoint, ResumeIsBitIdenticalOnOneProcess) {
     ASSERT_EQ(resumed.size(), 3u);
     for (size_t i = 0; i < 3; ++i) EXPECT_EQ(resumed[i], full[i + 3]) << model << " step " << i + 4;
   }
+}
+
+// runtime.overlap_optimizer: a checkpoint holds every deferred update of its step (the
+// shard files are the bytes of updating at once), and a resumed run continues bit for bit.
+TEST(Checkpoint, DeferredOptimizerUpdatesAreInTheCheckpoint) {
+  TempDir dir("ck_overlap");
+  const std::string overlap = " --set runtime.overlap_optimizer=true";
+  ASSERT_EQ(run_cli(args("gpt", dir.file("at_once"), 6, dir.file("at_once.jsonl"))).exit_code, 0);
+  ASSERT_EQ(run_cli(args("gpt", dir.file("deferred"), 6, dir.file("deferred.jsonl")) + overlap).exit_code, 0);
+  auto bytes = [](const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  };
+  for (const char* step : {"step-000003", "step-000006"}) {
+    const std::string shard = std::string("/") + step + "/shard-00000-of-00001.bin";
+    const std::string a = bytes(dir.file("at_once") + shard), b = bytes(dir.file("deferred") + shard);
+    ASSERT_GT(a.size(), 1000u) << step;
+    EXPECT_TRUE(a == b) << step << ": the deferred run's shard differs";
+  }
+  const auto full = read_losses(dir.file("at_once.jsonl"));
+  const auto r = run_cli(args("gpt", dir.file("ck2"), 6, dir.file("resumed.jsonl")) + overlap + " --resume " +
+                         dir.file("deferred") + "/step-000003");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const auto resumed = read_losses(dir.file("resumed.jsonl"));
+  ASSERT_EQ(full.size(), 6u);
+  ASSERT_EQ(resumed.size(), 3u);
+  for (size_t i = 0; i < 3; ++i) EXPECT_EQ(resumed[i], full[i + 3]) << "step " << i + 4;
 }
 
 TEST(Checkpoint, ResumeIsBitIdenticalUnderMpiAndContinuesAtAnotherWorldSize) {

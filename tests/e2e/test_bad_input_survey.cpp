@@ -175,6 +175,8 @@ std::vector<Case> cases() {
                           "'runtime.gemm_autotune' times cuBLASLt's algorithms; it needs 'runtime.backend' \"cuda\""));
   c.push_back(config_case("gemm_autotune_not_a_bool", [](json& j) { j["runtime"]["gemm_autotune"] = "yes"; },
                           "'runtime.gemm_autotune'"));
+  c.push_back(config_case("overlap_optimizer_not_a_bool", [](json& j) { j["runtime"]["overlap_optimizer"] = 1; },
+                          "'runtime.overlap_optimizer'"));
   c.push_back(config_case("cudnn_attention_head_dim",
                           [](json& j) {
                             j["runtime"]["backend"] = "cuda";

@@ -54,6 +54,18 @@ TEST(Training, ActivationCheckpointingGivesIdenticalLosses) {
   for (size_t i = 0; i < kept.size(); ++i) EXPECT_EQ(kept[i], recomputed[i]) << "step " << i + 1;
 }
 
+// runtime.overlap_optimizer defers each layer's update to its first use in the next step:
+// on the CPU it runs there, the same arithmetic on the same values, so the losses are the
+// same bits; a use that did not ask for its layer's update would train on stale weights.
+TEST(Training, OverlappedOptimizerGivesIdenticalLosses) {
+  TempDir dir("overlap");
+  const auto at_once = train_gpt_tiny(dir, "at_once.jsonl", 3);
+  const auto deferred = train_gpt_tiny(dir, "deferred.jsonl", 3, " --set runtime.overlap_optimizer=true");
+  ASSERT_EQ(at_once.size(), 20u);
+  ASSERT_EQ(deferred.size(), 20u);
+  for (size_t i = 0; i < at_once.size(); ++i) EXPECT_EQ(deferred[i], at_once[i]) << "step " << i + 1;
+}
+
 // Fused attention runs the same forward (bit for bit: the same kernels, only the saved
 // tensor differs) and a backward that recomputes the probabilities from each row's
 // log-sum-exp: its gradients differ by fp32 rounding, which 20 steps of training carry

@@ -1,0 +1,40 @@
+#include "engine/deferred_updates.h"
+
+#include <utility>
+
+namespace mics {
+
+DeferredUpdates::DeferredUpdates(Backend& backend, int layers)
+    : be_(backend), state_(static_cast<size_t>(layers), kDone) {}
+
+void DeferredUpdates::defer(std::function<void(int)> update, const std::vector<int>& order) {
+  settle();
+  update_ = std::move(update);
+  const int layers = static_cast<int>(state_.size());
+  std::vector<int> sequence;
+  std::vector<bool> seen(state_.size(), false);
+  for (int l : order)
+    if (l >= 0 && l < layers && !seen[static_cast<size_t>(l)]) {
+      seen[static_cast<size_t>(l)] = true;
+      sequence.push_back(l);
+    }
+  for (int l = 0; l < layers; ++l)
+    if (!seen[static_cast<size_t>(l)]) sequence.push_back(l);
+  for (int l : sequence)
+    state_[static_cast<size_t>(l)] =
+        be_.has_side_queue() ? be_.run_on_side_queue([this, l] { update_(l); }) : kAtFirstUse;
+}
+
+void DeferredUpdates::ensure(int layer) {
+  int64_t& state = state_.at(static_cast<size_t>(layer));
+  if (state == kDone) return;
+  if (state == kAtFirstUse) update_(layer);
+  else be_.wait_for_fence(state);
+  state = kDone;
+}
+
+void DeferredUpdates::settle() {
+  for (int l = 0; l < static_cast<int>(state_.size()); ++l) ensure(l);
+}
+
+}  // namespace mics
