@@ -99,7 +99,11 @@ class NcclCommunicator final : public Communicator {
       std::lock_guard<std::mutex> lock(g_nccl.mutex);
       g_nccl.comms.push_back(comm_);
     }
-    MICS_CUDA_RT_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    // At the device's highest priority, as the backend's compute stream (only the
+    // optimizer's side queue runs below them).
+    int least = 0, greatest = 0;
+    MICS_CUDA_RT_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
+    MICS_CUDA_RT_CHECK(cudaStreamCreateWithPriority(&stream_, cudaStreamNonBlocking, greatest));
     MICS_CUDA_RT_CHECK(cudaEventCreateWithFlags(&ready_, cudaEventDisableTiming));
   }
   ~NcclCommunicator() override {

@@ -202,11 +202,16 @@ class CudaBackend final : public Backend {
     // Asked once: the fused attention checks them on every call.
     MICS_CUDA_CHECK(cudaDeviceGetAttribute(&compute_major_, cudaDevAttrComputeCapabilityMajor, device));
     MICS_CUDA_CHECK(cudaDeviceGetAttribute(&shared_optin_, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-    // A blocking stream: it still orders with the legacy default stream, so code that uses
-    // the default stream (cudaMemcpy, say) sees this backend's work in order.
-    MICS_CUDA_CHECK(cudaStreamCreate(&stream_));
+    // Blocking streams: they still order with the legacy default stream, so code that uses
+    // the default stream (cudaMemcpy, say) sees this backend's work in order. The main
+    // stream at the device's highest priority (as the NCCL streams), the side queue's at its
+    // lowest: where both have blocks ready, the forward's go first and the optimizer's
+    // update fills what they leave.
+    int least = 0, greatest = 0;
+    MICS_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
+    MICS_CUDA_CHECK(cudaStreamCreateWithPriority(&stream_, cudaStreamDefault, greatest));
     try {
-      MICS_CUDA_CHECK(cudaStreamCreate(&side_));
+      MICS_CUDA_CHECK(cudaStreamCreateWithPriority(&side_, cudaStreamDefault, least));
       MICS_CUDA_CHECK(cudaEventCreateWithFlags(&side_start_, cudaEventDisableTiming));
       MICS_CUDA_CHECK(cudaMalloc(&scratch_, kScratchBytes));
       MICS_CUDA_CHECK(cudaMemsetAsync(scratch_, 0, kScratchBytes, stream_));
