@@ -97,6 +97,10 @@ Trainer::Trainer(const Config& c, Backend& backend, const Topology& topo, Traine
                store_->grads_in_place() ? "gradients used in place (" + std::string(dtype_name(store_->grads().dtype)) +
                                               ", one rank)"
                                         : std::string("gradients accumulated in fp32"));
+  if (c.runtime.overlap_optimizer)
+    spdlog::info("optimizer: each layer's update deferred to its first use in the next step, {}",
+                 backend.has_side_queue() ? "queued on the backend's side queue to overlap the forward"
+                                          : "run there (this backend has one queue)");
 }
 
 Trainer::~Trainer() = default;
