@@ -100,7 +100,7 @@ Trainer::Trainer(const Config& c, Backend& backend, const Topology& topo, Traine
   if (c.runtime.overlap_optimizer)
     spdlog::info("optimizer: each layer's update deferred to its first use in the next step, {}",
                  backend.has_side_queue() ? "queued on the backend's side queue to overlap the forward"
-                                          : "run there (this backend has one queue)");
+                                          : "run there (no side queue to overlap on: the CPU backend, or --profile)");
 }
 
 Trainer::~Trainer() = default;
