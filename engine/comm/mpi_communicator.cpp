@@ -5,6 +5,7 @@
 #include <mpi.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -47,18 +48,48 @@ bool g_gave_up = false;
 // answers; a healthy one is polling a wait of its own within moments, since it soon needs
 // the silent rank too.
 MPI_Comm g_ping_comm = MPI_COMM_NULL;
-constexpr int kPingTag = 1, kPongTag = 2;
-// Pongs carry 1 when this rank was itself frozen lately (no poll for longer than the grace
-// period inside one wait, within the last comm_timeout_s): mpirun resumes a SIGSTOPped
-// rank (SIGCONT) before killing it, and such a rank must not pass for a live one with a
-// late answer. Static: sends read the value after the call returns.
+// A rank that gives up announces it (kLeavingTag) to every other: it is going down with the
+// job, not stalled, and a peer that diagnoses its own timeout after this one has exited
+// must not blame it.
+constexpr int kPingTag = 1, kPongTag = 2, kLeavingTag = 3;
+// Pongs carry 1 when this rank was itself frozen lately (within the last comm_timeout_s):
+// mpirun resumes a SIGSTOPped rank (SIGCONT) before killing it, and such a rank must not
+// pass for a live one with a late answer. A thread of its own ticks every 100 ms and sees
+// a stop as a gap in its ticks, wherever the rank was stopped: in a wait, or in the middle
+// of a layer's compute. Static: sends read the value after the call returns.
 const int kTokens[2] = {0, 1};
 using Clock = std::chrono::steady_clock;
-Clock::time_point g_last_freeze{};  // when a freeze last ended; epoch: never
+std::atomic<int64_t> g_last_freeze_ns{0};  // steady-clock time a freeze last ended; 0: never
+std::set<int> g_leaving;  // world ranks that announced they are leaving
+
+double grace_s();
+
+int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
+}
+
+void watch_for_freezes() {
+  std::thread([] {
+    int64_t last = now_ns();
+    for (;;) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      const int64_t now = now_ns();
+      if (1e-9 * static_cast<double>(now - last) > grace_s()) g_last_freeze_ns.store(now, std::memory_order_relaxed);
+      last = now;
+    }
+  }).detach();
+}
+
+bool frozen_within(double seconds) {
+  const int64_t freeze = g_last_freeze_ns.load(std::memory_order_relaxed);
+  return freeze != 0 && 1e-9 * static_cast<double>(now_ns() - freeze) < seconds;
+}
 
 // Called on every rank by the first communicator's construction, which is collective.
 void ensure_ping_comm() {
-  if (g_ping_comm == MPI_COMM_NULL) check(MPI_Comm_dup(MPI_COMM_WORLD, &g_ping_comm), "MPI_Comm_dup");
+  if (g_ping_comm != MPI_COMM_NULL) return;
+  check(MPI_Comm_dup(MPI_COMM_WORLD, &g_ping_comm), "MPI_Comm_dup");
+  watch_for_freezes();
 }
 
 // Long enough for a healthy rank to finish a layer's compute and reach its next poll.
@@ -71,9 +102,33 @@ void send_token(int to, int tag, int value) {
   check(MPI_Request_free(&r), "MPI_Request_free");
 }
 
+// Records every leaving announcement that has arrived.
+void note_leavers() {
+  for (;;) {
+    int pending = 0;
+    MPI_Status status;
+    check(MPI_Iprobe(MPI_ANY_SOURCE, kLeavingTag, g_ping_comm, &pending, &status), "MPI_Iprobe");
+    if (!pending) return;
+    int token = 0;
+    check(MPI_Recv(&token, 1, MPI_INT, status.MPI_SOURCE, kLeavingTag, g_ping_comm, MPI_STATUS_IGNORE), "MPI_Recv");
+    g_leaving.insert(status.MPI_SOURCE);
+  }
+}
+
+// Tells every other rank that this one gave up and is leaving.
+void announce_leaving() {
+  if (g_ping_comm == MPI_COMM_NULL) return;
+  int me = 0, world = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &me);
+  MPI_Comm_size(MPI_COMM_WORLD, &world);
+  for (int r = 0; r < world; ++r)
+    if (r != me) send_token(r, kLeavingTag, 0);
+}
+
 // Answers every ping that has arrived.
 void serve_pings() {
   if (g_ping_comm == MPI_COMM_NULL) return;
+  note_leavers();
   for (;;) {
     int pending = 0;
     MPI_Status status;
@@ -81,9 +136,7 @@ void serve_pings() {
     if (!pending) return;
     int token = 0;
     check(MPI_Recv(&token, 1, MPI_INT, status.MPI_SOURCE, kPingTag, g_ping_comm, MPI_STATUS_IGNORE), "MPI_Recv");
-    const bool frozen_lately = g_last_freeze != Clock::time_point{} &&
-                               std::chrono::duration<double>(Clock::now() - g_last_freeze).count() < g_timeout_s;
-    send_token(status.MPI_SOURCE, kPongTag, frozen_lately ? 1 : 0);
+    send_token(status.MPI_SOURCE, kPongTag, frozen_within(g_timeout_s) ? 1 : 0);
   }
 }
 
@@ -93,12 +146,14 @@ std::vector<int> silent_peers(const std::vector<int>& peers, double grace_s) {
   int me = 0;
   MPI_Comm_rank(MPI_COMM_WORLD, &me);
   std::set<int> waiting;
+  note_leavers();
   for (int peer : peers)
-    if (peer != me && waiting.insert(peer).second) send_token(peer, kPingTag, 0);
+    if (peer != me && !g_leaving.count(peer) && waiting.insert(peer).second) send_token(peer, kPingTag, 0);
   const auto start = std::chrono::steady_clock::now();
   while (!waiting.empty() &&
          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() < grace_s) {
-    serve_pings();
+    serve_pings();  // (and notes leavers: a peer that gives up meanwhile is not silent)
+    for (int r : g_leaving) waiting.erase(r);
     int pending = 0;
     MPI_Status status;
     check(MPI_Iprobe(MPI_ANY_SOURCE, kPongTag, g_ping_comm, &pending, &status), "MPI_Iprobe");
@@ -160,7 +215,6 @@ void wait_for(MPI_Request& request, const std::string& what, const std::vector<i
     const auto now = std::chrono::steady_clock::now();
     const double gap = std::chrono::duration<double>(now - last_poll).count();
     frozen_s = std::max(frozen_s, gap);
-    if (gap > grace_s()) g_last_freeze = now;
     last_poll = now;
     check(MPI_Test(&request, &done, MPI_STATUS_IGNORE), "MPI_Test");
     if (polls % 16 == 0) serve_pings();
@@ -169,12 +223,16 @@ void wait_for(MPI_Request& request, const std::string& what, const std::vector<i
       MPI_Comm_rank(MPI_COMM_WORLD, &rank);
       g_gave_up = true;
       // A rank that was itself stopped blames no one: the others are going down by now.
-      const std::string frozen = "this rank was itself frozen for " + std::to_string(std::lround(frozen_s)) +
-                                 " s inside the wait (stopped, or starved of CPU)";
+      const double waited_s = std::chrono::duration<double>(now - start).count();
+      const std::string why =
+          frozen_s > grace_s() ? "this rank was itself frozen for " + std::to_string(std::lround(frozen_s)) +
+                                     " s inside the wait (stopped, or starved of CPU)"
+          : frozen_within(waited_s) ? std::string("this rank was itself frozen during the wait (stopped, or starved of CPU)")
+                                    : diagnose_timeout(members);
+      announce_leaving();
       throw std::runtime_error(what + " did not complete within 'runtime.comm_timeout_s' (" +
                                std::to_string(static_cast<int>(g_timeout_s)) + " s) on rank " +
-                               std::to_string(rank) + ": " +
-                               (frozen_s > grace_s() ? frozen : diagnose_timeout(members)));
+                               std::to_string(rank) + ": " + why);
     }
   }
 }
