@@ -424,7 +424,9 @@ int main(int argc, char** argv) {
     if (!env.launcher_detail().empty()) spdlog::info("{}", env.launcher_detail());
     if (!env.launcher_warning().empty()) spdlog::warn("{}", env.launcher_warning());
     spdlog::info("config {}: {}", config.source_name, config.to_json().dump());
-    return train(config, topology, env, o.resume, o.init_from, o.profile);
+    const int code = train(config, topology, env, o.resume, o.init_from, o.profile);
+    mics::finalize_nccl();  // every rank got here: the NCCL communicators end with their peers
+    return code;
   } catch (const mics::ConfigError& e) {
     std::fprintf(stderr, "mics-train: error: %s\n", e.what());
     return kExitBadInput;  // every rank reads the same config and fails the same way

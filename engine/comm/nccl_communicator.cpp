@@ -308,6 +308,36 @@ std::unique_ptr<Communicator> make_nccl_communicator(const std::vector<int>& mem
   return std::make_unique<NcclCommunicator>(members, kind, ranks_per_node, stats);
 }
 
+void finalize_nccl() {
+  if (g_nccl.aborted.exchange(true)) return;
+  std::vector<ncclComm_t> comms;
+  {
+    std::lock_guard<std::mutex> lock(g_nccl.mutex);
+    comms.swap(g_nccl.comms);
+    g_nccl.world = nullptr;
+  }
+  if (comms.empty()) return;
+  // Every rank finalizes its communicators in the order they were made (the same on every
+  // rank), each waiting for its peers to get there too; a peer that never does must not
+  // hold this rank's exit, so the thread gets a deadline and is then left behind.
+  struct Done {
+    std::mutex mutex;
+    std::condition_variable cv;
+    bool finished = false;
+  };
+  auto done = std::make_shared<Done>();
+  std::thread([comms, done] {
+    for (ncclComm_t c : comms) ncclCommFinalize(c);
+    for (ncclComm_t c : comms) ncclCommDestroy(c);
+    std::lock_guard<std::mutex> lock(done->mutex);
+    done->finished = true;
+    done->cv.notify_all();
+  }).detach();
+  std::unique_lock<std::mutex> lock(done->mutex);
+  if (!done->cv.wait_for(lock, std::chrono::seconds(30), [&] { return done->finished; }))
+    spdlog::warn("NCCL's communicators did not finalize within 30 s at the end of the run; exiting without it");
+}
+
 void abort_nccl() {
   if (g_nccl.aborted.exchange(true)) return;
   std::vector<ncclComm_t> comms;

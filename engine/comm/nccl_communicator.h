@@ -29,5 +29,9 @@ std::unique_ptr<Communicator> make_nccl_communicator(const std::vector<int>& mem
 // communicators start nothing and wait for nothing, so the teardown cannot hang or use an
 // aborted handle. The caller then ends the job (MPI_Abort).
 void abort_nccl();
+// The normal end of a run, on every rank: finalizes and destroys every NCCL communicator of
+// this rank (flushing what was issued, with the peers), given 30 s; afterwards, as after
+// abort_nccl, the communicators start and wait for nothing.
+void finalize_nccl();
 
 }  // namespace mics

@@ -17,5 +17,6 @@ std::unique_ptr<Communicator> make_nccl_communicator(const std::vector<int>&, Gr
   unavailable();
 }
 void abort_nccl() {}
+void finalize_nccl() {}
 
 }  // namespace mics
