@@ -4,8 +4,8 @@
 
 namespace mics {
 
-DeferredUpdates::DeferredUpdates(Backend& backend, int layers)
-    : be_(backend), state_(static_cast<size_t>(layers), kDone) {}
+DeferredUpdates::DeferredUpdates(SideQueue& queue, int layers)
+    : queue_(queue), state_(static_cast<size_t>(layers), kDone) {}
 
 void DeferredUpdates::defer(std::function<void(int)> update, const std::vector<int>& order) {
   settle();
@@ -22,14 +22,14 @@ void DeferredUpdates::defer(std::function<void(int)> update, const std::vector<i
     if (!seen[static_cast<size_t>(l)]) sequence.push_back(l);
   for (int l : sequence)
     state_[static_cast<size_t>(l)] =
-        be_.has_side_queue() ? be_.run_on_side_queue([this, l] { update_(l); }) : kAtFirstUse;
+        queue_.has_side_queue() ? queue_.run_on_side_queue([this, l] { update_(l); }) : kAtFirstUse;
 }
 
 void DeferredUpdates::ensure(int layer) {
   int64_t& state = state_.at(static_cast<size_t>(layer));
   if (state == kDone) return;
   if (state == kAtFirstUse) update_(layer);
-  else be_.wait_for_fence(state);
+  else queue_.wait_for_fence(state);
   state = kDone;
 }
 

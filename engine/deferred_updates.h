@@ -17,7 +17,7 @@ namespace mics {
 
 class DeferredUpdates {
  public:
-  DeferredUpdates(Backend& backend, int layers);
+  DeferredUpdates(SideQueue& queue, int layers);
 
   // This step's update: `update(l)` updates layer l's slices of the shards. Earlier
   // updates are settled first. `order`: the layers in the order the next forward uses them
@@ -31,7 +31,7 @@ class DeferredUpdates {
 
  private:
   static constexpr int64_t kDone = -2, kAtFirstUse = -1;  // else a side-queue fence
-  Backend& be_;
+  SideQueue& queue_;
   std::function<void(int)> update_;
   std::vector<int64_t> state_;  // per layer
 };

@@ -76,9 +76,27 @@ class DeviceTimeline {
   virtual const char* how() const = 0;
 };
 
-class Backend {
+// A second queue, for work that may overlap later work of the main one (the optimizer's
+// update of a layer while the next step's forward computes the layers before it; a
+// Backend is one). run_on_side_queue queues the ops `work` calls behind everything queued
+// so far, on a queue of their own, and returns a fence; wait_for_fence makes the main
+// queue's later work wait until the side queue has passed it. Only ops that use no backend
+// scratch may run there (adamw). Without a side queue (has_side_queue() false: the CPU,
+// the profiler) callers run such work on the main queue where its result is first needed.
+class SideQueue {
  public:
-  virtual ~Backend() = default;
+  virtual ~SideQueue() = default;
+  virtual bool has_side_queue() const { return false; }
+  virtual int64_t run_on_side_queue(const std::function<void()>& work) {
+    work();
+    return 0;
+  }
+  virtual void wait_for_fence(int64_t /*fence*/) {}
+};
+
+class Backend : public SideQueue {
+ public:
+  ~Backend() override = default;
   virtual const char* name() const = 0;
   // True when `dtype` is a compute dtype of this backend.
   virtual bool supports(DType dtype) const = 0;
@@ -100,20 +118,6 @@ class Backend {
   // allocates inside a training step. A model calls it once its shapes are known.
   virtual void reserve_scratch(const ScratchBounds& bounds) = 0;
 
-  // ---- a side queue, for work that may overlap later work of the main one ----
-  // (the optimizer's update of a layer while the next step's forward computes the layers
-  // before it). run_on_side_queue queues the ops `work` calls behind everything queued so
-  // far, on a queue of their own, and returns a fence; wait_for_fence makes the main
-  // queue's later work wait until the side queue has passed it. Only ops that use no
-  // backend scratch may run there (adamw). Without a side queue (has_side_queue() false:
-  // the CPU, the profiler) callers run such work on the main queue where its result is
-  // first needed instead.
-  virtual bool has_side_queue() const { return false; }
-  virtual int64_t run_on_side_queue(const std::function<void()>& work) {
-    work();
-    return 0;
-  }
-  virtual void wait_for_fence(int64_t /*fence*/) {}
 
   // ---- element-wise ----
   virtual void fill_zero(Tensor x) = 0;
