@@ -102,17 +102,21 @@ void send_token(int to, int tag, int value) {
   check(MPI_Request_free(&r), "MPI_Request_free");
 }
 
+// Receives one token of `tag` if one has arrived: true, with its sender and value.
+bool receive_token(int tag, int& from, int& value) {
+  int pending = 0;
+  MPI_Status status;
+  check(MPI_Iprobe(MPI_ANY_SOURCE, tag, g_ping_comm, &pending, &status), "MPI_Iprobe");
+  if (!pending) return false;
+  from = status.MPI_SOURCE;
+  check(MPI_Recv(&value, 1, MPI_INT, from, tag, g_ping_comm, MPI_STATUS_IGNORE), "MPI_Recv");
+  return true;
+}
+
 // Records every leaving announcement that has arrived.
 void note_leavers() {
-  for (;;) {
-    int pending = 0;
-    MPI_Status status;
-    check(MPI_Iprobe(MPI_ANY_SOURCE, kLeavingTag, g_ping_comm, &pending, &status), "MPI_Iprobe");
-    if (!pending) return;
-    int token = 0;
-    check(MPI_Recv(&token, 1, MPI_INT, status.MPI_SOURCE, kLeavingTag, g_ping_comm, MPI_STATUS_IGNORE), "MPI_Recv");
-    g_leaving.insert(status.MPI_SOURCE);
-  }
+  int from = 0, value = 0;
+  while (receive_token(kLeavingTag, from, value)) g_leaving.insert(from);
 }
 
 // Tells every other rank that this one gave up and is leaving.
@@ -129,15 +133,8 @@ void announce_leaving() {
 void serve_pings() {
   if (g_ping_comm == MPI_COMM_NULL) return;
   note_leavers();
-  for (;;) {
-    int pending = 0;
-    MPI_Status status;
-    check(MPI_Iprobe(MPI_ANY_SOURCE, kPingTag, g_ping_comm, &pending, &status), "MPI_Iprobe");
-    if (!pending) return;
-    int token = 0;
-    check(MPI_Recv(&token, 1, MPI_INT, status.MPI_SOURCE, kPingTag, g_ping_comm, MPI_STATUS_IGNORE), "MPI_Recv");
-    send_token(status.MPI_SOURCE, kPongTag, frozen_within(g_timeout_s) ? 1 : 0);
-  }
+  int from = 0, value = 0;
+  while (receive_token(kPingTag, from, value)) send_token(from, kPongTag, frozen_within(g_timeout_s) ? 1 : 0);
 }
 
 // Pings `peers` (world ranks) and returns those that did not answer within `grace_s`,
@@ -154,16 +151,12 @@ std::vector<int> silent_peers(const std::vector<int>& peers, double grace_s) {
          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() < grace_s) {
     serve_pings();  // (and notes leavers: a peer that gives up meanwhile is not silent)
     for (int r : g_leaving) waiting.erase(r);
-    int pending = 0;
-    MPI_Status status;
-    check(MPI_Iprobe(MPI_ANY_SOURCE, kPongTag, g_ping_comm, &pending, &status), "MPI_Iprobe");
-    if (!pending) {
+    int from = 0, frozen = 0;
+    if (!receive_token(kPongTag, from, frozen)) {
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
       continue;
     }
-    int frozen = 0;
-    check(MPI_Recv(&frozen, 1, MPI_INT, status.MPI_SOURCE, kPongTag, g_ping_comm, MPI_STATUS_IGNORE), "MPI_Recv");
-    if (!frozen) waiting.erase(status.MPI_SOURCE);
+    if (!frozen) waiting.erase(from);
   }
   return {waiting.begin(), waiting.end()};
 }

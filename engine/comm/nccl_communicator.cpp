@@ -308,7 +308,13 @@ std::unique_ptr<Communicator> make_nccl_communicator(const std::vector<int>& mem
   return std::make_unique<NcclCommunicator>(members, kind, ranks_per_node, stats);
 }
 
-void finalize_nccl() {
+namespace {
+
+// Ends this rank's use of NCCL: takes every communicator out of the registry (from then on
+// they start and wait for nothing) and runs `end` over them on a thread of its own, given
+// `deadline_s`: NCCL's teardown may wait for peers that never come, and must not hold the
+// rank; past the deadline the thread is left behind with `late` logged.
+void end_nccl(void (*end)(const std::vector<ncclComm_t>&), int deadline_s, const char* late) {
   if (g_nccl.aborted.exchange(true)) return;
   std::vector<ncclComm_t> comms;
   {
@@ -317,54 +323,44 @@ void finalize_nccl() {
     g_nccl.world = nullptr;
   }
   if (comms.empty()) return;
-  // Every rank finalizes its communicators in the order they were made (the same on every
-  // rank), each waiting for its peers to get there too; a peer that never does must not
-  // hold this rank's exit, so the thread gets a deadline and is then left behind.
   struct Done {
     std::mutex mutex;
     std::condition_variable cv;
     bool finished = false;
   };
   auto done = std::make_shared<Done>();
-  std::thread([comms, done] {
-    for (ncclComm_t c : comms) ncclCommFinalize(c);
-    for (ncclComm_t c : comms) ncclCommDestroy(c);
+  std::thread([comms, done, end] {
+    end(comms);
     std::lock_guard<std::mutex> lock(done->mutex);
     done->finished = true;
     done->cv.notify_all();
   }).detach();
   std::unique_lock<std::mutex> lock(done->mutex);
-  if (!done->cv.wait_for(lock, std::chrono::seconds(30), [&] { return done->finished; }))
-    spdlog::warn("NCCL's communicators did not finalize within 30 s at the end of the run; exiting without it");
+  if (!done->cv.wait_for(lock, std::chrono::seconds(deadline_s), [&] { return done->finished; }))
+    spdlog::warn("{}", late);
 }
 
+}  // namespace
+
+// Every rank finalizes its communicators in the order they were made (the same on every
+// rank), each waiting for its peers to get there too, then destroys them.
+void finalize_nccl() {
+  end_nccl(
+      [](const std::vector<ncclComm_t>& comms) {
+        for (ncclComm_t c : comms) ncclCommFinalize(c);
+        for (ncclComm_t c : comms) ncclCommDestroy(c);
+      },
+      30, "NCCL's communicators did not finalize within 30 s at the end of the run; exiting without it");
+}
+
+// ncclCommAbort can block until the peers abort too (NVIDIA/nccl#863), and the caller's
+// next step, MPI_Abort, is what ends the job for certain.
 void abort_nccl() {
-  if (g_nccl.aborted.exchange(true)) return;
-  std::vector<ncclComm_t> comms;
-  {
-    std::lock_guard<std::mutex> lock(g_nccl.mutex);
-    comms.swap(g_nccl.comms);
-    g_nccl.world = nullptr;
-  }
-  if (comms.empty()) return;
-  // ncclCommAbort can block until the peers abort too (NVIDIA/nccl#863), and the caller's
-  // next step, MPI_Abort, is what ends the job for certain: the aborts run on a thread of
-  // their own, given a few seconds, then left behind.
-  struct Done {
-    std::mutex mutex;
-    std::condition_variable cv;
-    bool finished = false;
-  };
-  auto done = std::make_shared<Done>();
-  std::thread([comms, done] {
-    for (ncclComm_t c : comms) ncclCommAbort(c);
-    std::lock_guard<std::mutex> lock(done->mutex);
-    done->finished = true;
-    done->cv.notify_all();
-  }).detach();
-  std::unique_lock<std::mutex> lock(done->mutex);
-  if (!done->cv.wait_for(lock, std::chrono::seconds(10), [&] { return done->finished; }))
-    spdlog::warn("ncclCommAbort did not return within 10 s; ending the job without it");
+  end_nccl(
+      [](const std::vector<ncclComm_t>& comms) {
+        for (ncclComm_t c : comms) ncclCommAbort(c);
+      },
+      10, "ncclCommAbort did not return within 10 s; ending the job without it");
 }
 
 }  // namespace mics
