@@ -5,22 +5,25 @@
 namespace mics {
 
 DeferredUpdates::DeferredUpdates(SideQueue& queue, int layers)
-    : queue_(queue), state_(static_cast<size_t>(layers), kDone) {}
+    : queue_(queue), state_(static_cast<size_t>(layers), kDone) {
+  sequence_.reserve(state_.size());  // no allocation in a step
+  seen_.reserve(state_.size());
+}
 
 void DeferredUpdates::defer(std::function<void(int)> update, const std::vector<int>& order) {
   settle();
   update_ = std::move(update);
   const int layers = static_cast<int>(state_.size());
-  std::vector<int> sequence;
-  std::vector<bool> seen(state_.size(), false);
+  sequence_.clear();
+  seen_.assign(state_.size(), false);
   for (int l : order)
-    if (l >= 0 && l < layers && !seen[static_cast<size_t>(l)]) {
-      seen[static_cast<size_t>(l)] = true;
-      sequence.push_back(l);
+    if (l >= 0 && l < layers && !seen_[static_cast<size_t>(l)]) {
+      seen_[static_cast<size_t>(l)] = true;
+      sequence_.push_back(l);
     }
   for (int l = 0; l < layers; ++l)
-    if (!seen[static_cast<size_t>(l)]) sequence.push_back(l);
-  for (int l : sequence)
+    if (!seen_[static_cast<size_t>(l)]) sequence_.push_back(l);
+  for (int l : sequence_)
     state_[static_cast<size_t>(l)] =
         queue_.has_side_queue() ? queue_.run_on_side_queue([this, l] { update_(l); }) : kAtFirstUse;
 }

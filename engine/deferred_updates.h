@@ -34,6 +34,8 @@ class DeferredUpdates {
   SideQueue& queue_;
   std::function<void(int)> update_;
   std::vector<int64_t> state_;  // per layer
+  std::vector<int> sequence_;   // defer's scratch: the layers in queueing order
+  std::vector<bool> seen_;
 };
 
 }  // namespace mics

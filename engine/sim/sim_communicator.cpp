@@ -30,9 +30,10 @@ class SimCommunicator final : public Communicator {
   int rank() const override { return rank_; }
   int size() const override { return size_; }
 
-  Request all_gather(void*, DType dtype, size_t count, size_t blocks, size_t, size_t) override {
-    const double chunk = static_cast<double>(blocks * count * dtype_size(dtype));
-    return start(CollectiveOp::all_gather, chunk * size_, (size_ - 1) * chunk);
+  Request all_gather(void* base, DType dtype, size_t count, size_t blocks, size_t member_stride,
+                     size_t block_stride) override {
+    Request none;
+    return all_gather_after(none, base, dtype, count, blocks, member_stride, block_stride);
   }
   // Simulated GPUs order collectives on the device, as NCCL does: a dependent gather is
   // booked to begin once the one before it ends, whenever the host submitted it.
