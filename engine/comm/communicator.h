@@ -7,6 +7,7 @@
 // (sim/sim_communicator.cpp).
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -119,6 +120,16 @@ std::unique_ptr<Communicator> make_mpi_communicator(const std::vector<int>& memb
 void world_sum(double* values, int count);
 // Every rank of the job reaches this point before any leaves it.
 void world_barrier();
+// `bytes` of `data` on `root` copied to every rank.
+void world_broadcast(void* data, int bytes, int root);
+// Polls `done` until it returns true, as every wait on other ranks does: yielding the core
+// between polls (ranks may share cores), answering the other ranks' liveness pings, and past
+// runtime.comm_timeout_s throwing "`what` did not complete within ...", naming the ranks of
+// `members` (world ranks; empty: all) that stopped answering or, when every rank answers,
+// `if_all_answer` (null: "the ranks disagree on which collective comes next"). Once a wait
+// on this rank has given up, every later one throws at once: the job is ending.
+void wait_until(const std::function<bool()>& done, const std::string& what, const std::vector<int>& members,
+                const char* if_all_answer = nullptr);
 // How long any wait on other ranks may take before it throws (runtime.comm_timeout_s).
 void set_comm_timeout(double seconds);
 double comm_timeout();

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <functional>
 #include <set>
 #include <stdexcept>
 #include <string>
@@ -168,8 +169,9 @@ std::string rank_list(const std::vector<int>& ranks) {
 }
 
 // Why a wait on `members` (world ranks; empty: the whole world) timed out, by pinging them,
-// then, if all of them answer, everyone (the holdup may sit behind one of them).
-std::string diagnose_timeout(const std::vector<int>& members) {
+// then, if all of them answer, everyone (the holdup may sit behind one of them); when every
+// rank answers, `if_all_answer` (null: the ranks disagree on the next collective).
+std::string diagnose_timeout(const std::vector<int>& members, const char* if_all_answer) {
   if (g_ping_comm == MPI_COMM_NULL) return "a peer stopped answering";
   int world = 0;
   MPI_Comm_size(MPI_COMM_WORLD, &world);
@@ -187,31 +189,29 @@ std::string diagnose_timeout(const std::vector<int>& members) {
   if (!silent.empty())
     return (members.empty() || members.size() == everyone.size() ? "" : "every member of this group answered; ") +
            rank_list(silent) + " did not answer a liveness ping within " + grace + " (stalled or dead)";
-  return "every rank answered a liveness ping within " + std::string(grace) +
-         ", so none is stalled: the ranks disagree on which collective comes next";
+  return "every rank answered a liveness ping within " + std::string(grace) + ", so none is stalled: " +
+         (if_all_answer != nullptr ? if_all_answer : "the ranks disagree on which collective comes next");
 }
 
-// Waits for `request` by polling, yielding the core between polls (ranks may share cores)
-// and answering liveness pings, and throws once comm_timeout_s has passed, naming the
-// ranks that stopped answering: a rank that stalls must not hang the others.
-void wait_for(MPI_Request& request, const std::string& what, const std::vector<int>& members) {
-  int done = 0;
-  check(MPI_Test(&request, &done, MPI_STATUS_IGNORE), "MPI_Test");
-  if (!done && g_gave_up)
+}  // namespace
+
+void wait_until(const std::function<bool()>& done, const std::string& what, const std::vector<int>& members,
+                const char* if_all_answer) {
+  if (done()) return;
+  if (g_gave_up)
     throw std::runtime_error(what + " was not waited for: an earlier wait on this rank gave up, so the job is ending");
   const auto start = std::chrono::steady_clock::now();
   auto last_poll = start;
   double frozen_s = 0;  // longest gap between polls of this wait
-  for (long polls = 0; !done; ++polls) {
+  for (long polls = 0; !done(); ++polls) {
     if (polls > 1000) std::this_thread::sleep_for(std::chrono::microseconds(20));
     else std::this_thread::yield();
     const auto now = std::chrono::steady_clock::now();
     const double gap = std::chrono::duration<double>(now - last_poll).count();
     frozen_s = std::max(frozen_s, gap);
     last_poll = now;
-    check(MPI_Test(&request, &done, MPI_STATUS_IGNORE), "MPI_Test");
     if (polls % 16 == 0) serve_pings();
-    if (!done && std::chrono::duration<double>(now - start).count() > g_timeout_s) {
+    if (std::chrono::duration<double>(now - start).count() > g_timeout_s) {
       int rank = -1;
       MPI_Comm_rank(MPI_COMM_WORLD, &rank);
       g_gave_up = true;
@@ -221,13 +221,26 @@ void wait_for(MPI_Request& request, const std::string& what, const std::vector<i
           frozen_s > grace_s() ? "this rank was itself frozen for " + std::to_string(std::lround(frozen_s)) +
                                      " s inside the wait (stopped, or starved of CPU)"
           : frozen_within(waited_s) ? std::string("this rank was itself frozen during the wait (stopped, or starved of CPU)")
-                                    : diagnose_timeout(members);
+                                    : diagnose_timeout(members, if_all_answer);
       announce_leaving();
       throw std::runtime_error(what + " did not complete within 'runtime.comm_timeout_s' (" +
                                std::to_string(static_cast<int>(g_timeout_s)) + " s) on rank " +
                                std::to_string(rank) + ": " + why);
     }
   }
+}
+
+namespace {
+
+// Waits for an MPI request (wait_until's polling, deadline and diagnosis).
+void wait_for(MPI_Request& request, const std::string& what, const std::vector<int>& members) {
+  wait_until(
+      [&] {
+        int done = 0;
+        check(MPI_Test(&request, &done, MPI_STATUS_IGNORE), "MPI_Test");
+        return done != 0;
+      },
+      what, members);
 }
 
 struct MpiRequest final : CommRequest {
@@ -373,6 +386,12 @@ void world_barrier() {
   MPI_Request r;
   check(MPI_Ibarrier(MPI_COMM_WORLD, &r), "MPI_Ibarrier");
   wait_for(r, "a barrier of all ranks", {});
+}
+
+void world_broadcast(void* data, int bytes, int root) {
+  MPI_Request r;
+  check(MPI_Ibcast(data, bytes, MPI_BYTE, root, MPI_COMM_WORLD, &r), "MPI_Ibcast");
+  wait_for(r, "a broadcast from rank " + std::to_string(root), {});
 }
 
 void set_comm_timeout(double seconds) { g_timeout_s = seconds; }

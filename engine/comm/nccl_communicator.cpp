@@ -10,6 +10,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <functional>
 #include <mutex>
 #include <stdexcept>
 #include <string>
@@ -70,6 +71,63 @@ struct Registry {
 } g_nccl;
 
 
+// A blocking NCCL call (set-up, teardown) on a thread of its own. Such calls wait for every
+// peer and have no deadline; run apart, the caller can bound its wait, and a call never
+// waited out is left behind with this state (the job is ending by then).
+struct BackgroundCall {
+  std::mutex mutex;
+  std::condition_variable cv;
+  bool finished = false;
+  ncclComm_t comm = nullptr;  // the communicator the call made, if it makes one
+  ncclResult_t result = ncclSuccess;
+  std::string message;  // NCCL's words on a failure (its last error is per thread)
+
+  bool done() {
+    std::lock_guard<std::mutex> lock(mutex);
+    return finished;
+  }
+  bool wait_for(int seconds) {
+    std::unique_lock<std::mutex> lock(mutex);
+    return cv.wait_for(lock, std::chrono::seconds(seconds), [&] { return finished; });
+  }
+};
+
+std::shared_ptr<BackgroundCall> start_in_background(std::function<ncclResult_t(ncclComm_t*)> call) {
+  int device = 0;
+  MICS_CUDA_RT_CHECK(cudaGetDevice(&device));  // the current device is per thread
+  auto state = std::make_shared<BackgroundCall>();
+  std::thread([state, call = std::move(call), device] {
+    ncclComm_t comm = nullptr;
+    const cudaError_t selected = cudaSetDevice(device);
+    const ncclResult_t result = selected == cudaSuccess ? call(&comm) : ncclUnhandledCudaError;
+    const std::string message = selected != cudaSuccess ? std::string(cudaGetErrorString(selected))
+                                : result != ncclSuccess ? nccl_message(result)
+                                                        : std::string();
+    std::lock_guard<std::mutex> lock(state->mutex);
+    state->comm = comm;
+    state->result = result;
+    state->message = message;
+    state->finished = true;
+    state->cv.notify_all();
+  }).detach();
+  return state;
+}
+
+// What a set-up that times out while every rank is alive points to.
+constexpr const char* kSetUpStuck =
+    "NCCL's bootstrap could not connect them (check NCCL_SOCKET_IFNAME and the network between the nodes; "
+    "NCCL_DEBUG=INFO says more)";
+
+// A collective NCCL set-up call (init, split) under runtime.comm_timeout_s, answering the
+// other ranks' liveness pings meanwhile, so a rank that never arrives is named, not waited
+// for forever. Returns the communicator the call made.
+ncclComm_t set_up(const std::string& what, std::function<ncclResult_t(ncclComm_t*)> call) {
+  const std::shared_ptr<BackgroundCall> state = start_in_background(std::move(call));
+  wait_until([&] { return state->done(); }, what, {}, kSetUpStuck);
+  if (state->result != ncclSuccess) fail(what, state->message.c_str(), __FILE__, __LINE__);
+  return state->comm;
+}
+
 struct NcclRequest final : CommRequest {
   cudaEvent_t done = nullptr;
   std::vector<cudaEvent_t>* pool = nullptr;  // the issuing communicator's free events
@@ -87,6 +145,7 @@ class NcclCommunicator final : public Communicator {
     rank_ = static_cast<int>(me - members.begin());
     size_ = static_cast<int>(members.size());
     ring_ = RingAccount(members, world_rank, ranks_per_node, kind);
+    members_ = members;
     describe_ = std::string(name(kind)) + " group of ranks " + std::to_string(members.front()) + ".." +
                 std::to_string(members.back());
     // Host scalars (norms, counts) go over MPI, NCCL wanting device memory: through the
@@ -94,7 +153,9 @@ class NcclCommunicator final : public Communicator {
     // answer its liveness pings.
     host_ = make_mpi_communicator(members, kind, ranks_per_node, stats);
     // Every rank of the world calls the split; the group's first member is its colour.
-    MICS_NCCL_CHECK(ncclCommSplit(g_nccl.world, members.front(), rank_, &comm_, nullptr));
+    comm_ = set_up("NCCL's split of the " + describe_ + " (ncclCommSplit)", [colour = members.front(), key = rank_](ncclComm_t* made) {
+      return ncclCommSplit(g_nccl.world, colour, key, made, nullptr);
+    });
     {
       std::lock_guard<std::mutex> lock(g_nccl.mutex);
       g_nccl.comms.push_back(comm_);
@@ -171,28 +232,25 @@ class NcclCommunicator final : public Communicator {
       return;
     }
     const auto start = std::chrono::steady_clock::now();
-    for (long polls = 0;; ++polls) {
-      const cudaError_t state = cudaEventQuery(r->done);
-      if (state == cudaSuccess) break;
-      if (state != cudaErrorNotReady) MICS_CUDA_RT_CHECK(state);
-      ncclResult_t async = ncclSuccess;
-      MICS_NCCL_CHECK(ncclCommGetAsyncError(comm_, &async));
-      if (async != ncclSuccess && async != ncclInProgress) {
-        const std::string message = nccl_message(async);
-        forget(request);
-        abort_nccl();
-        fail("a collective on the " + describe_, message.c_str(), __FILE__, __LINE__);
-      }
-      if (std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() > comm_timeout()) {
-        forget(request);
-        abort_nccl();
-        int world_rank = -1;
-        MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
-        throw std::runtime_error("a collective on the " + describe_ + " did not complete within 'runtime.comm_timeout_s' (" +
-                                 std::to_string(static_cast<int>(comm_timeout())) + " s) on rank " +
-                                 std::to_string(world_rank) + ": a peer stopped answering; NCCL aborted");
-      }
-      if (polls > 1000) std::this_thread::sleep_for(std::chrono::microseconds(20));
+    try {
+      wait_until(
+          [&] {
+            const cudaError_t state = cudaEventQuery(r->done);
+            if (state == cudaSuccess) return true;
+            if (state != cudaErrorNotReady) MICS_CUDA_RT_CHECK(state);
+            ncclResult_t async = ncclSuccess;
+            MICS_NCCL_CHECK(ncclCommGetAsyncError(comm_, &async));
+            if (async != ncclSuccess && async != ncclInProgress)
+              fail("a collective on the " + describe_, nccl_message(async).c_str(), __FILE__, __LINE__);
+            return false;
+          },
+          "a collective on the " + describe_, members_,
+          "the ranks disagree on which collective comes next, or NCCL's transport between them is stuck");
+    } catch (...) {
+      // No peer may wait on this rank's collectives any more: abort them all, then fail.
+      forget(request);
+      abort_nccl();
+      throw;
     }
     stats_.wait_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     release(request);
@@ -277,6 +335,7 @@ class NcclCommunicator final : public Communicator {
   CommStats& stats_;
   RingAccount ring_;
   std::string describe_;
+  std::vector<int> members_;  // world ranks, in group order
   int rank_ = 0, size_ = 1;
   ncclComm_t comm_ = nullptr;
   cudaStream_t stream_ = nullptr;
@@ -295,8 +354,9 @@ void init_nccl_world(void* compute_stream) {
   MPI_Comm_size(MPI_COMM_WORLD, &world);
   ncclUniqueId id;
   if (rank == 0) MICS_NCCL_CHECK(ncclGetUniqueId(&id));
-  MPI_Bcast(&id, sizeof id, MPI_BYTE, 0, MPI_COMM_WORLD);
-  MICS_NCCL_CHECK(ncclCommInitRank(&g_nccl.world, world, id, rank));
+  world_broadcast(&id, sizeof id, 0);
+  g_nccl.world = set_up("NCCL's set-up of the world communicator of " + std::to_string(world) + " ranks (ncclCommInitRank)",
+                        [world, id, rank](ncclComm_t* made) { return ncclCommInitRank(made, world, id, rank); });
   g_nccl.compute = static_cast<cudaStream_t>(compute_stream);
   std::lock_guard<std::mutex> lock(g_nccl.mutex);
   g_nccl.comms.push_back(g_nccl.world);
@@ -323,21 +383,11 @@ void end_nccl(void (*end)(const std::vector<ncclComm_t>&), int deadline_s, const
     g_nccl.world = nullptr;
   }
   if (comms.empty()) return;
-  struct Done {
-    std::mutex mutex;
-    std::condition_variable cv;
-    bool finished = false;
-  };
-  auto done = std::make_shared<Done>();
-  std::thread([comms, done, end] {
+  const std::shared_ptr<BackgroundCall> call = start_in_background([comms, end](ncclComm_t*) {
     end(comms);
-    std::lock_guard<std::mutex> lock(done->mutex);
-    done->finished = true;
-    done->cv.notify_all();
-  }).detach();
-  std::unique_lock<std::mutex> lock(done->mutex);
-  if (!done->cv.wait_for(lock, std::chrono::seconds(deadline_s), [&] { return done->finished; }))
-    spdlog::warn("{}", late);
+    return ncclSuccess;
+  });
+  if (!call->wait_for(deadline_s)) spdlog::warn("{}", late);
 }
 
 }  // namespace

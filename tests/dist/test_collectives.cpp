@@ -4,10 +4,14 @@
 #include <gtest/gtest.h>
 #include <mpi.h>
 
+#include <chrono>
 #include <cstdio>
+#include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include "engine/comm/communicator.h"
 #include "engine/process_groups.h"
 #include "engine/topology.h"
 
@@ -109,6 +113,58 @@ INSTANTIATE_TEST_SUITE_P(EightRanks, Collectives,
                            std::snprintf(name, sizeof name, "k%d_p%d", info.param.k, info.param.p);
                            return std::string(name);
                          });
+
+// wait_until is every wait on other ranks (MPI's, NCCL's collectives, NCCL's set-up, which
+// runs on a thread apart): it returns once its condition holds, answering pings meanwhile.
+TEST(WaitUntil, ReturnsOnceTheConditionHolds) {
+  const auto start = std::chrono::steady_clock::now();
+  auto after = [&](double seconds) {
+    return [=] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() > seconds; };
+  };
+  wait_until(after(0.2), "a test condition", {});
+  EXPECT_GE(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), 0.2);
+  world_barrier();  // every rank's wait over before the next test
+}
+
+// The deadline, one case per process (a wait that gives up ends the job's waits), run on
+// 2 ranks by dist.wait_deadline_* (excluded from dist.collectives).
+std::string give_up_waiting(const char* if_all_answer) {
+  set_comm_timeout(1.0);
+  try {
+    wait_until([] { return false; }, "a test set-up", {}, if_all_answer);
+  } catch (const std::runtime_error& e) {
+    return e.what();
+  }
+  return "(no timeout)";
+}
+
+// Collective (every rank): the first communicator turns liveness pings on.
+void answer_pings() {
+  static CommStats stats;
+  static auto world = make_mpi_communicator({0, 1}, GroupKind::replication, 1, stats);
+}
+
+TEST(WaitUntilDeadline, NamesTheRankThatNeverCame) {
+  answer_pings();
+  if (world_rank() == 1) {  // neither polls nor answers pings past rank 0's deadline and grace
+    std::this_thread::sleep_for(std::chrono::seconds(4));
+    return;
+  }
+  const std::string message = give_up_waiting("HINT");
+  EXPECT_NE(message.find("a test set-up did not complete within 'runtime.comm_timeout_s' (1 s) on rank 0"),
+            std::string::npos) << message;
+  EXPECT_NE(message.find("rank 1 did not answer a liveness ping"), std::string::npos) << message;
+  EXPECT_EQ(message.find("HINT"), std::string::npos) << message;
+}
+
+TEST(WaitUntilDeadline, SaysWhatToCheckWhenEveryRankAnswers) {
+  answer_pings();
+  const std::string message = give_up_waiting("check the network (HINT)");
+  EXPECT_NE(message.find("did not complete within 'runtime.comm_timeout_s' (1 s) on rank " + std::to_string(world_rank())),
+            std::string::npos) << message;
+  EXPECT_NE(message.find("every rank answered a liveness ping within 1 s, so none is stalled: check the network (HINT)"),
+            std::string::npos) << message;
+}
 
 }  // namespace
 
