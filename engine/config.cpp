@@ -256,7 +256,13 @@ Config parse_config(const json& input, const std::string& source,
     r.get("attention", c.runtime.attention, {"materialized", "fused", "cudnn"});
     r.get("gemm_autotune", c.runtime.gemm_autotune);
     r.get("overlap_optimizer", c.runtime.overlap_optimizer);
+    r.get("overlap_optimizer_sms", c.runtime.overlap_optimizer_sms);
     r.finish();
+    must(r, c.runtime.overlap_optimizer_sms >= 0, "'runtime.overlap_optimizer_sms' must be 0 (no bound) or a positive number of SMs");
+    must(r, c.runtime.overlap_optimizer_sms == 0 || c.runtime.overlap_optimizer,
+         "'runtime.overlap_optimizer_sms' bounds the overlapped optimizer update; it needs 'runtime.overlap_optimizer' true");
+    must(r, c.runtime.overlap_optimizer_sms == 0 || c.runtime.backend == "cuda",
+         "'runtime.overlap_optimizer_sms' bounds the SMs of a GPU; it needs 'runtime.backend' \"cuda\"");
     must(r, !c.runtime.gemm_autotune || c.runtime.backend == "cuda",
          "'runtime.gemm_autotune' times cuBLASLt's algorithms; it needs 'runtime.backend' \"cuda\"");
     const std::string& comm = c.runtime.communicator;
@@ -477,7 +483,8 @@ json Config::to_json() const {
   j["runtime"] = {{"backend", runtime.backend}, {"ranks_per_node", runtime.ranks_per_node},
                   {"device_memory_gb", runtime.device_memory_gb}, {"comm_timeout_s", runtime.comm_timeout_s},
                   {"communicator", runtime.communicator}, {"attention", runtime.attention},
-                  {"gemm_autotune", runtime.gemm_autotune}, {"overlap_optimizer", runtime.overlap_optimizer}};
+                  {"gemm_autotune", runtime.gemm_autotune}, {"overlap_optimizer", runtime.overlap_optimizer},
+                  {"overlap_optimizer_sms", runtime.overlap_optimizer_sms}};
   j["log"] = {{"every", log.every}, {"level", log.level}, {"metrics", log.metrics}};
   j["checkpoint"] = {{"dir", checkpoint.dir}, {"every", checkpoint.every}, {"keep", checkpoint.keep}};
   return j;

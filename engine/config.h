@@ -98,6 +98,10 @@ struct RuntimeConfig {
   // on CUDA the updates run on a second stream alongside the next forward; on the CPU the
   // same arithmetic, at each layer's first use.
   bool overlap_optimizer = false;
+  // CUDA, with overlap_optimizer: the most SMs the overlapped update may hold at once (one
+  // block of 1024 threads each), leaving the rest to the forward; 0: no bound (its blocks,
+  // at the lowest stream priority, take whatever the forward's leave).
+  int64_t overlap_optimizer_sms = 0;
 };
 
 struct LogConfig {

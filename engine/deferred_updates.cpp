@@ -23,9 +23,19 @@ void DeferredUpdates::defer(std::function<void(int)> update, const std::vector<i
     }
   for (int l = 0; l < layers; ++l)
     if (!seen_[static_cast<size_t>(l)]) sequence_.push_back(l);
-  for (int l : sequence_)
-    state_[static_cast<size_t>(l)] =
-        queue_.has_side_queue() ? queue_.run_on_side_queue([this, l] { update_(l); }) : kAtFirstUse;
+  if (!queue_.has_side_queue()) {
+    for (int l : sequence_) state_[static_cast<size_t>(l)] = kAtFirstUse;
+    return;
+  }
+  // The layer the forward reads first is updated on the main queue, after the others are
+  // queued on the side queue (so that they need not wait for it): the forward would wait
+  // for it before its first op anyway, and on the main queue it has the whole device, not
+  // what a bounded side queue may hold.
+  for (size_t i = 1; i < sequence_.size(); ++i) {
+    const int l = sequence_[i];
+    state_[static_cast<size_t>(l)] = queue_.run_on_side_queue([this, l] { update_(l); });
+  }
+  if (!sequence_.empty()) update_(sequence_.front());
 }
 
 void DeferredUpdates::ensure(int layer) {

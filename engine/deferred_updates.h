@@ -1,10 +1,10 @@
 #pragma once
 // The optimizer's update of each layer, deferred to that layer's next use
 // (runtime.overlap_optimizer): on a backend with a side queue (CUDA: a second stream) every
-// layer's update is queued there at once, in the order the next forward reads the layers,
-// and the first use of a layer makes the main queue wait for its own; so the update of the
-// later layers, bound by memory bandwidth, runs alongside the forward's GEMMs of the
-// earlier ones. Elsewhere (the CPU) a layer's update runs at its first use, which gives the
+// layer's update but the first the forward reads is queued there at once, in the order the
+// next forward reads the layers, and the first use of a layer makes the main queue wait for
+// its own; so the update of the later layers, bound by memory bandwidth, runs alongside the
+// forward's GEMMs of the earlier ones. (The first is updated on the main queue at once.) Elsewhere (the CPU) a layer's update runs at its first use, which gives the
 // same arithmetic in the same order per element, and makes a use that forgot to ask for it
 // read stale weights, which the tests see.
 #include <cstdint>

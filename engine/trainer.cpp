@@ -98,9 +98,12 @@ Trainer::Trainer(const Config& c, Backend& backend, const Topology& topo, Traine
                                               ", one rank)"
                                         : std::string("gradients accumulated in fp32"));
   if (c.runtime.overlap_optimizer)
-    spdlog::info("optimizer: each layer's update deferred to its first use in the next step, {}",
+    spdlog::info("optimizer: each layer's update deferred to its first use in the next step, {}{}",
                  backend.has_side_queue() ? "queued on the backend's side queue to overlap the forward"
-                                          : "run there (no side queue to overlap on: the CPU backend, or --profile)");
+                                          : "run there (no side queue to overlap on: the CPU backend, or --profile)",
+                 backend.has_side_queue() && c.runtime.overlap_optimizer_sms > 0
+                     ? " on at most " + std::to_string(c.runtime.overlap_optimizer_sms) + " SMs"
+                     : std::string());
 }
 
 Trainer::~Trainer() = default;

@@ -202,6 +202,9 @@ class CudaBackend final : public Backend {
     // Asked once: the fused attention checks them on every call.
     MICS_CUDA_CHECK(cudaDeviceGetAttribute(&compute_major_, cudaDevAttrComputeCapabilityMajor, device));
     MICS_CUDA_CHECK(cudaDeviceGetAttribute(&shared_optin_, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    int sms = 0;
+    MICS_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    side_sms_ = std::min(std::max(options.side_queue_sms, 0), sms);
     // Blocking streams: they still order with the legacy default stream, so code that uses
     // the default stream (cudaMemcpy, say) sees this backend's work in order. The main
     // stream at the device's highest priority (as the NCCL streams), the side queue's at its
@@ -302,11 +305,18 @@ class CudaBackend final : public Backend {
     struct OnSide {
       cudaStream_t& a;
       cudaStream_t& b;
-      OnSide(cudaStream_t& x, cudaStream_t& y) : a(x), b(y) { std::swap(a, b); }
-      ~OnSide() { std::swap(a, b); }
+      bool& flag;
+      OnSide(cudaStream_t& x, cudaStream_t& y, bool& on) : a(x), b(y), flag(on) {
+        std::swap(a, b);
+        flag = true;
+      }
+      ~OnSide() {
+        std::swap(a, b);
+        flag = false;
+      }
     };
     {
-      OnSide on_side(stream_, side_);
+      OnSide on_side(stream_, side_, on_side_);
       work();
     }
     // Fences reuse kFences events in turn: waiting on a fence whose event was recorded again
@@ -880,7 +890,8 @@ class CudaBackend final : public Backend {
         throw ShapeError(std::string("adamw: param, m and v must be fp32, got ") + dtype_name(t->dtype));
     expect_compute_dtype("adamw", grad);  // fp32, or a model's own half-precision gradient
     launch_adamw(static_cast<float*>(param.data), grad.dtype, grad.data, static_cast<float*>(m.data),
-                 static_cast<float*>(v.data), n, adamw_scalars(s), param_copy.dtype, param_copy.data, stream_);
+                 static_cast<float*>(v.data), n, adamw_scalars(s), param_copy.dtype, param_copy.data,
+                 on_side_ ? side_sms_ : 0, stream_);
   }
 
   int64_t gemm_fallback_calls() const { return gemm_->fallback_calls(); }
@@ -991,6 +1002,8 @@ class CudaBackend final : public Backend {
   static constexpr int64_t kFences = 1024;
   cudaStream_t side_ = nullptr;
   cudaEvent_t side_start_ = nullptr;
+  bool on_side_ = false;  // run_on_side_queue's work is queuing (stream_ is the side stream)
+  int side_sms_ = 0;      // CudaBackendOptions::side_queue_sms, at most the device's SMs
   std::array<cudaEvent_t, kFences> fences_{};
   int64_t next_fence_ = 0;
   void* scratch_ = nullptr;

@@ -25,6 +25,11 @@ struct CudaBackendOptions {
   // Time the heuristic's top cuBLASLt algorithms per GEMM shape at its first call (beta 0
   // ones) and keep the fastest (runtime.gemm_autotune).
   bool gemm_autotune = false;
+  // The most SMs the side queue's work (the overlapped optimizer update) may hold at once:
+  // its kernels run as at most this many blocks of 1024 threads, which the block scheduler
+  // spreads one to an SM; 0: no bound (ordinary grids, at the lowest stream priority).
+  // More than the device has is taken as the device's count.
+  int side_queue_sms = 0;
 };
 
 // Whether this build compiled the CUDA backend (false where nvcc was absent or MICS_CUDA off).

@@ -1145,29 +1145,49 @@ TEST(CudaAdamW, BitForBitWithCpuFp32) {
 // queue's earlier work (it reads the gradient a main-queue copy has just written) and before
 // the main queue's work after the fence (a copy of the updated parameters): the CPU's bits.
 // Large enough that a missing order would show as stale values.
-TEST(CudaSideQueue, UpdateRunsBehindEarlierWorkAndBeforeFencedWork) {
-  MICS_REQUIRE_CUDA();
-  ASSERT_TRUE(gpu().has_side_queue());
-  const int64_t n = int64_t{1} << 22;
+// AdamW queued on `backend`'s side queue behind a gradient written on its main queue, read
+// there after the fence: the CPU's bits, over `n` elements starting `offset` elements into
+// the buffers (an offset that is not a multiple of 4 takes the element-wise kernel).
+void expect_side_queue_update(Backend& backend, int64_t n, int64_t offset) {
+  ASSERT_TRUE(backend.has_side_queue());
   std::mt19937_64 rng(202);
-  const Vec p = rounded(DType::f32, random_vec(rng, n)), g = rounded(DType::f32, random_vec(rng, n));
-  const Vec m = rounded(DType::f32, random_vec(rng, n, -0.1, 0.1)), v = rounded(DType::f32, random_vec(rng, n, 0.0, 0.01));
+  const int64_t total = n + offset;
+  const Vec p = rounded(DType::f32, random_vec(rng, total)), g = rounded(DType::f32, random_vec(rng, total));
+  const Vec m = rounded(DType::f32, random_vec(rng, total, -0.1, 0.1)), v = rounded(DType::f32, random_vec(rng, total, 0.0, 0.01));
   const AdamWSpec spec{1e-2f, 0.9f, 0.999f, 1e-8f, 0.1f, 7, 0.5f};
-  H32 cp(p, {n}), cg(g, {n}), cm(m, {n}), cv(v, {n});
-  cpu().adamw(cp.t(), cg.t(), cm.t(), cv.t(), spec, Tensor{});
+  H32 cp(p, {total}), cg(g, {total}), cm(m, {total}), cv(v, {total});
+  auto tail = [&](Tensor t) { return t.slice(offset, {n}); };
+  cpu().adamw(tail(cp.t()), tail(cg.t()), tail(cm.t()), tail(cv.t()), spec, Tensor{});
   for (int round = 0; round < 3; ++round) {
-    SCOPED_TRACE(testing::Message() << "round " << round);
-    Dev dp(DType::f32, {n}, p), dm(DType::f32, {n}, m), dv(DType::f32, {n}, v), source(DType::f32, {n}, g);
-    Dev dg(DType::f32, {n}, Vec(static_cast<size_t>(n), 0.0)), out(DType::f32, {n});
-    gpu().cast(dg.t(), source.t());  // the gradient, written on the main queue
-    const int64_t fence =
-        gpu().run_on_side_queue([&] { gpu().adamw(dp.t(), dg.t(), dm.t(), dv.t(), spec, Tensor{}); });
-    gpu().wait_for_fence(fence);
-    gpu().cast(out.t(), dp.t());  // read on the main queue after the fence
+    SCOPED_TRACE(testing::Message() << "round " << round << ", n " << n << ", offset " << offset);
+    Dev dp(DType::f32, {total}, p), dm(DType::f32, {total}, m), dv(DType::f32, {total}, v), source(DType::f32, {total}, g);
+    Dev dg(DType::f32, {total}, Vec(static_cast<size_t>(total), 0.0)), out(DType::f32, {total});
+    backend.cast(dg.t(), source.t());  // the gradient, written on the main queue
+    const int64_t fence = backend.run_on_side_queue(
+        [&] { backend.adamw(tail(dp.t()), tail(dg.t()), tail(dm.t()), tail(dv.t()), spec, Tensor{}); });
+    backend.wait_for_fence(fence);
+    backend.cast(out.t(), dp.t());  // read on the main queue after the fence
+    backend.synchronize();  // (the buffers are read back through gpu()'s stream)
     expect_identical(out.get(), cp.vec(), "param read after the fence");
     expect_identical(dm.get(), cm.vec(), "m");
     expect_identical(dv.get(), cv.vec(), "v");
   }
+}
+
+TEST(CudaSideQueue, UpdateRunsBehindEarlierWorkAndBeforeFencedWork) {
+  MICS_REQUIRE_CUDA();
+  expect_side_queue_update(gpu(), int64_t{1} << 22, 0);
+}
+
+// runtime.overlap_optimizer_sms: the update in at most 3 blocks of 1024 threads, each
+// striding over millions of elements (both kernels, with the vector kernel's tail).
+TEST(CudaSideQueue, BoundedToAFewSmsTheUpdateIsTheSame) {
+  MICS_REQUIRE_CUDA();
+  CudaBackendOptions options;
+  options.side_queue_sms = 3;
+  const std::unique_ptr<Backend> bounded = make_cuda_backend(0, options);
+  expect_side_queue_update(*bounded, (int64_t{1} << 22) + 3, 0);
+  expect_side_queue_update(*bounded, (int64_t{1} << 20) + 5, 1);
 }
 
 // ---------------------------------------------------------------- element-wise

@@ -177,6 +177,22 @@ std::vector<Case> cases() {
                           "'runtime.gemm_autotune'"));
   c.push_back(config_case("overlap_optimizer_not_a_bool", [](json& j) { j["runtime"]["overlap_optimizer"] = 1; },
                           "'runtime.overlap_optimizer'"));
+  c.push_back(config_case("overlap_optimizer_sms_without_overlap",
+                          [](json& j) { j["runtime"]["overlap_optimizer_sms"] = 16; },
+                          "'runtime.overlap_optimizer_sms' bounds the overlapped optimizer update; it needs "
+                          "'runtime.overlap_optimizer' true"));
+  c.push_back(config_case("overlap_optimizer_sms_on_cpu",
+                          [](json& j) {
+                            j["runtime"]["overlap_optimizer"] = true;
+                            j["runtime"]["overlap_optimizer_sms"] = 16;
+                          },
+                          "'runtime.overlap_optimizer_sms' bounds the SMs of a GPU; it needs 'runtime.backend' \"cuda\""));
+  c.push_back(config_case("overlap_optimizer_sms_negative",
+                          [](json& j) {
+                            j["runtime"]["overlap_optimizer"] = true;
+                            j["runtime"]["overlap_optimizer_sms"] = -1;
+                          },
+                          "'runtime.overlap_optimizer_sms' must be 0 (no bound) or a positive number of SMs"));
   c.push_back(config_case("cudnn_attention_head_dim",
                           [](json& j) {
                             j["runtime"]["backend"] = "cuda";
