@@ -1,7 +1,9 @@
 // AdamW over fp32 shards (the kernels: adamw_kernels.cuh): the launcher picks the
 // four-elements-a-thread kernel where every array is aligned for it, and bounds the grid
-// for the side queue (CudaBackendOptions::side_queue_sms): the kernels stride over the span,
-// so any grid covers it.
+// for the side queue (CudaBackendOptions::side_queue_sms), in chunks: the kernels stride
+// over their span, so any grid covers it.
+#include <algorithm>
+
 #include "kernels/cuda/device_common.cuh"
 #include "kernels/cuda/launch.h"
 #include "kernels/cuda/adamw_kernels.cuh"
@@ -18,6 +20,21 @@ void launch_adamw(float* param, DType grad_t, const void* grad, float* m, float*
   if (n <= 0) return;
   // Bounded: a few large blocks, each striding over the span; one block holds one SM.
   constexpr int kBoundedThreads = 1024;
+  // A block is never preempted, so a GEMM whose block waits for an SM the update holds
+  // waits until that block ends: a bounded update runs in chunks of 64 sweeps of its
+  // blocks (tens of microseconds each), not a whole layer's span at once. Chunks are whole
+  // 4-element vectors, so each keeps the alignment of the span.
+  constexpr int64_t kSweeps = 64;
+  const int64_t chunk = int64_t{max_blocks} * kBoundedThreads * 4 * kSweeps;
+  if (max_blocks > 0 && n > chunk) {
+    const size_t grad_bytes = dtype_size(grad_t), copy_bytes = copy != nullptr ? dtype_size(copy_t) : 0;
+    for (int64_t at = 0; at < n; at += chunk)
+      launch_adamw(param + at, grad_t, static_cast<const char*>(grad) + static_cast<size_t>(at) * grad_bytes, m + at,
+                   v + at, std::min(chunk, n - at), k, copy_t,
+                   copy != nullptr ? static_cast<char*>(copy) + static_cast<size_t>(at) * copy_bytes : nullptr,
+                   max_blocks, s);
+    return;
+  }
   const int threads = max_blocks > 0 ? kBoundedThreads : kThreads;
   auto grid = [&](int64_t items) {
     const unsigned usual = grid_for(items > 0 ? items : 1, threads);

@@ -1179,8 +1179,9 @@ TEST(CudaSideQueue, UpdateRunsBehindEarlierWorkAndBeforeFencedWork) {
   expect_side_queue_update(gpu(), int64_t{1} << 22, 0);
 }
 
-// runtime.overlap_optimizer_sms: the update in at most 3 blocks of 1024 threads, each
-// striding over millions of elements (both kernels, with the vector kernel's tail).
+// runtime.overlap_optimizer_sms: the update in at most 3 blocks of 1024 threads striding
+// over chunks of 786432 elements (6 and 2 chunks here; both kernels, the vector kernel's
+// tail, a last chunk shorter than the others).
 TEST(CudaSideQueue, BoundedToAFewSmsTheUpdateIsTheSame) {
   MICS_REQUIRE_CUDA();
   CudaBackendOptions options;
