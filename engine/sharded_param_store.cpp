@@ -178,10 +178,7 @@ ShardedParamStore::ParamSlot& ShardedParamStore::start_gather(int layer) {
   for (auto& s : param_slots_)  // an idle slot first, else one holding an unneeded prefetch
     if (!s->in_use && (slot == nullptr || s->layer == -1)) slot = s.get();
   if (slot == nullptr) throw std::logic_error("more layers acquired at once than gather slots");
-  if (slot->request) {  // the buffer may be reused only once its collective has finished
-    if (topo_.hierarchical && slot->stage == 1) progress_gathers(slot);  // stage 2, in order
-    (topo_.hierarchical ? groups_.intra_node : groups_.partition)->wait(slot->request);
-  }
+  finish_gather(*slot);  // the buffer may be reused only once its collective has finished
   const int64_t chunk = layout_.layers()[static_cast<size_t>(layer)].size / topo_.partition_size;
   const DType work = opt_.work_dtype;
   char* base = static_cast<char*>(slot->buffer.data());
@@ -230,6 +227,12 @@ Tensor ShardedParamStore::acquire_params(int layer) {
   slot->stage = 3;
   prefetch_after(position);
   return layer_span_view(slot->buffer, layer);
+}
+
+void ShardedParamStore::finish_gather(ParamSlot& slot) {
+  if (!slot.request) return;
+  if (topo_.hierarchical && slot.stage == 1) progress_gathers(&slot);  // stage 2, in order
+  (topo_.hierarchical ? groups_.intra_node : groups_.partition)->wait(slot.request);
 }
 
 void ShardedParamStore::prefetch_after(size_t position) {
@@ -383,6 +386,14 @@ void ShardedParamStore::begin_step(int64_t micro_steps) {
   replication_started_.assign(static_cast<size_t>(layout_.num_layers()), false);
   replication_requests_.resize(static_cast<size_t>(layout_.num_layers()));
   landed_.assign(static_cast<size_t>(layout_.num_layers()), false);
+  // A gather prefetched last step but never acquired (the layers were used out of the
+  // recorded order) holds the weights from before the optimizer step: drop it.
+  for (auto& s : param_slots_)
+    if (!s->in_use && s->layer != -1) {
+      finish_gather(*s);
+      s->layer = -1;
+      s->stage = 0;
+    }
   if (in_place_grads_) {
     if (micro_steps > opt_.accumulation_steps && opt_.work_dtype != DType::f32)
       throw std::logic_error("a step of " + std::to_string(micro_steps) + " micro-steps on a store built for " +
@@ -417,14 +428,17 @@ void ShardedParamStore::end_micro_step() {
 void ShardedParamStore::end_accumulation() {
   if (in_place_grads_) {  // every layer's gradient is complete where the model wrote it
     for (int l = 0; l < layout_.num_layers(); ++l)
-      if (!landed_[static_cast<size_t>(l)])
+      if (!landed_[static_cast<size_t>(l)]) {
+        updates_.ensure(l);  // last step's update of a layer never used since reads these
         be_.fill_zero(grads().slice(shard_offset(l), {layout_.layers()[static_cast<size_t>(l)].size}));
+      }
     return;
   }
   if (!opt_.sync_every_microstep)
     for (int l = 0; l < layout_.num_layers(); ++l)
       if (!landed_[static_cast<size_t>(l)]) {
         const int64_t chunk = layout_.layers()[static_cast<size_t>(l)].size / topo_.partition_size;
+        updates_.ensure(l);  // last step's update of a layer never used since reads these
         be_.fill_zero(accumulator().slice(shard_offset(l), {chunk}));
       }
   if (!overlaps_replication()) return;  // every_microstep synced already; one replica has nothing to sync

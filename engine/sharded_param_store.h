@@ -112,6 +112,8 @@ class ShardedParamStore final : public model::ParamProvider {
   ParamSlot* find_param_slot(int layer);
   ParamSlot& start_gather(int layer);
   void prefetch_after(size_t position);
+  // Waits until `slot`'s gather (both stages, issued in order) has completed.
+  void finish_gather(ParamSlot& slot);
   // Host-ordered communicators only (device-ordered ones queue stage 2 with stage 1).
   // Starts intra-node stages of hierarchical gathers in the order the gathers began (MPI
   // wants every rank to issue collectives on a communicator in one order): all of them up

@@ -13,7 +13,10 @@
 
 #include "engine/comm/communicator.h"
 #include "engine/process_groups.h"
+#include "engine/sharded_param_store.h"
 #include "engine/topology.h"
+#include "kernels/ops.h"
+#include "model/param_layout.h"
 
 namespace {
 
@@ -104,6 +107,61 @@ TEST_P(Collectives, TwoHopSyncEqualsGlobalAllReduce) {
   MPI_Allreduce(MPI_IN_PLACE, global.data(), static_cast<int>(full), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
   for (size_t i = 0; i < chunk; ++i)
     ASSERT_EQ(shard[i], global[static_cast<size_t>(t.shard_index()) * chunk + i]) << "element " << i;
+}
+
+// The parameter store's prefetch: a layer gathered ahead but never acquired that step (the
+// layers were used out of the recorded order) must not be handed out after the master
+// weights change; it was gathered before the change.
+TEST_P(Collectives, AnUnusedPrefetchIsNotServedAfterTheWeightsChange) {
+  const Shape s = GetParam();
+  if (s.p == 1) return;  // nothing gathered
+  const Topology t = make_topology(world_rank(), world_size(), s.k, s.p, "auto");
+  auto g = build_mpi_groups(t);
+  model::ParamLayout::Builder b;
+  for (int l = 0; l < 4; ++l) {
+    const std::string index = std::to_string(l);
+    b.begin_layer("layers." + index);
+    b.add("w" + index, mics::Shape{300}, false, model::Init::zeros);
+  }
+  const model::ParamLayout layout = b.finish(model::shard_multiple_for(s.p));
+  const std::unique_ptr<Backend> cpu = make_cpu_backend();
+  StoreOptions options;
+  options.prefetch = 1;
+  ShardedParamStore store(*cpu, layout, t, {g->partition.get(), g->replication.get(), g->intra_node.get(),
+                                            g->inter_node.get()}, options);
+  // Master element i of this rank's shard: base + i + 100000 * shard index (exact in fp32).
+  auto set_master = [&](float base) {
+    float* m = store.master().ptr<float>();
+    for (int64_t i = 0; i < store.shard_elements(); ++i)
+      m[i] = base + static_cast<float>(i) + 100000.0f * static_cast<float>(t.shard_index());
+  };
+  auto use = [&](int layer) {
+    store.acquire_params(layer);
+    store.release_params(layer);
+  };
+  set_master(0.0f);
+  store.begin_step(1);  // the order recorded: 0, 1, 2, 3
+  for (int l = 0; l < 4; ++l) use(l);
+  store.end_micro_step();
+  store.begin_step(1);
+  use(0);  // prefetches layer 1 ...
+  use(2);  // ... which this step leaves unused
+  store.end_micro_step();
+  set_master(5000.0f);  // what an optimizer step does
+  store.begin_step(1);
+  use(0);
+  const Tensor layer1 = store.acquire_params(1);
+  const int64_t size = layout.layers()[1].size, chunk = size / s.p;
+  const float* got = layer1.ptr<float>();
+  for (int64_t j = 0; j < size; ++j) {
+    const float want = 5000.0f + static_cast<float>(store.shard_offset(1) + j % chunk) +
+                       100000.0f * static_cast<float>(j / chunk);
+    ASSERT_EQ(got[j], want) << "element " << j << " of layer 1";
+  }
+  store.release_params(1);
+  use(2);
+  use(3);
+  store.end_micro_step();
 }
 
 INSTANTIATE_TEST_SUITE_P(EightRanks, Collectives,
