@@ -211,7 +211,7 @@ void wait_until(const std::function<bool()>& done, const std::string& what, cons
     frozen_s = std::max(frozen_s, gap);
     last_poll = now;
     if (polls % 16 == 0) serve_pings();
-    if (std::chrono::duration<double>(now - start).count() > g_timeout_s) {
+    if (std::chrono::duration<double>(now - start).count() > g_timeout_s && !done()) {
       int rank = -1;
       MPI_Comm_rank(MPI_COMM_WORLD, &rank);
       g_gave_up = true;

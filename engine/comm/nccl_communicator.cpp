@@ -65,9 +65,13 @@ struct Registry {
   std::vector<ncclComm_t> comms;
   ncclComm_t world = nullptr;
   cudaStream_t compute = nullptr;
+  int device = 0;  // this rank's GPU (the current device is per thread)
   // Set by abort_nccl: from then on this rank's communicators start nothing and wait for
   // nothing (the job is being torn down; their handles may be aborted).
   std::atomic<bool> aborted{false};
+  // Set-up calls (init, split) still inside NCCL: a split given up on still uses the world
+  // communicator, and NCCL allows no second thread on a communicator meanwhile.
+  std::atomic<int> setting_up{0};
 } g_nccl;
 
 
@@ -80,7 +84,7 @@ struct BackgroundCall {
   bool finished = false;
   ncclComm_t comm = nullptr;  // the communicator the call made, if it makes one
   ncclResult_t result = ncclSuccess;
-  std::string message;  // NCCL's words on a failure (its last error is per thread)
+  std::string message;  // NCCL's words on a failure, taken at once (its last error is global)
 
   bool done() {
     std::lock_guard<std::mutex> lock(mutex);
@@ -92,17 +96,14 @@ struct BackgroundCall {
   }
 };
 
+// Starts `call` on a thread of its own (which selects the device itself: the current device
+// is per thread). Throws nothing but the thread's creation failing: teardown uses it too.
 std::shared_ptr<BackgroundCall> start_in_background(std::function<ncclResult_t(ncclComm_t*)> call) {
-  int device = 0;
-  MICS_CUDA_RT_CHECK(cudaGetDevice(&device));  // the current device is per thread
   auto state = std::make_shared<BackgroundCall>();
-  std::thread([state, call = std::move(call), device] {
+  std::thread([state, call = std::move(call)] {
     ncclComm_t comm = nullptr;
-    const cudaError_t selected = cudaSetDevice(device);
-    const ncclResult_t result = selected == cudaSuccess ? call(&comm) : ncclUnhandledCudaError;
-    const std::string message = selected != cudaSuccess ? std::string(cudaGetErrorString(selected))
-                                : result != ncclSuccess ? nccl_message(result)
-                                                        : std::string();
+    const ncclResult_t result = call(&comm);
+    const std::string message = result != ncclSuccess ? nccl_message(result) : std::string();
     std::lock_guard<std::mutex> lock(state->mutex);
     state->comm = comm;
     state->result = result;
@@ -122,7 +123,14 @@ constexpr const char* kSetUpStuck =
 // other ranks' liveness pings meanwhile, so a rank that never arrives is named, not waited
 // for forever. Returns the communicator the call made.
 ncclComm_t set_up(const std::string& what, std::function<ncclResult_t(ncclComm_t*)> call) {
-  const std::shared_ptr<BackgroundCall> state = start_in_background(std::move(call));
+  int device = 0;
+  MICS_CUDA_RT_CHECK(cudaGetDevice(&device));
+  ++g_nccl.setting_up;
+  const std::shared_ptr<BackgroundCall> state = start_in_background([device, call = std::move(call)](ncclComm_t* made) {
+    const ncclResult_t result = cudaSetDevice(device) == cudaSuccess ? call(made) : ncclUnhandledCudaError;
+    --g_nccl.setting_up;
+    return result;
+  });
   wait_until([&] { return state->done(); }, what, {}, kSetUpStuck);
   if (state->result != ncclSuccess) fail(what, state->message.c_str(), __FILE__, __LINE__);
   return state->comm;
@@ -355,6 +363,7 @@ void init_nccl_world(void* compute_stream) {
   ncclUniqueId id;
   if (rank == 0) MICS_NCCL_CHECK(ncclGetUniqueId(&id));
   world_broadcast(&id, sizeof id, 0);
+  MICS_CUDA_RT_CHECK(cudaGetDevice(&g_nccl.device));
   g_nccl.world = set_up("NCCL's set-up of the world communicator of " + std::to_string(world) + " ranks (ncclCommInitRank)",
                         [world, id, rank](ncclComm_t* made) { return ncclCommInitRank(made, world, id, rank); });
   g_nccl.compute = static_cast<cudaStream_t>(compute_stream);
@@ -383,7 +392,10 @@ void end_nccl(void (*end)(const std::vector<ncclComm_t>&), int deadline_s, const
     g_nccl.world = nullptr;
   }
   if (comms.empty()) return;
-  const std::shared_ptr<BackgroundCall> call = start_in_background([comms, end](ncclComm_t*) {
+  // Nothing here may throw or be skipped: an error path runs it (a failed cudaSetDevice
+  // still lets NCCL's own calls select their communicators' devices).
+  const std::shared_ptr<BackgroundCall> call = start_in_background([comms, end, device = g_nccl.device](ncclComm_t*) {
+    cudaSetDevice(device);
     end(comms);
     return ncclSuccess;
   });
@@ -408,6 +420,12 @@ void finalize_nccl() {
 void abort_nccl() {
   end_nccl(
       [](const std::vector<ncclComm_t>& comms) {
+        // A set-up call given up on may still be inside NCCL with the world communicator,
+        // and NCCL allows no second thread on it: then only MPI_Abort, next, ends the job.
+        if (g_nccl.setting_up > 0) {
+          spdlog::warn("an NCCL set-up call is still running: its communicators are left to MPI_Abort");
+          return;
+        }
         for (ncclComm_t c : comms) ncclCommAbort(c);
       },
       10, "ncclCommAbort did not return within 10 s; ending the job without it");

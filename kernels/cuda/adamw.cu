@@ -18,8 +18,9 @@ bool aligned_to(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t
 void launch_adamw(float* param, DType grad_t, const void* grad, float* m, float* v, int64_t n,
                   const AdamWScalars& k, DType copy_t, void* copy, int max_blocks, cudaStream_t s) {
   if (n <= 0) return;
-  // Bounded: a few large blocks, each striding over the span; one block holds one SM.
-  constexpr int kBoundedThreads = 1024;
+  // Bounded: a few large blocks, each striding over the span; a block holds an SM (the
+  // element-wise kernel's, with fewer registers, may pair on one), so at most max_blocks.
+  constexpr int kBoundedThreads = kMaxAdamwThreads;
   // A block is never preempted, so a GEMM whose block waits for an SM the update holds
   // waits until that block ends: a bounded update runs in chunks of 64 sweeps of its
   // blocks (tens of microseconds each), not a whole layer's span at once. Chunks are whole

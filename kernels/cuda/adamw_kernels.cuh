@@ -49,8 +49,12 @@ __device__ __forceinline__ void adamw_element(int64_t i, float* param, const G* 
 
 // grad (G: float, or a model's own bf16/fp16 gradient, widened exactly); copy (C: float,
 // bf16, fp16; null for none) receives the new param rounded to C.
+// Blocks of up to kMaxAdamwThreads (adamw.cu's bounded side-queue launch): the compiler
+// keeps each kernel within the 64 registers a thread of such a block can have.
+constexpr int kMaxAdamwThreads = 1024;
+
 template <class G, class C>
-__global__ void adamw_kernel(float* param, const G* grad, float* m, float* v, int64_t n,
+__global__ void __launch_bounds__(kMaxAdamwThreads) adamw_kernel(float* param, const G* grad, float* m, float* v, int64_t n,
                              AdamWScalars k, C* copy) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x)
@@ -60,7 +64,7 @@ __global__ void adamw_kernel(float* param, const G* grad, float* m, float* v, in
 // Four elements a thread for aligned spans (the gradient and copy at their own widths);
 // the tail (n % 4) is done element-wise.
 template <class G, class C>
-__global__ void adamw_vec_kernel(float* param, const G* grad, float* m, float* v, int64_t n,
+__global__ void __launch_bounds__(kMaxAdamwThreads) adamw_vec_kernel(float* param, const G* grad, float* m, float* v, int64_t n,
                                  AdamWScalars k, C* copy) {
   const int64_t vectors = n / 4;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < vectors;
