@@ -128,6 +128,27 @@ mics::Topology resolve_topology(const mics::Config& config, int rank, int world,
   }
 }
 
+// The engine places rank r on node r / k (its groups and the hierarchical gather follow
+// from that). Where k comes from the launch, check that the launch agrees, on every rank
+// together: the same number of ranks on every node (else the ranks would build different
+// groups and wait on each other forever), placed in blocks (else the "intra-node" groups
+// span nodes: correct, but their traffic crosses the network).
+void check_placement(const mics::Config& config, const mics::ProcessEnv& env) {
+  if (config.runtime.ranks_per_node > 0 || env.world() == 1) return;  // set by the config: emulated nodes
+  int first_node = env.ranks_per_node();
+  mics::world_broadcast(&first_node, sizeof first_node, 0);
+  if (!mics::world_all(env.ranks_per_node() == first_node))
+    throw mics::ConfigError("the nodes of this job run different numbers of ranks (rank 0's node runs " +
+                            std::to_string(first_node) +
+                            "); mics-train needs the same number on every node: launch as many ranks per node "
+                            "(srun --ntasks-per-node, mpirun --npernode), or set runtime.ranks_per_node");
+  if (!mics::world_all(env.local_rank() == env.rank() % env.ranks_per_node()))
+    spdlog::warn("the ranks are not placed in blocks of {} per node (mpirun --map-by node, srun -m cyclic?): "
+                 "mics-train takes ranks r..r+{} as one node, so its intra-node groups would cross nodes; launch "
+                 "with block placement (mpirun --map-by slot, srun -m block) for the traffic it plans",
+                 env.ranks_per_node(), env.ranks_per_node() - 1);
+}
+
 mics::Topology check_runnable(const mics::Config& config, const mics::ProcessEnv& env) {
   if (config.runtime.backend == "cuda" && !mics::cuda_backend_built())
     throw mics::ConfigError(config.source_name +
@@ -420,6 +441,7 @@ int main(int argc, char** argv) {
       if (env.rank() == 0) std::fputs(dry_run(config, env, o.ranks).c_str(), stdout);
       return 0;
     }
+    check_placement(config, env);
     const mics::Topology topology = check_runnable(config, env);
     spdlog::info("mics-train on {} rank(s), launched by {}", env.world(), env.launcher());
     if (!env.launcher_detail().empty()) spdlog::info("{}", env.launcher_detail());

@@ -10,6 +10,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdlib>
 #include <functional>
 #include <mutex>
 #include <stdexcept>
@@ -246,10 +247,7 @@ class NcclCommunicator final : public Communicator {
             const cudaError_t state = cudaEventQuery(r->done);
             if (state == cudaSuccess) return true;
             if (state != cudaErrorNotReady) MICS_CUDA_RT_CHECK(state);
-            ncclResult_t async = ncclSuccess;
-            MICS_NCCL_CHECK(ncclCommGetAsyncError(comm_, &async));
-            if (async != ncclSuccess && async != ncclInProgress)
-              fail("a collective on the " + describe_, nccl_message(async).c_str(), __FILE__, __LINE__);
+            check_async_errors();
             return false;
           },
           "a collective on the " + describe_, members_,
@@ -284,28 +282,65 @@ class NcclCommunicator final : public Communicator {
   // Enqueues the all-gather on this communicator's stream (begin() already called).
   Request gather(void* base, DType dtype, size_t count, size_t blocks, size_t member_stride, size_t block_stride) {
     const size_t esize = dtype_size(dtype);
+    const ncclDataType_t type = nccl_type(dtype);
     char* bytes = static_cast<char*>(base);
-    if (blocks == 1 && member_stride == count) {
-      // Contiguous: NCCL's in-place all-gather (send buffer = this rank's slot).
-      MICS_NCCL_CHECK(ncclAllGather(bytes + static_cast<size_t>(rank_) * count * esize, base, count, nccl_type(dtype),
-                                    comm_, stream_));
+    Group group;  // one launch for the calls below
+    if (member_stride == count && (blocks == 1 || block_stride >= count * static_cast<size_t>(size_))) {
+      // Each block holds the members' chunks side by side (a flat gather; the hierarchical
+      // gather's second stage, blocks apart): an in-place all-gather per block, NCCL's
+      // ring or NVLink algorithms at full bandwidth (send buffer = this rank's slot).
+      for (size_t b = 0; b < blocks; ++b) {
+        char* window = bytes + b * block_stride * esize;
+        MICS_NCCL_CHECK(ncclAllGather(window + static_cast<size_t>(rank_) * count * esize, window, count, type, comm_,
+                                      stream_));
+      }
     } else {
-      // Strided (the hierarchical gather's stages): every member's blocks by grouped
-      // point-to-point sends and receives straight into place.
-      MICS_NCCL_CHECK(ncclGroupStart());
+      // Members' chunks interleaved (the hierarchical gather's first stage): every
+      // member's blocks by point-to-point sends and receives straight into place (calls to
+      // one peer in a group run in order, so the blocks pair up).
       for (int peer = 0; peer < size_; ++peer) {
         if (peer == rank_) continue;
         for (size_t b = 0; b < blocks; ++b) {
           char* mine = bytes + (static_cast<size_t>(rank_) * member_stride + b * block_stride) * esize;
           char* theirs = bytes + (static_cast<size_t>(peer) * member_stride + b * block_stride) * esize;
-          MICS_NCCL_CHECK(ncclSend(mine, count, nccl_type(dtype), peer, comm_, stream_));
-          MICS_NCCL_CHECK(ncclRecv(theirs, count, nccl_type(dtype), peer, comm_, stream_));
+          MICS_NCCL_CHECK(ncclSend(mine, count, type, peer, comm_, stream_));
+          MICS_NCCL_CHECK(ncclRecv(theirs, count, type, peer, comm_, stream_));
         }
       }
-      MICS_NCCL_CHECK(ncclGroupEnd());
     }
+    group.end();
     ring_.charge(stats_, CollectiveOp::all_gather, static_cast<double>(size_ - 1) * static_cast<double>(blocks * count * esize));
     return finish();
+  }
+
+  // ncclGroupStart now, ncclGroupEnd at end() or, when a call in the group failed and
+  // threw, on the way out (NCCL's group state is per thread and must not stay open).
+  struct Group {
+    Group() { MICS_NCCL_CHECK(ncclGroupStart()); }
+    void end() {
+      open = false;
+      MICS_NCCL_CHECK(ncclGroupEnd());
+    }
+    ~Group() {
+      if (open) ncclGroupEnd();
+    }
+    Group(const Group&) = delete;
+    Group& operator=(const Group&) = delete;
+    bool open = true;
+  };
+
+  // Throws if any NCCL communicator of this rank has failed: a wait may depend on another
+  // communicator's collective (the second stage of a gather on the first, through events),
+  // whose network error would otherwise surface only as this wait's timeout.
+  void check_async_errors() const {
+    std::lock_guard<std::mutex> lock(g_nccl.mutex);
+    for (ncclComm_t c : g_nccl.comms) {
+      ncclResult_t async = ncclSuccess;
+      MICS_NCCL_CHECK(ncclCommGetAsyncError(c, &async));
+      if (async != ncclSuccess && async != ncclInProgress)
+        fail("a collective on the " + describe_ + (c == comm_ ? std::string() : " (or one it waits for)"),
+             nccl_message(async).c_str(), __FILE__, __LINE__);
+    }
   }
 
   // The collective may start once the compute stream has reached this call.
@@ -360,6 +395,13 @@ void init_nccl_world(void* compute_stream) {
   int rank = 0, world = 1;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &world);
+  // Collectives of several communicators are in flight at once (the next layers' gathers,
+  // the last layer's reduce-scatter, the replicas' all-reduce), each on its own stream and
+  // ordered on the device only where one reads another's result. Without a total order of
+  // their kernels NCCL can deadlock across ranks; this makes NCCL (2.26+) take the order in
+  // which this rank's one thread issues them, which is the same on every rank. Read at
+  // NCCL's first call, so set before it; a value the user set is kept.
+  setenv("NCCL_LAUNCH_ORDER_IMPLICIT", "1", 0);
   ncclUniqueId id;
   if (rank == 0) MICS_NCCL_CHECK(ncclGetUniqueId(&id));
   world_broadcast(&id, sizeof id, 0);
