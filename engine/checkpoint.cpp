@@ -105,7 +105,7 @@ void save_checkpoint(const Config& config, const Topology& topo, const model::Pa
     }
   }
   if (!world_all(error.empty())) {
-    throw CheckpointError(error.empty() ? "checkpoint at step " + std::to_string(step) + " failed on rank 0." : error);
+    throw CheckpointWriteError(error.empty() ? "checkpoint at step " + std::to_string(step) + " failed on rank 0." : error);
   }
 
   // The first replica's ranks write one shard each.
@@ -136,7 +136,7 @@ void save_checkpoint(const Config& config, const Topology& topo, const model::Pa
     }
   }
   if (!world_all(error.empty()))
-    throw CheckpointError(error.empty() ? "writing checkpoint " + name + " failed on another rank; see its message." : error);
+    throw CheckpointWriteError(error.empty() ? "writing checkpoint " + name + " failed on another rank; see its message." : error);
 
   if (topo.rank == 0) {
     try {
@@ -170,7 +170,7 @@ void save_checkpoint(const Config& config, const Topology& topo, const model::Pa
     }
   }
   if (!world_all(error.empty()))
-    throw CheckpointError(error.empty() ? "committing checkpoint " + name + " failed on rank 0." : error);
+    throw CheckpointWriteError(error.empty() ? "committing checkpoint " + name + " failed on rank 0." : error);
 }
 
 ResumePoint load_checkpoint(const std::string& where, const Config& config, const Topology& topo,

@@ -21,6 +21,11 @@ namespace mics {
 struct CheckpointError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
+// Writing a checkpoint failed (a full disk, a directory that cannot be made): the run
+// started and failed, where a CheckpointError is a bad checkpoint handed to the run.
+struct CheckpointWriteError : CheckpointError {
+  using CheckpointError::CheckpointError;
+};
 
 // Fixed header in front of a shard's payload (master, Adam m, Adam v; fp32, little endian).
 inline constexpr char kShardMagic[8] = {'M', 'I', 'C', 'S', 'S', 'H', 'R', 'D'};

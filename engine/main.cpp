@@ -251,7 +251,15 @@ Runtime make_runtime(const mics::Config& config, const mics::Topology& topology,
   // One decision for the whole job: mixed nodes must not pick different communicators.
   const bool exclusive = mics::world_all(sharing == 1);
   std::string kind = config.runtime.communicator;
-  if (kind == "auto") kind = exclusive ? "nccl" : "staged";
+  if (kind == "auto") {
+    kind = exclusive && mics::nccl_available() ? "nccl" : "staged";
+    if (exclusive && !mics::nccl_available())
+      spdlog::warn("this build has no NCCL (it was configured without it): the GPUs exchange data over MPI "
+                   "staged through host memory, much slower across nodes");
+  }
+  if (kind == "nccl" && !mics::nccl_available())
+    throw mics::ConfigError(config.source_name + ": 'runtime.communicator' \"nccl\" is not in this build (configure "
+                            "with NCCL installed); use \"staged\" or \"auto\".");
   if (kind == "nccl" && !exclusive)
     throw mics::ConfigError(config.source_name + ": 'runtime.communicator' \"nccl\" needs a GPU per rank, but " +
                             (sharing > 1 ? std::to_string(sharing) + " ranks share GPU " + bus + " on this node"
@@ -459,6 +467,9 @@ int main(int argc, char** argv) {
   } catch (const mics::SafetensorsError& e) {
     std::fprintf(stderr, "mics-train: error: %s\n", e.what());
     return kExitBadInput;  // every rank reads the same file
+  } catch (const mics::CheckpointWriteError& e) {
+    std::fprintf(stderr, "mics-train: error: %s\n", e.what());
+    return kExitFailure;  // the run started and failed; every rank agreed before throwing
   } catch (const mics::CheckpointError& e) {
     std::fprintf(stderr, "mics-train: error: %s\n", e.what());
     return kExitBadInput;  // every rank agreed on the failure before throwing

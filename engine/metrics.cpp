@@ -50,7 +50,7 @@ std::string StepMetrics::progress_line() const {
 }
 
 MetricsFile::MetricsFile(const std::string& path) : path_(path), out_(path, std::ios::app) {
-  if (!out_) throw std::runtime_error("cannot open metrics file '" + path + "' for appending.");
+  if (!out_) throw std::runtime_error("cannot open '" + path + "' for appending (does its directory exist?).");
 }
 
 void MetricsFile::write(const StepMetrics& m) {

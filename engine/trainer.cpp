@@ -28,6 +28,24 @@ Trainer::Trainer(const Config& c, Backend& backend, const Topology& topo, Traine
   accumulation_ = c.checked_accumulation_steps(topo.world);
   global_batch_ = accumulation_ * t.micro_batch_size * topo.world;
 
+  // "{rank}" in the metrics path gives every rank its own file; otherwise rank 0 writes.
+  // Opened first, before minutes of set-up, and agreed on: a file one rank cannot open
+  // ends every rank the same way.
+  std::string metrics_path = c.log.metrics;
+  const size_t tag = metrics_path.find("{rank}");
+  if (tag != std::string::npos) metrics_path.replace(tag, 6, std::to_string(topo.rank));
+  std::string metrics_error;
+  try {
+    if (!metrics_path.empty() && (topo.rank == 0 || tag != std::string::npos))
+      metrics_ = std::make_unique<MetricsFile>(metrics_path);
+  } catch (const std::exception& e) {
+    metrics_error = e.what();
+  }
+  if (!world_all(metrics_error.empty()))
+    throw ConfigError("'log.metrics' (--metrics): " +
+                      (metrics_error.empty() ? std::string("another rank cannot open its metrics file; see its message.")
+                                             : metrics_error));
+
   const bool bert = c.model.type == "bert";
   const data::Objective objective = bert ? data::Objective::masked_lm : data::Objective::causal_lm;
   data::SourceOptions so;
@@ -76,13 +94,6 @@ Trainer::Trainer(const Config& c, Backend& backend, const Topology& topo, Traine
   }
   optimizer_ = std::make_unique<AdamW>(layout, store_->ranges());
   schedule_ = LrSchedule{t.lr, t.min_lr, t.warmup_steps, t.steps, t.lr_decay};
-  // "{rank}" in the metrics path gives every rank its own file; otherwise rank 0 writes.
-  std::string metrics_path = c.log.metrics;
-  const size_t tag = metrics_path.find("{rank}");
-  if (tag != std::string::npos) metrics_path.replace(tag, 6, std::to_string(topo.rank));
-  if (!metrics_path.empty() && (topo.rank == 0 || tag != std::string::npos))
-    metrics_ = std::make_unique<MetricsFile>(metrics_path);
-
   spdlog::info("data: {}", source_->describe());
   spdlog::info("model: {} with {} parameters ({:.2f} M) in {} layer spans; activations {:.1f} MiB",
                c.model.type, layout.parameter_count(),

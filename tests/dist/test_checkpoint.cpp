@@ -171,4 +171,16 @@ TEST(Checkpoint, KeepsOnlyTheNewest) {
   EXPECT_EQ(names, (std::vector<std::string>{"latest", "step-000004", "step-000005"}));
 }
 
+// A checkpoint that cannot be written (here its directory cannot be made: a file stands
+// where a directory should) ends the run that started with exit 1, not 2 (bad input), and
+// one line naming the directory.
+TEST(Checkpoint, AWriteThatFailsEndsTheRunWithExitOne) {
+  TempDir dir("ckfail");
+  const std::string blocker = dir.write("not-a-directory", "x");
+  const auto r = run_cli(args("gpt", blocker + "/ck", 2, dir.file("a.jsonl")) + " --set checkpoint.every=1");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find("mics-train: error: cannot prepare checkpoint directory " + blocker + "/ck"), std::string::npos)
+      << r.output;
+}
+
 }  // namespace

@@ -220,6 +220,10 @@ std::vector<Case> cases() {
   c.push_back({"unknown_flag", [](const Env& e) { return std::pair{e.run("--stpes 3"), std::string("--stpes")}; }});
   c.push_back({"steps_not_positive", [](const Env& e) { return std::pair{e.run("--steps 0"), std::string("--steps")}; }});
   c.push_back({"log_level_unknown", [](const Env& e) { return std::pair{e.run("--log-level loud"), std::string("--log-level")}; }});
+  c.push_back({"metrics_in_missing_directory", [](const Env& e) {
+                 return std::pair{e.run("--metrics " + e.dir.file("no-such-dir/m.jsonl")),
+                                  std::string("'log.metrics' (--metrics): cannot open '") + e.dir.file("no-such-dir/m.jsonl")};
+               }});
   c.push_back({"no_config", [](const Env& e) { return std::pair{"--steps 3 --set checkpoint.dir=" + e.good_ck, std::string("--config is required")}; }});
   c.push_back({"init_from_with_resume", [](const Env& e) {
                  return std::pair{e.run("--init-from " + e.good_hf + " --resume latest"),
