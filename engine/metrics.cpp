@@ -27,6 +27,7 @@ nlohmann::json StepMetrics::to_json() const {
           {"skipped", skipped},
           {"skipped_steps", skipped_steps},
           {"loss_scale", loss_scale},
+          {"optimizer_wait_s", optimizer_wait_s},
           {"comm_bytes_intra_node", comm.bytes(LinkTier::intra_node)},
           {"comm_bytes_inter_node", comm.bytes(LinkTier::inter_node)},
           {"comm_bytes_partition", comm.bytes(GroupKind::partition)},
@@ -37,13 +38,14 @@ nlohmann::json StepMetrics::to_json() const {
 }
 
 std::string StepMetrics::progress_line() const {
-  char buf[320];
+  char buf[320], wait[64] = "";
+  if (optimizer_wait_measured) std::snprintf(wait, sizeof wait, " | optimizer wait %.2f ms", 1e3 * optimizer_wait_s);
   const int width = static_cast<int>(std::to_string(total_steps).size());
   std::snprintf(buf, sizeof buf,
                 "step %*lld/%lld | loss %.4f | lr %.3e | grad-norm %.3f | %.1f samples/s | "
-                "%.0f tokens/s | %.3f TFLOP/s/device | %s elapsed, ETA %s%s",
+                "%.0f tokens/s | %.3f TFLOP/s/device%s | %s elapsed, ETA %s%s",
                 width, static_cast<long long>(step), static_cast<long long>(total_steps), loss, lr,
-                grad_norm, samples_per_s, tokens_per_s, tflops_per_device,
+                grad_norm, samples_per_s, tokens_per_s, tflops_per_device, wait,
                 format_duration(elapsed_s).c_str(), format_duration(eta_s).c_str(),
                 skipped ? " | SKIPPED (non-finite gradients)" : "");
   return buf;

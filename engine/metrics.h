@@ -26,6 +26,10 @@ struct StepMetrics {
   bool skipped = false;     // non-finite gradients: the update was not applied
   int64_t skipped_steps = 0;  // skipped updates since the run started (fp16 overflows included)
   double loss_scale = 1;      // fp16: the dynamic loss scale the step used; 1 otherwise
+  // runtime.overlap_optimizer on a side queue: seconds a step's forward stood waiting for
+  // the overlapped update (mean over the steps since the last report); shown when measured.
+  double optimizer_wait_s = 0;
+  bool optimizer_wait_measured = false;
   // This rank's communication per step, averaged over the steps since the last report.
   CommStats comm;
   double model_state_bytes = 0;  // this rank's shards of weights, gradients, Adam states

@@ -143,6 +143,8 @@ double Trainer::train_step(int64_t step) {
 
   const double norm = std::sqrt(store_->grad_norm_squared()) / loss_scale;
   last_grad_norm_ = norm;
+  // The norm was read back, so the main queue has passed this step's fence waits.
+  optimizer_wait_s_ += backend_.take_fence_wait_s();
   // The norm and the loss are global, so every rank takes the same decision.
   last_skipped_ = !std::isfinite(norm) || !std::isfinite(loss_sum);
   last_loss_scale_ = scaler_.update(!std::isfinite(norm));
@@ -247,6 +249,9 @@ std::vector<double> Trainer::run() {
     m.skipped = last_skipped_;
     m.skipped_steps = skipped_steps_;
     m.loss_scale = last_loss_scale_;
+    m.optimizer_wait_measured = config_.runtime.overlap_optimizer && backend_.has_side_queue();
+    m.optimizer_wait_s = optimizer_wait_s_ / static_cast<double>(window_steps);
+    optimizer_wait_s_ = 0;
     m.step_time_s = seconds_since(window_start) / static_cast<double>(window_steps);
     m.samples_per_s = static_cast<double>(global_batch_) / m.step_time_s;
     m.tokens_per_s = m.samples_per_s * static_cast<double>(t.seq_len);

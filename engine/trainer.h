@@ -80,6 +80,7 @@ class Trainer {
   bool preempted_ = false;
   int64_t consecutive_skips_ = 0, skipped_steps_ = 0;
   double last_grad_norm_ = 0;
+  double optimizer_wait_s_ = 0;  // the forwards' waits for the overlapped update, since the last report
   LossScaler scaler_;  // fp16 only
   double last_loss_scale_ = 1;
   bool last_skipped_ = false;

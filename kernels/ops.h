@@ -92,6 +92,10 @@ class SideQueue {
     return 0;
   }
   virtual void wait_for_fence(int64_t /*fence*/) {}
+  // Seconds the main queue stood still at wait_for_fence since the last call (its side
+  // work not yet done when the main queue got there), over waits the main queue has passed:
+  // call after reading a result of later main-queue work. 0 without a side queue.
+  virtual double take_fence_wait_s() { return 0.0; }
 };
 
 class Backend : public SideQueue {

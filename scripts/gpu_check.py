@@ -351,6 +351,8 @@ def bench_slice(mt, name, variants, peers, work, env, rows, peak):
             continue
         steps = [json.loads(line) for line in open(m)]
         t = statistics.median(s["step_time_s"] for s in steps[1:])  # the first step is warm-up
+        if overlap:  # how long each forward stood waiting for the overlapped update (median step)
+            variant += f" (forward waited {1e3 * statistics.median(s.get('optimizer_wait_s', 0.0) for s in steps[1:]):.2f} ms)"
         rows.append({"bench": name, "engine": "mics-train", "variant": variant, "ckpt": ckpt, "step_s": t,
                      "tflops": full / t / 1e12, "layer_tflops": layers / t / 1e12,
                      "mfu": full / t / 1e12 / peak,

@@ -239,6 +239,8 @@ class CudaBackend final : public Backend {
     cudaFree(scratch_);
     for (cudaEvent_t e : fences_)
       if (e != nullptr) cudaEventDestroy(e);
+    for (const auto& pair : wait_timers_)
+      for (cudaEvent_t e : pair) cudaEventDestroy(e);
     cudaEventDestroy(side_start_);
     cudaStreamDestroy(side_);
     cudaStreamDestroy(stream_);
@@ -327,9 +329,33 @@ class CudaBackend final : public Backend {
     MICS_CUDA_CHECK(cudaEventRecord(event, side_));
     return fence;
   }
+  // Each wait between two timing events on the main stream: their interval is how long
+  // the stream stood at the wait (take_fence_wait_s).
   void wait_for_fence(int64_t fence) override {
     if (fence < 0 || fence >= next_fence_) throw std::logic_error("wait_for_fence: no such fence");
+    if (wait_timers_used_ == wait_timers_.size()) {  // grows in the first step, then reused
+      std::array<cudaEvent_t, 2> pair{};
+      MICS_CUDA_CHECK(cudaEventCreate(&pair[0]));
+      const cudaError_t second = cudaEventCreate(&pair[1]);
+      if (second != cudaSuccess) cudaEventDestroy(pair[0]);
+      MICS_CUDA_CHECK(second);
+      wait_timers_.push_back(pair);
+    }
+    const std::array<cudaEvent_t, 2>& timer = wait_timers_[wait_timers_used_++];
+    MICS_CUDA_CHECK(cudaEventRecord(timer[0], stream_));
     MICS_CUDA_CHECK(cudaStreamWaitEvent(stream_, fences_[static_cast<size_t>(fence % kFences)], 0));
+    MICS_CUDA_CHECK(cudaEventRecord(timer[1], stream_));
+  }
+  double take_fence_wait_s() override {
+    double ms_total = 0;
+    for (size_t i = 0; i < wait_timers_used_; ++i) {
+      MICS_CUDA_CHECK(cudaEventSynchronize(wait_timers_[i][1]));  // (passed already, as the caller says)
+      float ms = 0;
+      MICS_CUDA_CHECK(cudaEventElapsedTime(&ms, wait_timers_[i][0], wait_timers_[i][1]));
+      ms_total += ms;
+    }
+    wait_timers_used_ = 0;
+    return ms_total * 1e-3;
   }
 
   // ---- element-wise ----
@@ -1003,6 +1029,8 @@ class CudaBackend final : public Backend {
   cudaStream_t side_ = nullptr;
   cudaEvent_t side_start_ = nullptr;
   bool on_side_ = false;  // run_on_side_queue's work is queuing (stream_ is the side stream)
+  std::vector<std::array<cudaEvent_t, 2>> wait_timers_;  // around each fence wait, reused
+  size_t wait_timers_used_ = 0;                          // since the last take_fence_wait_s
   int side_sms_ = 0;      // CudaBackendOptions::side_queue_sms, at most the device's SMs
   std::array<cudaEvent_t, kFences> fences_{};
   int64_t next_fence_ = 0;

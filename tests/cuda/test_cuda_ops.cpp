@@ -1179,6 +1179,25 @@ TEST(CudaSideQueue, UpdateRunsBehindEarlierWorkAndBeforeFencedWork) {
   expect_side_queue_update(gpu(), int64_t{1} << 22, 0);
 }
 
+// The main queue's stand at a fence is timed (the metrics' optimizer_wait_s): an update of
+// 2^25 elements (~0.9 GB of traffic) queued on the side, waited for at once by an idle
+// main queue, keeps it standing a measurable while; taken once, the count starts again.
+TEST(CudaSideQueue, TheMainQueuesWaitAtAFenceIsTimed) {
+  MICS_REQUIRE_CUDA();
+  const int64_t n = int64_t{1} << 25;
+  Dev p(DType::f32, {n}, Vec(static_cast<size_t>(n), 1.0)), g(DType::f32, {n}, Vec(static_cast<size_t>(n), 0.5));
+  Dev m(DType::f32, {n}, Vec(static_cast<size_t>(n), 0.0)), v(DType::f32, {n}, Vec(static_cast<size_t>(n), 0.0));
+  gpu().take_fence_wait_s();  // what earlier tests left
+  const AdamWSpec spec{1e-3f, 0.9f, 0.999f, 1e-8f, 0.0f, 1, 1.0f};
+  const int64_t fence = gpu().run_on_side_queue([&] { gpu().adamw(p.t(), g.t(), m.t(), v.t(), spec, Tensor{}); });
+  gpu().wait_for_fence(fence);
+  gpu().synchronize();
+  const double waited = gpu().take_fence_wait_s();
+  EXPECT_GT(waited, 20e-6) << "the main queue reached the fence long before a 0.9 GB update could end";
+  EXPECT_LT(waited, 1.0);
+  EXPECT_EQ(gpu().take_fence_wait_s(), 0.0);
+}
+
 // runtime.overlap_optimizer_sms: the update in at most 3 blocks of 1024 threads striding
 // over chunks of 786432 elements (6 and 2 chunks here; both kernels, the vector kernel's
 // tail, a last chunk shorter than the others).

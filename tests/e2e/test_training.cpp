@@ -141,7 +141,7 @@ TEST(Training, MetricsFileHasEveryField) {
   ASSERT_EQ(rows.size(), 3u);  // steps 1, 2 and 4
   EXPECT_EQ(rows.back().at("step"), 4);
   for (const char* key : {"step", "loss", "lr", "grad_norm", "step_time_s", "samples_per_s",
-                          "tokens_per_s", "tflops_per_device", "loss_scale"}) {
+                          "tokens_per_s", "tflops_per_device", "loss_scale", "optimizer_wait_s"}) {
     ASSERT_TRUE(rows.back().contains(key)) << key;
     EXPECT_TRUE(rows.back().at(key).is_number()) << key;
   }
