@@ -289,6 +289,7 @@ std::vector<double> Trainer::run() {
       store_->settle_updates();  // the deferred updates of this step, all in the shards
       save_checkpoint(config_, topo_, model_->layout(), *store_, done,
                       sample_base_ + (done - start_step_) * global_batch_, scaler_.state());
+      backend_.take_fence_wait_s();  // the settle's waits (read back by the save): not a forward's
     }
     if (preempted_) {
       if (!checkpoints) spdlog::warn("no checkpoint.dir is set: the progress of this run is lost");
