@@ -27,6 +27,7 @@ Trainer::Trainer(const Config& c, Backend& backend, const Topology& topo, Traine
   const TrainConfig& t = c.train;
   accumulation_ = c.checked_accumulation_steps(topo.world);
   global_batch_ = accumulation_ * t.micro_batch_size * topo.world;
+  groups_ = runtime.groups ? std::move(runtime.groups) : build_mpi_groups(topo);
 
   // "{rank}" in the metrics path gives every rank its own file; otherwise rank 0 writes.
   // Opened first, before minutes of set-up, and agreed on: a file one rank cannot open
@@ -41,7 +42,7 @@ Trainer::Trainer(const Config& c, Backend& backend, const Topology& topo, Traine
   } catch (const std::exception& e) {
     metrics_error = e.what();
   }
-  if (!world_all(metrics_error.empty()))
+  if (groups_->world->sum_scalar(metrics_error.empty() ? 0.0 : 1.0) > 0)
     throw ConfigError("'log.metrics' (--metrics): " +
                       (metrics_error.empty() ? std::string("another rank cannot open its metrics file; see its message.")
                                              : metrics_error));
@@ -77,7 +78,6 @@ Trainer::Trainer(const Config& c, Backend& backend, const Topology& topo, Traine
   const DType compute = compute_dtype(t.precision);
   model_ = model::make_model(c.model_spec(), backend, compute, t.micro_batch_size, t.seq_len, multiple);
   const model::ParamLayout& layout = model_->layout();
-  groups_ = runtime.groups ? std::move(runtime.groups) : build_mpi_groups(topo);
   store_ = std::make_unique<ShardedParamStore>(
       backend, layout, topo, groups_->groups(),
       StoreOptions{static_cast<int>(c.mics.prefetch), c.mics.gradient_sync == "every_microstep", compute,
