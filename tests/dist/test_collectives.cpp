@@ -1,6 +1,10 @@
 // Collectives of the MiCS runtime under mpirun (8 ranks, emulated nodes): the hierarchical
 // gather lays out the layer exactly as the flat one, and the two-hop gradient sync gives
 // exactly the global sum on exactly summable inputs (small integers in floats).
+//
+// Built twice: over MPI's communicator (test_collectives), and with MICS_OVER_EMULATED_NCCL
+// over NCCL's, with NCCL and the CUDA runtime emulated over MPI on host memory
+// (test_collectives_emulated_nccl; tests/emulation/nccl_emulator.cpp).
 #include <gtest/gtest.h>
 #include <mpi.h>
 
@@ -17,6 +21,7 @@
 #include "engine/topology.h"
 #include "kernels/ops.h"
 #include "model/param_layout.h"
+#include "tests/dist/groups_under_test.h"
 
 namespace {
 
@@ -58,18 +63,21 @@ struct Shape {
   int k, p;
 };
 
-class Collectives : public ::testing::TestWithParam<Shape> {};
+class Collectives : public ::testing::TestWithParam<Shape> {
+ protected:
+  void TearDown() override { expect_no_misuse(); }
+};
 
 TEST_P(Collectives, HierarchicalGatherEqualsFlatGather) {
   const Shape s = GetParam();
   const size_t chunk = 37;  // prime, so misplaced chunks cannot line up by accident
   const Topology flat = make_topology(world_rank(), world_size(), s.k, s.p, "false");
-  auto flat_groups = build_mpi_groups(flat);
+  auto flat_groups = groups_under_test(flat);
   const std::vector<float> a = gathered_layer(flat, *flat_groups, chunk);
   for (size_t i = 0; i < a.size(); ++i) ASSERT_EQ(a[i], static_cast<float>(i)) << "flat, element " << i;
   if (s.p <= s.k) return;  // a group inside one node has no hierarchical gather
   const Topology hier = make_topology(world_rank(), world_size(), s.k, s.p, "true");
-  auto hier_groups = build_mpi_groups(hier);
+  auto hier_groups = groups_under_test(hier);
   const std::vector<float> b = gathered_layer(hier, *hier_groups, chunk);
   ASSERT_EQ(a, b);  // bit for bit
   // Same bytes per rank; across nodes (p-k)/p of the layer instead of (p-1)/p.
@@ -85,7 +93,7 @@ TEST_P(Collectives, HierarchicalGatherEqualsFlatGather) {
 TEST_P(Collectives, TwoHopSyncEqualsGlobalAllReduce) {
   const Shape s = GetParam();
   const Topology t = make_topology(world_rank(), world_size(), s.k, s.p, "auto");
-  auto g = build_mpi_groups(t);
+  auto g = groups_under_test(t);
   const size_t chunk = 29, full = chunk * static_cast<size_t>(t.partition_size);
   // Two micro-steps of integer gradients per rank; every partial sum is exact in fp32.
   auto grad = [&](int micro, size_t i) { return static_cast<float>((world_rank() + 3 * micro + static_cast<int>(i)) % 17); };
@@ -116,7 +124,7 @@ TEST_P(Collectives, AnUnusedPrefetchIsNotServedAfterTheWeightsChange) {
   const Shape s = GetParam();
   if (s.p == 1) return;  // nothing gathered
   const Topology t = make_topology(world_rank(), world_size(), s.k, s.p, "auto");
-  auto g = build_mpi_groups(t);
+  auto g = groups_under_test(t);
   model::ParamLayout::Builder b;
   for (int l = 0; l < 4; ++l) {
     const std::string index = std::to_string(l);
@@ -227,7 +235,7 @@ TEST(WaitUntilDeadline, SaysWhatToCheckWhenEveryRankAnswers) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  MPI_Init(&argc, &argv);
+  init_mpi_under_test(&argc, &argv);
   ::testing::InitGoogleTest(&argc, argv);
   // Only rank 0 prints; a failure on any rank still fails the run through its exit code.
   if (world_rank() != 0) {
@@ -235,6 +243,7 @@ int main(int argc, char** argv) {
     delete listeners.Release(listeners.default_result_printer());
   }
   int failed = RUN_ALL_TESTS();
+  if (end_groups_under_test() != 0) failed = 1;
   MPI_Allreduce(MPI_IN_PLACE, &failed, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
   MPI_Finalize();
   return failed;

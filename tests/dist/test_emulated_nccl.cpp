@@ -1,0 +1,147 @@
+// Training over NCCL's communicator, with NCCL and the CUDA runtime emulated over MPI
+// (tests/emulation/nccl_emulator.cpp), against the same run over MPI's communicator: the
+// GPU path's groups, prefetched gathers ordered by events, the hierarchical gather's two
+// stages chained on the device, the two-hop gradient sync and NCCL's teardown, on 8 ranks
+// of the CPU backend. Then the emulator's own checks. Part of
+// test_collectives_emulated_nccl (its main is test_collectives').
+#include <gtest/gtest.h>
+#include <mpi.h>
+#include <nccl.h>  // the emulator's
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "engine/config.h"
+#include "engine/process_groups.h"
+#include "engine/topology.h"
+#include "engine/trainer.h"
+#include "kernels/ops.h"
+#include "tests/dist/groups_under_test.h"
+
+namespace {
+
+using namespace mics;
+
+struct Layout {
+  int k, p;
+  const char* hierarchical;
+  const char* gradient_sync;
+};
+
+std::vector<double> train(const Config& c, const Topology& t, std::unique_ptr<ProcessGroups> groups) {
+  const std::unique_ptr<Backend> cpu = make_cpu_backend();
+  const spdlog::level::level_enum saved = spdlog::get_level();
+  spdlog::set_level(spdlog::level::warn);
+  Trainer trainer(c, *cpu, t, TrainerRuntime{std::move(groups), true, {}});
+  std::vector<double> losses = trainer.run();
+  spdlog::set_level(saved);
+  return losses;
+}
+
+class EmulatedNcclTraining : public ::testing::TestWithParam<Layout> {
+ protected:
+  void TearDown() override { expect_no_misuse(); }
+};
+
+// Both runs sum the same fp32 values with the same MPI reductions underneath (the
+// emulator's collectives are MPI's nonblocking ones, as MPI's communicator's are), so
+// their losses are the same bits; a misplaced chunk, a gather read before it landed or a
+// sum over the wrong count changes them.
+TEST_P(EmulatedNcclTraining, LossesAsOverMpi) {
+  const Layout l = GetParam();
+  int rank = 0, world = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &world);
+  const Config c = load_config(std::string(MICS_SOURCE_DIR) + "/configs/gpt-tiny.json",
+                               {"train.steps=4", "train.seq_len=32", "train.micro_batch_size=2",
+                                "train.global_batch_size=32", "train.warmup_steps=1",
+                                "mics.partition_size=" + std::to_string(l.p),
+                                "mics.hierarchical_allgather=" + std::string(l.hierarchical),
+                                "mics.gradient_sync=" + std::string(l.gradient_sync),
+                                "runtime.ranks_per_node=" + std::to_string(l.k)});
+  const Topology t = make_topology(rank, world, l.k, l.p, c.mics.hierarchical_allgather);
+  const std::vector<double> over_mpi = train(c, t, build_mpi_groups(t));
+  const std::vector<double> over_nccl = train(c, t, groups_under_test(t));
+  ASSERT_EQ(over_mpi.size(), 4u);
+  ASSERT_EQ(over_nccl.size(), over_mpi.size());
+  for (size_t i = 0; i < over_mpi.size(); ++i)
+    EXPECT_EQ(over_nccl[i], over_mpi[i]) << "step " << i + 1;
+}
+
+INSTANTIATE_TEST_SUITE_P(EightRanks, EmulatedNcclTraining,
+                         ::testing::Values(Layout{2, 4, "true", "two_hop"}, Layout{2, 8, "true", "two_hop"},
+                                           Layout{4, 4, "false", "two_hop"}, Layout{2, 2, "false", "every_microstep"}),
+                         [](const auto& info) {
+                           const Layout& l = info.param;
+                           std::string name = "k";
+                           name += std::to_string(l.k) + "_p" + std::to_string(l.p);
+                           if (std::string(l.hierarchical) == "true") name += "_hierarchical";
+                           return name + "_" + l.gradient_sync;
+                         });
+
+// The emulator fails what NCCL leaves undefined, so that the tests above would see the
+// engine do it. A communicator of the whole world of its own, on every rank.
+class NcclEmulator : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
+    MPI_Comm_size(MPI_COMM_WORLD, &world_);
+    ncclUniqueId id;
+    ASSERT_EQ(ncclGetUniqueId(&id), ncclSuccess);  // (the emulator's ids are all alike)
+    ASSERT_EQ(ncclCommInitRank(&comm_, world_, id, rank_), ncclSuccess);
+    ASSERT_EQ(cudaStreamCreateWithPriority(&stream_, cudaStreamNonBlocking, 0), cudaSuccess);
+    ASSERT_EQ(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming), cudaSuccess);
+  }
+  void TearDown() override {
+    EXPECT_EQ(cudaEventDestroy(done_), cudaSuccess);
+    EXPECT_EQ(cudaStreamDestroy(stream_), cudaSuccess);
+    EXPECT_EQ(ncclCommDestroy(comm_), ncclSuccess);
+    expect_no_misuse();
+  }
+  // Blocks until the stream's work so far has completed.
+  void synchronize() {
+    ASSERT_EQ(cudaEventRecord(done_, stream_), cudaSuccess);
+    while (cudaEventQuery(done_) == cudaErrorNotReady) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  int rank_ = 0, world_ = 0;
+  ncclComm_t comm_ = nullptr;
+  cudaStream_t stream_ = nullptr;
+  cudaEvent_t done_ = nullptr;
+};
+
+TEST_F(NcclEmulator, GathersInPlaceAndNamesRanksThatIssueDifferentCounts) {
+  std::vector<float> layer(static_cast<size_t>(world_) * 6, -1.0f);
+  for (size_t i = 0; i < 5; ++i) layer[static_cast<size_t>(rank_) * 5 + i] = static_cast<float>(rank_ * 5) + i;
+  ASSERT_EQ(ncclAllGather(layer.data() + rank_ * 5, layer.data(), 5, ncclFloat32, comm_, stream_), ncclSuccess);
+  synchronize();
+  for (size_t i = 0; i < static_cast<size_t>(world_) * 5; ++i) ASSERT_EQ(layer[i], static_cast<float>(i)) << i;
+  const size_t count = rank_ == 3 ? 6 : 5;  // rank 3 disagrees
+  ASSERT_EQ(ncclAllGather(layer.data() + static_cast<size_t>(rank_) * count, layer.data(), count, ncclFloat32, comm_,
+                          stream_),
+            ncclSuccess);
+  synchronize();
+  ncclResult_t async = ncclSuccess;
+  ASSERT_EQ(ncclCommGetAsyncError(comm_, &async), ncclSuccess);
+  EXPECT_EQ(async, ncclSystemError);
+  const std::vector<std::string> misuse = mics_emulated_take_misuse();
+  ASSERT_EQ(misuse.size(), 1u);
+  const std::string others = rank_ == 3 ? "0, 1, 2, 4, 5, 6, 7" : "3";
+  EXPECT_NE(misuse[0].find("as its collective number 1, all_gather of " + std::to_string(count) +
+                           " float32, while rank(s) " + others + " of it issued something else"),
+            std::string::npos)
+      << misuse[0];
+}
+
+TEST_F(NcclEmulator, AnInPlaceAllGatherFromAnotherSlotIsRefused) {
+  std::vector<float> layer(static_cast<size_t>(world_) * 4, 0.0f);
+  const int slot = (rank_ + 1) % world_;
+  EXPECT_EQ(ncclAllGather(layer.data() + slot * 4, layer.data(), 4, ncclFloat32, comm_, stream_), ncclInvalidArgument);
+  const std::vector<std::string> misuse = mics_emulated_take_misuse();
+  ASSERT_EQ(misuse.size(), 1u);
+  EXPECT_NE(misuse[0].find("must send from recvbuff + rank * sendcount"), std::string::npos) << misuse[0];
+}
+
+}  // namespace
