@@ -144,4 +144,46 @@ TEST_F(NcclEmulator, AnInPlaceAllGatherFromAnotherSlotIsRefused) {
   EXPECT_NE(misuse[0].find("must send from recvbuff + rank * sendcount"), std::string::npos) << misuse[0];
 }
 
+// A collective that one rank never issues (alive, answering liveness pings): the rank
+// waiting on it gives up after runtime.comm_timeout_s, naming the group and what to check,
+// and aborts NCCL, whose communicators from then on start and wait for nothing; mics-train
+// then ends the job with MPI_Abort, as this test does. Run alone on 2 ranks
+// (dist.emulated_nccl_deadline), which passes on the line this prints.
+TEST(EmulatedNcclDeadline, ACollectiveNoPeerJoinsEndsInAnAbort) {
+  int rank = 0, world = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &world);
+  ASSERT_EQ(world, 2);
+  const Topology t = make_topology(rank, world, 1, 2, "false");
+  const std::unique_ptr<ProcessGroups> g = groups_under_test(t);
+  if (rank == 1) {  // answers pings until rank 0's MPI_Abort ends it
+    wait_until([] { return false; }, "the test's idle rank", {});
+    return;
+  }
+  set_comm_timeout(1.0);
+  std::vector<float> layer(8, 0.0f);
+  Request gather = g->partition->all_gather(layer.data(), 4, 1, 4, 0);
+  std::string message = "(no timeout)";
+  try {
+    g->partition->wait(gather);
+  } catch (const std::runtime_error& e) {
+    message = e.what();
+  }
+  EXPECT_NE(message.find("a collective on the partition group of ranks 0..1 did not complete within "
+                         "'runtime.comm_timeout_s' (1 s) on rank 0"),
+            std::string::npos)
+      << message;
+  EXPECT_NE(message.find("every rank answered a liveness ping within 1 s, so none is stalled: the ranks disagree on "
+                         "which collective comes next, or NCCL's transport between them is stuck"),
+            std::string::npos)
+      << message;
+  Request after_abort = g->partition->all_gather(layer.data(), 4, 1, 4, 0);
+  EXPECT_EQ(after_abort, nullptr);
+  g->partition->wait(after_abort);  // returns at once
+  expect_no_misuse();
+  if (!::testing::Test::HasFailure()) std::printf("emulated NCCL deadline: checked\n");
+  std::fflush(stdout);
+  MPI_Abort(MPI_COMM_WORLD, 1);
+}
+
 }  // namespace
