@@ -144,6 +144,28 @@ TEST_F(NcclEmulator, AnInPlaceAllGatherFromAnotherSlotIsRefused) {
   EXPECT_NE(misuse[0].find("must send from recvbuff + rank * sendcount"), std::string::npos) << misuse[0];
 }
 
+TEST_F(NcclEmulator, AReceiveLongerThanItsSendIsNamed) {
+  std::vector<float> data(6, 1.0f);
+  const int partner = rank_ ^ 1;  // pairs 0-1, 2-3, ...: the even rank sends 4, the odd expects 6
+  ASSERT_EQ(ncclGroupStart(), ncclSuccess);
+  if (rank_ % 2 == 0) {
+    ASSERT_EQ(ncclSend(data.data(), 4, ncclFloat32, partner, comm_, stream_), ncclSuccess);
+  } else {
+    ASSERT_EQ(ncclRecv(data.data(), 6, ncclFloat32, partner, comm_, stream_), ncclSuccess);
+  }
+  ASSERT_EQ(ncclGroupEnd(), ncclSuccess);
+  synchronize();
+  const std::vector<std::string> misuse = mics_emulated_take_misuse();
+  if (rank_ % 2 == 0) {
+    EXPECT_TRUE(misuse.empty());
+  } else {
+    ASSERT_EQ(misuse.size(), 1u);
+    EXPECT_NE(misuse[0].find("an ncclRecv of 24 bytes from peer " + std::to_string(partner) + " got a send of 16"),
+              std::string::npos)
+        << misuse[0];
+  }
+}
+
 // A collective that one rank never issues (alive, answering liveness pings): the rank
 // waiting on it gives up after runtime.comm_timeout_s, naming the group and what to check,
 // and aborts NCCL, whose communicators from then on start and wait for nothing; mics-train

@@ -52,6 +52,7 @@ struct Launch {
   size_t phase = 0;
   bool started = false, done = false;
   std::vector<MPI_Request> requests;
+  std::vector<int> receives;  // per request: the elements a receive expects, else -1
   std::deque<std::vector<char>> scratch;  // copies of in-place inputs, exchanged signatures
 };
 
@@ -125,6 +126,14 @@ void fail_launch(Launch& l, const std::string& what) {
   if (l.comm != nullptr) l.comm->async = ncclSystemError;
 }
 
+// Keeps a request just started for `l` (with the bytes a receive expects); returns `rc`.
+int started(Launch& l, int rc, MPI_Request request, int receive_bytes = -1) {
+  if (rc != MPI_SUCCESS) return rc;
+  l.requests.push_back(request);
+  l.receives.push_back(receive_bytes);
+  return rc;
+}
+
 // True once `l` has completed (or failed).
 bool launch_advances(Launch& l) {
   if (!l.started) {
@@ -141,7 +150,8 @@ bool launch_advances(Launch& l) {
   while (true) {
     if (!l.requests.empty()) {
       int finished = 0;
-      const int rc = MPI_Testall(static_cast<int>(l.requests.size()), l.requests.data(), &finished, MPI_STATUSES_IGNORE);
+      std::vector<MPI_Status> statuses(l.requests.size());
+      const int rc = MPI_Testall(static_cast<int>(l.requests.size()), l.requests.data(), &finished, statuses.data());
       if (rc != MPI_SUCCESS) {
         char text[MPI_MAX_ERROR_STRING];
         int length = 0;
@@ -151,7 +161,18 @@ bool launch_advances(Launch& l) {
         return true;
       }
       if (!finished) return false;
+      for (size_t i = 0; i < l.receives.size(); ++i) {
+        int got = 0;
+        MPI_Get_count(&statuses[i], MPI_BYTE, &got);
+        if (l.receives[i] >= 0 && got != l.receives[i]) {
+          fail_launch(l, "an ncclRecv of " + std::to_string(l.receives[i]) + " bytes from peer " +
+                             std::to_string(statuses[i].MPI_SOURCE) + " got a send of " + std::to_string(got) +
+                             " (NCCL needs a send and its receive of the same size)");
+          return true;
+        }
+      }
       l.requests.clear();
+      l.receives.clear();
     }
     if (l.phase < l.checks.size() && l.checks[l.phase] && !l.checks[l.phase](l)) return true;
     if (++l.phase >= l.phases.size()) return true;
@@ -320,8 +341,7 @@ ncclResult_t launch_group(std::vector<Call> calls) {
         MPI_Request r;
         const int rc = MPI_Iallgather(launch.scratch[launch.scratch.size() - 2].data(), 2, MPI_UINT64_T,
                                       launch.scratch.back().data(), 2, MPI_UINT64_T, launch.comm->mpi, &r);
-        launch.requests.push_back(r);
-        return rc;
+        return started(launch, rc, r);
       });
       l->checks.push_back([describe, seq = signature[0]](Launch& launch) {
         const auto* all = reinterpret_cast<const uint64_t*>(launch.scratch.back().data());
@@ -636,8 +656,7 @@ ncclResult_t ncclAllGather(const void* sendbuff, void* recvbuff, size_t sendcoun
     MPI_Request r;
     const int rc = MPI_Iallgather(l.scratch.back().data(), count, mpi_type(datatype), recvbuff, count,
                                   mpi_type(datatype), l.comm->mpi, &r);
-    l.requests.push_back(r);
-    return rc;
+    return started(l, rc, r);
   };
   return issue(std::move(c));
 }
@@ -659,8 +678,7 @@ ncclResult_t ncclReduceScatter(const void* sendbuff, void* recvbuff, size_t recv
     MPI_Request r;
     const int rc = MPI_Ireduce_scatter_block(l.scratch.back().data(), recvbuff, count, mpi_type(datatype),
                                              sum_op(datatype), l.comm->mpi, &r);
-    l.requests.push_back(r);
-    return rc;
+    return started(l, rc, r);
   };
   return issue(std::move(c));
 }
@@ -680,8 +698,7 @@ ncclResult_t ncclAllReduce(const void* sendbuff, void* recvbuff, size_t count, n
     MPI_Request r;
     const int rc = MPI_Iallreduce(sendbuff == recvbuff ? MPI_IN_PLACE : sendbuff, recvbuff, n, mpi_type(datatype),
                                   sum_op(datatype), l.comm->mpi, &r);
-    l.requests.push_back(r);
-    return rc;
+    return started(l, rc, r);
   };
   return issue(std::move(c));
 }
@@ -700,11 +717,14 @@ ncclResult_t point_to_point(bool send, void* buffer, size_t count, ncclDataType_
   Call c{comm, stream, false, {}, name, {}};
   c.start = [send, buffer, n, datatype, peer](Launch& l) {
     MPI_Request r;
-    // Calls to one peer pair up in order (MPI's order on one tag and communicator).
-    const int rc = send ? MPI_Isend(buffer, n, mpi_type(datatype), peer, 0, l.comm->mpi, &r)
-                        : MPI_Irecv(buffer, n, mpi_type(datatype), peer, 0, l.comm->mpi, &r);
-    l.requests.push_back(r);
-    return rc;
+    // Calls to one peer pair up in order (MPI's order on one tag and communicator). A
+    // receive longer than its send is legal in MPI, not in NCCL: its length is checked.
+    if (send) {
+      const int rc = MPI_Isend(buffer, n, mpi_type(datatype), peer, 0, l.comm->mpi, &r);
+      return started(l, rc, r);
+    }
+    const int rc = MPI_Irecv(buffer, n, mpi_type(datatype), peer, 0, l.comm->mpi, &r);
+    return started(l, rc, r, n * static_cast<int>(element_size(datatype)));
   };
   return issue(std::move(c));
 }
