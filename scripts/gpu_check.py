@@ -11,8 +11,8 @@
   profile each slice with --profile: time per op (not part of the default run)
   bench   configs/bench/*-slice.json with and without activation checkpointing (and, with
           cuDNN's attention, runtime.gemm_autotune and runtime.overlap_optimizer, on every
-          SM or at most 16 or 32), 9 steps
-          after 1 of warm-up (first round: each slice's likely fastest variant and
+          SM or at most 16 or 32), 20 steps
+          after 2 of warm-up (first round: each slice's likely fastest variant and
           torch.compile's full model; second: the rest), TFLOP/s per GPU (model FLOPs as mics-train counts them,
           engine/flops.cpp, and of the layers alone) and MFU; the PyTorch peer training the
           same model (scripts/bench/torch_peer.py: eager, compile, eager+ckpt) and its
@@ -36,6 +36,10 @@ import threading
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEAK_BF16 = {"H100": 989.0, "H200": 989.0}  # dense bf16 TFLOP/s, datasheet (docs/references.md)
+# The benchmark's steps (the issue asks for 20 or more after warm-up): the first is slower
+# (cuDNN plans, the GEMM autotune), and with the optimizer overlapped the second is the
+# first whose forward runs beside the update.
+BENCH_WARMUP, BENCH_STEPS = 2, 20
 
 
 def sh(cmd, env=None, timeout=None):
@@ -340,7 +344,8 @@ def bench_slice(mt, name, variants, peers, work, env, rows, peak):
             (", GEMM autotune" if tune else "") + \
             ("" if not overlap else ", optimizer overlapped" + ("" if overlap == "all" else f" on {overlap} SMs"))
         m = os.path.join(work, f"{name}-{ckpt}-{attention}-{tune}-{overlap}.jsonl")
-        code, text = train(mt, path, m, ["train.steps=10", f"train.activation_checkpointing={'true' if ckpt else 'false'}",
+        code, text = train(mt, path, m, [f"train.steps={BENCH_WARMUP + BENCH_STEPS}",
+                                         f"train.activation_checkpointing={'true' if ckpt else 'false'}",
                                          f"runtime.attention=\"{attention}\"",
                                          f"runtime.gemm_autotune={'true' if tune else 'false'}",
                                          f"runtime.overlap_optimizer={'true' if overlap else 'false'}",
@@ -349,22 +354,22 @@ def bench_slice(mt, name, variants, peers, work, env, rows, peak):
         if code != 0:
             rows.append({"bench": name, "engine": "mics-train", "variant": variant, "error": text[-400:]})
             continue
-        steps = [json.loads(line) for line in open(m)]
-        t = statistics.median(s["step_time_s"] for s in steps[1:])  # the first step is warm-up
+        steps = [json.loads(line) for line in open(m)][BENCH_WARMUP:]
+        t = statistics.median(s["step_time_s"] for s in steps)
         if overlap:  # how long each forward stood waiting for the overlapped update (median step)
-            variant += f" (forward waited {1e3 * statistics.median(s.get('optimizer_wait_s', 0.0) for s in steps[1:]):.2f} ms)"
+            variant += f" (forward waited {1e3 * statistics.median(s.get('optimizer_wait_s', 0.0) for s in steps):.2f} ms)"
         rows.append({"bench": name, "engine": "mics-train", "variant": variant, "ckpt": ckpt, "step_s": t,
                      "tflops": full / t / 1e12, "layer_tflops": layers / t / 1e12,
                      "mfu": full / t / 1e12 / peak,
                      # what the engine itself logged (engine/flops.cpp): should equal tflops
-                     "engine_logged_tflops": statistics.median(s["tflops_per_device"] for s in steps[1:]),
+                     "engine_logged_tflops": statistics.median(s["tflops_per_device"] for s in steps),
                      # which kernels and gradient path it chose, in its own words
                      "logged": sorted({re.sub(r"^\[[^]]*\] \[\w+\] ", "", l) for l in text.splitlines()
                                        if re.search(r"cuDNN .*attention for|cuBLASLt declined|cuBLASLt refused"
                                                     r"|gradients used in place|gradients accumulated|cuBLASLt autotune",
                                                     l)})})
 
-    # The peer variants in one process, 10 steps each.
+    # The peer variants in one process, as many steps each.
     def peer_line(line):
         try:
             r = json.loads(line) if line.startswith("{") else None
@@ -379,7 +384,7 @@ def bench_slice(mt, name, variants, peers, work, env, rows, peak):
                      "mfu": r["tflops"] / peak,
                      "losses": r.get("losses")})
     code, text = stream([sys.executable, os.path.join(ROOT, "scripts", "bench", "torch_peer.py"), "--config", path,
-                         "--steps", "10", "--warmup", "3", "--variants", peers],
+                         "--steps", str(BENCH_STEPS), "--warmup", "3", "--variants", peers],
                         env, 420, peer_line)
     if code != 0:
         rows.append({"bench": name, "engine": "PyTorch", "variant": peers, "error": text[-400:]})
@@ -460,7 +465,8 @@ def main():
             lines += [f"| {r['check']} | {'pass' if r['ok'] else 'FAIL'} | {r['detail']} |" for r in check_rows]
             lines.append("")
         if bench_rows:
-            lines += ["TFLOP/s per GPU over the median step (steps 2-10); recompute not credited. *model*: the "
+            lines += [f"TFLOP/s per GPU over the median of {BENCH_STEPS} steps after {BENCH_WARMUP} of warm-up "
+                      "(PyTorch: after 3); recompute not credited. *model*: the "
                       "FLOPs mics-train logs (engine/flops.cpp): per sample L*(24*S*H^2 + 12*S*H*F + 12*S^2*H) "
                       "+ 6*S*H*V (docs/references.md's formula; BERT's head runs on the masked rows only), both engines credited alike, the PyTorch peer training the same model "
                       "(embeddings, layers, head, cross-entropy, grad clipping); *layers*: the first term "
