@@ -29,6 +29,7 @@ struct Layout {
   int k, p;
   const char* hierarchical;
   const char* gradient_sync;
+  bool overlap_optimizer = false;  // over NCCL only: the MPI run updates at once
 };
 
 std::vector<double> train(const Config& c, const Topology& t, std::unique_ptr<ProcessGroups> groups) {
@@ -64,7 +65,9 @@ TEST_P(EmulatedNcclTraining, LossesAsOverMpi) {
                                 "runtime.ranks_per_node=" + std::to_string(l.k)});
   const Topology t = make_topology(rank, world, l.k, l.p, c.mics.hierarchical_allgather);
   const std::vector<double> over_mpi = train(c, t, build_mpi_groups(t));
-  const std::vector<double> over_nccl = train(c, t, groups_under_test(t));
+  Config deferred = c;  // each layer's update at its next gather, which must not start before it
+  deferred.runtime.overlap_optimizer = l.overlap_optimizer;
+  const std::vector<double> over_nccl = train(deferred, t, groups_under_test(t));
   ASSERT_EQ(over_mpi.size(), 4u);
   ASSERT_EQ(over_nccl.size(), over_mpi.size());
   for (size_t i = 0; i < over_mpi.size(); ++i)
@@ -73,13 +76,14 @@ TEST_P(EmulatedNcclTraining, LossesAsOverMpi) {
 
 INSTANTIATE_TEST_SUITE_P(EightRanks, EmulatedNcclTraining,
                          ::testing::Values(Layout{2, 4, "true", "two_hop"}, Layout{2, 8, "true", "two_hop"},
-                                           Layout{4, 4, "false", "two_hop"}, Layout{2, 2, "false", "every_microstep"}),
+                                           Layout{4, 4, "false", "two_hop"}, Layout{2, 2, "false", "every_microstep"},
+                                           Layout{2, 4, "true", "two_hop", true}),
                          [](const auto& info) {
                            const Layout& l = info.param;
                            std::string name = "k";
                            name += std::to_string(l.k) + "_p" + std::to_string(l.p);
                            if (std::string(l.hierarchical) == "true") name += "_hierarchical";
-                           return name + "_" + l.gradient_sync;
+                           return name + "_" + l.gradient_sync + (l.overlap_optimizer ? "_deferred_update" : "");
                          });
 
 // The emulator fails what NCCL leaves undefined, so that the tests above would see the
