@@ -1,5 +1,6 @@
 #include "engine/deferred_updates.h"
 
+#include <algorithm>
 #include <utility>
 
 namespace mics {
@@ -10,7 +11,7 @@ DeferredUpdates::DeferredUpdates(SideQueue& queue, int layers)
   seen_.reserve(state_.size());
 }
 
-void DeferredUpdates::defer(std::function<void(int)> update, const std::vector<int>& order) {
+void DeferredUpdates::defer(std::function<void(int)> update, const std::vector<int>& order, size_t in_line) {
   settle();
   update_ = std::move(update);
   const int layers = static_cast<int>(state_.size());
@@ -27,15 +28,16 @@ void DeferredUpdates::defer(std::function<void(int)> update, const std::vector<i
     for (int l : sequence_) state_[static_cast<size_t>(l)] = kAtFirstUse;
     return;
   }
-  // The layer the forward reads first is updated on the main queue, after the others are
-  // queued on the side queue (so that they need not wait for it): the forward would wait
-  // for it before its first op anyway, and on the main queue it has the whole device, not
-  // what a bounded side queue may hold.
-  for (size_t i = 1; i < sequence_.size(); ++i) {
+  // The layers the forward waits for before its first op (the one it reads first, and
+  // those whose gathers are prefetched with it) are updated on the main queue, after the
+  // others are queued on the side queue (so that they need not wait for them): on the main
+  // queue they have the whole device, not what a bounded side queue may hold.
+  const size_t first = std::min(in_line, sequence_.size());
+  for (size_t i = first; i < sequence_.size(); ++i) {
     const int l = sequence_[i];
     state_[static_cast<size_t>(l)] = queue_.run_on_side_queue([this, l] { update_(l); });
   }
-  if (!sequence_.empty()) update_(sequence_.front());
+  for (size_t i = 0; i < first; ++i) update_(sequence_[i]);
 }
 
 void DeferredUpdates::ensure(int layer) {

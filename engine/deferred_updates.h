@@ -21,8 +21,10 @@ class DeferredUpdates {
 
   // This step's update: `update(l)` updates layer l's slices of the shards. Earlier
   // updates are settled first. `order`: the layers in the order the next forward uses them
-  // (any layer it leaves out follows, by index).
-  void defer(std::function<void(int layer)> update, const std::vector<int>& order);
+  // (any layer it leaves out follows, by index). With a side queue, the first `in_line`
+  // layers of that order are updated on the main queue (after the rest are queued): those
+  // the forward waits for before its first op anyway.
+  void defer(std::function<void(int layer)> update, const std::vector<int>& order, size_t in_line = 1);
   // Layer `layer`'s update has happened, or the main queue waits for it, before any work
   // queued after this call.
   void ensure(int layer);

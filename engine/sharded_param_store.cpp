@@ -107,7 +107,11 @@ void ShardedParamStore::master_changed() {
 }
 
 void ShardedParamStore::defer_update(std::function<void(int)> update) {
-  updates_.defer(std::move(update), schedule_);  // the order the first micro-step acquired the layers
+  // The order the first micro-step acquired the layers. Acquiring the first layer also
+  // starts the gathers of the next `prefetch`, each behind its update on the main queue,
+  // so the forward's first op waits for those too: they are updated in line.
+  const size_t in_line = 1 + (topo_.partition_size > 1 ? static_cast<size_t>(std::max(opt_.prefetch, 0)) : 0);
+  updates_.defer(std::move(update), schedule_, in_line);
 }
 
 Tensor ShardedParamStore::working_copy() {
@@ -295,6 +299,10 @@ void ShardedParamStore::release_params(int layer) {
 // ---- gradients ----
 
 model::GradBuffer ShardedParamStore::grad_buffer(int layer) {
+  // Last step's update of the layer reads the gradients about to be written (in place, or
+  // the accumulator this one lands in). Every model acquires a layer before its gradient,
+  // which has ensured it already; this keeps a model that does not from racing it.
+  updates_.ensure(layer);
   if (in_place_grads_) {
     // Not zeroed: the layer's first gradient of the step overwrites last step's (the gaps
     // between tensors were zeroed once, and nothing writes them). end_accumulation zeroes

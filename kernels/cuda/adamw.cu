@@ -23,7 +23,10 @@ void launch_adamw(float* param, DType grad_t, const void* grad, float* m, float*
   constexpr int kBoundedThreads = kMaxAdamwThreads;
   // A block is never preempted, so a GEMM whose block waits for an SM the update holds
   // waits until that block ends: a bounded update runs in chunks of 64 sweeps of its
-  // blocks (tens of microseconds each), not a whole layer's span at once. Chunks are whole
+  // blocks, not a whole layer's span at once. A chunk moves 7.3 MB per block (1024 threads
+  // x 4 elements x 64 sweeps x 28 bytes): about 0.1 ms at 70 GB/s per SM, an estimate the
+  // GPU run has yet to check. At each chunk's end the higher-priority forward may take the
+  // SMs back, so the update runs mostly between its kernels' waves. Chunks are whole
   // 4-element vectors, so each keeps the alignment of the span.
   constexpr int64_t kSweeps = 64;
   const int64_t chunk = int64_t{max_blocks} * kBoundedThreads * 4 * kSweeps;

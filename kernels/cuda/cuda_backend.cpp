@@ -205,6 +205,10 @@ class CudaBackend final : public Backend {
     int sms = 0;
     MICS_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
     side_sms_ = std::min(std::max(options.side_queue_sms, 0), sms);
+    if (options.side_queue_sms > sms)
+      spdlog::warn("'runtime.overlap_optimizer_sms' is {}, but GPU {} has {} SMs: the overlapped update may hold all "
+                   "of them",
+                   options.side_queue_sms, device, sms);
     // Blocking streams: they still order with the legacy default stream, so code that uses
     // the default stream (cudaMemcpy, say) sees this backend's work in order. The main
     // stream at the device's highest priority (as the NCCL streams), the side queue's at its
@@ -216,6 +220,9 @@ class CudaBackend final : public Backend {
     try {
       MICS_CUDA_CHECK(cudaStreamCreateWithPriority(&side_, cudaStreamDefault, least));
       MICS_CUDA_CHECK(cudaEventCreateWithFlags(&side_start_, cudaEventDisableTiming));
+      // All at once: created lazily, the ring would be creating events inside steps for
+      // kFences / layers steps.
+      for (cudaEvent_t& fence : fences_) MICS_CUDA_CHECK(cudaEventCreateWithFlags(&fence, cudaEventDisableTiming));
       MICS_CUDA_CHECK(cudaMalloc(&scratch_, kScratchBytes));
       MICS_CUDA_CHECK(cudaMemsetAsync(scratch_, 0, kScratchBytes, stream_));
       gemm_ = std::make_unique<GemmLt>(stream_, options.gemm_workspace_bytes, options.allow_tf32, options.gemm_autotune);
@@ -223,6 +230,8 @@ class CudaBackend final : public Backend {
       MICS_CUDA_CHECK(cudaStreamSynchronize(stream_));
     } catch (...) {
       if (scratch_ != nullptr) cudaFree(scratch_);
+      for (cudaEvent_t fence : fences_)
+        if (fence != nullptr) cudaEventDestroy(fence);
       if (side_start_ != nullptr) cudaEventDestroy(side_start_);
       if (side_ != nullptr) cudaStreamDestroy(side_);
       cudaStreamDestroy(stream_);
@@ -237,8 +246,7 @@ class CudaBackend final : public Backend {
     cudnn_.reset();
     timeline_.reset();
     cudaFree(scratch_);
-    for (cudaEvent_t e : fences_)
-      if (e != nullptr) cudaEventDestroy(e);
+    for (cudaEvent_t e : fences_) cudaEventDestroy(e);
     for (const auto& pair : wait_timers_)
       for (cudaEvent_t e : pair) cudaEventDestroy(e);
     cudaEventDestroy(side_start_);
@@ -323,10 +331,9 @@ class CudaBackend final : public Backend {
     }
     // Fences reuse kFences events in turn: waiting on a fence whose event was recorded again
     // since waits for a later point of the same stream, later but still correct.
-    const int64_t fence = next_fence_++;
-    cudaEvent_t& event = fences_[static_cast<size_t>(fence % kFences)];
-    if (event == nullptr) MICS_CUDA_CHECK(cudaEventCreateWithFlags(&event, cudaEventDisableTiming));
-    MICS_CUDA_CHECK(cudaEventRecord(event, side_));
+    const int64_t fence = next_fence_;
+    MICS_CUDA_CHECK(cudaEventRecord(fences_[static_cast<size_t>(fence % kFences)], side_));
+    ++next_fence_;
     return fence;
   }
   // Each wait between two timing events on the main stream: their interval is how long
@@ -341,10 +348,11 @@ class CudaBackend final : public Backend {
       MICS_CUDA_CHECK(second);
       wait_timers_.push_back(pair);
     }
-    const std::array<cudaEvent_t, 2>& timer = wait_timers_[wait_timers_used_++];
+    const std::array<cudaEvent_t, 2>& timer = wait_timers_[wait_timers_used_];
     MICS_CUDA_CHECK(cudaEventRecord(timer[0], stream_));
     MICS_CUDA_CHECK(cudaStreamWaitEvent(stream_, fences_[static_cast<size_t>(fence % kFences)], 0));
     MICS_CUDA_CHECK(cudaEventRecord(timer[1], stream_));
+    ++wait_timers_used_;  // only a pair recorded whole is read by take_fence_wait_s
   }
   double take_fence_wait_s() override {
     double ms_total = 0;

@@ -54,6 +54,24 @@ TEST(DeferredUpdates, SideQueueTakesTheLayersInForwardOrderAndFirstUseWaitsForIt
   EXPECT_TRUE(queue.log.empty());
 }
 
+// With p > 1 the first layer's acquire also starts the next layers' gathers, each behind
+// its update on the main queue: the store asks for those in line too.
+TEST(DeferredUpdates, TheLayersTheForwardWaitsForFirstAreUpdatedInLine) {
+  RecordingQueue queue(true);
+  mics::DeferredUpdates updates(queue, 4);
+  auto update = [&](int l) { queue.log.push_back("update " + std::to_string(l)); };
+  updates.defer(update, {3, 1, 0, 2}, 2);
+  EXPECT_EQ(queue.log, (std::vector<std::string>{"queue", "update 0", "queue", "update 2", "update 3", "update 1"}));
+  queue.log.clear();
+  updates.ensure(3);
+  updates.ensure(1);  // in line: nothing to wait for
+  updates.ensure(2);  // fence 101
+  EXPECT_EQ(queue.log, (std::vector<std::string>{"wait 101"}));
+  queue.log.clear();
+  updates.defer(update, {0, 1}, 9);  // more than there are: every layer in line, none queued
+  EXPECT_EQ(queue.log, (std::vector<std::string>{"wait 100", "update 0", "update 1", "update 2", "update 3"}));
+}
+
 TEST(DeferredUpdates, WithoutASideQueueEachUpdateRunsOnceAtFirstUse) {
   RecordingQueue queue(false);
   mics::DeferredUpdates updates(queue, 3);
