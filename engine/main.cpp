@@ -274,21 +274,37 @@ Runtime make_runtime(const mics::Config& config, const mics::Topology& topology,
 // --profile: rank 0's time per backend op over the steps after the first (warm-up), and
 // what the ops leave uncovered, printed when the run ends.
 struct ProfileWindow {
+  using Clock = std::chrono::steady_clock;
   mics::OpProfile ops;       // what the profiling backend records
-  mics::OpProfile at_step;   // ops as of the last completed step (not the final checkpoint's copies)
+  mics::OpProfile at_step;   // ops as of the last completed step (no checkpoint's copies)
+  mics::OpProfile before_checkpoint_ops;
   int64_t first_done = -1, last_done = -1;
-  std::chrono::steady_clock::time_point start, end;
+  Clock::time_point start, end, checkpoint_start;
+  double checkpoints_s = 0, checkpoints_s_at_end = 0;  // time spent writing checkpoints
 
   void after_step(int64_t done) {
     ops.settle();  // read the step's marks (on a device timeline, now that the step is queued)
     if (first_done < 0) {  // the first step of this run: warm-up, not counted
       ops.reset();
       first_done = done;
-      start = std::chrono::steady_clock::now();
+      start = Clock::now();
+      checkpoints_s = 0;
     }
     last_done = done;
-    end = std::chrono::steady_clock::now();  // not the final checkpoint after the last step
+    end = Clock::now();  // not the final checkpoint after the last step
+    checkpoints_s_at_end = checkpoints_s;
     at_step = ops;
+  }
+  // A checkpoint written during the run: neither its copies nor its time are a step's.
+  void before_checkpoint() {
+    ops.settle();
+    before_checkpoint_ops = ops;
+    checkpoint_start = Clock::now();
+  }
+  void after_checkpoint() {
+    ops.settle();
+    ops = before_checkpoint_ops;
+    checkpoints_s += std::chrono::duration<double>(Clock::now() - checkpoint_start).count();
   }
   void report() const {
     const int64_t steps = last_done - first_done;
@@ -297,11 +313,34 @@ struct ProfileWindow {
       return;
     }
     const double step_s =
-        std::chrono::duration<double>(end - start).count() / static_cast<double>(steps);
+        (std::chrono::duration<double>(end - start).count() - checkpoints_s_at_end) / static_cast<double>(steps);
     spdlog::info("op profile of rank 0, steps {}-{} ({}):\n{}", first_done + 1, last_done, at_step.timing(),
                  at_step.table(step_s, steps));
   }
 };
+
+// The errors every rank reaches together, with their exit codes: the run unwinds and
+// exits. -1: a failure of this rank alone.
+int agreed_exit_code(const std::exception& e) {
+  if (dynamic_cast<const mics::ConfigError*>(&e)) return kExitBadInput;  // every rank reads the same config
+  if (dynamic_cast<const mics::TrainingError*>(&e)) return kExitFailure;  // every rank reached the same decision
+  if (dynamic_cast<const mics::SafetensorsError*>(&e)) return kExitBadInput;  // every rank reads the same file
+  // (Checkpoints: every rank agreed on the failure before throwing; a write that failed is
+  // a run that started and failed.)
+  if (dynamic_cast<const mics::CheckpointWriteError*>(&e)) return kExitFailure;
+  if (dynamic_cast<const mics::CheckpointError*>(&e)) return kExitBadInput;
+  if (dynamic_cast<const mics::data::DataError*>(&e)) return kExitBadInput;
+  return -1;
+}
+
+// A failure of this rank alone ends the job at once: its peers may be waiting in
+// collectives for it, and its own collectives may still be writing buffers that unwinding
+// would free.
+[[noreturn]] void fail_rank(const mics::ProcessEnv& env, const std::exception& e) {
+  std::fprintf(stderr, "mics-train: rank %d failed: %s\n", env.rank(), e.what());
+  mics::abort_nccl();  // peers blocked in NCCL collectives return instead of waiting forever
+  env.abort_job(kExitFailure);
+}
 
 int train(const mics::Config& config, const mics::Topology& topology, const mics::ProcessEnv& env,
           const std::string& resume, const std::string& init_from, bool profile) {
@@ -316,24 +355,31 @@ int train(const mics::Config& config, const mics::Topology& topology, const mics
     // model's and the store's ops go through the profiler.
     runtime.backend = mics::make_profiling_backend(std::move(runtime.backend), window.ops);
     runtime.trainer.after_step = [&window](int64_t done) { window.after_step(done); };
+    runtime.trainer.before_checkpoint = [&window] { window.before_checkpoint(); };
+    runtime.trainer.after_checkpoint = [&window] { window.after_checkpoint(); };
   }
   mics::Trainer trainer(config, *runtime.backend, topology, std::move(runtime.trainer));
-  if (!init_from.empty()) trainer.init_from(init_from);
-  if (resume == "auto") {  // a requeued job: continue if a checkpoint exists, else start
-    const bool exists = !config.checkpoint.dir.empty() &&
-                        std::filesystem::exists(std::filesystem::path(config.checkpoint.dir) / "latest");
-    if (exists) trainer.resume("latest");
-    else spdlog::info("--resume auto: no checkpoint in '{}' yet; starting from step 0", config.checkpoint.dir);
-  } else if (!resume.empty()) {
-    trainer.resume(resume);
+  try {
+    if (!init_from.empty()) trainer.init_from(init_from);
+    if (resume == "auto") {  // a requeued job: continue if a checkpoint exists, else start
+      const bool exists = !config.checkpoint.dir.empty() &&
+                          std::filesystem::exists(std::filesystem::path(config.checkpoint.dir) / "latest");
+      if (exists) trainer.resume("latest");
+      else spdlog::info("--resume auto: no checkpoint in '{}' yet; starting from step 0", config.checkpoint.dir);
+    } else if (!resume.empty()) {
+      trainer.resume(resume);
+    }
+    const std::vector<double> losses = trainer.run();
+    if (profile && env.rank() == 0) window.report();
+    if (!losses.empty())
+      spdlog::info("{}: {} steps, loss {:.4f} -> {:.4f}", trainer.preempted() ? "stopped" : "done", losses.size(),
+                   losses.front(), losses.back());
+    if (trainer.preempted()) return mics::kExitPreempted;
+    return 0;
+  } catch (const std::exception& e) {
+    if (agreed_exit_code(e) < 0) fail_rank(env, e);  // here, while the trainer's buffers live
+    throw;
   }
-  const std::vector<double> losses = trainer.run();
-  if (profile && env.rank() == 0) window.report();
-  if (!losses.empty())
-    spdlog::info("{}: {} steps, loss {:.4f} -> {:.4f}", trainer.preempted() ? "stopped" : "done", losses.size(),
-                 losses.front(), losses.back());
-  if (trainer.preempted()) return mics::kExitPreempted;
-  return 0;
 }
 
 }  // namespace
@@ -458,27 +504,10 @@ int main(int argc, char** argv) {
     const int code = train(config, topology, env, o.resume, o.init_from, o.profile);
     mics::finalize_nccl();  // every rank got here: the NCCL communicators end with their peers
     return code;
-  } catch (const mics::ConfigError& e) {
-    std::fprintf(stderr, "mics-train: error: %s\n", e.what());
-    return kExitBadInput;  // every rank reads the same config and fails the same way
-  } catch (const mics::TrainingError& e) {
-    std::fprintf(stderr, "mics-train: error: %s\n", e.what());
-    return kExitFailure;  // every rank reached the same decision
-  } catch (const mics::SafetensorsError& e) {
-    std::fprintf(stderr, "mics-train: error: %s\n", e.what());
-    return kExitBadInput;  // every rank reads the same file
-  } catch (const mics::CheckpointWriteError& e) {
-    std::fprintf(stderr, "mics-train: error: %s\n", e.what());
-    return kExitFailure;  // the run started and failed; every rank agreed before throwing
-  } catch (const mics::CheckpointError& e) {
-    std::fprintf(stderr, "mics-train: error: %s\n", e.what());
-    return kExitBadInput;  // every rank agreed on the failure before throwing
-  } catch (const mics::data::DataError& e) {
-    std::fprintf(stderr, "mics-train: error: %s\n", e.what());
-    return kExitBadInput;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "mics-train: rank %d failed: %s\n", env.rank(), e.what());
-    mics::abort_nccl();  // peers blocked in NCCL collectives return instead of waiting forever
-    env.abort_job(kExitFailure);
+    const int code = agreed_exit_code(e);
+    if (code < 0) fail_rank(env, e);
+    std::fprintf(stderr, "mics-train: error: %s\n", e.what());
+    return code;
   }
 }

@@ -84,6 +84,8 @@ Trainer::Trainer(const Config& c, Backend& backend, const Topology& topo, Traine
                    c.mics.replication_dtype == "compute" ? compute : DType::f32, accumulation_});
   if (runtime.initialize_parameters) store_->initialize(static_cast<uint64_t>(t.seed));
   after_step_ = std::move(runtime.after_step);
+  before_checkpoint_ = std::move(runtime.before_checkpoint);
+  after_checkpoint_ = std::move(runtime.after_checkpoint);
   if (t.precision == "fp16") {
     LossScaler::Options scaling;
     if (t.initial_loss_scale > 0) scaling.initial = t.initial_loss_scale;
@@ -287,8 +289,10 @@ std::vector<double> Trainer::run() {
     }
     if (checkpoints && (scheduled || preempted_)) {
       store_->settle_updates();  // the deferred updates of this step, all in the shards
+      if (before_checkpoint_) before_checkpoint_();
       save_checkpoint(config_, topo_, model_->layout(), *store_, done,
                       sample_base_ + (done - start_step_) * global_batch_, scaler_.state());
+      if (after_checkpoint_) after_checkpoint_();
       backend_.take_fence_wait_s();  // the settle's waits (read back by the save): not a forward's
     }
     if (preempted_) {

@@ -33,6 +33,8 @@ struct TrainerRuntime {
   bool initialize_parameters = true;
   // Called after every completed step with the number of steps done (e.g. --profile's window).
   std::function<void(int64_t steps_done)> after_step;
+  // Called around the writing of each checkpoint (--profile leaves its copies and time out).
+  std::function<void()> before_checkpoint, after_checkpoint;
 };
 
 class Trainer {
@@ -66,6 +68,7 @@ class Trainer {
   Topology topo_;
   std::unique_ptr<ProcessGroups> groups_;
   std::function<void(int64_t)> after_step_;
+  std::function<void()> before_checkpoint_, after_checkpoint_;
   int64_t global_batch_ = 0, accumulation_ = 0;
   std::unique_ptr<data::TokenSource> source_;
   std::unique_ptr<data::Batcher> batcher_;

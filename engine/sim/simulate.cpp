@@ -80,8 +80,10 @@ SimulatedStep simulate_step(const Config& config, const ClusterSpec& cluster, in
   auto backend = make_sim_backend(cluster, timeline);
   {
     QuietLog quiet;
-    Trainer trainer(c, *backend, topo,
-                    TrainerRuntime{build_sim_groups(topo, cluster, timeline), false, {}});
+    TrainerRuntime runtime;
+    runtime.groups = build_sim_groups(topo, cluster, timeline);
+    runtime.initialize_parameters = false;
+    Trainer trainer(c, *backend, topo, std::move(runtime));
     // The first step records the acquire order that later steps prefetch by.
     trainer.train_step(0);
     const Timeline before = timeline;

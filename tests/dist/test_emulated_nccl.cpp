@@ -36,7 +36,9 @@ std::vector<double> train(const Config& c, const Topology& t, std::unique_ptr<Pr
   const std::unique_ptr<Backend> cpu = make_cpu_backend();
   const spdlog::level::level_enum saved = spdlog::get_level();
   spdlog::set_level(spdlog::level::warn);
-  Trainer trainer(c, *cpu, t, TrainerRuntime{std::move(groups), true, {}});
+  TrainerRuntime runtime;
+  runtime.groups = std::move(groups);
+  Trainer trainer(c, *cpu, t, std::move(runtime));
   std::vector<double> losses = trainer.run();
   spdlog::set_level(saved);
   return losses;

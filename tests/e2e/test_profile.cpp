@@ -102,6 +102,26 @@ TEST(Profile, CountsEveryOpOfAStepAndChangesNoLoss) {
   EXPECT_GT(share, 50.0);   // and on the CPU they are most of it
 }
 
+// Checkpoints written during the profiled steps are not a step's work: the same ops per
+// step as without them (the saves' copies left out), and the steps' time without the saves'.
+TEST(Profile, LeavesCheckpointsOut) {
+  TempDir dir("profile-ckpt");
+  const auto plain = run_cli(tiny_run(dir, "plain.jsonl", 4) + " --profile");
+  const auto saving = run_cli(tiny_run(dir, "saving.jsonl", 4) + " --profile --set checkpoint.dir='\"" +
+                              dir.file("ckpt") + "\"' --set checkpoint.every=1");
+  ASSERT_EQ(plain.exit_code, 0) << plain.output;
+  ASSERT_EQ(saving.exit_code, 0) << saving.output;
+  const auto a = parse_table(plain.output), b = parse_table(saving.output);
+  ASSERT_FALSE(a.empty()) << plain.output;
+  std::map<std::string, double> calls_a, calls_b;
+  for (const auto& [op, r] : a) calls_a[op] = r.first;
+  for (const auto& [op, r] : b) calls_b[op] = r.first;
+  EXPECT_EQ(calls_a, calls_b) << saving.output;
+  double share = 0;
+  for (const auto& [op, r] : b) share += r.second;
+  EXPECT_GT(share, 50.0) << "the saves' time counted as the steps': " << saving.output;
+}
+
 // BERT with dropout goes through the ops GPT leaves out (token types, masked rows gathered
 // for the head, dropout masks): still the same numbers.
 TEST(Profile, BertWithDropoutChangesNoLoss) {
