@@ -186,7 +186,8 @@ class EventTimeline final : public DeviceTimeline {
   void forget() override { used_ = 0; }
   const char* how() const override {
     return "ops timed by events on the device's stream, without synchronising; the remainder is time the device "
-           "spent outside the ops";
+           "spent outside the ops (where the host falls behind, an op's time includes the device's wait for its "
+           "launch)";
   }
 
  private:
@@ -256,7 +257,8 @@ class CudaBackend final : public Backend {
 
   cudaStream_t stream() const { return stream_; }
   DeviceTimeline* timeline() override {
-    if (timeline_ == nullptr) timeline_ = std::make_unique<EventTimeline>(stream_);
+    // The main stream, even if asked while run_on_side_queue has the streams swapped.
+    if (timeline_ == nullptr) timeline_ = std::make_unique<EventTimeline>(on_side_ ? side_ : stream_);
     return timeline_.get();
   }
 
