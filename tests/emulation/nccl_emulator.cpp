@@ -140,6 +140,7 @@ bool launch_advances(Launch& l) {
     if (std::chrono::steady_clock::now() < l.not_before) return false;
     for (const auto& a : l.after)
       if (!a->done) return false;
+    l.after.clear();  // (no chain of finished launches kept alive through events)
     l.started = true;
     if (l.phases.empty()) return true;
     if (const int rc = l.phases[0](l); rc != MPI_SUCCESS) {
