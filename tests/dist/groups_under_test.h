@@ -22,7 +22,6 @@
 namespace mics {
 
 #ifdef MICS_OVER_EMULATED_NCCL
-constexpr const char* kCommunicatorUnderTest = "nccl (emulated)";
 
 // The emulator's NCCL set-up calls use MPI from the set-up thread.
 inline void init_mpi_under_test(int* argc, char*** argv) {
@@ -54,7 +53,6 @@ inline int end_groups_under_test() {
   return static_cast<int>(misuse.size());
 }
 #else
-constexpr const char* kCommunicatorUnderTest = "mpi";
 
 inline void init_mpi_under_test(int* argc, char*** argv) { MPI_Init(argc, argv); }
 inline std::unique_ptr<ProcessGroups> groups_under_test(const Topology& t) { return build_mpi_groups(t); }
