@@ -20,6 +20,7 @@
 #include "engine/trainer.h"
 #include "kernels/ops.h"
 #include "tests/dist/groups_under_test.h"
+#include "tests/emulation/emulated_device_backend.h"
 
 namespace {
 
@@ -32,29 +33,50 @@ struct Layout {
   bool overlap_optimizer = false;  // over NCCL only: the MPI run updates at once
 };
 
-std::vector<double> train(const Config& c, const Topology& t, std::unique_ptr<ProcessGroups> groups) {
-  const std::unique_ptr<Backend> cpu = make_cpu_backend();
+// Where the NCCL run computes. On the CPU backend each op has finished when it returns, so
+// only the collectives are asynchronous; on the emulated device (emulated_device_backend.h)
+// the ops are kernels queued on a stream too, the optimizer's deferred update on a second
+// one, and one of the three (main stream, side queue, collectives) lags far behind the
+// others (3 ms: far longer than their work between two waits on these shapes), so that a
+// missing event wait lets a stale read through.
+enum class Device { host, slow_main_stream, slow_collectives, slow_side_queue };
+
+struct Run {
+  Layout layout;
+  Device device;
+};
+
+std::vector<double> train(const Config& c, const Topology& t, Backend& backend,
+                          std::unique_ptr<ProcessGroups> groups) {
   const spdlog::level::level_enum saved = spdlog::get_level();
   spdlog::set_level(spdlog::level::warn);
   TrainerRuntime runtime;
   runtime.groups = std::move(groups);
-  Trainer trainer(c, *cpu, t, std::move(runtime));
-  std::vector<double> losses = trainer.run();
+  std::vector<double> losses;
+  {
+    Trainer trainer(c, backend, t, std::move(runtime));
+    losses = trainer.run();
+  }
   spdlog::set_level(saved);
   return losses;
 }
 
-class EmulatedNcclTraining : public ::testing::TestWithParam<Layout> {
+class EmulatedNcclTraining : public ::testing::TestWithParam<Run> {
  protected:
-  void TearDown() override { expect_no_misuse(); }
+  void TearDown() override {
+    mics_emulated_set_collective_latency(1000);
+    expect_no_misuse();
+  }
 };
 
 // Both runs sum the same fp32 values with the same MPI reductions underneath (the
 // emulator's collectives are MPI's nonblocking ones, as MPI's communicator's are), so
-// their losses are the same bits; a misplaced chunk, a gather read before it landed or a
-// sum over the wrong count changes them.
+// their losses are the same bits; a misplaced chunk, a gather read before it landed, a
+// gradient sent before it was computed, a layer read before its update or a sum over the
+// wrong count changes them.
 TEST_P(EmulatedNcclTraining, LossesAsOverMpi) {
-  const Layout l = GetParam();
+  const Layout l = GetParam().layout;
+  const Device device = GetParam().device;
   int rank = 0, world = 0;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &world);
@@ -66,27 +88,57 @@ TEST_P(EmulatedNcclTraining, LossesAsOverMpi) {
                                 "mics.gradient_sync=" + std::string(l.gradient_sync),
                                 "runtime.ranks_per_node=" + std::to_string(l.k)});
   const Topology t = make_topology(rank, world, l.k, l.p, c.mics.hierarchical_allgather);
-  const std::vector<double> over_mpi = train(c, t, build_mpi_groups(t));
+  const std::unique_ptr<Backend> cpu = make_cpu_backend();
+  const std::vector<double> over_mpi = train(c, t, *cpu, build_mpi_groups(t));
   Config deferred = c;  // each layer's update at its next gather, which must not start before it
   deferred.runtime.overlap_optimizer = l.overlap_optimizer;
-  const std::vector<double> over_nccl = train(deferred, t, groups_under_test(t));
+  std::vector<double> over_nccl;
+  if (device == Device::host) {
+    over_nccl = train(deferred, t, *cpu, groups_under_test(t));
+  } else {
+    const int slow = 3000;
+    EmulatedDeviceLatency latency{0, 0};
+    if (device == Device::slow_main_stream) latency.main_us = slow;
+    if (device == Device::slow_side_queue) latency.side_us = slow;
+    mics_emulated_set_collective_latency(device == Device::slow_collectives ? slow : 0);
+    const std::unique_ptr<Backend> gpu = make_emulated_device_backend(latency);
+    over_nccl = train(deferred, t, *gpu, build_device_groups(t, *gpu, "nccl", emulated_device_stream(*gpu)));
+  }
   ASSERT_EQ(over_mpi.size(), 4u);
   ASSERT_EQ(over_nccl.size(), over_mpi.size());
   for (size_t i = 0; i < over_mpi.size(); ++i)
     EXPECT_EQ(over_nccl[i], over_mpi[i]) << "step " << i + 1;
 }
 
-INSTANTIATE_TEST_SUITE_P(EightRanks, EmulatedNcclTraining,
-                         ::testing::Values(Layout{2, 4, "true", "two_hop"}, Layout{2, 8, "true", "two_hop"},
-                                           Layout{4, 4, "false", "two_hop"}, Layout{2, 2, "false", "every_microstep"},
-                                           Layout{2, 4, "true", "two_hop", true}),
-                         [](const auto& info) {
-                           const Layout& l = info.param;
-                           std::string name = "k";
-                           name += std::to_string(l.k) + "_p" + std::to_string(l.p);
-                           if (std::string(l.hierarchical) == "true") name += "_hierarchical";
-                           return name + "_" + l.gradient_sync + (l.overlap_optimizer ? "_deferred_update" : "");
-                         });
+const Layout kLayouts[] = {{2, 4, "true", "two_hop"},
+                           {2, 8, "true", "two_hop"},
+                           {4, 4, "false", "two_hop"},
+                           {2, 2, "false", "every_microstep"},
+                           {2, 4, "true", "two_hop", true},
+                           {2, 1, "false", "two_hop", true}};  // one GPU's benchmark path, and replicas
+
+std::vector<Run> runs() {
+  std::vector<Run> all;
+  for (Device d : {Device::host, Device::slow_main_stream, Device::slow_collectives, Device::slow_side_queue})
+    for (const Layout& l : kLayouts)
+      if (d != Device::slow_side_queue || l.overlap_optimizer) all.push_back({l, d});  // the only users of it
+  return all;
+}
+
+INSTANTIATE_TEST_SUITE_P(EightRanks, EmulatedNcclTraining, ::testing::ValuesIn(runs()), [](const auto& info) {
+  const Layout& l = info.param.layout;
+  std::string name = "k";
+  name += std::to_string(l.k) + "_p" + std::to_string(l.p);
+  if (std::string(l.hierarchical) == "true") name += "_hierarchical";
+  name += std::string("_") + l.gradient_sync + (l.overlap_optimizer ? "_deferred_update" : "");
+  switch (info.param.device) {
+    case Device::host: return name + "_host";
+    case Device::slow_main_stream: return name + "_slow_main_stream";
+    case Device::slow_collectives: return name + "_slow_collectives";
+    case Device::slow_side_queue: return name + "_slow_side_queue";
+  }
+  return name;
+});
 
 // The emulator fails what NCCL leaves undefined, so that the tests above would see the
 // engine do it. A communicator of the whole world of its own, on every rank.

@@ -42,9 +42,10 @@ namespace {
 // One launch on a stream: the calls of one NCCL group on that stream, or a wait for an
 // event (cudaStreamWaitEvent). Phases run one after another, each a set of MPI requests.
 struct Launch {
-  // A launch starts no earlier than this (a device a little behind its host), so that a
-  // buffer read before the collective's wait sees stale data every time, not by chance.
-  std::chrono::steady_clock::time_point not_before = std::chrono::steady_clock::now() + std::chrono::milliseconds(1);
+  // A launch starts no earlier than this (a device a little behind its host: see
+  // mics_emulated_set_collective_latency), so that a buffer read before the collective's wait sees
+  // stale data every time, not by chance.
+  std::chrono::steady_clock::time_point not_before = std::chrono::steady_clock::now();
   std::vector<std::shared_ptr<Launch>> after;  // must be done before this starts
   std::vector<std::function<int(Launch&)>> phases;  // each starts requests; returns an MPI error code
   std::vector<std::function<bool(Launch&)>> checks;  // run after the phase of the same index
@@ -84,6 +85,7 @@ mics_emulated_cuda_stream g_default_stream;
 std::vector<mics_emulated_cuda_stream*> g_all_streams{&g_default_stream};  // destroyed ones until drained
 std::thread g_device;
 std::atomic<bool> g_stop{false};
+std::atomic<int> g_collective_latency_us{1000};  // mics_emulated_set_collective_latency
 std::once_flag g_ops_once;
 MPI_Op g_sum_bf16 = MPI_OP_NULL, g_sum_f16 = MPI_OP_NULL;
 thread_local int t_group_depth = 0;
@@ -312,6 +314,7 @@ ncclResult_t launch_group(std::vector<Call> calls) {
       return ncclInvalidArgument;
     }
     auto l = std::make_shared<Launch>();
+    l->not_before += std::chrono::microseconds(g_collective_latency_us.load());
     std::vector<const Call*> mine;
     for (const Call& c : calls)
       if (c.stream == stream) mine.push_back(&c);
@@ -494,6 +497,65 @@ cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned
   start_device();
   return cudaSuccess;
 }
+
+namespace {
+// Blocks until `last` (a launch queued before the call) is done, advancing the device too.
+void wait_for(const std::shared_ptr<Launch>& last) {
+  while (true) {
+    {
+      std::lock_guard<std::mutex> lock(g_mutex);
+      progress();
+      if (last->done) return;
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(100));
+  }
+}
+}  // namespace
+
+cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
+  std::shared_ptr<Launch> last;
+  {
+    std::lock_guard<std::mutex> lock(g_mutex);
+    if (stream != nullptr && !live(g_streams, stream)) {
+      misuse("cudaStreamSynchronize of a stream that is not live");
+      return cudaErrorInvalidResourceHandle;
+    }
+    const mics_emulated_cuda_stream* s = stream == nullptr ? &g_default_stream : stream;
+    if (s->queue.empty()) return cudaSuccess;
+    last = s->queue.back();
+  }
+  wait_for(last);
+  return cudaSuccess;
+}
+cudaError_t cudaDeviceSynchronize() {
+  std::vector<std::shared_ptr<Launch>> last;
+  {
+    std::lock_guard<std::mutex> lock(g_mutex);
+    for (const auto* s : g_all_streams)
+      if (!s->queue.empty()) last.push_back(s->queue.back());
+  }
+  for (const auto& l : last) wait_for(l);
+  return cudaSuccess;
+}
+
+void mics_emulated_launch_work(cudaStream_t stream, std::function<void()> work, int latency_us) {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  if (stream != nullptr && !live(g_streams, stream)) {
+    misuse("work queued on a stream that is not live");
+    return;
+  }
+  mics_emulated_cuda_stream* s = stream == nullptr ? &g_default_stream : stream;
+  auto l = std::make_shared<Launch>();
+  l->not_before += std::chrono::microseconds(latency_us);
+  l->phases.push_back([work = std::move(work)](Launch&) {
+    work();
+    return MPI_SUCCESS;
+  });
+  s->queue.push_back(std::move(l));
+  start_device();
+}
+
+void mics_emulated_set_collective_latency(int microseconds) { g_collective_latency_us = microseconds; }
 
 // ---------------------------------------------------------------- NCCL
 

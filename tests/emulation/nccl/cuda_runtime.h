@@ -1,9 +1,11 @@
 #pragma once
-// The CUDA runtime calls of engine/comm/nccl_communicator.cpp, emulated on the host for the
-// NCCL emulator (see nccl.h beside this file): streams and events are handles checked for
-// use after destruction; a collective runs when issued, so an event is complete once
-// recorded, except that the first query after each record answers "not ready", as a busy
-// device would, so the callers' polling paths run too.
+// The CUDA runtime calls of engine/comm/nccl_communicator.cpp (and of the emulated device
+// backend, tests/emulation/emulated_device_backend.h), emulated on the host for the NCCL
+// emulator (see nccl.h beside this file): streams and events are handles checked for use
+// after destruction; the work queued on a stream runs later, in stream order, on the
+// emulator's device thread, and an event completes when the work before its record has.
+#include <functional>
+
 #define cudaGetErrorString mics_emulated_cudaGetErrorString
 #define cudaGetDevice mics_emulated_cudaGetDevice
 #define cudaSetDevice mics_emulated_cudaSetDevice
@@ -15,6 +17,8 @@
 #define cudaEventDestroy mics_emulated_cudaEventDestroy
 #define cudaEventRecord mics_emulated_cudaEventRecord
 #define cudaEventQuery mics_emulated_cudaEventQuery
+#define cudaStreamSynchronize mics_emulated_cudaStreamSynchronize
+#define cudaDeviceSynchronize mics_emulated_cudaDeviceSynchronize
 
 typedef enum {
   cudaSuccess = 0,
@@ -40,3 +44,16 @@ cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned int flags);
 cudaError_t cudaEventDestroy(cudaEvent_t event);
 cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream);
 cudaError_t cudaEventQuery(cudaEvent_t event);
+cudaError_t cudaStreamSynchronize(cudaStream_t stream);
+cudaError_t cudaDeviceSynchronize();
+
+// ---- the emulator's own (not CUDA's) ----
+// Queues `work` on `stream` as a kernel, to start no earlier than `latency_us` after now:
+// the device thread runs it in stream order, after the events the stream waits for (under
+// the emulator's lock: it must not call the emulator).
+void mics_emulated_launch_work(cudaStream_t stream, std::function<void()> work, int latency_us);
+// How long after its issue the device may start each collective (default 1 ms). A slow side
+// shows what a missing event wait lets through: slow kernels, a collective that reads a
+// buffer before the kernels writing it have run; slow collectives, a kernel that reads what
+// a collective has not yet written.
+void mics_emulated_set_collective_latency(int microseconds);
