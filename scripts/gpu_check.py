@@ -27,6 +27,7 @@ import traceback
 import collections
 import datetime
 import json
+import math
 import os
 import re
 import statistics
@@ -43,9 +44,31 @@ PEAK_BF16 = {"H100": 989.0, "H200": 989.0}  # dense bf16 TFLOP/s, datasheet (doc
 BENCH_WARMUP, BENCH_STEPS = 2, 20
 
 
+def run_killable(cmd, env):
+    """cmd in a process group of its own, so that a timeout ends every process it started
+    (mpirun's ranks too, which would otherwise stay behind holding the GPU)."""
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
+
+
+def kill_group(p):
+    try:
+        os.killpg(p.pid, 9)
+    except ProcessLookupError:
+        pass
+
+
 def sh(cmd, env=None, timeout=None):
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
-    return r.returncode, r.stdout + r.stderr
+    """Runs cmd; returns (exit code, output), the code 124 and the output so far when it ran
+    past `timeout` seconds (its whole process group killed): a hang costs one row, not the part."""
+    p = run_killable(cmd, env)
+    try:
+        out, _ = p.communicate(timeout=timeout)
+        return p.returncode, out
+    except subprocess.TimeoutExpired:
+        kill_group(p)
+        out, _ = p.communicate()
+        return 124, (out or "") + f"\n(gpu-check: killed after {timeout} s)"
 
 
 # Loaded by cuDNN at run time (dlopen), so ldd never lists it: its SDPA engines compile their
@@ -67,7 +90,13 @@ def find_missing_libraries(binary, env):
         folders = [f for f in env.get("LD_LIBRARY_PATH", "").split(":") if f]
         return name in cache or any(os.path.exists(os.path.join(f, name)) for f in folders)
 
-    roots = sorted({sys.prefix, sys.base_prefix, "/usr/local", "/opt"})
+    # The Python packages' NVIDIA wheels first (nvidia/*/lib): walking all of /usr/local and
+    # /opt can take most of a minute.
+    import site
+    roots = [os.path.join(p, "nvidia") for p in site.getsitepackages()]
+    for r in ("/usr/local", "/opt", sys.prefix, sys.base_prefix):
+        if not any(r == q or r.startswith(q.rstrip("/") + "/") for q in roots):
+            roots.append(r)
     for name in missing() + [n for n in DLOPENED if not loadable(n)]:
         found = None
         for root in roots:
@@ -91,23 +120,30 @@ def card():
 
 
 def losses(path):
-    return [json.loads(line)["loss"] for line in open(path)]
+    """The loss of every step; a non-finite one (written as null) as infinity."""
+    return [float("inf") if r["loss"] is None else r["loss"] for r in map(json.loads, open(path))]
 
 
-def train(binary, config, metrics, sets, env, ranks=1, timeout=600, extra=(), log_level="warn"):
+def train(binary, config, metrics, sets, env, ranks=1, timeout=None, extra=(), log_level="warn"):
+    """A run of mics-train: (exit code, output). Tiny runs end in seconds; the deadline only
+    stops a hang from eating the call (120 s, 180 s under mpirun, whose ranks also give up on
+    a collective after 60 s instead of the default 600)."""
     cmd = [binary, "--config", config, "--metrics", metrics, "--log-level", log_level, "--set", "log.every=1", *extra]
     for s in sets:
         cmd += ["--set", s]
     if ranks > 1:
+        cmd += ["--set", "runtime.comm_timeout_s=60"]
         cmd = ["mpirun", "--allow-run-as-root", "--oversubscribe", "--bind-to", "none", "-np", str(ranks)] + cmd
     if os.path.exists(metrics):
         os.remove(metrics)
-    code, text = sh(cmd, env=env, timeout=timeout)
+    code, text = sh(cmd, env=env, timeout=timeout or (180 if ranks > 1 else 120))
     return code, text
 
 
 def max_rel(a, b):
-    if len(a) != len(b) or not a:
+    """The largest relative difference; infinity where the lengths differ or a loss is not
+    finite (max() would pass over a NaN)."""
+    if len(a) != len(b) or not a or not all(math.isfinite(x) for x in a + b):
         return float("inf")
     return max(abs(x - y) / max(abs(y), 1e-12) for x, y in zip(a, b))
 
@@ -123,7 +159,7 @@ def checks(bindir, work, env, rows):
             ("test_cuda_ops", "test_cuda_ops, cuDNN attention", "*udnn*", cudnn_env),
             ("test_cuda_model", "test_cuda_model, cuDNN attention", "*udnn*", cudnn_env)):
         code, text = sh([os.path.join(bindir, test), "--gtest_brief=1", f"--gtest_filter={gtest_filter}"],
-                        env=test_env, timeout=900)
+                        env=test_env, timeout=300)
         passed = re.search(r"\[  PASSED  \] (\d+) test", text)
         failed = re.findall(r"\[  FAILED  \] (\S+)", text)
         rows.append({"check": name, "ok": code == 0,
@@ -200,6 +236,9 @@ def checks(bindir, work, env, rows):
                    "train.global_batch_size=16"]
     one = os.path.join(work, "one-rank.jsonl")
     code, text = train(mt, config, one, base, env)
+    if code != 0:  # the reference of the rows below, which then say only "inf"
+        rows.append({"check": "gpt-tiny 1 rank on CUDA, fp32 (the reference of the rows below)", "ok": False,
+                     "detail": text[-400:]})
     four = {}
     for label, extra in (("p=4, k=2, hierarchical", ["mics.partition_size=4", "mics.hierarchical_allgather=true"]),
                          ("p=2, k=2", ["mics.partition_size=2"])):
@@ -262,10 +301,11 @@ def fp16_overflow_and_resume(mt, config, work, env, tiny, rows):
     m = [json.loads(line) for line in open(full)]
     skipped = [r["step"] for r in m if r["skipped"]]
     halves = all(b["loss_scale"] == a["loss_scale"] / 2 for a, b in zip(m, m[1:]) if a["skipped"])
-    ok = bool(skipped) and halves and not m[-1]["skipped"] and m[-1]["loss"] < m[0]["loss"]
+    first, last = (float("nan") if r["loss"] is None else r["loss"] for r in (m[0], m[-1]))
+    ok = bool(skipped) and halves and not m[-1]["skipped"] and math.isfinite(last) and last < first
     rows.append({"check": "fp16 overflow skips, then trains", "ok": ok,
                  "detail": f"skipped steps {skipped}, scale {m[0]['loss_scale']:g} -> {m[-1]['loss_scale']:g}, "
-                           f"halved after every skip: {halves}; loss {m[0]['loss']:.4f} -> {m[-1]['loss']:.4f}"})
+                           f"halved after every skip: {halves}; loss {first:.4f} -> {last:.4f}"})
     resumed = os.path.join(work, "fp16-resumed.jsonl")
     code, text = train(mt, config, resumed, sets + ["checkpoint.every=0"], env, extra=["--resume", ck + "/step-000025"])
     r = [json.loads(line) for line in open(resumed)] if code == 0 else []
@@ -312,14 +352,16 @@ def load_config(path):
 
 def stream(cmd, env, timeout, on_line):
     """Runs cmd, handing each output line to on_line as it comes (so a device call cut short
-    keeps what finished); killed after timeout seconds. Returns (exit code, last lines)."""
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    timer = threading.Timer(timeout, p.kill)
+    keeps what finished); its process group killed after timeout seconds. Returns (exit
+    code, the last lines that are not JSON results: what went wrong, when something did)."""
+    p = run_killable(cmd, env)
+    timer = threading.Timer(timeout, kill_group, (p,))
     timer.start()
     tail = collections.deque(maxlen=40)
     try:
         for line in p.stdout:
-            tail.append(line)
+            if not line.startswith("{"):
+                tail.append(line)
             on_line(line)
         code = p.wait()
     finally:
@@ -366,7 +408,7 @@ def bench_slice(mt, name, variants, peers, work, env, rows, peak):
                                          f"runtime.gemm_autotune={'true' if tune else 'false'}",
                                          f"runtime.overlap_optimizer={'true' if overlap else 'false'}",
                                          f"runtime.overlap_optimizer_sms={0 if overlap == 'all' else overlap}"], env,
-                           log_level="info")
+                           timeout=240, log_level="info")
         if code != 0:
             rows.append({"bench": name, "engine": "mics-train", "variant": variant, "error": text[-400:]})
             continue
@@ -429,10 +471,15 @@ def profile(bindir, work, env, tables):
             m = os.path.join(work, f"{name}-{attention}-profile.jsonl")
             cmd = [mt, "--config", path, "--metrics", m, "--set", "train.steps=4", "--profile",
                    "--set", f"runtime.attention=\"{attention}\""]
-            code, text = sh(cmd, env=env, timeout=400)
+            code, text = sh(cmd, env=env, timeout=240)
             table = text[text.find("op profile"):] if "op profile" in text else text[-1500:]
             tables.append((f"{name}, {attention} attention", code,
                            "\n".join(line.split("] ", 1)[-1] for line in table.splitlines() if "done:" not in line)))
+
+
+def cell(text):
+    """text in one cell of a markdown table: a program's output has line breaks and bars."""
+    return str(text).replace("\n", " ⏎ ").replace("|", "\\|")
 
 
 class Rows(list):
@@ -478,7 +525,7 @@ def main():
                  + ("." if final else " (unfinished: the call ended before every part ran)."), ""]
         if check_rows:
             lines += ["| check | result | detail |", "|---|---|---|"]
-            lines += [f"| {r['check']} | {'pass' if r['ok'] else 'FAIL'} | {r['detail']} |" for r in check_rows]
+            lines += [f"| {r['check']} | {'pass' if r['ok'] else 'FAIL'} | {cell(r['detail'])} |" for r in check_rows]
             lines.append("")
         if bench_rows:
             lines += [f"TFLOP/s per GPU over the median of {BENCH_STEPS} steps after {BENCH_WARMUP} of warm-up "
@@ -494,7 +541,7 @@ def main():
                       "|---|---|---|---|---|---|---|---|"]
             for r in sorted(bench_rows, key=lambda r: r["bench"]):  # by slice, each in run order
                 if "error" in r:
-                    lines.append(f"| {r['bench']} | {r['engine']} | {r['variant']} | error: {r['error'][-200:]!r} | | | | |")
+                    lines.append(f"| {r['bench']} | {r['engine']} | {r['variant']} | error: {cell(r['error'][-200:])} | | | | |")
                 else:
                     lines.append(f"| {r['bench']} | {r['engine']} | {r['variant']} | {1e3 * r['step_s']:.1f} | "
                                  f"{r['tflops']:.1f} | {r['layer_tflops']:.1f} | {100 * r['mfu']:.1f}% | "

@@ -30,7 +30,7 @@
 // and, at its first call whose output does not depend on what C held (beta 0), times each
 // on that call's own operands and keeps the fastest (cuBLASLt's first choice is not always
 // it). The product is then computed once more with the kept algorithm, so the call's result
-// is that algorithm's. One plan per shape family (the key without m) is timed. Off by default: which algorithm wins can change from run to run, and
+// is that algorithm's. One plan per shape family (the key without m and k) is timed. Off by default: which algorithm wins can change from run to run, and
 // with it the last bits of the products.
 #include <cublasLt.h>
 #include <cuda_runtime_api.h>
@@ -122,8 +122,8 @@ class GemmLt {
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 0;
   std::map<Key, Plan> plans_;
-  // Autotune times one plan per key with m left out: BERT's MLM head has a new row count
-  // (the masked tokens) nearly every batch, and timing 8 algorithms for each would stall
+  // Autotune times one plan per key with m and k left out: BERT's MLM head has a new row
+  // count (the masked tokens; k of its weight gradient) nearly every batch, and timing 8 algorithms for each would stall
   // step after step; the others of such a family keep the heuristic's choice.
   std::set<Key> tuned_families_;
   int64_t fallback_calls_ = 0;
