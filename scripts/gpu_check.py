@@ -149,12 +149,14 @@ def max_rel(a, b):
 
 
 def checks(bindir, work, env, rows):
-    # cuDNN's attention tests run in a process of their own: a fault in a kernel of cuDNN's
-    # poisons the CUDA context, and would fail every test after it. cuDNN says why it
+    # cuDNN's attention tests, and those of our own fused attention (its mma.sync kernels
+    # never yet run on a GPU), run in processes of their own: a fault in a kernel poisons the
+    # CUDA context, and would fail every test after it. cuDNN says why it
     # declines a graph on stderr (CUDNN_LOGERR_DBG).
     cudnn_env = dict(env, CUDNN_LOGERR_DBG="1", CUDNN_LOGDEST_DBG="stderr")
     for test, name, gtest_filter, test_env in (
-            ("test_cuda_ops", "test_cuda_ops", "-*udnn*", env),
+            ("test_cuda_ops", "test_cuda_ops", "-*udnn*:*CudaFusedAttention*", env),
+            ("test_cuda_ops", "test_cuda_ops, our fused attention", "*CudaFusedAttention*", env),
             ("test_cuda_model", "test_cuda_model", "-*udnn*", env),
             ("test_cuda_ops", "test_cuda_ops, cuDNN attention", "*udnn*", cudnn_env),
             ("test_cuda_model", "test_cuda_model, cuDNN attention", "*udnn*", cudnn_env)):
