@@ -6,7 +6,8 @@
           with one micro-step, the gradients used in place, and in bf16 the optimizer
           overlapped on a second stream, unbounded and on 2 SMs, bit for bit); 4 ranks on the one
           GPU (staged communicator) against 1 rank in fp32 within 1e-4, and at p = 2 with the
-          update overlapped against the same without, bit for bit; one rank over NCCL;
+          update overlapped against the same without, bit for bit; "auto" choosing staged there
+          and "nccl" refused; one rank over NCCL;
           fp16 from a loss scale of 2^32 (overflows skipped, scale halved, then training) and
           its resume from a checkpoint, bit for bit.
   profile each slice with --profile: time per op (not part of the default run)
@@ -251,10 +252,28 @@ def checks(bindir, work, env, rows):
         d = max_rel(losses(m), losses(one)) if c4 == 0 and code == 0 else float("inf")
         rows.append({"check": f"4 ranks on one GPU ({label}, staged) vs 1 rank, fp32", "ok": d <= 1e-4,
                      "detail": f"max relative loss difference {d:.2e} (limit 1e-4)" if c4 == 0 else t4[-400:]})
+    # Left to choose (runtime.communicator "auto"), ranks that find by PCI bus id that they
+    # share the GPU take the staged communicator, all of them: the same run as above; NCCL
+    # asked for there is refused by name before anything runs.
+    c4, m4 = four["p=2, k=2"]
+    m = os.path.join(work, "four-p2-auto.jsonl")
+    ca, ta = train(mt, config, m, base + ["runtime.ranks_per_node=2", "runtime.communicator=\"auto\"",
+                                         "mics.partition_size=2"], env, ranks=4, log_level="info")
+    picked = "communicator staged" in ta and "communicator nccl" not in ta
+    d = max_rel(losses(m), losses(m4)) if ca == 0 and c4 == 0 else float("inf")
+    rows.append({"check": "4 ranks on one GPU, communicator auto: staged on every rank, the same losses", "ok": picked and d == 0.0,
+                 "detail": (f"max relative loss difference {d:.2e} (limit 0); log says staged: {picked}") if ca == 0
+                           else ta[-400:]})
+    cn, tn = train(mt, config, os.path.join(work, "four-nccl.jsonl"),
+                   base + ["runtime.ranks_per_node=2", "runtime.communicator=\"nccl\"", "mics.partition_size=2"], env,
+                   ranks=4)
+    ok = cn == 2 and "needs a GPU per rank" in tn and "share GPU" in tn
+    line = next((l for l in tn.splitlines() if "needs a GPU per rank" in l), tn[-300:])
+    rows.append({"check": "4 ranks on one GPU asking for NCCL are refused by name", "ok": ok,
+                 "detail": f"exit {cn}: {line[:300]}"})
     # The same p = 2 run with the optimizer's update on each rank's second stream: the side
     # queue's fences with partition groups (the layers prefetched behind the first are
     # updated in line), on the CUDA backend itself; the same arithmetic, so the same bits.
-    c4, m4 = four["p=2, k=2"]
     m = os.path.join(work, "four-p2-overlap.jsonl")
     co, to = train(mt, config, m, base + ["runtime.ranks_per_node=2", "runtime.communicator=\"staged\"",
                                          "mics.partition_size=2", "runtime.overlap_optimizer=true"], env, ranks=4)
