@@ -10,18 +10,19 @@
           and "nccl" refused; one rank over NCCL;
           fp16 from a loss scale of 2^32 (overflows skipped, scale halved, then training) and
           its resume from a checkpoint, bit for bit.
-  profile each slice with --profile: time per op (not part of the default run)
-  bench   configs/bench/*-slice.json with and without activation checkpointing (and, with
-          cuDNN's attention, runtime.gemm_autotune and runtime.overlap_optimizer, on every
-          SM or at most 16 or 32), 20 steps
-          after 2 of warm-up (first round: each slice's likely fastest variant and
-          torch.compile's full model; second: the rest), TFLOP/s per GPU (model FLOPs as mics-train counts them,
-          engine/flops.cpp, and of the layers alone) and MFU; the PyTorch peer training the
-          same model (scripts/bench/torch_peer.py: eager, compile, eager+ckpt, compile+ckpt), in
-          the same call. (Its layers-only method of docs/references.md, `--variants
-          compile+layers`, is left out: the call's 10 minutes hold the full model's variants.)
+  bench   configs/bench/*-slice.json, 20 steps after 2 of warm-up: cuDNN's attention with and
+          without the optimizer overlapped (on every SM, or at most 16), the materialised
+          attention, every opt-in option at once (GEMM autotune too), and with activation
+          checkpointing (overlapped); the PyTorch peer training the same model in the same call
+          (scripts/bench/torch_peer.py: torch.compile with and without checkpointing). TFLOP/s
+          per GPU (model FLOPs as mics-train counts them, engine/flops.cpp, and of the layers
+          alone), MFU, and how long each overlapped forward waited for the update.
+  bench-more  the other variants (GEMM autotune alone, our fused attention, 32 SMs,
+          checkpointing without the overlap) and the eager peers (eager, eager+ckpt).
+  profile each slice with --profile: time per op, cuDNN, materialised and fused attention.
 
-The parts run in the order given (default: checks bench). Writes OUT/gpu-results.md (OUT:
+The parts run in the order given (default: bench checks, which fit one 10-minute device call;
+then bench-more profile in a second). Writes OUT/gpu-results.md (OUT:
 $OUT, else docs/) and OUT/gpu-results.json, rewritten after every result.
 """
 import argparse
@@ -391,29 +392,28 @@ def stream(cmd, env, timeout, on_line):
     return code, "".join(tail)
 
 
-def bench(bindir, work, env, rows, peak):
-    """Both slices in two rounds, so that a device call cut short still has the rows that
-    matter: first the engine's likely fastest variant and torch.compile's full model for each
-    slice, then the other variants (GEMM autotune, the other attentions, checkpointing) and
-    the other peers (eager, eager+ckpt, the layers alone compiled: docs/references.md's method)."""
+def bench(bindir, work, env, rows, peak, rest=False):
+    """Both slices, in two parts so that one device call (10 minutes) can hold the rows that
+    matter with the checks: `bench`, the engine's likely fastest variants with and without
+    activation checkpointing against torch.compile's full model with and without it;
+    `bench-more`, the other variants (GEMM autotune alone, our fused attention, 32 SMs,
+    checkpointing without the overlap) and the eager peers."""
     mt = os.path.join(bindir, "mics-train")
-    # (The materialised attention in the first round too: the last measured path, should
-    # cuDNN's attention fail on the machine.)
     # (attention, activation checkpointing, GEMM autotune, optimizer overlapped with the
     # forward: 0 no, "all" on every SM its blocks find free, N on at most N SMs)
-    # (The last of the first round: every opt-in speed option at once, the likely headline.)
+    # The materialised attention too: the last measured path, should cuDNN's attention fail
+    # on the machine. The fifth: every opt-in speed option at once, the likely headline.
+    # With checkpointing last (a call cut short loses it first), against torch.compile with
+    # checkpointing, the issue's reference for that case (docs/references.md: 323 TFLOP/s on
+    # BERT's slice, where eager+ckpt reached 280). The peer's layers-only variant, compared
+    # with in earlier runs, is left out: the full models compare like with like.
     first = [("cudnn", False, False, 0), ("cudnn", False, False, "all"), ("cudnn", False, False, 16),
-             ("materialized", False, False, 0), ("cudnn", False, True, "all")]
-    # (With checkpointing: the engine's likely fastest against torch.compile with
-    # checkpointing, the issue's reference for that case, docs/references.md: 323 TFLOP/s
-    # on BERT's slice, where eager+ckpt reached 280. Last: a call cut short loses it first.
-    # The peer's layers-only variant, compared with in earlier runs, made way for it: the
-    # full models compare like with like, and the call has 10 minutes.)
-    rest = [("cudnn", False, False, 32), ("cudnn", False, True, 0), ("fused", False, False, 0),
-            ("cudnn", True, False, 0), ("cudnn", True, False, "all")]
-    for variants, peers in ((first, "compile"), (rest, "eager,eager+ckpt,compile+ckpt")):
-        for name in ("bert-10b-slice", "gpt2-10b-slice"):
-            bench_slice(mt, name, variants, peers, work, env, rows, peak)
+             ("materialized", False, False, 0), ("cudnn", False, True, "all"), ("cudnn", True, False, "all")]
+    more = [("cudnn", False, False, 32), ("cudnn", False, True, 0), ("fused", False, False, 0),
+            ("cudnn", True, False, 0)]
+    variants, peers = (more, "eager,eager+ckpt") if rest else (first, "compile,compile+ckpt")
+    for name in ("bert-10b-slice", "gpt2-10b-slice"):
+        bench_slice(mt, name, variants, peers, work, env, rows, peak)
 
 
 def bench_slice(mt, name, variants, peers, work, env, rows, peak):
@@ -520,14 +520,15 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # Checked below rather than with choices=: Python 3.11's argparse rejects an empty list
     # (and a list default) against choices for nargs="*".
-    ap.add_argument("parts", nargs="*", help="checks, bench and/or profile, run in this order (default: checks bench)")
+    ap.add_argument("parts", nargs="*",
+                    help="checks, bench, bench-more and/or profile, run in this order (default: bench checks)")
     ap.add_argument("--bin", default=os.path.join(ROOT, "gpu-carry", "bin"))
     ap.add_argument("--report", default="gpu-results", help="report file name, without .md/.json")
     args = ap.parse_args()
-    args.parts = args.parts or ["checks", "bench"]
-    unknown = [p for p in args.parts if p not in ("checks", "bench", "profile")]
+    args.parts = args.parts or ["bench", "checks"]
+    unknown = [p for p in args.parts if p not in ("checks", "bench", "bench-more", "profile")]
     if unknown:
-        ap.error(f"unknown part(s) {', '.join(unknown)}: give checks, bench and/or profile")
+        ap.error(f"unknown part(s) {', '.join(unknown)}: give checks, bench, bench-more and/or profile")
     out = os.environ.get("OUT") or os.path.join(ROOT, "docs")
     os.makedirs(out, exist_ok=True)
     env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
@@ -591,6 +592,7 @@ def main():
     # The parts run in the order given (`bench checks` measures first when device time is short).
     runs = {"checks": lambda work: checks(args.bin, work, env, check_rows),
             "bench": lambda work: bench(args.bin, work, env, bench_rows, peak),
+            "bench-more": lambda work: bench(args.bin, work, env, bench_rows, peak, rest=True),
             "profile": lambda work: profile(args.bin, work, env, profile_tables)}
     with tempfile.TemporaryDirectory() as work:
         for part in dict.fromkeys(args.parts):
