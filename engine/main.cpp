@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "data/data_source.h"
+#include "engine/build_info.h"
 #include "engine/checkpoint.h"
 #include "engine/comm/communicator.h"
 #include "engine/comm/nccl_communicator.h"
@@ -433,6 +434,7 @@ int main(int argc, char** argv) {
                  "with --simulate: samples per GPU per step (default: global batch / GPUs of the smallest count)")
       ->check(positive_integer);
   app.add_option("--out", o.sim_out, "with --simulate: also write the results to FILE.csv or FILE.json");
+  app.set_version_flag("--version", "mics-train " + mics::build_info(), "print the commit and build of this binary");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -497,7 +499,7 @@ int main(int argc, char** argv) {
     }
     check_placement(config, env);
     const mics::Topology topology = check_runnable(config, env);
-    spdlog::info("mics-train on {} rank(s), launched by {}", env.world(), env.launcher());
+    spdlog::info("mics-train {} on {} rank(s), launched by {}", mics::build_info(), env.world(), env.launcher());
     if (!env.launcher_detail().empty()) spdlog::info("{}", env.launcher_detail());
     if (!env.launcher_warning().empty()) spdlog::warn("{}", env.launcher_warning());
     spdlog::info("config {}: {}", config.source_name, config.to_json().dump());
