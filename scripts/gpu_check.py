@@ -540,13 +540,15 @@ def main():
         print(f"gpu-check: mics-train needs {', '.join(unresolved)}, found nowhere here", file=sys.stderr)
         sys.exit(2)
     gpu = card()
+    code, text = sh([os.path.join(args.bin, "mics-train"), "--version"], env=env, timeout=60)
+    build = text.strip() if code == 0 else f"mics-train --version failed (exit {code})"
     peak = next((v for k, v in PEAK_BF16.items() if k in gpu), 989.0)
     today = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
     check_rows, bench_rows, profile_tables = Rows(), Rows(), Rows()
 
     def write_report(final):
         lines = [f"# GPU check ({today})", "",
-                 f"Card: {gpu} (name, driver, memory). `scripts/gpu-check.sh {' '.join(args.parts)}`"
+                 f"Card: {gpu} (name, driver, memory). {build}. `scripts/gpu-check.sh {' '.join(args.parts)}`"
                  + ("." if final else " (unfinished: the call ended before every part ran)."), ""]
         if check_rows:
             lines += ["| check | result | detail |", "|---|---|---|"]
@@ -580,7 +582,7 @@ def main():
                       table, "```"]
         report = "\n".join(lines) + "\n"
         open(os.path.join(out, args.report + ".md"), "w").write(report)
-        json.dump({"date": today, "card": gpu, "finished": final, "checks": check_rows, "bench": bench_rows,
+        json.dump({"date": today, "card": gpu, "build": build, "finished": final, "checks": check_rows, "bench": bench_rows,
                    "profile": [{"slice": n, "exit": c, "table": t} for n, c, t in profile_tables]},
                   open(os.path.join(out, args.report + ".json"), "w"), indent=1)
         return report
