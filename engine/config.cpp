@@ -257,12 +257,16 @@ Config parse_config(const json& input, const std::string& source,
     r.get("gemm_autotune", c.runtime.gemm_autotune);
     r.get("overlap_optimizer", c.runtime.overlap_optimizer);
     r.get("overlap_optimizer_sms", c.runtime.overlap_optimizer_sms);
+    r.get("overlap_optimizer_chunked", c.runtime.overlap_optimizer_chunked);
     r.finish();
     must(r, c.runtime.overlap_optimizer_sms >= 0, "'runtime.overlap_optimizer_sms' must be 0 (no bound) or a positive number of SMs");
     must(r, c.runtime.overlap_optimizer_sms == 0 || c.runtime.overlap_optimizer,
          "'runtime.overlap_optimizer_sms' bounds the overlapped optimizer update; it needs 'runtime.overlap_optimizer' true");
     must(r, c.runtime.overlap_optimizer_sms == 0 || c.runtime.backend == "cuda",
          "'runtime.overlap_optimizer_sms' bounds the SMs of a GPU; it needs 'runtime.backend' \"cuda\"");
+    must(r, c.runtime.overlap_optimizer_chunked || c.runtime.overlap_optimizer_sms > 0,
+         "'runtime.overlap_optimizer_chunked' false runs the bounded update unchunked; it needs "
+         "'runtime.overlap_optimizer_sms' above 0");
     must(r, !c.runtime.gemm_autotune || c.runtime.backend == "cuda",
          "'runtime.gemm_autotune' times cuBLASLt's algorithms; it needs 'runtime.backend' \"cuda\"");
     const std::string& comm = c.runtime.communicator;
@@ -484,7 +488,8 @@ json Config::to_json() const {
                   {"device_memory_gb", runtime.device_memory_gb}, {"comm_timeout_s", runtime.comm_timeout_s},
                   {"communicator", runtime.communicator}, {"attention", runtime.attention},
                   {"gemm_autotune", runtime.gemm_autotune}, {"overlap_optimizer", runtime.overlap_optimizer},
-                  {"overlap_optimizer_sms", runtime.overlap_optimizer_sms}};
+                  {"overlap_optimizer_sms", runtime.overlap_optimizer_sms},
+                  {"overlap_optimizer_chunked", runtime.overlap_optimizer_chunked}};
   j["log"] = {{"every", log.every}, {"level", log.level}, {"metrics", log.metrics}};
   j["checkpoint"] = {{"dir", checkpoint.dir}, {"every", checkpoint.every}, {"keep", checkpoint.keep}};
   return j;

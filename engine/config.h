@@ -102,6 +102,10 @@ struct RuntimeConfig {
   // block of 1024 threads each), leaving the rest to the forward; 0: no bound (its blocks,
   // at the lowest stream priority, take whatever the forward's leave).
   int64_t overlap_optimizer_sms = 0;
+  // With overlap_optimizer_sms: the bounded update in chunks of about 0.1 ms, at whose ends
+  // the forward's kernels may take the SMs back (true), or each layer's update as one launch
+  // holding its N SMs until it is done, the forward keeping the others (false).
+  bool overlap_optimizer_chunked = true;
 };
 
 struct LogConfig {

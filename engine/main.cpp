@@ -239,6 +239,7 @@ Runtime make_runtime(const mics::Config& config, const mics::Topology& topology,
   options.cudnn_attention = config.runtime.attention == "cudnn";
   options.gemm_autotune = config.runtime.gemm_autotune;
   options.side_queue_sms = static_cast<int>(config.runtime.overlap_optimizer_sms);
+  options.side_queue_chunked = config.runtime.overlap_optimizer_chunked;
   r.backend = mics::make_cuda_backend(device, options);
   // The ranks on this GPU, told by its PCI bus id: a rank bound to one GPU (srun
   // --gpus-per-task, a CUDA_VISIBLE_DEVICES of its own) sees one device whatever the node

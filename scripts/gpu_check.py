@@ -199,15 +199,19 @@ def checks(bindir, work, env, rows):
                                env, log_level="info")
             if precision == "bf16":
                 # The optimizer's update on the second stream (runtime.overlap_optimizer),
-                # with its ordinary grids and bounded to 2 SMs: the same arithmetic per
-                # element on the same values, so the same losses, bit for bit.
-                for sms in (0, 2):
-                    mo = os.path.join(work, f"{model}-cuda-bf16-inplace-overlap-{sms}.jsonl")
+                # with its ordinary grids and bounded to 2 SMs, in chunks and whole: the
+                # same arithmetic per element on the same values, so the same losses, bit
+                # for bit.
+                for sms, chunked in ((0, True), (2, True), (2, False)):
+                    mo = os.path.join(work, f"{model}-cuda-bf16-inplace-overlap-{sms}-{chunked}.jsonl")
                     co, to = train(mt, config, mo, one_step + ["runtime.backend=\"cuda\"", "train.precision=\"bf16\"",
                                                               "runtime.overlap_optimizer=true",
-                                                              f"runtime.overlap_optimizer_sms={sms}"], env)
+                                                              f"runtime.overlap_optimizer_sms={sms}",
+                                                              f"runtime.overlap_optimizer_chunked={str(chunked).lower()}"],
+                                   env)
                     do = max_rel(losses(mo), losses(m)) if co == 0 and code == 0 else float("inf")
-                    where = "a second stream" if sms == 0 else f"a second stream, at most {sms} SMs"
+                    where = ("a second stream" if sms == 0 else f"a second stream, at most {sms} SMs"
+                             + ("" if chunked else ", unchunked"))
                     rows.append({"check": f"{model}-tiny 50 steps bf16, optimizer overlapped on {where} vs at once",
                                  "ok": do == 0.0,
                                  "detail": f"max relative loss difference {do:.2e} (limit 0)" if co == 0 and code == 0
@@ -409,8 +413,10 @@ def bench(bindir, work, env, rows, peak, rest=False):
     # with in earlier runs, is left out: the full models compare like with like.
     first = [("cudnn", False, False, 0), ("cudnn", False, False, "all"), ("cudnn", False, False, 16),
              ("materialized", False, False, 0), ("cudnn", False, True, "all"), ("cudnn", True, False, "all")]
-    more = [("cudnn", False, False, 32), ("cudnn", False, True, 0), ("fused", False, False, 0),
-            ("cudnn", True, False, 0)]
+    # ("16 whole": on 16 SMs unchunked, each layer's update holding them to its end; with
+    # chunks the forward's blocks may take them back every ~0.1 ms and the update may starve.)
+    more = [("cudnn", False, False, 32), ("cudnn", False, False, "16 whole"), ("cudnn", False, True, 0),
+            ("fused", False, False, 0), ("cudnn", True, False, 0)]
     variants, peers = (more, "eager,eager+ckpt") if rest else (first, "compile,compile+ckpt")
     for name in ("bert-10b-slice", "gpt2-10b-slice"):
         bench_slice(mt, name, variants, peers, work, env, rows, peak)
@@ -425,13 +431,16 @@ def bench_slice(mt, name, variants, peers, work, env, rows, peak):
                                                      "cudnn": ", cuDNN attention"}[attention] + \
             (", GEMM autotune" if tune else "") + \
             ("" if not overlap else ", optimizer overlapped" + ("" if overlap == "all" else f" on {overlap} SMs"))
+        sms, _, whole = str(overlap).partition(" ")
+        variant = variant.replace(f" on {overlap} SMs", f" on {sms} SMs, unchunked") if whole else variant
         m = os.path.join(work, f"{name}-{ckpt}-{attention}-{tune}-{overlap}.jsonl")
         code, text = train(mt, path, m, [f"train.steps={BENCH_WARMUP + BENCH_STEPS}",
                                          f"train.activation_checkpointing={'true' if ckpt else 'false'}",
                                          f"runtime.attention=\"{attention}\"",
                                          f"runtime.gemm_autotune={'true' if tune else 'false'}",
                                          f"runtime.overlap_optimizer={'true' if overlap else 'false'}",
-                                         f"runtime.overlap_optimizer_sms={0 if overlap == 'all' else overlap}"], env,
+                                         f"runtime.overlap_optimizer_sms={0 if overlap == 'all' else sms}",
+                                         f"runtime.overlap_optimizer_chunked={'false' if whole else 'true'}"], env,
                            timeout=240, log_level="info")
         if code != 0:
             rows.append({"bench": name, "engine": "mics-train", "variant": variant, "error": text[-400:]})

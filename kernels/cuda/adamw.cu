@@ -16,7 +16,7 @@ bool aligned_to(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t
 }  // namespace
 
 void launch_adamw(float* param, DType grad_t, const void* grad, float* m, float* v, int64_t n,
-                  const AdamWScalars& k, DType copy_t, void* copy, int max_blocks, cudaStream_t s) {
+                  const AdamWScalars& k, DType copy_t, void* copy, int max_blocks, bool chunked, cudaStream_t s) {
   if (n <= 0) return;
   // Bounded: a few large blocks, each striding over the span; a block holds an SM (the
   // element-wise kernel's, with fewer registers, may pair on one), so at most max_blocks.
@@ -27,16 +27,17 @@ void launch_adamw(float* param, DType grad_t, const void* grad, float* m, float*
   // x 4 elements x 64 sweeps x 28 bytes): about 0.1 ms at 70 GB/s per SM, an estimate the
   // GPU run has yet to check. At each chunk's end the higher-priority forward may take the
   // SMs back, so the update runs mostly between its kernels' waves. Chunks are whole
-  // 4-element vectors, so each keeps the alignment of the span.
+  // 4-element vectors, so each keeps the alignment of the span. Unchunked, the update holds
+  // its SMs until the span is done (a partition of the SMs for that time).
   constexpr int64_t kSweeps = 64;
   const int64_t chunk = int64_t{max_blocks} * kBoundedThreads * 4 * kSweeps;
-  if (max_blocks > 0 && n > chunk) {
+  if (max_blocks > 0 && chunked && n > chunk) {
     const size_t grad_bytes = dtype_size(grad_t), copy_bytes = copy != nullptr ? dtype_size(copy_t) : 0;
     for (int64_t at = 0; at < n; at += chunk)
       launch_adamw(param + at, grad_t, static_cast<const char*>(grad) + static_cast<size_t>(at) * grad_bytes, m + at,
                    v + at, std::min(chunk, n - at), k, copy_t,
                    copy != nullptr ? static_cast<char*>(copy) + static_cast<size_t>(at) * copy_bytes : nullptr,
-                   max_blocks, s);
+                   max_blocks, chunked, s);
     return;
   }
   const int threads = max_blocks > 0 ? kBoundedThreads : kThreads;

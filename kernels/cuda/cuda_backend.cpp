@@ -206,6 +206,7 @@ class CudaBackend final : public Backend {
     int sms = 0;
     MICS_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
     side_sms_ = std::min(std::max(options.side_queue_sms, 0), sms);
+    side_chunked_ = options.side_queue_chunked;
     if (options.side_queue_sms > sms)
       spdlog::warn("'runtime.overlap_optimizer_sms' is {}, but GPU {} has {} SMs: the overlapped update may hold all "
                    "of them",
@@ -927,7 +928,7 @@ class CudaBackend final : public Backend {
     expect_compute_dtype("adamw", grad);  // fp32, or a model's own half-precision gradient
     launch_adamw(static_cast<float*>(param.data), grad.dtype, grad.data, static_cast<float*>(m.data),
                  static_cast<float*>(v.data), n, adamw_scalars(s), param_copy.dtype, param_copy.data,
-                 on_side_ ? side_sms_ : 0, stream_);
+                 on_side_ ? side_sms_ : 0, side_chunked_, stream_);
   }
 
   int64_t gemm_fallback_calls() const { return gemm_->fallback_calls(); }
@@ -1042,6 +1043,7 @@ class CudaBackend final : public Backend {
   std::vector<std::array<cudaEvent_t, 2>> wait_timers_;  // around each fence wait, reused
   size_t wait_timers_used_ = 0;                          // since the last take_fence_wait_s
   int side_sms_ = 0;      // CudaBackendOptions::side_queue_sms, at most the device's SMs
+  bool side_chunked_ = true;  // CudaBackendOptions::side_queue_chunked
   std::array<cudaEvent_t, kFences> fences_{};
   int64_t next_fence_ = 0;
   void* scratch_ = nullptr;

@@ -30,6 +30,9 @@ struct CudaBackendOptions {
   // spreads one to an SM; 0: no bound (ordinary grids, at the lowest stream priority).
   // More than the device has is taken as the device's count.
   int side_queue_sms = 0;
+  // With side_queue_sms: its kernels in chunks of about 0.1 ms (at whose ends the main
+  // stream's blocks may take the SMs back), or each as one launch holding its SMs to the end.
+  bool side_queue_chunked = true;
 };
 
 // Whether this build compiled the CUDA backend (false where nvcc was absent or MICS_CUDA off).

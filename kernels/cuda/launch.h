@@ -125,8 +125,9 @@ void launch_cross_entropy(DType t, void* losses, void* d_logits, const void* log
 // ---- adamw.cu ----
 // grad: [n] of grad_t (fp32, or a model's half-precision gradient); copy (may be null):
 // [n] of copy_t, receives the updated param rounded to copy_t. max_blocks > 0: at most that
-// many blocks of 1024 threads (the side queue's SM bound); 0: the usual grid.
+// many blocks of 1024 threads (the side queue's SM bound), in chunks of 64 sweeps of them
+// when `chunked`, else one launch over the whole span; 0: the usual grid.
 void launch_adamw(float* param, DType grad_t, const void* grad, float* m, float* v, int64_t n,
-                  const AdamWScalars& k, DType copy_t, void* copy, int max_blocks, cudaStream_t s);
+                  const AdamWScalars& k, DType copy_t, void* copy, int max_blocks, bool chunked, cudaStream_t s);
 
 }  // namespace mics::cuda

@@ -1214,7 +1214,7 @@ TEST(CudaSideQueue, TheMainQueuesWaitAtAFenceIsTimed) {
 
 // runtime.overlap_optimizer_sms: the update in at most 3 blocks of 1024 threads striding
 // over chunks of 786432 elements (6 and 2 chunks here; both kernels, the vector kernel's
-// tail, a last chunk shorter than the others).
+// tail, a last chunk shorter than the others), and unchunked.
 TEST(CudaSideQueue, BoundedToAFewSmsTheUpdateIsTheSame) {
   MICS_REQUIRE_CUDA();
   CudaBackendOptions options;
@@ -1222,6 +1222,11 @@ TEST(CudaSideQueue, BoundedToAFewSmsTheUpdateIsTheSame) {
   const std::unique_ptr<Backend> bounded = make_cuda_backend(0, options);
   expect_side_queue_update(*bounded, (int64_t{1} << 22) + 3, 0);
   expect_side_queue_update(*bounded, (int64_t{1} << 20) + 5, 1);
+  // Unchunked (runtime.overlap_optimizer_chunked false): one launch of 3 blocks striding
+  // over the whole span.
+  options.side_queue_chunked = false;
+  const std::unique_ptr<Backend> whole = make_cuda_backend(0, options);
+  expect_side_queue_update(*whole, (int64_t{1} << 22) + 3, 0);
 }
 
 // ---------------------------------------------------------------- element-wise

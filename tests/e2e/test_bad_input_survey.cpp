@@ -193,6 +193,13 @@ std::vector<Case> cases() {
                             j["runtime"]["overlap_optimizer_sms"] = -1;
                           },
                           "'runtime.overlap_optimizer_sms' must be 0 (no bound) or a positive number of SMs"));
+  c.push_back(config_case("overlap_optimizer_unchunked_without_bound",
+                          [](json& j) {
+                            j["runtime"]["overlap_optimizer"] = true;
+                            j["runtime"]["overlap_optimizer_chunked"] = false;
+                          },
+                          "'runtime.overlap_optimizer_chunked' false runs the bounded update unchunked; it needs "
+                          "'runtime.overlap_optimizer_sms' above 0"));
   c.push_back(config_case("cudnn_attention_head_dim",
                           [](json& j) {
                             j["runtime"]["backend"] = "cuda";
