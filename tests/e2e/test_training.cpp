@@ -163,16 +163,21 @@ double dry_run_parameters(const std::string& config) {
   return std::stod(m[1]);
 }
 
-// --version names the commit the binary was built from (this checkout's HEAD: the build
-// regenerates it) and what the build has; the first log line of a run says the same.
+// --version names the commit the binary was built from (a commit of this checkout; the
+// build regenerates it) and what the build has; the first log line of a run says the same.
 TEST(Cli, VersionNamesTheCommitAndTheBuild) {
   const auto r = run_cli("--version");
   EXPECT_EQ(r.exit_code, 0) << r.output;
-  EXPECT_EQ(r.output.rfind("mics-train ", 0), 0u) << r.output;
+  ASSERT_EQ(r.output.rfind("mics-train ", 0), 0u) << r.output;
   EXPECT_NE(r.output.find("NCCL communicator)"), std::string::npos) << r.output;
-  const auto head = mics::test::run_cli_command("git -C " + source_path("") + " rev-parse --short=12 HEAD 2>/dev/null");
-  if (head.exit_code == 0 && head.output.size() >= 12) {
-    EXPECT_NE(r.output.find(head.output.substr(0, 12)), std::string::npos) << r.output << " vs HEAD " << head.output;
+  std::string commit = r.output.substr(11, r.output.find(' ', 11) - 11);
+  if (commit.size() > 6 && commit.substr(commit.size() - 6) == "-dirty") commit.resize(commit.size() - 6);
+  const auto git = mics::test::run_cli_command("git -C " + source_path("") + " rev-parse --git-dir >/dev/null 2>&1");
+  if (git.exit_code == 0) {  // built from a git checkout: a commit of it
+    EXPECT_EQ(commit.find_first_not_of("0123456789abcdef"), std::string::npos) << commit;
+    const auto known =
+        mics::test::run_cli_command("git -C " + source_path("") + " cat-file -e " + commit + "^{commit} 2>&1");
+    EXPECT_EQ(known.exit_code, 0) << commit << ": " << known.output;
   }
   const auto run = run_cli("--config " + source_path("configs/gpt-tiny.json") + " --steps 1");
   EXPECT_NE(run.output.find(r.output.substr(0, r.output.find('\n')) + " on 1 rank(s)"), std::string::npos) << run.output;
