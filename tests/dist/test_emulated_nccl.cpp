@@ -143,6 +143,30 @@ INSTANTIATE_TEST_SUITE_P(EightRanks, EmulatedNcclTraining, ::testing::ValuesIn(r
   return name;
 });
 
+// Several ranks sharing one GPU (runtime.communicator "staged": MPI through host memory),
+// on the emulated device with its main stream 3 ms behind and the update deferred to the
+// side queue: the staging copies must see the kernels before them, the update its fences.
+TEST(EmulatedDeviceStaged, LossesAsOverMpiWithTheUpdateDeferred) {
+  int rank = 0, world = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &world);
+  const Config c = load_config(std::string(MICS_SOURCE_DIR) + "/configs/gpt-tiny.json",
+                               {"train.steps=4", "train.seq_len=32", "train.micro_batch_size=2",
+                                "train.global_batch_size=32", "train.warmup_steps=1", "mics.partition_size=4",
+                                "mics.hierarchical_allgather=true", "runtime.ranks_per_node=2"});
+  const Topology t = make_topology(rank, world, 2, 4, c.mics.hierarchical_allgather);
+  const std::unique_ptr<Backend> cpu = make_cpu_backend();
+  const std::vector<double> over_mpi = train(c, t, *cpu, build_mpi_groups(t));
+  Config deferred = c;
+  deferred.runtime.overlap_optimizer = true;
+  const std::unique_ptr<Backend> gpu = make_emulated_device_backend({3000, 0});
+  const std::vector<double> staged = train(deferred, t, *gpu, build_device_groups(t, *gpu, "staged", nullptr));
+  expect_no_misuse();
+  ASSERT_EQ(over_mpi.size(), 4u);
+  ASSERT_EQ(staged.size(), over_mpi.size());
+  for (size_t i = 0; i < over_mpi.size(); ++i) EXPECT_EQ(staged[i], over_mpi[i]) << "step " << i + 1;
+}
+
 // A checkpoint written while the side queue still holds the optimizer's deferred updates
 // (they must land before the shards are copied out), over NCCL, with the side queue far
 // behind: the run resumed from it continues bit for bit.
