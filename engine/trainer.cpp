@@ -115,7 +115,8 @@ Trainer::Trainer(const Config& c, Backend& backend, const Topology& topo, Traine
                  backend.has_side_queue() ? "queued on the backend's side queue to overlap the forward"
                                           : "run there (no side queue to overlap on: the CPU backend, or --profile)",
                  backend.has_side_queue() && c.runtime.overlap_optimizer_sms > 0
-                     ? " on at most " + std::to_string(c.runtime.overlap_optimizer_sms) + " SMs"
+                     ? " on at most " + std::to_string(c.runtime.overlap_optimizer_sms) + " SMs" +
+                           (c.runtime.overlap_optimizer_chunked ? ", in chunks" : ", each layer's in one launch")
                      : std::string());
 }
 
