@@ -3,9 +3,11 @@
 // with several ranks where there is no GPU.
 //
 // As on a device, work is asynchronous: a group of NCCL calls becomes one launch on its
-// stream; a thread of the emulator's own (the "device") starts each stream's launches in
-// stream order once the events they wait for have completed, as MPI nonblocking operations
-// on an MPI communicator of their own per NCCL communicator, and completes them. So a caller
+// stream, as does each kernel that mics_emulated_launch_work queues (the emulated device
+// backend's ops, tests/emulation/emulated_device_backend.h); a thread of the emulator's own
+// (the "device") starts each stream's launches in stream order once the events they wait
+// for have completed, collectives as MPI nonblocking operations on an MPI communicator of
+// their own per NCCL communicator, and completes them. So a caller
 // that reads a buffer before its collective has completed sees stale data here as it would
 // on a GPU, and a collective that depends on another (cudaStreamWaitEvent) starts after it.
 //
@@ -42,9 +44,9 @@ namespace {
 // One launch on a stream: the calls of one NCCL group on that stream, or a wait for an
 // event (cudaStreamWaitEvent). Phases run one after another, each a set of MPI requests.
 struct Launch {
-  // A launch starts no earlier than this (a device a little behind its host: see
-  // mics_emulated_set_collective_latency), so that a buffer read before the collective's wait sees
-  // stale data every time, not by chance.
+  // A launch starts no earlier than this (a device a little behind its host: the latency
+  // given to mics_emulated_launch_work or mics_emulated_set_collective_latency), so that a
+  // buffer read before the collective's wait sees stale data every time, not by chance.
   std::chrono::steady_clock::time_point not_before = std::chrono::steady_clock::now();
   std::vector<std::shared_ptr<Launch>> after;  // must be done before this starts
   std::vector<std::function<int(Launch&)>> phases;  // each starts requests; returns an MPI error code
