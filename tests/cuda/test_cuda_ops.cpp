@@ -280,6 +280,36 @@ TEST_P(CudaLinear, BackwardMatchesReferenceAndAccumulates) {
               dname(t), static_cast<long long>(cuda_bias_grad_epilogue_calls(gpu()) - epilogues_before));
 }
 
+// GPT-2's LM head at its real width (50265 tokens, padded to 50272 for cuBLASLt) in bf16,
+// no bias: the padded forward, and the backward that writes the weight gradient through
+// the padded weight's scratch, at the sizes the benchmark runs them (the shapes above are
+// small); the weight gradient both written over (the first micro-step) and accumulated.
+TEST(CudaLinearAtScale, Gpt2LmHeadWidthMatchesReference) {
+  MICS_REQUIRE_CUDA();
+  const DType t = DType::bf16;
+  const int64_t m = 512, k = 768, n = 50265;
+  std::mt19937_64 rng(41);
+  const Vec in = rounded(t, random_vec(rng, m * k)), w = rounded(t, random_vec(rng, n * k));
+  const Vec g = rounded(t, random_vec(rng, m * n)), d_w0 = rounded(t, random_vec(rng, n * k));
+  H64 r_out(Shape{m, n}), r_in(in, {m, k}), r_w(w, {n, k}), r_g(g, {m, n});
+  cpu().linear_forward(r_out.t(), r_in.t(), r_w.t(), Tensor{});
+  Dev d_out(t, Shape{m, n}), d_in(t, {m, k}, in), d_w(t, {n, k}, w), d_g(t, {m, n}, g);
+  gpu().linear_forward(d_out.t(), d_in.t(), d_w.t(), Tensor{});
+  const double sk = std::sqrt(double(k)), sn = std::sqrt(double(n)), sm = std::sqrt(double(m));
+  expect_close(d_out.get(), r_out.vec(), tol(t, 4 * sk, sk + 1), "out");
+  for (Accumulate acc : {Accumulate::no, Accumulate::yes}) {
+    SCOPED_TRACE(acc == Accumulate::yes ? "d_weight +=" : "d_weight =");
+    H64 r_din(Shape{m, k}), r_dw(d_w0, {n, k});
+    cpu().linear_backward(r_din.t(), r_dw.t(), Tensor{}, r_g.t(), r_in.t(), r_w.t(), Accumulate::no, acc);
+    Dev din(t, Shape{m, k}), dw(t, {n, k}, d_w0);
+    gpu().linear_backward(din.t(), dw.t(), Tensor{}, d_g.t(), d_in.t(), d_w.t(), Accumulate::no, acc);
+    // As CudaLinear's backward: N-term dots for d_in, M-term sums for d_weight, which is
+    // rounded to bf16 in the padded scratch and then, accumulating, added (one more rounding).
+    expect_close(din.get(), r_din.vec(), tol(t, 4 * sn, sn + 1), "d_in");
+    expect_close(dw.get(), r_dw.vec(), tol(t, 4 * sm, sm + 1, acc == Accumulate::yes ? 1 : 0), "d_weight");
+  }
+}
+
 // acc_params no: parameter gradients written over stale contents (NaN here), against the
 // CPU's float64 sums into zeroed buffers: the padded output width (N = 67), cuBLASLt's
 // BGRADB epilogue in half precision (N = 96), no rows (zeros written); linear_backward,
