@@ -439,7 +439,7 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    if (e.get_exit_code() == 0) return app.exit(e);  // --help
+    if (e.get_exit_code() == 0) return app.exit(e);  // --help, --version
     // One line like every other refusal, rather than CLI11's two.
     std::fprintf(stderr, "mics-train: error: %s (see --help).\n", e.what());
     return kExitBadInput;

@@ -17,8 +17,8 @@
           (scripts/bench/torch_peer.py: torch.compile with and without checkpointing). TFLOP/s
           per GPU (model FLOPs as mics-train counts them, engine/flops.cpp, and of the layers
           alone), MFU, and how long each overlapped forward waited for the update.
-  bench-more  the other variants (GEMM autotune alone, our fused attention, 32 SMs,
-          checkpointing without the overlap) and the eager peers (eager, eager+ckpt).
+  bench-more  the other variants (GEMM autotune alone, our fused attention, 32 SMs, 16 SMs
+          unchunked, checkpointing without the overlap) and the eager peers (eager, eager+ckpt).
   profile each slice with --profile: time per op, cuDNN, materialised and fused attention.
 
 The parts run in the order given (default: bench checks, which fit one 10-minute device call;
@@ -33,6 +33,7 @@ import json
 import math
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -47,11 +48,18 @@ PEAK_BF16 = {"H100": 989.0, "H200": 989.0}  # dense bf16 TFLOP/s, datasheet (doc
 BENCH_WARMUP, BENCH_STEPS = 2, 20
 
 
+# The process groups running now: a signal that ends this script ends them too.
+LIVE = set()
+
+
 def run_killable(cmd, env):
     """cmd in a process group of its own, so that a timeout ends every process it started
-    (mpirun's ranks too, which would otherwise stay behind holding the GPU)."""
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            start_new_session=True)
+    (mpirun's ranks too, which would otherwise stay behind holding the GPU). A group, not a
+    session: the device tool ends what a call leaves running, except new sessions."""
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                         process_group=0)
+    LIVE.add(p)
+    return p
 
 
 def kill_group(p):
@@ -59,6 +67,14 @@ def kill_group(p):
         os.killpg(p.pid, 9)
     except ProcessLookupError:
         pass
+    LIVE.discard(p)
+
+
+def end_on_signal(signum, _frame):
+    """SIGTERM, SIGINT or SIGHUP (a call's time limit, Ctrl-C): the runs in flight go too."""
+    for p in list(LIVE):
+        kill_group(p)
+    sys.exit(128 + signum)
 
 
 def sh(cmd, env=None, timeout=None):
@@ -67,6 +83,7 @@ def sh(cmd, env=None, timeout=None):
     p = run_killable(cmd, env)
     try:
         out, _ = p.communicate(timeout=timeout)
+        LIVE.discard(p)
         return p.returncode, out
     except subprocess.TimeoutExpired:
         kill_group(p)
@@ -393,6 +410,7 @@ def stream(cmd, env, timeout, on_line):
         code = p.wait()
     finally:
         timer.cancel()
+        LIVE.discard(p)
     return code, "".join(tail)
 
 
@@ -400,8 +418,8 @@ def bench(bindir, work, env, rows, peak, rest=False):
     """Both slices, in two parts so that one device call (10 minutes) can hold the rows that
     matter with the checks: `bench`, the engine's likely fastest variants with and without
     activation checkpointing against torch.compile's full model with and without it;
-    `bench-more`, the other variants (GEMM autotune alone, our fused attention, 32 SMs,
-    checkpointing without the overlap) and the eager peers."""
+    `bench-more`, the other variants (GEMM autotune alone, our fused attention, 32 SMs, 16
+    SMs unchunked, checkpointing without the overlap) and the eager peers."""
     mt = os.path.join(bindir, "mics-train")
     # (attention, activation checkpointing, GEMM autotune, optimizer overlapped with the
     # forward: 0 no, "all" on every SM its blocks find free, N on at most N SMs)
@@ -526,6 +544,8 @@ class Rows(list):
 
 
 def main():
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, end_on_signal)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # Checked below rather than with choices=: Python 3.11's argparse rejects an empty list
     # (and a list default) against choices for nargs="*".

@@ -3,6 +3,7 @@
 #include <cuda_runtime.h>  // the emulator's (tests/emulation/nccl)
 
 #include <array>
+#include <cstdio>
 #include <cstring>
 #include <exception>
 #include <memory>
@@ -30,6 +31,15 @@ class EmulatedDeviceBackend final : public Backend {
   ~EmulatedDeviceBackend() override {
     cudaStreamSynchronize(side_);
     cudaStreamSynchronize(stream_);
+    if (error_) {  // a kernel's fault after the last synchronising call: said, not lost
+      try {
+        std::rethrow_exception(error_);
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "emulated device: a kernel failed after the last synchronisation: %s\n", e.what());
+      } catch (...) {
+        std::fprintf(stderr, "emulated device: a kernel failed after the last synchronisation\n");
+      }
+    }
     for (cudaEvent_t f : fences_) cudaEventDestroy(f);
     cudaEventDestroy(side_start_);
     cudaStreamDestroy(side_);

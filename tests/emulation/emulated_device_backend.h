@@ -10,7 +10,9 @@
 // lets the emulator show what a missing event wait would let through, given the side that
 // waits the longer latency: a collective that reads a buffer before the kernels writing it
 // ran, a kernel that reads what a collective has not written yet, a forward that reads a
-// layer before its deferred update, an update that reads gradients not yet computed.
+// layer before its deferred update. (An update reading gradients not yet computed cannot
+// show: the trainer reads the gradients' norm on the host, which drains the main stream,
+// before it queues the updates.)
 //
 // Only with the NCCL emulator (built with tests/emulation/nccl first on the include path).
 #include <memory>
