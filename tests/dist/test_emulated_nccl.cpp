@@ -52,8 +52,9 @@ struct Run {
   Device device;
 };
 
-std::vector<double> train(const Config& c, const Topology& t, Backend& backend,
-                          std::unique_ptr<ProcessGroups> groups) {
+// The losses of a run (from checkpoint `resume` when given).
+std::vector<double> train(const Config& c, const Topology& t, Backend& backend, std::unique_ptr<ProcessGroups> groups,
+                          const std::string& resume = "") {
   const spdlog::level::level_enum saved = spdlog::get_level();
   spdlog::set_level(spdlog::level::warn);
   TrainerRuntime runtime;
@@ -61,6 +62,7 @@ std::vector<double> train(const Config& c, const Topology& t, Backend& backend,
   std::vector<double> losses;
   {
     Trainer trainer(c, backend, t, std::move(runtime));
+    if (!resume.empty()) trainer.resume(resume);
     losses = trainer.run();
   }
   spdlog::set_level(saved);
@@ -201,18 +203,7 @@ TEST(EmulatedDeviceCheckpoint, ResumesBitForBitWithTheUpdateDeferred) {
   } at_once;
   auto run = [&](const Config& config, const std::string& resume) {
     const std::unique_ptr<Backend> gpu = make_emulated_device_backend({0, 50000});
-    TrainerRuntime runtime;
-    runtime.groups = build_device_groups(t, *gpu, "nccl", emulated_device_stream(*gpu));
-    const spdlog::level::level_enum saved = spdlog::get_level();
-    spdlog::set_level(spdlog::level::warn);
-    std::vector<double> losses;
-    {
-      Trainer trainer(config, *gpu, t, std::move(runtime));
-      if (!resume.empty()) trainer.resume(resume);
-      losses = trainer.run();
-    }
-    spdlog::set_level(saved);
-    return losses;
+    return train(config, t, *gpu, build_device_groups(t, *gpu, "nccl", emulated_device_stream(*gpu)), resume);
   };
   const std::vector<double> full = run(c, "");
   Config again = c;

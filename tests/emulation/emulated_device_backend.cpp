@@ -58,14 +58,10 @@ class EmulatedDeviceBackend final : public Backend {
     cudaDeviceSynchronize();  // as cudaFree: nothing queued may still use it
     cpu_->release(ptr);
   }
-  void copy_from_host(void* dst, const void* src, size_t bytes) override {
-    queue([=, this] { std::memcpy(dst, src, bytes); });
-    sync(stream());  // as the CUDA backend: the host buffer may be reused at once
-  }
-  void copy_to_host(void* dst, const void* src, size_t bytes) override {
-    queue([=, this] { std::memcpy(dst, src, bytes); });
-    sync(stream());
-  }
+  // Both ways as the CUDA backend: queued in stream order, then waited for (the host buffer
+  // may be reused, or read, at once).
+  void copy_from_host(void* dst, const void* src, size_t bytes) override { copy(dst, src, bytes); }
+  void copy_to_host(void* dst, const void* src, size_t bytes) override { copy(dst, src, bytes); }
   void synchronize() override {
     sync(side_);
     sync(stream_);
@@ -217,6 +213,10 @@ class EmulatedDeviceBackend final : public Backend {
     queue([result, reduction] { *result = reduction(); });
     sync(stream());
     return *result;
+  }
+  void copy(void* dst, const void* src, size_t bytes) {
+    queue([=] { std::memcpy(dst, src, bytes); });
+    sync(stream());
   }
   void sync(cudaStream_t s) {
     check(cudaStreamSynchronize(s), "synchronize");
