@@ -445,12 +445,11 @@ def bench_slice(mt, name, variants, peers, work, env, rows, peak):
     cfg = load_config(path)
     full, layers = model_flops(cfg), layer_flops(cfg)
     for attention, ckpt, tune, overlap in variants:
+        sms, _, whole = str(overlap).partition(" ")  # "all", N or "N whole" (unchunked)
+        bound = "" if overlap == "all" else f" on {sms} SMs" + (", unchunked" if whole else "")
         variant = ("ckpt" if ckpt else "no ckpt") + {"materialized": "", "fused": ", fused attention",
                                                      "cudnn": ", cuDNN attention"}[attention] + \
-            (", GEMM autotune" if tune else "") + \
-            ("" if not overlap else ", optimizer overlapped" + ("" if overlap == "all" else f" on {overlap} SMs"))
-        sms, _, whole = str(overlap).partition(" ")
-        variant = variant.replace(f" on {overlap} SMs", f" on {sms} SMs, unchunked") if whole else variant
+            (", GEMM autotune" if tune else "") + ("" if not overlap else ", optimizer overlapped" + bound)
         m = os.path.join(work, f"{name}-{ckpt}-{attention}-{tune}-{overlap}.jsonl")
         code, text = train(mt, path, m, [f"train.steps={BENCH_WARMUP + BENCH_STEPS}",
                                          f"train.activation_checkpointing={'true' if ckpt else 'false'}",
