@@ -175,6 +175,19 @@ GemmLt::Plan& GemmLt::plan_for(const GemmArgs& g) {
       if (status == CUBLAS_STATUS_SUCCESS)
         status = cublasLtMatmulPreferenceSetAttribute(
             pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_c, sizeof(al_c));
+      // Split-K partial sums of a half-precision output only in fp32 (the compute type):
+      // cuBLASLt may otherwise add them up in the output's type (in place or in the
+      // workspace), one extra bf16/fp16 rounding per split at the partials' size, which can
+      // exceed the result's. Seen on an H200 (2026-11-27): a 96x128 fp16 weight gradient
+      // over 64 rows, accumulated onto 0.98, came out 6 ulps from the float64 value where one
+      // rounding allows 1/2 (its rows summed in 8 chunks, each added in fp16, give that value in
+      // some orders; one rounding cannot). The
+      // splits are taken on small outputs, where the fp32 reduction's workspace is small.
+      if (status == CUBLAS_STATUS_SUCCESS && g.dtype != DType::f32) {
+        const uint32_t reductions = CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE;
+        status = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK,
+                                                      &reductions, sizeof(reductions));
+      }
       if (status == CUBLAS_STATUS_SUCCESS) status = bias_grad_status;
       if (status == CUBLAS_STATUS_SUCCESS)
         status = cublasLtMatmulAlgoGetHeuristic(handle_, p.desc, p.a, p.b, p.c, p.c, pref, wanted, results, &returned);

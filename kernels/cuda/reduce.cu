@@ -1,9 +1,11 @@
 // Reductions: sum and sum of squares (accumulated in double, returned to the host), the
-// count of NaN/Inf entries, and column sums (the linear layer's bias gradient, through
-// column_reduce.cuh). All are deterministic: fixed grids, fixed combination order, no atomics.
+// count of NaN/Inf entries (reduce_kernels.cuh), and column sums (the linear layer's bias
+// gradient, through column_reduce.cuh). All are deterministic: fixed grids, fixed
+// combination order, no atomics.
 #include "kernels/cuda/column_reduce.cuh"
 #include "kernels/cuda/device_common.cuh"
 #include "kernels/cuda/launch.h"
+#include "kernels/cuda/reduce_kernels.cuh"
 
 namespace mics::cuda {
 namespace {
@@ -11,39 +13,6 @@ namespace {
 unsigned partial_blocks(int64_t n) {
   const int64_t blocks = (n + kThreads - 1) / kThreads;
   return static_cast<unsigned>(blocks < kReducePartials ? blocks : kReducePartials);
-}
-
-template <class T>
-__global__ void sum_partials_kernel(const T* x, int64_t n, bool squares, double* partials) {
-  __shared__ double scratch[32];
-  double acc = 0;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
-       i += int64_t(gridDim.x) * blockDim.x) {
-    const double v = to_f(x[i]);
-    acc += squares ? v * v : v;
-  }
-  acc = block_sum(acc, scratch);
-  if (threadIdx.x == 0) partials[blockIdx.x] = acc;
-}
-
-template <class T>
-__global__ void nonfinite_partials_kernel(const T* x, int64_t n, unsigned long long* partials) {
-  __shared__ unsigned long long scratch[32];
-  unsigned long long acc = 0;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
-       i += int64_t(gridDim.x) * blockDim.x)
-    acc += isfinite(to_f(x[i])) ? 0ull : 1ull;
-  acc = block_sum(acc, scratch);
-  if (threadIdx.x == 0) partials[blockIdx.x] = acc;
-}
-
-// One block of kReducePartials threads folds `count` partials.
-template <class A>
-__global__ void fold_partials_kernel(const A* partials, int count, A* result) {
-  __shared__ A scratch[32];
-  A v = threadIdx.x < count ? partials[threadIdx.x] : A(0);
-  v = block_sum(v, scratch);
-  if (threadIdx.x == 0) *result = v;
 }
 
 // The bias gradient's term of column_reduce.cuh: row r adds x[r, c].
@@ -62,8 +31,11 @@ double device_sum(DType t, const void* x, int64_t n, bool squares, double* parti
   const unsigned blocks = partial_blocks(n);
   dispatch(squares ? "sum_squares" : "sum", t, [&](auto v) {
     using T = decltype(v);
-    sum_partials_kernel<T><<<blocks, kThreads, 0, s>>>(static_cast<const T*>(x), n, squares,
-                                                       partials);
+    const T* in = static_cast<const T*>(x);
+    if (aligned16(x))
+      sum_partials_kernel<true, T><<<blocks, kThreads, 0, s>>>(in, n, squares, partials);
+    else
+      sum_partials_kernel<false, T><<<blocks, kThreads, 0, s>>>(in, n, squares, partials);
     MICS_CUDA_CHECK_LAUNCH();
   });
   fold_partials_kernel<double><<<1, kReducePartials, 0, s>>>(partials, static_cast<int>(blocks),
@@ -81,8 +53,11 @@ int64_t device_count_nonfinite(DType t, const void* x, int64_t n, unsigned long 
   const unsigned blocks = partial_blocks(n);
   dispatch("count_nonfinite", t, [&](auto v) {
     using T = decltype(v);
-    nonfinite_partials_kernel<T><<<blocks, kThreads, 0, s>>>(static_cast<const T*>(x), n,
-                                                             partials);
+    const T* in = static_cast<const T*>(x);
+    if (aligned16(x))
+      nonfinite_partials_kernel<true, T><<<blocks, kThreads, 0, s>>>(in, n, partials);
+    else
+      nonfinite_partials_kernel<false, T><<<blocks, kThreads, 0, s>>>(in, n, partials);
     MICS_CUDA_CHECK_LAUNCH();
   });
   fold_partials_kernel<unsigned long long><<<1, kReducePartials, 0, s>>>(

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <fstream>
 #include <iterator>
+#include <type_traits>
 #include <vector>
 
 dim3 threadIdx, blockIdx, blockDim, gridDim;
@@ -56,7 +57,7 @@ struct WarpExchange {
   uint32_t a[kWarpSize][4];
   uint32_t b[kWarpSize][2];
   float c[kWarpSize][4];  // the accumulator in, the result out
-  float value[kWarpSize];
+  uint64_t value[kWarpSize];  // a shuffled value's bits
 };
 
 // The block being run. Plain globals: every emulated thread runs on the launching thread.
@@ -229,13 +230,32 @@ void sync_block() {
 
 }  // namespace mics::cuda_emulator
 
-float __shfl_xor_sync(unsigned mask, float value, int lane_mask) {
-  using namespace mics::cuda_emulator;
+namespace mics::cuda_emulator {
+namespace {
+// Every lane of the warp hands in its value's bits and gets lane (this lane ^ lane_mask)'s.
+template <class T>
+T shuffle_xor(unsigned mask, T value, int lane_mask) {
+  static_assert(sizeof(T) <= sizeof(uint64_t) && std::is_trivially_copyable_v<T>);
   if (mask != 0xffffffffu) fail("__shfl_xor_sync without the full mask");
   WarpExchange& x = next_warp_exchange();
-  x.value[lane()] = value;
+  x.value[lane()] = 0;
+  std::memcpy(&x.value[lane()], &value, sizeof(T));
   arrive_and_wait(block.warps[warp()], [] {});
-  return x.value[lane() ^ lane_mask];
+  T result;
+  std::memcpy(&result, &x.value[lane() ^ lane_mask], sizeof(T));
+  return result;
+}
+}  // namespace
+}  // namespace mics::cuda_emulator
+
+float __shfl_xor_sync(unsigned mask, float value, int lane_mask) {
+  return mics::cuda_emulator::shuffle_xor(mask, value, lane_mask);
+}
+double __shfl_xor_sync(unsigned mask, double value, int lane_mask) {
+  return mics::cuda_emulator::shuffle_xor(mask, value, lane_mask);
+}
+unsigned long long __shfl_xor_sync(unsigned mask, unsigned long long value, int lane_mask) {
+  return mics::cuda_emulator::shuffle_xor(mask, value, lane_mask);
 }
 
 namespace mics::cuda {

@@ -18,7 +18,7 @@
 // mics::cuda::shared_bytes. Both kinds are filled with 0xff bytes (NaN in fp32, bf16 and
 // fp16) before every block, so that a read before the write shows and nothing carries over
 // from the block before;
-// __shfl_xor_sync on floats with the full mask; atomicOr on an int; __expf; the _rn fp32
+// __shfl_xor_sync on floats, doubles and unsigned long longs with the full mask; atomicOr on an int; __expf; the _rn fp32
 // intrinsics; uint4 and float4; and, in mics::cuda, the element types and mma16816 of
 // kernels/cuda/device_common.cuh and attention_fused.cu.
 #include <math.h>  // fmaxf, logf, sqrtf in the global namespace, as CUDA code calls them
@@ -74,6 +74,8 @@ inline float __fsqrt_rn(float a) { return std::sqrt(a); }
 
 // The value of lane (this lane ^ lane_mask); every lane of the warp must take part.
 float __shfl_xor_sync(unsigned mask, float value, int lane_mask);
+double __shfl_xor_sync(unsigned mask, double value, int lane_mask);
+unsigned long long __shfl_xor_sync(unsigned mask, unsigned long long value, int lane_mask);
 
 // The block's threads run one at a time, so a plain read-modify-write is atomic here.
 inline int atomicOr(int* address, int value) {
