@@ -163,6 +163,33 @@ void apply_override(json& doc, const std::string& assignment, const std::string&
 
 }  // namespace
 
+namespace {
+// train.precision and runtime.attention "auto", for a GPU of compute capability cc (major *
+// 10 + minor; 0: none known, `unknown` says why). Each resolved setting keeps its reason.
+void resolve_auto_settings(Config& c, int cc, const std::string& unknown) {
+  const std::string gpu = "GPU compute capability " + std::to_string(cc / 10) + "." + std::to_string(cc % 10);
+  TrainConfig& tc = c.train;
+  if (tc.precision == "auto") {
+    tc.precision = auto_precision(c.runtime.backend, cc);
+    tc.precision_reason = c.runtime.backend == "cpu" ? "the CPU backend" : cc == 0 ? unknown : gpu;
+  }
+  if (c.runtime.attention == "auto") {
+    const ModelConfig& mc = c.model;
+    const int64_t head_dim = mc.heads > 0 ? mc.hidden / mc.heads : 0;
+    std::string why_not;  // the first condition of "cudnn" this configuration misses
+    if (c.runtime.backend != "cuda") why_not = "the CPU backend";
+    else if (tc.precision != "bf16" && tc.precision != "fp16") why_not = "'train.precision' \"" + tc.precision + "\"";
+    else if (head_dim % 8 != 0 || head_dim > 128) why_not = "head dimension " + std::to_string(head_dim);
+    else if (mc.attention_dropout != 0) why_not = "'model.attention_dropout' set: cuDNN draws its own dropout mask";
+    else if (cc != 0 && cc < 80) why_not = gpu;
+    c.runtime.attention = why_not.empty() ? "cudnn" : "materialized";
+    c.runtime.attention_reason = !why_not.empty() ? why_not
+                                 : "CUDA, " + tc.precision + ", head dimension " + std::to_string(head_dim) +
+                                       ", no attention dropout" + (cc != 0 ? ", " + gpu : "; " + unknown);
+  }
+}
+}  // namespace
+
 Config parse_config(const json& input, const std::string& source,
                     const std::vector<std::string>& overrides) {
   if (!input.is_object())
@@ -253,7 +280,7 @@ Config parse_config(const json& input, const std::string& source,
     r.get("device_memory_gb", c.runtime.device_memory_gb);
     r.get("comm_timeout_s", c.runtime.comm_timeout_s);
     r.get("communicator", c.runtime.communicator, {"auto", "mpi", "nccl", "staged"});
-    r.get("attention", c.runtime.attention, {"materialized", "fused", "cudnn"});
+    r.get("attention", c.runtime.attention, {"auto", "materialized", "fused", "cudnn"});
     r.get("gemm_autotune", c.runtime.gemm_autotune);
     r.get("overlap_optimizer", c.runtime.overlap_optimizer);
     r.get("overlap_optimizer_sms", c.runtime.overlap_optimizer_sms);
@@ -349,12 +376,9 @@ Config parse_config(const json& input, const std::string& source,
   must(t, tc.max_skipped_steps >= 1, "'train.max_skipped_steps' must be at least 1");
   must(t, std::isfinite(tc.initial_loss_scale) && tc.initial_loss_scale >= 0,
        "'train.initial_loss_scale' must be 0 (the default, 2^16) or a positive number");
-  if (tc.precision == "auto") {
+  if (tc.precision == "auto" || c.runtime.attention == "auto") {
     const int cc = c.runtime.backend == "cuda" && cuda_device_count() > 0 ? cuda_compute_capability(0) : 0;
-    tc.precision = auto_precision(c.runtime.backend, cc);
-    tc.precision_reason = c.runtime.backend == "cpu" ? "the CPU backend"
-                          : cc == 0 ? "no GPU visible here"
-                                    : "GPU compute capability " + std::to_string(cc / 10) + "." + std::to_string(cc % 10);
+    resolve_auto_settings(c, cc, cc == 0 ? "no GPU visible here" : "");
   }
   must(t, tc.precision == "fp32" || c.runtime.backend == "cuda",
        "'train.precision' \"" + tc.precision + "\" needs 'runtime.backend' \"cuda\"; the CPU backend computes in \"fp32\"");
@@ -414,6 +438,19 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
     }
   }
   return parse_config(doc, path, overrides);
+}
+
+Config resolved_for_gpu(const Config& config, int compute_capability, const std::string& gpu) {
+  Config c = config;
+  if (compute_capability == 0) return c;
+  if (!c.train.precision_reason.empty()) c.train.precision = "auto";
+  if (!c.runtime.attention_reason.empty()) c.runtime.attention = "auto";
+  resolve_auto_settings(c, compute_capability, "");
+  // The reasons name the GPU planned for, not this machine's.
+  if (!c.train.precision_reason.empty()) c.train.precision_reason = gpu + ", " + c.train.precision_reason;
+  if (!c.runtime.attention_reason.empty() && c.runtime.backend == "cuda")
+    c.runtime.attention_reason = gpu + ": " + c.runtime.attention_reason;
+  return c;
 }
 
 std::string auto_precision(const std::string& backend, int compute_capability) {

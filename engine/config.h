@@ -86,10 +86,12 @@ struct RuntimeConfig {
   // NCCL when every rank of a node has its own GPU, else MPI staged through host memory
   // ("staged" also runs on the CPU, where it tests the device path's logic).
   std::string communicator = "auto";
-  // materialized | fused | cudnn: attention keeping the B x H x T x T probabilities for
-  // the backward, or only each row's log-sum-exp (recomputing them; less memory) with the
-  // engine's own kernels, or the same through cuDNN's fused attention (CUDA only).
-  std::string attention = "materialized";
+  // auto | materialized | fused | cudnn: attention keeping the B x H x T x T probabilities
+  // for the backward, or only each row's log-sum-exp (recomputing them; less memory) with
+  // the engine's own kernels, or the same through cuDNN's fused attention (CUDA only).
+  // auto: cudnn where it runs (the fastest measured: docs/gpu-results.md), else materialized.
+  std::string attention = "auto";
+  std::string attention_reason;  // how "auto" resolved, for the log; empty when set explicitly
   // CUDA: time the heuristic's top cuBLASLt algorithms for each GEMM shape at its first
   // call and keep the fastest (the first step runs slower; results can differ in the last
   // bits from run to run, as the winner may).
@@ -139,6 +141,13 @@ struct Config {
   // The same at train.micro_batch_size, or ConfigError naming the file and key.
   int64_t checked_accumulation_steps(int64_t world) const;
 };
+
+// The config as it would resolve on another machine's GPU (compute capability major * 10 +
+// minor, the GPU's name for the reasons): train.precision and runtime.attention that were
+// "auto" are resolved again for it; explicit settings are kept; 0 changes nothing. For
+// planning and simulating a cluster (--dry-run --cluster, --simulate) from a machine
+// without its GPUs.
+Config resolved_for_gpu(const Config& config, int compute_capability, const std::string& gpu);
 
 // train.precision "auto" for a backend: fp32 on "cpu"; on "cuda" bf16 at compute capability
 // (major * 10 + minor) 80 and above, fp16 below, bf16 when it is 0 (no GPU visible).

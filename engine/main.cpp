@@ -60,8 +60,10 @@ struct Options {
 };
 
 // --simulate: the weak-scaling table of the config on a described cluster, no GPUs needed.
-int simulate(const Options& o, const mics::Config& config) {
+int simulate(const Options& o, const mics::Config& local_config) {
   const mics::sim::ClusterSpec cluster = mics::sim::load_cluster(o.simulate);
+  // "auto" settings as the cluster's GPUs would resolve them, not this machine's.
+  const mics::Config config = mics::resolved_for_gpu(local_config, cluster.compute_capability, cluster.gpu_name);
   if (!o.sim_out.empty()) mics::sim::check_results_path(o.sim_out);  // before minutes of work, not after
   mics::sim::SweepRequest request;
   request.nodes = o.nodes.empty() ? std::vector<int>{1, 2, 4, 8} : o.nodes;
@@ -349,6 +351,8 @@ int train(const mics::Config& config, const mics::Topology& topology, const mics
   spdlog::info("{}", topology.describe());
   if (!config.train.precision_reason.empty())
     spdlog::info("train.precision auto: {} ({})", config.train.precision, config.train.precision_reason);
+  if (!config.runtime.attention_reason.empty() && config.runtime.backend == "cuda")  // the CPU has one attention
+    spdlog::info("runtime.attention auto: {} ({})", config.runtime.attention, config.runtime.attention_reason);
   mics::set_comm_timeout(config.runtime.comm_timeout_s);
   Runtime runtime = make_runtime(config, topology, env);
   ProfileWindow window;
@@ -478,7 +482,10 @@ int main(int argc, char** argv) {
     try {
       const mics::Config config = resolve(o);
       if (!o.simulate.empty()) return simulate(o, config);
-      std::fputs(mics::planner_report(config, mics::sim::load_cluster(o.cluster)).c_str(), stdout);
+      const mics::sim::ClusterSpec cluster = mics::sim::load_cluster(o.cluster);
+      std::fputs(mics::planner_report(mics::resolved_for_gpu(config, cluster.compute_capability, cluster.gpu_name),
+                                      cluster).c_str(),
+                 stdout);
       return 0;
     } catch (const mics::ConfigError& e) {
       std::fprintf(stderr, "mics-train: error: %s\n", e.what());

@@ -186,6 +186,8 @@ std::string dry_run_report(const Config& config, int64_t world, int64_t p, int64
                            "; --ranks N plans another size)");
   add("precision", mixed ? config.train.precision + " compute, fp32 master weights and Adam states"
                          : std::string("fp32"));
+  add("attention", config.runtime.attention +
+                       (config.runtime.attention_reason.empty() ? "" : " (auto: " + config.runtime.attention_reason + ")"));
   out += "model-state bytes per device (1/p of each):\n";
   if (b.working_params > 0) add(std::string(half) + " working copy (p = 1)", format_bytes(b.working_params));
   add(b.grads_in_place ? std::string(mixed ? half : "fp32") + " gradients (in place, 1 rank)" : "fp32 gradient accumulator",
@@ -220,10 +222,12 @@ std::string planner_report(const Config& config, const sim::ClusterSpec& cluster
   std::string out;
   char row[512];
   std::snprintf(row, sizeof row,
-                "memory plan: %s on %s (%s, %.0f GiB per GPU, %d per node), %s, micro-batch %lld, seq %lld\n"
+                "memory plan: %s on %s (%s, %.0f GiB per GPU, %d per node), %s, %s attention, micro-batch %lld, "
+                "seq %lld\n"
                 "GiB per GPU; ckpt: with activation checkpointing; 2x mb: total at twice the micro-batch, no ckpt\n\n",
                 config.source_name.c_str(), cluster.name.c_str(), cluster.gpu_name.c_str(), cluster.memory_gib,
-                cluster.gpus_per_node, config.train.precision.c_str(), static_cast<long long>(mb),
+                cluster.gpus_per_node, config.train.precision.c_str(), config.runtime.attention.c_str(),
+                static_cast<long long>(mb),
                 static_cast<long long>(config.train.seq_len));
   out += row;
   std::snprintf(row, sizeof row, "%6s %8s %8s %8s %8s %9s %9s %9s %9s  %s\n", "p", "states", "gathered",

@@ -11,14 +11,14 @@
           fp16 from a loss scale of 2^32 (overflows skipped, scale halved, then training) and
           its resume from a checkpoint, bit for bit.
   bench   configs/bench/*-slice.json, 20 steps after 2 of warm-up: cuDNN's attention with and
-          without the optimizer overlapped (on every SM, or at most 16), the materialised
-          attention, every opt-in option at once (GEMM autotune too), and with activation
-          checkpointing (overlapped); the PyTorch peer training the same model in the same call
+          without the optimizer overlapped (on every SM) and GEMM autotune (each, and both),
+          the materialised attention, and with activation checkpointing (overlapped); the PyTorch peer training the same model in the same call
           (scripts/bench/torch_peer.py: torch.compile with and without checkpointing). TFLOP/s
           per GPU (model FLOPs as mics-train counts them, engine/flops.cpp, and of the layers
           alone), MFU, and how long each overlapped forward waited for the update.
-  bench-more  the other variants (GEMM autotune alone, our fused attention, 32 SMs, 16 SMs
-          unchunked, checkpointing without the overlap) and the eager peers (eager, eager+ckpt).
+  bench-more  the other variants (the update bounded to 16 SMs, chunked and unchunked, and to
+          32; our fused attention; checkpointing without the overlap) and the eager peers
+          (eager, eager+ckpt).
   profile each slice with --profile: time per op, cuDNN, materialised and fused attention.
 
 The parts run in the order given (default: bench checks, which fit one 10-minute device call;
@@ -418,22 +418,24 @@ def bench(bindir, work, env, rows, peak, rest=False):
     """Both slices, in two parts so that one device call (10 minutes) can hold the rows that
     matter with the checks: `bench`, the engine's likely fastest variants with and without
     activation checkpointing against torch.compile's full model with and without it;
-    `bench-more`, the other variants (GEMM autotune alone, our fused attention, 32 SMs, 16
-    SMs unchunked, checkpointing without the overlap) and the eager peers."""
+    `bench-more`, the other variants (the update bounded to 16 SMs chunked and unchunked and
+    to 32, our fused attention, checkpointing without the overlap) and the eager peers."""
     mt = os.path.join(bindir, "mics-train")
     # (attention, activation checkpointing, GEMM autotune, optimizer overlapped with the
     # forward: 0 no, "all" on every SM its blocks find free, N on at most N SMs)
-    # The materialised attention too: the last measured path, should cuDNN's attention fail
-    # on the machine. The fifth: every opt-in speed option at once, the likely headline.
+    # The materialised attention too, should cuDNN's attention fail on the machine. GEMM
+    # autotune with and without the overlap: on the H200 (2026-11-27) it gained on BERT's
+    # slice and lost on GPT-2's, across two calls; here side by side. (At most 16 SMs for the
+    # update lost 12-15 ms a step there, so it moved to bench-more.)
     # With checkpointing last (a call cut short loses it first), against torch.compile with
     # checkpointing, the issue's reference for that case (docs/references.md: 323 TFLOP/s on
     # BERT's slice, where eager+ckpt reached 280). The peer's layers-only variant, compared
     # with in earlier runs, is left out: the full models compare like with like.
-    first = [("cudnn", False, False, 0), ("cudnn", False, False, "all"), ("cudnn", False, False, 16),
+    first = [("cudnn", False, False, 0), ("cudnn", False, False, "all"), ("cudnn", False, True, 0),
              ("materialized", False, False, 0), ("cudnn", False, True, "all"), ("cudnn", True, False, "all")]
     # ("16 whole": on 16 SMs unchunked, each layer's update holding them to its end; with
     # chunks the forward's blocks may take them back every ~0.1 ms and the update may starve.)
-    more = [("cudnn", False, False, 32), ("cudnn", False, False, "16 whole"), ("cudnn", False, True, 0),
+    more = [("cudnn", False, False, 16), ("cudnn", False, False, "16 whole"), ("cudnn", False, False, 32),
             ("fused", False, False, 0), ("cudnn", True, False, 0)]
     variants, peers = (more, "eager,eager+ckpt") if rest else (first, "compile,compile+ckpt")
     for name in ("bert-10b-slice", "gpt2-10b-slice"):

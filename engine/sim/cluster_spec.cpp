@@ -1,5 +1,6 @@
 #include "engine/sim/cluster_spec.h"
 
+#include <cmath>
 #include <fstream>
 #include <set>
 
@@ -90,6 +91,9 @@ ClusterSpec load_cluster(const std::string& path) {
   c.gpus_per_node = static_cast<int>(top.quantity("gpus_per_node"));
   Reader gpu = top.section("gpu");
   c.gpu_name = gpu.text("name");
+  // Optional: what the GPU can run (bf16, cuDNN's fused attention) for "auto" settings.
+  if (doc.is_object() && doc.contains("gpu") && doc["gpu"].is_object() && doc["gpu"].contains("compute_capability"))
+    c.compute_capability = static_cast<int>(std::lround(gpu.quantity("compute_capability") * 10));
   c.memory_gib = gpu.quantity("memory_gib");
   c.peak_tflops_half = gpu.quantity("peak_tflops_half");
   c.peak_tflops_fp32 = gpu.quantity("peak_tflops_fp32");

@@ -10,6 +10,7 @@ namespace mics::sim {
 struct ClusterSpec {
   std::string name;          // "p3dn.24xlarge"
   std::string gpu_name;      // "V100 SXM2 32GB"
+  int compute_capability = 0;  // major * 10 + minor (70: V100); 0 when the file has none
   int gpus_per_node = 8;
   double memory_gib = 0;             // per GPU
   double peak_tflops_half = 0;       // dense fp16/bf16 tensor-core peak per GPU

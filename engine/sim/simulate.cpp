@@ -156,11 +156,13 @@ std::string format_table(const Config& config, const ClusterSpec& cluster, const
   char line[512];
   const SimulatedStep& first = rows.front();
   std::snprintf(line, sizeof line,
-                "simulated: %s on %s (%d x %s per node), %s, %lld samples per GPU per step (micro-batch %lld)\n"
+                "simulated: %s on %s (%d x %s per node), %s, %s attention, %lld samples per GPU per step (micro-batch "
+                "%lld)\n"
                 "comm columns: ms per step on the communication stream, by link tier that bounds them, by\n"
                 "collective, and the part the compute stream waited for (exposed) or did not (hidden)\n\n",
                 config.source_name.c_str(), cluster.name.c_str(), cluster.gpus_per_node, cluster.gpu_name.c_str(),
-                config.train.precision.c_str(), static_cast<long long>(first.global_batch / first.gpus),
+                config.train.precision.c_str(), config.runtime.attention.c_str(),
+                static_cast<long long>(first.global_batch / first.gpus),
                 static_cast<long long>(config.train.micro_batch_size));
   out += line;
   std::snprintf(line, sizeof line, "%5s %5s %-5s %4s %8s %9s %8s %5s %5s %7s %4s | %8s %8s %8s %8s %8s %8s %8s\n",

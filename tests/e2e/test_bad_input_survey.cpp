@@ -167,8 +167,8 @@ std::vector<Case> cases() {
                           },
                           "'runtime.attention' \"fused\" on the CUDA backend runs in bf16 or fp16"));
   c.push_back(config_case("attention_unknown", [](json& j) { j["runtime"]["attention"] = "flash"; },
-                          "'runtime.attention' is \"flash\"; accepted values are \"materialized\", \"fused\", "
-                          "\"cudnn\""));
+                          "'runtime.attention' is \"flash\"; accepted values are \"auto\", \"materialized\", "
+                          "\"fused\", \"cudnn\""));
   c.push_back(config_case("cudnn_attention_on_cpu", [](json& j) { j["runtime"]["attention"] = "cudnn"; },
                           "'runtime.attention' \"cudnn\" needs 'runtime.backend' \"cuda\""));
   c.push_back(config_case("gemm_autotune_on_cpu", [](json& j) { j["runtime"]["gemm_autotune"] = true; },

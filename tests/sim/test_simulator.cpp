@@ -260,9 +260,11 @@ TEST(SimCommunicator, AGatherAfterAnotherBeginsWhenThatOneEnds) {
 }
 
 TEST(ClusterFiles, EveryShippedFileLoadsAndAFileWithoutSourcesIsRefused) {
-  for (const char* name : {"p3dn", "p4d", "p4de", "h100"}) {
+  const std::pair<const char*, int> files[] = {{"p3dn", 70}, {"p4d", 80}, {"p4de", 80}, {"h100", 90}};
+  for (auto [name, compute_capability] : files) {
     const auto c = mics::sim::load_cluster(source_path(std::string("configs/clusters/") + name + ".json"));
     EXPECT_EQ(c.gpus_per_node, 8) << name;
+    EXPECT_EQ(c.compute_capability, compute_capability) << name;
   }
   TempDir dir("cluster");
   const std::string bad = dir.file("bad.json");
@@ -275,6 +277,38 @@ TEST(ClusterFiles, EveryShippedFileLoadsAndAFileWithoutSourcesIsRefused) {
   } catch (const mics::ConfigError& e) {
     EXPECT_NE(std::string(e.what()).find("'gpus_per_node.source' is missing"), std::string::npos) << e.what();
   }
+}
+
+// A config's "auto" settings resolve for the cluster's GPU when it is planned or simulated
+// (a V100 cluster runs fp16 and keeps the attention probabilities; an H100's bf16 and
+// cuDNN's fused attention), and the table says which.
+TEST(Simulator, AutoSettingsFollowTheClustersGpu) {
+  mics::Config config = bert_10b();
+  config.train.precision = "auto";
+  config.runtime.attention = "auto";
+  config = mics::parse_config(config.to_json(), "bert-10b-auto.json");  // resolved here: no GPU
+  const auto p3dn = mics::sim::load_cluster(source_path("configs/clusters/p3dn.json"));
+  const auto h100 = mics::sim::load_cluster(source_path("configs/clusters/h100.json"));
+  const mics::Config v100 = mics::resolved_for_gpu(config, p3dn.compute_capability, p3dn.gpu_name);
+  EXPECT_EQ(v100.train.precision, "fp16");
+  EXPECT_EQ(v100.runtime.attention, "materialized");
+  EXPECT_NE(v100.runtime.attention_reason.find("GPU compute capability 7.0"), std::string::npos)
+      << v100.runtime.attention_reason;
+  const mics::Config hopper = mics::resolved_for_gpu(config, h100.compute_capability, h100.gpu_name);
+  EXPECT_EQ(hopper.train.precision, "bf16");
+  EXPECT_EQ(hopper.runtime.attention, "cudnn");
+  // Explicit settings are the config's to keep.
+  const mics::Config pinned = mics::resolved_for_gpu(bert_10b(), p3dn.compute_capability, p3dn.gpu_name);
+  EXPECT_EQ(pinned.train.precision, "fp16");
+  EXPECT_EQ(pinned.runtime.attention, "materialized");
+  const mics::Config unknown_gpu = mics::resolved_for_gpu(hopper, 0, "");  // 0: nothing known, nothing changes
+  EXPECT_EQ(unknown_gpu.runtime.attention, "cudnn");
+
+  mics::sim::SweepRequest request;
+  request.nodes = {1};
+  request.modes = {"mics"};
+  const std::string table = mics::sim::format_table(v100, p3dn, mics::sim::simulate_sweep(v100, p3dn, request));
+  EXPECT_NE(table.find("fp16, materialized attention"), std::string::npos) << table;
 }
 
 // "auto" is the smallest p whose plan, at the config's micro-batch and checkpointing, fits.

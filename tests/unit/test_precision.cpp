@@ -1,5 +1,6 @@
-// train.precision "auto": what it resolves to per backend and GPU generation, and that an
-// explicit half precision on the CPU backend is still refused.
+// The settings that resolve at load: train.precision "auto" (per backend and GPU
+// generation; an explicit half precision on the CPU backend is still refused) and
+// runtime.attention "auto" (cuDNN's fused attention wherever it runs).
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
@@ -55,6 +56,39 @@ TEST(Precision, ExplicitChoicesAreKeptAndHalfIsRefusedOnTheCpu) {
     EXPECT_NE(std::string(e.what()).find("'train.precision' \"bf16\" needs 'runtime.backend' \"cuda\""),
               std::string::npos) << e.what();
   }
+}
+
+TEST(AttentionChoice, AutoTakesCudnnWhereItRunsAndSaysWhyNotElsewhere) {
+  // The tiny model: 2 heads of 16.
+  nlohmann::json j = tiny("cuda");
+  j["train"]["precision"] = "bf16";
+  const bool old_gpu = mics::cuda_device_count() > 0 && mics::cuda_compute_capability(0) < 80;
+  mics::Config c = mics::parse_config(j, "tiny.json");
+  EXPECT_EQ(c.runtime.attention, old_gpu ? "materialized" : "cudnn") << c.runtime.attention_reason;
+  EXPECT_EQ(c.to_json()["runtime"]["attention"], c.runtime.attention);  // recorded resolved
+
+  const auto materialized_because = [](const nlohmann::json& config, const std::string& reason) {
+    const mics::Config r = mics::parse_config(config, "tiny.json");
+    EXPECT_EQ(r.runtime.attention, "materialized") << reason;
+    EXPECT_EQ(r.runtime.attention_reason, reason);
+  };
+  materialized_because(tiny("cpu"), "the CPU backend");
+  nlohmann::json k = j;
+  k["train"]["precision"] = "fp32";
+  materialized_because(k, "'train.precision' \"fp32\"");
+  k = j;
+  k["model"]["heads"] = 8;  // head dimension 4
+  materialized_because(k, "head dimension 4");
+  k = j;
+  k["model"]["attention_dropout"] = 0.1;
+  materialized_because(k, "'model.attention_dropout' set: cuDNN draws its own dropout mask");
+
+  // An explicit choice is kept, without a reason.
+  k = j;
+  k["runtime"]["attention"] = "materialized";
+  c = mics::parse_config(k, "tiny.json");
+  EXPECT_EQ(c.runtime.attention, "materialized");
+  EXPECT_TRUE(c.runtime.attention_reason.empty());
 }
 
 }  // namespace
