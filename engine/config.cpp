@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "kernels/cuda/cuda_backend.h"
+#include "kernels/ops.h"
 
 namespace mics {
 
@@ -182,7 +183,19 @@ void resolve_auto_settings(Config& c, int cc, const std::string& unknown) {
     else if (head_dim % 8 != 0 || head_dim > 128) why_not = "head dimension " + std::to_string(head_dim);
     else if (mc.attention_dropout != 0) why_not = "'model.attention_dropout' set: cuDNN draws its own dropout mask";
     else if (cc != 0 && cc < 80) why_not = gpu;
-    c.runtime.attention = why_not.empty() ? "cudnn" : "materialized";
+    // Past cuDNN's deterministic backward's workspace budget (long sequences) it would run
+    // its nondeterministic one: our fused kernels instead (deterministic, only each row's
+    // log-sum-exp kept) where they take the head dimension and this GPU's shared memory.
+    const int64_t dp_bytes = cudnn_deterministic_workspace_estimate(
+        AttentionDims{tc.micro_batch_size, tc.seq_len, mc.heads, head_dim, false});
+    const bool fused_fits = (head_dim == 64 || head_dim == 128) && !(head_dim == 128 && (cc == 86 || cc == 89));
+    if (why_not.empty() && dp_bytes > kCudnnDeterministicWorkspaceBudget) {
+      why_not = "cuDNN's deterministic backward would keep B x H x T x T = " + std::to_string(dp_bytes >> 20) +
+                " MiB, over its 1 GiB";
+      c.runtime.attention = fused_fits ? "fused" : "materialized";
+    } else {
+      c.runtime.attention = why_not.empty() ? "cudnn" : "materialized";
+    }
     c.runtime.attention_reason = !why_not.empty() ? why_not
                                  : "CUDA, " + tc.precision + ", head dimension " + std::to_string(head_dim) +
                                        ", no attention dropout" + (cc != 0 ? ", " + gpu : "; " + unknown);
@@ -446,10 +459,11 @@ Config resolved_for_gpu(const Config& config, int compute_capability, const std:
   if (!c.train.precision_reason.empty()) c.train.precision = "auto";
   if (!c.runtime.attention_reason.empty()) c.runtime.attention = "auto";
   resolve_auto_settings(c, compute_capability, "");
-  // The reasons name the GPU planned for, not this machine's.
-  if (!c.train.precision_reason.empty()) c.train.precision_reason = gpu + ", " + c.train.precision_reason;
-  if (!c.runtime.attention_reason.empty() && c.runtime.backend == "cuda")
-    c.runtime.attention_reason = gpu + ": " + c.runtime.attention_reason;
+  // The reasons name the GPU planned for, not this machine's (a CPU config runs no GPU).
+  if (c.runtime.backend == "cuda") {
+    if (!c.train.precision_reason.empty()) c.train.precision_reason = gpu + ": " + c.train.precision_reason;
+    if (!c.runtime.attention_reason.empty()) c.runtime.attention_reason = gpu + ": " + c.runtime.attention_reason;
+  }
   return c;
 }
 

@@ -34,6 +34,15 @@ struct AttentionDims {
   bool causal = false;   // GPT: position t attends to positions <= t
 };
 
+// cuDNN's deterministic attention backward keeps dP (B x H x T x T, 2 bytes each: its
+// workspace was 160.6 MiB at 8 x 40 x 512 x 512 on the H200) in its workspace; past this
+// the CUDA backend runs the nondeterministic one (kernels/cuda/attention_cudnn.h), which
+// runtime.attention "auto" avoids.
+inline constexpr int64_t kCudnnDeterministicWorkspaceBudget = int64_t{1} << 30;
+inline int64_t cudnn_deterministic_workspace_estimate(const AttentionDims& d) {
+  return d.batch * d.heads * d.seq * d.seq * 2;
+}
+
 // Dropout as a pure function of (seed, element index): the backward regenerates the mask
 // instead of storing it, and results do not depend on threads or devices.
 struct DropoutSpec {

@@ -234,7 +234,6 @@ struct CudnnAttention::Impl {
 
   // The deterministic backward keeps dP (B x H x T x T) in its workspace: beyond this, the
   // fast one, whose workspace is linear in T.
-  static constexpr int64_t kDeterministicWorkspaceBudget = int64_t{1} << 30;
 
   // The frontend picks cuDNN's unified kernel whenever the library is recent enough,
   // whatever the GPU; the composite graph covers more of them. The first refusal is the one
@@ -269,7 +268,7 @@ struct CudnnAttention::Impl {
       build(g, t, d);
       int64_t bytes = 0;
       require(g->get_workspace_size(bytes), "size the deterministic backward's workspace", t, d);
-      if (bytes <= kDeterministicWorkspaceBudget) return g;
+      if (bytes <= kCudnnDeterministicWorkspaceBudget) return g;
       why = "its deterministic one needs " + std::to_string(bytes >> 20) + " MiB of workspace";
     } catch (const std::exception& e) {
       why = std::string("no deterministic one: ") + e.what();

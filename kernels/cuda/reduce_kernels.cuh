@@ -5,7 +5,7 @@
 // elements per step (kVector: one 16-byte access for a half-precision tensor, two for fp32;
 // the pointer 16-byte aligned) or one element per step otherwise, the n % 8 tail element by
 // element: the gradient norm reads every gradient once a step, and one 2-byte load per
-// thread in flight left it at about a third of the memory's bandwidth (2.1 ms for BERT's
+// thread in flight left it at about a quarter of the memory's bandwidth (2.1 ms for BERT's
 // 16-layer slice on an H200, 2026-11-27). No CUDA header: the includer provides the
 // element types with to_f, uint4 and isfinite (device_common.cuh for nvcc,
 // tests/emulation/cuda_emulator.h on the host, where test_reduce_emulated.cpp runs them).
