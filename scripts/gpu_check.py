@@ -9,7 +9,8 @@
           update overlapped against the same without, bit for bit; "auto" choosing staged there
           and "nccl" refused; one rank over NCCL;
           fp16 from a loss scale of 2^32 (overflows skipped, scale halved, then training) and
-          its resume from a checkpoint, bit for bit.
+          its resume from a checkpoint, bit for bit; BERT 10B at p = 1 refused; the benchmark
+          slices' runtime.attention "auto" resolving to cuDNN's on this GPU.
   bench   configs/bench/*-slice.json, 20 steps after 2 of warm-up: cuDNN's attention with and
           without the optimizer overlapped (on every SM) and GEMM autotune (each, and both),
           the materialised attention, and with activation checkpointing (overlapped); the PyTorch peer training the same model in the same call
@@ -328,6 +329,15 @@ def checks(bindir, work, env, rows):
     line = next((l for l in text.splitlines() if "error" in l), text[-300:])
     rows.append({"check": "BERT 10B at p=1 on one GPU is refused before allocating", "ok": ok,
                  "detail": f"exit {code}: {line[:300]}"})
+    # runtime.attention "auto" on this GPU: cuDNN's for the benchmark slices (what their
+    # configs run when no variant names the attention), named with the GPU it asked.
+    for name in ("bert-10b-slice", "gpt2-10b-slice"):
+        code, text = sh([mt, "--config", os.path.join(ROOT, "configs", "bench", f"{name}.json"), "--dry-run"],
+                        env=env, timeout=60)
+        line = next((l.strip() for l in text.splitlines() if l.strip().startswith("attention ")), text[-200:])
+        ok = code == 0 and "cudnn (auto:" in line and "GPU compute capability" in line
+        rows.append({"check": f"{name}: runtime.attention auto resolves to cuDNN's here", "ok": ok,
+                     "detail": line[:300]})
 
 
 def fp16_overflow_and_resume(mt, config, work, env, tiny, rows):
