@@ -239,6 +239,7 @@ Runtime make_runtime(const mics::Config& config, const mics::Topology& topology,
   const int device = env.local_rank() % devices;
   mics::CudaBackendOptions options;
   options.cudnn_attention = config.runtime.attention == "cudnn";
+  options.cudnn_attention_fallback = options.cudnn_attention && !config.runtime.attention_reason.empty();
   options.gemm_autotune = config.runtime.gemm_autotune;
   options.side_queue_sms = static_cast<int>(config.runtime.overlap_optimizer_sms);
   options.side_queue_chunked = config.runtime.overlap_optimizer_chunked;

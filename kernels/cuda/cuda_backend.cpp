@@ -228,7 +228,17 @@ class CudaBackend final : public Backend {
       MICS_CUDA_CHECK(cudaMalloc(&scratch_, kScratchBytes));
       MICS_CUDA_CHECK(cudaMemsetAsync(scratch_, 0, kScratchBytes, stream_));
       gemm_ = std::make_unique<GemmLt>(stream_, options.gemm_workspace_bytes, options.allow_tf32, options.gemm_autotune);
-      if (options.cudnn_attention) cudnn_ = std::make_unique<CudnnAttention>(stream_);
+      cudnn_fallback_ = options.cudnn_attention_fallback;
+      if (options.cudnn_attention) {
+        try {
+          cudnn_ = std::make_unique<CudnnAttention>(stream_);
+        } catch (const CudaError&) {
+          throw;  // the device's fault, not cuDNN's refusal
+        } catch (const std::exception& e) {
+          if (!cudnn_fallback_) throw;
+          fall_back_from_cudnn(e.what());
+        }
+      }
       MICS_CUDA_CHECK(cudaStreamSynchronize(stream_));
     } catch (...) {
       if (scratch_ != nullptr) cudaFree(scratch_);
@@ -973,10 +983,27 @@ class CudaBackend final : public Backend {
     bias_grad_.reserve(static_cast<size_t>(widest) * sizeof(float), stream_);
     index_scratch_.reserve(index_add_scratch_bytes(b.rows), stream_);
     const AttentionDims& a = b.fused_attention;
-    if (cudnn_ != nullptr && a.batch > 0 && (b.dtype == DType::bf16 || b.dtype == DType::f16))
-      cudnn_workspace_.reserve(cudnn_->prepare(b.dtype, a), stream_);  // builds the plans too
-    else
-      fused_delta_.reserve(static_cast<size_t>(a.batch * a.heads * a.seq) * sizeof(float), stream_);
+    if (cudnn_ != nullptr && a.batch > 0 && (b.dtype == DType::bf16 || b.dtype == DType::f16)) {
+      try {
+        cudnn_workspace_.reserve(cudnn_->prepare(b.dtype, a), stream_);  // builds the plans too
+        return;
+      } catch (const CudaError&) {
+        throw;  // the device's fault (out of memory, say), not cuDNN's refusal
+      } catch (const std::exception& e) {  // a declined graph (ShapeError), the frontend's errors
+        if (!cudnn_fallback_) throw;
+        fall_back_from_cudnn(e.what());
+      }
+    }
+    fused_delta_.reserve(static_cast<size_t>(a.batch * a.heads * a.seq) * sizeof(float), stream_);
+  }
+
+  // runtime.attention "auto" chose cuDNN, which cannot run here: our fused kernels instead.
+  void fall_back_from_cudnn(const std::string& why) {
+    spdlog::warn("runtime.attention auto: cuDNN's fused attention cannot run here ({}); this backend's own fused "
+                 "attention kernels run it instead (set runtime.attention to \"fused\" or \"materialized\" to "
+                 "choose)",
+                 why);
+    cudnn_.reset();
   }
 
   // cuDNN's workspace for this attention shape (its plans are built on first use).
@@ -1055,6 +1082,7 @@ class CudaBackend final : public Backend {
   GrowingBuffer column_partials_;  // column reductions' partial sums
   GrowingBuffer bias_grad_;        // a linear layer's bias gradient from the GEMM's epilogue
   std::unique_ptr<CudnnAttention> cudnn_;  // runtime.attention "cudnn": the fused ops go to cuDNN
+  bool cudnn_fallback_ = false;            // CudaBackendOptions::cudnn_attention_fallback
   GrowingBuffer cudnn_workspace_;
   std::unique_ptr<EventTimeline> timeline_;  // made when a profiler first asks
 };

@@ -22,6 +22,11 @@ struct CudaBackendOptions {
   // instead of this backend's own kernels (runtime.attention "cudnn"): bf16/fp16, head
   // dimension a multiple of 8 up to 128, no padding mask, no attention dropout.
   bool cudnn_attention = false;
+  // With cudnn_attention, chosen by runtime.attention "auto": where cuDNN cannot run the
+  // model's attention (it cannot start, or declines the graphs when the model's buffers are
+  // reserved: no libnvrtc, say), this backend's own fused kernels run it instead, said once
+  // in the log, rather than the run failing.
+  bool cudnn_attention_fallback = false;
   // Time the heuristic's top cuBLASLt algorithms per GEMM shape at its first call (beta 0
   // ones) and keep the fastest (runtime.gemm_autotune).
   bool gemm_autotune = false;

@@ -93,7 +93,10 @@ TEST(AttentionChoice, AutoTakesCudnnWhereItRunsAndSaysWhyNotElsewhere) {
   k["train"]["micro_batch_size"] = 8;
   c = mics::parse_config(k, "tiny.json");
   EXPECT_EQ(c.runtime.attention, old_gpu ? "materialized" : "fused") << c.runtime.attention_reason;
-  if (!old_gpu) EXPECT_EQ(c.runtime.attention_reason, "cuDNN's deterministic backward would keep B x H x T x T = 2048 MiB, over its 1 GiB");
+  if (!old_gpu) {
+    EXPECT_EQ(c.runtime.attention_reason,
+              "cuDNN's deterministic backward would keep B x H x T x T = 2048 MiB, over its 1 GiB");
+  }
   k["model"]["hidden"] = 32;  // head dimension 16: not ours either
   EXPECT_EQ(mics::parse_config(k, "tiny.json").runtime.attention, "materialized");
 
