@@ -186,12 +186,15 @@ void resolve_auto_settings(Config& c, int cc, const std::string& unknown) {
     // Past cuDNN's deterministic backward's workspace budget (long sequences) it would run
     // its nondeterministic one: our fused kernels instead (deterministic, only each row's
     // log-sum-exp kept) where they take the head dimension and this GPU's shared memory.
-    const int64_t dp_bytes = cudnn_deterministic_workspace_estimate(
+    const double workspace = cudnn_deterministic_workspace_estimate(
         AttentionDims{tc.micro_batch_size, tc.seq_len, mc.heads, head_dim, false});
-    const bool fused_fits = (head_dim == 64 || head_dim == 128) && !(head_dim == 128 && (cc == 86 || cc == 89));
-    if (why_not.empty() && dp_bytes > kCudnnDeterministicWorkspaceBudget) {
-      why_not = "cuDNN's deterministic backward would keep B x H x T x T = " + std::to_string(dp_bytes >> 20) +
-                " MiB, over its 1 GiB";
+    // Head dimension 128 needs 104.5 KiB of shared memory per block: the data-centre GPUs
+    // (sm_80, sm_90, sm_100) have it, the others (sm_86, sm_89, sm_120: 99 KiB) do not.
+    const bool big_shared = cc == 0 || cc == 80 || cc == 90 || cc == 100;
+    const bool fused_fits = head_dim == 64 || (head_dim == 128 && big_shared);
+    if (why_not.empty() && workspace > static_cast<double>(kCudnnDeterministicWorkspaceBudget)) {
+      why_not = "cuDNN's deterministic backward would need about " +
+                std::to_string(static_cast<int64_t>(workspace / (1 << 20))) + " MiB of workspace, over its 1 GiB";
       c.runtime.attention = fused_fits ? "fused" : "materialized";
     } else {
       c.runtime.attention = why_not.empty() ? "cudnn" : "materialized";

@@ -34,13 +34,15 @@ struct AttentionDims {
   bool causal = false;   // GPT: position t attends to positions <= t
 };
 
-// cuDNN's deterministic attention backward keeps dP (B x H x T x T, 2 bytes each: its
-// workspace was 160.6 MiB at 8 x 40 x 512 x 512 on the H200) in its workspace; past this
-// the CUDA backend runs the nondeterministic one (kernels/cuda/attention_cudnn.h), which
-// runtime.attention "auto" avoids.
+// cuDNN's deterministic attention backward keeps dP (B x H x T x T, 2 bytes each) and the
+// softmax sums (B x H x T, 4 bytes) in its workspace: 160.6 MiB at 8 x 40 x 512 x 512 on the
+// H200, at head dimension 64 and 128 alike. Past this budget the CUDA backend runs the
+// nondeterministic one (kernels/cuda/attention_cudnn.h), which runtime.attention "auto"
+// avoids; the estimate adds 16 MiB of headroom, in double (no overflow for absurd shapes).
 inline constexpr int64_t kCudnnDeterministicWorkspaceBudget = int64_t{1} << 30;
-inline int64_t cudnn_deterministic_workspace_estimate(const AttentionDims& d) {
-  return d.batch * d.heads * d.seq * d.seq * 2;
+inline double cudnn_deterministic_workspace_estimate(const AttentionDims& d) {
+  const double bht = static_cast<double>(d.batch) * static_cast<double>(d.heads) * static_cast<double>(d.seq);
+  return bht * (2.0 * static_cast<double>(d.seq) + 4.0) + 16.0 * (1 << 20);
 }
 
 // Dropout as a pure function of (seed, element index): the backward regenerates the mask

@@ -172,6 +172,7 @@ struct TensorPointers {
 }  // namespace
 
 struct CudnnAttention::Impl {
+  bool deterministic_only = false;  // see the constructor
   // A graph and its variant pack: the user tensors' uids in the order execute() wants their
   // pointers, and the array those are written into per call (no container built in a step).
   struct Pack {
@@ -273,6 +274,9 @@ struct CudnnAttention::Impl {
     } catch (const std::exception& e) {
       why = std::string("no deterministic one: ") + e.what();
     }
+    if (deterministic_only)
+      throw ShapeError("runtime.attention \"cudnn\": no deterministic cuDNN attention backward for " + describe(t, d) +
+                       " (" + why + ")");
     std::shared_ptr<fe::graph::Graph> g;
     try {
       g = describe_backward(t, d, false);
@@ -307,7 +311,8 @@ struct CudnnAttention::Impl {
   }
 };
 
-CudnnAttention::CudnnAttention(cudaStream_t stream) : impl_(std::make_unique<Impl>()) {
+CudnnAttention::CudnnAttention(cudaStream_t stream, bool deterministic_only) : impl_(std::make_unique<Impl>()) {
+  impl_->deterministic_only = deterministic_only;
   const cudnnStatus_t created = cudnnCreate(&impl_->handle);
   if (created != CUDNN_STATUS_SUCCESS)
     throw std::runtime_error("runtime.attention \"cudnn\": cuDNN could not start (cudnnCreate: " +

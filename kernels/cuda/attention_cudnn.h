@@ -33,7 +33,10 @@ class CudnnAttention {
  public:
   // Creates the cuDNN handle on the current device, bound to `stream`; throws a
   // std::runtime_error naming runtime.attention when cuDNN cannot start.
-  explicit CudnnAttention(cudaStream_t stream);
+  // deterministic_only: prepare() refuses (ShapeError) a shape whose deterministic backward
+  // cuDNN lacks or would keep more than kCudnnDeterministicWorkspaceBudget, instead of taking
+  // the nondeterministic one (runtime.attention "auto", whose backend then runs its own).
+  explicit CudnnAttention(cudaStream_t stream, bool deterministic_only = false);
   ~CudnnAttention();
   CudnnAttention(const CudnnAttention&) = delete;
   CudnnAttention& operator=(const CudnnAttention&) = delete;

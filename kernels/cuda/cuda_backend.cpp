@@ -231,7 +231,7 @@ class CudaBackend final : public Backend {
       cudnn_fallback_ = options.cudnn_attention_fallback;
       if (options.cudnn_attention) {
         try {
-          cudnn_ = std::make_unique<CudnnAttention>(stream_);
+          cudnn_ = std::make_unique<CudnnAttention>(stream_, cudnn_fallback_);
         } catch (const CudaError&) {
           throw;  // the device's fault, not cuDNN's refusal
         } catch (const std::exception& e) {
@@ -991,6 +991,14 @@ class CudaBackend final : public Backend {
         throw;  // the device's fault (out of memory, say), not cuDNN's refusal
       } catch (const std::exception& e) {  // a declined graph (ShapeError), the frontend's errors
         if (!cudnn_fallback_) throw;
+        // Only where this backend's own fused kernels take the shape (check_fused_attention's
+        // conditions), else the run stops here with both reasons.
+        const bool ours = (a.head_dim == 64 || a.head_dim == 128) && compute_major_ >= 8 &&
+                          fused_attention_shared_bytes(a.head_dim) <= static_cast<size_t>(shared_optin_) &&
+                          a.batch * a.heads <= 65535;
+        if (!ours)
+          throw ShapeError(std::string(e.what()) + "; this backend's own fused attention cannot take head dimension " +
+                           std::to_string(a.head_dim) + " on this GPU either: set runtime.attention to \"materialized\"");
         fall_back_from_cudnn(e.what());
       }
     }

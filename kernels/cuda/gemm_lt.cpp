@@ -351,6 +351,10 @@ void GemmLt::autotune(Plan& p, const GemmArgs& g) {
   constexpr int kRounds = 5, kCallsPerRound = 2;
   constexpr float kMargin = 0.97f;  // a challenger must take at most 97% of the first's time
   const size_t n = p.candidates.size();
+  if (n < 2) {  // nothing to choose between
+    p.candidates.clear();
+    return;
+  }
   std::vector<bool> usable(n, false);
   std::vector<std::vector<float>> ms(n);
   try {
@@ -378,12 +382,15 @@ void GemmLt::autotune(Plan& p, const GemmArgs& g) {
     p.candidates.clear();  // the heuristic's first stays: not timed again at every call
     throw;
   }
-  size_t best = n;
-  for (size_t i = 0; i < n; ++i)
-    if (usable[i] && (best == n || median(ms[i]) < median(ms[best]))) best = i;
-  if (best != n) {
-    const float best_ms = median(ms[best]), first_ms = usable[0] ? median(ms[0]) : 0.0f;
-    if (usable[0] && best_ms > kMargin * first_ms) best = 0;  // within the noise: the heuristic's
+  // The baseline: the heuristic's first, or its first usable one where the first refused.
+  size_t baseline = 0;
+  while (baseline < n && !usable[baseline]) ++baseline;
+  size_t best = baseline;
+  for (size_t i = baseline; i < n; ++i)
+    if (usable[i] && median(ms[i]) < median(ms[best])) best = i;
+  if (baseline != n) {
+    const float best_ms = median(ms[best]), first_ms = median(ms[baseline]);
+    if (best_ms > kMargin * first_ms) best = baseline;  // within the noise: the heuristic's
     p.algo = p.candidates[best];
     ++autotuned_plans_;
     if (best != 0) ++autotune_changes_;

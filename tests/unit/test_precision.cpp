@@ -83,9 +83,9 @@ TEST(AttentionChoice, AutoTakesCudnnWhereItRunsAndSaysWhyNotElsewhere) {
   k["model"]["attention_dropout"] = 0.1;
   materialized_because(k, "'model.attention_dropout' set: cuDNN draws its own dropout mask");
 
-  // A long sequence: cuDNN's deterministic backward would need 8 x 2 x 8192^2 x 2 bytes
-  // (2 GiB) and fall back to its nondeterministic one; ours (head dimension 64) instead,
-  // else the materialised path.
+  // A long sequence: cuDNN's deterministic backward would need 8 x 2 x 8192 x (2 x 8192 + 4)
+  // bytes (2 GiB) and fall back to its nondeterministic one; ours (head dimension 64)
+  // instead, else the materialised path.
   k = j;
   k["model"]["hidden"] = 128;
   k["model"]["max_positions"] = 8192;
@@ -95,7 +95,7 @@ TEST(AttentionChoice, AutoTakesCudnnWhereItRunsAndSaysWhyNotElsewhere) {
   EXPECT_EQ(c.runtime.attention, old_gpu ? "materialized" : "fused") << c.runtime.attention_reason;
   if (!old_gpu) {
     EXPECT_EQ(c.runtime.attention_reason,
-              "cuDNN's deterministic backward would keep B x H x T x T = 2048 MiB, over its 1 GiB");
+              "cuDNN's deterministic backward would need about 2064 MiB of workspace, over its 1 GiB");
   }
   k["model"]["hidden"] = 32;  // head dimension 16: not ours either
   EXPECT_EQ(mics::parse_config(k, "tiny.json").runtime.attention, "materialized");
