@@ -991,27 +991,31 @@ class CudaBackend final : public Backend {
         throw;  // the device's fault (out of memory, say), not cuDNN's refusal
       } catch (const std::exception& e) {  // a declined graph (ShapeError), the frontend's errors
         if (!cudnn_fallback_) throw;
-        // Only where this backend's own fused kernels take the shape (check_fused_attention's
-        // conditions), else the run stops here with both reasons.
-        const bool ours = (a.head_dim == 64 || a.head_dim == 128) && compute_major_ >= 8 &&
-                          fused_attention_shared_bytes(a.head_dim) <= static_cast<size_t>(shared_optin_) &&
-                          a.batch * a.heads <= 65535;
-        if (!ours)
-          throw ShapeError(std::string(e.what()) + "; this backend's own fused attention cannot take head dimension " +
-                           std::to_string(a.head_dim) + " on this GPU either: set runtime.attention to \"materialized\"");
         fall_back_from_cudnn(e.what());
       }
+    }
+    if (!cudnn_unavailable_.empty() && a.batch > 0) {
+      // Only where this backend's own fused kernels take the shape (check_fused_attention's
+      // conditions), else the run stops here with both reasons.
+      const bool ours = (a.head_dim == 64 || a.head_dim == 128) && compute_major_ >= 8 &&
+                        fused_attention_shared_bytes(a.head_dim) <= static_cast<size_t>(shared_optin_) &&
+                        a.batch * a.heads <= 65535;
+      if (!ours)
+        throw ShapeError(cudnn_unavailable_ + "; this backend's own fused attention cannot take head dimension " +
+                         std::to_string(a.head_dim) + " on this GPU either: set runtime.attention to \"materialized\"");
+      spdlog::warn("runtime.attention auto: cuDNN's fused attention cannot run here ({}); this backend's own fused "
+                   "attention kernels run it instead (set runtime.attention to \"fused\" or \"materialized\" to "
+                   "choose)",
+                   cudnn_unavailable_);
     }
     fused_delta_.reserve(static_cast<size_t>(a.batch * a.heads * a.seq) * sizeof(float), stream_);
   }
 
   // runtime.attention "auto" chose cuDNN, which cannot run here: our fused kernels instead.
+  // Said in reserve(), where the model's attention shape tells whether ours can take it.
   void fall_back_from_cudnn(const std::string& why) {
-    spdlog::warn("runtime.attention auto: cuDNN's fused attention cannot run here ({}); this backend's own fused "
-                 "attention kernels run it instead (set runtime.attention to \"fused\" or \"materialized\" to "
-                 "choose)",
-                 why);
     cudnn_.reset();
+    cudnn_unavailable_ = why;
   }
 
   // cuDNN's workspace for this attention shape (its plans are built on first use).
@@ -1091,6 +1095,7 @@ class CudaBackend final : public Backend {
   GrowingBuffer bias_grad_;        // a linear layer's bias gradient from the GEMM's epilogue
   std::unique_ptr<CudnnAttention> cudnn_;  // runtime.attention "cudnn": the fused ops go to cuDNN
   bool cudnn_fallback_ = false;            // CudaBackendOptions::cudnn_attention_fallback
+  std::string cudnn_unavailable_;          // why cuDNN could not run it, after such a fallback
   GrowingBuffer cudnn_workspace_;
   std::unique_ptr<EventTimeline> timeline_;  // made when a profiler first asks
 };
