@@ -233,9 +233,6 @@ struct CudnnAttention::Impl {
     return g->get_plan_name(name).is_good() ? name : std::string("(unnamed)");
   }
 
-  // The deterministic backward keeps dP (B x H x T x T) in its workspace: beyond this, the
-  // fast one, whose workspace is linear in T.
-
   // The frontend picks cuDNN's unified kernel whenever the library is recent enough,
   // whatever the GPU; the composite graph covers more of them. The first refusal is the one
   // reported.
@@ -262,6 +259,9 @@ struct CudnnAttention::Impl {
     told_nondeterministic = true;
   }
 
+  // The deterministic backward keeps dP (B x H x T x T) in its workspace: beyond
+  // kCudnnDeterministicWorkspaceBudget (kernels/ops.h), the fast one, whose workspace is
+  // linear in T, unless deterministic_only.
   std::shared_ptr<fe::graph::Graph> built_backward(DType t, const AttentionDims& d) {
     std::string why;
     try {

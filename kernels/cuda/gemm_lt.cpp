@@ -182,9 +182,9 @@ GemmLt::Plan& GemmLt::plan_for(const GemmArgs& g) {
       // workspace), one extra bf16/fp16 rounding per split at the partials' size, which can
       // exceed the result's. Seen on an H200 (2026-11-27): a 96x128 fp16 weight gradient
       // over 64 rows, accumulated onto 0.98, came out 6 ulps from the float64 value where one
-      // rounding allows 1/2 (its rows summed in 8 chunks, each added in fp16, give that value in
-      // some orders; one rounding cannot). The
-      // splits are taken on small outputs, where the fp32 reduction's workspace is small.
+      // rounding allows 1/2 (its rows summed in 8 chunks, each added in fp16, give that value
+      // in some orders; one rounding cannot). The splits are taken on small outputs, where
+      // the fp32 reduction's workspace is small.
       if (status == CUBLAS_STATUS_SUCCESS && g.dtype != DType::f32) {
         const uint32_t reductions = CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE;
         status = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK,
@@ -385,17 +385,20 @@ void GemmLt::autotune(Plan& p, const GemmArgs& g) {
   // The baseline: the heuristic's first, or its first usable one where the first refused.
   size_t baseline = 0;
   while (baseline < n && !usable[baseline]) ++baseline;
-  size_t best = baseline;
-  for (size_t i = baseline; i < n; ++i)
-    if (usable[i] && median(ms[i]) < median(ms[best])) best = i;
   if (baseline != n) {
-    const float best_ms = median(ms[best]), first_ms = median(ms[baseline]);
-    if (best_ms > kMargin * first_ms) best = baseline;  // within the noise: the heuristic's
+    std::vector<float> medians(n, 0.0f);
+    for (size_t i = 0; i < n; ++i)
+      if (usable[i]) medians[i] = median(ms[i]);
+    size_t best = baseline;
+    for (size_t i = baseline; i < n; ++i)
+      if (usable[i] && medians[i] < medians[best]) best = i;
+    const float first_ms = medians[baseline];
+    if (medians[best] > kMargin * first_ms) best = baseline;  // within the noise: the heuristic's
     p.algo = p.candidates[best];
     ++autotuned_plans_;
     if (best != 0) ++autotune_changes_;
     // Said at info where it pays (5% or more over the heuristic's first), else at debug.
-    const float kept_ms = median(ms[best]);
+    const float kept_ms = medians[best];
     const bool gains = best != 0 && first_ms > 0.0f && kept_ms < 0.95f * first_ms;
     spdlog::log(gains ? spdlog::level::info : spdlog::level::debug,
                 "cuBLASLt autotune, {} GEMM m={} n={} k={} batch={}: algorithm {} of {}, {:.3f} ms (the heuristic's "
