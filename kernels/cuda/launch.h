@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/adamw_scalars.h"
+#include "kernels/cuda/column_reduce_geometry.h"
 #include "kernels/cuda/device_errors.h"
 #include "kernels/ops.h"
 
@@ -38,20 +39,9 @@ double device_sum(DType t, const void* x, int64_t n, bool squares, double* parti
                   double* result, cudaStream_t s);
 int64_t device_count_nonfinite(DType t, const void* x, int64_t n, unsigned long long* partials,
                                unsigned long long* result, cudaStream_t s);
-// Column reductions (column_reduce.cuh) sum chunks of about kColumnChunkRows rows into fp32
-// partials, then fold each column's partials in chunk order: deterministic. The caller
-// provides the partials: column_partials_floats(rows, cols, sums wanted) floats.
-inline constexpr int64_t kColumnChunkRows = 128;
-inline constexpr int64_t kColumnMaxChunks = 64;
-// Chunks of rows: about kColumnChunkRows each, at most kColumnMaxChunks, at least 1 (rows
-// == 0 still adds zeros).
-inline int64_t column_chunks(int64_t rows) {
-  const int64_t chunks = (rows + kColumnChunkRows - 1) / kColumnChunkRows;
-  return chunks < 1 ? 1 : (chunks > kColumnMaxChunks ? kColumnMaxChunks : chunks);
-}
-inline int64_t column_partials_floats(int64_t rows, int64_t cols, int sums) {
-  return sums * cols * column_chunks(rows);
-}
+// Column reductions (column_reduce.cuh) sum chunks of rows into fp32 partials, then fold
+// each column's partials in chunk order: deterministic. The caller provides the partials:
+// column_partials_floats(rows, cols, sums wanted) floats (column_reduce_geometry.h).
 // sums[c] += (or, without accumulate, =) the sum over rows r of x[r, c], in fp32.
 void launch_column_sums(DType t, void* sums, const void* x, int64_t rows, int64_t cols, bool accumulate,
                         float* partials, cudaStream_t s);

@@ -27,24 +27,6 @@ void with_row_access(int64_t cols, std::initializer_list<const void*> pointers, 
     f(std::false_type{});
 }
 
-// d_gamma[c] += sum_r dy[r,c] xhat[r,c]; d_beta[c] += sum_r dy[r,c]. Block (32, 16) as in
-// reduce.cu's column sums.
-// The gamma/beta gradients' terms of column_reduce.cuh: row r adds dy * xhat (gamma) and
-// dy (beta) to column c.
-template <class T, class S>
-struct LayerNormParamTerms {
-  const T* d_out;
-  const T* in;
-  const S* mean;
-  const S* rstd;
-  int64_t cols;
-  __device__ void operator()(int64_t r, int64_t c, float* sums) const {
-    const float dy = to_f(d_out[r * cols + c]);
-    sums[0] += dy * ((to_f(in[r * cols + c]) - to_f(mean[r])) * to_f(rstd[r]));
-    sums[1] += dy;
-  }
-};
-
 // Calls f(T{}, S{}) with S = T or float.
 template <class F>
 void dispatch_stats(const char* op, DType t, DType stats_t, F&& f) {
@@ -102,13 +84,12 @@ void launch_layernorm_backward(DType t, DType stats_t, void* d_in, void* d_gamma
     using T = decltype(tv);
     using S = decltype(sv);
     // Parameter gradients first: they read d_out, which d_in must not alias anyway.
-    launch_column_reduce<T, 2>({{static_cast<T*>(d_gamma), static_cast<T*>(d_beta)}}, rows, cols,
-                               partials,
-                               LayerNormParamTerms<T, S>{static_cast<const T*>(d_out),
-                                                         static_cast<const T*>(in),
-                                                         static_cast<const S*>(mean),
-                                                         static_cast<const S*>(rstd), cols},
-                               accumulate_params, s);
+    const LayerNormParamTerms<T, S> terms{static_cast<const T*>(d_out), static_cast<const T*>(in),
+                                          static_cast<const S*>(mean), static_cast<const S*>(rstd), cols};
+    const ColumnOutputs<T, 2> params{{static_cast<T*>(d_gamma), static_cast<T*>(d_beta)}};
+    with_row_access(cols, {d_out, in}, [&](auto vector) {
+      launch_column_reduce<decltype(vector)::value>(params, rows, cols, partials, terms, accumulate_params, s);
+    });
     if (rows <= 0) return;
     with_row_access(cols, {d_in, d_out, in, gamma}, [&](auto vector) {
       layernorm_backward_kernel<decltype(vector)::value, T, S>

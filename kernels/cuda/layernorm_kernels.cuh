@@ -1,7 +1,7 @@
 #pragma once
 // The LayerNorm row kernels alone (layernorm.cu launches them, with the gamma/beta
-// gradients as column reductions): forward, alone or after the residual add it follows,
-// and the input gradient. One block per row, the row held in registers (read once, 16-byte
+// gradients as column reductions of LayerNormParamTerms below): forward, alone or after the
+// residual add it follows, and the input gradient. One block per row, the row held in registers (read once, 16-byte
 // accesses where aligned); statistics and the backward's row means in fp32 (two passes over
 // the registers for the variance, no E[x^2] - E[x]^2 cancellation). No CUDA header: the
 // includer provides the element types with to_f/from_f, uint4 and sqrtf (device_common.cuh
@@ -23,34 +23,6 @@ namespace mics::cuda {
 constexpr int kRowPacks = 4;
 constexpr int kMaxRowThreads = 512;
 constexpr int64_t kMaxRowCols = int64_t(kMaxRowThreads) * kRowPacks * kMapWidth;
-
-template <bool kVector, class T>
-__device__ __forceinline__ Pack8<T> load_row_pack(const T* row, int64_t p, int64_t cols) {
-  if constexpr (kVector) {
-    return load_pack(row + p * kMapWidth);
-  } else {
-    Pack8<T> r;
-#pragma unroll
-    for (int j = 0; j < kMapWidth; ++j) {
-      const int64_t c = p * kMapWidth + j;
-      r.v[j] = c < cols ? row[c] : from_f<T>(0.0f);
-    }
-    return r;
-  }
-}
-
-template <bool kVector, class T>
-__device__ __forceinline__ void store_row_pack(T* row, int64_t p, int64_t cols, const Pack8<T>& r) {
-  if constexpr (kVector) {
-    store_pack(row + p * kMapWidth, r);
-  } else {
-#pragma unroll
-    for (int j = 0; j < kMapWidth; ++j) {
-      const int64_t c = p * kMapWidth + j;
-      if (c < cols) row[c] = r.v[j];
-    }
-  }
-}
 
 template <bool kVector>
 __device__ __forceinline__ bool in_row(int64_t p, int j, int64_t cols) {
@@ -152,6 +124,28 @@ __global__ void __launch_bounds__(kMaxRowThreads) layernorm_backward_kernel(T* d
     store_row_pack<kVector>(d_in + row, p, cols, dx);
   }
 }
+
+// The gamma/beta gradients as terms of a column reduction (column_reduce_kernels.cuh): row r
+// adds dy * xhat to d_gamma's columns and dy to d_beta's.
+template <class T, class S>
+struct LayerNormParamTerms {
+  const T* d_out;
+  const T* in;
+  const S* mean;
+  const S* rstd;
+  int64_t cols;
+  template <bool kVector>
+  __device__ __forceinline__ void add(int64_t r, int64_t p, float (&sums)[2][kMapWidth]) const {
+    const Pack8<T> dy = load_row_pack<kVector>(d_out + r * cols, p, cols), x = load_row_pack<kVector>(in + r * cols, p, cols);
+    const float mu = to_f(mean[r]), rs = to_f(rstd[r]);
+#pragma unroll
+    for (int j = 0; j < kMapWidth; ++j) {
+      const float g = to_f(dy.v[j]);
+      sums[0][j] += g * ((to_f(x.v[j]) - mu) * rs);
+      sums[1][j] += g;
+    }
+  }
+};
 
 // Threads per row: the fewest (a warp at least) that keep each thread at kRowPacks packs.
 inline int row_block_threads(int64_t cols) {

@@ -15,14 +15,6 @@ unsigned partial_blocks(int64_t n) {
   return static_cast<unsigned>(blocks < kReducePartials ? blocks : kReducePartials);
 }
 
-// The bias gradient's term of column_reduce.cuh: row r adds x[r, c].
-template <class T>
-struct ColumnValue {
-  const T* x;
-  __device__ void operator()(int64_t r, int64_t c, float* sums) const { sums[0] += to_f(x[r * cols + c]); }
-  int64_t cols;
-};
-
 }  // namespace
 
 double device_sum(DType t, const void* x, int64_t n, bool squares, double* partials,
@@ -76,8 +68,11 @@ void launch_column_sums(DType t, void* sums, const void* x, int64_t rows, int64_
   // rows == 0 still runs (adds 0): the result must not depend on an early exit's rounding.
   dispatch("column_sums", t, [&](auto v) {
     using T = decltype(v);
-    launch_column_reduce<T, 1>({{static_cast<T*>(sums)}}, rows, cols, partials,
-                               ColumnValue<T>{static_cast<const T*>(x), cols}, accumulate, s);
+    const ColumnValue<T> term{static_cast<const T*>(x), cols};
+    if (cols % kMapWidth == 0 && aligned16(x))
+      launch_column_reduce<true, T, 1>({{static_cast<T*>(sums)}}, rows, cols, partials, term, accumulate, s);
+    else
+      launch_column_reduce<false, T, 1>({{static_cast<T*>(sums)}}, rows, cols, partials, term, accumulate, s);
   });
 }
 

@@ -32,6 +32,37 @@ __device__ __forceinline__ void store_pack(T* p, const Pack8<T>& r) {
     reinterpret_cast<uint4*>(p)[w] = reinterpret_cast<const uint4*>(&r)[w];
 }
 
+// Pack p (elements 8p .. 8p+7) of a row of `cols` elements. kVector: the pack is whole and
+// 16-byte aligned, one or two 16-byte accesses; otherwise element by element, the part
+// past `cols` read as 0 (and not written).
+template <bool kVector, class T>
+__device__ __forceinline__ Pack8<T> load_row_pack(const T* row, int64_t p, int64_t cols) {
+  if constexpr (kVector) {
+    return load_pack(row + p * kMapWidth);
+  } else {
+    Pack8<T> r;
+#pragma unroll
+    for (int j = 0; j < kMapWidth; ++j) {
+      const int64_t c = p * kMapWidth + j;
+      r.v[j] = c < cols ? row[c] : from_f<T>(0.0f);
+    }
+    return r;
+  }
+}
+
+template <bool kVector, class T>
+__device__ __forceinline__ void store_row_pack(T* row, int64_t p, int64_t cols, const Pack8<T>& r) {
+  if constexpr (kVector) {
+    store_pack(row + p * kMapWidth, r);
+  } else {
+#pragma unroll
+    for (int j = 0; j < kMapWidth; ++j) {
+      const int64_t c = p * kMapWidth + j;
+      if (c < cols) row[c] = r.v[j];
+    }
+  }
+}
+
 // out[i] = f(i, x[i]...) for i < n, over one or more inputs. `out` may alias any input
 // (each element is read before it is written, by the same thread).
 template <bool kVector, class O, class F, class... X>

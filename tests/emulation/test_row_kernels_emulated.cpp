@@ -1,4 +1,5 @@
-// The CUDA LayerNorm row kernels (kernels/cuda/layernorm_kernels.cuh), the cross-entropy
+// The CUDA LayerNorm row kernels (kernels/cuda/layernorm_kernels.cuh) and the column
+// reductions of its parameter gradients and the bias gradient (column_reduce_kernels.cuh), the cross-entropy
 // kernel (cross_entropy_kernels.cuh) and the element-wise map kernels with their GELU and
 // dropout functions (vector_map_kernels.cuh, elementwise_ops.cuh), compiled for the host and run under tests/emulation/cuda_emulator.h:
 // against float64 with tests/cuda/test_cuda_ops.cpp's tolerances (device_numerics.h), and
@@ -28,6 +29,7 @@
 // The emulator stands in for the CUDA headers the kernels expect, so it comes first.
 #include "tests/emulation/cuda_emulator.h"
 #include "tests/emulation/guard_bytes.h"
+#include "kernels/cuda/column_reduce_kernels.cuh"
 #include "kernels/cuda/cross_entropy_kernels.cuh"
 #include "kernels/cuda/elementwise_ops.cuh"
 #include "kernels/cuda/layernorm_kernels.cuh"
@@ -262,6 +264,128 @@ TEST(EmulatedCudaLayerNorm, SixteenBytePathsMatchElementPathsBitForBit) {
   check_paths_agree<float>();
   check_paths_agree<cuda::bf16>();
   check_paths_agree<cuda::f16>();
+}
+
+// ---------------------------------------------------------------- column reductions
+
+// column_reduce.cuh's two stages as it launches them (column_grid), the partials followed
+// by a guard; the fold on a short grid (2 blocks of 64 threads), so that its threads stride.
+template <bool kVector, class T, int kOutputs, class Term>
+void column_reduce(cuda::ColumnOutputs<T, kOutputs> outs, int64_t rows, int64_t cols, Term term, bool accumulate) {
+  const cuda::ColumnGrid g = cuda::column_grid(rows, cols);
+  const auto floats = static_cast<size_t>(cuda::column_partials_floats(rows, cols, kOutputs));
+  std::vector<float> partials(floats + kGuard, guard_value<float>());
+  cuda_emulator::launch(dim3{static_cast<unsigned>(g.column_blocks), static_cast<unsigned>(g.chunks)},
+                        cuda::kColumnBlockThreads, 0, cuda::column_partials_kernel<kVector, kOutputs, Term>,
+                        partials.data(), rows, cols, g.chunk_rows, term);
+  size_t written_past = 0, unwritten = 0;
+  for (size_t i = 0; i < partials.size(); ++i)
+    (i < floats ? unwritten : written_past) += same_bits(partials[i], guard_value<float>()) == (i < floats) ? 1 : 0;
+  EXPECT_EQ(unwritten, 0u) << "partials left unwritten";
+  EXPECT_EQ(written_past, 0u) << "partials written past the " << floats << " floats";
+  cuda_emulator::launch(dim3{2}, 64, 0, cuda::column_fold_kernel<T, kOutputs>, outs,
+                        static_cast<const float*>(partials.data()), g.chunks, cols, accumulate);
+}
+
+// Shapes: element paths (odd widths, a tail pack; 259: a second column block holding one
+// partial pack), 16-byte packs (8, 264: two column blocks, the second one pack wide; 2560:
+// ten), one chunk of rows and several (300: 3 chunks; 8200: 64 chunks of 129 rows, the
+// last of 73), and no rows at all (zeros written, or nothing added).
+const std::vector<std::pair<int64_t, int64_t>> kColumnShapes = {{5, 1},   {9, 8},    {37, 53}, {300, 40}, {20, 259},
+                                                                 {40, 264}, {130, 2560}, {8200, 16}, {0, 24}};
+
+template <class T, class S>
+void check_layernorm_param_gradients() {
+  const DType t = dtype_for<T>(), st = dtype_for<S>();
+  for (auto [m, c] : kColumnShapes)
+    for (bool accumulate : {false, true}) {
+      SCOPED_TRACE(testing::Message() << dtype_name(t) << " stats " << dtype_name(st) << " M=" << m << " C=" << c
+                                      << (accumulate ? " +=" : " ="));
+      std::mt19937_64 rng(53);
+      const Vec in = rounded(t, random_vec(rng, m * c, 1.0, 3.0)), w = rounded(t, random_vec(rng, m * c));
+      const Vec gamma = rounded(t, random_vec(rng, c, 0.5, 1.5)), beta = rounded(t, random_vec(rng, c));
+      const Vec d_g0 = rounded(t, random_vec(rng, c)), d_b0 = rounded(t, random_vec(rng, c));
+      Ref f_out = ref(Shape{m, c}), f_mean = ref(Shape{m}), f_rstd = ref(Shape{m}), r_in = ref(in, {m, c}),
+          r_g = ref(gamma, {c}), r_b = ref(beta, {c});
+      if (m > 0) cpu().layernorm_forward(f_out.t(), f_mean.t(), f_rstd.t(), r_in.t(), r_g.t(), r_b.t(), kLnEps);
+      const Vec mean = rounded(st, f_mean.v), rstd = rounded(st, f_rstd.v);
+      Ref r_din = ref(Shape{m, c}), r_dg = ref(accumulate ? d_g0 : Vec(c, 0.0), {c}),
+          r_db = ref(accumulate ? d_b0 : Vec(c, 0.0), {c}), r_w = ref(w, {m, c}), r_mean = ref(mean, {m}),
+          r_rstd = ref(rstd, {m});
+      if (m > 0)
+        cpu().layernorm_backward(r_din.t(), r_dg.t(), r_db.t(), r_w.t(), r_in.t(), r_g.t(), r_mean.t(), r_rstd.t(),
+                                 Accumulate::yes);
+      // Both access paths: 16-byte packs on aligned buffers (where the width allows), the
+      // element path on buffers one entry past alignment; the same bits from both.
+      std::vector<unsigned char> bits[2][2];
+      for (size_t off : {size_t{0}, size_t{1}}) {
+        if (off == 0 && c % cuda::kMapWidth != 0) continue;
+        Buffer<T> dy(w, off), x(in, off), dg(d_g0, off), db(d_b0, off);
+        Buffer<S> mu(mean, off), rs(rstd, off);
+        const cuda::LayerNormParamTerms<T, S> terms{dy.data(), x.data(), mu.data(), rs.data(), c};
+        const cuda::ColumnOutputs<T, 2> outs{{dg.data(), db.data()}};
+        if (off == 0)
+          column_reduce<true>(outs, m, c, terms, accumulate);
+        else
+          column_reduce<false>(outs, m, c, terms, accumulate);
+        // As CudaLayerNorm: M-term sums, onto prefills of size 1.
+        const double sm = std::sqrt(double(m));
+        expect_close(dg.get(), r_dg.v, tol(t, 8 * sm, 2 * sm + 1), "d_gamma");
+        expect_close(db.get(), r_db.v, tol(t, 4 * sm, sm + 1), "d_beta");
+        dg.expect_guards("d_gamma");
+        db.expect_guards("d_beta");
+        bits[off][0] = dg.bytes(), bits[off][1] = db.bytes();
+      }
+      if (c % cuda::kMapWidth == 0) {
+        EXPECT_TRUE(bits[0][0] == bits[1][0]) << "d_gamma: 16-byte and element paths differ";
+        EXPECT_TRUE(bits[0][1] == bits[1][1]) << "d_beta: 16-byte and element paths differ";
+      }
+    }
+}
+
+TEST(EmulatedCudaColumnReduce, LayerNormParameterGradientsMatchFloat64OnBothPaths) {
+  check_layernorm_param_gradients<float, float>();
+  check_layernorm_param_gradients<cuda::bf16, float>();
+  check_layernorm_param_gradients<cuda::f16, cuda::f16>();
+}
+
+template <class T>
+void check_column_sums() {
+  const DType t = dtype_for<T>();
+  for (auto [m, c] : kColumnShapes)
+    for (bool accumulate : {false, true}) {
+      SCOPED_TRACE(testing::Message() << dtype_name(t) << " M=" << m << " C=" << c << (accumulate ? " +=" : " ="));
+      std::mt19937_64 rng(59);
+      const Vec x = rounded(t, random_vec(rng, m * c)), prefill = rounded(t, random_vec(rng, c));
+      Vec expected = accumulate ? prefill : Vec(c, 0.0);
+      for (int64_t r = 0; r < m; ++r)
+        for (int64_t k = 0; k < c; ++k) expected[k] += x[r * c + k];
+      std::vector<unsigned char> bits[2];
+      for (size_t off : {size_t{0}, size_t{1}}) {
+        if (off == 0 && c % cuda::kMapWidth != 0) continue;
+        Buffer<T> in(x, off), sums(prefill, off);
+        const cuda::ColumnValue<T> term{in.data(), c};
+        const cuda::ColumnOutputs<T, 1> outs{{sums.data()}};
+        if (off == 0)
+          column_reduce<true>(outs, m, c, term, accumulate);
+        else
+          column_reduce<false>(outs, m, c, term, accumulate);
+        // As the bias gradients of CudaLinear: M-term sums onto a prefill of size 1.
+        const double sm = std::sqrt(double(m));
+        expect_close(sums.get(), expected, tol(t, 4 * sm, sm + 1), "column sums");
+        sums.expect_guards("column sums");
+        bits[off] = sums.bytes();
+      }
+      if (c % cuda::kMapWidth == 0) {
+        EXPECT_TRUE(bits[0] == bits[1]) << "16-byte and element paths differ";
+      }
+    }
+}
+
+TEST(EmulatedCudaColumnReduce, ColumnSumsMatchFloat64OnBothPaths) {
+  check_column_sums<float>();
+  check_column_sums<cuda::bf16>();
+  check_column_sums<cuda::f16>();
 }
 
 // ---------------------------------------------------------------- element-wise maps
