@@ -1,6 +1,7 @@
 #include "engine/op_profile.h"
 
 #include <algorithm>
+#include <bit>
 #include <chrono>
 #include <utility>
 #include <vector>
@@ -11,22 +12,28 @@
 
 namespace mics {
 
-void OpProfile::add(const char* op, double seconds, double flops) {
-  Entry& e = entries_[op];
-  ++e.calls;
-  e.seconds += seconds;
-  e.flops += flops;
+void OpProfile::add(const char* op, double seconds, double flops, const LinearShape* shape) {
+  auto count = [&](Entry& e) {
+    ++e.calls;
+    e.seconds += seconds;
+    e.flops += flops;
+    if (shape != nullptr) e.rows += static_cast<double>(shape->rows);
+  };
+  count(entries_[op]);
+  if (shape != nullptr)
+    count(shapes_[{op, shape->in, shape->out, std::bit_width(static_cast<uint64_t>(std::max<int64_t>(shape->rows, 0)))}]);
 }
 
-void OpProfile::add_timed(const char* op, double flops, DeviceTimeline& timeline, int64_t begin, int64_t end) {
+void OpProfile::add_timed(const char* op, double flops, DeviceTimeline& timeline, int64_t begin, int64_t end,
+                          const LinearShape* shape) {
   timing_ = timeline.how();
-  pending_.push_back({op, flops, &timeline, begin, end});
+  pending_.push_back({op, flops, &timeline, begin, end, shape != nullptr, shape != nullptr ? *shape : LinearShape{}});
 }
 
 void OpProfile::settle() {
   DeviceTimeline* timeline = nullptr;
   for (const Pending& p : pending_) {
-    add(p.op, p.timeline->seconds_between(p.begin, p.end), p.flops);
+    add(p.op, p.timeline->seconds_between(p.begin, p.end), p.flops, p.linear ? &p.shape : nullptr);
     timeline = p.timeline;
   }
   pending_.clear();
@@ -36,6 +43,7 @@ void OpProfile::settle() {
 void OpProfile::reset() {
   settle();  // lets the timeline reuse its marks
   entries_.clear();
+  shapes_.clear();
 }
 
 std::string OpProfile::table(double step_seconds, int64_t steps) const {
@@ -53,6 +61,19 @@ std::string OpProfile::table(double step_seconds, int64_t steps) const {
   const double rest = step_seconds - covered / n;
   out += fmt::format("{:<20} {:>10} {:>12.3f} {:>7.1f}%\n", "(not in an op)", "", 1e3 * rest, 100.0 * rest / step_seconds);
   out += fmt::format("{:<20} {:>10} {:>12.3f} {:>7.1f}%", "step", "", 1e3 * step_seconds, 100.0);
+  if (shapes_.empty()) return out;
+  // The linear ops per shape: rows is the mean per call (tokens; BERT's head: masked rows).
+  std::vector<std::pair<ShapeKey, Entry>> shapes(shapes_.begin(), shapes_.end());
+  std::sort(shapes.begin(), shapes.end(), [](const auto& a, const auto& b) { return a.second.seconds > b.second.seconds; });
+  out += fmt::format("\n\nlinear ops by shape (in->out features; rows: the mean per call)\n{:<34} {:>8} {:>10} {:>12} {:>8} {:>10}",
+                     "op in->out", "rows", "calls/step", "ms/step", "share", "TFLOP/s");
+  for (const auto& [key, e] : shapes) {
+    const std::string rate = e.flops > 0 && e.seconds > 0 ? fmt::format("{:.3g}", e.flops / e.seconds / 1e12) : "";
+    const auto& [op, in, out_features, bits] = key;
+    out += fmt::format("\n{:<34} {:>8.0f} {:>10.1f} {:>12.3f} {:>7.1f}% {:>10}", fmt::format("{} {}->{}", op, in, out_features),
+                       e.rows / static_cast<double>(std::max<int64_t>(e.calls, 1)), static_cast<double>(e.calls) / n,
+                       1e3 * e.seconds / n, 100.0 * e.seconds / n / step_seconds, rate);
+  }
   return out;
 }
 
@@ -92,23 +113,30 @@ class ProfilingBackend final : public Backend {
   }
 
   // Marks around the op (also on an exception, and around a returned value), read at the
-  // next settle.
+  // next settle; a linear op also counted under its shape.
   template <class F>
-  auto timed(const char* op, double flops, F&& f) {
+  auto timed(const char* op, double flops, F&& f, const OpProfile::LinearShape* shape = nullptr) {
     struct Marks {
       OpProfile& profile;
       DeviceTimeline& timeline;
       const char* op;
       double flops;
+      const OpProfile::LinearShape* shape;
       int64_t begin;
       ~Marks() {
         try {
-          profile.add_timed(op, flops, timeline, begin, timeline.mark());
+          profile.add_timed(op, flops, timeline, begin, timeline.mark(), shape);
         } catch (...) {  // the op's own error is the one to report
         }
       }
-    } marks{profile_, *timeline_, op, flops, timeline_->mark()};
+    } marks{profile_, *timeline_, op, flops, shape, timeline_->mark()};
     return f();
+  }
+
+  // in[rows, K] (any leading dims) through weight[N, K].
+  static OpProfile::LinearShape linear_shape(const Tensor& in, const Tensor& weight) {
+    const int64_t k = weight.shape.rank == 2 ? weight.shape[1] : 0, n = weight.shape.rank == 2 ? weight.shape[0] : 0;
+    return {k > 0 ? in.numel() / k : 0, k, n};
   }
 
   const char* name() const override { return inner_->name(); }
@@ -139,12 +167,15 @@ class ProfilingBackend final : public Backend {
   }
 
   void linear_forward(Tensor out, Tensor in, Tensor weight, Tensor bias) override {
-    timed("linear_forward", linear_forward_flops(in, weight), [&] { inner_->linear_forward(out, in, weight, bias); });
+    const auto shape = linear_shape(in, weight);
+    timed("linear_forward", linear_forward_flops(in, weight), [&] { inner_->linear_forward(out, in, weight, bias); },
+          &shape);
   }
   void linear_backward(Tensor d_in, Tensor d_weight, Tensor d_bias, Tensor d_out, Tensor in, Tensor weight,
                        Accumulate acc, Accumulate acc_params) override {
+    const auto shape = linear_shape(in, weight);
     timed("linear_backward", linear_backward_flops(d_in, d_out, in),
-          [&] { inner_->linear_backward(d_in, d_weight, d_bias, d_out, in, weight, acc, acc_params); });
+          [&] { inner_->linear_backward(d_in, d_weight, d_bias, d_out, in, weight, acc, acc_params); }, &shape);
   }
   void gelu_forward(Tensor out, Tensor in, GeluKind kind) override {
     timed("gelu_forward", 0, [&] { inner_->gelu_forward(out, in, kind); });
@@ -154,13 +185,16 @@ class ProfilingBackend final : public Backend {
   }
   void reserve_scratch(const ScratchBounds& bounds) override { inner_->reserve_scratch(bounds); }
   void linear_gelu_forward(Tensor act, Tensor pre, Tensor in, Tensor weight, Tensor bias, GeluKind kind) override {
+    const auto shape = linear_shape(in, weight);
     timed("linear_gelu_forward", linear_forward_flops(in, weight),
-          [&] { inner_->linear_gelu_forward(act, pre, in, weight, bias, kind); });
+          [&] { inner_->linear_gelu_forward(act, pre, in, weight, bias, kind); }, &shape);
   }
   void linear_gelu_backward(Tensor d_pre, Tensor d_weight, Tensor d_bias, Tensor d_out, Tensor act, Tensor pre,
                             Tensor weight, GeluKind kind, Accumulate acc_params) override {
+    const auto shape = linear_shape(act, weight);
     timed("linear_gelu_backward", linear_backward_flops(d_pre, d_out, act),
-          [&] { inner_->linear_gelu_backward(d_pre, d_weight, d_bias, d_out, act, pre, weight, kind, acc_params); });
+          [&] { inner_->linear_gelu_backward(d_pre, d_weight, d_bias, d_out, act, pre, weight, kind, acc_params); },
+          &shape);
   }
   void layernorm_forward(Tensor out, Tensor mean, Tensor rstd, Tensor in, Tensor gamma, Tensor beta,
                          float eps) override {

@@ -11,6 +11,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "kernels/ops.h"
@@ -23,10 +24,19 @@ class OpProfile {
     int64_t calls = 0;
     double seconds = 0;
     double flops = 0;  // matrix-product ops only
+    double rows = 0;   // linear ops: the input rows of every call, summed
   };
-  void add(const char* op, double seconds, double flops);
+  // A linear op's shape: its rows (tokens), in and out features. Linear ops are also counted
+  // per (name, features, rows within a power of two): BERT's head sees a different number of
+  // masked rows every batch, and its 2560->2560 transform is not the layers' projection.
+  struct LinearShape {
+    int64_t rows = 0, in = 0, out = 0;
+  };
+  using ShapeKey = std::tuple<std::string, int64_t, int64_t, int>;  // op, in, out, bit width of rows
+  void add(const char* op, double seconds, double flops, const LinearShape* shape = nullptr);
   // An op timed on `timeline` from mark `begin` to mark `end`, added at the next settle().
-  void add_timed(const char* op, double flops, DeviceTimeline& timeline, int64_t begin, int64_t end);
+  void add_timed(const char* op, double flops, DeviceTimeline& timeline, int64_t begin, int64_t end,
+                 const LinearShape* shape = nullptr);
   // Reads the times of the ops added since the last settle (waiting for them).
   void settle();
   // How the ops were timed (the timeline's how()); empty before any was.
@@ -34,9 +44,11 @@ class OpProfile {
   // Starts a new window (e.g. after the warm-up step): ops still pending are dropped.
   void reset();
   const std::map<std::string, Entry>& entries() const { return entries_; }
+  const std::map<ShapeKey, Entry>& linear_shapes() const { return shapes_; }
 
   // One row per op, slowest first: calls and milliseconds per step, share of the step,
-  // TFLOP/s where the op is a matrix product; then the remainder of the step.
+  // TFLOP/s where the op is a matrix product; then the remainder of the step; then the
+  // linear ops per shape, slowest first (which products fall short of the GEMM peak).
   std::string table(double step_seconds, int64_t steps) const;
 
  private:
@@ -45,8 +57,11 @@ class OpProfile {
     double flops;
     DeviceTimeline* timeline;
     int64_t begin, end;
+    bool linear;
+    LinearShape shape;
   };
   std::map<std::string, Entry> entries_;
+  std::map<ShapeKey, Entry> shapes_;
   std::vector<Pending> pending_;
   const char* timing_ = "";
 };

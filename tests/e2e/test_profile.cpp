@@ -73,6 +73,38 @@ TEST(Profile, DeviceTimedOpsCountWhenSettled) {
   EXPECT_EQ(timeline.forgotten, 2);
 }
 
+// Linear ops also counted per shape: the same features with rows in another power of two (a
+// head on the masked rows) apart, rows varying within one (the masked count per batch) together.
+TEST(Profile, LinearOpsCountedPerShape) {
+  FakeTimeline timeline;
+  mics::OpProfile profile;
+  using Shape = mics::OpProfile::LinearShape;
+  const Shape layer{4096, 2560, 2560}, head_a{606, 2560, 2560}, head_b{590, 2560, 2560};
+  const int64_t a = timeline.mark(), b = timeline.mark(), c = timeline.mark();
+  profile.add_timed("linear_forward", 2.0 * 4096 * 2560 * 2560, timeline, a, c, &layer);  // 1.0 s
+  profile.add_timed("linear_forward", 2.0 * 606 * 2560 * 2560, timeline, a, b, &head_a);  // 0.5 s
+  profile.add_timed("linear_forward", 2.0 * 590 * 2560 * 2560, timeline, b, c, &head_b);  // 0.5 s
+  profile.add_timed("add", 0, timeline, a, b);
+  profile.settle();
+  EXPECT_EQ(profile.entries().at("linear_forward").calls, 3);
+  const auto& shapes = profile.linear_shapes();
+  ASSERT_EQ(shapes.size(), 2u);
+  const auto& full = shapes.at({"linear_forward", 2560, 2560, 13});  // 4096: 13 bits
+  const auto& masked = shapes.at({"linear_forward", 2560, 2560, 10});  // 512..1023
+  EXPECT_EQ(full.calls, 1);
+  EXPECT_EQ(masked.calls, 2);
+  EXPECT_DOUBLE_EQ(masked.rows, 606.0 + 590.0);
+  EXPECT_DOUBLE_EQ(masked.seconds, 1.0);
+  const std::string table = profile.table(4.0, 1);
+  EXPECT_NE(table.find("linear ops by shape"), std::string::npos) << table;
+  // The masked rows' mean per call, 1 s over the window's one step, 25% of its 4 s, and
+  // 2 x (606 + 590) x 2560^2 FLOPs in that second.
+  const std::regex masked_row(R"(linear_forward 2560->2560\s+598\s+2\.0\s+1000\.000\s+25\.0%\s+0\.0157)");
+  EXPECT_TRUE(std::regex_search(table, masked_row)) << table;
+  profile.reset();
+  EXPECT_TRUE(profile.linear_shapes().empty());
+}
+
 TEST(Profile, CountsEveryOpOfAStepAndChangesNoLoss) {
   TempDir dir("profile");
   const auto plain = run_cli(tiny_run(dir, "plain.jsonl", 4));
@@ -100,6 +132,24 @@ TEST(Profile, CountsEveryOpOfAStepAndChangesNoLoss) {
   for (const auto& [op, r] : rows) share += r.second;
   EXPECT_LE(share, 100.5);  // the ops fit in the step (each share is rounded to 0.1%)
   EXPECT_GT(share, 50.0);   // and on the CPU they are most of it
+
+  // The linear ops by shape add up to the ops' calls: gpt-tiny's hidden 128, FFN 512, q/k/v
+  // as one 128->384 product; 8 x 32 rows per micro-batch.
+  const std::regex shape_row(R"(^(linear\w*) (\d+)->(\d+)\s+(\d+)\s+([0-9.]+)\s)");
+  std::map<std::string, double> per_op;
+  std::map<std::string, std::string> rows_of;
+  std::istringstream in(profiled.output);
+  std::string line;
+  std::smatch m;
+  while (std::getline(in, line))
+    if (std::regex_search(line, m, shape_row)) {
+      per_op[m[1]] += std::stod(m[5]);
+      rows_of[std::string(m[1]) + " " + std::string(m[2]) + "->" + std::string(m[3])] = m[4];
+    }
+  for (const char* op : {"linear_forward", "linear_backward", "linear_gelu_forward", "linear_gelu_backward"})
+    EXPECT_EQ(per_op[op], rows.at(op).first) << op << "\n" << profiled.output;
+  EXPECT_EQ(rows_of["linear_gelu_forward 128->512"], "256") << profiled.output;
+  EXPECT_EQ(rows_of["linear_forward 128->384"], "256") << profiled.output;
 }
 
 // Checkpoints written during the profiled steps are not a step's work: the same ops per
