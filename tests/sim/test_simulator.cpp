@@ -14,6 +14,7 @@
 #include "engine/sim/cluster_spec.h"
 #include "engine/sim/sim_communicator.h"
 #include "engine/sim/simulate.h"
+#include "kernels/ops.h"
 #include "tests/e2e/cli_runner.h"
 
 namespace {
@@ -412,6 +413,34 @@ TEST(MemoryPlanner, CountsTheCudaBackendsPaddedVocabularyProjection) {
   config.runtime.backend = "cpu";
   config.train.precision = "fp32";
   EXPECT_EQ(mics::plan_memory(config, 64, 8, config.train.micro_batch_size, false).gemm_staging, 0.0);
+}
+
+// The CUDA backend's workspaces are planned: cuBLASLt's, and with cuDNN's attention its
+// deterministic backward's (dP and the softmax sums, B x H x T x (2T + 4) bytes, plus 16
+// MiB), or past the 1 GiB budget the nondeterministic one's (16 MiB); the CPU needs none.
+TEST(MemoryPlanner, CountsTheCudaBackendsWorkspaces) {
+  mics::Config config = bert_10b();
+  config.train.precision = "bf16";
+  config.runtime.backend = "cuda";
+  config.runtime.attention = "materialized";
+  const int64_t mb = config.train.micro_batch_size, t = config.train.seq_len, h = config.model.heads;
+  const double gemm = 32.0 * (1 << 20);
+  EXPECT_DOUBLE_EQ(mics::plan_memory(config, 64, 8, mb, false).workspace, gemm);
+  config.runtime.attention = "cudnn";
+  const mics::MemoryPlan plan = mics::plan_memory(config, 64, 8, mb, false);
+  const double dp = static_cast<double>(mb * h * t) * static_cast<double>(2 * t + 4) + 16.0 * (1 << 20);
+  ASSERT_LE(dp, static_cast<double>(mics::kCudnnDeterministicWorkspaceBudget));
+  EXPECT_DOUBLE_EQ(plan.workspace, gemm + dp);
+  EXPECT_DOUBLE_EQ(mics::plan_memory(config, 64, 8, 2 * mb, false).workspace,
+                   gemm + 2 * (dp - 16.0 * (1 << 20)) + 16.0 * (1 << 20));  // the planner's other micro-batches
+  EXPECT_NE(mics::describe_plan(plan).find("workspaces"), std::string::npos);
+  const double without = plan.total() - plan.workspace;
+  EXPECT_DOUBLE_EQ(plan.total(), without + gemm + dp);
+  config.train.seq_len = 4096;  // dP of 8 x 40 x 4096^2 x 2 bytes: 10 GiB, past the budget
+  EXPECT_DOUBLE_EQ(mics::plan_memory(config, 64, 8, mb, false).workspace, gemm + 16.0 * (1 << 20));
+  config.runtime.backend = "cpu";
+  config.train.precision = "fp32";
+  EXPECT_EQ(mics::plan_memory(config, 64, 8, mb, false).workspace, 0.0);
 }
 
 TEST(SimulateCli, BadRequestsAreRefusedByName) {
