@@ -11,7 +11,8 @@
 
 namespace mics::cuda {
 
-// kVector: cols % 8 == 0 and every pointer the term reads 16-byte aligned. `partials`
+// kVector: cols % 8 == 0 and the rows the term reads as packs (LayerNorm's d_out and in, the
+// bias sums' x) 16-byte aligned; per-row scalars (mean, rstd) may lie anywhere. `partials`
 // holds column_partials_floats(rows, cols, kOutputs) floats.
 template <bool kVector, class T, int kOutputs, class Term>
 void launch_column_reduce(ColumnOutputs<T, kOutputs> outs, int64_t rows, int64_t cols,

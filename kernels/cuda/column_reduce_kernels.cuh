@@ -8,8 +8,8 @@
 //   2. one thread per column adds that column's partials in chunk order to out_k[c].
 // A thread reads 16 bytes per row and term (kVector: whole, aligned packs), or the same 8
 // elements one by one otherwise. The first version read one 2-byte element per thread and
-// row: about a quarter of the memory's bandwidth in flight, and LayerNorm's backward (these
-// sums and the row kernel) ran at ~1.7 TB/s on an H200 (2026-11-27). No atomics: the same
+// row, eight times the load instructions per byte; LayerNorm's backward (these sums and the
+// row kernel together) ran at ~1.7 TB/s on an H200 (2026-11-27). No atomics: the same
 // input gives the same bits on every run and device, and both access paths give the same
 // bits. No CUDA header: the includer provides the element types with to_f/from_f and uint4
 // (device_common.cuh for nvcc; tests/emulation/cuda_emulator.h on the host, where
@@ -22,6 +22,8 @@
 namespace mics::cuda {
 
 static_assert(kColumnBlockCols == kColumnPackThreads * kMapWidth, "a stage-1 thread sums one pack");
+// After the barrier, the 8 row-threads' warps take the 8 elements of the packs, one each.
+static_assert(kColumnRowThreads == kMapWidth, "stage 1 folds one pack element per row-thread warp");
 
 // Stage 1, blocks of kColumnBlockThreads (one-dimensional), grid (column blocks, chunks) as
 // column_grid (column_reduce_geometry.h) gives it.

@@ -339,6 +339,13 @@ void check_layernorm_param_gradients() {
       if (c % cuda::kMapWidth == 0) {
         EXPECT_TRUE(bits[0][0] == bits[1][0]) << "d_gamma: 16-byte and element paths differ";
         EXPECT_TRUE(bits[0][1] == bits[1][1]) << "d_beta: 16-byte and element paths differ";
+        // Aligned rows, the statistics one entry past alignment (layernorm.cu checks only
+        // the rows read as packs): the 16-byte path, the same bits.
+        Buffer<T> dy(w), x(in), dg(d_g0), db(d_b0);
+        Buffer<S> mu(mean, 1), rs(rstd, 1);
+        column_reduce<true>(cuda::ColumnOutputs<T, 2>{{dg.data(), db.data()}}, m, c,
+                            cuda::LayerNormParamTerms<T, S>{dy.data(), x.data(), mu.data(), rs.data(), c}, accumulate);
+        EXPECT_TRUE(dg.bytes() == bits[0][0] && db.bytes() == bits[0][1]) << "statistics misaligned: other bits";
       }
     }
 }
