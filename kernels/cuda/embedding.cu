@@ -1,22 +1,24 @@
 // Embedding lookup (token + position (+ token type)), and the index-driven row updates
 // behind its backward and behind gather_rows / scatter_add_rows.
 //
-// Backward without atomics: the source rows are sorted by destination with CUB's stable
-// radix sort (equal destinations keep increasing source order), and the first position of
-// each run of equal destinations sums that run, column by column, onto the destination's
-// current value: the order of the CPU backend's serial loop, so fp32 results are bit-
-// identical to it and every run gives the same bits. A run is as long as the destination
-// is frequent (a padding id, BERT's two token types): its threads walk it with independent
-// loads, and the columns are spread over several blocks.
+// Backward without atomics (embedding_kernels.cuh): the source rows are sorted by
+// destination with CUB's stable radix sort (equal destinations keep increasing source
+// order), and the first position of each run of equal destinations sums that run onto the
+// destination's current value: the order of the CPU backend's serial loop, so fp32 results
+// are bit-identical to it and every run gives the same bits. The position table needs no
+// sort (row r goes to r % seq, already in order).
 //
 // Bad indices (outside the table) set a bit in the backend's device error word and are
 // skipped; the backend throws at its next synchronising call.
 #include <cub/device/device_radix_sort.cuh>
 
+#include <algorithm>
 #include <climits>
 
 #include "kernels/cuda/device_common.cuh"
 #include "kernels/cuda/launch.h"
+// (keep after device_common.cuh)
+#include "kernels/cuda/embedding_kernels.cuh"
 
 namespace mics::cuda {
 namespace {
@@ -46,51 +48,6 @@ __global__ void embedding_forward_kernel(T* out, const int32_t* ids, const int32
     }
     out[e] = from_f<T>(v);
   }
-}
-
-__device__ __forceinline__ int64_t index_of(const int32_t* rows, int64_t seq, int64_t r) {
-  return rows != nullptr ? static_cast<int64_t>(rows[r]) : r % seq;
-}
-
-constexpr int kIndexAddThreads = 256;  // columns per block
-
-// keys[r] = destination of source row r (a negative one becomes a huge unsigned key,
-// caught as out of range), values[r] = r.
-__global__ void index_keys_kernel(uint32_t* keys, int32_t* values, const int32_t* rows,
-                                  int64_t seq, int64_t n) {
-  for (int64_t r = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; r < n;
-       r += int64_t(gridDim.x) * blockDim.x) {
-    keys[r] = static_cast<uint32_t>(index_of(rows, seq, r));
-    values[r] = static_cast<int32_t>(r);
-  }
-}
-
-// Block (i, tile): if sorted position i starts a run of equal keys, adds the run's source
-// rows (values[i..end), in order) to the destination row, for the tile's columns.
-template <class T>
-__global__ void __launch_bounds__(kIndexAddThreads)
-    index_add_runs_kernel(T* dst, int64_t dst_rows, const T* src, const uint32_t* keys,
-                          const int32_t* values, int64_t n, int64_t cols, int* error,
-                          int error_bit) {
-  const int64_t i = blockIdx.x;
-  const uint32_t d = keys[i];
-  if (i > 0 && keys[i - 1] == d) return;  // not the start of a run
-  if (d >= dst_rows) {
-    if (threadIdx.x == 0 && blockIdx.y == 0) atomicOr(error, error_bit);
-    return;
-  }
-  int64_t lo = i, hi = n;  // the run ends at the first key above d (keys are sorted)
-  while (lo + 1 < hi) {
-    const int64_t mid = lo + (hi - lo) / 2;
-    if (keys[mid] == d) lo = mid; else hi = mid;
-  }
-  const int64_t c = blockIdx.y * int64_t(kIndexAddThreads) + threadIdx.x;
-  if (c >= cols) return;
-  T* out = dst + static_cast<int64_t>(d) * cols + c;
-  float acc = to_f(*out);
-#pragma unroll 8
-  for (int64_t j = i; j < hi; ++j) acc += to_f(src[static_cast<int64_t>(values[j]) * cols + c]);
-  *out = from_f<T>(acc);
 }
 
 // The scratch layout: keys and values before and after the sort, then CUB's temporary
@@ -149,20 +106,33 @@ void launch_index_add(DType t, void* dst, int64_t dst_rows, const void* src,
                       int* error, int error_bit, cudaStream_t s) {
   if (n <= 0 || cols <= 0) return;
   if (n > INT32_MAX) throw ShapeError("index_add: more than 2^31 source rows");
+  if (dst_rows >= INT32_MAX) throw ShapeError("index_add: a table of 2^31 rows or more");
+  if (rows == nullptr) {  // row r to r % seq: in order already
+    dispatch("index_add", t, [&](auto v) {
+      using T = decltype(v);
+      strided_rows_add_kernel<T><<<grid_for(std::min(seq, n) * cols), kThreads, 0, s>>>(
+          static_cast<T*>(dst), dst_rows, static_cast<const T*>(src), n, seq, cols, error, error_bit);
+      MICS_CUDA_CHECK_LAUNCH();
+    });
+    return;
+  }
   const IndexAddScratch at(n);
   char* base = static_cast<char*>(scratch);
   auto* keys_in = reinterpret_cast<uint32_t*>(base + at.keys_in);
   auto* keys_out = reinterpret_cast<uint32_t*>(base + at.keys_out);
   auto* values_in = reinterpret_cast<int32_t*>(base + at.values_in);
   auto* values_out = reinterpret_cast<int32_t*>(base + at.values_out);
-  index_keys_kernel<<<grid_for(n), kThreads, 0, s>>>(keys_in, values_in, rows, seq, n);
+  index_keys_kernel<<<grid_for(n), kThreads, 0, s>>>(keys_in, values_in, rows, n, dst_rows);
   MICS_CUDA_CHECK_LAUNCH();
+  // Keys are at most dst_rows: only its bits are sorted (fewer radix passes).
+  const int end_bit = index_key_bits(dst_rows);
   size_t temp_bytes = at.temp_bytes;
   MICS_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(base + at.temp, temp_bytes, keys_in, keys_out,
-                                                  values_in, values_out, n, 0, 32, s));
+                                                  values_in, values_out, n, 0, end_bit, s));
   dispatch("index_add", t, [&](auto v) {
     using T = decltype(v);
-    const dim3 grid(static_cast<unsigned>(n), static_cast<unsigned>((cols + kIndexAddThreads - 1) / kIndexAddThreads));
+    const dim3 grid(static_cast<unsigned>((n + kRunStartsPerBlock - 1) / kRunStartsPerBlock),
+                    static_cast<unsigned>((cols + kIndexAddThreads - 1) / kIndexAddThreads));
     index_add_runs_kernel<T><<<grid, kIndexAddThreads, 0, s>>>(
         static_cast<T*>(dst), dst_rows, static_cast<const T*>(src), keys_out, values_out, n, cols,
         error, error_bit);
