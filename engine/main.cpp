@@ -190,15 +190,18 @@ struct Runtime {
 };
 
 // Before the model allocates anything: the memory this rank plans (model states, gathered
-// layers, gradient buffers, activations) against its share of its GPU's free memory. All
-// ranks decide together, so a rank whose GPU is short cannot leave the others waiting.
+// layers, gradient buffers, activations, cuDNN's workspace) against its share of its GPU's
+// free memory, which the backend's own start-up buffers (cuBLASLt's workspace, a few small
+// scratch buffers) have already left. All ranks decide together, so a rank whose GPU is
+// short cannot leave the others waiting.
 // `sharing`: the ranks of this node on this GPU, this one included.
 void check_device_memory(const mics::Config& config, const mics::Topology& topology, int device, int sharing) {
-  mics::world_all(true);  // every rank's CUDA context exists, nothing else is allocated yet
+  mics::world_all(true);  // every rank's CUDA context and backend exist, the model does not
   size_t free_bytes = 0, total_bytes = 0;
   const bool known = mics::cuda_memory_info(device, free_bytes, total_bytes);
-  const mics::MemoryPlan plan = mics::plan_memory(config, topology.world, topology.partition_size, config.train.micro_batch_size,
-                                                  config.train.activation_checkpointing);
+  mics::MemoryPlan plan = mics::plan_memory(config, topology.world, topology.partition_size, config.train.micro_batch_size,
+                                            config.train.activation_checkpointing);
+  plan.gemm_workspace = 0;  // allocated with the backend: not in the free memory read below
   constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
   const double budget = static_cast<double>(free_bytes) / sharing;
   std::string error;

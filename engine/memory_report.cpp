@@ -83,14 +83,16 @@ MemoryPlan plan_memory(const Config& config, int64_t world, int64_t p, int64_t m
     if (padded != spec.vocab)  // at most every token of the micro-batch is a logits row
       b.gemm_staging = compute * static_cast<double>(padded) *
                        static_cast<double>(spec.hidden + micro_batch * config.train.seq_len);
-    b.workspace = static_cast<double>(CudaBackendOptions{}.gemm_workspace_bytes);
+    b.gemm_workspace = static_cast<double>(CudaBackendOptions{}.gemm_workspace_bytes);
     if (config.runtime.attention == "cudnn") {
-      const double attention = cudnn_deterministic_workspace_estimate(
-          AttentionDims{micro_batch, config.train.seq_len, spec.heads, spec.hidden / std::max<int64_t>(spec.heads, 1),
-                        spec.arch == model::Arch::gpt});
-      // Past the budget the backend runs the nondeterministic backward; its workspace is
-      // linear in T, within the estimate's 16 MiB of headroom at these sizes.
-      b.workspace += attention <= static_cast<double>(kCudnnDeterministicWorkspaceBudget) ? attention : 16.0 * (1 << 20);
+      const AttentionDims dims{micro_batch, config.train.seq_len, spec.heads,
+                               spec.hidden / std::max<int64_t>(spec.heads, 1), spec.arch == model::Arch::gpt};
+      const double deterministic = cudnn_deterministic_workspace_estimate(dims);
+      // Past the budget the backend runs the nondeterministic backward: linear in T.
+      const double bht = static_cast<double>(dims.batch * dims.heads * dims.seq);
+      b.attention_workspace = deterministic <= static_cast<double>(kCudnnDeterministicWorkspaceBudget)
+                                  ? deterministic
+                                  : bht * (4.0 * static_cast<double>(dims.head_dim) + 4.0) + 16.0 * (1 << 20);
     }
   }
   return b;
@@ -113,7 +115,7 @@ std::string describe_plan(const MemoryPlan& b) {
   out += ", gradient buffers " + gib(b.grad_buffers + b.replication) + " GiB";
   out += ", activations " + gib(b.activations) + " GiB";
   if (b.gemm_staging > 0) out += ", padded vocabulary projection " + gib(b.gemm_staging) + " GiB";
-  if (b.workspace > 0) out += ", workspaces " + gib(b.workspace) + " GiB";
+  if (b.workspace() > 0) out += ", workspaces " + gib(b.workspace()) + " GiB";
   return out;
 }
 
@@ -217,9 +219,9 @@ std::string dry_run_report(const Config& config, int64_t world, int64_t p, int64
                 static_cast<long long>(b.micro_batch));
   add(line, format_bytes(b.activations));
   if (b.gemm_staging > 0) add("padded vocab projection (CUDA)", format_bytes(b.gemm_staging));
-  if (b.workspace > 0)
-    add(config.runtime.attention == "cudnn" ? "workspaces (cuBLASLt, cuDNN)" : "workspace (cuBLASLt)",
-        format_bytes(b.workspace));
+  if (b.workspace() > 0)
+    add(b.attention_workspace > 0 ? "workspaces (cuBLASLt, cuDNN)" : "workspace (cuBLASLt)",
+        format_bytes(b.workspace()));
   add("total", format_bytes(b.total()));
   std::snprintf(line, sizeof line, "%.1f GiB per device", budget);
   add("runtime.device_memory_gb", std::string(line) +

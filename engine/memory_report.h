@@ -31,14 +31,18 @@ struct MemoryPlan {
   // multiple of 16 bytes (kernels/cuda/cuda_backend.cpp, padded_width): the weight padded
   // with zero rows, and the logits rows.
   double gemm_staging = 0;
-  // The CUDA backend's workspaces: cuBLASLt's (allocated at start) and, with cuDNN's
-  // attention, its backward's (the deterministic one keeps dP, B x H x T x T: 160 MiB at
-  // BERT's 8 x 40 x 512^2, up to 1 GiB; past that the nondeterministic one, linear in T).
-  double workspace = 0;
+  // The CUDA backend's workspaces: cuBLASLt's (allocated when the backend is made, before
+  // the start-up memory check reads the free memory) and, with cuDNN's attention, its
+  // backward's (the deterministic one keeps dP, B x H x T x T: 160 MiB at BERT's
+  // 8 x 40 x 512^2, up to 1 GiB; past that the nondeterministic one, taken as an fp32 dQ
+  // accumulator and the softmax sums, B x H x T x (4D + 4) bytes, until a GPU says).
+  double gemm_workspace = 0;
+  double attention_workspace = 0;
 
+  double workspace() const { return gemm_workspace + attention_workspace; }
   double model_states() const { return working_params + grads + master + adam; }
   double total() const {
-    return model_states() + gathered + grad_buffers + replication + activations + gemm_staging + workspace;
+    return model_states() + gathered + grad_buffers + replication + activations + gemm_staging + workspace();
   }
 };
 

@@ -106,7 +106,7 @@ void launch_index_add(DType t, void* dst, int64_t dst_rows, const void* src,
                       int* error, int error_bit, cudaStream_t s) {
   if (n <= 0 || cols <= 0) return;
   if (n > INT32_MAX) throw ShapeError("index_add: more than 2^31 source rows");
-  if (dst_rows >= INT32_MAX) throw ShapeError("index_add: a table of 2^31 rows or more");
+  if (dst_rows > INT32_MAX) throw ShapeError("index_add: a table of more than 2^31 - 1 rows (row ids are int32)");
   if (rows == nullptr) {  // row r to r % seq: in order already
     dispatch("index_add", t, [&](auto v) {
       using T = decltype(v);

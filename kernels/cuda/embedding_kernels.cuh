@@ -13,7 +13,7 @@ namespace mics::cuda {
 
 inline constexpr int kIndexAddThreads = 256;    // columns per block
 inline constexpr int kRunStartsPerBlock = 16;   // sorted positions a block looks at
-inline constexpr int kRunLoadsInFlight = 16;    // source rows a thread loads before adding them
+inline constexpr int kRunLoadsInFlight = 32;    // source rows a thread loads before adding them
 
 // keys[r] = destination row of source row r, values[r] = r. A destination outside
 // [0, dst_rows) (negative ones included) becomes dst_rows: such rows sort after every valid
@@ -40,7 +40,8 @@ __global__ void index_keys_kernel(uint32_t* keys, int32_t* values, const Index* 
 // equal keys, adds the run's source rows (values[i..end), in order: the sort is stable) to
 // the destination row, for tile t's columns. Few blocks (one per sorted position left most
 // of a grid of 80k blocks exiting at once), and a run's rows loaded kRunLoadsInFlight at a
-// time: BERT's two token types make runs of ~2048 rows, walked by one thread per column.
+// time: BERT's two token types make runs of ~2048 rows, walked by one thread per column
+// (the run's rows stay in one thread: the CPU's order).
 template <class T>
 __global__ void __launch_bounds__(kIndexAddThreads)
     index_add_runs_kernel(T* dst, int64_t dst_rows, const T* src, const uint32_t* keys, const int32_t* values,
@@ -55,7 +56,17 @@ __global__ void __launch_bounds__(kIndexAddThreads)
       if (threadIdx.x == 0 && blockIdx.y == 0) atomicOr(error, error_bit);
       continue;
     }
-    int64_t lo = i, hi = n;  // the run ends at the first key above d (keys are sorted)
+    // The run's end: outward from i (1, 2, 4 ... ahead: one load for the usual run of a
+    // row or two), then halving between the last equal key and the first other one.
+    int64_t lo = i, hi = n;
+    for (int64_t step = 1;; step *= 2) {
+      if (lo + step >= n) break;
+      if (keys[lo + step] != d) {
+        hi = lo + step;
+        break;
+      }
+      lo += step;
+    }
     while (lo + 1 < hi) {
       const int64_t mid = lo + (hi - lo) / 2;
       if (keys[mid] == d) lo = mid; else hi = mid;
@@ -63,15 +74,18 @@ __global__ void __launch_bounds__(kIndexAddThreads)
     if (c >= cols) continue;
     T* out = dst + static_cast<int64_t>(d) * cols + c;
     float acc = to_f(*out);
-    int64_t j = i;
-    for (; j + kRunLoadsInFlight <= hi; j += kRunLoadsInFlight) {
+    // kRunLoadsInFlight rows loaded, then added in order (only those in the run: adding a
+    // 0 would turn -0 into +0).
+    for (int64_t j = i; j < hi; j += kRunLoadsInFlight) {
+      const int64_t count = hi - j < kRunLoadsInFlight ? hi - j : kRunLoadsInFlight;
       float v[kRunLoadsInFlight];
 #pragma unroll
-      for (int u = 0; u < kRunLoadsInFlight; ++u) v[u] = to_f(src[static_cast<int64_t>(values[j + u]) * cols + c]);
+      for (int u = 0; u < kRunLoadsInFlight; ++u)
+        if (u < count) v[u] = to_f(src[static_cast<int64_t>(values[j + u]) * cols + c]);
 #pragma unroll
-      for (int u = 0; u < kRunLoadsInFlight; ++u) acc += v[u];
+      for (int u = 0; u < kRunLoadsInFlight; ++u)
+        if (u < count) acc += v[u];
     }
-    for (; j < hi; ++j) acc += to_f(src[static_cast<int64_t>(values[j]) * cols + c]);
     *out = from_f<T>(acc);
   }
 }

@@ -417,30 +417,35 @@ TEST(MemoryPlanner, CountsTheCudaBackendsPaddedVocabularyProjection) {
 
 // The CUDA backend's workspaces are planned: cuBLASLt's, and with cuDNN's attention its
 // deterministic backward's (dP and the softmax sums, B x H x T x (2T + 4) bytes, plus 16
-// MiB), or past the 1 GiB budget the nondeterministic one's (16 MiB); the CPU needs none.
+// MiB), or past the 1 GiB budget the nondeterministic one's (an fp32 dQ and the sums,
+// B x H x T x (4D + 4) bytes, plus 16 MiB); the CPU needs none.
 TEST(MemoryPlanner, CountsTheCudaBackendsWorkspaces) {
   mics::Config config = bert_10b();
   config.train.precision = "bf16";
   config.runtime.backend = "cuda";
   config.runtime.attention = "materialized";
   const int64_t mb = config.train.micro_batch_size, t = config.train.seq_len, h = config.model.heads;
-  const double gemm = 32.0 * (1 << 20);
-  EXPECT_DOUBLE_EQ(mics::plan_memory(config, 64, 8, mb, false).workspace, gemm);
+  const int64_t d = config.model.hidden / h;
+  const double gemm = 32.0 * (1 << 20), headroom = 16.0 * (1 << 20);
+  mics::MemoryPlan plan = mics::plan_memory(config, 64, 8, mb, false);
+  EXPECT_DOUBLE_EQ(plan.gemm_workspace, gemm);
+  EXPECT_DOUBLE_EQ(plan.attention_workspace, 0.0);
   config.runtime.attention = "cudnn";
-  const mics::MemoryPlan plan = mics::plan_memory(config, 64, 8, mb, false);
-  const double dp = static_cast<double>(mb * h * t) * static_cast<double>(2 * t + 4) + 16.0 * (1 << 20);
-  ASSERT_LE(dp, static_cast<double>(mics::kCudnnDeterministicWorkspaceBudget));
-  EXPECT_DOUBLE_EQ(plan.workspace, gemm + dp);
-  EXPECT_DOUBLE_EQ(mics::plan_memory(config, 64, 8, 2 * mb, false).workspace,
-                   gemm + 2 * (dp - 16.0 * (1 << 20)) + 16.0 * (1 << 20));  // the planner's other micro-batches
+  plan = mics::plan_memory(config, 64, 8, mb, false);
+  const double dp = static_cast<double>(mb * h * t) * static_cast<double>(2 * t + 4);
+  ASSERT_LE(dp + headroom, static_cast<double>(mics::kCudnnDeterministicWorkspaceBudget));
+  EXPECT_DOUBLE_EQ(plan.attention_workspace, dp + headroom);
+  EXPECT_DOUBLE_EQ(mics::plan_memory(config, 64, 8, 2 * mb, false).attention_workspace,
+                   2 * dp + headroom);  // the planner's other micro-batches
   EXPECT_NE(mics::describe_plan(plan).find("workspaces"), std::string::npos);
-  const double without = plan.total() - plan.workspace;
-  EXPECT_DOUBLE_EQ(plan.total(), without + gemm + dp);
+  EXPECT_DOUBLE_EQ(plan.total(), plan.model_states() + plan.gathered + plan.grad_buffers + plan.replication +
+                                     plan.activations + plan.gemm_staging + gemm + dp + headroom);
   config.train.seq_len = 4096;  // dP of 8 x 40 x 4096^2 x 2 bytes: 10 GiB, past the budget
-  EXPECT_DOUBLE_EQ(mics::plan_memory(config, 64, 8, mb, false).workspace, gemm + 16.0 * (1 << 20));
+  EXPECT_DOUBLE_EQ(mics::plan_memory(config, 64, 8, mb, false).attention_workspace,
+                   static_cast<double>(mb * h * 4096) * static_cast<double>(4 * d + 4) + headroom);
   config.runtime.backend = "cpu";
   config.train.precision = "fp32";
-  EXPECT_EQ(mics::plan_memory(config, 64, 8, mb, false).workspace, 0.0);
+  EXPECT_EQ(mics::plan_memory(config, 64, 8, mb, false).workspace(), 0.0);
 }
 
 TEST(SimulateCli, BadRequestsAreRefusedByName) {
