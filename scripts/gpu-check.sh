@@ -4,8 +4,9 @@
 # peer (scripts/gpu_check.py says what each part checks). Uses the binaries and libraries
 # that scripts/gpu-bundle.sh packed into gpu-carry/ on the development machine:
 #   scripts/gpu-bundle.sh                                   (here)
-#   scripts/gpu-check.sh [bench] [checks] [bench-more] [profile]   (there; default bench checks:
-#       one 10-minute call; then `scripts/gpu-check.sh bench-more profile --report gpu-results-more`)
+#   scripts/gpu-check.sh [bench] [checks] [bench-more] [profile] [ops]   (there; default bench
+#       checks: one 10-minute call; then `scripts/gpu-check.sh bench-more profile ops --report
+#       gpu-results-more`)
 # Writes $OUT/gpu-results.md and .json (docs/ without $OUT); exit 1 when a check fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."

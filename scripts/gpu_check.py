@@ -20,10 +20,15 @@
   bench-more  the other variants (the update bounded to 16 SMs, chunked and unchunked, and to
           32; our fused attention; checkpointing without the overlap) and the eager peers
           (eager, eager+ckpt).
-  profile each slice with --profile: time per op, cuDNN, materialised and fused attention.
+  profile each slice with --profile (cuDNN's attention): time per op, and the linear ops by
+          shape.
+  ops     mics-bench-ops at each slice's shapes: every op alone (GEMMs forward, backward with
+          and without the bias gradient, the FFN with its GELU; LayerNorm, GELU, AdamW, the
+          gradient norm, the embedding backward, the cross-entropy in bytes/s of the least
+          traffic each needs, beside the streaming add's).
 
 The parts run in the order given (default: bench checks, which fit one 10-minute device call;
-then bench-more profile in a second). Writes OUT/gpu-results.md (OUT:
+then bench-more profile ops in a second). Writes OUT/gpu-results.md (OUT:
 $OUT, else docs/) and OUT/gpu-results.json, rewritten after every result.
 """
 import argparse
@@ -525,10 +530,11 @@ def peer_ratio(r, rows):
 
 def profile(bindir, work, env, tables):
     """Each slice with --profile (4 steps; the op table covers steps 2-4, each op timed by CUDA
-    events), with cuDNN's attention, the materialised one and the engine's fused kernels."""
+    events), with cuDNN's attention (the materialised and our fused ones were profiled on
+    2026-11-27: docs/gpu-runs/)."""
     mt = os.path.join(bindir, "mics-train")
     for name in ("bert-10b-slice", "gpt2-10b-slice"):
-        for attention in ("cudnn", "materialized", "fused"):
+        for attention in ("cudnn",):
             path = os.path.join(ROOT, "configs", "bench", f"{name}.json")
             m = os.path.join(work, f"{name}-{attention}-profile.jsonl")
             cmd = [mt, "--config", path, "--metrics", m, "--set", "train.steps=4", "--profile",
@@ -537,6 +543,16 @@ def profile(bindir, work, env, tables):
             table = text[text.find("op profile"):] if "op profile" in text else text[-1500:]
             tables.append((f"{name}, {attention} attention", code,
                            "\n".join(line.split("] ", 1)[-1] for line in table.splitlines() if "done:" not in line)))
+
+
+def ops(bindir, work, env, tables):
+    """mics-bench-ops on the GPU at each slice's shapes (its table verbatim, and its JSON)."""
+    for name in ("bert-10b-slice", "gpt2-10b-slice"):
+        path = os.path.join(ROOT, "configs", "bench", f"{name}.json")
+        js = os.path.join(work, f"{name}-ops.json")
+        code, text = sh([os.path.join(bindir, "mics-bench-ops"), "--backend", "cuda", "--config", path,
+                         "--iters", "20", "--json", js], env=env, timeout=240)
+        tables.append((f"mics-bench-ops --backend cuda --config configs/bench/{name}.json", code, text.strip()))
 
 
 def cell(text):
@@ -561,14 +577,14 @@ def main():
     # Checked below rather than with choices=: Python 3.11's argparse rejects an empty list
     # (and a list default) against choices for nargs="*".
     ap.add_argument("parts", nargs="*",
-                    help="checks, bench, bench-more and/or profile, run in this order (default: bench checks)")
+                    help="checks, bench, bench-more, profile and/or ops, run in this order (default: bench checks)")
     ap.add_argument("--bin", default=os.path.join(ROOT, "gpu-carry", "bin"))
     ap.add_argument("--report", default="gpu-results", help="report file name, without .md/.json")
     args = ap.parse_args()
     args.parts = args.parts or ["bench", "checks"]
-    unknown = [p for p in args.parts if p not in ("checks", "bench", "bench-more", "profile")]
+    unknown = [p for p in args.parts if p not in ("checks", "bench", "bench-more", "profile", "ops")]
     if unknown:
-        ap.error(f"unknown part(s) {', '.join(unknown)}: give checks, bench, bench-more and/or profile")
+        ap.error(f"unknown part(s) {', '.join(unknown)}: give checks, bench, bench-more, profile and/or ops")
     out = os.environ.get("OUT") or os.path.join(ROOT, "docs")
     os.makedirs(out, exist_ok=True)
     env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
@@ -618,8 +634,8 @@ def main():
                 lines += ["", "What mics-train logged about its choices:", ""]
                 lines += [f"- {r['bench']}, {r['variant']}: {l}" for r, l in logged]
         for name, code, table in profile_tables:
-            lines += ["", f"`{name}` with `--profile`" + ("" if code == 0 else f" (exit {code})") + ":", "", "```",
-                      table, "```"]
+            title = f"`{name}`" if name.startswith("mics-bench-ops") else f"`{name}` with `--profile`"
+            lines += ["", title + ("" if code == 0 else f" (exit {code})") + ":", "", "```", table, "```"]
         report = "\n".join(lines) + "\n"
         open(os.path.join(out, args.report + ".md"), "w").write(report)
         json.dump({"date": today, "card": gpu, "build": build, "finished": final, "checks": check_rows, "bench": bench_rows,
@@ -635,7 +651,8 @@ def main():
     runs = {"checks": lambda work: checks(args.bin, work, env, check_rows),
             "bench": lambda work: bench(args.bin, work, env, bench_rows, peak),
             "bench-more": lambda work: bench(args.bin, work, env, bench_rows, peak, rest=True),
-            "profile": lambda work: profile(args.bin, work, env, profile_tables)}
+            "profile": lambda work: profile(args.bin, work, env, profile_tables),
+            "ops": lambda work: ops(args.bin, work, env, profile_tables)}
     with tempfile.TemporaryDirectory() as work:
         for part in dict.fromkeys(args.parts):
             try:
