@@ -25,7 +25,7 @@
   ops     mics-bench-ops at each slice's shapes: every op alone (GEMMs forward, backward with
           and without the bias gradient, the FFN with its GELU; LayerNorm, GELU, AdamW, the
           gradient norm, the embedding backward, the cross-entropy in bytes/s of the least
-          traffic each needs, beside the streaming add's).
+          traffic each needs, beside the streaming add's); its JSON as OUT/<report>-ops-*.json.
 
 The parts run in the order given (default: bench checks, which fit one 10-minute device call;
 then bench-more profile ops in a second). Writes OUT/gpu-results.md (OUT:
@@ -545,14 +545,18 @@ def profile(bindir, work, env, tables):
                            "\n".join(line.split("] ", 1)[-1] for line in table.splitlines() if "done:" not in line)))
 
 
-def ops(bindir, work, env, tables):
-    """mics-bench-ops on the GPU at each slice's shapes (its table verbatim, and its JSON)."""
+def ops(bindir, out, env, tables, checks_rows, report):
+    """mics-bench-ops on the GPU at each slice's shapes: its table verbatim in the report, its
+    JSON beside the report (OUT/<report>-ops-<slice>.json); a failed run is a failed check."""
     for name in ("bert-10b-slice", "gpt2-10b-slice"):
         path = os.path.join(ROOT, "configs", "bench", f"{name}.json")
-        js = os.path.join(work, f"{name}-ops.json")
+        js = os.path.join(out, f"{report}-ops-{name}.json")
         code, text = sh([os.path.join(bindir, "mics-bench-ops"), "--backend", "cuda", "--config", path,
                          "--iters", "20", "--json", js], env=env, timeout=240)
         tables.append((f"mics-bench-ops --backend cuda --config configs/bench/{name}.json", code, text.strip()))
+        if code != 0:
+            checks_rows.append({"check": f"mics-bench-ops at {name}'s shapes", "ok": False,
+                                "detail": f"exit {code}: {text.strip()[-300:]}"})
 
 
 def cell(text):
@@ -639,7 +643,7 @@ def main():
         report = "\n".join(lines) + "\n"
         open(os.path.join(out, args.report + ".md"), "w").write(report)
         json.dump({"date": today, "card": gpu, "build": build, "finished": final, "checks": check_rows, "bench": bench_rows,
-                   "profile": [{"slice": n, "exit": c, "table": t} for n, c, t in profile_tables]},
+                   "profile": [{"run": n, "exit": c, "table": t} for n, c, t in profile_tables]},
                   open(os.path.join(out, args.report + ".json"), "w"), indent=1)
         return report
 
@@ -652,7 +656,7 @@ def main():
             "bench": lambda work: bench(args.bin, work, env, bench_rows, peak),
             "bench-more": lambda work: bench(args.bin, work, env, bench_rows, peak, rest=True),
             "profile": lambda work: profile(args.bin, work, env, profile_tables),
-            "ops": lambda work: ops(args.bin, work, env, profile_tables)}
+            "ops": lambda work: ops(args.bin, out, env, profile_tables, check_rows, args.report)}
     with tempfile.TemporaryDirectory() as work:
         for part in dict.fromkeys(args.parts):
             try:

@@ -8,7 +8,8 @@
 //    rates in FLOP/s.
 //  * The memory-bound ops: rates in bytes/s of the least traffic each needs (each input
 //    read once, each output written once), so a kernel that reads a tensor twice, or does
-//    not keep enough loads in flight, shows as a rate below the streaming add's.
+//    not keep enough loads in flight, shows as a rate below the streaming add's. Tensors
+//    that would fit the GPU's L2 cache (LayerNorm's) rotate over several copies.
 //   OMP_NUM_THREADS=1 build/mics-bench-ops --hidden 256 --ffn 1024 --rows 512 [--json out.json]
 //   build/mics-bench-ops --backend cuda --config configs/bench/bert-10b-slice.json [--json out.json]
 #include <CLI/CLI.hpp>
@@ -18,6 +19,7 @@
 #include <fstream>
 #include <functional>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -31,16 +33,17 @@ namespace {
 
 using namespace mics;
 
-// Median seconds of `op` over `iters` runs after one warm-up run.
-double median_seconds(Backend& be, const std::function<void()>& op, int iters) {
-  op();
+// Median seconds of `op(i)` (i: the run, for ops that rotate over copies of their
+// tensors) over `iters` runs after one warm-up run.
+double median_seconds(Backend& be, const std::function<void(int)>& op, int iters) {
+  op(iters);
   be.synchronize();
   std::vector<double> t;
   if (DeviceTimeline* timeline = be.timeline()) {
     std::vector<std::pair<int64_t, int64_t>> marks;
     for (int i = 0; i < iters; ++i) {
       const int64_t begin = timeline->mark();
-      op();
+      op(i);
       marks.emplace_back(begin, timeline->mark());
     }
     for (const auto& [begin, end] : marks) t.push_back(timeline->seconds_between(begin, end));
@@ -48,7 +51,7 @@ double median_seconds(Backend& be, const std::function<void()>& op, int iters) {
   } else {
     for (int i = 0; i < iters; ++i) {
       const auto start = std::chrono::steady_clock::now();
-      op();
+      op(i);
       be.synchronize();
       t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
     }
@@ -72,7 +75,9 @@ int main(int argc, char** argv) try {
   app.add_option("--backend", backend_name, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
   app.add_option("--dtype", dtype_name_arg, "fp32, bf16 or fp16 (default: fp32 on the CPU, bf16 on CUDA)")
       ->check(CLI::IsMember({"fp32", "bf16", "fp16"}));
-  app.add_option("--config", config_path, "take hidden, ffn, vocab, rows (micro-batch x seq) and GELU from a config")
+  app.add_option("--config", config_path,
+                 "take hidden, ffn, vocab, rows (micro-batch x seq), GELU and GEMM autotune from a config "
+                 "(instead of --hidden, --ffn, --rows, --vocab)")
       ->check(CLI::ExistingFile);
   app.add_option("--hidden", hidden, "hidden size C")->check(CLI::PositiveNumber);
   app.add_option("--ffn", ffn, "FFN size F (default 4C)");
@@ -83,8 +88,10 @@ int main(int argc, char** argv) try {
   CLI11_PARSE(app, argc, argv);
   GeluKind gelu = GeluKind::tanh;
   bool token_types = false;
+  CudaBackendOptions cuda_options;
   if (!config_path.empty()) {
     const Config c = load_config(config_path);
+    cuda_options.gemm_autotune = c.runtime.gemm_autotune;  // the GEMMs mics-train would run
     hidden = c.model.hidden, ffn = c.model.ffn, vocab = c.model.vocab_size;
     seq = c.train.seq_len, rows = c.train.micro_batch_size * c.train.seq_len;
     gelu = c.model.type == "bert" ? GeluKind::erf : GeluKind::tanh;
@@ -96,7 +103,7 @@ int main(int argc, char** argv) try {
   const DType t = dtype_name_arg.empty() ? (cuda ? DType::bf16 : DType::f32) : compute_dtype(dtype_name_arg);
   const size_t es = dtype_size(t);
 
-  std::unique_ptr<Backend> backend = cuda ? make_cuda_backend(0) : make_cpu_backend();
+  std::unique_ptr<Backend> backend = cuda ? make_cuda_backend(0, cuda_options) : make_cpu_backend();
   Backend& be = *backend;
   if (!be.supports(t)) {
     std::fprintf(stderr, "mics-bench-ops: the %s backend does not compute in %s (--dtype)\n", be.name(), dtype_name(t));
@@ -158,10 +165,16 @@ int main(int argc, char** argv) try {
   };
   const std::vector<Gemm> gemms = {{"qkv", {rows, 3 * hidden, hidden}}, {"proj", {rows, hidden, hidden}},
                                    {"fc", {rows, ffn, hidden}}, {"fc2", {rows, hidden, ffn}}};
+  // A second of GEMMs first: the first row is not timed while a GPU's clocks ramp up.
+  for (const auto start = std::chrono::steady_clock::now();
+       std::chrono::steady_clock::now() - start < std::chrono::seconds(cuda ? 1 : 0);) {
+    be.linear_forward(reshape(y, {rows, ffn}), reshape(x, {rows, hidden}), reshape(w, {ffn, hidden}), Tensor{});
+    be.synchronize();
+  }
   double flops_total = 0, seconds_total = 0;
   for (const Gemm& g : gemms) {
     const Tensor in = reshape(x, {g.s.m, g.s.k}), wt = reshape(w, {g.s.n, g.s.k}), out = reshape(y, {g.s.m, g.s.n});
-    const double sec = median_seconds(be, [&] { be.linear_forward(out, in, wt, Tensor{}); }, iters);
+    const double sec = median_seconds(be, [&](int) { be.linear_forward(out, in, wt, Tensor{}); }, iters);
     const double flops = 2.0 * static_cast<double>(g.s.m * g.s.n * g.s.k);
     flops_total += flops, seconds_total += sec;
     row_flops(g.name, mnk(g.s), sec, flops);
@@ -172,26 +185,29 @@ int main(int argc, char** argv) try {
                  d_in = reshape(d_x, {g.s.m, g.s.k}), d_wt = reshape(d_w, {g.s.n, g.s.k}), d_bias = reshape(d_b, {g.s.n});
     const double flops = 4.0 * static_cast<double>(g.s.m * g.s.n * g.s.k);
     row_flops(std::string(g.name) + " backward", mnk(g.s),
-              median_seconds(be, [&] { be.linear_backward(d_in, d_wt, d_bias, d_out, in, wt, Accumulate::no, Accumulate::no); },
+              median_seconds(be, [&](int) { be.linear_backward(d_in, d_wt, d_bias, d_out, in, wt, Accumulate::no, Accumulate::no); },
                              iters),
               flops);
     row_flops(std::string(g.name) + " backward, no bias", mnk(g.s),
-              median_seconds(be, [&] { be.linear_backward(d_in, d_wt, Tensor{}, d_out, in, wt, Accumulate::no, Accumulate::no); },
+              median_seconds(be, [&](int) { be.linear_backward(d_in, d_wt, Tensor{}, d_out, in, wt, Accumulate::no, Accumulate::no); },
                              iters),
               flops);
   }
+  if (cuda)
+    std::printf("# bias gradients from cuBLASLt's BGRADB epilogue so far: %lld (the rest as column sums)\n",
+                static_cast<long long>(cuda_bias_grad_epilogue_calls(be)));
   const char* gelu_name = gelu == GeluKind::erf ? "erf" : "tanh";
   {  // The FFN with its GELU: forward of the first product, backward of the second through it.
     const Shape3 fc{rows, ffn, hidden}, fc2{rows, hidden, ffn};
     const Tensor pre = reshape(y, {rows, ffn}), act = reshape(d_x, {rows, ffn}), in = reshape(x, {rows, hidden});
     row_flops(std::string("fc + gelu ") + gelu_name, mnk(fc),
-              median_seconds(be, [&] { be.linear_gelu_forward(act, pre, in, reshape(w, {ffn, hidden}), reshape(bias, {ffn}), gelu); },
+              median_seconds(be, [&](int) { be.linear_gelu_forward(act, pre, in, reshape(w, {ffn, hidden}), reshape(bias, {ffn}), gelu); },
                              iters),
               2.0 * static_cast<double>(fc.m * fc.n * fc.k));
     const Tensor d_pre = reshape(x, {rows, ffn});
     row_flops(std::string("fc2 backward + gelu ") + gelu_name, mnk(fc2),
               median_seconds(be,
-                             [&] {
+                             [&](int) {
                                be.linear_gelu_backward(d_pre, reshape(d_w, {hidden, ffn}), reshape(d_b, {hidden}),
                                                        reshape(y, {rows, hidden}), act, pre, reshape(w, {hidden, ffn}), gelu,
                                                        Accumulate::no);
@@ -202,29 +218,41 @@ int main(int argc, char** argv) try {
 
   // Memory-bound ops: bytes each needs at least (inputs read once, outputs written once).
   const int64_t n_add = rows * widest;
-  const double add_seconds = median_seconds(be, [&] { be.add(reshape(y, {n_add}), reshape(x, {n_add}), reshape(y, {n_add})); }, iters);
+  const double add_seconds = median_seconds(be, [&](int) { be.add(reshape(y, {n_add}), reshape(x, {n_add}), reshape(y, {n_add})); }, iters);
   const double stream_gbs = 3.0 * static_cast<double>(es * n_add) / add_seconds / 1e9;
   row_bytes("add", std::to_string(n_add), add_seconds, 3.0 * static_cast<double>(es * n_add));
   {
+    // widest / C disjoint copies of each [M, C] tensor inside x, y and d_x (4 at F = 4C:
+    // BERT's slice then touches 4 x 42 MB, past the 50 MB L2), one per run in turn.
+    const int64_t copies = std::max<int64_t>(1, std::min<int64_t>(4, widest / hidden));
     const Shape mc{rows, hidden};
     const double tensor = static_cast<double>(es * rows * hidden);
-    const DType stats = DType::f32;  // the models keep LayerNorm statistics in fp32
     const Tensor gamma = reshape(bias, {hidden}), beta = reshape(d_b, {hidden});
-    const Tensor mean = buffer(stats, rows), rstd = buffer(stats, rows);
-    const Tensor a = reshape(x, mc), b = reshape(y, mc), out = reshape(d_x, mc);
-    const Tensor sum = Tensor{static_cast<char*>(d_x.data) + es * rows * hidden, t, mc};
+    // mean/rstd in the op's dtype, as the models keep them.
+    const Tensor mean = buffer(t, rows * copies), rstd = buffer(t, rows * copies);
+    auto copy = [&](const Tensor& base, int i, int64_t per, Shape shape) {
+      return Tensor{static_cast<char*>(base.data) + es * per * (i % copies), base.dtype, shape};
+    };
+    auto a = [&](int i) { return copy(x, i, rows * hidden, mc); };
+    auto b = [&](int i) { return copy(y, i, rows * hidden, mc); };
+    auto out = [&](int i) { return copy(d_x, i, rows * hidden, mc); };
+    auto mu = [&](int i) { return copy(mean, i, rows, {rows}); };
+    auto rs = [&](int i) { return copy(rstd, i, rows, {rows}); };
     const std::string shape = std::to_string(rows) + "x" + std::to_string(hidden);
     row_bytes("layernorm forward", shape,
-              median_seconds(be, [&] { be.layernorm_forward(out, mean, rstd, a, gamma, beta, 1e-5f); }, iters), 2 * tensor);
+              median_seconds(be, [&](int i) { be.layernorm_forward(out(i), mu(i), rs(i), a(i), gamma, beta, 1e-5f); }, iters),
+              2 * tensor);
+    // The sum written over a (as the models' residual stream), out as before.
     row_bytes("add + layernorm forward", shape,
-              median_seconds(be, [&] { be.add_layernorm_forward(sum, out, mean, rstd, a, b, gamma, beta, 1e-5f); }, iters),
+              median_seconds(be, [&](int i) { be.add_layernorm_forward(a(i), out(i), mu(i), rs(i), a(i), b(i), gamma, beta, 1e-5f); },
+                             iters),
               4 * tensor);
     const Tensor g_gamma = reshape(d_w, {hidden}), g_beta = Tensor{static_cast<char*>(d_w.data) + es * hidden, t, {hidden}};
     row_bytes("layernorm backward", shape,
               median_seconds(be,
-                             [&] {
-                               be.layernorm_backward(out, g_gamma, g_beta, b, a, gamma, mean, rstd, Accumulate::no,
-                                                     Accumulate::no);
+                             [&](int i) {
+                               be.layernorm_backward(out(i), g_gamma, g_beta, b(i), a(i), gamma, mu(i), rs(i),
+                                                     Accumulate::no, Accumulate::no);
                              },
                              iters),
               3 * tensor);
@@ -235,12 +263,12 @@ int main(int argc, char** argv) try {
     const std::string shape = std::to_string(rows) + "x" + std::to_string(ffn);
     const Tensor pre = reshape(x, {n}), act = reshape(y, {n}), d = reshape(d_x, {n});
     row_bytes(std::string("gelu ") + gelu_name + " forward", shape,
-              median_seconds(be, [&] { be.gelu_forward(act, pre, gelu); }, iters), 2 * tensor);
+              median_seconds(be, [&](int) { be.gelu_forward(act, pre, gelu); }, iters), 2 * tensor);
     row_bytes(std::string("gelu ") + gelu_name + " backward", shape,
-              median_seconds(be, [&] { be.gelu_backward(d, act, pre, gelu); }, iters), 3 * tensor);
+              median_seconds(be, [&](int) { be.gelu_backward(d, act, pre, gelu); }, iters), 3 * tensor);
   }
   {  // One layer's parameters: the optimizer's fp32 shard and the model's own gradient.
-    const int64_t p = 12 * hidden * hidden + 13 * hidden;
+    const int64_t p = 4 * hidden * hidden + 2 * hidden * ffn + 9 * hidden + ffn;
     const Tensor param = buffer(DType::f32, p), m = buffer(DType::f32, p), v = buffer(DType::f32, p),
                  grad = buffer(t, p), copy = t == DType::f32 ? Tensor{} : buffer(t, p);
     AdamWSpec spec;
@@ -249,9 +277,13 @@ int main(int argc, char** argv) try {
     // param, m, v read and written (fp32), the gradient read, the working copy written.
     const double bytes = static_cast<double>(p) * (6 * 4 + es + (copy.empty() ? 0 : es));
     const std::string shape = std::to_string(p) + " params";
-    row_bytes("adamw", shape, median_seconds(be, [&] { be.adamw(param, grad, m, v, spec, copy); }, iters), bytes);
-    row_bytes("sum_squares", shape, median_seconds(be, [&] { (void)be.sum_squares(grad); }, iters),
-              static_cast<double>(p * static_cast<int64_t>(es)));
+    row_bytes("adamw", shape, median_seconds(be, [&](int) { be.adamw(param, grad, m, v, spec, copy); }, iters), bytes);
+    // The result comes back to the host (a copy and a wait each call): that overhead, a
+    // 1-element call's time, is taken off before the rate.
+    const double all = median_seconds(be, [&](int) { (void)be.sum_squares(grad); }, iters);
+    const double one = median_seconds(be, [&](int) { (void)be.sum_squares(reshape(grad, {1})); }, iters);
+    row_bytes("sum_squares", shape, std::max(all - one, 1e-9), static_cast<double>(p * static_cast<int64_t>(es)));
+    std::printf("# sum_squares: less a 1-element call's %.3f ms (the result's copy to the host and the wait)\n", one * 1e3);
   }
   if (vocab > 0) {
     std::mt19937_64 rng(7);
@@ -267,23 +299,23 @@ int main(int argc, char** argv) try {
     be.copy_from_host(d_labels.data(), labels.data(), labels.size() * 4);
     const Tensor tok = buffer(t, vocab * hidden), pos = buffer(t, seq * hidden), type = token_types ? buffer(t, 2 * hidden) : Tensor{};
     const Tensor d_out = reshape(x, {rows, hidden});
-    // d_out read once per table; each table row touched read and written.
-    const double tables = token_types ? 3 : 2;
+    // d_out read once; each table row it touches read and written once.
+    const double touched = static_cast<double>(std::set<int32_t>(ids.begin(), ids.end()).size() + seq + (token_types ? 2 : 0));
     row_bytes(token_types ? "embedding backward (3)" : "embedding backward (2)",
               std::to_string(rows) + "x" + std::to_string(hidden),
               median_seconds(be,
-                             [&] {
+                             [&](int) {
                                be.embedding_backward(reshape(tok, {vocab, hidden}), reshape(pos, {seq, hidden}),
                                                      token_types ? reshape(type, {2, hidden}) : Tensor{}, d_out,
                                                      d_ids.int_view({rows}), d_types.int_view({rows}), seq);
                              },
                              iters),
-              tables * static_cast<double>(es * rows * hidden));
-    const Tensor logits = buffer(t, rows * vocab), losses = buffer(DType::f32, rows);
+              static_cast<double>(es * hidden) * (static_cast<double>(rows) + 2 * touched));
+    const Tensor logits = buffer(t, rows * vocab), losses = buffer(t, rows);  // losses in the logits' dtype
     // The logits read (twice at most; counted once) and the gradient written over them.
     row_bytes("cross_entropy", std::to_string(rows) + "x" + std::to_string(vocab),
               median_seconds(be,
-                             [&] {
+                             [&](int) {
                                be.cross_entropy(losses, reshape(logits, {rows, vocab}), reshape(logits, {rows, vocab}),
                                                 d_labels.int_view({rows}), 1.0);
                              },
