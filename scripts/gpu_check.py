@@ -23,7 +23,7 @@
   profile each slice with --profile (cuDNN's attention): time per op, and the linear ops by
           shape.
   ops     mics-bench-ops at each slice's shapes: every op alone (GEMMs forward, backward with
-          and without the bias gradient, the FFN with its GELU; LayerNorm, GELU, AdamW, the
+          and without the bias gradient, dW and dX alone and on two streams, the FFN with its GELU; LayerNorm, GELU, AdamW, the
           gradient norm, the embedding backward, the cross-entropy in bytes/s of the least
           traffic each needs, beside the streaming add's); its JSON as OUT/<report>-ops-*.json.
 

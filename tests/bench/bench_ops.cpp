@@ -4,8 +4,8 @@
 //  * GEMMs at a transformer layer's shapes (QKV, projection, FFN up and down for hidden C,
 //    FFN F and M = micro-batch x seq rows): forward (the CPU rows feed the simulator's
 //    cluster files: scripts/sim-validate), backward with and without the bias gradient
-//    (what the bias costs: cuBLASLt's BGRADB epilogue on CUDA), the FFN's GELU fused in;
-//    rates in FLOP/s.
+//    (what the bias costs: cuBLASLt's BGRADB epilogue on CUDA), its two products alone and
+//    on two streams at once, the FFN's GELU fused in; rates in FLOP/s.
 //  * The memory-bound ops: rates in bytes/s of the least traffic each needs (each input
 //    read once, each output written once), so a kernel that reads a tensor twice, or does
 //    not keep enough loads in flight, shows as a rate below the streaming add's. Tensors
@@ -196,6 +196,51 @@ int main(int argc, char** argv) try {
   if (cuda)
     std::printf("# bias gradients from cuBLASLt's BGRADB epilogue so far: %lld (the rest as column sums)\n",
                 static_cast<long long>(cuda_bias_grad_epilogue_calls(be)));
+  {
+    // The backward's two products one after the other, and on two streams at once: does one
+    // fill the other's last partial wave of tiles (a 4096 x 2560 output is 320 tiles of
+    // 128 x 256 on 132 SMs)? dW = d_out^T @ in (linear_backward without d_in) on this
+    // backend; dX = d_out @ w as a forward through w read as [K, N] on a second backend (its
+    // own stream): the same shape and FLOPs, another layout. Host-clock medians, both
+    // backends synchronised after each run, less the time of the synchronisations alone.
+    std::unique_ptr<Backend> second = cuda ? make_cuda_backend(0, cuda_options) : make_cpu_backend();
+    second->reserve_scratch(bounds);
+    auto host_median = [&](const std::function<void()>& fn) {
+      fn();
+      be.synchronize();
+      second->synchronize();
+      std::vector<double> t;
+      for (int i = 0; i < iters; ++i) {
+        const auto start = std::chrono::steady_clock::now();
+        fn();
+        be.synchronize();
+        second->synchronize();
+        t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+      }
+      std::sort(t.begin(), t.end());
+      return t[t.size() / 2];
+    };
+    const double idle = host_median([] {});
+    std::printf("# dW and dX (as a forward) alone and on two streams; %.3f ms of synchronisation taken off each\n",
+                idle * 1e3);
+    for (const Gemm& g : gemms) {
+      const Tensor in = reshape(x, {g.s.m, g.s.k}), wt = reshape(w, {g.s.n, g.s.k}), w_kn = reshape(w, {g.s.k, g.s.n}),
+                   d_out = reshape(y, {g.s.m, g.s.n}), d_in = reshape(d_x, {g.s.m, g.s.k}),
+                   d_wt = reshape(d_w, {g.s.n, g.s.k});
+      auto d_weight = [&] { be.linear_backward(Tensor{}, d_wt, Tensor{}, d_out, in, wt, Accumulate::no, Accumulate::no); };
+      auto d_input = [&] { second->linear_forward(d_in, d_out, w_kn, Tensor{}); };
+      const double flops = 2.0 * static_cast<double>(g.s.m * g.s.n * g.s.k);
+      const double dw = std::max(host_median(d_weight) - idle, 1e-9), dx = std::max(host_median(d_input) - idle, 1e-9);
+      const double both = std::max(host_median([&] {
+                                     d_weight();
+                                     d_input();
+                                   }) - idle,
+                                   1e-9);
+      row_flops(std::string(g.name) + " dW alone", mnk(g.s), dw, flops);
+      row_flops(std::string(g.name) + " dX alone", mnk(g.s), dx, flops);
+      row_flops(std::string(g.name) + " dW | dX, 2 streams", mnk(g.s), both, 2 * flops);
+    }
+  }
   const char* gelu_name = gelu == GeluKind::erf ? "erf" : "tanh";
   {  // The FFN with its GELU: forward of the first product, backward of the second through it.
     const Shape3 fc{rows, ffn, hidden}, fc2{rows, hidden, ffn};

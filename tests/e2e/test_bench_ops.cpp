@@ -36,7 +36,7 @@ TEST(BenchOps, EveryOpTimedWithAPositiveRate) {
     const double rate = row.contains("gflops") ? row.at("gflops").get<double>() : row.at("gbs").get<double>();
     EXPECT_GT(rate, 0.0) << op;
   }
-  for (const char* op : {"qkv", "proj", "fc", "fc2", "qkv backward", "fc2 backward, no bias", "fc + gelu tanh",
+  for (const char* op : {"qkv", "proj", "fc", "fc2", "qkv backward", "fc2 backward, no bias", "qkv dW alone", "proj dX alone", "fc2 dW | dX, 2 streams", "fc + gelu tanh",
                          "fc2 backward + gelu tanh", "add", "layernorm forward", "add + layernorm forward",
                          "layernorm backward", "gelu tanh forward", "gelu tanh backward", "adamw", "sum_squares",
                          "embedding backward (2)", "cross_entropy"})
