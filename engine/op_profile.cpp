@@ -27,13 +27,13 @@ void OpProfile::add(const char* op, double seconds, double flops, const LinearSh
 void OpProfile::add_timed(const char* op, double flops, DeviceTimeline& timeline, int64_t begin, int64_t end,
                           const LinearShape* shape) {
   timing_ = timeline.how();
-  pending_.push_back({op, flops, &timeline, begin, end, shape != nullptr, shape != nullptr ? *shape : LinearShape{}});
+  pending_.push_back({op, flops, &timeline, begin, end, shape != nullptr ? std::optional(*shape) : std::nullopt});
 }
 
 void OpProfile::settle() {
   DeviceTimeline* timeline = nullptr;
   for (const Pending& p : pending_) {
-    add(p.op, p.timeline->seconds_between(p.begin, p.end), p.flops, p.linear ? &p.shape : nullptr);
+    add(p.op, p.timeline->seconds_between(p.begin, p.end), p.flops, p.shape ? &*p.shape : nullptr);
     timeline = p.timeline;
   }
   pending_.clear();

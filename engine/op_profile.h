@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -57,8 +58,7 @@ class OpProfile {
     double flops;
     DeviceTimeline* timeline;
     int64_t begin, end;
-    bool linear;
-    LinearShape shape;
+    std::optional<LinearShape> shape;  // linear ops only
   };
   std::map<std::string, Entry> entries_;
   std::map<ShapeKey, Entry> shapes_;
