@@ -162,6 +162,9 @@ class ProfilingBackend final : public Backend {
   void scale(Tensor x, double alpha) override { timed("scale", 0, [&] { inner_->scale(x, alpha); }); }
   double sum(Tensor x) override { return timed("sum", 0, [&] { return inner_->sum(x); }); }
   double sum_squares(Tensor x) override { return timed("sum_squares", 0, [&] { return inner_->sum_squares(x); }); }
+  void sum_squares_into(Tensor out, Tensor x) override {
+    timed("sum_squares", 0, [&] { inner_->sum_squares_into(out, x); });
+  }
   int64_t count_nonfinite(Tensor x) override {
     return timed("count_nonfinite", 0, [&] { return inner_->count_nonfinite(x); });
   }

@@ -87,6 +87,9 @@ ShardedParamStore::ShardedParamStore(Backend& backend, const model::ParamLayout&
     if (p > 1) grad_slots_.back()->shard = DeviceBuffer(backend, work * static_cast<size_t>(max_layer_ / p));
   }
   landed_.assign(static_cast<size_t>(layout.num_layers()), false);
+  norm_parts_ = DeviceBuffer(backend, sizeof(double) * static_cast<size_t>(layout.num_layers()));
+  norm_host_.assign(static_cast<size_t>(layout.num_layers()), 0.0);
+  norm_queued_.assign(static_cast<size_t>(layout.num_layers()), false);
 }
 
 void ShardedParamStore::initialize(uint64_t init_seed) {
@@ -334,7 +337,10 @@ model::GradBuffer ShardedParamStore::grad_buffer(int layer) {
 }
 
 void ShardedParamStore::grads_ready(int layer) {
-  if (in_place_grads_) return;  // nothing to reduce or land
+  if (in_place_grads_) {  // nothing to reduce or land
+    if (last_micro_step()) queue_grad_norm(layer);
+    return;
+  }
   for (auto& s : grad_slots_) {
     if (s->open && s->layer == layer) {
       s->open = false;
@@ -367,7 +373,19 @@ void ShardedParamStore::finish_grad_slot(GradSlot& slot) {
     be_.cast(acc, reduced);  // acc = 0 + reduced, exactly
   landed_[static_cast<size_t>(layer)] = true;
   slot.layer = -1;
-  if (overlaps_replication() && micro_done_ + 1 == micro_steps_) start_replication_all_reduce(layer);
+  if (!last_micro_step()) return;
+  if (overlaps_replication())
+    start_replication_all_reduce(layer);
+  else if (!opt_.sync_every_microstep)
+    queue_grad_norm(layer);  // (replicas change it until end_accumulation)
+}
+
+void ShardedParamStore::queue_grad_norm(int layer) {
+  const int64_t chunk = layout_.layers()[static_cast<size_t>(layer)].size / topo_.partition_size;
+  const Tensor part = norm_parts_.view(DType::f64, {layout_.num_layers()}).slice(layer, {1});
+  const Tensor grad = grads().slice(shard_offset(layer), {chunk});
+  be_.run_on_side_queue([&] { be_.sum_squares_into(part, grad); });
+  norm_queued_[static_cast<size_t>(layer)] = true;
 }
 
 void ShardedParamStore::start_replication_all_reduce(int layer) {
@@ -394,6 +412,8 @@ void ShardedParamStore::begin_step(int64_t micro_steps) {
   replication_started_.assign(static_cast<size_t>(layout_.num_layers()), false);
   replication_requests_.resize(static_cast<size_t>(layout_.num_layers()));
   landed_.assign(static_cast<size_t>(layout_.num_layers()), false);
+  norm_queued_.assign(norm_queued_.size(), false);
+  norms_complete_ = false;
   // A gather prefetched last step but never acquired (the layers were used out of the
   // recorded order) holds the weights from before the optimizer step: drop it.
   for (auto& s : param_slots_)
@@ -434,6 +454,15 @@ void ShardedParamStore::end_micro_step() {
 }
 
 void ShardedParamStore::end_accumulation() {
+  land_accumulation();
+  // The layers whose sums were not queued as they became final: those the last micro-step
+  // left alone, and every layer where the replicas summed them just now.
+  for (int l = 0; l < layout_.num_layers(); ++l)
+    if (!norm_queued_[static_cast<size_t>(l)]) queue_grad_norm(l);
+  norms_complete_ = true;
+}
+
+void ShardedParamStore::land_accumulation() {
   if (in_place_grads_) {  // every layer's gradient is complete where the model wrote it
     for (int l = 0; l < layout_.num_layers(); ++l)
       if (!landed_[static_cast<size_t>(l)]) {
@@ -461,7 +490,12 @@ void ShardedParamStore::end_accumulation() {
 }
 
 double ShardedParamStore::grad_norm_squared() {
-  return groups_.partition->sum_scalar(be_.sum_squares(grads()));
+  if (!norms_complete_) throw std::logic_error("grad_norm_squared before end_accumulation");
+  be_.synchronize();  // the side queue's sums
+  be_.copy_to_host(norm_host_.data(), norm_parts_.data(), sizeof(double) * norm_host_.size());
+  double local = 0;
+  for (double part : norm_host_) local += part;
+  return groups_.partition->sum_scalar(local);
 }
 
 std::vector<int> ShardedParamStore::nonfinite_grad_layers() {

@@ -97,7 +97,11 @@ class ShardedParamStore final : public model::ParamProvider {
   void begin_step(int64_t micro_steps = 1);
   void end_micro_step();      // all reduce-scatters landed (and, every_microstep, synced)
   void end_accumulation();    // two-hop: every layer's all-reduce across replicas finished
-  // Global squared gradient norm: this shard's sum of squares summed over the partition group.
+  // Global squared gradient norm: this shard's sum of squares summed over the partition
+  // group. After end_accumulation. Each layer's sum of squares is queued on the side queue
+  // as soon as its gradient is final in the shard (its backward, or its landing, in the last
+  // micro-step; else in end_accumulation), so that reading the gradients once more overlaps
+  // the rest of the backward; here they are waited for and added in layer order.
   double grad_norm_squared();
   // Layers whose accumulated gradient holds a NaN or Inf anywhere in the partition group.
   std::vector<int> nonfinite_grad_layers();
@@ -122,6 +126,13 @@ class ShardedParamStore final : public model::ParamProvider {
   void progress_gathers(const ParamSlot* until = nullptr);
   void start_intra_stage(ParamSlot& slot);
   void finish_grad_slot(GradSlot& slot);
+  // end_accumulation less the gradient norm's part: every layer's gradient final in grads().
+  void land_accumulation();
+  // Layer `layer`'s gradient is final in grads() for this step: queue its sum of squares.
+  // (Queued again if it lands again, tied weights, say: the later sum, queued after the
+  // same queue's first, is the one read.)
+  void queue_grad_norm(int layer);
+  bool last_micro_step() const { return micro_done_ + 1 == micro_steps_; }
   // Two-hop, last micro-step: layer `layer` is complete in this rank's accumulator.
   void start_replication_all_reduce(int layer);
   bool overlaps_replication() const {
@@ -160,6 +171,10 @@ class ShardedParamStore final : public model::ParamProvider {
   // end_accumulation zeroes the layers that never landed. With gradients in place: has
   // the model been handed the layer's gradient this step (the first time, fresh)?
   std::vector<bool> landed_;
+  DeviceBuffer norm_parts_;            // [layers] f64: each layer's sum of squares this step
+  std::vector<double> norm_host_;      // its copy on the host
+  std::vector<bool> norm_queued_;      // per layer, this step
+  bool norms_complete_ = false;        // end_accumulation queued every layer's
   std::vector<ParamSlot*> pending_;  // progress_gathers' scratch
   DeferredUpdates updates_;
 };

@@ -118,4 +118,10 @@ RowDims embedding_dims(bool backward, const Tensor& out, const IntTensor& ids, c
   return {rows, c};
 }
 
+void expect_f64_scalar(const char* op, const Tensor& out) {
+  if (out.dtype != DType::f64 || out.numel() != 1)
+    throw ShapeError(std::string(op) + ": out must be one f64 element, not " + dtype_name(out.dtype) + " " +
+                     out.shape.str());
+}
+
 }  // namespace mics

@@ -39,6 +39,9 @@ void check_attention_shapes(const char* op, const Tensor& qkv, const Tensor& pro
 void check_fused_attention_shapes(const char* op, const Tensor& qkv, const Tensor& lse, const Tensor& out,
                                   const IntTensor& key_keep, const AttentionDims& dims);
 
+// A reduction's result left on the device (sum_squares_into): one f64 element.
+void expect_f64_scalar(const char* op, const Tensor& out);
+
 // Embedding tables [*, cols] (type table optional), rows = ids.numel() a multiple of seq,
 // seq within the position table; out [rows, cols]. The backward passes the tables'
 // gradients and d_out (`backward` names them so).

@@ -145,6 +145,10 @@ class Backend : public SideQueue {
   // Returns sum(x) and sum(x^2) on the host, accumulated in double.
   virtual double sum(Tensor x) = 0;
   virtual double sum_squares(Tensor x) = 0;
+  // out[1] (f64, this backend's memory) = sum(x^2) accumulated in double, queued as any op
+  // is, with no read-back: the gradient norm summed layer by layer as each layer's
+  // gradient becomes final, on the side queue, while the backward goes on.
+  virtual void sum_squares_into(Tensor out, Tensor x) = 0;
   // Number of NaN/Inf entries.
   virtual int64_t count_nonfinite(Tensor x) = 0;
 

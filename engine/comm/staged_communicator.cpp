@@ -20,7 +20,7 @@ class StagedCommunicator final : public Communicator {
 
   Request all_gather(void* base, DType dtype, size_t count, size_t blocks, size_t member_stride,
                      size_t block_stride) override {
-    if (size() == 1) return nullptr;
+    if (size() == 1 || blocks == 0 || count == 0) return nullptr;  // (every member has the same arguments)
     // The span from the first member's first chunk to the last member's last one.
     const size_t extent = (static_cast<size_t>(size()) - 1) * member_stride + (blocks - 1) * block_stride + count;
     const size_t bytes = extent * dtype_size(dtype);

@@ -106,6 +106,11 @@ class CpuBackend final : public Backend {
     return total;
   }
 
+  void sum_squares_into(Tensor out, Tensor x) override {
+    expect_f64_scalar("sum_squares_into", out);
+    *out.ptr<double>() = sum_squares(x);
+  }
+
   int64_t count_nonfinite(Tensor x) override {
     int64_t bad = 0;
     dispatch("count_nonfinite", x.dtype, [&](auto t) {

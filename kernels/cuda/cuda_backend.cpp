@@ -426,6 +426,11 @@ class CudaBackend final : public Backend {
     check_device_errors();
     return v;
   }
+  void sum_squares_into(Tensor out, Tensor x) override {
+    expect_f64_scalar("sum_squares_into", out);
+    expect_compute_dtype("sum_squares_into", x);
+    queue_device_sum(x.dtype, x.data, x.numel(), true, queued_partials(), static_cast<double*>(out.data), stream_);
+  }
   int64_t count_nonfinite(Tensor x) override {
     expect_compute_dtype("count_nonfinite", x);
     const int64_t v = device_count_nonfinite(x.dtype, x.data, x.numel(), count_partials(),
@@ -454,7 +459,7 @@ class CudaBackend final : public Backend {
     GemmArgs g = linear_gemm(out, in, weight, bias, m, n, k);
     const int64_t np = padded_width(n, out.dtype);
     if (np == n || m == 0) {
-      gemm_->run(g);
+      main_gemm().run(g);
       return;
     }
     // out_padded[m, np] = in @ weight_padded^T (+ bias_padded), then its first n columns.
@@ -462,8 +467,8 @@ class CudaBackend final : public Backend {
     g.n = np;
     g.b = padded_rows(pad_weight_, weight.data, n, np, k, es);
     if (!bias.empty()) g.bias = padded_rows(pad_bias_, bias.data, n, np, 1, es);
-    g.c = pad_rows_.get(static_cast<size_t>(m * np) * es, stream_), g.ldc = np;
-    gemm_->run(g);
+    g.c = pad_rows_.get(static_cast<size_t>(m * np) * es, main_queue()), g.ldc = np;
+    main_gemm().run(g);
     MICS_CUDA_CHECK(cudaMemcpy2DAsync(out.data, n * es, g.c, np * es, n * es, m,
                                       cudaMemcpyDeviceToDevice, stream_));
   }
@@ -487,7 +492,7 @@ class CudaBackend final : public Backend {
     const void* rows = d_out.data;
     const void* w = weight.data;
     if (np != n) {
-      void* staged = pad_rows_.get(static_cast<size_t>(m * np) * es, stream_);
+      void* staged = pad_rows_.get(static_cast<size_t>(m * np) * es, main_queue());
       MICS_CUDA_CHECK(cudaMemcpy2DAsync(staged, np * es, d_out.data, n * es, n * es, m,
                                         cudaMemcpyDeviceToDevice, stream_));
       MICS_CUDA_CHECK(cudaMemset2DAsync(static_cast<char*>(staged) + n * es, np * es, 0,
@@ -503,7 +508,7 @@ class CudaBackend final : public Backend {
       g.b = w, g.ldb = k;
       g.c = d_in.data, g.ldc = k;
       g.beta = acc == Accumulate::yes ? 1.0f : 0.0f;
-      gemm_->run(g);
+      main_gemm().run(g);
     }
     bool bias_done = d_bias.empty();
     {  // d_weight[n,k] += (or =) d_out^T[n,m] @ in[m,k]
@@ -516,8 +521,8 @@ class CudaBackend final : public Backend {
       g.beta = add_params ? 1.0f : 0.0f;
       if (np != n) {
         g.m = np, g.beta = 0.0f;
-        g.c = pad_weight_.get(static_cast<size_t>(np * k) * es, stream_);
-        gemm_->run(g);
+        g.c = pad_weight_.get(static_cast<size_t>(np * k) * es, main_queue());
+        main_gemm().run(g);
         if (add_params)
           launch_add(t, d_weight.data, t, d_weight.data, t, g.c, n * k, stream_);
         else
@@ -530,8 +535,8 @@ class CudaBackend final : public Backend {
       bool ran = false;
       if (!bias_done && t != DType::f32 && np == n && m > 0 && k > 0) {
         GemmArgs with_bias_grad = g;
-        with_bias_grad.bias_grad = bias_grad_.get(static_cast<size_t>(n) * dtype_size(t), stream_);
-        if (gemm_->try_run(with_bias_grad)) {
+        with_bias_grad.bias_grad = bias_grad_.get(static_cast<size_t>(n) * dtype_size(t), main_queue());
+        if (main_gemm().try_run(with_bias_grad)) {
           if (add_params)
             launch_add(t, d_bias.data, t, d_bias.data, t, with_bias_grad.bias_grad, n, stream_);
           else
@@ -540,7 +545,7 @@ class CudaBackend final : public Backend {
           bias_done = ran = true;
         }
       }
-      if (!ran && np == n) gemm_->run(g);
+      if (!ran && np == n) main_gemm().run(g);
     }
     if (!bias_done)
       launch_column_sums(t, d_bias.data, d_out.data, m, n, add_params, column_partials(m, n, 1), stream_);
@@ -586,7 +591,7 @@ class CudaBackend final : public Backend {
     expect_dtypes(op, pre, {&act, &in, &weight, &bias});
     GemmArgs g = linear_gemm(act, in, weight, bias, m, n, k);  // act = gelu(pre), pre = in @ weight^T + bias
     g.gelu = GemmArgs::Gelu::gelu_aux, g.aux = pre.data;
-    if (m == 0 || k == 0 || !gelu_epilogue(pre.dtype, kind, n, pre.data) || !gemm_->try_run(g)) {
+    if (m == 0 || k == 0 || !gelu_epilogue(pre.dtype, kind, n, pre.data) || !main_gemm().try_run(g)) {
       linear_forward(pre, in, weight, bias);
       gelu_forward(act, pre, kind);
     }
@@ -608,7 +613,7 @@ class CudaBackend final : public Backend {
     g.c = d_pre.data, g.ldc = k;
     g.gelu = GemmArgs::Gelu::dgelu, g.aux = pre.data;
     if (m == 0 || n == 0 || padded_width(n, t) != n || !gelu_epilogue(t, kind, k, pre.data) ||
-        !gemm_->try_run(g)) {
+        !main_gemm().try_run(g)) {
       linear_backward(d_pre, d_weight, d_bias, d_out, act, weight, Accumulate::no, acc_params);
       gelu_backward(d_pre, d_pre, pre, kind);
       return;
@@ -668,7 +673,7 @@ class CudaBackend final : public Backend {
       g.c = at(probs, o * pb.probs_base), g.ldc = T, g.stride_c = pb.probs_stride;
       g.batch = pb.inner;
       g.alpha = alpha;
-      gemm_->run(g);
+      main_gemm().run(g);
     }
   }
 
@@ -696,7 +701,7 @@ class CudaBackend final : public Backend {
       g.b = at(qkv, o * pb.qkv_base + 2 * C), g.ldb = 3 * C, g.stride_b = pb.qkv_stride;
       g.c = at(out, o * pb.out_base), g.ldc = C, g.stride_c = pb.out_stride;
       g.batch = pb.inner;
-      gemm_->run(g);
+      main_gemm().run(g);
     }
     if (drop > 0.0f) {
       attention_scores(probs, qkv, d, scale);
@@ -731,7 +736,7 @@ class CudaBackend final : public Backend {
       g.b = at(d_out, o * pb.out_base), g.ldb = C, g.stride_b = pb.out_stride;
       g.c = at(d_qkv, o * pb.qkv_base + 2 * C), g.ldc = 3 * C, g.stride_c = pb.qkv_stride;
       g.batch = pb.inner;
-      gemm_->run(g);
+      main_gemm().run(g);
     }
     for (int64_t o = 0; o < pb.outer; ++o) {  // dP' = dO V^T into scratch
       GemmArgs g;
@@ -742,7 +747,7 @@ class CudaBackend final : public Backend {
       g.trans_b = true;
       g.c = at(scratch, o * pb.probs_base), g.ldc = T, g.stride_c = pb.probs_stride;
       g.batch = pb.inner;
-      gemm_->run(g);
+      main_gemm().run(g);
     }
     // dS = scale * P (dP - sum P dP), dP the masked dP', in place in scratch.
     launch_attention_softmax_backward(t, scratch.data, probs.data, d.batch * d.heads * T, T, scale,
@@ -755,12 +760,12 @@ class CudaBackend final : public Backend {
       g.b = at(qkv, o * pb.qkv_base + C), g.ldb = 3 * C, g.stride_b = pb.qkv_stride;
       g.c = at(d_qkv, o * pb.qkv_base), g.ldc = 3 * C, g.stride_c = pb.qkv_stride;
       g.batch = pb.inner;
-      gemm_->run(g);
+      main_gemm().run(g);
       // dK = dS^T Q
       g.trans_a = true;
       g.b = at(qkv, o * pb.qkv_base);
       g.c = at(d_qkv, o * pb.qkv_base + C);
-      gemm_->run(g);
+      main_gemm().run(g);
     }
   }
 
@@ -817,7 +822,7 @@ class CudaBackend final : public Backend {
     check_fused_attention(op, qkv, lse, out, key_keep, d, dropout);
     expect_dtypes(op, out, {&qkv});
     if (cudnn_ != nullptr) {
-      cudnn_->forward(out.dtype, d, out.data, static_cast<float*>(lse.data), qkv.data, cudnn_workspace(out.dtype, d));
+      main_cudnn().forward(out.dtype, d, out.data, static_cast<float*>(lse.data), qkv.data, cudnn_workspace(out.dtype, d));
       return;
     }
     launch_attention_forward_fused(out.dtype, out.data, static_cast<float*>(lse.data), qkv.data,
@@ -832,12 +837,12 @@ class CudaBackend final : public Backend {
     expect_shape(op, "d_out", d_out, out.shape);
     expect_dtypes(op, d_qkv, {&d_out, &qkv, &out});
     if (cudnn_ != nullptr) {
-      cudnn_->backward(d_qkv.dtype, d, d_qkv.data, d_out.data, qkv.data, out.data, static_cast<const float*>(lse.data),
+      main_cudnn().backward(d_qkv.dtype, d, d_qkv.data, d_out.data, qkv.data, out.data, static_cast<const float*>(lse.data),
                        cudnn_workspace(d_qkv.dtype, d));
       return;
     }
     auto* delta = static_cast<float*>(
-        fused_delta_.get(static_cast<size_t>(d.batch * d.heads * d.seq) * sizeof(float), stream_));
+        fused_delta_.get(static_cast<size_t>(d.batch * d.heads * d.seq) * sizeof(float), main_queue()));
     launch_attention_backward_fused(d_qkv.dtype, d_qkv.data, d_out.data, qkv.data, out.data,
                                     static_cast<const float*>(lse.data), delta, fused_shape(d, key_keep, dropout),
                                     stream_);
@@ -859,7 +864,7 @@ class CudaBackend final : public Backend {
     const char* op = "embedding_backward";
     const auto [rows, c] = embedding_dims(true, d_out, ids, type_ids, d_tok, d_pos, d_type, seq);
     expect_dtypes(op, d_out, {&d_tok, &d_pos, &d_type});
-    void* scratch = index_scratch_.get(index_add_scratch_bytes(rows), stream_);
+    void* scratch = index_scratch_.get(index_add_scratch_bytes(rows), main_queue());
     launch_index_add(d_out.dtype, d_tok.data, dim(d_tok, 0), d_out.data, ids.data, seq, rows, c,
                      scratch, error_word(), kBadTokenId, stream_);
     launch_index_add(d_out.dtype, d_pos.data, dim(d_pos, 0), d_out.data, nullptr, seq, rows, c,
@@ -886,7 +891,7 @@ class CudaBackend final : public Backend {
     expect_shape(op, "d_out", d_out, {n, c});
     expect_dtypes(op, d_in, {&d_out});
     launch_index_add(d_in.dtype, d_in.data, dim(d_in, 0), d_out.data, rows.data, 1, n, c,
-                     index_scratch_.get(index_add_scratch_bytes(n), stream_), error_word(),
+                     index_scratch_.get(index_add_scratch_bytes(n), main_queue()), error_word(),
                      kBadScatterRow, stream_);
   }
 
@@ -941,8 +946,8 @@ class CudaBackend final : public Backend {
                  on_side_ ? side_sms_ : 0, side_chunked_, stream_);
   }
 
-  int64_t gemm_fallback_calls() const { return gemm_->fallback_calls(); }
-  int64_t bias_grad_epilogue_calls() const { return gemm_->bias_grad_epilogue_calls(); }
+  int64_t gemm_fallback_calls() const { return gemm().fallback_calls(); }
+  int64_t bias_grad_epilogue_calls() const { return gemm().bias_grad_epilogue_calls(); }
   const GemmLt& gemm() const { return *gemm_; }
   int64_t scratch_growths() const {
     return pad_weight_.growths() + pad_bias_.growths() + pad_rows_.growths() +
@@ -955,7 +960,7 @@ class CudaBackend final : public Backend {
   // to padded_rows rows.
   const void* padded_rows(GrowingBuffer& buffer, const void* src, int64_t rows, int64_t padded,
                           int64_t cols, size_t es) {
-    char* dst = static_cast<char*>(buffer.get(static_cast<size_t>(padded * cols) * es, stream_));
+    char* dst = static_cast<char*>(buffer.get(static_cast<size_t>(padded * cols) * es, main_queue()));
     const size_t used = static_cast<size_t>(rows * cols) * es;
     MICS_CUDA_CHECK(cudaMemcpyAsync(dst, src, used, cudaMemcpyDeviceToDevice, stream_));
     MICS_CUDA_CHECK(cudaMemsetAsync(dst + used, 0, static_cast<size_t>((padded - rows) * cols) * es, stream_));
@@ -1021,21 +1026,27 @@ class CudaBackend final : public Backend {
   // cuDNN's workspace for this attention shape (its plans are built on first use).
   void* cudnn_workspace(DType t, const AttentionDims& d) {
     const size_t bytes = cudnn_->prepare(t, d);
-    return bytes == 0 ? nullptr : cudnn_workspace_.get(bytes, stream_);
+    return bytes == 0 ? nullptr : cudnn_workspace_.get(bytes, main_queue());
   }
 
   // Partial sums for a column reduction of `sums` outputs over [rows, cols].
   float* column_partials(int64_t rows, int64_t cols, int sums) {
     const auto floats = static_cast<size_t>(column_partials_floats(rows, cols, sums));
-    return static_cast<float*>(column_partials_.get(floats * sizeof(float), stream_));
+    return static_cast<float*>(column_partials_.get(floats * sizeof(float), main_queue()));
   }
 
   // Scratch layout: reduction partials (double, then unsigned long long), the two results,
-  // the device error word.
-  static constexpr size_t kScratchBytes = 2 * kReducePartials * 8 + 2 * 8 + 8;
-  double* partials() const { return static_cast<double*>(scratch_); }
+  // the device error word, then the queued sums' partials, the main stream's and the side
+  // queue's (their sums may run at once).
+  static constexpr size_t kQueuedPartialsOffset = 2 * kReducePartials * 8 + 2 * 8 + 8 + 8;
+  static constexpr size_t kScratchBytes = kQueuedPartialsOffset + 2 * size_t{kQueuedPartials} * 8;
+  double* queued_partials() const {
+    return reinterpret_cast<double*>(static_cast<char*>(scratch_) + kQueuedPartialsOffset) +
+           (on_side_ ? kQueuedPartials : 0);
+  }
+  double* partials() const { return (void)main_queue(), static_cast<double*>(scratch_); }
   unsigned long long* count_partials() const {
-    return reinterpret_cast<unsigned long long*>(static_cast<char*>(scratch_) + kReducePartials * 8);
+    return (void)main_queue(), reinterpret_cast<unsigned long long*>(static_cast<char*>(scratch_) + kReducePartials * 8);
   }
   double* result() const {
     return reinterpret_cast<double*>(static_cast<char*>(scratch_) + 2 * kReducePartials * 8);
@@ -1044,6 +1055,18 @@ class CudaBackend final : public Backend {
     return reinterpret_cast<unsigned long long*>(static_cast<char*>(scratch_) +
                                                  2 * kReducePartials * 8 + 8);
   }
+  // The stream of an op whose scratch, cuBLASLt handle or cuDNN plans are the main
+  // stream's alone: such an op queued from run_on_side_queue would race the main stream
+  // for them (the side queue takes the optimizer's update and the queued sums, which have
+  // their own).
+  cudaStream_t main_queue() const {
+    if (on_side_)
+      throw std::logic_error("an op that uses the main stream's scratch (GEMMs, attention, reductions read back, "
+                             "column sums, sorts) was queued on the CUDA backend's side queue");
+    return stream_;
+  }
+  GemmLt& main_gemm() { return (void)main_queue(), *gemm_; }
+  CudnnAttention& main_cudnn() { return (void)main_queue(), *cudnn_; }
   int* error_word() const {
     return reinterpret_cast<int*>(static_cast<char*>(scratch_) + 2 * kReducePartials * 8 + 16);
   }

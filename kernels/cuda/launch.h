@@ -10,6 +10,7 @@
 #include "kernels/cuda/adamw_scalars.h"
 #include "kernels/cuda/column_reduce_geometry.h"
 #include "kernels/cuda/device_errors.h"
+#include "kernels/cuda/reduce_geometry.h"
 #include "kernels/ops.h"
 
 namespace mics::cuda {
@@ -34,9 +35,12 @@ void launch_broadcast_rows(DType t, void* out, const void* bias, int64_t rows, i
 // Deterministic reductions: a fixed grid (from n alone) writes per-block partials into
 // `partials` (kReducePartials entries), one block folds them into `result` (device), and
 // the value is copied to the host (the call synchronises the stream).
-inline constexpr int kReducePartials = 1024;
 double device_sum(DType t, const void* x, int64_t n, bool squares, double* partials,
                   double* result, cudaStream_t s);
+// The same sum queued on `s` with no read-back: *result (device) = the sum; `partials`
+// holds kQueuedPartials (reduce_geometry.h: its grid of short-lived blocks).
+void queue_device_sum(DType t, const void* x, int64_t n, bool squares, double* partials, double* result,
+                      cudaStream_t s);
 int64_t device_count_nonfinite(DType t, const void* x, int64_t n, unsigned long long* partials,
                                unsigned long long* result, cudaStream_t s);
 // Column reductions (column_reduce.cuh) sum chunks of rows into fp32 partials, then fold

@@ -15,24 +15,37 @@ unsigned partial_blocks(int64_t n) {
   return static_cast<unsigned>(blocks < kReducePartials ? blocks : kReducePartials);
 }
 
+// Partials of `blocks` blocks, then one block folds them into *result (0 when n is 0).
+void queue_sum(DType t, const void* x, int64_t n, bool squares, unsigned blocks, double* partials,
+               double* result, cudaStream_t s) {
+  if (n <= 0) blocks = 0;
+  if (blocks > 0)
+    dispatch(squares ? "sum_squares" : "sum", t, [&](auto v) {
+      using T = decltype(v);
+      const T* in = static_cast<const T*>(x);
+      if (aligned16(x))
+        sum_partials_kernel<true, T><<<blocks, kThreads, 0, s>>>(in, n, squares, partials);
+      else
+        sum_partials_kernel<false, T><<<blocks, kThreads, 0, s>>>(in, n, squares, partials);
+      MICS_CUDA_CHECK_LAUNCH();
+    });
+  fold_partials_kernel<double><<<1, kReducePartials, 0, s>>>(partials, static_cast<int>(blocks), result);
+  MICS_CUDA_CHECK_LAUNCH();
+}
+
 }  // namespace
+
+void queue_device_sum(DType t, const void* x, int64_t n, bool squares, double* partials, double* result,
+                      cudaStream_t s) {
+  const int64_t blocks = (n + kQueuedSumBlockElements - 1) / kQueuedSumBlockElements;
+  queue_sum(t, x, n, squares, static_cast<unsigned>(blocks < kQueuedPartials ? blocks : kQueuedPartials), partials,
+            result, s);
+}
 
 double device_sum(DType t, const void* x, int64_t n, bool squares, double* partials,
                   double* result, cudaStream_t s) {
   if (n <= 0) return 0.0;
-  const unsigned blocks = partial_blocks(n);
-  dispatch(squares ? "sum_squares" : "sum", t, [&](auto v) {
-    using T = decltype(v);
-    const T* in = static_cast<const T*>(x);
-    if (aligned16(x))
-      sum_partials_kernel<true, T><<<blocks, kThreads, 0, s>>>(in, n, squares, partials);
-    else
-      sum_partials_kernel<false, T><<<blocks, kThreads, 0, s>>>(in, n, squares, partials);
-    MICS_CUDA_CHECK_LAUNCH();
-  });
-  fold_partials_kernel<double><<<1, kReducePartials, 0, s>>>(partials, static_cast<int>(blocks),
-                                                             result);
-  MICS_CUDA_CHECK_LAUNCH();
+  queue_sum(t, x, n, squares, partial_blocks(n), partials, result, s);
   double host = 0;
   MICS_CUDA_CHECK(cudaMemcpyAsync(&host, result, sizeof(double), cudaMemcpyDeviceToHost, s));
   MICS_CUDA_CHECK(cudaStreamSynchronize(s));

@@ -54,11 +54,13 @@ __global__ void nonfinite_partials_kernel(const T* x, int64_t n, unsigned long l
   if (threadIdx.x == 0) partials[blockIdx.x] = acc;
 }
 
-// One block of at least `count` threads (a multiple of 32) folds `count` partials.
+// One block (a multiple of 32 threads) folds `count` partials: thread t sums entries t,
+// t + blockDim.x, ... in order, then the block's sums are combined.
 template <class A>
 __global__ void fold_partials_kernel(const A* partials, int count, A* result) {
   __shared__ A scratch[32];
   A v = int(threadIdx.x) < count ? partials[threadIdx.x] : A(0);
+  for (int i = int(threadIdx.x + blockDim.x); i < count; i += int(blockDim.x)) v += partials[i];
   v = block_sum(v, scratch);
   if (threadIdx.x == 0) *result = v;
 }

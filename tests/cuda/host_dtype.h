@@ -54,7 +54,9 @@ inline std::vector<char> encode(DType t, const Vec& v) {
   std::vector<char> bytes(v.size() * dtype_size(t));
   for (size_t i = 0; i < v.size(); ++i) {
     const float f = static_cast<float>(v[i]);
-    if (t == DType::f32) {
+    if (t == DType::f64) {
+      std::memcpy(&bytes[i * 8], &v[i], 8);
+    } else if (t == DType::f32) {
       std::memcpy(&bytes[i * 4], &f, 4);
     } else {
       const uint16_t b = t == DType::bf16 ? bf16_bits(f) : f16_bits(f);
@@ -67,7 +69,9 @@ inline Vec decode(DType t, const std::vector<char>& bytes) {
   const size_t n = bytes.size() / dtype_size(t);
   Vec v(n);
   for (size_t i = 0; i < n; ++i) {
-    if (t == DType::f32) {
+    if (t == DType::f64) {
+      std::memcpy(&v[i], &bytes[i * 8], 8);
+    } else if (t == DType::f32) {
       float f;
       std::memcpy(&f, &bytes[i * 4], 4);
       v[i] = f;

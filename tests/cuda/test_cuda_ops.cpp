@@ -1223,6 +1223,19 @@ TEST(CudaSideQueue, UpdateRunsBehindEarlierWorkAndBeforeFencedWork) {
   expect_side_queue_update(gpu(), int64_t{1} << 22, 0);
 }
 
+// Only the update and the queued sums have scratch of their own on the side queue; an op
+// sharing the main stream's (a GEMM, a sum read back) is refused there, and the backend
+// goes on as before.
+TEST(CudaSideQueue, OpsWithTheMainStreamsScratchAreRefusedThere) {
+  MICS_REQUIRE_CUDA();
+  Dev in(DType::f32, {4, 8}, Vec(32, 1.0)), w(DType::f32, {16, 8}, Vec(128, 0.5)), out(DType::f32, {4, 16});
+  EXPECT_THROW(gpu().run_on_side_queue([&] { gpu().linear_forward(out.t(), in.t(), w.t(), Tensor{}); }),
+               std::logic_error);
+  EXPECT_THROW(gpu().run_on_side_queue([&] { (void)gpu().sum(in.t()); }), std::logic_error);
+  gpu().linear_forward(out.t(), in.t(), w.t(), Tensor{});
+  expect_identical(out.get(), Vec(64, 4.0), "a GEMM on the main stream after the refusals");
+}
+
 // The main queue's stand at a fence is timed (the metrics' optimizer_wait_s): an update of
 // 2^25 elements (~0.9 GB of traffic) queued on the side, waited for at once by an idle
 // main queue, keeps it standing a measurable while; taken once, the count starts again.
@@ -1349,6 +1362,30 @@ TEST_P(CudaElementwise, SumSumSquaresCountNonfinite) {
   // Empty views.
   EXPECT_EQ(gpu().sum(dy.t().slice(0, {0})), 0.0);
   EXPECT_EQ(gpu().count_nonfinite(dy.t().slice(0, {0})), 0);
+}
+
+// The sum of squares left on the device (the gradient norm, layer by layer): its own grid
+// (one short block per 8192 elements; here more blocks than the fold has threads, and
+// none), on the main stream and on the side queue, read back after a synchronisation.
+TEST_P(CudaElementwise, SumSquaresIntoStaysOnTheDevice) {
+  MICS_REQUIRE_CUDA();
+  const DType t = GetParam();
+  for (int64_t n : {int64_t{0}, int64_t{13}, int64_t{1100} * 8192 + 5}) {
+    SCOPED_TRACE(testing::Message() << "n " << n);
+    std::mt19937_64 rng(113);
+    const Vec x = rounded(t, random_vec(rng, n, -2, 3));
+    double s2 = 0;
+    for (double v : x) s2 += v * v;
+    Dev dx(t, {n}, x), on_main(DType::f64, {1}), on_side(DType::f64, {1});
+    gpu().sum_squares_into(on_main.t(), dx.t());
+    gpu().run_on_side_queue([&] { gpu().sum_squares_into(on_side.t(), dx.t()); });
+    gpu().synchronize();
+    const Tol tt{0, double(n) * 0x1p-53 * s2};
+    expect_close(on_main.get(), {s2}, tt, "on the main stream");
+    expect_identical(on_side.get(), on_main.get(), "on the side queue");
+  }
+  Dev dx(t, {4}), wrong(DType::f32, {1});
+  EXPECT_THROW(gpu().sum_squares_into(wrong.t(), dx.t()), ShapeError);
 }
 
 // The element-wise maps take 16-byte accesses on aligned views and single elements on

@@ -91,6 +91,7 @@ TEST_P(EmulatedNcclTraining, LossesAsOverMpi) {
   const Config c = load_config(std::string(MICS_SOURCE_DIR) + "/configs/gpt-tiny.json",
                                {"train.steps=4", "train.seq_len=32", "train.micro_batch_size=2",
                                 "train.global_batch_size=32", "train.warmup_steps=1",
+                                "train.grad_clip=0.01",  // always clipping: the norm's every bit counts
                                 "mics.partition_size=" + std::to_string(l.p),
                                 "mics.hierarchical_allgather=" + std::string(l.hierarchical),
                                 "mics.gradient_sync=" + std::string(l.gradient_sync),
@@ -174,6 +175,41 @@ TEST(EmulatedDeviceStaged, LossesAsOverMpiWithTheUpdateDeferred) {
     for (size_t i = 0; i < over_mpi.size(); ++i) EXPECT_EQ(staged[i], over_mpi[i]) << "step " << i + 1;
   }
   expect_no_misuse();
+}
+
+// One rank on one device (the benchmark's path): the gradients are the model's own, in
+// place, and each layer's sum of squares for the gradient norm is queued on the side queue
+// as its backward ends, while the backward goes on; clipping is always on (a clip of 0.01),
+// so that a norm summed over a gradient not yet written, or read before its sum ran,
+// changes the update. With the main stream 3 ms behind (a sum that did not wait for the
+// layer's backward reads the last step's gradient) and with the side queue 50 ms behind
+// (a norm read before its sums ran): the CPU backend's losses, bit for bit; fp32 (the CPU
+// backend's), one and two micro-steps (the second adds in place); the update deferred or not.
+TEST(EmulatedDeviceOneRank, GradientNormLayerByLayerAsOnTheHost) {
+  int world = 0;
+  MPI_Comm_size(MPI_COMM_WORLD, &world);
+  ASSERT_EQ(world, 1) << "run with one rank (ctest dist.emulated_device_one_rank)";
+  const Topology t = make_topology(0, 1, 1, 1, "false");
+  for (int micro_steps : {1, 2}) {
+      for (bool deferred : {false, true}) {
+        SCOPED_TRACE(testing::Message() << micro_steps << " micro-steps" << (deferred ? ", update deferred" : ""));
+        Config c = load_config(std::string(MICS_SOURCE_DIR) + "/configs/gpt-tiny.json",
+                               {"train.steps=3", "train.seq_len=32", "train.micro_batch_size=2",
+                                "train.global_batch_size=" + std::to_string(2 * micro_steps), "train.warmup_steps=1",
+                                "train.grad_clip=0.01", "mics.partition_size=1"});
+        c.runtime.overlap_optimizer = deferred;
+        const std::unique_ptr<Backend> cpu = make_cpu_backend();
+        const std::vector<double> host = train(c, t, *cpu, build_mpi_groups(t));
+        ASSERT_EQ(host.size(), 3u);
+        for (const EmulatedDeviceLatency latency : {EmulatedDeviceLatency{3000, 0}, EmulatedDeviceLatency{0, 50000}}) {
+          SCOPED_TRACE(latency.main_us ? "main stream behind" : "side queue behind");
+          const std::unique_ptr<Backend> gpu = make_emulated_device_backend(latency);
+          const std::vector<double> device = train(c, t, *gpu, build_mpi_groups(t));
+          ASSERT_EQ(device.size(), host.size());
+          for (size_t i = 0; i < host.size(); ++i) EXPECT_EQ(device[i], host[i]) << "step " << i + 1;
+        }
+      }
+  }
 }
 
 // A checkpoint written while the side queue still holds the optimizer's deferred updates

@@ -112,6 +112,9 @@ class EmulatedDeviceBackend final : public Backend {
   double sum_squares(Tensor x) override {
     return value([=, this] { return cpu_->sum_squares(x); });
   }
+  void sum_squares_into(Tensor out, Tensor x) override {
+    queue([=, this] { cpu_->sum_squares_into(out, x); });
+  }
   int64_t count_nonfinite(Tensor x) override {
     return value([=, this] { return cpu_->count_nonfinite(x); });
   }

@@ -22,6 +22,7 @@
 // The emulator stands in for the CUDA headers the kernels expect, so it comes first.
 #include "tests/emulation/cuda_emulator.h"
 #include "tests/emulation/guard_bytes.h"
+#include "kernels/cuda/reduce_geometry.h"
 #include "kernels/cuda/reduce_kernels.cuh"
 
 namespace mics {
@@ -30,9 +31,9 @@ namespace {
 using emulation::guard_value;
 using emulation::same_bits;
 
-// reduce.cu's launch geometry: blocks of 256 threads, at most 1024 partials.
+// reduce.cu's launch geometry (reduce_geometry.h): blocks of 256 threads.
 constexpr int kThreads = 256;
-constexpr int kPartials = 1024;
+constexpr int kPartials = cuda::kReducePartials;
 constexpr size_t kGuard = 16;
 
 unsigned partial_blocks(int64_t n) {
@@ -157,6 +158,47 @@ TEST(EmulatedCudaReduce, Fp16SumsWithinDoubleAccumulation) { check_sums<cuda::f1
 TEST(EmulatedCudaReduce, Fp32CountsEveryNonFiniteEntry) { check_nonfinite<float>("fp32", false); }
 TEST(EmulatedCudaReduce, Bf16CountsEveryNonFiniteEntry) { check_nonfinite<cuda::bf16>("bf16", false); }
 TEST(EmulatedCudaReduce, Fp16CountsEveryNonFiniteEntry) { check_nonfinite<cuda::f16>("fp16", true); }
+
+// A sum of squares left on the device (reduce.cu's queue_device_sum: the gradient norm,
+// layer by layer): its grid of one block per kQueuedSumBlockElements, and the fold of more
+// partials than the folding block has threads (each thread adds several, in order).
+template <bool kVector, class E>
+double queued_sum_squares(const E* x, int64_t n) {
+  const int64_t wanted = (n + cuda::kQueuedSumBlockElements - 1) / cuda::kQueuedSumBlockElements;
+  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(wanted, cuda::kQueuedPartials));
+  std::vector<double> partials(blocks + kGuard, guard_value<double>());
+  if (blocks > 0)
+    cuda_emulator::launch(dim3{blocks}, kThreads, 0, cuda::sum_partials_kernel<kVector, E>, x, n, true,
+                          partials.data());
+  for (size_t i = blocks; i < partials.size(); ++i)
+    if (!same_bits(partials[i], guard_value<double>())) {
+      ADD_FAILURE() << "partial " << i << " written, past the grid's " << blocks;
+      break;
+    }
+  double result = guard_value<double>();
+  cuda_emulator::launch(dim3{1}, kPartials, 0, cuda::fold_partials_kernel<double>,
+                        static_cast<const double*>(partials.data()), static_cast<int>(blocks), &result);
+  return result;
+}
+
+TEST(EmulatedCudaReduce, QueuedSumOfSquaresFoldsMorePartialsThanThreads) {
+  // 1100 blocks: threads 0..75 of the fold add two partials each. Also an empty tensor (no
+  // partials: 0), one partial, a tail past whole blocks, and the element-wise path.
+  for (auto [n, offset] : std::vector<std::pair<int64_t, size_t>>{
+           {0, 0}, {5, 0}, {8192, 0}, {8193, 1}, {3 * 8192 + 7, 0}, {1100 * 8192 - 3, 0}}) {
+    SCOPED_TRACE("n=" + std::to_string(n) + (offset == 0 ? " 16-byte" : " element-wise"));
+    std::mt19937_64 rng(static_cast<uint64_t>(n) + 1);
+    std::uniform_real_distribution<float> dist(-2.0f, 1.0f);
+    std::vector<float> values(static_cast<size_t>(n));
+    for (float& v : values) v = dist(rng);
+    const Input<cuda::bf16> in(values, offset);
+    double squares = 0;
+    for (int64_t i = 0; i < n; ++i) squares += static_cast<double>(cuda::to_f(in.data[i])) * cuda::to_f(in.data[i]);
+    const double got = offset == 0 ? queued_sum_squares<true>(in.data, n) : queued_sum_squares<false>(in.data, n);
+    EXPECT_LE(std::abs(got - squares), static_cast<double>(n) * 0x1p-53 * squares) << got << " vs " << squares;
+    if (n == 0) EXPECT_TRUE(same_bits(got, 0.0));
+  }
+}
 
 }  // namespace
 }  // namespace mics

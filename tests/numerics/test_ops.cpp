@@ -843,6 +843,10 @@ TYPED_TEST(Elementwise, SumSumSquaresCountNonfinite) {
   const Tol t{0, double(n) * Precision<double>::u * s_abs};
   expect_close({cpu().sum(tx.t())}, {s}, t, "sum");
   expect_close({cpu().sum_squares(tx.t())}, {s2}, t, "sum_squares");
+  double left = -1;  // sum_squares_into: the same sum, written where it is asked for
+  cpu().sum_squares_into(Tensor{&left, DType::f64, {1}}, tx.t());
+  EXPECT_EQ(left, cpu().sum_squares(tx.t()));
+  EXPECT_THROW(cpu().sum_squares_into(Tensor{&left, DType::f64, {2}}, tx.t()), ShapeError);
   EXPECT_EQ(cpu().count_nonfinite(tx.t()), 0);
 
   // Extreme but finite values must not count; each NaN / Inf must.
