@@ -406,6 +406,7 @@ void ShardedParamStore::start_replication_all_reduce(int layer) {
 }
 
 void ShardedParamStore::begin_step(int64_t micro_steps) {
+  norms_complete_ = false;  // first: a step that fails to begin has no norm either
   if (micro_steps < 1) throw std::logic_error("a step needs at least one micro-step");
   micro_steps_ = micro_steps;
   micro_done_ = 0;
@@ -413,7 +414,6 @@ void ShardedParamStore::begin_step(int64_t micro_steps) {
   replication_requests_.resize(static_cast<size_t>(layout_.num_layers()));
   landed_.assign(static_cast<size_t>(layout_.num_layers()), false);
   norm_queued_.assign(norm_queued_.size(), false);
-  norms_complete_ = false;
   // A gather prefetched last step but never acquired (the layers were used out of the
   // recorded order) holds the weights from before the optimizer step: drop it.
   for (auto& s : param_slots_)
@@ -513,7 +513,7 @@ size_t ShardedParamStore::model_state_bytes() const {
 }
 
 size_t ShardedParamStore::resident_bytes() const {
-  size_t total = model_state_bytes() + working_.bytes() + replication_.bytes();
+  size_t total = model_state_bytes() + working_.bytes() + replication_.bytes() + norm_parts_.bytes();
   for (const auto& s : param_slots_) total += s->buffer.bytes();
   for (const auto& s : grad_slots_) total += s->work.bytes() + s->shard.bytes();
   return total;
