@@ -185,14 +185,16 @@ void resolve_auto_settings(Config& c, int cc, const std::string& unknown) {
     else if (cc != 0 && cc < 80) why_not = gpu;
     // Past cuDNN's deterministic backward's workspace budget (long sequences) it would run
     // its nondeterministic one: our fused kernels instead (deterministic, only each row's
-    // log-sum-exp kept) where they take the head dimension and this GPU's shared memory.
+    // log-sum-exp kept) where they take the head dimension and this GPU's shared memory;
+    // unless cudnn_deterministic is false, which asks for that one anyway.
     const double workspace = cudnn_deterministic_workspace_estimate(
         AttentionDims{tc.micro_batch_size, tc.seq_len, mc.heads, head_dim, false});
     // Head dimension 128 needs 104.5 KiB of shared memory per block: the data-centre GPUs
     // (sm_80, sm_90, sm_100) have it, the others (sm_86, sm_89, sm_120: 99 KiB) do not.
     const bool big_shared = cc == 0 || cc == 80 || cc == 90 || cc == 100;
     const bool fused_fits = head_dim == 64 || (head_dim == 128 && big_shared);
-    if (why_not.empty() && workspace > static_cast<double>(kCudnnDeterministicWorkspaceBudget)) {
+    if (why_not.empty() && c.runtime.cudnn_deterministic &&
+        workspace > static_cast<double>(kCudnnDeterministicWorkspaceBudget)) {
       why_not = "cuDNN's deterministic backward would need about " +
                 std::to_string(static_cast<int64_t>(workspace / (1 << 20))) + " MiB of workspace, over its 1 GiB";
       c.runtime.attention = fused_fits ? "fused" : "materialized";
@@ -297,6 +299,7 @@ Config parse_config(const json& input, const std::string& source,
     r.get("comm_timeout_s", c.runtime.comm_timeout_s);
     r.get("communicator", c.runtime.communicator, {"auto", "mpi", "nccl", "staged"});
     r.get("attention", c.runtime.attention, {"auto", "materialized", "fused", "cudnn"});
+    r.get("cudnn_deterministic", c.runtime.cudnn_deterministic);
     r.get("gemm_autotune", c.runtime.gemm_autotune);
     r.get("overlap_optimizer", c.runtime.overlap_optimizer);
     r.get("overlap_optimizer_sms", c.runtime.overlap_optimizer_sms);
@@ -312,6 +315,10 @@ Config parse_config(const json& input, const std::string& source,
          "'runtime.overlap_optimizer_sms' above 0");
     must(r, !c.runtime.gemm_autotune || c.runtime.backend == "cuda",
          "'runtime.gemm_autotune' times cuBLASLt's algorithms; it needs 'runtime.backend' \"cuda\"");
+    must(r, c.runtime.cudnn_deterministic || (c.runtime.backend == "cuda" &&
+                                              (c.runtime.attention == "cudnn" || c.runtime.attention == "auto")),
+         "'runtime.cudnn_deterministic' false chooses cuDNN's nondeterministic attention backward; it needs "
+         "'runtime.backend' \"cuda\" and 'runtime.attention' \"cudnn\" or \"auto\"");
     const std::string& comm = c.runtime.communicator;
     must(r, comm == "auto" || comm == "staged" || (comm == "mpi") == (c.runtime.backend == "cpu"),
          "'runtime.communicator' \"" + comm + "\" does not go with 'runtime.backend' \"" + c.runtime.backend +
@@ -541,6 +548,7 @@ json Config::to_json() const {
   j["runtime"] = {{"backend", runtime.backend}, {"ranks_per_node", runtime.ranks_per_node},
                   {"device_memory_gb", runtime.device_memory_gb}, {"comm_timeout_s", runtime.comm_timeout_s},
                   {"communicator", runtime.communicator}, {"attention", runtime.attention},
+                  {"cudnn_deterministic", runtime.cudnn_deterministic},
                   {"gemm_autotune", runtime.gemm_autotune}, {"overlap_optimizer", runtime.overlap_optimizer},
                   {"overlap_optimizer_sms", runtime.overlap_optimizer_sms},
                   {"overlap_optimizer_chunked", runtime.overlap_optimizer_chunked}};

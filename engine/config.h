@@ -92,6 +92,12 @@ struct RuntimeConfig {
   // auto: cudnn where it runs (the fastest measured: docs/gpu-results.md), else materialized.
   std::string attention = "auto";
   std::string attention_reason;  // how "auto" resolved, for the log; empty when set explicitly
+  // cuDNN's attention backward: its deterministic algorithm (true: the same bits run to
+  // run; it keeps B x H x T x T values in its workspace, so past 1 GiB of them "cudnn" runs
+  // the other, with a warning, and "auto" our fused kernels), or its nondeterministic one
+  // (false: atomics, workspace linear in T; faster where cuDNN's deterministic kernel is
+  // slow). Needs the CUDA backend with attention "cudnn" or "auto".
+  bool cudnn_deterministic = true;
   // CUDA: time the heuristic's top cuBLASLt algorithms for each GEMM shape at its first
   // call and keep the fastest (the first step runs slower; results can differ in the last
   // bits from run to run, as the winner may).

@@ -243,6 +243,7 @@ Runtime make_runtime(const mics::Config& config, const mics::Topology& topology,
   mics::CudaBackendOptions options;
   options.cudnn_attention = config.runtime.attention == "cudnn";
   options.cudnn_attention_fallback = options.cudnn_attention && !config.runtime.attention_reason.empty();
+  options.cudnn_deterministic = config.runtime.cudnn_deterministic;
   options.gemm_autotune = config.runtime.gemm_autotune;
   options.side_queue_sms = static_cast<int>(config.runtime.overlap_optimizer_sms);
   options.side_queue_chunked = config.runtime.overlap_optimizer_chunked;
@@ -357,6 +358,9 @@ int train(const mics::Config& config, const mics::Topology& topology, const mics
     spdlog::info("train.precision auto: {} ({})", config.train.precision, config.train.precision_reason);
   if (!config.runtime.attention_reason.empty() && config.runtime.backend == "cuda")  // the CPU has one attention
     spdlog::info("runtime.attention auto: {} ({})", config.runtime.attention, config.runtime.attention_reason);
+  if (!config.runtime.cudnn_deterministic && config.runtime.attention != "cudnn")  // "auto" chose another
+    spdlog::warn("'runtime.cudnn_deterministic' false changes nothing here: the attention is \"{}\", not cuDNN's",
+                 config.runtime.attention);
   mics::set_comm_timeout(config.runtime.comm_timeout_s);
   Runtime runtime = make_runtime(config, topology, env);
   ProfileWindow window;

@@ -88,9 +88,10 @@ MemoryPlan plan_memory(const Config& config, int64_t world, int64_t p, int64_t m
       const AttentionDims dims{micro_batch, config.train.seq_len, spec.heads,
                                spec.hidden / std::max<int64_t>(spec.heads, 1), spec.arch == model::Arch::gpt};
       const double deterministic = cudnn_deterministic_workspace_estimate(dims);
-      // Past the budget the backend runs the nondeterministic backward: linear in T.
+      // Past the budget, or asked for, the backend runs the nondeterministic backward: linear in T.
       const double bht = static_cast<double>(dims.batch * dims.heads * dims.seq);
-      b.attention_workspace = deterministic <= static_cast<double>(kCudnnDeterministicWorkspaceBudget)
+      b.attention_workspace = config.runtime.cudnn_deterministic &&
+                                      deterministic <= static_cast<double>(kCudnnDeterministicWorkspaceBudget)
                                   ? deterministic
                                   : bht * (4.0 * static_cast<double>(dims.head_dim) + 4.0) + 16.0 * (1 << 20);
     }

@@ -11,14 +11,16 @@
           fp16 from a loss scale of 2^32 (overflows skipped, scale halved, then training) and
           its resume from a checkpoint, bit for bit; BERT 10B at p = 1 refused; the benchmark
           slices' runtime.attention "auto" resolving to cuDNN's on this GPU.
-  bench   configs/bench/*-slice.json, 20 steps after 2 of warm-up: cuDNN's attention with and
-          without the optimizer overlapped (on every SM) and GEMM autotune (each, and both),
-          the materialised attention, and with activation checkpointing (overlapped); the PyTorch peer training the same model in the same call
+  bench   configs/bench/*-slice.json, 20 steps after 2 of warm-up: cuDNN's attention alone,
+          with GEMM autotune, and with autotune and the optimizer overlapped (on every SM),
+          the last also with cuDNN's nondeterministic backward; the materialised attention;
+          and with activation checkpointing (overlapped); the PyTorch peer training the same model in the same call
           (scripts/bench/torch_peer.py: torch.compile with and without checkpointing). TFLOP/s
           per GPU (model FLOPs as mics-train counts them, engine/flops.cpp, and of the layers
           alone), MFU, and how long each overlapped forward waited for the update.
-  bench-more  the other variants (the update bounded to 16 SMs, chunked and unchunked, and to
-          32; our fused attention; checkpointing without the overlap) and the eager peers
+  bench-more  the other variants (the update overlapped without autotune, on every SM and
+          bounded to 16 SMs, chunked and unchunked, and to 32; our fused attention;
+          checkpointing without the overlap) and the eager peers
           (eager, eager+ckpt).
   profile each slice with --profile (cuDNN's attention): time per op, and the linear ops by
           shape.
@@ -446,12 +448,15 @@ def bench(bindir, work, env, rows, peak, rest=False):
     # checkpointing, the issue's reference for that case (docs/references.md: 323 TFLOP/s on
     # BERT's slice, where eager+ckpt reached 280). The peer's layers-only variant, compared
     # with in earlier runs, is left out: the full models compare like with like.
-    first = [("cudnn", False, False, 0), ("cudnn", False, False, "all"), ("cudnn", False, True, 0),
-             ("materialized", False, False, 0), ("cudnn", False, True, "all"), ("cudnn", True, False, "all")]
+    # "cudnn-nd": cuDNN's nondeterministic attention backward (runtime.cudnn_deterministic
+    # false), with autotune and the overlap: BERT's deterministic backward ran at 160 TFLOP/s
+    # on the H200 (2026-11-27), half its forward's rate.
+    first = [("cudnn", False, False, 0), ("cudnn", False, True, 0), ("materialized", False, False, 0),
+             ("cudnn", False, True, "all"), ("cudnn-nd", False, True, "all"), ("cudnn", True, False, "all")]
     # ("16 whole": on 16 SMs unchunked, each layer's update holding them to its end; with
     # chunks the forward's blocks may take them back every ~0.1 ms and the update may starve.)
-    more = [("cudnn", False, False, 16), ("cudnn", False, False, "16 whole"), ("cudnn", False, False, 32),
-            ("fused", False, False, 0), ("cudnn", True, False, 0)]
+    more = [("cudnn", False, False, "all"), ("cudnn", False, False, 16), ("cudnn", False, False, "16 whole"),
+            ("cudnn", False, False, 32), ("fused", False, False, 0), ("cudnn", True, False, 0)]
     variants, peers = (more, "eager,eager+ckpt") if rest else (first, "compile,compile+ckpt")
     for name in ("bert-10b-slice", "gpt2-10b-slice"):
         bench_slice(mt, name, variants, peers, work, env, rows, peak)
@@ -465,12 +470,14 @@ def bench_slice(mt, name, variants, peers, work, env, rows, peak):
         sms, _, whole = str(overlap).partition(" ")  # "all", N or "N whole" (unchunked)
         bound = "" if overlap == "all" else f" on {sms} SMs" + (", unchunked" if whole else "")
         variant = ("ckpt" if ckpt else "no ckpt") + {"materialized": "", "fused": ", fused attention",
-                                                     "cudnn": ", cuDNN attention"}[attention] + \
+                                                     "cudnn": ", cuDNN attention",
+                                                     "cudnn-nd": ", cuDNN attention (nondeterministic backward)"}[attention] + \
             (", GEMM autotune" if tune else "") + ("" if not overlap else ", optimizer overlapped" + bound)
         m = os.path.join(work, f"{name}-{ckpt}-{attention}-{tune}-{overlap}.jsonl")
         code, text = train(mt, path, m, [f"train.steps={BENCH_WARMUP + BENCH_STEPS}",
                                          f"train.activation_checkpointing={'true' if ckpt else 'false'}",
-                                         f"runtime.attention=\"{attention}\"",
+                                         f"runtime.attention=\"{attention.removesuffix('-nd')}\"",
+                                         f"runtime.cudnn_deterministic={'false' if attention == 'cudnn-nd' else 'true'}",
                                          f"runtime.gemm_autotune={'true' if tune else 'false'}",
                                          f"runtime.overlap_optimizer={'true' if overlap else 'false'}",
                                          f"runtime.overlap_optimizer_sms={0 if overlap == 'all' else sms}",

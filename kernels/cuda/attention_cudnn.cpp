@@ -172,7 +172,7 @@ struct TensorPointers {
 }  // namespace
 
 struct CudnnAttention::Impl {
-  bool deterministic_only = false;  // see the constructor
+  Backward choice = Backward::deterministic_else_fast;  // see the constructor
   // A graph and its variant pack: the user tensors' uids in the order execute() wants their
   // pointers, and the array those are written into per call (no container built in a step).
   struct Pack {
@@ -263,8 +263,8 @@ struct CudnnAttention::Impl {
   // kCudnnDeterministicWorkspaceBudget (kernels/ops.h), the fast one, whose workspace is
   // linear in T, unless deterministic_only.
   std::shared_ptr<fe::graph::Graph> built_backward(DType t, const AttentionDims& d) {
-    std::string why;
-    try {
+    std::string why = "runtime.cudnn_deterministic false";
+    if (choice != Backward::fast) try {
       auto g = describe_backward(t, d, true);
       build(g, t, d);
       int64_t bytes = 0;
@@ -274,7 +274,7 @@ struct CudnnAttention::Impl {
     } catch (const std::exception& e) {
       why = std::string("no deterministic one: ") + e.what();
     }
-    if (deterministic_only)
+    if (choice == Backward::deterministic_only)
       throw ShapeError("runtime.attention \"cudnn\": no deterministic cuDNN attention backward for " + describe(t, d) +
                        " (" + why + ")");
     std::shared_ptr<fe::graph::Graph> g;
@@ -284,7 +284,11 @@ struct CudnnAttention::Impl {
       throw ShapeError(declined(std::string("backward graph: ") + e.what(), t, d));
     }
     build(g, t, d);
-    warn_nondeterministic(t, d, why);
+    if (choice == Backward::fast)
+      spdlog::info("cuDNN's nondeterministic attention backward for {}, as runtime.cudnn_deterministic asks",
+                   describe(t, d));
+    else
+      warn_nondeterministic(t, d, why);
     return g;
   }
 
@@ -311,8 +315,8 @@ struct CudnnAttention::Impl {
   }
 };
 
-CudnnAttention::CudnnAttention(cudaStream_t stream, bool deterministic_only) : impl_(std::make_unique<Impl>()) {
-  impl_->deterministic_only = deterministic_only;
+CudnnAttention::CudnnAttention(cudaStream_t stream, Backward backward) : impl_(std::make_unique<Impl>()) {
+  impl_->choice = backward;
   const cudnnStatus_t created = cudnnCreate(&impl_->handle);
   if (created != CUDNN_STATUS_SUCCESS)
     throw std::runtime_error("runtime.attention \"cudnn\": cuDNN could not start (cudnnCreate: " +

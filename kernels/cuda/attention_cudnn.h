@@ -33,10 +33,13 @@ class CudnnAttention {
  public:
   // Creates the cuDNN handle on the current device, bound to `stream`; throws a
   // std::runtime_error naming runtime.attention when cuDNN cannot start.
-  // deterministic_only: prepare() refuses (ShapeError) a shape whose deterministic backward
-  // cuDNN lacks or would keep more than kCudnnDeterministicWorkspaceBudget, instead of taking
-  // the nondeterministic one (runtime.attention "auto", whose backend then runs its own).
-  explicit CudnnAttention(cudaStream_t stream, bool deterministic_only = false);
+  // Which backward: deterministic_else_fast takes the deterministic algorithm where cuDNN
+  // has one within kCudnnDeterministicWorkspaceBudget, else the nondeterministic one with a
+  // warning (runtime.attention "cudnn"); deterministic_only refuses (ShapeError) such a
+  // shape instead (runtime.attention "auto", whose backend then runs its own kernels); fast
+  // takes the nondeterministic one from the start (runtime.cudnn_deterministic false).
+  enum class Backward { deterministic_else_fast, deterministic_only, fast };
+  explicit CudnnAttention(cudaStream_t stream, Backward backward = Backward::deterministic_else_fast);
   ~CudnnAttention();
   CudnnAttention(const CudnnAttention&) = delete;
   CudnnAttention& operator=(const CudnnAttention&) = delete;

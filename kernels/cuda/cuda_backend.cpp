@@ -231,7 +231,10 @@ class CudaBackend final : public Backend {
       cudnn_fallback_ = options.cudnn_attention_fallback;
       if (options.cudnn_attention) {
         try {
-          cudnn_ = std::make_unique<CudnnAttention>(stream_, cudnn_fallback_);
+          using Backward = CudnnAttention::Backward;
+          cudnn_ = std::make_unique<CudnnAttention>(stream_, !options.cudnn_deterministic ? Backward::fast
+                                                             : cudnn_fallback_            ? Backward::deterministic_only
+                                                                                          : Backward::deterministic_else_fast);
         } catch (const CudaError&) {
           throw;  // the device's fault, not cuDNN's refusal
         } catch (const std::exception& e) {

@@ -27,6 +27,10 @@ struct CudaBackendOptions {
   // reserved: no libnvrtc, say), this backend's own fused kernels run it instead, said once
   // in the log, rather than the run failing.
   bool cudnn_attention_fallback = false;
+  // With cudnn_attention: cuDNN's deterministic attention backward (as long as its
+  // workspace stays within kCudnnDeterministicWorkspaceBudget), or, false, its
+  // nondeterministic one from the start (runtime.cudnn_deterministic).
+  bool cudnn_deterministic = true;
   // Time the heuristic's top cuBLASLt algorithms per GEMM shape at its first call (beta 0
   // ones) and keep the fastest (runtime.gemm_autotune).
   bool gemm_autotune = false;

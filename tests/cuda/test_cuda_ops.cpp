@@ -893,6 +893,28 @@ INSTANTIATE_TEST_SUITE_P(
       return std::string(std::get<0>(info.param).name) + "_" + dtype_name(std::get<1>(info.param));
     });
 
+// runtime.cudnn_deterministic false: cuDNN's nondeterministic backward (atomics), against
+// the same reference with the same tolerances, for BERT's head dimension and GPT-2's.
+Backend& gpu_cudnn_nondeterministic() {
+  static const std::unique_ptr<Backend> backend = [] {
+    CudaBackendOptions options;
+    options.cudnn_attention = true;
+    options.cudnn_deterministic = false;
+    return make_cuda_backend(0, options);
+  }();
+  return *backend;
+}
+
+TEST(CudnnFusedAttention, TheNondeterministicBackwardMatchesReference) {
+  MICS_REQUIRE_CUDA();
+  if (cuda_compute_capability(0) < 80) GTEST_SKIP() << "cuDNN's fused attention needs compute capability 8.0";
+  for (const AttnCase& c : {AttnCase{"bidirectional_64", 2, 256, 3, 64, false, false, 0.0f},
+                            AttnCase{"causal_200_128", 1, 200, 1, 128, true, false, 0.0f}}) {
+    SCOPED_TRACE(c.name);
+    check_fused_attention_on(gpu_cudnn_nondeterministic(), c, DType::bf16, true);
+  }
+}
+
 TEST(CudnnFusedAttentionErrors, PaddingDropoutAndFp32AreRefused) {
   MICS_REQUIRE_CUDA();
   const AttentionDims d{1, 8, 1, 64, false};

@@ -173,6 +173,16 @@ std::vector<Case> cases() {
                           "'runtime.attention' \"cudnn\" needs 'runtime.backend' \"cuda\""));
   c.push_back(config_case("gemm_autotune_on_cpu", [](json& j) { j["runtime"]["gemm_autotune"] = true; },
                           "'runtime.gemm_autotune' times cuBLASLt's algorithms; it needs 'runtime.backend' \"cuda\""));
+  c.push_back(config_case("cudnn_deterministic_off_on_cpu", [](json& j) { j["runtime"]["cudnn_deterministic"] = false; },
+                          "'runtime.cudnn_deterministic' false chooses cuDNN's nondeterministic attention backward; "
+                          "it needs 'runtime.backend' \"cuda\" and 'runtime.attention' \"cudnn\" or \"auto\""));
+  c.push_back(config_case("cudnn_deterministic_off_with_materialized",
+                          [](json& j) {
+                            j["runtime"]["backend"] = "cuda";
+                            j["runtime"]["attention"] = "materialized";
+                            j["runtime"]["cudnn_deterministic"] = false;
+                          },
+                          "'runtime.cudnn_deterministic' false chooses cuDNN's nondeterministic attention backward"));
   c.push_back(config_case("gemm_autotune_not_a_bool", [](json& j) { j["runtime"]["gemm_autotune"] = "yes"; },
                           "'runtime.gemm_autotune'"));
   c.push_back(config_case("overlap_optimizer_not_a_bool", [](json& j) { j["runtime"]["overlap_optimizer"] = 1; },

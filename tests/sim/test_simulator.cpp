@@ -440,6 +440,10 @@ TEST(MemoryPlanner, CountsTheCudaBackendsWorkspaces) {
   EXPECT_NE(mics::describe_plan(plan).find("workspaces"), std::string::npos);
   EXPECT_DOUBLE_EQ(plan.total(), plan.model_states() + plan.gathered + plan.grad_buffers + plan.replication +
                                      plan.activations + plan.gemm_staging + gemm + dp + headroom);
+  config.runtime.cudnn_deterministic = false;  // the nondeterministic one, asked for
+  EXPECT_DOUBLE_EQ(mics::plan_memory(config, 64, 8, mb, false).attention_workspace,
+                   static_cast<double>(mb * h * t) * static_cast<double>(4 * d + 4) + headroom);
+  config.runtime.cudnn_deterministic = true;
   config.train.seq_len = 4096;  // dP of 8 x 40 x 4096^2 x 2 bytes: 10 GiB, past the budget
   EXPECT_DOUBLE_EQ(mics::plan_memory(config, 64, 8, mb, false).attention_workspace,
                    static_cast<double>(mb * h * 4096) * static_cast<double>(4 * d + 4) + headroom);

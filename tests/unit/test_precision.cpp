@@ -99,6 +99,13 @@ TEST(AttentionChoice, AutoTakesCudnnWhereItRunsAndSaysWhyNotElsewhere) {
   }
   k["model"]["hidden"] = 32;  // head dimension 16: not ours either
   EXPECT_EQ(mics::parse_config(k, "tiny.json").runtime.attention, "materialized");
+  // Unless the nondeterministic backward is asked for: its workspace is linear in T.
+  k["model"]["hidden"] = 128;
+  k["runtime"]["cudnn_deterministic"] = false;
+  c = mics::parse_config(k, "tiny.json");
+  EXPECT_EQ(c.runtime.attention, old_gpu ? "materialized" : "cudnn") << c.runtime.attention_reason;
+  EXPECT_FALSE(c.runtime.cudnn_deterministic);
+  EXPECT_EQ(c.to_json()["runtime"]["cudnn_deterministic"], false);  // kept in the checkpoint's config
 
   // An explicit choice is kept, without a reason.
   k = j;
