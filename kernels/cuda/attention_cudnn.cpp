@@ -354,7 +354,8 @@ void CudnnAttention::backward(DType t, const AttentionDims& d, void* d_qkv, cons
 std::string validate_cudnn_attention(DType t, const AttentionDims& d, int sm_version) {
   std::string problems;
   for (const auto& [what, g] : {std::pair{"forward", describe_forward(t, d, sm_version)},
-                                std::pair{"backward", describe_backward(t, d, true, sm_version)}}) {
+                                std::pair{"backward", describe_backward(t, d, true, sm_version)},
+                                std::pair{"nondeterministic backward", describe_backward(t, d, false, sm_version)}}) {
     fe::error_t status = g->validate();
     if (status.is_bad()) problems += std::string(problems.empty() ? "" : "; ") + what + ": " + status.get_message();
   }

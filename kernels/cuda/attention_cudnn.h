@@ -59,7 +59,7 @@ class CudnnAttention {
   std::unique_ptr<Impl> impl_;
 };
 
-// The frontend's own checks of the two graphs this class builds, for a GPU of compute
+// The frontend's own checks of the graphs this class builds (the forward, both backwards), for a GPU of compute
 // capability sm_version (90 for Hopper) without one: "" when both pass, else what failed.
 // Runs where there is no GPU (tests), so the graph descriptions are checked in every build.
 std::string validate_cudnn_attention(DType t, const AttentionDims& d, int sm_version);

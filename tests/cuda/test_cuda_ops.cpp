@@ -928,7 +928,8 @@ TEST(CudnnFusedAttentionErrors, PaddingDropoutAndFp32AreRefused) {
                ShapeError);
 }
 
-// No GPU needed: the frontend's own validation of the graphs (shapes, strides, dtypes and
+// No GPU needed: the frontend's own validation of the graphs (forward, deterministic and
+// nondeterministic backward: shapes, strides, dtypes and
 // its support surface for the compute capability) for the benchmark slices' shapes, on
 // Ampere and Hopper. A head dimension cuDNN does not take must fail the same check.
 TEST(CudnnAttentionGraphs, TheFrontendAcceptsTheSliceShapesWithoutAGpu) {
