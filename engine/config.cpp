@@ -548,7 +548,9 @@ json Config::to_json() const {
   j["runtime"] = {{"backend", runtime.backend}, {"ranks_per_node", runtime.ranks_per_node},
                   {"device_memory_gb", runtime.device_memory_gb}, {"comm_timeout_s", runtime.comm_timeout_s},
                   {"communicator", runtime.communicator}, {"attention", runtime.attention},
-                  {"cudnn_deterministic", runtime.cudnn_deterministic},
+                  // (where the attention is not cuDNN's the key changes nothing, and false
+                  // would be refused when the saved config is read back: export, say)
+                  {"cudnn_deterministic", runtime.cudnn_deterministic || runtime.attention != "cudnn"},
                   {"gemm_autotune", runtime.gemm_autotune}, {"overlap_optimizer", runtime.overlap_optimizer},
                   {"overlap_optimizer_sms", runtime.overlap_optimizer_sms},
                   {"overlap_optimizer_chunked", runtime.overlap_optimizer_chunked}};
