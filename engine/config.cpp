@@ -304,6 +304,7 @@ Config parse_config(const json& input, const std::string& source,
     r.get("overlap_optimizer", c.runtime.overlap_optimizer);
     r.get("overlap_optimizer_sms", c.runtime.overlap_optimizer_sms);
     r.get("overlap_optimizer_chunked", c.runtime.overlap_optimizer_chunked);
+    r.get("overlap_weight_grads", c.runtime.overlap_weight_grads);
     r.finish();
     must(r, c.runtime.overlap_optimizer_sms >= 0, "'runtime.overlap_optimizer_sms' must be 0 (no bound) or a positive number of SMs");
     must(r, c.runtime.overlap_optimizer_sms == 0 || c.runtime.overlap_optimizer,
@@ -313,6 +314,9 @@ Config parse_config(const json& input, const std::string& source,
     must(r, c.runtime.overlap_optimizer_chunked || c.runtime.overlap_optimizer_sms > 0,
          "'runtime.overlap_optimizer_chunked' false runs the bounded update unchunked; it needs "
          "'runtime.overlap_optimizer_sms' above 0");
+    must(r, !c.runtime.overlap_weight_grads || c.runtime.backend == "cuda",
+         "'runtime.overlap_weight_grads' runs the weight gradients on a second GPU stream; it needs 'runtime.backend' "
+         "\"cuda\"");
     must(r, !c.runtime.gemm_autotune || c.runtime.backend == "cuda",
          "'runtime.gemm_autotune' times cuBLASLt's algorithms; it needs 'runtime.backend' \"cuda\"");
     must(r, c.runtime.cudnn_deterministic || (c.runtime.backend == "cuda" &&
@@ -553,7 +557,8 @@ json Config::to_json() const {
                   {"cudnn_deterministic", runtime.cudnn_deterministic || runtime.attention != "cudnn"},
                   {"gemm_autotune", runtime.gemm_autotune}, {"overlap_optimizer", runtime.overlap_optimizer},
                   {"overlap_optimizer_sms", runtime.overlap_optimizer_sms},
-                  {"overlap_optimizer_chunked", runtime.overlap_optimizer_chunked}};
+                  {"overlap_optimizer_chunked", runtime.overlap_optimizer_chunked},
+                  {"overlap_weight_grads", runtime.overlap_weight_grads}};
   j["log"] = {{"every", log.every}, {"level", log.level}, {"metrics", log.metrics}};
   j["checkpoint"] = {{"dir", checkpoint.dir}, {"every", checkpoint.every}, {"keep", checkpoint.keep}};
   return j;

@@ -114,6 +114,9 @@ struct RuntimeConfig {
   // the forward's kernels may take the SMs back (true), or each layer's update as one launch
   // holding its N SMs until it is done, the forward keeping the others (false).
   bool overlap_optimizer_chunked = true;
+  // CUDA: each linear layer's weight gradient (and bias gradient) on a second stream,
+  // concurrently with its input gradient's product; the same products, the same bits.
+  bool overlap_weight_grads = false;
 };
 
 struct LogConfig {

@@ -83,7 +83,9 @@ MemoryPlan plan_memory(const Config& config, int64_t world, int64_t p, int64_t m
     if (padded != spec.vocab)  // at most every token of the micro-batch is a logits row
       b.gemm_staging = compute * static_cast<double>(padded) *
                        static_cast<double>(spec.hidden + micro_batch * config.train.seq_len);
-    b.gemm_workspace = static_cast<double>(CudaBackendOptions{}.gemm_workspace_bytes);
+    // cuBLASLt's workspace, a second one for the weight gradients' stream
+    b.gemm_workspace = static_cast<double>(CudaBackendOptions{}.gemm_workspace_bytes) *
+                       (config.runtime.overlap_weight_grads ? 2.0 : 1.0);
     if (config.runtime.attention == "cudnn") {
       const AttentionDims dims{micro_batch, config.train.seq_len, spec.heads,
                                spec.hidden / std::max<int64_t>(spec.heads, 1), spec.arch == model::Arch::gpt};

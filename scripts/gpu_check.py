@@ -4,7 +4,8 @@
   checks  the CUDA tests; tiny BERT and GPT trained 50 steps on CUDA against the CPU
           backend (fp32 within 1e-4 relative, bf16 and fp16 within 2e-2; half precision also
           with one micro-step, the gradients used in place, and in bf16 the optimizer
-          overlapped on a second stream, unbounded and on 2 SMs, bit for bit); 4 ranks on the one
+          overlapped on a second stream, unbounded and on 2 SMs, and the weight gradients on a
+          stream of their own, bit for bit); 4 ranks on the one
           GPU (staged communicator) against 1 rank in fp32 within 1e-4, and at p = 2 with the
           update overlapped against the same without, bit for bit; "auto" choosing staged there
           and "nccl" refused; one rank over NCCL;
@@ -12,14 +13,14 @@
           its resume from a checkpoint, bit for bit; BERT 10B at p = 1 refused; the benchmark
           slices' runtime.attention "auto" resolving to cuDNN's on this GPU.
   bench   configs/bench/*-slice.json, 20 steps after 2 of warm-up: cuDNN's attention alone,
-          with GEMM autotune, and with autotune and the optimizer overlapped (on every SM),
-          the last also with cuDNN's nondeterministic backward; the materialised attention;
-          and with activation checkpointing (overlapped); the PyTorch peer training the same model in the same call
+          and with GEMM autotune and the optimizer overlapped (on every SM), that also with
+          cuDNN's nondeterministic backward and with the weight gradients on their own
+          stream; the materialised attention; and with activation checkpointing (overlapped); the PyTorch peer training the same model in the same call
           (scripts/bench/torch_peer.py: torch.compile with and without checkpointing). TFLOP/s
           per GPU (model FLOPs as mics-train counts them, engine/flops.cpp, and of the layers
           alone), MFU, and how long each overlapped forward waited for the update.
-  bench-more  the other variants (the update overlapped without autotune, on every SM and
-          bounded to 16 SMs, chunked and unchunked, and to 32; our fused attention;
+  bench-more  the other variants (GEMM autotune alone; the update overlapped without
+          autotune, on every SM and bounded to 16 SMs, chunked and unchunked, and to 32; our fused attention;
           checkpointing without the overlap) and the eager peers
           (eager, eager+ckpt).
   profile each slice with --profile (cuDNN's attention): time per op, and the linear ops by
@@ -241,6 +242,16 @@ def checks(bindir, work, env, rows):
                                  "ok": do == 0.0,
                                  "detail": f"max relative loss difference {do:.2e} (limit 0)" if co == 0 and code == 0
                                            else (to if co else text)[-300:]})
+                # The weight gradients on a stream of their own (runtime.overlap_weight_grads):
+                # the same products, so the same losses, bit for bit.
+                mw = os.path.join(work, f"{model}-cuda-bf16-inplace-weight-grads.jsonl")
+                cw, tw = train(mt, config, mw, one_step + ["runtime.backend=\"cuda\"", "train.precision=\"bf16\"",
+                                                          "runtime.overlap_weight_grads=true"], env)
+                dw = max_rel(losses(mw), losses(m)) if cw == 0 and code == 0 else float("inf")
+                rows.append({"check": f"{model}-tiny 50 steps bf16, weight gradients on their own stream vs not",
+                             "ok": dw == 0.0,
+                             "detail": f"max relative loss difference {dw:.2e} (limit 0)" if cw == 0 and code == 0
+                                       else (tw if cw else text)[-300:]})
             ok = code == 0 and code8 == 0 and "gradients used in place" in text
             d = max_rel(losses(m), losses(ref8)) if code == 0 and code8 == 0 else float("inf")
             rows.append({"check": f"{model}-tiny 50 steps of one micro-step, CUDA {precision} gradients in place vs CPU fp32",
@@ -435,7 +446,7 @@ def bench(bindir, work, env, rows, peak, rest=False):
     """Both slices, in two parts so that one device call (10 minutes) can hold the rows that
     matter with the checks: `bench`, the engine's likely fastest variants with and without
     activation checkpointing against torch.compile's full model with and without it;
-    `bench-more`, the other variants (the update overlapped without autotune, on every SM and
+    `bench-more`, the other variants (GEMM autotune alone, the update overlapped without autotune, on every SM and
     bounded to 16 SMs chunked and unchunked and to 32, our fused attention, checkpointing
     without the overlap) and the eager peers."""
     mt = os.path.join(bindir, "mics-train")
@@ -452,11 +463,13 @@ def bench(bindir, work, env, rows, peak, rest=False):
     # "cudnn-nd": cuDNN's nondeterministic attention backward (runtime.cudnn_deterministic
     # false), with autotune and the overlap: BERT's deterministic backward ran at 160 TFLOP/s
     # on the H200 (2026-11-27), half its forward's rate.
-    first = [("cudnn", False, False, 0), ("cudnn", False, True, 0), ("materialized", False, False, 0),
-             ("cudnn", False, True, "all"), ("cudnn-nd", False, True, "all"), ("cudnn", True, False, "all")]
+    # "cudnn-wg": the weight gradients on a stream of their own (runtime.overlap_weight_grads),
+    # with autotune and the overlap: do dW and dX fill each other's last partial wave?
+    first = [("cudnn", False, False, 0), ("materialized", False, False, 0), ("cudnn", False, True, "all"),
+             ("cudnn-nd", False, True, "all"), ("cudnn-wg", False, True, "all"), ("cudnn", True, False, "all")]
     # ("16 whole": on 16 SMs unchunked, each layer's update holding them to its end; with
     # chunks the forward's blocks may take them back every ~0.1 ms and the update may starve.)
-    more = [("cudnn", False, False, "all"), ("cudnn", False, False, 16), ("cudnn", False, False, "16 whole"),
+    more = [("cudnn", False, True, 0), ("cudnn", False, False, "all"), ("cudnn", False, False, 16), ("cudnn", False, False, "16 whole"),
             ("cudnn", False, False, 32), ("fused", False, False, 0), ("cudnn", True, False, 0)]
     variants, peers = (more, "eager,eager+ckpt") if rest else (first, "compile,compile+ckpt")
     for name in ("bert-10b-slice", "gpt2-10b-slice"):
@@ -472,13 +485,16 @@ def bench_slice(mt, name, variants, peers, work, env, rows, peak):
         bound = "" if overlap == "all" else f" on {sms} SMs" + (", unchunked" if whole else "")
         variant = ("ckpt" if ckpt else "no ckpt") + {"materialized": "", "fused": ", fused attention",
                                                      "cudnn": ", cuDNN attention",
-                                                     "cudnn-nd": ", cuDNN attention (nondeterministic backward)"}[attention] + \
+                                                     "cudnn-nd": ", cuDNN attention (nondeterministic backward)",
+                                                     "cudnn-wg": ", cuDNN attention, weight gradients on their own stream"
+                                                     }[attention] + \
             (", GEMM autotune" if tune else "") + ("" if not overlap else ", optimizer overlapped" + bound)
         m = os.path.join(work, f"{name}-{ckpt}-{attention}-{tune}-{overlap}.jsonl")
         code, text = train(mt, path, m, [f"train.steps={BENCH_WARMUP + BENCH_STEPS}",
                                          f"train.activation_checkpointing={'true' if ckpt else 'false'}",
-                                         f"runtime.attention=\"{attention.removesuffix('-nd')}\"",
+                                         f"runtime.attention=\"{attention.split('-')[0]}\"",
                                          f"runtime.cudnn_deterministic={'false' if attention == 'cudnn-nd' else 'true'}",
+                                         f"runtime.overlap_weight_grads={'true' if attention == 'cudnn-wg' else 'false'}",
                                          f"runtime.gemm_autotune={'true' if tune else 'false'}",
                                          f"runtime.overlap_optimizer={'true' if overlap else 'false'}",
                                          f"runtime.overlap_optimizer_sms={0 if overlap == 'all' else sms}",

@@ -228,6 +228,13 @@ class CudaBackend final : public Backend {
       MICS_CUDA_CHECK(cudaMalloc(&scratch_, kScratchBytes));
       MICS_CUDA_CHECK(cudaMemsetAsync(scratch_, 0, kScratchBytes, stream_));
       gemm_ = std::make_unique<GemmLt>(stream_, options.gemm_workspace_bytes, options.allow_tf32, options.gemm_autotune);
+      if (options.weight_grad_stream) {
+        MICS_CUDA_CHECK(cudaStreamCreateWithPriority(&grad_stream_, cudaStreamDefault, greatest));
+        MICS_CUDA_CHECK(cudaEventCreateWithFlags(&grad_fork_, cudaEventDisableTiming));
+        MICS_CUDA_CHECK(cudaEventCreateWithFlags(&grad_join_, cudaEventDisableTiming));
+        grad_gemm_ = std::make_unique<GemmLt>(grad_stream_, options.gemm_workspace_bytes, options.allow_tf32,
+                                              options.gemm_autotune);
+      }
       cudnn_fallback_ = options.cudnn_attention_fallback;
       if (options.cudnn_attention) {
         try {
@@ -244,6 +251,11 @@ class CudaBackend final : public Backend {
       }
       MICS_CUDA_CHECK(cudaStreamSynchronize(stream_));
     } catch (...) {
+      grad_gemm_.reset();
+      gemm_.reset();
+      if (grad_join_ != nullptr) cudaEventDestroy(grad_join_);
+      if (grad_fork_ != nullptr) cudaEventDestroy(grad_fork_);
+      if (grad_stream_ != nullptr) cudaStreamDestroy(grad_stream_);
       if (scratch_ != nullptr) cudaFree(scratch_);
       for (cudaEvent_t fence : fences_)
         if (fence != nullptr) cudaEventDestroy(fence);
@@ -256,7 +268,9 @@ class CudaBackend final : public Backend {
 
   ~CudaBackend() override {
     cudaStreamSynchronize(side_);  // errors here cannot be reported
+    if (grad_stream_ != nullptr) cudaStreamSynchronize(grad_stream_);
     cudaStreamSynchronize(stream_);
+    grad_gemm_.reset();
     gemm_.reset();
     cudnn_.reset();
     timeline_.reset();
@@ -265,6 +279,11 @@ class CudaBackend final : public Backend {
     for (const auto& pair : wait_timers_)
       for (cudaEvent_t e : pair) cudaEventDestroy(e);
     cudaEventDestroy(side_start_);
+    if (grad_stream_ != nullptr) {
+      cudaEventDestroy(grad_fork_);
+      cudaEventDestroy(grad_join_);
+      cudaStreamDestroy(grad_stream_);
+    }
     cudaStreamDestroy(side_);
     cudaStreamDestroy(stream_);
   }
@@ -503,6 +522,12 @@ class CudaBackend final : public Backend {
       rows = staged;
       w = padded_rows(pad_weight_, weight.data, n, np, k, es);
     }
+    // The weight gradient on a stream of its own beside d_in's product where asked
+    // (runtime.overlap_weight_grads): the two may fill each other's last partial wave of
+    // tiles. Not with padding, where d_weight's product reuses the padded weight's scratch
+    // that d_in's product reads.
+    const bool apart = grad_gemm_ != nullptr && np == n && !d_in.empty() && m > 0;
+    if (apart) fork_weight_gradients(t, m, n, k, d_out.data, in.data, d_weight, d_bias, add_params);
     if (!d_in.empty()) {  // d_in[m,k] (= or +=) d_out[m,n] @ weight[n,k]
       GemmArgs g;
       g.dtype = t;
@@ -513,46 +538,69 @@ class CudaBackend final : public Backend {
       g.beta = acc == Accumulate::yes ? 1.0f : 0.0f;
       main_gemm().run(g);
     }
-    bool bias_done = d_bias.empty();
-    {  // d_weight[n,k] += (or =) d_out^T[n,m] @ in[m,k]
+    if (apart) {
+      join_weight_gradients();
+    } else if (np == n) {
+      weight_gradients(t, m, n, k, d_out.data, in.data, d_weight, d_bias, add_params, stream_, main_gemm());
+    } else {  // d_weight[n,k] += (or =) d_out^T[n,m] @ in[m,k] at the padded width, then its first n rows
       GemmArgs g;
       g.dtype = t;
-      g.m = n, g.n = k, g.k = m;
+      g.m = np, g.n = k, g.k = m;
       g.a = rows, g.lda = np, g.trans_a = true;
       g.b = in.data, g.ldb = k;
-      g.c = d_weight.data, g.ldc = k;
-      g.beta = add_params ? 1.0f : 0.0f;
-      if (np != n) {
-        g.m = np, g.beta = 0.0f;
-        g.c = pad_weight_.get(static_cast<size_t>(np * k) * es, main_queue());
-        main_gemm().run(g);
-        if (add_params)
-          launch_add(t, d_weight.data, t, d_weight.data, t, g.c, n * k, stream_);
-        else
-          MICS_CUDA_CHECK(cudaMemcpyAsync(d_weight.data, g.c, static_cast<size_t>(n * k) * es,
-                                          cudaMemcpyDeviceToDevice, stream_));
-      }
-      // Half precision, unpadded: the bias gradient (column sums of d_out) in the same GEMM's
-      // BGRADB epilogue, in the dtype, then added (or copied into place); fp32 keeps the
-      // column-sum kernel (the CPU's order).
-      bool ran = false;
-      if (!bias_done && t != DType::f32 && np == n && m > 0 && k > 0) {
-        GemmArgs with_bias_grad = g;
-        with_bias_grad.bias_grad = bias_grad_.get(static_cast<size_t>(n) * dtype_size(t), main_queue());
-        if (main_gemm().try_run(with_bias_grad)) {
-          if (add_params)
-            launch_add(t, d_bias.data, t, d_bias.data, t, with_bias_grad.bias_grad, n, stream_);
-          else
-            MICS_CUDA_CHECK(cudaMemcpyAsync(d_bias.data, with_bias_grad.bias_grad, static_cast<size_t>(n) * dtype_size(t),
-                                            cudaMemcpyDeviceToDevice, stream_));
-          bias_done = ran = true;
-        }
-      }
-      if (!ran && np == n) main_gemm().run(g);
+      g.c = pad_weight_.get(static_cast<size_t>(np * k) * es, main_queue()), g.ldc = k;
+      main_gemm().run(g);
+      if (add_params)
+        launch_add(t, d_weight.data, t, d_weight.data, t, g.c, n * k, stream_);
+      else
+        MICS_CUDA_CHECK(cudaMemcpyAsync(d_weight.data, g.c, static_cast<size_t>(n * k) * es,
+                                        cudaMemcpyDeviceToDevice, stream_));
+      if (!d_bias.empty())
+        launch_column_sums(t, d_bias.data, d_out.data, m, n, add_params, column_partials(m, n, 1), stream_);
     }
-    if (!bias_done)
-      launch_column_sums(t, d_bias.data, d_out.data, m, n, add_params, column_partials(m, n, 1), stream_);
   }
+
+  // d_weight[n,k] += (or =) d_out^T[n,m] @ in[m,k], and d_bias[n] (unless empty) the column
+  // sums of d_out[m,n], queued on `s` through `gemm`; n unpadded. Half precision takes the
+  // bias gradient from the same GEMM's BGRADB epilogue, in the dtype, then adds it (or copies
+  // it into place); fp32 keeps the column-sum kernel (the CPU's order).
+  void weight_gradients(DType t, int64_t m, int64_t n, int64_t k, const void* d_out, const void* in, Tensor d_weight,
+                        Tensor d_bias, bool add_params, cudaStream_t s, GemmLt& gemm) {
+    GemmArgs g;
+    g.dtype = t;
+    g.m = n, g.n = k, g.k = m;
+    g.a = d_out, g.lda = n, g.trans_a = true;
+    g.b = in, g.ldb = k;
+    g.c = d_weight.data, g.ldc = k;
+    g.beta = add_params ? 1.0f : 0.0f;
+    bool bias_done = d_bias.empty();
+    if (!bias_done && t != DType::f32 && m > 0 && k > 0) {
+      GemmArgs with_bias_grad = g;
+      with_bias_grad.bias_grad = bias_grad_.get(static_cast<size_t>(n) * dtype_size(t), main_queue());
+      if (gemm.try_run(with_bias_grad)) {
+        if (add_params)
+          launch_add(t, d_bias.data, t, d_bias.data, t, with_bias_grad.bias_grad, n, s);
+        else
+          MICS_CUDA_CHECK(cudaMemcpyAsync(d_bias.data, with_bias_grad.bias_grad, static_cast<size_t>(n) * dtype_size(t),
+                                          cudaMemcpyDeviceToDevice, s));
+        return;
+      }
+    }
+    gemm.run(g);
+    if (!bias_done) launch_column_sums(t, d_bias.data, d_out, m, n, add_params, column_partials(m, n, 1), s);
+  }
+
+  // weight_gradients on the weight-gradient stream, behind everything queued on the main
+  // stream so far; join_weight_gradients makes the main stream wait for them (before the op
+  // returns: nothing after it may see them unfinished, and the scratch they use is free again).
+  void fork_weight_gradients(DType t, int64_t m, int64_t n, int64_t k, const void* d_out, const void* in,
+                             Tensor d_weight, Tensor d_bias, bool add_params) {
+    MICS_CUDA_CHECK(cudaEventRecord(grad_fork_, main_queue()));
+    MICS_CUDA_CHECK(cudaStreamWaitEvent(grad_stream_, grad_fork_, 0));
+    weight_gradients(t, m, n, k, d_out, in, d_weight, d_bias, add_params, grad_stream_, *grad_gemm_);
+    MICS_CUDA_CHECK(cudaEventRecord(grad_join_, grad_stream_));
+  }
+  void join_weight_gradients() { MICS_CUDA_CHECK(cudaStreamWaitEvent(main_queue(), grad_join_, 0)); }
 
   void gelu_forward(Tensor out, Tensor in, GeluKind kind) override {
     expect_numel("gelu_forward", "in", in, out.numel());
@@ -615,13 +663,22 @@ class CudaBackend final : public Backend {
     g.b = weight.data, g.ldb = k;
     g.c = d_pre.data, g.ldc = k;
     g.gelu = GemmArgs::Gelu::dgelu, g.aux = pre.data;
-    if (m == 0 || n == 0 || padded_width(n, t) != n || !gelu_epilogue(t, kind, k, pre.data) ||
-        !main_gemm().try_run(g)) {
+    if (m == 0 || n == 0 || padded_width(n, t) != n || !gelu_epilogue(t, kind, k, pre.data)) {
       linear_backward(d_pre, d_weight, d_bias, d_out, act, weight, Accumulate::no, acc_params);
       gelu_backward(d_pre, d_pre, pre, kind);
       return;
     }
-    linear_backward(Tensor{}, d_weight, d_bias, d_out, act, weight, Accumulate::no, acc_params);  // d_weight, d_bias
+    const bool add_params = acc_params == Accumulate::yes;
+    if (grad_gemm_ != nullptr) fork_weight_gradients(t, m, n, k, d_out.data, act.data, d_weight, d_bias, add_params);
+    if (!main_gemm().try_run(g)) {  // cuBLASLt declined the epilogue: the product, then the derivative
+      g.gelu = GemmArgs::Gelu::none, g.aux = nullptr;
+      main_gemm().run(g);
+      gelu_backward(d_pre, d_pre, pre, kind);
+    }
+    if (grad_gemm_ != nullptr)
+      join_weight_gradients();
+    else
+      weight_gradients(t, m, n, k, d_out.data, act.data, d_weight, d_bias, add_params, stream_, main_gemm());
   }
 
   void add_layernorm_forward(Tensor sum, Tensor out, Tensor mean, Tensor rstd, Tensor a, Tensor b,
@@ -949,8 +1006,18 @@ class CudaBackend final : public Backend {
                  on_side_ ? side_sms_ : 0, side_chunked_, stream_);
   }
 
-  int64_t gemm_fallback_calls() const { return gemm().fallback_calls(); }
-  int64_t bias_grad_epilogue_calls() const { return gemm().bias_grad_epilogue_calls(); }
+  int64_t gemm_fallback_calls() const {
+    return gemm().fallback_calls() + (grad_gemm_ != nullptr ? grad_gemm_->fallback_calls() : 0);
+  }
+  int64_t bias_grad_epilogue_calls() const {
+    return gemm().bias_grad_epilogue_calls() + (grad_gemm_ != nullptr ? grad_gemm_->bias_grad_epilogue_calls() : 0);
+  }
+  int64_t gemm_autotuned_plans() const {
+    return gemm().autotuned_plans() + (grad_gemm_ != nullptr ? grad_gemm_->autotuned_plans() : 0);
+  }
+  int64_t gemm_autotune_changes() const {
+    return gemm().autotune_changes() + (grad_gemm_ != nullptr ? grad_gemm_->autotune_changes() : 0);
+  }
   const GemmLt& gemm() const { return *gemm_; }
   int64_t scratch_growths() const {
     return pad_weight_.growths() + pad_bias_.growths() + pad_rows_.growths() +
@@ -1113,6 +1180,11 @@ class CudaBackend final : public Backend {
   int64_t next_fence_ = 0;
   void* scratch_ = nullptr;
   std::unique_ptr<GemmLt> gemm_;
+  // runtime.overlap_weight_grads: the weight gradients' stream (the main one's priority), its
+  // own cuBLASLt handle and workspace, and the events it forks from and joins the main one by.
+  cudaStream_t grad_stream_ = nullptr;
+  cudaEvent_t grad_fork_ = nullptr, grad_join_ = nullptr;
+  std::unique_ptr<GemmLt> grad_gemm_;
   // Padded copies for linear layers of an awkward output width (padded_width).
   GrowingBuffer pad_weight_, pad_bias_, pad_rows_;
   GrowingBuffer index_scratch_;  // index_add's sort (embedding backward, scatter_add_rows)
@@ -1149,12 +1221,12 @@ int64_t cuda_bias_grad_epilogue_calls(Backend& backend) {
 
 int64_t cuda_gemm_autotuned_plans(Backend& backend) {
   auto* cuda = dynamic_cast<CudaBackend*>(&backend);
-  return cuda != nullptr ? cuda->gemm().autotuned_plans() : 0;
+  return cuda != nullptr ? cuda->gemm_autotuned_plans() : 0;
 }
 
 int64_t cuda_gemm_autotune_changes(Backend& backend) {
   auto* cuda = dynamic_cast<CudaBackend*>(&backend);
-  return cuda != nullptr ? cuda->gemm().autotune_changes() : 0;
+  return cuda != nullptr ? cuda->gemm_autotune_changes() : 0;
 }
 
 int64_t cuda_scratch_growths(Backend& backend) {

@@ -31,6 +31,10 @@ struct CudaBackendOptions {
   // workspace stays within kCudnnDeterministicWorkspaceBudget), or, false, its
   // nondeterministic one from the start (runtime.cudnn_deterministic).
   bool cudnn_deterministic = true;
+  // Each linear layer's weight (and bias) gradient on a second stream at the main one's
+  // priority, with a cuBLASLt handle and workspace of its own, concurrently with its input
+  // gradient's product, joined before the op returns (runtime.overlap_weight_grads).
+  bool weight_grad_stream = false;
   // Time the heuristic's top cuBLASLt algorithms per GEMM shape at its first call (beta 0
   // ones) and keep the fastest (runtime.gemm_autotune).
   bool gemm_autotune = false;

@@ -401,6 +401,55 @@ TEST_P(CudaLinear, AutotunedGemmsComputeTheSameProducts) {
   EXPECT_GT(cuda_gemm_autotuned_plans(*tuned), 0) << "no GEMM was timed: the products above did not test the autotune";
 }
 
+// runtime.overlap_weight_grads: d_weight and d_bias on a second stream beside d_in's
+// product, joined before the op returns. The same GEMMs (the same cuBLASLt heuristic on a
+// handle of the same workspace), so the same bits as the one-stream backend: with and
+// without d_in, written and added, the bias gradient from BGRADB (half precision) or the
+// column sums (fp32), a width that is padded (67: one stream, as before), and through the
+// GELU both ways (tanh: the DGELU epilogue; erf: separate ops).
+TEST_P(CudaLinear, WeightGradientsOnTheirOwnStreamGiveTheSameBits) {
+  MICS_REQUIRE_CUDA();
+  const DType t = GetParam();
+  CudaBackendOptions options;
+  options.weight_grad_stream = true;
+  const std::unique_ptr<Backend> apart = make_cuda_backend(0, options);
+  for (auto [m, k, n] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{{256, 512, 384}, {64, 96, 128}, {37, 48, 67}}) {
+    SCOPED_TRACE(testing::Message() << dname(t) << " M=" << m << " K=" << k << " N=" << n);
+    std::mt19937_64 rng(41);
+    const Vec in = rounded(t, random_vec(rng, m * k)), w = rounded(t, random_vec(rng, n * k));
+    const Vec g = rounded(t, random_vec(rng, m * n)), pre = rounded(t, random_vec(rng, m * k, -3, 3));
+    const Vec d_in0 = rounded(t, random_vec(rng, m * k)), d_w0 = rounded(t, random_vec(rng, n * k)),
+              d_b0 = rounded(t, random_vec(rng, n));
+    auto run = [&](Backend& be, bool with_d_in, Accumulate acc, int gelu) {  // gelu: 0 none, 1 tanh, 2 erf
+      Dev din(t, {m, k}, d_in0), dw(t, {n, k}, d_w0), db(t, {n}, d_b0), dg(t, {m, n}, g), x(t, {m, k}, in),
+          wt(t, {n, k}, w), p(t, {m, k}, pre);
+      if (gelu == 0)
+        be.linear_backward(with_d_in ? din.t() : Tensor{}, dw.t(), db.t(), dg.t(), x.t(), wt.t(), acc, acc);
+      else
+        be.linear_gelu_backward(din.t(), dw.t(), db.t(), dg.t(), x.t(), p.t(), wt.t(),
+                                gelu == 1 ? GeluKind::tanh : GeluKind::erf, acc);
+      be.synchronize();  // its own streams; read back through gpu()'s
+      Vec out = din.get();
+      const Vec dwv = dw.get(), dbv = db.get();
+      out.insert(out.end(), dwv.begin(), dwv.end());
+      out.insert(out.end(), dbv.begin(), dbv.end());
+      return out;
+    };
+    for (int gelu : {0, 1, 2})
+      for (Accumulate acc : {Accumulate::no, Accumulate::yes})
+        for (bool with_d_in : {true, false}) {
+          if (gelu != 0 && !with_d_in) continue;
+          SCOPED_TRACE(testing::Message() << "gelu " << gelu << (acc == Accumulate::yes ? " +=" : " =")
+                                          << (with_d_in ? "" : " no d_in"));
+          expect_identical(run(*apart, with_d_in, acc, gelu), run(gpu(), with_d_in, acc, gelu),
+                           "d_in, d_weight, d_bias");
+        }
+  }
+  if (t != DType::f32) {
+    EXPECT_GT(cuda_bias_grad_epilogue_calls(*apart), 0) << "BGRADB never ran on either stream";
+  }
+}
+
 // ---------------------------------------------------------------- linear + GELU
 
 // The FFN's first layer with its GELU, and the backward through the second layer and the

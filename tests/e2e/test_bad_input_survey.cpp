@@ -183,6 +183,9 @@ std::vector<Case> cases() {
                             j["runtime"]["cudnn_deterministic"] = false;
                           },
                           "'runtime.cudnn_deterministic' false chooses cuDNN's nondeterministic attention backward"));
+  c.push_back(config_case("overlap_weight_grads_on_cpu", [](json& j) { j["runtime"]["overlap_weight_grads"] = true; },
+                          "'runtime.overlap_weight_grads' runs the weight gradients on a second GPU stream; it needs "
+                          "'runtime.backend' \"cuda\""));
   c.push_back(config_case("gemm_autotune_not_a_bool", [](json& j) { j["runtime"]["gemm_autotune"] = "yes"; },
                           "'runtime.gemm_autotune'"));
   c.push_back(config_case("overlap_optimizer_not_a_bool", [](json& j) { j["runtime"]["overlap_optimizer"] = 1; },

@@ -430,6 +430,9 @@ TEST(MemoryPlanner, CountsTheCudaBackendsWorkspaces) {
   mics::MemoryPlan plan = mics::plan_memory(config, 64, 8, mb, false);
   EXPECT_DOUBLE_EQ(plan.gemm_workspace, gemm);
   EXPECT_DOUBLE_EQ(plan.attention_workspace, 0.0);
+  config.runtime.overlap_weight_grads = true;  // a second cuBLASLt workspace for their stream
+  EXPECT_DOUBLE_EQ(mics::plan_memory(config, 64, 8, mb, false).gemm_workspace, 2 * gemm);
+  config.runtime.overlap_weight_grads = false;
   config.runtime.attention = "cudnn";
   plan = mics::plan_memory(config, 64, 8, mb, false);
   const double dp = static_cast<double>(mb * h * t) * static_cast<double>(2 * t + 4);
