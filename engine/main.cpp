@@ -246,6 +246,9 @@ Runtime make_runtime(const mics::Config& config, const mics::Topology& topology,
   options.cudnn_deterministic = config.runtime.cudnn_deterministic;
   options.gemm_autotune = config.runtime.gemm_autotune;
   options.weight_grad_stream = config.runtime.overlap_weight_grads;
+  if (options.weight_grad_stream)
+    spdlog::info("runtime.overlap_weight_grads: each linear layer's weight gradients on a second stream, beside its "
+                 "input gradient's product");
   options.side_queue_sms = static_cast<int>(config.runtime.overlap_optimizer_sms);
   options.side_queue_chunked = config.runtime.overlap_optimizer_chunked;
   r.backend = mics::make_cuda_backend(device, options);

@@ -18,6 +18,7 @@ std::unique_ptr<Backend> make_cuda_backend(int, const CudaBackendOptions&) {
 void* cuda_stream(Backend&) { return nullptr; }
 int64_t cuda_gemm_fallback_calls(Backend&) { return 0; }
 int64_t cuda_bias_grad_epilogue_calls(Backend&) { return 0; }
+int64_t cuda_weight_grad_forks(Backend&) { return 0; }
 int64_t cuda_gemm_autotuned_plans(Backend&) { return 0; }
 int64_t cuda_gemm_autotune_changes(Backend&) { return 0; }
 int64_t cuda_scratch_growths(Backend&) { return 0; }

@@ -527,7 +527,9 @@ class CudaBackend final : public Backend {
     // tiles. Not with padding, where d_weight's product reuses the padded weight's scratch
     // that d_in's product reads.
     const bool apart = grad_gemm_ != nullptr && np == n && !d_in.empty() && m > 0;
-    if (apart) fork_weight_gradients(t, m, n, k, d_out.data, in.data, d_weight, d_bias, add_params);
+    WeightGradientJoin join =
+        apart ? fork_weight_gradients(t, m, n, k, d_out.data, in.data, d_weight, d_bias, add_params)
+              : WeightGradientJoin{};
     if (!d_in.empty()) {  // d_in[m,k] (= or +=) d_out[m,n] @ weight[n,k]
       GemmArgs g;
       g.dtype = t;
@@ -539,7 +541,7 @@ class CudaBackend final : public Backend {
       main_gemm().run(g);
     }
     if (apart) {
-      join_weight_gradients();
+      join.now();
     } else if (np == n) {
       weight_gradients(t, m, n, k, d_out.data, in.data, d_weight, d_bias, add_params, stream_, main_gemm());
     } else {  // d_weight[n,k] += (or =) d_out^T[n,m] @ in[m,k] at the padded width, then its first n rows
@@ -590,17 +592,43 @@ class CudaBackend final : public Backend {
     if (!bias_done) launch_column_sums(t, d_bias.data, d_out, m, n, add_params, column_partials(m, n, 1), s);
   }
 
+  // The main stream's wait for the weight gradients' stream: now() before the op returns
+  // (nothing after it may see them unfinished, and the scratch they use is free again), or,
+  // should the op throw first, when it leaves scope. Empty: nothing forked.
+  class WeightGradientJoin {
+   public:
+    WeightGradientJoin() = default;
+    WeightGradientJoin(cudaStream_t main, cudaEvent_t done) : main_(main), done_(done) {}
+    WeightGradientJoin(WeightGradientJoin&& o) noexcept : main_(o.main_), done_(std::exchange(o.done_, nullptr)) {}
+    WeightGradientJoin& operator=(WeightGradientJoin&&) = delete;
+    ~WeightGradientJoin() {
+      if (done_ != nullptr) cudaStreamWaitEvent(main_, done_, 0);  // (an error here cannot be reported)
+    }
+    void now() {
+      if (done_ != nullptr) MICS_CUDA_CHECK(cudaStreamWaitEvent(main_, std::exchange(done_, nullptr), 0));
+    }
+
+   private:
+    cudaStream_t main_ = nullptr;
+    cudaEvent_t done_ = nullptr;
+  };
+
   // weight_gradients on the weight-gradient stream, behind everything queued on the main
-  // stream so far; join_weight_gradients makes the main stream wait for them (before the op
-  // returns: nothing after it may see them unfinished, and the scratch they use is free again).
-  void fork_weight_gradients(DType t, int64_t m, int64_t n, int64_t k, const void* d_out, const void* in,
-                             Tensor d_weight, Tensor d_bias, bool add_params) {
+  // stream so far.
+  WeightGradientJoin fork_weight_gradients(DType t, int64_t m, int64_t n, int64_t k, const void* d_out,
+                                           const void* in, Tensor d_weight, Tensor d_bias, bool add_params) {
     MICS_CUDA_CHECK(cudaEventRecord(grad_fork_, main_queue()));
     MICS_CUDA_CHECK(cudaStreamWaitEvent(grad_stream_, grad_fork_, 0));
-    weight_gradients(t, m, n, k, d_out, in, d_weight, d_bias, add_params, grad_stream_, *grad_gemm_);
+    ++weight_grad_forks_;
+    try {
+      weight_gradients(t, m, n, k, d_out, in, d_weight, d_bias, add_params, grad_stream_, *grad_gemm_);
+    } catch (...) {  // what was queued there is joined all the same (errors here cannot be reported)
+      if (cudaEventRecord(grad_join_, grad_stream_) == cudaSuccess) cudaStreamWaitEvent(stream_, grad_join_, 0);
+      throw;
+    }
     MICS_CUDA_CHECK(cudaEventRecord(grad_join_, grad_stream_));
+    return WeightGradientJoin(stream_, grad_join_);
   }
-  void join_weight_gradients() { MICS_CUDA_CHECK(cudaStreamWaitEvent(main_queue(), grad_join_, 0)); }
 
   void gelu_forward(Tensor out, Tensor in, GeluKind kind) override {
     expect_numel("gelu_forward", "in", in, out.numel());
@@ -669,16 +697,19 @@ class CudaBackend final : public Backend {
       return;
     }
     const bool add_params = acc_params == Accumulate::yes;
-    if (grad_gemm_ != nullptr) fork_weight_gradients(t, m, n, k, d_out.data, act.data, d_weight, d_bias, add_params);
-    if (!main_gemm().try_run(g)) {  // cuBLASLt declined the epilogue: the product, then the derivative
+    WeightGradientJoin join =
+        grad_gemm_ != nullptr ? fork_weight_gradients(t, m, n, k, d_out.data, act.data, d_weight, d_bias, add_params)
+                              : WeightGradientJoin{};
+    const bool declined = !main_gemm().try_run(g);
+    if (declined) {  // cuBLASLt declined the epilogue: the product here, the derivative below
       g.gelu = GemmArgs::Gelu::none, g.aux = nullptr;
       main_gemm().run(g);
-      gelu_backward(d_pre, d_pre, pre, kind);
     }
     if (grad_gemm_ != nullptr)
-      join_weight_gradients();
+      join.now();
     else
       weight_gradients(t, m, n, k, d_out.data, act.data, d_weight, d_bias, add_params, stream_, main_gemm());
+    if (declined) gelu_backward(d_pre, d_pre, pre, kind);
   }
 
   void add_layernorm_forward(Tensor sum, Tensor out, Tensor mean, Tensor rstd, Tensor a, Tensor b,
@@ -1012,6 +1043,7 @@ class CudaBackend final : public Backend {
   int64_t bias_grad_epilogue_calls() const {
     return gemm().bias_grad_epilogue_calls() + (grad_gemm_ != nullptr ? grad_gemm_->bias_grad_epilogue_calls() : 0);
   }
+  int64_t weight_grad_forks() const { return weight_grad_forks_; }
   int64_t gemm_autotuned_plans() const {
     return gemm().autotuned_plans() + (grad_gemm_ != nullptr ? grad_gemm_->autotuned_plans() : 0);
   }
@@ -1185,6 +1217,7 @@ class CudaBackend final : public Backend {
   cudaStream_t grad_stream_ = nullptr;
   cudaEvent_t grad_fork_ = nullptr, grad_join_ = nullptr;
   std::unique_ptr<GemmLt> grad_gemm_;
+  int64_t weight_grad_forks_ = 0;  // linear backwards that ran their weight gradients there
   // Padded copies for linear layers of an awkward output width (padded_width).
   GrowingBuffer pad_weight_, pad_bias_, pad_rows_;
   GrowingBuffer index_scratch_;  // index_add's sort (embedding backward, scatter_add_rows)
@@ -1217,6 +1250,11 @@ int64_t cuda_gemm_fallback_calls(Backend& backend) {
 int64_t cuda_bias_grad_epilogue_calls(Backend& backend) {
   auto* cuda = dynamic_cast<CudaBackend*>(&backend);
   return cuda != nullptr ? cuda->bias_grad_epilogue_calls() : 0;
+}
+
+int64_t cuda_weight_grad_forks(Backend& backend) {
+  auto* cuda = dynamic_cast<CudaBackend*>(&backend);
+  return cuda != nullptr ? cuda->weight_grad_forks() : 0;
 }
 
 int64_t cuda_gemm_autotuned_plans(Backend& backend) {

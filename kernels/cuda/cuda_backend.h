@@ -81,6 +81,9 @@ int64_t cuda_bias_grad_epilogue_calls(Backend& backend);
 
 // With gemm_autotune: GEMM shapes whose cuBLASLt algorithms were timed, and those where one
 // other than the heuristic's first won (tests, diagnostics).
+// Linear backwards whose weight gradients ran on the weight-gradient stream
+// (CudaBackendOptions::weight_grad_stream).
+int64_t cuda_weight_grad_forks(Backend& backend);
 int64_t cuda_gemm_autotuned_plans(Backend& backend);
 int64_t cuda_gemm_autotune_changes(Backend& backend);
 

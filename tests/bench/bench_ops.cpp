@@ -92,6 +92,7 @@ int main(int argc, char** argv) try {
   if (!config_path.empty()) {
     const Config c = load_config(config_path);
     cuda_options.gemm_autotune = c.runtime.gemm_autotune;  // the GEMMs mics-train would run
+    cuda_options.weight_grad_stream = c.runtime.overlap_weight_grads;
     hidden = c.model.hidden, ffn = c.model.ffn, vocab = c.model.vocab_size;
     seq = c.train.seq_len, rows = c.train.micro_batch_size * c.train.seq_len;
     gelu = c.model.type == "bert" ? GeluKind::erf : GeluKind::tanh;

@@ -445,6 +445,10 @@ TEST_P(CudaLinear, WeightGradientsOnTheirOwnStreamGiveTheSameBits) {
                            "d_in, d_weight, d_bias");
         }
   }
+  // 2 unpadded shapes x (2 linear backwards with d_in + 4 through the GELU) took the second
+  // stream; the padded width and those without d_in did not.
+  EXPECT_EQ(cuda_weight_grad_forks(*apart), 12) << "the weight gradients did not run on their own stream as often";
+  EXPECT_EQ(cuda_weight_grad_forks(gpu()), 0);
   if (t != DType::f32) {
     EXPECT_GT(cuda_bias_grad_epilogue_calls(*apart), 0) << "BGRADB never ran on either stream";
   }
