@@ -261,7 +261,8 @@ struct CudnnAttention::Impl {
 
   // The deterministic backward keeps dP (B x H x T x T) in its workspace: beyond
   // kCudnnDeterministicWorkspaceBudget (kernels/ops.h), the fast one, whose workspace is
-  // linear in T, unless deterministic_only.
+  // linear in T, unless the choice is deterministic_only; with the choice fast, that one
+  // from the start.
   std::shared_ptr<fe::graph::Graph> built_backward(DType t, const AttentionDims& d) {
     std::string why = "runtime.cudnn_deterministic false";
     if (choice != Backward::fast) try {
