@@ -4,8 +4,9 @@
   checks  the CUDA tests; tiny BERT and GPT trained 50 steps on CUDA against the CPU
           backend (fp32 within 1e-4 relative, bf16 and fp16 within 2e-2; half precision also
           with one micro-step, the gradients used in place, and in bf16 the optimizer
-          overlapped on a second stream, unbounded and on 2 SMs, and the weight gradients on a
-          stream of their own, bit for bit); 4 ranks on the one
+          overlapped on a second stream, unbounded and on 2 SMs in chunks, and the weight
+          gradients on a stream of their own, bit for bit; on 2 SMs unchunked, the GEMMs
+          beside it planned for the other SMs, within 2e-2); 4 ranks on the one
           GPU (staged communicator) against 1 rank in fp32 within 1e-4, and at p = 2 with the
           update overlapped against the same without, bit for bit; "auto" choosing staged there
           and "nccl" refused; one rank over NCCL;
@@ -14,21 +15,25 @@
           slices' runtime.attention "auto" resolving to cuDNN's on this GPU.
   bench   configs/bench/*-slice.json, 20 steps after 2 of warm-up: cuDNN's attention alone,
           that with cuDNN's nondeterministic backward and with the weight gradients on their
-          own stream, and with GEMM autotune and the optimizer overlapped (on every SM); the
-          materialised attention; and with activation checkpointing (overlapped); the PyTorch peer training the same model in the same call
+          own stream and with the optimizer overlapped on a partition (32 SMs unchunked, the
+          GEMMs beside it planned for the rest); with GEMM autotune and the optimizer
+          overlapped on every SM; and with
+          activation checkpointing (overlapped); the PyTorch peer training the same model in the same call
           (scripts/bench/torch_peer.py: torch.compile with and without checkpointing). TFLOP/s
           per GPU (model FLOPs as mics-train counts them, engine/flops.cpp, and of the layers
           alone), MFU, and how long each overlapped forward waited for the update.
   bench-more  the other variants (GEMM autotune alone; the update overlapped without
-          autotune, on every SM and bounded to 16 SMs, chunked and unchunked, and to 32; our fused attention;
-          checkpointing without the overlap) and the eager peers
+          autotune, on every SM and on 32 SMs in chunks; partitioned at 20 and 48 SMs; the
+          materialised and our fused attention; checkpointing without the overlap) and the eager peers
           (eager, eager+ckpt).
   profile each slice with --profile (cuDNN's attention): time per op, and the linear ops by
           shape.
   ops     mics-bench-ops at each slice's shapes: every op alone (GEMMs forward, backward with
           and without the bias gradient, dW and dX alone and on two streams, the FFN with its GELU; LayerNorm, GELU, AdamW, the
           gradient norm, the embedding backward, the cross-entropy in bytes/s of the least
-          traffic each needs, beside the streaming add's); its JSON as OUT/<report>-ops-*.json.
+          traffic each needs, beside the streaming add's; the update on 16, 32 and 48 SMs of
+          the side queue, alone and beside the layer's forward GEMMs planned for the other
+          SMs, against both on every SM one after the other); its JSON as OUT/<report>-ops-*.json.
 
 The parts run in the order given (default: bench checks, which fit one 10-minute device call;
 then bench-more profile ops in a second). Writes OUT/gpu-results.md (OUT:
@@ -227,21 +232,27 @@ def checks(bindir, work, env, rows):
                 # The optimizer's update on the second stream (runtime.overlap_optimizer),
                 # with its ordinary grids and bounded to 2 SMs, in chunks and whole: the
                 # same arithmetic per element on the same values, so the same losses, bit
-                # for bit.
+                # for bit. Whole (unchunked), the update partitions the SMs and the GEMMs
+                # beside it are planned for the rest (cuBLASLt's SM count target): other
+                # algorithms may sum in another order, so bf16's limit there, and the log
+                # must say so.
                 for sms, chunked in ((0, True), (2, True), (2, False)):
                     mo = os.path.join(work, f"{model}-cuda-bf16-inplace-overlap-{sms}-{chunked}.jsonl")
                     co, to = train(mt, config, mo, one_step + ["runtime.backend=\"cuda\"", "train.precision=\"bf16\"",
                                                               "runtime.overlap_optimizer=true",
                                                               f"runtime.overlap_optimizer_sms={sms}",
                                                               f"runtime.overlap_optimizer_chunked={str(chunked).lower()}"],
-                                   env)
+                                   env, log_level="info")
                     do = max_rel(losses(mo), losses(m)) if co == 0 and code == 0 else float("inf")
                     where = ("a second stream" if sms == 0 else f"a second stream, at most {sms} SMs"
-                             + ("" if chunked else ", unchunked"))
+                             + ("" if chunked else ", unchunked, GEMMs planned for the rest"))
+                    limit = 0.0 if chunked else 2e-2
+                    said = chunked or "GEMMs are planned for the other" in to
                     rows.append({"check": f"{model}-tiny 50 steps bf16, optimizer overlapped on {where} vs at once",
-                                 "ok": do == 0.0,
-                                 "detail": f"max relative loss difference {do:.2e} (limit 0)" if co == 0 and code == 0
-                                           else (to if co else text)[-300:]})
+                                 "ok": do <= limit and said,
+                                 "detail": (f"max relative loss difference {do:.2e} (limit {limit:g})"
+                                            + ("" if said else "; the log does not say 'GEMMs are planned for the other'"))
+                                           if co == 0 and code == 0 else (to if co else text)[-300:]})
                 # The weight gradients on a stream of their own (runtime.overlap_weight_grads):
                 # the same products, so the same losses, bit for bit.
                 mw = os.path.join(work, f"{model}-cuda-bf16-inplace-weight-grads.jsonl")
@@ -448,9 +459,9 @@ def bench(bindir, work, env, rows, peak, rest=False):
     """Both slices, in two parts so that one device call (10 minutes) can hold the rows that
     matter with the checks: `bench`, the engine's likely fastest variants with and without
     activation checkpointing against torch.compile's full model with and without it;
-    `bench-more`, the other variants (GEMM autotune alone, the update overlapped without autotune, on every SM and
-    bounded to 16 SMs chunked and unchunked and to 32, our fused attention, checkpointing
-    without the overlap) and the eager peers."""
+    `bench-more`, the other variants (GEMM autotune alone, the update overlapped without autotune on every SM and
+    bounded to 32 SMs in chunks, the partition at 20 and 48 SMs, the materialised and our
+    fused attention, checkpointing without the overlap) and the eager peers."""
     mt = os.path.join(bindir, "mics-train")
     # (attention, activation checkpointing, GEMM autotune, optimizer overlapped with the
     # forward: 0 no, "all" on every SM its blocks find free, N on at most N SMs)
@@ -468,12 +479,21 @@ def bench(bindir, work, env, rows, peak, rest=False):
     # 160 TFLOP/s on the H200, 2026-11-27, half its forward's rate); "cudnn-wg", the weight
     # gradients on a stream of their own (runtime.overlap_weight_grads: do dW and dX fill
     # each other's last partial wave?).
+    # "32 whole": the update unchunked on 32 SMs, each layer's holding them to its end, and
+    # the forward's GEMMs beside it planned for the other SMs (cuBLASLt's SM count target): a
+    # partition, so that the update, bound by memory bandwidth, runs beside GEMMs that no
+    # longer wait for the SMs it holds. On the H200 (2026-11-27) the update on every SM
+    # hid nothing (the forward waited 6.4 of its 9.7 ms), and bounded without the GEMMs'
+    # target it lost 3-12 ms a step. Like the two switches above, weighed against cuDNN's
+    # attention alone, without autotune. (The materialised attention, slower on that card,
+    # moved to bench-more.)
     first = [("cudnn", False, False, 0), ("cudnn-nd", False, False, 0), ("cudnn-wg", False, False, 0),
-             ("materialized", False, False, 0), ("cudnn", False, True, "all"), ("cudnn", True, False, "all")]
-    # ("16 whole": on 16 SMs unchunked, each layer's update holding them to its end; with
-    # chunks the forward's blocks may take them back every ~0.1 ms and the update may starve.)
-    more = [("cudnn", False, True, 0), ("cudnn", False, False, "all"), ("cudnn", False, False, 16), ("cudnn", False, False, "16 whole"),
-            ("cudnn", False, False, 32), ("fused", False, False, 0), ("cudnn", True, False, 0)]
+             ("cudnn", False, False, "32 whole"), ("cudnn", False, True, "all"), ("cudnn", True, False, "all")]
+    # ("N whole" as above at other widths; "32": chunked, the forward's blocks may take the
+    # SMs back every ~0.1 ms, and its GEMMs planned for every SM.)
+    more = [("cudnn", False, True, 0), ("cudnn", False, False, "all"), ("cudnn", False, False, 32),
+            ("cudnn", False, False, "20 whole"), ("cudnn", False, False, "48 whole"), ("materialized", False, False, 0),
+            ("fused", False, False, 0), ("cudnn", True, False, 0)]
     variants, peers = (more, "eager,eager+ckpt") if rest else (first, "compile,compile+ckpt")
     for name in ("bert-10b-slice", "gpt2-10b-slice"):
         bench_slice(mt, name, variants, peers, work, env, rows, peak)
@@ -485,7 +505,7 @@ def bench_slice(mt, name, variants, peers, work, env, rows, peak):
     full, layers = model_flops(cfg), layer_flops(cfg)
     for attention, ckpt, tune, overlap in variants:
         sms, _, whole = str(overlap).partition(" ")  # "all", N or "N whole" (unchunked)
-        bound = "" if overlap == "all" else f" on {sms} SMs" + (", unchunked" if whole else "")
+        bound = "" if overlap == "all" else f" on {sms} SMs" + (", unchunked, GEMMs on the rest" if whole else "")
         variant = ("ckpt" if ckpt else "no ckpt") + {"materialized": "", "fused": ", fused attention",
                                                      "cudnn": ", cuDNN attention",
                                                      "cudnn-nd": ", cuDNN attention (nondeterministic backward)",
@@ -517,7 +537,7 @@ def bench_slice(mt, name, variants, peers, work, env, rows, peak):
                      "engine_logged_tflops": statistics.median(s["tflops_per_device"] for s in steps),
                      # which kernels and gradient path it chose, in its own words
                      "logged": sorted({re.sub(r"^\[[^]]*\] \[\w+\] ", "", l) for l in text.splitlines()
-                                       if re.search(r"cuDNN .*attention for|nondeterministic attention backward|cuBLASLt declined|cuBLASLt refused"
+                                       if re.search(r"cuDNN .*attention for|nondeterministic attention backward|cuBLASLt declined|cuBLASLt refused|GEMMs are planned for"
                                                     r"|gradients used in place|gradients accumulated|cuBLASLt autotune",
                                                     l)})})
 

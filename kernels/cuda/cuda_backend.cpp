@@ -205,8 +205,13 @@ class CudaBackend final : public Backend {
     MICS_CUDA_CHECK(cudaDeviceGetAttribute(&shared_optin_, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
     int sms = 0;
     MICS_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    device_sms_ = sms;
     side_sms_ = std::min(std::max(options.side_queue_sms, 0), sms);
     side_chunked_ = options.side_queue_chunked;
+    if (partitions_sms())
+      spdlog::info("CUDA: the overlapped update holds {} of GPU {}'s {} SMs to its end; while it runs, the main "
+                   "stream's GEMMs are planned for the other {} (cuBLASLt's SM count target)",
+                   side_sms_, device, sms, sms - side_sms_);
     if (options.side_queue_sms > sms)
       spdlog::warn("'runtime.overlap_optimizer_sms' is {}, but GPU {} has {} SMs: the overlapped update may hold all "
                    "of them",
@@ -336,6 +341,7 @@ class CudaBackend final : public Backend {
   }
   void synchronize() override {
     MICS_CUDA_CHECK(cudaStreamSynchronize(side_));
+    partition_fence_ = -1;  // whatever the side stream held is done
     MICS_CUDA_CHECK(cudaStreamSynchronize(stream_));
     check_device_errors();
   }
@@ -346,6 +352,7 @@ class CudaBackend final : public Backend {
     // Behind everything queued so far on the main stream (the gradients the update reads).
     MICS_CUDA_CHECK(cudaEventRecord(side_start_, stream_));
     MICS_CUDA_CHECK(cudaStreamWaitEvent(side_, side_start_, 0));
+    side_holds_sms_ = false;
     // The ops `work` calls queue on stream_: it names the side stream until they return.
     struct OnSide {
       cudaStream_t& a;
@@ -369,6 +376,7 @@ class CudaBackend final : public Backend {
     const int64_t fence = next_fence_;
     MICS_CUDA_CHECK(cudaEventRecord(fences_[static_cast<size_t>(fence % kFences)], side_));
     ++next_fence_;
+    if (side_holds_sms_) partition_fence_ = fence;
     return fence;
   }
   // Each wait between two timing events on the main stream: their interval is how long
@@ -388,6 +396,8 @@ class CudaBackend final : public Backend {
     MICS_CUDA_CHECK(cudaStreamWaitEvent(stream_, fences_[static_cast<size_t>(fence % kFences)], 0));
     MICS_CUDA_CHECK(cudaEventRecord(timer[1], stream_));
     ++wait_timers_used_;  // only a pair recorded whole is read by take_fence_wait_s
+    // The side stream runs its work in order: past this fence, the SMs are the main stream's.
+    if (partition_fence_ >= 0 && fence >= partition_fence_) partition_fence_ = -1;
   }
   double take_fence_wait_s() override {
     double ms_total = 0;
@@ -621,6 +631,7 @@ class CudaBackend final : public Backend {
     MICS_CUDA_CHECK(cudaStreamWaitEvent(grad_stream_, grad_fork_, 0));
     ++weight_grad_forks_;
     try {
+      grad_gemm_->set_sm_count_target(gemm_sms());
       weight_gradients(t, m, n, k, d_out, in, d_weight, d_bias, add_params, grad_stream_, *grad_gemm_);
     } catch (...) {  // what was queued there is joined all the same (errors here cannot be reported)
       if (cudaEventRecord(grad_join_, grad_stream_) == cudaSuccess) cudaStreamWaitEvent(stream_, grad_join_, 0);
@@ -1035,6 +1046,7 @@ class CudaBackend final : public Backend {
     launch_adamw(static_cast<float*>(param.data), grad.dtype, grad.data, static_cast<float*>(m.data),
                  static_cast<float*>(v.data), n, adamw_scalars(s), param_copy.dtype, param_copy.data,
                  on_side_ ? side_sms_ : 0, side_chunked_, stream_);
+    if (on_side_ && n > 0 && partitions_sms()) side_holds_sms_ = true;
   }
 
   int64_t gemm_fallback_calls() const {
@@ -1044,6 +1056,9 @@ class CudaBackend final : public Backend {
     return gemm().bias_grad_epilogue_calls() + (grad_gemm_ != nullptr ? grad_gemm_->bias_grad_epilogue_calls() : 0);
   }
   int64_t weight_grad_forks() const { return weight_grad_forks_; }
+  int64_t sm_targeted_gemm_calls() const {
+    return gemm().sm_targeted_calls() + (grad_gemm_ != nullptr ? grad_gemm_->sm_targeted_calls() : 0);
+  }
   int64_t gemm_autotuned_plans() const {
     return gemm().autotuned_plans() + (grad_gemm_ != nullptr ? grad_gemm_->autotuned_plans() : 0);
   }
@@ -1167,7 +1182,18 @@ class CudaBackend final : public Backend {
                              "column sums, sorts) was queued on the CUDA backend's side queue");
     return stream_;
   }
-  GemmLt& main_gemm() { return (void)main_queue(), *gemm_; }
+  GemmLt& main_gemm() {
+    (void)main_queue();
+    gemm_->set_sm_count_target(gemm_sms());
+    return *gemm_;
+  }
+  // A bounded side queue that runs each update unchunked holds its SMs to the update's end:
+  // a partition of the device while it runs (not when it holds them all).
+  bool partitions_sms() const { return side_sms_ > 0 && !side_chunked_ && side_sms_ < device_sms_; }
+  // The SMs the main stream's GEMMs are planned for: those the partition leaves while an
+  // update that holds SMs may still run (queued, and not yet waited for), else all (0).
+  // Planned for all, a product's last wave would wait for SMs the update keeps.
+  int gemm_sms() const { return partition_fence_ >= 0 ? device_sms_ - side_sms_ : 0; }
   CudnnAttention& main_cudnn() { return (void)main_queue(), *cudnn_; }
   int* error_word() const {
     return reinterpret_cast<int*>(static_cast<char*>(scratch_) + 2 * kReducePartials * 8 + 16);
@@ -1206,8 +1232,13 @@ class CudaBackend final : public Backend {
   bool on_side_ = false;  // run_on_side_queue's work is queuing (stream_ is the side stream)
   std::vector<std::array<cudaEvent_t, 2>> wait_timers_;  // around each fence wait, reused
   size_t wait_timers_used_ = 0;                          // since the last take_fence_wait_s
+  int device_sms_ = 0;
   int side_sms_ = 0;      // CudaBackendOptions::side_queue_sms, at most the device's SMs
   bool side_chunked_ = true;  // CudaBackendOptions::side_queue_chunked
+  // The fence after the latest side-queue work that held SMs as a partition (partitions_sms),
+  // until the main stream waits for it or a synchronize; -1: none outstanding.
+  int64_t partition_fence_ = -1;
+  bool side_holds_sms_ = false;  // the side-queue work being queued launched such an update
   std::array<cudaEvent_t, kFences> fences_{};
   int64_t next_fence_ = 0;
   void* scratch_ = nullptr;
@@ -1255,6 +1286,11 @@ int64_t cuda_bias_grad_epilogue_calls(Backend& backend) {
 int64_t cuda_weight_grad_forks(Backend& backend) {
   auto* cuda = dynamic_cast<CudaBackend*>(&backend);
   return cuda != nullptr ? cuda->weight_grad_forks() : 0;
+}
+
+int64_t cuda_sm_targeted_gemm_calls(Backend& backend) {
+  auto* cuda = dynamic_cast<CudaBackend*>(&backend);
+  return cuda != nullptr ? cuda->sm_targeted_gemm_calls() : 0;
 }
 
 int64_t cuda_gemm_autotuned_plans(Backend& backend) {

@@ -44,7 +44,9 @@ struct CudaBackendOptions {
   // More than the device has is taken as the device's count.
   int side_queue_sms = 0;
   // With side_queue_sms: its kernels in chunks of about 0.1 ms (at whose ends the main
-  // stream's blocks may take the SMs back), or each as one launch holding its SMs to the end.
+  // stream's blocks may take the SMs back), or each as one launch holding its SMs to the end:
+  // a partition of the device, so while such an update may still run the main stream's
+  // GEMMs are planned for the SMs it leaves (cuBLASLt's SM count target).
   bool side_queue_chunked = true;
 };
 
@@ -79,11 +81,16 @@ int64_t cuda_gemm_fallback_calls(Backend& backend);
 // the rest ran as column sums).
 int64_t cuda_bias_grad_epilogue_calls(Backend& backend);
 
-// With gemm_autotune: GEMM shapes whose cuBLASLt algorithms were timed, and those where one
-// other than the heuristic's first won (tests, diagnostics).
 // Linear backwards whose weight gradients ran on the weight-gradient stream
 // (CudaBackendOptions::weight_grad_stream).
 int64_t cuda_weight_grad_forks(Backend& backend);
+// GEMMs planned for fewer SMs than the device has (cuBLASLt's SM count target) because a
+// partitioned optimizer update (side_queue_sms with side_queue_chunked false) held the rest
+// (tests, diagnostics).
+int64_t cuda_sm_targeted_gemm_calls(Backend& backend);
+
+// With gemm_autotune: GEMM shapes whose cuBLASLt algorithms were timed, and those where one
+// other than the heuristic's first won (tests, diagnostics).
 int64_t cuda_gemm_autotuned_plans(Backend& backend);
 int64_t cuda_gemm_autotune_changes(Backend& backend);
 

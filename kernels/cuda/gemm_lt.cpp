@@ -74,7 +74,7 @@ GemmLt::Plan& GemmLt::plan_for(const GemmArgs& g) {
   const Key key{static_cast<int64_t>(g.dtype), g.trans_a, g.trans_b, g.m, g.n, g.k, g.lda,
                 g.ldb, g.ldc, g.stride_a, g.stride_b, g.stride_c, g.batch,
                 g.bias != nullptr, g.beta != 0.0f, align_a, align_b, align_c, align_bias,
-                allow_tf32_, epilogue_kind, align_aux};
+                allow_tf32_, epilogue_kind, align_aux, sm_count_target_};
   auto found = plans_.find(key);
   if (found != plans_.end()) return found->second;
 
@@ -109,6 +109,11 @@ GemmLt::Plan& GemmLt::plan_for(const GemmArgs& g) {
                                                        &g.aux, sizeof(g.aux)));
       MICS_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD,
                                                        &ld_aux, sizeof(ld_aux)));
+    }
+    if (sm_count_target_ > 0) {
+      const int32_t sms = sm_count_target_;
+      MICS_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET, &sms,
+                                                       sizeof(sms)));
     }
     if (g.bias != nullptr) {
       const int32_t bias_type = type;
@@ -264,6 +269,7 @@ bool GemmLt::try_run(const GemmArgs& g) {
   }
   MICS_CUBLAS_CHECK(status);
   if (bias_grad) ++bias_grad_epilogue_calls_;
+  if (sm_count_target_ > 0) ++sm_targeted_calls_;
   return true;
 }
 
@@ -302,6 +308,7 @@ void GemmLt::run(const GemmArgs& g) {
   // Timed only where a repeated call gives the same output: beta 0 (C is not read).
   if (!p.candidates.empty() && g.beta == 0.0f) autotune(p, g);
   MICS_CUBLAS_CHECK(matmul(p, g, p.algo));
+  if (sm_count_target_ > 0) ++sm_targeted_calls_;
 }
 
 cublasStatus_t GemmLt::matmul(const Plan& p, const GemmArgs& g, const cublasLtMatmulAlgo_t& algo) {
@@ -401,9 +408,10 @@ void GemmLt::autotune(Plan& p, const GemmArgs& g) {
     const float kept_ms = medians[best];
     const bool gains = best != 0 && first_ms > 0.0f && kept_ms < 0.95f * first_ms;
     spdlog::log(gains ? spdlog::level::info : spdlog::level::debug,
-                "cuBLASLt autotune, {} GEMM m={} n={} k={} batch={}: algorithm {} of {}, {:.3f} ms (the heuristic's "
+                "cuBLASLt autotune, {} GEMM m={} n={} k={} batch={}{}: algorithm {} of {}, {:.3f} ms (the heuristic's "
                 "first: {:.3f} ms; medians of {} interleaved rounds)", dtype_name(g.dtype), g.m, g.n, g.k, g.batch,
-                best + 1, n, kept_ms, first_ms, kRounds);
+                sm_count_target_ > 0 ? " for " + std::to_string(sm_count_target_) + " SMs" : std::string(), best + 1,
+                n, kept_ms, first_ms, kRounds);
   }
   p.candidates.clear();
 }

@@ -20,8 +20,8 @@
 // pointer + b * stride for each matrix.
 //
 // Every distinct (dtype, shape, transposes, leading dimensions, strides, batch, epilogues,
-// beta != 0, pointer alignments) gets its descriptor, layouts and the heuristic's best
-// algorithm once; later calls reuse them. When cuBLASLt offers no algorithm (unusual
+// beta != 0, pointer alignments, SM count target) gets its descriptor, layouts and the
+// heuristic's best algorithm once; later calls reuse them. When cuBLASLt offers no algorithm (unusual
 // alignments, say), a plain tiled CUDA kernel computes the product instead (fp32
 // accumulation, same semantics) and fallback_calls() counts it; a product with a GELU or
 // bias-gradient epilogue is declined instead (try_run), and the caller composes it.
@@ -92,7 +92,17 @@ class GemmLt {
   // composes the product and the epilogue from other ops instead.
   bool try_run(const GemmArgs& g);
 
+  // The SMs the products to come are planned for (cuBLASLt's SM count target): fewer than
+  // the device has while a concurrent stream holds the rest (the CUDA backend's partitioned
+  // optimizer update), so that a product's grid fits the SMs it can have instead of leaving
+  // a partial wave waiting for SMs that stay taken; 0: the device's count. Each target has
+  // plans (and autotune timings) of its own.
+  void set_sm_count_target(int sms) { sm_count_target_ = sms > 0 ? sms : 0; }
+  int sm_count_target() const { return sm_count_target_; }
+
   int64_t fallback_calls() const { return fallback_calls_; }
+  // cuBLASLt products run with an SM count target (set_sm_count_target above 0).
+  int64_t sm_targeted_calls() const { return sm_targeted_calls_; }
   int64_t bias_grad_epilogue_calls() const { return bias_grad_epilogue_calls_; }
   size_t cached_plans() const { return plans_.size(); }
   // Plans timed so far, and those where an algorithm other than the heuristic's first won.
@@ -108,7 +118,7 @@ class GemmLt {
     // Autotune: the heuristic's algorithms, best guess first; emptied once timed.
     std::vector<cublasLtMatmulAlgo_t> candidates;
   };
-  using Key = std::array<int64_t, 22>;
+  using Key = std::array<int64_t, 23>;
   Plan& plan_for(const GemmArgs& g);
   static void destroy(Plan& p) noexcept;
   // One cublasLtMatmul of g with `algo` (pointers set on the plan's descriptor already).
@@ -122,6 +132,7 @@ class GemmLt {
   cublasLtHandle_t handle_ = nullptr;
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 0;
+  int sm_count_target_ = 0;
   std::map<Key, Plan> plans_;
   // Autotune times one plan per key with m and k left out: BERT's MLM head has a new row
   // count (the masked tokens; k of its weight gradient) nearly every batch, and timing 8 algorithms for each would stall
@@ -129,6 +140,7 @@ class GemmLt {
   std::set<Key> tuned_families_;
   int64_t fallback_calls_ = 0;
   int64_t bias_grad_epilogue_calls_ = 0;
+  int64_t sm_targeted_calls_ = 0;
   int64_t autotuned_plans_ = 0, autotune_changes_ = 0;
 };
 

@@ -324,6 +324,58 @@ int main(int argc, char** argv) try {
     const double bytes = static_cast<double>(p) * (6 * 4 + es + (copy.empty() ? 0 : es));
     const std::string shape = std::to_string(p) + " params";
     row_bytes("adamw", shape, median_seconds(be, [&](int) { be.adamw(param, grad, m, v, spec, copy); }, iters), bytes);
+    if (cuda) {
+      // The partition (runtime.overlap_optimizer_sms N, unchunked): this update on N SMs of
+      // a side queue, alone (what N SMs pull from memory), and queued just before the
+      // layer's four forward GEMMs on the main stream, which are then planned for the other
+      // SMs; against the GEMMs on every SM followed by the update on every SM (the step
+      // without the overlap). Host-clock medians, both streams synchronised after each run,
+      // less the synchronisation alone; the GEMMs' rate over the time of both.
+      std::printf("# the update on N SMs of a side queue (unchunked), alone and beside the layer's forward GEMMs\n");
+      double gemm_flops = 0;
+      for (const Gemm& g : gemms) gemm_flops += 2.0 * static_cast<double>(g.s.m * g.s.n * g.s.k);
+      auto forward = [&](Backend& on) {
+        for (const Gemm& g : gemms)
+          on.linear_forward(reshape(y, {g.s.m, g.s.n}), reshape(x, {g.s.m, g.s.k}), reshape(w, {g.s.n, g.s.k}), Tensor{});
+      };
+      auto timed = [&](Backend& on, const std::function<void()>& fn) {
+        auto host_median = [&](const std::function<void()>& f) {
+          f();
+          on.synchronize();
+          std::vector<double> times;
+          for (int i = 0; i < iters; ++i) {
+            const auto start = std::chrono::steady_clock::now();
+            f();
+            on.synchronize();
+            times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+          }
+          std::sort(times.begin(), times.end());
+          return times[times.size() / 2];
+        };
+        return std::max(host_median(fn) - host_median([] {}), 1e-9);
+      };
+      const std::string both_shape = "4 GEMMs + " + shape;
+      row_flops("fwd GEMMs, then adamw", both_shape, timed(be, [&] {
+                  forward(be);
+                  be.adamw(param, grad, m, v, spec, copy);
+                }),
+                gemm_flops);
+      for (const int sms : {16, 32, 48}) {
+        CudaBackendOptions partitioned = cuda_options;
+        partitioned.side_queue_sms = sms;
+        partitioned.side_queue_chunked = false;
+        const std::unique_ptr<Backend> part = make_cuda_backend(0, partitioned);
+        part->reserve_scratch(bounds);
+        auto update_beside = [&] { (void)part->run_on_side_queue([&] { part->adamw(param, grad, m, v, spec, copy); }); };
+        const std::string on = " on " + std::to_string(sms) + " SMs";
+        row_bytes("adamw" + on, shape, timed(*part, update_beside), bytes);
+        row_flops("fwd GEMMs | adamw" + on, both_shape, timed(*part, [&] {
+                    update_beside();
+                    forward(*part);
+                  }),
+                  gemm_flops);
+      }
+    }
     // The result comes back to the host (a copy and a wait each call): that overhead, a
     // 1-element call's time, is taken off before the rate.
     const double all = median_seconds(be, [&](int) { (void)be.sum_squares(grad); }, iters);

@@ -1348,6 +1348,75 @@ TEST(CudaSideQueue, BoundedToAFewSmsTheUpdateIsTheSame) {
   expect_side_queue_update(*whole, (int64_t{1} << 22) + 3, 0);
 }
 
+// runtime.overlap_optimizer_sms with the update unchunked holds those SMs to its end: while
+// such an update may still run (queued, not yet waited for), the main stream's GEMMs are
+// planned for the SMs it leaves (cuBLASLt's SM count target); once the main stream has
+// waited at its fence, or after a synchronize, for every SM again. Chunked, or unbounded,
+// the update never partitions. Small integers in fp32: every algorithm gives the exact
+// product, so the outputs are compared bit for bit.
+TEST(CudaSideQueue, GemmsBesideAnUnchunkedBoundedUpdateArePlannedForTheSmsItLeaves) {
+  MICS_REQUIRE_CUDA();
+  const int64_t rows = 64, in_w = 96, out_w = 128, n = int64_t{1} << 24;
+  std::mt19937_64 rng(303);
+  std::uniform_int_distribution<int> small(-3, 3);
+  Vec x(static_cast<size_t>(rows * in_w)), w(static_cast<size_t>(out_w * in_w)), want(static_cast<size_t>(rows * out_w));
+  for (double& e : x) e = small(rng);
+  for (double& e : w) e = small(rng);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t o = 0; o < out_w; ++o) {
+      double s = 0;
+      for (int64_t i = 0; i < in_w; ++i) s += x[r * in_w + i] * w[o * in_w + i];
+      want[r * out_w + o] = s;
+    }
+  Dev in(DType::f32, {rows, in_w}, x), weight(DType::f32, {out_w, in_w}, w), out(DType::f32, {rows, out_w}),
+      beside(DType::f32, {rows, out_w});
+  Dev p(DType::f32, {n}, Vec(static_cast<size_t>(n), 1.0)), g(DType::f32, {n}, Vec(static_cast<size_t>(n), 0.5));
+  Dev m(DType::f32, {n}, Vec(static_cast<size_t>(n), 0.0)), v(DType::f32, {n}, Vec(static_cast<size_t>(n), 0.0));
+  const AdamWSpec spec{1e-3f, 0.9f, 0.999f, 1e-8f, 0.0f, 1, 1.0f};
+  for (const bool chunked : {false, true}) {
+    SCOPED_TRACE(chunked ? "chunked" : "unchunked");
+    CudaBackendOptions options;
+    options.side_queue_sms = 8;
+    options.side_queue_chunked = chunked;
+    const std::unique_ptr<Backend> be = make_cuda_backend(0, options);
+    // A GEMM, counted when planned for fewer SMs; its output exact either way.
+    auto product = [&](const char* what) {
+      const int64_t before = cuda_sm_targeted_gemm_calls(*be);
+      be->fill_zero(out.t());
+      be->linear_forward(out.t(), in.t(), weight.t(), Tensor{});
+      be->synchronize();
+      expect_identical(out.get(), want, what);
+      return cuda_sm_targeted_gemm_calls(*be) - before;
+    };
+    auto update = [&] { return be->run_on_side_queue([&] { be->adamw(p.t(), g.t(), m.t(), v.t(), spec, Tensor{}); }); };
+    EXPECT_EQ(product("before any update"), 0);
+    // product() synchronizes, so each partitioned product is queued right after an update.
+    int64_t fence = update();
+    const int64_t before = cuda_sm_targeted_gemm_calls(*be);
+    be->linear_forward(beside.t(), in.t(), weight.t(), Tensor{});
+    EXPECT_EQ(cuda_sm_targeted_gemm_calls(*be) - before, chunked ? 0 : 1) << "beside the update";
+    be->wait_for_fence(fence);
+    be->linear_forward(out.t(), in.t(), weight.t(), Tensor{});
+    EXPECT_EQ(cuda_sm_targeted_gemm_calls(*be) - before, chunked ? 0 : 1) << "after the wait at its fence";
+    be->synchronize();
+    expect_identical(beside.get(), want, "beside the update");
+    expect_identical(out.get(), want, "after the wait at its fence");
+    // Two updates: waiting for the first leaves the second's partition in place.
+    const int64_t first = update();
+    fence = update();
+    be->wait_for_fence(first);
+    const int64_t later = cuda_sm_targeted_gemm_calls(*be);
+    be->linear_forward(beside.t(), in.t(), weight.t(), Tensor{});
+    EXPECT_EQ(cuda_sm_targeted_gemm_calls(*be) - later, chunked ? 0 : 1) << "beside the second of two updates";
+    be->wait_for_fence(fence);
+    be->synchronize();
+    expect_identical(beside.get(), want, "beside the second of two updates");
+    (void)update();
+    be->synchronize();
+    EXPECT_EQ(product("after a synchronize"), 0);
+  }
+}
+
 // ---------------------------------------------------------------- element-wise
 
 class CudaElementwise : public CudaOps {};
