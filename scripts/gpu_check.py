@@ -33,7 +33,8 @@
           gradient norm, the embedding backward, the cross-entropy in bytes/s of the least
           traffic each needs, beside the streaming add's; the update on 16, 32 and 48 SMs of
           the side queue, alone and beside the layer's forward GEMMs planned for the other
-          SMs, against both on every SM one after the other); its JSON as OUT/<report>-ops-*.json.
+          SMs, against both on every SM one after the other, and at 32 SMs with the GEMMs
+          planned for every SM); its JSON as OUT/<report>-ops-*.json.
 
 The parts run in the order given (default: bench checks, which fit one 10-minute device call;
 then bench-more profile ops in a second). Writes OUT/gpu-results.md (OUT:
@@ -537,7 +538,7 @@ def bench_slice(mt, name, variants, peers, work, env, rows, peak):
                      "engine_logged_tflops": statistics.median(s["tflops_per_device"] for s in steps),
                      # which kernels and gradient path it chose, in its own words
                      "logged": sorted({re.sub(r"^\[[^]]*\] \[\w+\] ", "", l) for l in text.splitlines()
-                                       if re.search(r"cuDNN .*attention for|nondeterministic attention backward|cuBLASLt declined|cuBLASLt refused|GEMMs are planned for"
+                                       if re.search(r"cuDNN .*attention for|nondeterministic attention backward|cuBLASLt declined|cuBLASLt refused|GEMMs (are )?planned for"
                                                     r"|gradients used in place|gradients accumulated|cuBLASLt autotune",
                                                     l)})})
 

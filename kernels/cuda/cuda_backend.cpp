@@ -208,7 +208,8 @@ class CudaBackend final : public Backend {
     device_sms_ = sms;
     side_sms_ = std::min(std::max(options.side_queue_sms, 0), sms);
     side_chunked_ = options.side_queue_chunked;
-    if (partitions_sms())
+    target_partition_ = options.partition_gemms;
+    if (partitions_sms() && target_partition_)
       spdlog::info("CUDA: the overlapped update holds {} of GPU {}'s {} SMs to its end; while it runs, the main "
                    "stream's GEMMs are planned for the other {} (cuBLASLt's SM count target)",
                    side_sms_, device, sms, sms - side_sms_);
@@ -1191,9 +1192,20 @@ class CudaBackend final : public Backend {
   // a partition of the device while it runs (not when it holds them all).
   bool partitions_sms() const { return side_sms_ > 0 && !side_chunked_ && side_sms_ < device_sms_; }
   // The SMs the main stream's GEMMs are planned for: those the partition leaves while an
-  // update that holds SMs may still run (queued, and not yet waited for), else all (0).
-  // Planned for all, a product's last wave would wait for SMs the update keeps.
-  int gemm_sms() const { return partition_fence_ >= 0 ? device_sms_ - side_sms_ : 0; }
+  // update that holds SMs may still run (queued, and neither waited for nor seen done),
+  // else all (0). Planned for all, a product's last wave would wait for SMs the update keeps.
+  int gemm_sms() {
+    if (partition_fence_ < 0) return 0;
+    // Done already (the host runs ahead of the device, so this is seen late, never early;
+    // a fence's event recorded again since is only later still).
+    const cudaError_t done = cudaEventQuery(fences_[static_cast<size_t>(partition_fence_ % kFences)]);
+    if (done == cudaSuccess) {
+      partition_fence_ = -1;
+      return 0;
+    }
+    if (done != cudaErrorNotReady) MICS_CUDA_CHECK(done);
+    return target_partition_ ? device_sms_ - side_sms_ : 0;
+  }
   CudnnAttention& main_cudnn() { return (void)main_queue(), *cudnn_; }
   int* error_word() const {
     return reinterpret_cast<int*>(static_cast<char*>(scratch_) + 2 * kReducePartials * 8 + 16);
@@ -1233,6 +1245,7 @@ class CudaBackend final : public Backend {
   std::vector<std::array<cudaEvent_t, 2>> wait_timers_;  // around each fence wait, reused
   size_t wait_timers_used_ = 0;                          // since the last take_fence_wait_s
   int device_sms_ = 0;
+  bool target_partition_ = true;  // CudaBackendOptions::partition_gemms
   int side_sms_ = 0;      // CudaBackendOptions::side_queue_sms, at most the device's SMs
   bool side_chunked_ = true;  // CudaBackendOptions::side_queue_chunked
   // The fence after the latest side-queue work that held SMs as a partition (partitions_sms),

@@ -48,6 +48,9 @@ struct CudaBackendOptions {
   // a partition of the device, so while such an update may still run the main stream's
   // GEMMs are planned for the SMs it leaves (cuBLASLt's SM count target).
   bool side_queue_chunked = true;
+  // With side_queue_sms unchunked: the main stream's GEMMs beside the update planned for the
+  // SMs it leaves. False only to measure what that gains (mics-bench-ops).
+  bool partition_gemms = true;
 };
 
 // Whether this build compiled the CUDA backend (false where nvcc was absent or MICS_CUDA off).

@@ -111,9 +111,20 @@ GemmLt::Plan& GemmLt::plan_for(const GemmArgs& g) {
                                                        &ld_aux, sizeof(ld_aux)));
     }
     if (sm_count_target_ > 0) {
-      const int32_t sms = sm_count_target_;
+      int32_t sms = sm_count_target_;
       MICS_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET, &sms,
                                                        sizeof(sms)));
+      // Read back: the count of targeted calls (tests, the log) is of what the descriptor holds.
+      size_t written = 0;
+      sms = 0;
+      MICS_CUBLAS_CHECK(cublasLtMatmulDescGetAttribute(p.desc, CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET, &sms, sizeof(sms),
+                                                       &written));
+      p.sm_count_target = sms;
+      if (sms > 0 && !said_sm_target_) {
+        said_sm_target_ = true;
+        spdlog::info("cuBLASLt: GEMMs planned for {} SMs beside the partitioned update (the first: {} m={} n={} k={})",
+                     sms, dtype_name(g.dtype), g.m, g.n, g.k);
+      }
     }
     if (g.bias != nullptr) {
       const int32_t bias_type = type;
@@ -269,7 +280,7 @@ bool GemmLt::try_run(const GemmArgs& g) {
   }
   MICS_CUBLAS_CHECK(status);
   if (bias_grad) ++bias_grad_epilogue_calls_;
-  if (sm_count_target_ > 0) ++sm_targeted_calls_;
+  if (p.sm_count_target > 0) ++sm_targeted_calls_;
   return true;
 }
 
@@ -308,7 +319,7 @@ void GemmLt::run(const GemmArgs& g) {
   // Timed only where a repeated call gives the same output: beta 0 (C is not read).
   if (!p.candidates.empty() && g.beta == 0.0f) autotune(p, g);
   MICS_CUBLAS_CHECK(matmul(p, g, p.algo));
-  if (sm_count_target_ > 0) ++sm_targeted_calls_;
+  if (p.sm_count_target > 0) ++sm_targeted_calls_;
 }
 
 cublasStatus_t GemmLt::matmul(const Plan& p, const GemmArgs& g, const cublasLtMatmulAlgo_t& algo) {

@@ -101,7 +101,8 @@ class GemmLt {
   int sm_count_target() const { return sm_count_target_; }
 
   int64_t fallback_calls() const { return fallback_calls_; }
-  // cuBLASLt products run with an SM count target (set_sm_count_target above 0).
+  // cuBLASLt products run by a plan whose descriptor holds an SM count target (read back
+  // from it when the plan was made).
   int64_t sm_targeted_calls() const { return sm_targeted_calls_; }
   int64_t bias_grad_epilogue_calls() const { return bias_grad_epilogue_calls_; }
   size_t cached_plans() const { return plans_.size(); }
@@ -115,6 +116,7 @@ class GemmLt {
     cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
     cublasLtMatmulAlgo_t algo{};
     bool has_algo = false;  // false: use the fallback kernel
+    int sm_count_target = 0;  // as the descriptor holds it (read back), 0: the device's count
     // Autotune: the heuristic's algorithms, best guess first; emptied once timed.
     std::vector<cublasLtMatmulAlgo_t> candidates;
   };
@@ -133,6 +135,7 @@ class GemmLt {
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 0;
   int sm_count_target_ = 0;
+  bool said_sm_target_ = false;  // the log's line on the first targeted plan
   std::map<Key, Plan> plans_;
   // Autotune times one plan per key with m and k left out: BERT's MLM head has a new row
   // count (the masked tokens; k of its weight gradient) nearly every batch, and timing 8 algorithms for each would stall

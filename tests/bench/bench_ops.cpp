@@ -329,8 +329,9 @@ int main(int argc, char** argv) try {
       // a side queue, alone (what N SMs pull from memory), and queued just before the
       // layer's four forward GEMMs on the main stream, which are then planned for the other
       // SMs; against the GEMMs on every SM followed by the update on every SM (the step
-      // without the overlap). Host-clock medians, both streams synchronised after each run,
-      // less the synchronisation alone; the GEMMs' rate over the time of both.
+      // without the overlap), and at 32 SMs with the GEMMs planned for every SM (what the
+      // target gains). Host-clock medians, both streams synchronised after each run, less the
+      // synchronisation alone; the GEMMs' rate over the time of both.
       std::printf("# the update on N SMs of a side queue (unchunked), alone and beside the layer's forward GEMMs\n");
       double gemm_flops = 0;
       for (const Gemm& g : gemms) gemm_flops += 2.0 * static_cast<double>(g.s.m * g.s.n * g.s.k);
@@ -371,6 +372,19 @@ int main(int argc, char** argv) try {
         row_bytes("adamw" + on, shape, timed(*part, update_beside), bytes);
         row_flops("fwd GEMMs | adamw" + on, both_shape, timed(*part, [&] {
                     update_beside();
+                    forward(*part);
+                  }),
+                  gemm_flops);
+      }
+      {  // What the GEMMs' SM count target gains: the same at 32 SMs, the GEMMs planned for every SM.
+        CudaBackendOptions untargeted = cuda_options;
+        untargeted.side_queue_sms = 32;
+        untargeted.side_queue_chunked = false;
+        untargeted.partition_gemms = false;
+        const std::unique_ptr<Backend> part = make_cuda_backend(0, untargeted);
+        part->reserve_scratch(bounds);
+        row_flops("fwd GEMMs | adamw on 32 SMs, GEMMs for all", both_shape, timed(*part, [&] {
+                    (void)part->run_on_side_queue([&] { part->adamw(param, grad, m, v, spec, copy); });
                     forward(*part);
                   }),
                   gemm_flops);
