@@ -23,6 +23,7 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/gemm_lt.h"
 #include "kernels/cuda/launch.h"
+#include "kernels/cuda/sm_partition.h"
 #include "kernels/op_shapes.h"
 
 namespace mics {
@@ -205,11 +206,10 @@ class CudaBackend final : public Backend {
     MICS_CUDA_CHECK(cudaDeviceGetAttribute(&shared_optin_, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
     int sms = 0;
     MICS_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-    device_sms_ = sms;
     side_sms_ = std::min(std::max(options.side_queue_sms, 0), sms);
     side_chunked_ = options.side_queue_chunked;
-    target_partition_ = options.partition_gemms;
-    if (partitions_sms() && target_partition_)
+    partition_ = SmPartition(sms, side_sms_, side_chunked_, options.partition_gemms);
+    if (partition_.targets_gemms())
       spdlog::info("CUDA: the overlapped update holds {} of GPU {}'s {} SMs to its end; while it runs, the main "
                    "stream's GEMMs are planned for the other {} (cuBLASLt's SM count target)",
                    side_sms_, device, sms, sms - side_sms_);
@@ -342,7 +342,7 @@ class CudaBackend final : public Backend {
   }
   void synchronize() override {
     MICS_CUDA_CHECK(cudaStreamSynchronize(side_));
-    partition_fence_ = -1;  // whatever the side stream held is done
+    partition_.synchronized();  // whatever the side stream held is done
     MICS_CUDA_CHECK(cudaStreamSynchronize(stream_));
     check_device_errors();
   }
@@ -353,7 +353,7 @@ class CudaBackend final : public Backend {
     // Behind everything queued so far on the main stream (the gradients the update reads).
     MICS_CUDA_CHECK(cudaEventRecord(side_start_, stream_));
     MICS_CUDA_CHECK(cudaStreamWaitEvent(side_, side_start_, 0));
-    side_holds_sms_ = false;
+    partition_.side_work_begins();
     // The ops `work` calls queue on stream_: it names the side stream until they return.
     struct OnSide {
       cudaStream_t& a;
@@ -377,7 +377,7 @@ class CudaBackend final : public Backend {
     const int64_t fence = next_fence_;
     MICS_CUDA_CHECK(cudaEventRecord(fences_[static_cast<size_t>(fence % kFences)], side_));
     ++next_fence_;
-    if (side_holds_sms_) partition_fence_ = fence;
+    partition_.side_work_fenced(fence);
     return fence;
   }
   // Each wait between two timing events on the main stream: their interval is how long
@@ -397,8 +397,7 @@ class CudaBackend final : public Backend {
     MICS_CUDA_CHECK(cudaStreamWaitEvent(stream_, fences_[static_cast<size_t>(fence % kFences)], 0));
     MICS_CUDA_CHECK(cudaEventRecord(timer[1], stream_));
     ++wait_timers_used_;  // only a pair recorded whole is read by take_fence_wait_s
-    // The side stream runs its work in order: past this fence, the SMs are the main stream's.
-    if (partition_fence_ >= 0 && fence >= partition_fence_) partition_fence_ = -1;
+    partition_.main_waits_for(fence);
   }
   double take_fence_wait_s() override {
     double ms_total = 0;
@@ -1047,7 +1046,7 @@ class CudaBackend final : public Backend {
     launch_adamw(static_cast<float*>(param.data), grad.dtype, grad.data, static_cast<float*>(m.data),
                  static_cast<float*>(v.data), n, adamw_scalars(s), param_copy.dtype, param_copy.data,
                  on_side_ ? side_sms_ : 0, side_chunked_, stream_);
-    if (on_side_ && n > 0 && partitions_sms()) side_holds_sms_ = true;
+    if (on_side_) partition_.update_queued(n);
   }
 
   int64_t gemm_fallback_calls() const {
@@ -1188,23 +1187,14 @@ class CudaBackend final : public Backend {
     gemm_->set_sm_count_target(gemm_sms());
     return *gemm_;
   }
-  // A bounded side queue that runs each update unchunked holds its SMs to the update's end:
-  // a partition of the device while it runs (not when it holds them all).
-  bool partitions_sms() const { return side_sms_ > 0 && !side_chunked_ && side_sms_ < device_sms_; }
-  // The SMs the main stream's GEMMs are planned for: those the partition leaves while an
-  // update that holds SMs may still run (queued, and neither waited for nor seen done),
-  // else all (0). Planned for all, a product's last wave would wait for SMs the update keeps.
+  // The SMs the main stream's GEMMs are planned for (sm_partition.h), a fence's work seen
+  // done by its event (recorded again since, an event stands for a later point still).
   int gemm_sms() {
-    if (partition_fence_ < 0) return 0;
-    // Done already (the host runs ahead of the device, so this is seen late, never early;
-    // a fence's event recorded again since is only later still).
-    const cudaError_t done = cudaEventQuery(fences_[static_cast<size_t>(partition_fence_ % kFences)]);
-    if (done == cudaSuccess) {
-      partition_fence_ = -1;
-      return 0;
-    }
-    if (done != cudaErrorNotReady) MICS_CUDA_CHECK(done);
-    return target_partition_ ? device_sms_ - side_sms_ : 0;
+    return partition_.gemm_sms([this](int64_t fence) {
+      const cudaError_t done = cudaEventQuery(fences_[static_cast<size_t>(fence % kFences)]);
+      if (done != cudaErrorNotReady) MICS_CUDA_CHECK(done);
+      return done == cudaSuccess;
+    });
   }
   CudnnAttention& main_cudnn() { return (void)main_queue(), *cudnn_; }
   int* error_word() const {
@@ -1244,14 +1234,9 @@ class CudaBackend final : public Backend {
   bool on_side_ = false;  // run_on_side_queue's work is queuing (stream_ is the side stream)
   std::vector<std::array<cudaEvent_t, 2>> wait_timers_;  // around each fence wait, reused
   size_t wait_timers_used_ = 0;                          // since the last take_fence_wait_s
-  int device_sms_ = 0;
-  bool target_partition_ = true;  // CudaBackendOptions::partition_gemms
   int side_sms_ = 0;      // CudaBackendOptions::side_queue_sms, at most the device's SMs
   bool side_chunked_ = true;  // CudaBackendOptions::side_queue_chunked
-  // The fence after the latest side-queue work that held SMs as a partition (partitions_sms),
-  // until the main stream waits for it or a synchronize; -1: none outstanding.
-  int64_t partition_fence_ = -1;
-  bool side_holds_sms_ = false;  // the side-queue work being queued launched such an update
+  SmPartition partition_{0, 0, true, true};  // the side queue's update holding SMs, as the host sees it
   std::array<cudaEvent_t, kFences> fences_{};
   int64_t next_fence_ = 0;
   void* scratch_ = nullptr;
