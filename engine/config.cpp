@@ -266,7 +266,14 @@ Config parse_config(const json& input, const std::string& source,
     r.get("seed", t.seed);
     r.get("precision", t.precision, {"auto", "fp32", "bf16", "fp16"});
     r.get("activation_checkpointing", t.activation_checkpointing);
+    r.get("keep_ffn_output", t.keep_ffn_output);
     r.finish();
+    must(r, !t.keep_ffn_output || t.activation_checkpointing,
+         "'train.keep_ffn_output' keeps an activation the recompute would otherwise rebuild; it needs "
+         "'train.activation_checkpointing' true");
+    must(r, !t.keep_ffn_output || c.model.type == "bert",
+         "'train.keep_ffn_output' applies to post-LN models (\"bert\"); a GPT block's recompute never runs its FFN's "
+         "second product, whose output its backward does not read");
   }
   {
     SectionReader r(doc, "data", source);
@@ -522,6 +529,7 @@ model::ModelSpec Config::model_spec() const {
   s.attention_dropout = static_cast<float>(model.attention_dropout);
   s.init_std = model.init_std;
   s.activation_checkpointing = train.activation_checkpointing;
+  s.keep_ffn_output = train.keep_ffn_output;
   s.fused_attention = runtime.attention == "fused" || runtime.attention == "cudnn";
   return s;
 }
@@ -542,7 +550,8 @@ json Config::to_json() const {
                 {"max_skipped_steps", train.max_skipped_steps},
                 {"initial_loss_scale", train.initial_loss_scale},
                 {"seed", train.seed}, {"precision", train.precision},
-                {"activation_checkpointing", train.activation_checkpointing}};
+                {"activation_checkpointing", train.activation_checkpointing},
+                {"keep_ffn_output", train.keep_ffn_output}};
   j["data"] = {{"source", data.source}, {"path", data.path}, {"mask_prob", data.mask_prob},
                {"mask_token_id", data.mask_token_id}, {"shuffle", data.shuffle}};
   j["mics"] = {{"partition_size", mics.partition_size == 0 ? json("auto") : json(mics.partition_size)},

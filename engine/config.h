@@ -56,6 +56,9 @@ struct TrainConfig {
   std::string precision = "auto";
   std::string precision_reason;  // how "auto" resolved, for the log; empty when set explicitly
   bool activation_checkpointing = false;  // keep block inputs only; recompute each block in backward
+  // With activation_checkpointing on a post-LN model (BERT): keep each block's second
+  // LayerNorm input and statistics too, so the recompute skips the FFN's second product.
+  bool keep_ffn_output = false;
 };
 
 struct DataConfig {

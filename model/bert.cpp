@@ -14,7 +14,7 @@ namespace {
 BlockShape bert_block(const ModelSpec& s) {
   return BlockShape{s.hidden, s.heads, s.ffn, /*pre_norm=*/false, /*causal=*/false, GeluKind::erf,
                     s.layernorm_eps, s.dropout, s.attention_dropout, s.activation_checkpointing,
-                    s.fused_attention};
+                    s.fused_attention, s.keep_ffn_output};
 }
 
 class Bert final : public Model {

@@ -25,8 +25,25 @@ void BlockStack::allocate(Arena& arena, DType dtype) {
   for (Tensor& r : residual_) r = arena.take(dtype, {M, shape_.hidden});
   acts_.assign(shape_.recompute ? 1 : static_cast<size_t>(layers_), BlockActivations{});
   for (BlockActivations& a : acts_) a.allocate(arena, dtype, batch_, seq_, shape_);
+  kept_norm2_.clear();
+  if (shape_.recompute && !shape_.pre_norm && shape_.keep_ffn_output) {
+    // The shared set's own LN2 tensors serve block 0.
+    kept_norm2_.push_back({acts_[0].norm2_io, acts_[0].mean2, acts_[0].rstd2});
+    for (int64_t l = 1; l < layers_; ++l)
+      kept_norm2_.push_back({arena.take(dtype, {M, shape_.hidden}), arena.take(dtype, {M}), arena.take(dtype, {M})});
+  }
   ws_.allocate(arena, dtype, batch_, seq_, shape_);
   grad_ = arena.take(dtype, {M, shape_.hidden});
+}
+
+BlockActivations& BlockStack::acts(int64_t l) {
+  if (!shape_.recompute) return acts_[static_cast<size_t>(l)];
+  BlockActivations& shared = acts_[0];
+  if (!kept_norm2_.empty()) {
+    const KeptNorm2& kept = kept_norm2_[static_cast<size_t>(l)];
+    shared.norm2_io = kept.input, shared.mean2 = kept.mean, shared.rstd2 = kept.rstd;
+  }
+  return shared;
 }
 
 uint64_t BlockStack::layer_seed(uint64_t seed, int64_t layer) const {
@@ -47,11 +64,17 @@ void BlockStack::backward(ParamProvider& params, uint64_t seed) {
   for (int64_t l = layers_ - 1; l >= 0; --l) {
     const int layer = static_cast<int>(l + 1);
     const BlockTensors w = binding_.bind(params.acquire_params(layer));
-    // Recompute rewrites the block's output with the values it already holds; nothing
-    // reads it any more in this backward.
-    if (shape_.recompute)
-      block_.forward(w, acts(l), ws_, residual_[static_cast<size_t>(l)], residual_[static_cast<size_t>(l + 1)],
-                     layer_seed(seed, l));
+    if (shape_.recompute) {
+      const Tensor in = residual_[static_cast<size_t>(l)];
+      if (shape_.pre_norm || shape_.keep_ffn_output) {
+        block_.recompute(w, acts(l), ws_, in, layer_seed(seed, l));
+      } else {
+        // Post-LN without its LN2 input kept: the whole forward again, for that input. It
+        // rewrites the block's output with the values it already holds; nothing reads it
+        // any more in this backward.
+        block_.forward(w, acts(l), ws_, in, residual_[static_cast<size_t>(l + 1)], layer_seed(seed, l));
+      }
+    }
     // Each of the block's parameter gradients is written by one op: into a fresh buffer (=).
     const GradBuffer grads = params.grad_buffer(layer);
     const BlockTensors g = binding_.bind(grads.grads);

@@ -1,10 +1,13 @@
 #pragma once
 // The L transformer blocks between a model's embeddings (layer 0) and head (layer L+1):
 // residual-stream buffers, saved activations per block, and the per-layer parameter
-// hand-shake with the ParamProvider. With activation checkpointing (shape.recompute) only
-// the residual stream is kept per block; one set of activations is shared, and backward
-// runs each block's forward again from its saved input before its backward. Recompute is
-// the same ops on the same inputs with the same dropout seeds, so gradients are identical.
+// hand-shake with the ParamProvider. With activation checkpointing (shape.recompute) the
+// residual stream is kept per block (and, post-LN with shape.keep_ffn_output, each block's
+// second LayerNorm input and statistics); one set of the other activations is shared, and
+// backward runs each block's forward again from its saved input before its backward: up to
+// the FFN's GELU (TransformerBlock::recompute) pre-LN or with those kept, else whole.
+// Recompute is the same ops on the same inputs with the same dropout seeds, so gradients
+// are identical.
 #include <cstdint>
 #include <vector>
 
@@ -56,7 +59,14 @@ class BlockStack {
   BlockBinding binding_;  // identical offsets in every block
   std::vector<Tensor> residual_;  // L + 1 of [M, C]
   std::vector<BlockActivations> acts_;  // L, or 1 shared when recomputing
-  BlockActivations& acts(int64_t l) { return acts_[shape_.recompute ? 0 : static_cast<size_t>(l)]; }
+  // Recomputing post-LN with keep_ffn_output: block l's LN2 input and statistics, kept from
+  // its forward.
+  struct KeptNorm2 {
+    Tensor input, mean, rstd;  // [M, C], [M], [M]
+  };
+  std::vector<KeptNorm2> kept_norm2_;
+  // Block l's activations: its own, or the shared set (with block l's kept LN2 tensors).
+  BlockActivations& acts(int64_t l);
   BlockWorkspace ws_;
   Tensor grad_;
 };

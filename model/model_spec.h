@@ -22,6 +22,10 @@ struct ModelSpec {
   // How it runs, not its shape: keep only each block's input and recompute the block's
   // activations in backward (one block's worth of memory instead of L).
   bool activation_checkpointing = false;
+  // With activation_checkpointing, post-LN (BERT): also keep each block's second LayerNorm
+  // input and statistics (one more [B*T, C] per block), so that the recompute stops before
+  // the FFN's second product (TransformerBlock::recompute). Pre-LN blocks never need it.
+  bool keep_ffn_output = false;
   // Fused attention: keep each query row's log-sum-exp instead of the B x H x T x T
   // probabilities, and recompute them in backward (Backend::attention_*_fused).
   bool fused_attention = false;

@@ -86,9 +86,22 @@ DropoutSpec TransformerBlock::site(uint64_t seed, uint64_t which, float prob) co
 
 void TransformerBlock::forward(const BlockTensors& w, BlockActivations& a, BlockWorkspace& ws,
                                Tensor in, Tensor out, uint64_t seed) const {
+  recompute(w, a, ws, in, seed);
+  const DropoutSpec ffn_drop = site(seed, kFfnOut, s_.dropout);
+  be_.linear_forward(ws.branch, a.ffn_act, w.fc2_w, w.fc2_b);
+  if (ffn_drop.enabled()) be_.dropout_forward(ws.branch, ws.branch, ffn_drop);
+  if (s_.pre_norm) {
+    be_.add(out, a.mid, ws.branch);
+  } else {
+    be_.add_layernorm_forward(a.norm2_io, out, a.mean2, a.rstd2, a.norm1, ws.branch, w.norm2_g, w.norm2_b,
+                              static_cast<float>(s_.eps));
+  }
+}
+
+void TransformerBlock::recompute(const BlockTensors& w, BlockActivations& a, BlockWorkspace& ws, Tensor in,
+                                 uint64_t seed) const {
   const DropoutSpec attn_drop = site(seed, kAttentionProbs, s_.attention_dropout);
   const DropoutSpec out_drop = site(seed, kAttentionOut, s_.dropout);
-  const DropoutSpec ffn_drop = site(seed, kFfnOut, s_.dropout);
   const float eps = static_cast<float>(s_.eps);
   Tensor qkv_rows = a.qkv.reshaped({in.shape[0], 3 * s_.hidden});
   Tensor attn3 = a.attn.reshaped({dims_.batch, dims_.seq, s_.hidden});
@@ -115,13 +128,6 @@ void TransformerBlock::forward(const BlockTensors& w, BlockActivations& a, Block
     ffn_in = a.norm1;
   }
   be_.linear_gelu_forward(a.ffn_act, a.ffn_pre, ffn_in, w.fc_w, w.fc_b, s_.gelu);
-  be_.linear_forward(ws.branch, a.ffn_act, w.fc2_w, w.fc2_b);
-  if (ffn_drop.enabled()) be_.dropout_forward(ws.branch, ws.branch, ffn_drop);
-  if (s_.pre_norm) {
-    be_.add(out, a.mid, ws.branch);
-  } else {
-    be_.add_layernorm_forward(a.norm2_io, out, a.mean2, a.rstd2, a.norm1, ws.branch, w.norm2_g, w.norm2_b, eps);
-  }
 }
 
 void TransformerBlock::backward(const BlockTensors& w, const BlockTensors& g,

@@ -23,6 +23,7 @@ struct BlockShape {
   float attention_dropout = 0.0f;
   bool recompute = false;  // activation checkpointing: see BlockStack
   bool fused_attention = false;  // see ModelSpec::fused_attention
+  bool keep_ffn_output = false;  // with recompute, post-LN: see ModelSpec::keep_ffn_output
 };
 
 // Registers one block's tensors as the current layer of `builder`, names prefixed.
@@ -86,6 +87,14 @@ class TransformerBlock {
   // out[M,C] from in[M,C]; out must not alias in.
   void forward(const BlockTensors& w, BlockActivations& act, BlockWorkspace& ws, Tensor in,
                Tensor out, uint64_t seed) const;
+  // The forward up to the FFN's GELU, from the block's input: what activation checkpointing
+  // recomputes before backward. The rest of the forward (the FFN's second product, its
+  // dropout, the residual add and, post-LN, the LayerNorm after it) writes nothing backward
+  // reads but, post-LN, LN2's input and statistics, which the caller must then have kept
+  // (act.norm2_io, mean2, rstd2 as forward left them; BlockShape::keep_ffn_output): the
+  // FFN's second product, a third of the block's linear FLOPs, is not run again.
+  void recompute(const BlockTensors& w, BlockActivations& act, BlockWorkspace& ws, Tensor in,
+                 uint64_t seed) const;
   // d_io: on entry dLoss/d_out, on exit dLoss/d_in (ws.grad_a is used as well, so d_io
   // must be one of the caller's buffers, not a workspace tensor). Each parameter's gradient
   // is written once, by one op: added into g, or with acc_params no written over it.

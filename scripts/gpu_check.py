@@ -18,7 +18,7 @@
           own stream and with the optimizer overlapped on a partition (32 SMs unchunked, the
           GEMMs beside it planned for the rest); with GEMM autotune and the optimizer
           overlapped on every SM; and with
-          activation checkpointing (overlapped); the PyTorch peer training the same model in the same call
+          activation checkpointing (overlapped; BERT's FFN output kept, train.keep_ffn_output); the PyTorch peer training the same model in the same call
           (scripts/bench/torch_peer.py: torch.compile with and without checkpointing). TFLOP/s
           per GPU (model FLOPs as mics-train counts them, engine/flops.cpp, and of the layers
           alone), MFU, and how long each overlapped forward waited for the update.
@@ -487,9 +487,11 @@ def bench(bindir, work, env, rows, peak, rest=False):
     # hid nothing (the forward waited 6.4 of its 9.7 ms), and bounded without the GEMMs'
     # target it lost 3-12 ms a step. Like the two switches above, weighed against cuDNN's
     # attention alone, without autotune. (The materialised attention, slower on that card,
-    # moved to bench-more.)
+    # moved to bench-more.) Checkpointing "keep": BERT's blocks keep their second LayerNorm's
+    # input (train.keep_ffn_output), so the recompute skips the FFN's second product, as GPT's
+    # always does (bench-more's checkpointing run recomputes BERT's blocks whole).
     first = [("cudnn", False, False, 0), ("cudnn-nd", False, False, 0), ("cudnn-wg", False, False, 0),
-             ("cudnn", False, False, "32 whole"), ("cudnn", False, True, "all"), ("cudnn", True, False, "all")]
+             ("cudnn", False, False, "32 whole"), ("cudnn", False, True, "all"), ("cudnn", "keep", False, "all")]
     # ("N whole" as above at other widths; "32": chunked, the forward's blocks may take the
     # SMs back every ~0.1 ms, and its GEMMs planned for every SM.)
     more = [("cudnn", False, True, 0), ("cudnn", False, False, "all"), ("cudnn", False, False, 32),
@@ -507,7 +509,8 @@ def bench_slice(mt, name, variants, peers, work, env, rows, peak):
     for attention, ckpt, tune, overlap in variants:
         sms, _, whole = str(overlap).partition(" ")  # "all", N or "N whole" (unchunked)
         bound = "" if overlap == "all" else f" on {sms} SMs" + (", unchunked, GEMMs on the rest" if whole else "")
-        variant = ("ckpt" if ckpt else "no ckpt") + {"materialized": "", "fused": ", fused attention",
+        keep = ckpt == "keep" and cfg["model"]["type"] == "bert"  # train.keep_ffn_output (post-LN only)
+        variant = ("ckpt" + (" (FFN output kept)" if keep else "") if ckpt else "no ckpt") + {"materialized": "", "fused": ", fused attention",
                                                      "cudnn": ", cuDNN attention",
                                                      "cudnn-nd": ", cuDNN attention (nondeterministic backward)",
                                                      "cudnn-wg": ", cuDNN attention, weight gradients on their own stream"
@@ -516,6 +519,7 @@ def bench_slice(mt, name, variants, peers, work, env, rows, peak):
         m = os.path.join(work, f"{name}-{ckpt}-{attention}-{tune}-{overlap}.jsonl")
         code, text = train(mt, path, m, [f"train.steps={BENCH_WARMUP + BENCH_STEPS}",
                                          f"train.activation_checkpointing={'true' if ckpt else 'false'}",
+                                         f"train.keep_ffn_output={'true' if keep else 'false'}",
                                          f"runtime.attention=\"{attention.split('-')[0]}\"",
                                          f"runtime.cudnn_deterministic={'false' if attention == 'cudnn-nd' else 'true'}",
                                          f"runtime.overlap_weight_grads={'true' if attention == 'cudnn-wg' else 'false'}",
@@ -531,7 +535,7 @@ def bench_slice(mt, name, variants, peers, work, env, rows, peak):
         t = statistics.median(s["step_time_s"] for s in steps)
         if overlap:  # how long each forward stood waiting for the overlapped update (median step)
             variant += f" (forward waited {1e3 * statistics.median(s.get('optimizer_wait_s', 0.0) for s in steps):.2f} ms)"
-        rows.append({"bench": name, "engine": "mics-train", "variant": variant, "ckpt": ckpt, "step_s": t,
+        rows.append({"bench": name, "engine": "mics-train", "variant": variant, "ckpt": bool(ckpt), "step_s": t,
                      "tflops": full / t / 1e12, "layer_tflops": layers / t / 1e12,
                      "mfu": full / t / 1e12 / peak,
                      # what the engine itself logged (engine/flops.cpp): should equal tflops

@@ -183,6 +183,15 @@ std::vector<Case> cases() {
                             j["runtime"]["cudnn_deterministic"] = false;
                           },
                           "'runtime.cudnn_deterministic' false chooses cuDNN's nondeterministic attention backward"));
+  c.push_back(config_case("keep_ffn_output_without_checkpointing", [](json& j) { j["train"]["keep_ffn_output"] = true; },
+                          "'train.keep_ffn_output' keeps an activation the recompute would otherwise rebuild; it needs "
+                          "'train.activation_checkpointing' true"));
+  c.push_back(config_case("keep_ffn_output_on_gpt",
+                          [](json& j) {
+                            j["train"]["activation_checkpointing"] = true;
+                            j["train"]["keep_ffn_output"] = true;
+                          },
+                          "'train.keep_ffn_output' applies to post-LN models (\"bert\")"));
   c.push_back(config_case("overlap_weight_grads_on_cpu", [](json& j) { j["runtime"]["overlap_weight_grads"] = true; },
                           "'runtime.overlap_weight_grads' runs the weight gradients on a second GPU stream; it needs "
                           "'runtime.backend' \"cuda\""));

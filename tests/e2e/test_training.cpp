@@ -15,16 +15,21 @@ using mics::test::run_cli;
 using mics::test::source_path;
 using mics::test::TempDir;
 
-// 20 steps of gpt-tiny, every step logged; returns the per-step losses.
-std::vector<double> train_gpt_tiny(const TempDir& dir, const std::string& name, int seed,
-                                   const std::string& extra = "") {
+// 20 steps of a tiny config, every step logged; returns the per-step losses.
+std::vector<double> train_tiny(const char* config, const TempDir& dir, const std::string& name, int seed,
+                               const std::string& extra = "") {
   const std::string metrics = dir.file(name);
-  const auto r = run_cli("--config " + source_path("configs/gpt-tiny.json") +
+  const auto r = run_cli("--config " + source_path(config) +
                          " --steps 20 --set log.every=1 --set train.global_batch_size=8"
                          " --set train.seed=" + std::to_string(seed) + " --metrics " + metrics +
                          " --log-level warn" + extra);
   EXPECT_EQ(r.exit_code, 0) << r.output;
   return read_losses(metrics);
+}
+
+std::vector<double> train_gpt_tiny(const TempDir& dir, const std::string& name, int seed,
+                                   const std::string& extra = "") {
+  return train_tiny("configs/gpt-tiny.json", dir, name, seed, extra);
 }
 
 // `variant`'s 20 losses against `reference`'s: equal bits (relative 0) or within `relative`.
@@ -63,6 +68,18 @@ TEST(Training, ActivationCheckpointingGivesIdenticalLosses) {
   const auto recomputed =
       train_gpt_tiny(dir, "recomputed.jsonl", 5, dropout + " --set train.activation_checkpointing=true");
   expect_tracks(recomputed, kept, 0);
+}
+
+// BERT (post-LN) likewise, recomputing each block whole, or (train.keep_ffn_output) up to its
+// FFN's GELU with its second LayerNorm's input kept.
+TEST(Training, BertActivationCheckpointingGivesIdenticalLossesWithOrWithoutItsFfnOutputKept) {
+  TempDir dir("bert-checkpointing");
+  const std::string dropout = " --set model.dropout=0.1 --set model.attention_dropout=0.1";
+  const auto kept = train_tiny("configs/bert-tiny.json", dir, "kept.jsonl", 5, dropout);
+  const std::string ckpt = dropout + " --set train.activation_checkpointing=true";
+  expect_tracks(train_tiny("configs/bert-tiny.json", dir, "whole.jsonl", 5, ckpt), kept, 0);
+  expect_tracks(train_tiny("configs/bert-tiny.json", dir, "ffn.jsonl", 5, ckpt + " --set train.keep_ffn_output=true"),
+                kept, 0);
 }
 
 // runtime.overlap_optimizer defers each layer's update to its first use in the next step:

@@ -4,9 +4,12 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <map>
+#include <string>
 #include <random>
 #include <vector>
 
+#include "engine/op_profile.h"
 #include "kernels/ops.h"
 #include "model/model.h"
 
@@ -225,17 +228,30 @@ TEST(ModelGradient, FreshBuffersAreWrittenOverLikeZeroedOnes) {
 
 // Activation checkpointing recomputes each block from its saved input with the same ops
 // and dropout seeds: loss and every gradient are bit-identical to keeping all activations,
-// in fewer activation bytes.
+// in fewer activation bytes. Post-LN (BERT) with train.keep_ffn_output, each block's second
+// LayerNorm input is kept too (more bytes than without, fewer than keeping everything).
+struct CheckpointCase {
+  Arch arch;
+  bool keep_ffn_output;
+  const char* name;
+};
+const CheckpointCase kCheckpointCases[] = {
+    {Arch::gpt, false, "gpt"}, {Arch::bert, false, "bert"}, {Arch::bert, true, "bert, FFN output kept"}};
+
 TEST(ModelGradient, ActivationCheckpointingChangesNothingButMemory) {
   const int64_t B = 2, T = 7;
   auto backend = make_cpu_backend();
-  for (Arch arch : {Arch::gpt, Arch::bert}) {
-    ModelSpec spec = tiny_spec(arch, 0.2f);
+  for (const CheckpointCase& c : kCheckpointCases) {
+    SCOPED_TRACE(c.name);
+    ModelSpec spec = tiny_spec(c.arch, 0.2f);
     spec.layers = 3;
     auto kept = model::make_model(spec, *backend, DType::f64, B, T, 128);
     spec.activation_checkpointing = true;
+    auto plain = model::make_model(spec, *backend, DType::f64, B, T, 128);
+    spec.keep_ffn_output = c.keep_ffn_output;
     auto recomputed = model::make_model(spec, *backend, DType::f64, B, T, 128);
     EXPECT_LT(recomputed->activation_bytes(), kept->activation_bytes());
+    if (c.keep_ffn_output) EXPECT_GT(recomputed->activation_bytes(), plain->activation_bytes());
     HostProvider a(kept->layout()), b(recomputed->layout());
     std::mt19937_64 rng(5);
     std::normal_distribution<double> normal(0.0, 0.3);
@@ -258,6 +274,45 @@ TEST(ModelGradient, ActivationCheckpointingChangesNothingButMemory) {
       nonzero += a.grads[i] != 0.0;
     }
     EXPECT_GT(nonzero, a.grads.size() / 2);
+  }
+}
+
+// What the recompute runs again: each block's QKV and projection products and its FFN's
+// first product (with the GELU); the FFN's second product only post-LN without its output
+// kept (a GPT block's backward never reads that product's output).
+TEST(ModelGradient, ActivationCheckpointingRecomputesTheFfnsSecondProductOnlyWhereNeeded) {
+  const int64_t B = 2, T = 7;
+  for (const CheckpointCase& c : kCheckpointCases) {
+    SCOPED_TRACE(c.name);
+    ModelSpec spec = tiny_spec(c.arch, 0.2f);
+    spec.layers = 3;
+    std::map<std::string, int64_t> calls[2];
+    for (int recompute = 0; recompute < 2; ++recompute) {
+      spec.activation_checkpointing = recompute == 1;
+      spec.keep_ffn_output = recompute == 1 && c.keep_ffn_output;
+      OpProfile profile;
+      auto backend = make_profiling_backend(make_cpu_backend(), profile);
+      auto m = model::make_model(spec, *backend, DType::f64, B, T, 128);
+      HostProvider p(m->layout());
+      std::mt19937_64 rng(5);
+      std::normal_distribution<double> normal(0.0, 0.3);
+      for (auto& x : p.params) x = normal(rng);
+      std::vector<int32_t> tokens(B * T), labels(B * T);
+      for (int64_t i = 0; i < B * T; ++i) {
+        tokens[i] = static_cast<int32_t>((5 * i + 2) % (spec.vocab - 1));
+        labels[i] = static_cast<int32_t>((7 * i + 1) % spec.vocab);
+      }
+      (void)m->forward(p, model::TokenBatch{tokens.data(), labels.data(), B, T}, 11, 1.0);
+      m->backward(p);
+      profile.settle();
+      for (const auto& [op, entry] : profile.entries()) calls[recompute][op] = entry.calls;
+    }
+    const int64_t layers = spec.layers;
+    const bool whole = c.arch == Arch::bert && !c.keep_ffn_output;
+    EXPECT_EQ(calls[1]["linear_forward"], calls[0]["linear_forward"] + (whole ? 3 : 2) * layers)
+        << "QKV and projection" << (whole ? " and the FFN's second product" : ", not the FFN's second product");
+    EXPECT_EQ(calls[1]["linear_gelu_forward"], calls[0]["linear_gelu_forward"] + layers);
+    EXPECT_EQ(calls[1]["linear_backward"], calls[0]["linear_backward"]);
   }
 }
 
