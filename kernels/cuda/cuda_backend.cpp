@@ -1192,8 +1192,12 @@ class CudaBackend final : public Backend {
   int gemm_sms() {
     return partition_.gemm_sms([this](int64_t fence) {
       const cudaError_t done = cudaEventQuery(fences_[static_cast<size_t>(fence % kFences)]);
-      if (done != cudaErrorNotReady) MICS_CUDA_CHECK(done);
-      return done == cudaSuccess;
+      if (done == cudaErrorNotReady) {
+        (void)cudaGetLastError();  // not an error: keep it from the next launch's check
+        return false;
+      }
+      MICS_CUDA_CHECK(done);
+      return true;
     });
   }
   CudnnAttention& main_cudnn() { return (void)main_queue(), *cudnn_; }

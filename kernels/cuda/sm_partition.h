@@ -49,7 +49,7 @@ class SmPartition {
   // has been seen done (it may throw; the partition then stays as it was).
   template <class Done>
   int gemm_sms(Done&& done) {
-    if (open_fence_ < 0) return 0;
+    if (open_fence_ < 0 || !target_gemms_) return 0;  // (nothing to ask the device)
     if (done(open_fence_)) {
       open_fence_ = -1;
       return 0;

@@ -1354,13 +1354,14 @@ TEST(CudaSideQueue, BoundedToAFewSmsTheUpdateIsTheSame) {
 // planned for the SMs it leaves (cuBLASLt's SM count target, counted where the plan's
 // descriptor holds it); once the main stream has waited at its fence, or after a
 // synchronize, for every SM again. Chunked, or with the target turned off (the ops
-// bench's comparison), never. The update (2^26 elements, ~1.9 GB of traffic) is still
-// running when the GEMM right behind it is queued: the backend also ends the partition
-// early when it sees the update done. Small integers in fp32: every algorithm gives the
-// exact product, so the outputs are compared bit for bit.
+// bench's comparison), never. The backend also ends the partition early when it sees the
+// update done, so each update here starts behind a ~20 ms fp32 product on the main stream
+// (the side queue waits for the main stream's work queued before it): it cannot be done
+// when the GEMM right behind it is queued. Small integers in fp32: every algorithm gives
+// the exact product, so the outputs are compared bit for bit.
 TEST(CudaSideQueue, GemmsBesideAnUnchunkedBoundedUpdateArePlannedForTheSmsItLeaves) {
   MICS_REQUIRE_CUDA();
-  const int64_t rows = 64, in_w = 96, out_w = 128, n = int64_t{1} << 26;
+  const int64_t rows = 64, in_w = 96, out_w = 128, n = int64_t{1} << 22, wide = 8192;
   std::mt19937_64 rng(303);
   std::uniform_int_distribution<int> small(-3, 3);
   Vec x(static_cast<size_t>(rows * in_w)), w(static_cast<size_t>(out_w * in_w)), want(static_cast<size_t>(rows * out_w));
@@ -1374,9 +1375,17 @@ TEST(CudaSideQueue, GemmsBesideAnUnchunkedBoundedUpdateArePlannedForTheSmsItLeav
     }
   Dev in(DType::f32, {rows, in_w}, x), weight(DType::f32, {out_w, in_w}, w), out(DType::f32, {rows, out_w}),
       beside(DType::f32, {rows, out_w});
-  Dev p(DType::f32, {n}), g(DType::f32, {n}), m(DType::f32, {n}), v(DType::f32, {n});
-  for (Dev* d : {&p, &g, &m, &v}) gpu().fill_zero(d->t());
+  // The update's buffers and the blocking product's (1.1 TFLOP in fp32, ~20 ms), zeros.
+  std::vector<DeviceBuffer> zeros;
+  for (int64_t count : {n, n, n, n, wide * wide, wide * wide, wide * wide}) {
+    zeros.emplace_back(gpu(), static_cast<size_t>(count) * sizeof(float));
+    gpu().fill_zero(zeros.back().view(DType::f32, {count}));
+  }
   gpu().synchronize();
+  const Tensor p = zeros[0].view(DType::f32, {n}), g = zeros[1].view(DType::f32, {n}), m = zeros[2].view(DType::f32, {n}),
+               v = zeros[3].view(DType::f32, {n});
+  const Tensor big_in = zeros[4].view(DType::f32, {wide, wide}), big_w = zeros[5].view(DType::f32, {wide, wide}),
+               big_out = zeros[6].view(DType::f32, {wide, wide});
   const AdamWSpec spec{1e-3f, 0.9f, 0.999f, 1e-8f, 0.0f, 1, 1.0f};
   for (const auto& [chunked, target] : {std::pair{false, true}, std::pair{true, true}, std::pair{false, false}}) {
     SCOPED_TRACE(testing::Message() << (chunked ? "chunked" : "unchunked") << (target ? "" : ", target off"));
@@ -1395,9 +1404,13 @@ TEST(CudaSideQueue, GemmsBesideAnUnchunkedBoundedUpdateArePlannedForTheSmsItLeav
       expect_identical(out.get(), want, what);
       return cuda_sm_targeted_gemm_calls(*be) - before;
     };
-    auto update = [&] { return be->run_on_side_queue([&] { be->adamw(p.t(), g.t(), m.t(), v.t(), spec, Tensor{}); }); };
+    // An update queued behind the blocking product (itself planned for every SM: nothing
+    // partitions the SMs when it is queued).
+    auto update = [&] {
+      be->linear_forward(big_out, big_in, big_w, Tensor{});
+      return be->run_on_side_queue([&] { be->adamw(p, g, m, v, spec, Tensor{}); });
+    };
     EXPECT_EQ(product("before any update"), 0);
-    // product() synchronizes, so each partitioned product is queued right after an update.
     int64_t fence = update();
     const int64_t before = cuda_sm_targeted_gemm_calls(*be);
     be->linear_forward(beside.t(), in.t(), weight.t(), Tensor{});
@@ -1410,7 +1423,7 @@ TEST(CudaSideQueue, GemmsBesideAnUnchunkedBoundedUpdateArePlannedForTheSmsItLeav
     expect_identical(out.get(), want, "after the wait at its fence");
     // Two updates: waiting for the first leaves the second's partition in place.
     const int64_t first = update();
-    fence = update();
+    fence = be->run_on_side_queue([&] { be->adamw(p, g, m, v, spec, Tensor{}); });
     be->wait_for_fence(first);
     const int64_t later = cuda_sm_targeted_gemm_calls(*be);
     be->linear_forward(beside.t(), in.t(), weight.t(), Tensor{});

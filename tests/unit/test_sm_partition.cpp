@@ -108,7 +108,11 @@ TEST(SmPartition, TheTargetTurnedOffPlansForEverySmButStillTracks) {
   EXPECT_FALSE(p.targets_gemms());
   queue_side_work(p, 0, {10});
   EXPECT_EQ(p.open_fence(), 0);
-  EXPECT_EQ(p.gemm_sms(never_done), 0);
+  EXPECT_EQ(p.gemm_sms([](int64_t) -> bool {
+    ADD_FAILURE() << "the device was asked, with nothing to plan differently";
+    return true;
+  }),
+            0);
 }
 
 }  // namespace
