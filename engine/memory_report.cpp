@@ -142,6 +142,13 @@ std::string memory_fit_advice(const Config& config, int64_t p, int64_t world, do
     if (plan.total() <= budget_bytes)
       fixes.push_back("'train.activation_checkpointing' true (" + gib(plan.total()) + " GiB)");
   }
+  if (ckpt && config.train.keep_ffn_output) {  // one activation more per block than it needs
+    Config lean = config;
+    lean.train.keep_ffn_output = false;
+    const MemoryPlan plan = plan_memory(lean, world, p, mb, true);
+    if (plan.total() <= budget_bytes)
+      fixes.push_back("'train.keep_ffn_output' false (" + gib(plan.total()) + " GiB)");
+  }
   for (int64_t smaller = mb / 2; smaller >= 1; smaller /= 2) {
     if (config.accumulation_steps(world, smaller) == 0) continue;  // would need another global batch too
     const MemoryPlan plan = plan_memory(config, world, p, smaller, ckpt);
@@ -221,6 +228,8 @@ std::string dry_run_report(const Config& config, int64_t world, int64_t p, int64
   std::snprintf(line, sizeof line, "activations (%s%lld)", b.checkpointing ? "checkpointed, mb " : "micro-batch ",
                 static_cast<long long>(b.micro_batch));
   add(line, format_bytes(b.activations));
+  if (b.checkpointing && config.train.keep_ffn_output && config.model.type == "bert")
+    add("  (with each block's LN2 input kept)", "");
   if (b.gemm_staging > 0) add("padded vocab projection (CUDA)", format_bytes(b.gemm_staging));
   if (b.workspace() > 0)
     add(b.attention_workspace > 0 ? "workspaces (cuBLASLt, cuDNN)" : "workspace (cuBLASLt)",

@@ -6,7 +6,8 @@
           with one micro-step, the gradients used in place, and in bf16 the optimizer
           overlapped on a second stream, unbounded and on 2 SMs in chunks, and the weight
           gradients on a stream of their own, bit for bit; on 2 SMs unchunked, the GEMMs
-          beside it planned for the other SMs, within 2e-2); 4 ranks on the one
+          beside it planned for the other SMs, within 2e-2; activation checkpointing, BERT's
+          FFN output kept, bit for bit); 4 ranks on the one
           GPU (staged communicator) against 1 rank in fp32 within 1e-4, and at p = 2 with the
           update overlapped against the same without, bit for bit; "auto" choosing staged there
           and "nccl" refused; one rank over NCCL;
@@ -266,6 +267,19 @@ def checks(bindir, work, env, rows):
                              "detail": (f"max relative loss difference {dw:.2e} (limit 0)"
                                         + ("" if said else "; the log does not say 'weight gradients on a second stream'"))
                                        if cw == 0 and code == 0 else (tw if cw else text)[-300:]})
+                # Activation checkpointing recomputes each block (up to its FFN's GELU: GPT
+                # always, BERT with train.keep_ffn_output) with the same kernels on the same
+                # inputs: the same losses, bit for bit.
+                mc = os.path.join(work, f"{model}-cuda-bf16-inplace-ckpt.jsonl")
+                ckpt_sets = ["train.activation_checkpointing=true"] + (["train.keep_ffn_output=true"] if model == "bert" else [])
+                cc, tc = train(mt, config, mc, one_step + ["runtime.backend=\"cuda\"", "train.precision=\"bf16\""] + ckpt_sets,
+                               env)
+                dc = max_rel(losses(mc), losses(m)) if cc == 0 and code == 0 else float("inf")
+                rows.append({"check": f"{model}-tiny 50 steps bf16, activation checkpointing"
+                                      + (" (FFN output kept)" if model == "bert" else "") + " vs not",
+                             "ok": dc == 0.0,
+                             "detail": f"max relative loss difference {dc:.2e} (limit 0)" if cc == 0 and code == 0
+                                       else (tc if cc else text)[-300:]})
             ok = code == 0 and code8 == 0 and "gradients used in place" in text
             d = max_rel(losses(m), losses(ref8)) if code == 0 and code8 == 0 else float("inf")
             rows.append({"check": f"{model}-tiny 50 steps of one micro-step, CUDA {precision} gradients in place vs CPU fp32",
@@ -519,7 +533,7 @@ def bench_slice(mt, name, variants, peers, work, env, rows, peak):
         m = os.path.join(work, f"{name}-{ckpt}-{attention}-{tune}-{overlap}.jsonl")
         code, text = train(mt, path, m, [f"train.steps={BENCH_WARMUP + BENCH_STEPS}",
                                          f"train.activation_checkpointing={'true' if ckpt else 'false'}",
-                                         f"train.keep_ffn_output={'true' if keep else 'false'}",
+                                         *(["train.keep_ffn_output=true"] if keep else []),
                                          f"runtime.attention=\"{attention.split('-')[0]}\"",
                                          f"runtime.cudnn_deterministic={'false' if attention == 'cudnn-nd' else 'true'}",
                                          f"runtime.overlap_weight_grads={'true' if attention == 'cudnn-wg' else 'false'}",

@@ -230,13 +230,19 @@ TEST(ModelGradient, FreshBuffersAreWrittenOverLikeZeroedOnes) {
 // and dropout seeds: loss and every gradient are bit-identical to keeping all activations,
 // in fewer activation bytes. Post-LN (BERT) with train.keep_ffn_output, each block's second
 // LayerNorm input is kept too (more bytes than without, fewer than keeping everything).
+// Also with the fused attention (each row's log-sum-exp kept instead of the probabilities),
+// what runs on GPUs.
 struct CheckpointCase {
   Arch arch;
   bool keep_ffn_output;
+  bool fused_attention;
   const char* name;
 };
-const CheckpointCase kCheckpointCases[] = {
-    {Arch::gpt, false, "gpt"}, {Arch::bert, false, "bert"}, {Arch::bert, true, "bert, FFN output kept"}};
+const CheckpointCase kCheckpointCases[] = {{Arch::gpt, false, false, "gpt"},
+                                           {Arch::bert, false, false, "bert"},
+                                           {Arch::bert, true, false, "bert, FFN output kept"},
+                                           {Arch::gpt, false, true, "gpt, fused attention"},
+                                           {Arch::bert, true, true, "bert, FFN output kept, fused attention"}};
 
 TEST(ModelGradient, ActivationCheckpointingChangesNothingButMemory) {
   const int64_t B = 2, T = 7;
@@ -245,6 +251,7 @@ TEST(ModelGradient, ActivationCheckpointingChangesNothingButMemory) {
     SCOPED_TRACE(c.name);
     ModelSpec spec = tiny_spec(c.arch, 0.2f);
     spec.layers = 3;
+    spec.fused_attention = c.fused_attention;
     auto kept = model::make_model(spec, *backend, DType::f64, B, T, 128);
     spec.activation_checkpointing = true;
     auto plain = model::make_model(spec, *backend, DType::f64, B, T, 128);
@@ -286,6 +293,7 @@ TEST(ModelGradient, ActivationCheckpointingRecomputesTheFfnsSecondProductOnlyWhe
     SCOPED_TRACE(c.name);
     ModelSpec spec = tiny_spec(c.arch, 0.2f);
     spec.layers = 3;
+    spec.fused_attention = c.fused_attention;
     std::map<std::string, int64_t> calls[2];
     for (int recompute = 0; recompute < 2; ++recompute) {
       spec.activation_checkpointing = recompute == 1;

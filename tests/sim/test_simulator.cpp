@@ -361,6 +361,25 @@ TEST(MemoryPlanner, AdviceNamesOnlyKnobsThatFit) {
   EXPECT_NE(mics::describe_plan(mics::plan_memory(config, 64, 4, 8, false)).find("activations"), std::string::npos);
 }
 
+// train.keep_ffn_output keeps one activation more per BERT block: where the plan fits only
+// without it, the advice says so (and not where it fits either way, nor without it).
+TEST(MemoryPlanner, AdviceNamesDroppingTheKeptFfnOutput) {
+  mics::Config config = bert_10b();
+  config.train.activation_checkpointing = true;
+  config.train.keep_ffn_output = true;
+  const double kept = mics::plan_memory(config, 8, 8, 8, true).total();
+  mics::Config lean = config;
+  lean.train.keep_ffn_output = false;
+  const double without = mics::plan_memory(lean, 8, 8, 8, true).total();
+  ASSERT_GT(kept, without + (1 << 30)) << "one [micro-batch x seq x hidden] more per block";
+  const std::string advice = mics::memory_fit_advice(config, 8, 8, (kept + without) / 2);
+  char gib[32];
+  std::snprintf(gib, sizeof gib, "%.2f", without / (1024.0 * 1024.0 * 1024.0));
+  EXPECT_NE(advice.find("'train.keep_ffn_output' false (" + std::string(gib) + " GiB)"), std::string::npos) << advice;
+  EXPECT_EQ(mics::memory_fit_advice(lean, 8, 8, (kept + without) / 2).find("keep_ffn_output"), std::string::npos);
+  EXPECT_EQ(mics::memory_fit_advice(config, 8, 8, without - (1 << 30)).find("keep_ffn_output"), std::string::npos);
+}
+
 // One rank at p = 1 keeps no fp32 accumulator and no per-layer gradient buffers: the model's
 // gradient, in its compute dtype, is what the optimizer reads. Replicas, or a half-precision
 // model summing micro-steps, bring the fp32 accumulator back (and replicas the half-precision
