@@ -227,9 +227,9 @@ std::string dry_run_report(const Config& config, int64_t world, int64_t p, int64
   if (b.replication > 0) add(std::string(half) + " replication all-reduce shard", format_bytes(b.replication));
   std::snprintf(line, sizeof line, "activations (%s%lld)", b.checkpointing ? "checkpointed, mb " : "micro-batch ",
                 static_cast<long long>(b.micro_batch));
-  add(line, format_bytes(b.activations));
-  if (b.checkpointing && config.train.keep_ffn_output && config.model.type == "bert")
-    add("  (with each block's LN2 input kept)", "");
+  add(line, format_bytes(b.activations) + (b.checkpointing && config.train.keep_ffn_output && config.model.type == "bert"
+                                                ? " (each block's LN2 input kept)"
+                                                : ""));
   if (b.gemm_staging > 0) add("padded vocab projection (CUDA)", format_bytes(b.gemm_staging));
   if (b.workspace() > 0)
     add(b.attention_workspace > 0 ? "workspaces (cuBLASLt, cuDNN)" : "workspace (cuBLASLt)",

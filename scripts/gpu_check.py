@@ -17,9 +17,10 @@
   bench   configs/bench/*-slice.json, 20 steps after 2 of warm-up: cuDNN's attention alone,
           that with cuDNN's nondeterministic backward and with the weight gradients on their
           own stream and with the optimizer overlapped on a partition (32 SMs unchunked, the
-          GEMMs beside it planned for the rest); with GEMM autotune and the optimizer
-          overlapped on every SM; and with
-          activation checkpointing (overlapped; BERT's FFN output kept, train.keep_ffn_output); the PyTorch peer training the same model in the same call
+          GEMMs beside it planned for the rest), and those three together; with GEMM
+          autotune and the optimizer overlapped on every SM; and with activation
+          checkpointing (BERT's FFN output kept, train.keep_ffn_output), overlapped on every
+          SM and with the three together; the PyTorch peer training the same model in the same call
           (scripts/bench/torch_peer.py: torch.compile with and without checkpointing). TFLOP/s
           per GPU (model FLOPs as mics-train counts them, engine/flops.cpp, and of the layers
           alone), MFU, and how long each overlapped forward waited for the update.
@@ -27,6 +28,7 @@
           autotune, on every SM and on 32 SMs in chunks; partitioned at 20 and 48 SMs; the
           materialised and our fused attention; checkpointing without the overlap) and the eager peers
           (eager, eager+ckpt).
+          Each part's wall time goes into the report, to plan the next call.
   profile each slice with --profile (cuDNN's attention): time per op, and the linear ops by
           shape.
   ops     mics-bench-ops at each slice's shapes: every op alone (GEMMs forward, backward with
@@ -55,6 +57,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEAK_BF16 = {"H100": 989.0, "H200": 989.0}  # dense bf16 TFLOP/s, datasheet (docs/references.md)
@@ -504,8 +507,12 @@ def bench(bindir, work, env, rows, peak, rest=False):
     # moved to bench-more.) Checkpointing "keep": BERT's blocks keep their second LayerNorm's
     # input (train.keep_ffn_output), so the recompute skips the FFN's second product, as GPT's
     # always does (bench-more's checkpointing run recomputes BERT's blocks whole).
+    # "cudnn-nd-wg" with "32 whole": the three together, with and without checkpointing, so
+    # that whether their gains add up is measured in the same call as the peer (the bench
+    # configs would then ship the combination).
     first = [("cudnn", False, False, 0), ("cudnn-nd", False, False, 0), ("cudnn-wg", False, False, 0),
-             ("cudnn", False, False, "32 whole"), ("cudnn", False, True, "all"), ("cudnn", "keep", False, "all")]
+             ("cudnn", False, False, "32 whole"), ("cudnn-nd-wg", False, False, "32 whole"),
+             ("cudnn", False, True, "all"), ("cudnn", "keep", False, "all"), ("cudnn-nd-wg", "keep", False, "32 whole")]
     # ("N whole" as above at other widths; "32": chunked, the forward's blocks may take the
     # SMs back every ~0.1 ms, and its GEMMs planned for every SM.)
     more = [("cudnn", False, True, 0), ("cudnn", False, False, "all"), ("cudnn", False, False, 32),
@@ -524,19 +531,22 @@ def bench_slice(mt, name, variants, peers, work, env, rows, peak):
         sms, _, whole = str(overlap).partition(" ")  # "all", N or "N whole" (unchunked)
         bound = "" if overlap == "all" else f" on {sms} SMs" + (", unchunked, GEMMs on the rest" if whole else "")
         keep = ckpt == "keep" and cfg["model"]["type"] == "bert"  # train.keep_ffn_output (post-LN only)
-        variant = ("ckpt" + (" (FFN output kept)" if keep else "") if ckpt else "no ckpt") + {"materialized": "", "fused": ", fused attention",
-                                                     "cudnn": ", cuDNN attention",
-                                                     "cudnn-nd": ", cuDNN attention (nondeterministic backward)",
-                                                     "cudnn-wg": ", cuDNN attention, weight gradients on their own stream"
-                                                     }[attention] + \
+        # attention: "materialized", "fused" or "cudnn", then "-nd" (cuDNN's nondeterministic
+        # backward) and/or "-wg" (weight gradients on their own stream)
+        kind, *switches = attention.split("-")
+        nondeterministic, weight_grads = "nd" in switches, "wg" in switches
+        variant = ("ckpt" + (" (FFN output kept)" if keep else "") if ckpt else "no ckpt") + \
+            {"materialized": "", "fused": ", fused attention", "cudnn": ", cuDNN attention"}[kind] + \
+            (" (nondeterministic backward)" if nondeterministic else "") + \
+            (", weight gradients on their own stream" if weight_grads else "") + \
             (", GEMM autotune" if tune else "") + ("" if not overlap else ", optimizer overlapped" + bound)
         m = os.path.join(work, f"{name}-{ckpt}-{attention}-{tune}-{overlap}.jsonl")
         code, text = train(mt, path, m, [f"train.steps={BENCH_WARMUP + BENCH_STEPS}",
                                          f"train.activation_checkpointing={'true' if ckpt else 'false'}",
                                          *(["train.keep_ffn_output=true"] if keep else []),
-                                         f"runtime.attention=\"{attention.split('-')[0]}\"",
-                                         f"runtime.cudnn_deterministic={'false' if attention == 'cudnn-nd' else 'true'}",
-                                         f"runtime.overlap_weight_grads={'true' if attention == 'cudnn-wg' else 'false'}",
+                                         f"runtime.attention=\"{kind}\"",
+                                         f"runtime.cudnn_deterministic={'false' if nondeterministic else 'true'}",
+                                         f"runtime.overlap_weight_grads={'true' if weight_grads else 'false'}",
                                          f"runtime.gemm_autotune={'true' if tune else 'false'}",
                                          f"runtime.overlap_optimizer={'true' if overlap else 'false'}",
                                          f"runtime.overlap_optimizer_sms={0 if overlap == 'all' else sms}",
@@ -671,11 +681,14 @@ def main():
     peak = next((v for k, v in PEAK_BF16.items() if k in gpu), 989.0)
     today = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
     check_rows, bench_rows, profile_tables = Rows(), Rows(), Rows()
+    part_seconds = {}  # each part's wall time, to plan the next call's parts within its limit
 
     def write_report(final):
         lines = [f"# GPU check ({today})", "",
                  f"Card: {gpu} (name, driver, memory). {build}. `scripts/gpu-check.sh {' '.join(args.parts)}`"
-                 + ("." if final else " (unfinished: the call ended before every part ran)."), ""]
+                 + ("." if final else " (unfinished: the call ended before every part ran).")
+                 + (" Wall time: " + ", ".join(f"{p} {t:.0f} s" for p, t in part_seconds.items()) + "." if part_seconds
+                    else ""), ""]
         if check_rows:
             lines += ["| check | result | detail |", "|---|---|---|"]
             lines += [f"| {r['check']} | {'pass' if r['ok'] else 'FAIL'} | {cell(r['detail'])} |" for r in check_rows]
@@ -708,7 +721,8 @@ def main():
             lines += ["", title + ("" if code == 0 else f" (exit {code})") + ":", "", "```", table, "```"]
         report = "\n".join(lines) + "\n"
         open(os.path.join(out, args.report + ".md"), "w").write(report)
-        json.dump({"date": today, "card": gpu, "build": build, "finished": final, "checks": check_rows, "bench": bench_rows,
+        json.dump({"date": today, "card": gpu, "build": build, "finished": final, "part_seconds": part_seconds,
+                   "checks": check_rows, "bench": bench_rows,
                    "profile": [{"run": n, "exit": c, "table": t} for n, c, t in profile_tables]},
                   open(os.path.join(out, args.report + ".json"), "w"), indent=1)
         return report
@@ -725,12 +739,14 @@ def main():
             "ops": lambda work: ops(args.bin, out, env, profile_tables, check_rows, args.report)}
     with tempfile.TemporaryDirectory() as work:
         for part in dict.fromkeys(args.parts):
+            started = time.monotonic()
             try:
                 runs[part](work)
             except Exception as e:  # a result that cannot be read is a failure, not the end of the call
                 traceback.print_exc()
                 check_rows.append({"check": f"gpu-check {part}", "ok": False,
                                    "detail": f"stopped by {type(e).__name__}: {e}"[:300]})
+            part_seconds[part] = time.monotonic() - started
     print(write_report(True))
     sys.exit(0 if all(r["ok"] for r in check_rows) else 1)
 

@@ -277,7 +277,7 @@ struct CudnnAttention::Impl {
     }
     if (choice == Backward::deterministic_only)
       throw ShapeError("runtime.attention \"cudnn\": no deterministic cuDNN attention backward for " + describe(t, d) +
-                       " (" + why + ")");
+                       " (" + why + "; runtime.cudnn_deterministic false would run cuDNN's nondeterministic one)");
     std::shared_ptr<fe::graph::Graph> g;
     try {
       g = describe_backward(t, d, false);

@@ -120,11 +120,6 @@ GemmLt::Plan& GemmLt::plan_for(const GemmArgs& g) {
       MICS_CUBLAS_CHECK(cublasLtMatmulDescGetAttribute(p.desc, CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET, &sms, sizeof(sms),
                                                        &written));
       p.sm_count_target = sms;
-      if (sms > 0 && !said_sm_target_) {
-        said_sm_target_ = true;
-        spdlog::info("cuBLASLt: GEMMs planned for {} SMs beside the partitioned update (the first: {} m={} n={} k={})",
-                     sms, dtype_name(g.dtype), g.m, g.n, g.k);
-      }
     }
     if (g.bias != nullptr) {
       const int32_t bias_type = type;
@@ -222,6 +217,13 @@ GemmLt::Plan& GemmLt::plan_for(const GemmArgs& g) {
       for (int i = 0; returned > 1 && i < returned; ++i)
         if (results[i].state == CUBLAS_STATUS_SUCCESS && results[i].workspaceSize <= workspace_bytes_)
           p.candidates.push_back(results[i].algo);
+      // Said once the first targeted plan has an algorithm (one that falls back to the plain
+      // kernel targets nothing).
+      if (p.sm_count_target > 0 && !said_sm_target_) {
+        said_sm_target_ = true;
+        spdlog::info("cuBLASLt: GEMMs planned for {} SMs beside the partitioned update (the first: {} m={} n={} k={})",
+                     p.sm_count_target, dtype_name(g.dtype), g.m, g.n, g.k);
+      }
     } else if (g.bias_grad != nullptr) {  // try_run's caller composes the product and the sums
       spdlog::debug("cuBLASLt declined the BGRADB epilogue for a {} GEMM m={} n={} k={} ({}); bias gradient as "
                     "column sums", dtype_name(g.dtype), g.m, g.n, g.k, cublasLtGetStatusName(status));
