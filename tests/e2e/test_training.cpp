@@ -216,6 +216,20 @@ TEST(DryRun, ReportsModelStatesPerDevice) {
   EXPECT_NE(r.output.find("partition size p                   8"), std::string::npos) << r.output;
 }
 
+// train.keep_ffn_output keeps one more micro-batch x seq x hidden activation per block (the
+// LN2 input in bf16, 8 x 512 x 2560 x 2 bytes = 20 MiB, over BERT 10B's 127 blocks ~2.5 GiB,
+// and its fp32 statistics), and the plan says so on the activations line.
+TEST(DryRun, SaysWhenBertsCheckpointedBlocksKeepTheirFfnOutput) {
+  const std::string base = "--config " + source_path("configs/bert-10b.json") + " --dry-run";
+  const auto whole = run_cli(base), kept = run_cli(base + " --set train.keep_ffn_output=true");
+  ASSERT_EQ(whole.exit_code, 0) << whole.output;
+  ASSERT_EQ(kept.exit_code, 0) << kept.output;
+  EXPECT_NE(whole.output.find("activations (checkpointed, mb 8)   3.74 GiB\n"), std::string::npos) << whole.output;
+  EXPECT_NE(kept.output.find("activations (checkpointed, mb 8)   6.20 GiB (each block's LN2 input kept)\n"),
+            std::string::npos)
+      << kept.output;
+}
+
 // A dry run on a login node plans the job it is asked about: --ranks 64 at p = 8 gives eight
 // replicas, so the half-precision shard of the all-reduce across them is planned (2 bytes per
 // parameter over p: 2.35 GiB for bert-10b), which one partition group of 8 does not need. The
