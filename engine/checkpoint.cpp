@@ -76,16 +76,77 @@ json layout_json(const model::ParamLayout& layout) {
           {"parameters", layout.parameter_count()}};
 }
 
-void prune(const fs::path& dir, int64_t keep) {
-  if (keep <= 0) return;
+// The checkpoints in `dir` (its step-NNNNNN directories), oldest first.
+std::vector<fs::path> checkpoints_in(const fs::path& dir) {
   std::vector<fs::path> steps;
   for (const auto& e : fs::directory_iterator(dir))
     if (e.is_directory() && e.path().filename().string().rfind("step-", 0) == 0) steps.push_back(e.path());
   std::sort(steps.begin(), steps.end());
+  return steps;
+}
+
+void prune(const fs::path& dir, int64_t keep) {
+  if (keep <= 0) return;
+  const std::vector<fs::path> steps = checkpoints_in(dir);
   for (size_t i = 0; i + static_cast<size_t>(keep) < steps.size(); ++i) fs::remove_all(steps[i]);
 }
 
 }  // namespace
+
+namespace {
+
+// check_checkpoint_dir's verdict on rank 0: "" when the run may go on, else why not.
+std::string checkpoint_dir_refusal(const fs::path& dir, const std::string& resume_from) {
+  const fs::path from = resume_from.empty() ? fs::path() : fs::weakly_canonical(resume_from);
+  const bool continues = !from.empty() && from.parent_path() == fs::weakly_canonical(dir);
+  if (continues && !fs::exists(dir)) return "";  // nothing to continue: the load says so
+  // Made and written to now, not at the first checkpoint: a run must not train for hours
+  // before it finds that its checkpoints have nowhere to go.
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec || !fs::is_directory(dir))
+    return "'checkpoint.dir' " + dir.string() + " cannot be made a directory" +
+           (ec ? ": " + ec.message() : std::string(": something else stands there")) + ".";
+  const fs::path probe = dir / ".write-check";
+  const int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  const bool written = fd >= 0 && ::write(fd, "x", 1) == 1;
+  const std::string why = std::strerror(errno);
+  if (fd >= 0) ::close(fd);
+  fs::remove(probe, ec);
+  if (!written) return "'checkpoint.dir' " + dir.string() + " cannot be written to: " + why + ".";
+  // A run that does not continue from this directory would write its own step-N over the
+  // checkpoints there, then prune them as its own.
+  const std::vector<fs::path> held = checkpoints_in(dir);
+  if (held.empty()) return "";
+  if (!continues)
+    return "'checkpoint.dir' " + dir.string() + " already holds checkpoints (the newest " +
+           held.back().filename().string() + "); this run " +
+           (resume_from.empty() ? "starts afresh" : "continues from " + resume_from) +
+           " and would overwrite and prune them: continue them with --resume latest (or auto), or set another "
+           "checkpoint.dir.";
+  if (held.back().filename() > from.filename())
+    spdlog::warn("resuming from {}, but {} holds later checkpoints (the newest {}): this run replaces them as it "
+                 "reaches their steps", from.filename().string(), dir.string(), held.back().filename().string());
+  return "";
+}
+
+}  // namespace
+
+void check_checkpoint_dir(const Config& config, const Topology& topo, const std::string& resume_from) {
+  if (config.checkpoint.dir.empty()) return;
+  std::string error;
+  if (topo.rank == 0) {
+    try {
+      error = checkpoint_dir_refusal(config.checkpoint.dir, resume_from);
+    } catch (const std::exception& e) {
+      error = "'checkpoint.dir' " + config.checkpoint.dir + " cannot be used: " + e.what();
+    }
+  }
+  if (!world_all(error.empty()))
+    throw CheckpointError(error.empty() ? "'checkpoint.dir' " + config.checkpoint.dir +
+                                              " was refused on rank 0; see its message."
+                                        : error);
+}
 
 void save_checkpoint(const Config& config, const Topology& topo, const model::ParamLayout& layout,
                      const ShardedParamStore& store, int64_t step, int64_t samples_seen,

@@ -28,6 +28,12 @@ struct ResumePoint {
   LossScaler::State loss_scaler;  // fp16 runs; empty otherwise
 };
 
+// Collective, at start-up before anything is allocated: checkpoint.dir (when set) is made
+// and written to, and holds no checkpoints unless this run continues from one of them
+// (`resume_from`: the checkpoint directory it resumes from, "" for none); a later one than
+// that is warned about. On any failure every rank throws CheckpointError naming the key.
+void check_checkpoint_dir(const Config& config, const Topology& topo, const std::string& resume_from);
+
 // Collective: every rank calls it at the same step.
 void save_checkpoint(const Config& config, const Topology& topo, const model::ParamLayout& layout,
                      const ShardedParamStore& store, int64_t step, int64_t samples_seen,

@@ -81,7 +81,25 @@ int simulate(const Options& o, const mics::Config& local_config) {
 // mics-train export: a checkpoint's weights in Hugging Face names, as one .safetensors file
 // or (--format hf) a folder with model.safetensors and config.json.
 int export_weights(const Options& o) {
-  const mics::CheckpointWeights w = mics::read_checkpoint_weights(o.checkpoint);
+  namespace fs = std::filesystem;
+  // A checkpoint.dir (no manifest of its own) stands for the checkpoint its `latest` names.
+  fs::path checkpoint = o.checkpoint;
+  std::string name;
+  const bool via_latest = !fs::exists(checkpoint / "manifest.json") && (std::ifstream(checkpoint / "latest") >> name);
+  if (via_latest) checkpoint /= name;
+  // Writing into the checkpoint being read could replace one of its files (a shard) and
+  // break it.
+  auto resolved = [](const fs::path& p) {  // absolute, links followed, no trailing separator
+    fs::path r = fs::weakly_canonical(p);
+    return r.filename().empty() ? r.parent_path() : r;
+  };
+  const fs::path source = resolved(checkpoint), target = resolved(o.out);
+  const auto [end, ignored] = std::mismatch(source.begin(), source.end(), target.begin(), target.end());
+  if (end == source.end())
+    throw mics::CheckpointError("--out " + o.out + " lies inside the checkpoint being exported (" + checkpoint.string() +
+                                "); write it elsewhere.");
+  if (via_latest) std::printf("%s names %s\n", (fs::path(o.checkpoint) / "latest").lexically_normal().c_str(), name.c_str());
+  const mics::CheckpointWeights w = mics::read_checkpoint_weights(checkpoint.string());
   const mics::model::ModelSpec spec = w.config.model_spec();
   const mics::TensorFile file = mics::to_hf(spec, w.tensors);
   const std::map<std::string, std::string> meta = {{"format", "pt"}, {"producer", "mics-train"}};
@@ -92,7 +110,7 @@ int export_weights(const Options& o) {
   } else {
     mics::write_safetensors(o.out, file, meta);
   }
-  std::printf("exported %zu tensors of %s to %s\n", file.size(), o.checkpoint.c_str(), o.out.c_str());
+  std::printf("exported %zu tensors of %s to %s\n", file.size(), checkpoint.c_str(), o.out.c_str());
   return 0;
 }
 
@@ -355,6 +373,18 @@ int agreed_exit_code(const std::exception& e) {
   env.abort_job(kExitFailure);
 }
 
+// The checkpoint directory --resume continues from ("" for none), for check_checkpoint_dir:
+// "latest" and "auto" read checkpoint.dir/latest (a pointer that cannot be read stands for
+// itself under "latest", whose load then says what is wrong with it).
+std::string resume_source(const mics::Config& config, const std::string& resume) {
+  if (resume != "latest" && resume != "auto") return resume;
+  const std::filesystem::path pointer = std::filesystem::path(config.checkpoint.dir) / "latest";
+  std::ifstream in(pointer);
+  std::string name;
+  if (in >> name) return (std::filesystem::path(config.checkpoint.dir) / name).string();
+  return resume == "latest" ? pointer.string() : std::string();
+}
+
 int train(const mics::Config& config, const mics::Topology& topology, const mics::ProcessEnv& env,
           const std::string& resume, const std::string& init_from, bool profile) {
   spdlog::info("{}", topology.describe());
@@ -366,6 +396,9 @@ int train(const mics::Config& config, const mics::Topology& topology, const mics
     spdlog::warn("'runtime.cudnn_deterministic' false changes nothing here: the attention is \"{}\", not cuDNN's",
                  config.runtime.attention);
   mics::set_comm_timeout(config.runtime.comm_timeout_s);
+  if (resume == "auto" && config.checkpoint.dir.empty())  // a requeued job would start over, unsaid
+    throw mics::CheckpointError("--resume auto needs 'checkpoint.dir' in the config.");
+  mics::check_checkpoint_dir(config, topology, resume_source(config, resume));
   Runtime runtime = make_runtime(config, topology, env);
   ProfileWindow window;
   if (profile) {
@@ -425,7 +458,7 @@ int main(int argc, char** argv) {
   app.add_option("--init-from", o.init_from,
                  "start from Hugging Face weights: a .safetensors file or a folder with model.safetensors");
   CLI::App* exporter = app.add_subcommand("export", "write a checkpoint's weights with Hugging Face names");
-  exporter->add_option("--checkpoint", o.checkpoint, "checkpoint directory (step-NNNNNN)")->required();
+  exporter->add_option("--checkpoint", o.checkpoint, "checkpoint directory (step-NNNNNN), or a checkpoint.dir for its latest")->required();
   exporter->add_option("--out", o.out, "output .safetensors file, or folder with --format hf")->required();
   exporter->add_option("--format", o.format, "safetensors (one file) or hf (folder with config.json)")
       ->check(CLI::IsMember({"safetensors", "hf"}));
@@ -479,6 +512,10 @@ int main(int argc, char** argv) {
   }
   if (o.ranks > 0 && (!o.dry_run || !o.cluster.empty())) {
     std::fprintf(stderr, "mics-train: error: --ranks goes with --dry-run (without --cluster, which plans its own cluster's sizes).\n");
+    return kExitBadInput;
+  }
+  if (o.dry_run && !o.simulate.empty()) {
+    std::fprintf(stderr, "mics-train: error: --dry-run (the memory plan) and --simulate (step times) are two runs; use one.\n");
     return kExitBadInput;
   }
   if (!o.cluster.empty() && !o.dry_run) {

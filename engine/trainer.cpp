@@ -280,8 +280,8 @@ std::vector<double> Trainer::run() {
     preempted_ = !world_all(!stop_signal_received()) && done < t.steps;
     if (preempted_ || step == start_step_ || done % config_.log.every == 0 || done == t.steps) report(step);
     if (preempted_)
-      spdlog::warn("stop requested{}{}: checkpointing step {} and exiting", stop_signal_received() ? " by " : "",
-                   stop_signal_name(), done);
+      spdlog::warn("stop requested{}{}: {} step {} and exiting", stop_signal_received() ? " by " : "",
+                   stop_signal_name(), checkpoints ? "checkpointing" : "stopping at", done);
     bool scheduled = (config_.checkpoint.every > 0 && done % config_.checkpoint.every == 0) || done == t.steps;
     if (checkpoints && scheduled && last_skipped_ && !preempted_) {
       // A skipped step changed nothing worth keeping, and writing it could prune a good one.

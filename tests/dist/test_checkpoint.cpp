@@ -4,6 +4,7 @@
 // tests/e2e/test_bad_input_survey.cpp.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -171,16 +172,45 @@ TEST(Checkpoint, KeepsOnlyTheNewest) {
   EXPECT_EQ(names, (std::vector<std::string>{"latest", "step-000004", "step-000005"}));
 }
 
-// A checkpoint that cannot be written (here its directory cannot be made: a file stands
-// where a directory should) ends the run that started with exit 1, not 2 (bad input), and
-// one line naming the directory.
+// A fresh run pointed at a checkpoint.dir that holds checkpoints is refused before it
+// trains, by every rank (rank 0 looks, all agree: none waits on another), leaving them as
+// they were; continuing them is not. (One rank: the bad-input survey.)
+TEST(Checkpoint, AFreshRunIntoCheckpointsIsRefusedOnEveryRankAndTouchesThemNot) {
+  TempDir dir("ckfresh");
+  const std::string ck = dir.file("ck");
+  ASSERT_EQ(run_cli(args("gpt", ck, 3, dir.file("a.jsonl"))).exit_code, 0);
+  auto listing = [&] {
+    std::vector<std::string> names;
+    for (const auto& e : fs::recursive_directory_iterator(ck))
+      names.push_back(e.path().string() + " " + (e.is_regular_file() ? std::to_string(e.file_size()) : "dir"));
+    std::sort(names.begin(), names.end());
+    return names;
+  };
+  const auto before = listing();
+  const auto r = run_mpi(2, args("gpt", ck, 6, dir.file("b.jsonl")));
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("'checkpoint.dir' " + ck + " already holds checkpoints (the newest step-000003)"),
+            std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(dir.file("b.jsonl")));
+  EXPECT_EQ(listing(), before);
+  const auto resumed = run_mpi(2, args("gpt", ck, 6, dir.file("c.jsonl")) + " --resume auto");
+  EXPECT_EQ(resumed.exit_code, 0) << resumed.output;
+  EXPECT_EQ(read_losses(dir.file("c.jsonl")).size(), 3u);
+}
+
+// A checkpoint that cannot be written once the run is going (here its `latest` pointer: a
+// directory stands where the pointer's temporary file goes) ends the run with exit 1, not 2
+// (bad input: a checkpoint.dir unusable from the start is refused before training, in the
+// bad-input survey), and one line naming the file.
 TEST(Checkpoint, AWriteThatFailsEndsTheRunWithExitOne) {
   TempDir dir("ckfail");
-  const std::string blocker = dir.write("not-a-directory", "x");
-  const auto r = run_cli(args("gpt", blocker + "/ck", 2, dir.file("a.jsonl")) + " --set checkpoint.every=1");
+  const std::string ck = dir.file("ck");
+  fs::create_directories(ck + "/.latest.tmp/in-the-way");
+  const auto r = run_cli(args("gpt", ck, 2, dir.file("a.jsonl")) + " --set checkpoint.every=1");
   EXPECT_EQ(r.exit_code, 1) << r.output;
-  EXPECT_NE(r.output.find("mics-train: error: cannot prepare checkpoint directory " + blocker + "/ck"), std::string::npos)
+  EXPECT_NE(r.output.find("mics-train: error: cannot create " + ck + "/.latest.tmp: Is a directory."), std::string::npos)
       << r.output;
+  EXPECT_EQ(read_losses(dir.file("a.jsonl")).size(), 1u);  // step 1 trained, its checkpoint failed
 }
 
 }  // namespace

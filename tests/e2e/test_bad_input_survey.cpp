@@ -2,9 +2,10 @@
 // checkpoints, Hugging Face weight files. Each one must
 //   - exit with code 2 (README: "bad flags, config, data or checkpoint"),
 //   - print exactly one line, "mics-train: error: ...", that names the key, flag or file,
-//   - leave every file on disk as it was: a valid checkpoint directory that each run is
-//     pointed at (checkpoint.dir, checkpoint.every=1, keep=1, so a run that wrongly got
-//     going would write and prune there), and the bad inputs themselves.
+//   - leave every file on disk as it was: the valid checkpoint directory, the case's own
+//     empty checkpoint.dir (checkpoint.every=1, keep=1: a run that wrongly got going would
+//     write there, or, continuing the valid directory, write and prune that), and the bad
+//     inputs themselves.
 // One test over one table, so the survey's size is visible in one place and the valid
 // checkpoint is trained once.
 #include <gtest/gtest.h>
@@ -39,9 +40,16 @@ struct Env {
   std::string good_ck;   // a valid checkpoint directory: latest -> step-000002
   std::string good_hf;   // a valid exported .safetensors of the same model
   std::string gpt_tiny;  // configs/gpt-tiny.json
-  // A run of the valid model's shape, writing its checkpoints into the valid directory.
+  // A run of the valid model's shape, checkpointing into this case's own empty directory
+  // (a fresh run into the valid one is itself refused: fresh_run_into_checkpoints).
   std::string run(const std::string& extra) const {
-    return "--config " + gpt_tiny + kShape + " --steps 3 --set checkpoint.dir=" + good_ck +
+    fs::create_directories(dir.file("ck-out"));
+    return run_into(dir.file("ck-out"), extra);
+  }
+  // The same continuing the valid directory's latest checkpoint, writing its own there.
+  std::string resume_latest(const std::string& extra) const { return run_into(good_ck, extra + " --resume latest"); }
+  std::string run_into(const std::string& checkpoint_dir, const std::string& extra) const {
+    return "--config " + gpt_tiny + kShape + " --steps 3 --set checkpoint.dir=" + checkpoint_dir +
            " --set checkpoint.every=1 --set checkpoint.keep=1 " + extra;
   }
   // A copy of the valid checkpoint's step-000002 (or the whole directory) to damage.
@@ -253,6 +261,10 @@ std::vector<Case> cases() {
                  return std::pair{e.run("--metrics " + e.dir.file("no-such-dir/m.jsonl")),
                                   std::string("'log.metrics' (--metrics): cannot open '") + e.dir.file("no-such-dir/m.jsonl")};
                }});
+  c.push_back({"dry_run_with_simulate", [](const Env& e) {
+                 return std::pair{"--config " + e.gpt_tiny + " --dry-run --simulate " + source_path("configs/clusters/p3dn.json"),
+                                  std::string("--dry-run (the memory plan) and --simulate (step times) are two runs")};
+               }});
   c.push_back({"no_config", [](const Env& e) { return std::pair{"--steps 3 --set checkpoint.dir=" + e.good_ck, std::string("--config is required")}; }});
   c.push_back({"init_from_with_resume", [](const Env& e) {
                  return std::pair{e.run("--init-from " + e.good_hf + " --resume latest"),
@@ -301,7 +313,7 @@ std::vector<Case> cases() {
                                   ck + "/latest names step-000002, which does not exist in " + ck};
                }});
   c.push_back({"resume_another_model", [](const Env& e) {
-                 return std::pair{e.run("--set model.ffn=128 --resume latest"),
+                 return std::pair{e.resume_latest("--set model.ffn=128"),
                                   "tensor \"layers.0.fc.weight\" [256,64] does not match this model's \"layers.0.fc.weight\" [128,64]"};
                }});
   c.push_back({"resume_manifest_not_json", [](const Env& e) {
@@ -336,6 +348,30 @@ std::vector<Case> cases() {
                  const std::string ck = e.copy_step("step");
                  flip_byte(ck + kShard0, 2);
                  return std::pair{e.run("--resume " + ck), ck + kShard0 + " is not a mics-train shard file"};
+               }});
+  // A run that does not continue from checkpoint.dir would overwrite and prune what it holds.
+  const std::string holds = " already holds checkpoints (the newest step-000002)";
+  c.push_back({"fresh_run_into_checkpoints", [holds](const Env& e) {
+                 return std::pair{e.run_into(e.good_ck, ""), "'checkpoint.dir' " + e.good_ck + holds};
+               }});
+  c.push_back({"resume_from_elsewhere_into_checkpoints", [holds](const Env& e) {
+                 return std::pair{e.run_into(e.good_ck, "--resume " + e.copy_step("elsewhere")),
+                                  "'checkpoint.dir' " + e.good_ck + holds};
+               }});
+  c.push_back({"init_from_into_checkpoints", [holds](const Env& e) {
+                 return std::pair{e.run_into(e.good_ck, "--init-from " + e.good_hf), "'checkpoint.dir' " + e.good_ck + holds};
+               }});
+  c.push_back({"checkpoint_dir_cannot_be_made", [](const Env& e) {
+                 const std::string blocker = e.dir.write("a-file", "x");
+                 return std::pair{e.run_into(blocker + "/ck", ""), "'checkpoint.dir' " + blocker + "/ck cannot be made a directory"};
+               }});
+  c.push_back({"resume_auto_without_checkpoint_dir", [](const Env& e) {
+                 return std::pair{"--config " + e.gpt_tiny + kShape + " --steps 3 --resume auto",
+                                  std::string("--resume auto needs 'checkpoint.dir'")};
+               }});
+  c.push_back({"export_into_the_checkpoint", [](const Env& e) {
+                 return std::pair{"export --checkpoint " + e.good_ck + " --out " + e.good_ck + "/step-000002" + kShard0,
+                                  "--out " + e.good_ck + "/step-000002" + kShard0 + " lies inside the checkpoint being exported"};
                }});
   c.push_back({"export_missing_checkpoint", [](const Env& e) {
                  return std::pair{"export --checkpoint " + e.dir.file("nothing") + " --out " + e.dir.file("out.safetensors"),
