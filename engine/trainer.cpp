@@ -73,6 +73,8 @@ Trainer::Trainer(const Config& c, Backend& backend, const Topology& topo, Traine
   bo.random_token_bound = source_->vocab_bound();
   bo.seed = static_cast<uint64_t>(t.seed);
   batcher_ = std::make_unique<data::Batcher>(*source_, bo);
+  batches_.resize(static_cast<size_t>(accumulation_));
+  labelled_.resize(static_cast<size_t>(accumulation_));
 
   const int64_t multiple = model::shard_multiple_for(topo.partition_size);
   const DType compute = compute_dtype(t.precision);
@@ -125,19 +127,34 @@ Trainer::~Trainer() = default;
 double Trainer::train_step(int64_t step) {
   const TrainConfig& t = config_.train;
   store_->begin_step(accumulation_);
-  // Every micro-batch's loss gradient is divided by the number of micro-batches in the
-  // global batch, so the accumulated gradient is that of the mean loss; fp16 multiplies it
-  // by the loss scale, which the optimizer divides out again.
-  const double loss_scale = scaler_.scale();
-  const double grad_scale = loss_scale / static_cast<double>(accumulation_ * topo_.world);
-  double loss_sum = 0;
+  // This rank's micro-batches, filled first: the step's loss is the mean over every
+  // labelled position of the global batch, so each micro-batch's weight needs the global
+  // count. Sample indices depend on the global position only: any N and p see the same batch.
+  double labelled = 0;
   for (int64_t j = 0; j < accumulation_; ++j) {
-    // Sample indices depend on the global position only: any N and p see the same batch.
     const int64_t first = sample_base_ + (step - start_step_) * global_batch_ +
                           (j * topo_.world + topo_.rank) * t.micro_batch_size;
-    batcher_->fill(first, batch_);
-    const model::TokenBatch tb{batch_.tokens.data(), batch_.labels.data(), t.micro_batch_size, t.seq_len};
-    loss_sum += model_->forward(*store_, tb, mix_seed(static_cast<uint64_t>(t.seed), static_cast<uint64_t>(first)), grad_scale);
+    batcher_->fill(first, batches_[static_cast<size_t>(j)]);
+    labelled_[static_cast<size_t>(j)] = static_cast<double>(std::count_if(
+        batches_[static_cast<size_t>(j)].labels.begin(), batches_[static_cast<size_t>(j)].labels.end(),
+        [](int32_t label) { return label >= 0; }));  // model.h: labels < 0 carry no loss
+    labelled += labelled_[static_cast<size_t>(j)];
+  }
+  const double global_labelled = groups_->world->sum_scalar(labelled);
+  // A micro-batch's mean loss (what the model returns, and whose gradient it forms) counts
+  // n / N of the step's: n its labelled positions, N the global batch's. BERT masks a
+  // different number of positions in each micro-batch, so any other weighting would make
+  // its loss depend on the split into ranks and micro-steps; GPT's are all equal, and N / n
+  // is exactly the number of micro-batches in the global batch. fp16 multiplies the
+  // gradient by the loss scale, which the optimizer divides out again.
+  const double loss_scale = scaler_.scale();
+  double loss_sum = 0;
+  for (int64_t j = 0; j < accumulation_; ++j) {
+    const data::Batch& batch = batches_[static_cast<size_t>(j)];
+    const double share = labelled_[static_cast<size_t>(j)] > 0 ? global_labelled / labelled_[static_cast<size_t>(j)] : 1.0;
+    const model::TokenBatch tb{batch.tokens.data(), batch.labels.data(), t.micro_batch_size, t.seq_len};
+    loss_sum += model_->forward(*store_, tb, mix_seed(static_cast<uint64_t>(t.seed), static_cast<uint64_t>(batch.first_sample)),
+                                loss_scale / share) / share;
     model_->backward(*store_);
     store_->end_micro_step();
   }
@@ -191,7 +208,7 @@ double Trainer::train_step(int64_t step) {
                        store_->working_copy());
     }
   }
-  return loss_sum / static_cast<double>(accumulation_ * topo_.world);
+  return loss_sum;
 }
 
 void Trainer::resume(const std::string& where) {

@@ -72,7 +72,8 @@ class Trainer {
   int64_t global_batch_ = 0, accumulation_ = 0;
   std::unique_ptr<data::TokenSource> source_;
   std::unique_ptr<data::Batcher> batcher_;
-  data::Batch batch_;
+  std::vector<data::Batch> batches_;  // this rank's micro-batches of the step
+  std::vector<double> labelled_;      // their labelled positions (model.h: labels >= 0)
   std::unique_ptr<model::Model> model_;
   std::unique_ptr<ShardedParamStore> store_;
   std::unique_ptr<AdamW> optimizer_;
