@@ -76,6 +76,27 @@ json layout_json(const model::ParamLayout& layout) {
           {"parameters", layout.parameter_count()}};
 }
 
+// The settings of the checkpoint's run (its manifest's config) that this run changes, as
+// "key old -> new", among those that shape what is trained: the model, the data and the
+// training loop, less train.steps (extending a run is what resuming is for) and
+// train.micro_batch_size (a resume at another N changes it; the loss does not depend on
+// it). Others (runtime, mics, checkpoint, log) may change freely.
+std::vector<std::string> changed_training_settings(const json& saved, const json& now) {
+  std::vector<std::string> changed;
+  for (const char* section : {"model", "train", "data"}) {
+    if (!saved.contains(section) || !now.contains(section)) continue;
+    for (const auto& [key, value] : now.at(section).items()) {
+      const std::string name = std::string(section) + "." + key;
+      if (name == "train.steps" || name == "train.micro_batch_size") continue;
+      const auto old = saved.at(section).find(key);
+      if (old == saved.at(section).end() || *old != value)
+        changed.push_back(name + " " + (old == saved.at(section).end() ? std::string("(unset)") : old->dump()) + " -> " +
+                          value.dump());
+    }
+  }
+  return changed;
+}
+
 // The checkpoints in `dir` (its step-NNNNNN directories), oldest first.
 std::vector<fs::path> checkpoints_in(const fs::path& dir) {
   std::vector<fs::path> steps;
@@ -255,6 +276,14 @@ ResumePoint load_checkpoint(const std::string& where, const Config& config, cons
     point.path = dir.string();
     const fs::path manifest_path = dir / "manifest.json";
     const json manifest = read_manifest(dir);
+    if (topo.rank == 0 && manifest.contains("config")) {
+      const std::vector<std::string> changed = changed_training_settings(manifest.at("config"), config.to_json());
+      std::string list;
+      for (const std::string& c : changed) list += (list.empty() ? "" : "; ") + c;
+      if (!changed.empty())
+        spdlog::warn("resuming {} with settings its run did not have ({}): the data position and the losses need "
+                     "not continue that run's", dir.string(), list);
+    }
 
     // Same model: every tensor by name and shape, in the same order.
     const json& tensors = manifest.at("layout").at("tensors");

@@ -40,11 +40,24 @@ TEST(Checkpoint, ResumeIsBitIdenticalOnOneProcess) {
     const auto full = read_losses(dir.file("full.jsonl"));
     const auto r = run_cli(args(model, dir.file("ck2"), 6, dir.file("resumed.jsonl")) + " --resume " + ck + "/step-000003");
     ASSERT_EQ(r.exit_code, 0) << r.output;
+    EXPECT_EQ(r.output.find("settings its run did not have"), std::string::npos) << r.output;  // (checkpoint.dir may differ)
     const auto resumed = read_losses(dir.file("resumed.jsonl"));
     ASSERT_EQ(full.size(), 6u);
     ASSERT_EQ(resumed.size(), 3u);
     for (size_t i = 0; i < 3; ++i) EXPECT_EQ(resumed[i], full[i + 3]) << model << " step " << i + 4;
   }
+}
+
+// A resume that changes what shapes the training (here the seed: the data order and every
+// mask after it) says so, naming each key with both values; it still runs.
+TEST(Checkpoint, ResumingWithOtherTrainingSettingsNamesThem) {
+  TempDir dir("ckchanged");
+  const std::string ck = dir.file("ck");
+  ASSERT_EQ(run_cli(args("gpt", ck, 3, dir.file("a.jsonl"))).exit_code, 0);
+  const auto r = run_cli(args("gpt", ck, 4, dir.file("b.jsonl")) + " --resume latest --set train.seed=7");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("resuming " + ck + "/step-000003 with settings its run did not have (train.seed 1234 -> 7)"),
+            std::string::npos) << r.output;
 }
 
 // runtime.overlap_optimizer: a checkpoint holds every deferred update of its step (the
