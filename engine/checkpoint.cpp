@@ -276,16 +276,12 @@ ResumePoint load_checkpoint(const std::string& where, const Config& config, cons
     point.path = dir.string();
     const fs::path manifest_path = dir / "manifest.json";
     const json manifest = read_manifest(dir);
-    if (topo.rank == 0 && manifest.contains("config")) {
-      const std::vector<std::string> changed = changed_training_settings(manifest.at("config"), config.to_json());
-      std::string list;
-      for (const std::string& c : changed) list += (list.empty() ? "" : "; ") + c;
-      if (!changed.empty())
-        spdlog::warn("resuming {} with settings its run did not have ({}): the data position and the losses need "
-                     "not continue that run's", dir.string(), list);
-    }
 
-    // Same model: every tensor by name and shape, in the same order.
+    // Same model: the same type, then every tensor by name and shape, in the same order.
+    const json saved_type = manifest.contains("config") ? manifest.at("config").at("model").value("type", json()) : json();
+    if (saved_type.is_string() && saved_type != config.model.type)
+      throw CheckpointError(manifest_path.string() + ": the checkpoint is of a " + saved_type.get<std::string>() +
+                            " model; this config trains a " + config.model.type + ".");
     const json& tensors = manifest.at("layout").at("tensors");
     const json mine = layout_json(layout).at("tensors");
     if (tensors.size() != mine.size())
@@ -296,6 +292,15 @@ ResumePoint load_checkpoint(const std::string& where, const Config& config, cons
         throw CheckpointError(manifest_path.string() + ": tensor " + tensors[i].at("name").dump() + " " +
                               tensors[i].at("shape").dump() + " does not match this model's " +
                               mine[i].at("name").dump() + " " + mine[i].at("shape").dump() + ".");
+    }
+    // Same model, so a refused load says only why; then what else the run changes.
+    if (topo.rank == 0 && manifest.contains("config")) {
+      const std::vector<std::string> changed = changed_training_settings(manifest.at("config"), config.to_json());
+      std::string list;
+      for (const std::string& c : changed) list += (list.empty() ? "" : "; ") + c;
+      if (!changed.empty())
+        spdlog::warn("resuming {} with settings its run did not have ({}): the data position and the losses need "
+                     "not continue that run's", dir.string(), list);
     }
     const int p = manifest.at("partition_size").get<int>();
     point.step = manifest.at("step").get<int64_t>();

@@ -208,8 +208,31 @@ void resolve_auto_settings(Config& c, int cc, const std::string& unknown) {
 }
 }  // namespace
 
+namespace {
+Config parse_document(const json& input, const std::string& source, const std::vector<std::string>& overrides);
+}  // namespace
+
 Config parse_config(const json& input, const std::string& source,
                     const std::vector<std::string>& overrides) {
+  try {
+    return parse_document(input, source, overrides);
+  } catch (const ConfigError& e) {
+    // A refusal naming a key that --set gave names the flag too: the file does not hold
+    // that value. (The last --set of a key is the one that counts.)
+    std::string message = e.what();
+    for (auto it = overrides.rbegin(); it != overrides.rend(); ++it) {
+      const std::string key = it->substr(0, it->find('='));
+      if (key.empty() || message.find("'" + key + "'") == std::string::npos || message.find("--set") != std::string::npos)
+        continue;
+      if (!message.empty() && message.back() == '.') message.pop_back();
+      throw ConfigError(message + " (from --set " + *it + ").");
+    }
+    throw;
+  }
+}
+
+namespace {
+Config parse_document(const json& input, const std::string& source, const std::vector<std::string>& overrides) {
   if (!input.is_object())
     throw ConfigError(source + ": the config must be a JSON object with sections model, train, "
                       "data, mics, runtime, checkpoint and log.");
@@ -457,6 +480,7 @@ Config parse_config(const json& input, const std::string& source,
        "'model.vocab_size' (" + std::to_string(mc.vocab_size) + ") must be at least 256 for byte-level text");
   return c;
 }
+}  // namespace
 
 Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
   std::ifstream in(path);

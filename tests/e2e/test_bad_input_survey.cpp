@@ -253,6 +253,10 @@ std::vector<Case> cases() {
 
   // ---- flags ----
   c.push_back({"set_without_value", [](const Env& e) { return std::pair{e.run("--set train.lr"), std::string("--set 'train.lr' must have the form key.path=value")}; }});
+  c.push_back({"set_wrong_type", [](const Env& e) {  // the flag named, not only the file
+                 return std::pair{e.run("--set train.lr=abc"),
+                                  std::string("'train.lr' must be a number, got a string (\"abc\") (from --set train.lr=abc).")};
+               }});
   c.push_back({"set_unknown_key", [](const Env& e) { return std::pair{e.run("--set train.warmup=5"), std::string("unknown key 'train.warmup'")}; }});
   c.push_back({"unknown_flag", [](const Env& e) { return std::pair{e.run("--stpes 3"), std::string("--stpes")}; }});
   c.push_back({"steps_not_positive", [](const Env& e) { return std::pair{e.run("--steps 0"), std::string("--steps")}; }});
@@ -315,6 +319,13 @@ std::vector<Case> cases() {
   c.push_back({"resume_another_model", [](const Env& e) {
                  return std::pair{e.resume_latest("--set model.ffn=128"),
                                   "tensor \"layers.0.fc.weight\" [256,64] does not match this model's \"layers.0.fc.weight\" [128,64]"};
+               }});
+  c.push_back({"resume_another_model_type", [](const Env& e) {
+                 fs::create_directories(e.dir.file("ck-out"));
+                 return std::pair{"--config " + source_path("configs/bert-tiny.json") + kShape + " --steps 3 --set checkpoint.dir=" +
+                                      e.dir.file("ck-out") + " --resume " + e.good_ck + "/step-000002",
+                                  e.good_ck + "/step-000002/manifest.json: the checkpoint is of a gpt model; this config "
+                                              "trains a bert."};
                }});
   c.push_back({"resume_manifest_not_json", [](const Env& e) {
                  const std::string ck = e.copy_step("step");
