@@ -1,7 +1,9 @@
 #include "engine/config.h"
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <iterator>
 #include <set>
 #include <sstream>
 
@@ -27,7 +29,7 @@ const char* json_kind(const json& v) {
     case json::value_t::string: return "a string";
     case json::value_t::array: return "an array";
     case json::value_t::object: return "an object";
-    case json::value_t::number_float: return "a fractional number";
+    case json::value_t::number_float: return "a floating-point number";  // (1e12 is one too)
     default: return "a number";
   }
 }
@@ -485,17 +487,47 @@ Config parse_document(const json& input, const std::string& source, const std::v
 Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
   std::ifstream in(path);
   if (!in) throw ConfigError("cannot open config file '" + path + "'.");
-  json doc = json::parse(in, nullptr, /*allow_exceptions=*/false, /*ignore_comments=*/true);
-  if (doc.is_discarded()) {
-    // Parse again with exceptions for the position of the error.
-    std::ifstream again(path);
-    try {
-      doc = json::parse(again, nullptr, true, true);
-    } catch (const json::parse_error& e) {
-      throw ConfigError(path + " is not valid JSON (byte " + std::to_string(e.byte) + ").");
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  json doc;
+  // A key given twice in one object: JSON keeps the last, so the other would be ignored
+  // without a word. The path of the first repeated key, kept while parsing.
+  std::vector<std::pair<std::set<std::string>, std::string>> objects;  // keys seen, the last one
+  std::string repeated;
+  const json::parser_callback_t note_keys = [&](int, json::parse_event_t event, json& parsed) {
+    if (event == json::parse_event_t::object_start) objects.emplace_back();
+    if (event == json::parse_event_t::object_end && !objects.empty()) objects.pop_back();
+    if (event == json::parse_event_t::key && !objects.empty()) {
+      const std::string key = parsed.get<std::string>();
+      if (!objects.back().first.insert(key).second && repeated.empty()) {
+        for (size_t i = 0; i + 1 < objects.size(); ++i) repeated += objects[i].second + ".";
+        repeated += key;
+      }
+      objects.back().second = key;
     }
+    return true;
+  };
+  try {
+    doc = json::parse(text, note_keys, /*allow_exceptions=*/true, /*ignore_comments=*/true);
+  } catch (const json::parse_error& e) {
+    // Where, as an editor shows it: the line and column of the byte the parser stopped at.
+    const size_t at = std::min<size_t>(e.byte > 0 ? e.byte - 1 : 0, text.size());
+    const size_t line_start = text.rfind('\n', at == 0 ? 0 : at - 1);
+    const auto line = 1 + std::count(text.begin(), text.begin() + static_cast<std::ptrdiff_t>(at), '\n');
+    const size_t column = at - (line_start == std::string::npos || at == 0 ? 0 : line_start + 1) + 1;
+    throw ConfigError(path + " is not valid JSON at line " + std::to_string(line) + ", column " +
+                      std::to_string(column) + ".");
   }
-  return parse_config(doc, path, overrides);
+  if (!repeated.empty())
+    throw ConfigError(path + ": '" + repeated + "' is given twice; JSON keeps only the last, so remove the other.");
+  Config c = parse_config(doc, path, overrides);
+  // Said of what the user wrote only: a saved config (a checkpoint's) holds every key.
+  const bool mask_prob_given = (doc.contains("data") && doc.at("data").is_object() && doc.at("data").contains("mask_prob")) ||
+                               std::any_of(overrides.begin(), overrides.end(), [](const std::string& o) {
+                                 return o.rfind("data.mask_prob=", 0) == 0;
+                               });
+  if (c.model.type != "bert" && mask_prob_given)
+    throw ConfigError(path + ": 'data.mask_prob' applies to BERT only; GPT predicts every next token.");
+  return c;
 }
 
 Config resolved_for_gpu(const Config& config, int compute_capability, const std::string& gpu) {

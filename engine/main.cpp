@@ -65,6 +65,11 @@ int simulate(const Options& o, const mics::Config& local_config) {
   // "auto" settings as the cluster's GPUs would resolve them, not this machine's.
   const mics::Config config = mics::resolved_for_gpu(local_config, cluster.compute_capability, cluster.gpu_name);
   if (!o.sim_out.empty()) mics::sim::check_results_path(o.sim_out);  // before minutes of work, not after
+  if (config.runtime.backend == "cpu")  // what is priced is the config as written
+    std::fprintf(stderr,
+                 "mics-train: warning: %s has 'runtime.backend' \"cpu\": the cluster's GPUs are priced running it as "
+                 "written (%s, %s attention); set runtime.backend=\"cuda\" to price the GPU path\n",
+                 config.source_name.c_str(), config.train.precision.c_str(), config.runtime.attention.c_str());
   mics::sim::SweepRequest request;
   request.nodes = o.nodes.empty() ? std::vector<int>{1, 2, 4, 8} : o.nodes;
   request.modes = o.modes;

@@ -108,8 +108,9 @@ int64_t auto_partition_size(const Config& config, int64_t world, int64_t ranks_p
         memory_gib * kGiB)
       return p;
   throw ConfigError("'mics.partition_size' \"auto\": model states and activations do not fit " +
-                    gib(memory_gib * kGiB) + " GiB per device at any partition size up to " +
-                    std::to_string(kMaxPartition) + "; lower 'train.micro_batch_size'.");
+                    gib(memory_gib * kGiB) + " GiB per device ('runtime.device_memory_gb') at any partition size, "
+                    "even sharded over " + std::to_string(kMaxPartition) + " ranks: lower 'train.micro_batch_size'" +
+                    (config.train.activation_checkpointing ? "" : " or turn on 'train.activation_checkpointing'") + ".");
 }
 
 std::string describe_plan(const MemoryPlan& b) {
@@ -192,13 +193,15 @@ std::string dry_run_report(const Config& config, int64_t world, int64_t p, int64
     std::snprintf(row, sizeof row, "  %-34s %s\n", label.c_str(), value.c_str());
     out += row;
   };
-  char billions[32];
-  std::snprintf(billions, sizeof billions, "%.3f", static_cast<double>(layout.parameter_count()) / 1e9);
+  char scaled[32];  // 10.082B, 0.86M
+  const double count = static_cast<double>(layout.parameter_count());
+  std::snprintf(scaled, sizeof scaled, count >= 1e9 ? "%.3fB" : count >= 1e6 ? "%.2fM" : "%.1fK",
+                count / (count >= 1e9 ? 1e9 : count >= 1e6 ? 1e6 : 1e3));
   out += "dry run: " + config.source_name + " (nothing allocated)\n";
   add("model", config.model.type + ", " + std::to_string(spec.layers) + " layers, hidden " +
                    std::to_string(spec.hidden) + ", heads " + std::to_string(spec.heads) +
                    ", ffn " + std::to_string(spec.ffn) + ", vocab " + std::to_string(spec.vocab));
-  add("parameters", std::to_string(layout.parameter_count()) + " (" + billions + "B)");
+  add("parameters", std::to_string(layout.parameter_count()) + " (" + scaled + ")");
   add("flat buffer (aligned, padded)", std::to_string(layout.total_elements()) + " elements in " +
                                            std::to_string(layout.num_layers()) + " layer spans");
   add("partition size p", std::to_string(p) + (config.mics.partition_size == 0 ? " (auto)" : ""));

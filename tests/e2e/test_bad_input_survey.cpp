@@ -128,8 +128,8 @@ std::vector<Case> cases() {
   std::vector<Case> c;
   // ---- configs: the file itself, then each kind of bad value ----
   c.push_back({"config_invalid_json", [](const Env& e) {
-                 const std::string p = e.dir.write("broken.json", "{\"model\": {\"type\": \"gpt\",, }");
-                 return std::pair{"--config " + p, p + " is not valid JSON"};
+                 const std::string p = e.dir.write("broken.json", "{\n  \"model\": {\"type\": \"gpt\",, }");
+                 return std::pair{"--config " + p, p + " is not valid JSON at line 2, column 27."};
                }});
   c.push_back({"config_missing_file", [](const Env& e) {
                  return std::pair{"--config " + e.dir.file("nonexistent.json"), e.dir.file("nonexistent.json")};
@@ -137,6 +137,12 @@ std::vector<Case> cases() {
   c.push_back(config_case("unknown_key", [](json& j) { j["model"]["hiden"] = 128; }, "unknown key 'model.hiden'"));
   c.push_back(config_case("unknown_section", [](json& j) { j["optimizer"] = json::object(); }, "unknown section 'optimizer'"));
   c.push_back(config_case("wrong_type", [](json& j) { j["train"]["lr"] = "fast"; }, "'train.lr' must be a number, got a string"));
+  c.push_back({"config_key_given_twice", [](const Env& e) {
+                 const std::string p = e.dir.write("twice.json", "{\"model\": {\"type\": \"gpt\", \"type\": \"bert\"}}");
+                 return std::pair{"--config " + p, p + ": 'model.type' is given twice"};
+               }});
+  c.push_back(config_case("mask_prob_on_gpt", [](json& j) { j["data"]["mask_prob"] = 0.2; },
+                          "'data.mask_prob' applies to BERT only"));
   c.push_back(config_case("fractional_integer", [](json& j) { j["model"]["hidden"] = 128.5; }, "'model.hidden' must be an integer"));
   c.push_back(config_case("heads_not_dividing_hidden", [](json& j) { j["model"]["heads"] = 5; },
                           "'model.heads' (5) must divide 'model.hidden' (128)"));
