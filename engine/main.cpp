@@ -401,8 +401,6 @@ int train(const mics::Config& config, const mics::Topology& topology, const mics
     spdlog::warn("'runtime.cudnn_deterministic' false changes nothing here: the attention is \"{}\", not cuDNN's",
                  config.runtime.attention);
   mics::set_comm_timeout(config.runtime.comm_timeout_s);
-  if (resume == "auto" && config.checkpoint.dir.empty())  // a requeued job would start over, unsaid
-    throw mics::CheckpointError("--resume auto needs 'checkpoint.dir' in the config.");
   mics::check_checkpoint_dir(config, topology, resume_source(config, resume));
   Runtime runtime = make_runtime(config, topology, env);
   ProfileWindow window;
@@ -418,10 +416,14 @@ int train(const mics::Config& config, const mics::Topology& topology, const mics
   try {
     if (!init_from.empty()) trainer.init_from(init_from);
     if (resume == "auto") {  // a requeued job: continue if a checkpoint exists, else start
+      // (scripts/slurm/mics-train.sbatch passes it to every job, with checkpoints or without.)
       const bool exists = !config.checkpoint.dir.empty() &&
                           std::filesystem::exists(std::filesystem::path(config.checkpoint.dir) / "latest");
       if (exists) trainer.resume("latest");
-      else spdlog::info("--resume auto: no checkpoint in '{}' yet; starting from step 0", config.checkpoint.dir);
+      else if (config.checkpoint.dir.empty())
+        spdlog::warn("--resume auto: no checkpoint.dir is set, so this run writes no checkpoints and a requeued job "
+                     "starts over from step 0");
+      else spdlog::info("--resume auto: no checkpoint in {} yet; starting from step 0", config.checkpoint.dir);
     } else if (!resume.empty()) {
       trainer.resume(resume);
     }

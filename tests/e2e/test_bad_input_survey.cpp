@@ -382,10 +382,6 @@ std::vector<Case> cases() {
                  const std::string blocker = e.dir.write("a-file", "x");
                  return std::pair{e.run_into(blocker + "/ck", ""), "'checkpoint.dir' " + blocker + "/ck cannot be made a directory"};
                }});
-  c.push_back({"resume_auto_without_checkpoint_dir", [](const Env& e) {
-                 return std::pair{"--config " + e.gpt_tiny + kShape + " --steps 3 --resume auto",
-                                  std::string("--resume auto needs 'checkpoint.dir'")};
-               }});
   c.push_back({"export_into_the_checkpoint", [](const Env& e) {
                  return std::pair{"export --checkpoint " + e.good_ck + " --out " + e.good_ck + "/step-000002" + kShard0,
                                   "--out " + e.good_ck + "/step-000002" + kShard0 + " lies inside the checkpoint being exported"};
