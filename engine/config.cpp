@@ -540,6 +540,15 @@ Config resolved_for_gpu(const Config& config, int compute_capability, const std:
   if (c.runtime.backend == "cuda") {
     if (!c.train.precision_reason.empty()) c.train.precision_reason = gpu + ": " + c.train.precision_reason;
     if (!c.runtime.attention_reason.empty()) c.runtime.attention_reason = gpu + ": " + c.runtime.attention_reason;
+    // What that GPU could not run, as the CUDA backend would refuse it there: not priced.
+    const std::string cc = std::to_string(compute_capability / 10) + "." + std::to_string(compute_capability % 10);
+    if (compute_capability < 80 && c.train.precision == "bf16")
+      throw ConfigError(config.source_name + ": 'train.precision' \"bf16\" needs compute capability 8.0 or newer; " +
+                        gpu + " is " + cc + ": use \"fp16\" or \"auto\".");
+    if (compute_capability < 80 && (c.runtime.attention == "cudnn" || c.runtime.attention == "fused"))
+      throw ConfigError(config.source_name + ": 'runtime.attention' \"" + c.runtime.attention +
+                        "\" needs compute capability 8.0 or newer; " + gpu + " is " + cc +
+                        ": use \"materialized\" or \"auto\".");
   }
   return c;
 }

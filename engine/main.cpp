@@ -485,8 +485,8 @@ int main(int argc, char** argv) {
       ->check(CLI::ExistingFile);
   app.add_option("--nodes", o.nodes, "with --simulate: node counts, e.g. 2,4,8,16 (default 1,2,4,8)")
       ->delimiter(',')->check(positive_integer);
-  app.add_option("--modes", o.modes, "with --simulate: any of mics, zero3, dp (default all three)")
-      ->delimiter(',')->check(CLI::IsMember({"mics", "zero3", "dp"}));
+  CLI::Option* modes = app.add_option("--modes", o.modes, "with --simulate: any of mics, zero3, dp (default all three)")
+                           ->delimiter(',')->check(CLI::IsMember({"mics", "zero3", "dp"}));
   app.add_option("--per-gpu-batch", o.per_gpu_batch,
                  "with --simulate: samples per GPU per step (default: global batch / GPUs of the smallest count)")
       ->check(positive_integer);
@@ -529,8 +529,14 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "mics-train: error: --cluster goes with --dry-run (the memory plan); to predict step times use --simulate FILE.\n");
     return kExitBadInput;
   }
-  if (o.simulate.empty() && (!o.nodes.empty() || !o.sim_out.empty() || o.per_gpu_batch > 0)) {
-    std::fprintf(stderr, "mics-train: error: --nodes, --out and --per-gpu-batch go with --simulate FILE.\n");
+  if (o.simulate.empty() && (!o.nodes.empty() || !o.sim_out.empty() || o.per_gpu_batch > 0 || modes->count() > 0)) {
+    std::fprintf(stderr, "mics-train: error: --nodes, --modes, --out and --per-gpu-batch go with --simulate FILE.\n");
+    return kExitBadInput;
+  }
+  if ((o.dry_run || !o.simulate.empty()) &&
+      (!o.resume.empty() || !o.init_from.empty() || !o.metrics.empty() || o.steps > 0)) {
+    std::fprintf(stderr, "mics-train: error: --resume, --init-from, --metrics and --steps go with a training run; %s "
+                 "trains nothing.\n", o.dry_run ? "--dry-run" : "--simulate");
     return kExitBadInput;
   }
   if (!o.simulate.empty() || !o.cluster.empty()) {

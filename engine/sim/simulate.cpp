@@ -125,8 +125,9 @@ std::vector<SimulatedStep> simulate_sweep(const Config& config, const ClusterSpe
       Config c = config;
       const int world = nodes * k;
       c.train.global_batch_size = per_gpu * world;
-      if (mode == "dp") {
+      if (mode == "dp") {  // nothing gathered: a hierarchical gather has nothing to apply to
         c.mics.partition_size = 1;
+        c.mics.hierarchical_allgather = "false";
       } else if (mode == "zero3") {  // ZeRO-3 as published: sharded over everyone, flat gathers
         c.mics.partition_size = world;
         c.mics.hierarchical_allgather = "false";

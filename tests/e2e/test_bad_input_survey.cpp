@@ -275,6 +275,20 @@ std::vector<Case> cases() {
                  return std::pair{"--config " + e.gpt_tiny + " --dry-run --simulate " + source_path("configs/clusters/p3dn.json"),
                                   std::string("--dry-run (the memory plan) and --simulate (step times) are two runs")};
                }});
+  c.push_back({"modes_without_simulate", [](const Env& e) {
+                 return std::pair{e.run("--modes dp"), std::string("--nodes, --modes, --out and --per-gpu-batch go with --simulate")};
+               }});
+  c.push_back({"steps_with_simulate", [](const Env& e) {
+                 return std::pair{"--config " + e.gpt_tiny + " --steps 3 --simulate " + source_path("configs/clusters/p4d.json"),
+                                  std::string("--resume, --init-from, --metrics and --steps go with a training run; "
+                                              "--simulate trains nothing")};
+               }});
+  c.push_back({"simulate_bf16_on_v100", [](const Env& e) {
+                 return std::pair{"--config " + source_path("configs/bert-10b.json") + " --set train.precision=bf16 --simulate " +
+                                      source_path("configs/clusters/p3dn.json"),
+                                  std::string("'train.precision' \"bf16\" needs compute capability 8.0 or newer; V100 SXM2 "
+                                              "32GB is 7.0")};
+               }});
   c.push_back({"no_config", [](const Env& e) { return std::pair{"--steps 3 --set checkpoint.dir=" + e.good_ck, std::string("--config is required")}; }});
   c.push_back({"init_from_with_resume", [](const Env& e) {
                  return std::pair{e.run("--init-from " + e.good_hf + " --resume latest"),
