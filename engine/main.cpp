@@ -72,6 +72,8 @@ int simulate(const Options& o, const mics::Config& local_config) {
                  config.source_name.c_str(), config.train.precision.c_str(), config.runtime.attention.c_str());
   mics::sim::SweepRequest request;
   request.nodes = o.nodes.empty() ? std::vector<int>{1, 2, 4, 8} : o.nodes;
+  std::sort(request.nodes.begin(), request.nodes.end());  // one row per count, smallest first (as scripts/sweep)
+  request.nodes.erase(std::unique(request.nodes.begin(), request.nodes.end()), request.nodes.end());
   request.modes = o.modes;
   request.per_gpu_batch = o.per_gpu_batch;
   const auto rows = mics::sim::simulate_sweep(config, cluster, request);

@@ -487,7 +487,7 @@ TEST(SimulateCli, BadRequestsAreRefusedByName) {
       {base + p3dn + " --out " + dir.file("x.txt"), "--out '" + dir.file("x.txt") + "' must end in .csv or .json"},
       {base + p3dn + " --modes mics,fsdp", "--modes: fsdp not in {mics,zero3,dp}"},
       {base + " --cluster " + source_path("configs/clusters/p3dn.json"), "--cluster goes with --dry-run"},
-      {base + " --nodes 2", "--nodes, --out and --per-gpu-batch go with --simulate"},
+      {base + " --nodes 2", "--nodes, --modes, --out and --per-gpu-batch go with --simulate"},
   };
   for (const auto& c : cases) {
     const auto r = run_cli(c.args);
