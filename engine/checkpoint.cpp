@@ -97,6 +97,20 @@ std::vector<std::string> changed_training_settings(const json& saved, const json
   return changed;
 }
 
+}  // namespace
+
+std::string newest_complete_checkpoint(const std::string& dir) {
+  std::error_code ec;
+  if (dir.empty() || !fs::is_directory(dir, ec)) return "";
+  std::vector<fs::path> steps;
+  for (const auto& e : fs::directory_iterator(dir, ec))
+    if (e.is_directory() && e.path().filename().string().rfind("step-", 0) == 0 && fs::exists(e.path() / "manifest.json"))
+      steps.push_back(e.path());
+  return steps.empty() ? "" : std::max_element(steps.begin(), steps.end())->string();
+}
+
+namespace {
+
 // The checkpoints in `dir` (its step-NNNNNN directories), oldest first.
 std::vector<fs::path> checkpoints_in(const fs::path& dir) {
   std::vector<fs::path> steps;
@@ -145,9 +159,13 @@ std::string checkpoint_dir_refusal(const fs::path& dir, const std::string& resum
            (resume_from.empty() ? "starts afresh" : "continues from " + resume_from) +
            " and would overwrite and prune them: continue them with --resume latest (or auto), or set another "
            "checkpoint.dir.";
+  // Going back to an older one here would mix two series in one directory: the later
+  // checkpoints would count towards checkpoint.keep (pruning the one resumed from) and
+  // outlive this run's at steps it does not save.
   if (held.back().filename() > from.filename())
-    spdlog::warn("resuming from {}, but {} holds later checkpoints (the newest {}): this run replaces them as it "
-                 "reaches their steps", from.filename().string(), dir.string(), held.back().filename().string());
+    return "--resume " + resume_from + " goes back to an older checkpoint than " + dir.string() + " holds (the newest " +
+           held.back().filename().string() + "); to continue from it, set another checkpoint.dir for this run's "
+           "checkpoints, or move the later ones out of " + dir.string() + ".";
   return "";
 }
 

@@ -28,10 +28,15 @@ struct ResumePoint {
   LossScaler::State loss_scaler;  // fp16 runs; empty otherwise
 };
 
+// The newest step-NNNNNN of `dir` whose manifest was written ("" for none): what --resume
+// auto continues from when `latest` is missing (a save cut off between its rename and the
+// pointer's).
+std::string newest_complete_checkpoint(const std::string& dir);
+
 // Collective, at start-up before anything is allocated: checkpoint.dir (when set) is made
-// and written to, and holds no checkpoints unless this run continues from one of them
-// (`resume_from`: the checkpoint directory it resumes from, "" for none); a later one than
-// that is warned about. On any failure every rank throws CheckpointError naming the key.
+// and written to, and holds no checkpoints unless this run continues from the newest of
+// them (`resume_from`: the checkpoint directory it resumes from, "" for none). On any
+// failure every rank throws CheckpointError naming the key.
 void check_checkpoint_dir(const Config& config, const Topology& topo, const std::string& resume_from);
 
 // Collective: every rank calls it at the same step.

@@ -389,7 +389,7 @@ std::string resume_source(const mics::Config& config, const std::string& resume)
   std::ifstream in(pointer);
   std::string name;
   if (in >> name) return (std::filesystem::path(config.checkpoint.dir) / name).string();
-  return resume == "latest" ? pointer.string() : std::string();
+  return resume == "latest" ? pointer.string() : mics::newest_complete_checkpoint(config.checkpoint.dir);
 }
 
 int train(const mics::Config& config, const mics::Topology& topology, const mics::ProcessEnv& env,
@@ -421,8 +421,14 @@ int train(const mics::Config& config, const mics::Topology& topology, const mics
       // (scripts/slurm/mics-train.sbatch passes it to every job, with checkpoints or without.)
       const bool exists = !config.checkpoint.dir.empty() &&
                           std::filesystem::exists(std::filesystem::path(config.checkpoint.dir) / "latest");
-      if (exists) trainer.resume("latest");
-      else if (config.checkpoint.dir.empty())
+      const std::string newest = exists ? std::string() : mics::newest_complete_checkpoint(config.checkpoint.dir);
+      if (exists) {
+        trainer.resume("latest");
+      } else if (!newest.empty()) {
+        spdlog::warn("--resume auto: {} has no 'latest' pointer (a save cut off before writing it?); continuing from "
+                     "the newest complete checkpoint, {}", config.checkpoint.dir, newest);
+        trainer.resume(newest);
+      } else if (config.checkpoint.dir.empty())
         spdlog::warn("--resume auto: no checkpoint.dir is set, so this run writes no checkpoints and a requeued job "
                      "starts over from step 0");
       else spdlog::info("--resume auto: no checkpoint in {} yet; starting from step 0", config.checkpoint.dir);

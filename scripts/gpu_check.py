@@ -410,7 +410,9 @@ def fp16_overflow_and_resume(mt, config, work, env, tiny, rows):
                  "detail": f"skipped steps {skipped}, scale {m[0]['loss_scale']:g} -> {m[-1]['loss_scale']:g}, "
                            f"halved after every skip: {halves}; loss {first:.4f} -> {last:.4f}"})
     resumed = os.path.join(work, "fp16-resumed.jsonl")
-    code, text = train(mt, config, resumed, sets + ["checkpoint.every=0"], env, extra=["--resume", ck + "/step-000025"])
+    # (its own checkpoint.dir: going back to an older checkpoint of a directory is refused)
+    code, text = train(mt, config, resumed, sets + ["checkpoint.every=0", f"checkpoint.dir=\"{ck}-resumed\""], env,
+                       extra=["--resume", ck + "/step-000025"])
     r = [json.loads(line) for line in open(resumed)] if code == 0 else []
     same = [(a["loss"], a["loss_scale"]) for a in m[25:]] == [(b["loss"], b["loss_scale"]) for b in r]
     rows.append({"check": "fp16 resume from step 25 vs uninterrupted (loss and scale, bit for bit)", "ok": code == 0 and same,

@@ -224,6 +224,18 @@ TEST(Checkpoint, AWriteThatFailsEndsTheRunWithExitOne) {
   EXPECT_NE(r.output.find("mics-train: error: cannot create " + ck + "/.latest.tmp: Is a directory."), std::string::npos)
       << r.output;
   EXPECT_EQ(read_losses(dir.file("a.jsonl")).size(), 1u);  // step 1 trained, its checkpoint failed
+  // What that leaves: step-000001 complete, no `latest`. A requeue (--resume auto) continues
+  // from the newest complete checkpoint rather than being refused or starting over.
+  ASSERT_TRUE(fs::exists(ck + "/step-000001/manifest.json"));
+  ASSERT_FALSE(fs::exists(ck + "/latest"));
+  fs::remove_all(ck + "/.latest.tmp");
+  const auto again = run_cli(args("gpt", ck, 2, dir.file("b.jsonl")) + " --set checkpoint.every=1 --resume auto");
+  EXPECT_EQ(again.exit_code, 0) << again.output;
+  EXPECT_NE(again.output.find("has no 'latest' pointer (a save cut off before writing it?); continuing from the newest "
+                              "complete checkpoint, " + ck + "/step-000001"), std::string::npos) << again.output;
+  const auto rows = read_metrics(dir.file("b.jsonl"));
+  ASSERT_EQ(rows.size(), 1u);
+  EXPECT_EQ(rows.front().at("step"), 2);
 }
 
 }  // namespace

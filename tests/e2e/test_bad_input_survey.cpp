@@ -389,6 +389,11 @@ std::vector<Case> cases() {
                  return std::pair{e.run_into(e.good_ck, "--resume " + e.copy_step("elsewhere")),
                                   "'checkpoint.dir' " + e.good_ck + holds};
                }});
+  c.push_back({"resume_older_checkpoint_of_the_directory", [](const Env& e) {  // two series would mix
+                 return std::pair{e.run_into(e.good_ck, "--resume " + e.good_ck + "/step-000001"),
+                                  "--resume " + e.good_ck + "/step-000001 goes back to an older checkpoint than " + e.good_ck +
+                                      " holds (the newest step-000002)"};
+               }});
   c.push_back({"init_from_into_checkpoints", [holds](const Env& e) {
                  return std::pair{e.run_into(e.good_ck, "--init-from " + e.good_hf), "'checkpoint.dir' " + e.good_ck + holds};
                }});
