@@ -97,19 +97,6 @@ std::vector<std::string> changed_training_settings(const json& saved, const json
   return changed;
 }
 
-}  // namespace
-
-std::string newest_complete_checkpoint(const std::string& dir) {
-  std::error_code ec;
-  if (dir.empty() || !fs::is_directory(dir, ec)) return "";
-  std::vector<fs::path> steps;
-  for (const auto& e : fs::directory_iterator(dir, ec))
-    if (e.is_directory() && e.path().filename().string().rfind("step-", 0) == 0 && fs::exists(e.path() / "manifest.json"))
-      steps.push_back(e.path());
-  return steps.empty() ? "" : std::max_element(steps.begin(), steps.end())->string();
-}
-
-namespace {
 
 // The checkpoints in `dir` (its step-NNNNNN directories), oldest first.
 std::vector<fs::path> checkpoints_in(const fs::path& dir) {
@@ -125,10 +112,6 @@ void prune(const fs::path& dir, int64_t keep) {
   const std::vector<fs::path> steps = checkpoints_in(dir);
   for (size_t i = 0; i + static_cast<size_t>(keep) < steps.size(); ++i) fs::remove_all(steps[i]);
 }
-
-}  // namespace
-
-namespace {
 
 // check_checkpoint_dir's verdict on rank 0: "" when the run may go on, else why not.
 std::string checkpoint_dir_refusal(const fs::path& dir, const std::string& resume_from) {
@@ -170,6 +153,19 @@ std::string checkpoint_dir_refusal(const fs::path& dir, const std::string& resum
 }
 
 }  // namespace
+
+std::string newest_complete_checkpoint(const std::string& dir) {
+  std::error_code ec;
+  if (dir.empty() || !fs::is_directory(dir, ec)) return "";
+  try {
+    const std::vector<fs::path> steps = checkpoints_in(dir);
+    const auto newest = std::find_if(steps.rbegin(), steps.rend(),
+                                     [](const fs::path& step) { return fs::exists(step / "manifest.json"); });
+    return newest == steps.rend() ? "" : newest->string();
+  } catch (const fs::filesystem_error&) {  // unreadable: nothing to continue from (the load would say why)
+    return "";
+  }
+}
 
 void check_checkpoint_dir(const Config& config, const Topology& topo, const std::string& resume_from) {
   if (config.checkpoint.dir.empty()) return;

@@ -403,7 +403,8 @@ int train(const mics::Config& config, const mics::Topology& topology, const mics
     spdlog::warn("'runtime.cudnn_deterministic' false changes nothing here: the attention is \"{}\", not cuDNN's",
                  config.runtime.attention);
   mics::set_comm_timeout(config.runtime.comm_timeout_s);
-  mics::check_checkpoint_dir(config, topology, resume_source(config, resume));
+  const std::string resume_from = resume_source(config, resume);
+  mics::check_checkpoint_dir(config, topology, resume_from);
   Runtime runtime = make_runtime(config, topology, env);
   ProfileWindow window;
   if (profile) {
@@ -421,13 +422,12 @@ int train(const mics::Config& config, const mics::Topology& topology, const mics
       // (scripts/slurm/mics-train.sbatch passes it to every job, with checkpoints or without.)
       const bool exists = !config.checkpoint.dir.empty() &&
                           std::filesystem::exists(std::filesystem::path(config.checkpoint.dir) / "latest");
-      const std::string newest = exists ? std::string() : mics::newest_complete_checkpoint(config.checkpoint.dir);
       if (exists) {
-        trainer.resume("latest");
-      } else if (!newest.empty()) {
+        trainer.resume("latest");  // (its load names a pointer to nothing as such)
+      } else if (!resume_from.empty()) {  // resume_source's newest complete checkpoint
         spdlog::warn("--resume auto: {} has no 'latest' pointer (a save cut off before writing it?); continuing from "
-                     "the newest complete checkpoint, {}", config.checkpoint.dir, newest);
-        trainer.resume(newest);
+                     "the newest complete checkpoint, {}", config.checkpoint.dir, resume_from);
+        trainer.resume(resume_from);
       } else if (config.checkpoint.dir.empty())
         spdlog::warn("--resume auto: no checkpoint.dir is set, so this run writes no checkpoints and a requeued job "
                      "starts over from step 0");

@@ -134,11 +134,12 @@ double Trainer::train_step(int64_t step) {
   for (int64_t j = 0; j < accumulation_; ++j) {
     const int64_t first = sample_base_ + (step - start_step_) * global_batch_ +
                           (j * topo_.world + topo_.rank) * t.micro_batch_size;
-    batcher_->fill(first, batches_[static_cast<size_t>(j)]);
-    labelled_[static_cast<size_t>(j)] = static_cast<double>(std::count_if(
-        batches_[static_cast<size_t>(j)].labels.begin(), batches_[static_cast<size_t>(j)].labels.end(),
-        [](int32_t label) { return label >= 0; }));  // model.h: labels < 0 carry no loss
-    labelled += labelled_[static_cast<size_t>(j)];
+    data::Batch& batch = batches_[static_cast<size_t>(j)];
+    batcher_->fill(first, batch);
+    double& n = labelled_[static_cast<size_t>(j)];
+    n = static_cast<double>(std::count_if(batch.labels.begin(), batch.labels.end(),
+                                          [](int32_t label) { return label >= 0; }));  // model.h: labels < 0 carry no loss
+    labelled += n;
   }
   const double global_labelled = groups_->world->sum_scalar(labelled);
   // A micro-batch's mean loss (what the model returns, and whose gradient it forms) counts
@@ -151,7 +152,8 @@ double Trainer::train_step(int64_t step) {
   double loss_sum = 0;
   for (int64_t j = 0; j < accumulation_; ++j) {
     const data::Batch& batch = batches_[static_cast<size_t>(j)];
-    const double share = labelled_[static_cast<size_t>(j)] > 0 ? global_labelled / labelled_[static_cast<size_t>(j)] : 1.0;
+    const double n = labelled_[static_cast<size_t>(j)];
+    const double share = n > 0 ? global_labelled / n : 1.0;
     const model::TokenBatch tb{batch.tokens.data(), batch.labels.data(), t.micro_batch_size, t.seq_len};
     loss_sum += model_->forward(*store_, tb, mix_seed(static_cast<uint64_t>(t.seed), static_cast<uint64_t>(batch.first_sample)),
                                 loss_scale / share) / share;
