@@ -50,6 +50,19 @@ std::string nccl_message(ncclResult_t status) {
       fail(#expr, cudaGetErrorString(mics_cuda_status), __FILE__, __LINE__);     \
   } while (0)
 
+// Whether the work before `event`'s record has run. cudaErrorNotReady is not a failure, but
+// the runtime keeps it as this thread's last error, and the compute backend's next launch
+// check (cudaGetLastError) would take it for one: cleared here.
+bool event_done(cudaEvent_t event) {
+  const cudaError_t state = cudaEventQuery(event);
+  if (state == cudaErrorNotReady) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  MICS_CUDA_RT_CHECK(state);
+  return true;
+}
+
 ncclDataType_t nccl_type(DType dtype) {
   switch (dtype) {
     case DType::f32: return ncclFloat32;
@@ -244,9 +257,7 @@ class NcclCommunicator final : public Communicator {
     try {
       wait_until(
           [&] {
-            const cudaError_t state = cudaEventQuery(r->done);
-            if (state == cudaSuccess) return true;
-            if (state != cudaErrorNotReady) MICS_CUDA_RT_CHECK(state);
+            if (event_done(r->done)) return true;
             check_async_errors();
             return false;
           },
@@ -269,9 +280,7 @@ class NcclCommunicator final : public Communicator {
       forget(request);
       return true;
     }
-    const cudaError_t state = cudaEventQuery(r->done);
-    if (state == cudaErrorNotReady) return false;
-    MICS_CUDA_RT_CHECK(state);
+    if (!event_done(r->done)) return false;
     release(request);
     return true;
   }

@@ -209,6 +209,7 @@ class EmulatedDeviceBackend final : public Backend {
           }
         },
         on_side_ ? latency_.side_us : latency_.main_us);
+    check(cudaGetLastError(), "launch");  // as the CUDA backend's MICS_CUDA_CHECK_LAUNCH
   }
   template <class Reduction>
   auto value(Reduction reduction) -> decltype(reduction()) {

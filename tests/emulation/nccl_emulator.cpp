@@ -418,6 +418,12 @@ const char* cudaGetErrorString(cudaError_t error) {
 
 namespace {
 thread_local int t_device = 0;
+thread_local cudaError_t t_last_error = cudaSuccess;
+}
+cudaError_t cudaGetLastError() {
+  const cudaError_t error = t_last_error;
+  t_last_error = cudaSuccess;
+  return error;
 }
 cudaError_t cudaGetDevice(int* device) {
   *device = t_device;
@@ -483,7 +489,9 @@ cudaError_t cudaEventQuery(cudaEvent_t event) {
     return cudaErrorInvalidResourceHandle;
   }
   progress();
-  return event->last == nullptr || event->last->done ? cudaSuccess : cudaErrorNotReady;
+  if (event->last == nullptr || event->last->done) return cudaSuccess;
+  t_last_error = cudaErrorNotReady;  // CUDA's runtime keeps it too
+  return cudaErrorNotReady;
 }
 cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned int) {
   std::lock_guard<std::mutex> lock(g_mutex);

@@ -17,6 +17,7 @@
 #define cudaEventDestroy mics_emulated_cudaEventDestroy
 #define cudaEventRecord mics_emulated_cudaEventRecord
 #define cudaEventQuery mics_emulated_cudaEventQuery
+#define cudaGetLastError mics_emulated_cudaGetLastError
 #define cudaStreamSynchronize mics_emulated_cudaStreamSynchronize
 #define cudaDeviceSynchronize mics_emulated_cudaDeviceSynchronize
 
@@ -44,6 +45,10 @@ cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned int flags);
 cudaError_t cudaEventDestroy(cudaEvent_t event);
 cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream);
 cudaError_t cudaEventQuery(cudaEvent_t event);
+// As CUDA's runtime: the last error a call of this thread returned, cudaErrorNotReady from
+// cudaEventQuery included, kept until read here. A caller that polls an event and does not
+// clear it has the next launch check (MICS_CUDA_CHECK_LAUNCH) fail.
+cudaError_t cudaGetLastError();
 cudaError_t cudaStreamSynchronize(cudaStream_t stream);
 cudaError_t cudaDeviceSynchronize();
 
