@@ -53,8 +53,14 @@ ParamLayout ParamLayout::Builder::finish(int64_t shard_multiple) {
     layout.layers_.push_back(span);
   }
   layout.total_ = begin;
+  // The layers' starts under the smallest padding (p = 1's), for the draws: a partition size
+  // that 128 does not divide pads the layers further, and must not shift the values.
+  std::vector<int64_t> draw_begin(layer_names_.size(), 0);
+  for (size_t l = 1; l < layer_names_.size(); ++l)
+    draw_begin[l] = draw_begin[l - 1] + round_up(std::max<int64_t>(layer_used_[l - 1], 1), shard_multiple_for(1));
   for (ParamTensor& t : tensors_) {
     t.offset = layout.layers_[static_cast<size_t>(t.layer)].begin + t.offset_in_layer;
+    t.draw_offset = draw_begin[static_cast<size_t>(t.layer)] + t.offset_in_layer;
     layout.params_ += t.numel();
     if (!layout.index_.emplace(t.name, layout.tensors_.size()).second)
       throw std::logic_error("ParamLayout: duplicate tensor " + t.name);
@@ -78,7 +84,7 @@ void init_parameters(const ParamLayout& layout, uint64_t seed, int64_t begin, in
   std::fill(out, out + (end - begin), 0.0f);
   for (const ParamTensor& t : layout.tensors()) {
     const int64_t lo = std::max(begin, t.offset), hi = std::min(end, t.offset + t.numel());
-    // Every value is a function of its index alone, so threads change nothing but the time
+    // Every value is a function of its place alone, so threads change nothing but the time
     // (a 10B-parameter model has 10^10 normal draws to make at start-up).
 #pragma omp parallel for schedule(static) if (hi - lo > 65536)
     for (int64_t i = lo; i < hi; ++i) {
@@ -87,7 +93,7 @@ void init_parameters(const ParamLayout& layout, uint64_t seed, int64_t begin, in
         case Init::zeros: v = 0.0f; break;
         case Init::ones: v = 1.0f; break;
         case Init::normal:
-          v = static_cast<float>(t.init_std * normal_at(seed, static_cast<uint64_t>(i)));
+          v = static_cast<float>(t.init_std * normal_at(seed, static_cast<uint64_t>(t.draw_offset + (i - t.offset))));
           break;
       }
     }

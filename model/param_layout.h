@@ -26,6 +26,9 @@ struct ParamTensor {
   bool decay = false;           // in the weight-decay mask
   Init init = Init::zeros;
   double init_std = 0.0;        // for Init::normal
+  // Which draws of the seed's stream its values take: its offset in the layout of
+  // p = 1 (padding to 128), the same whatever the partition size pads to.
+  int64_t draw_offset = 0;
   int64_t numel() const { return shape.numel(); }
 };
 
@@ -77,8 +80,9 @@ struct FlatRange {
 int64_t shard_multiple_for(int64_t partition_size);
 
 // Fills out[0, end - begin) with the initial values of flat elements [begin, end):
-// a pure function of (seed, flat index), so every shard initialises its own slice and
-// all partition sizes start from the same model. Padding is zero.
+// a pure function of the seed and the element's place in its tensor (draw_offset), so every
+// shard initialises its own slice and all partition sizes start from the same model.
+// Padding is zero.
 void init_parameters(const ParamLayout& layout, uint64_t seed, int64_t begin, int64_t end,
                      float* out);
 
