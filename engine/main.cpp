@@ -567,7 +567,7 @@ int main(int argc, char** argv) {
     return kExitBadInput;
   }
   mics::ProcessEnv env(&argc, &argv);
-  mics::install_stop_handlers();  // after MPI_Init, so MPI keeps none of these for itself
+  mics::install_stop_handlers(env.rank() == 0);  // after MPI_Init, so MPI keeps none of these for itself
   try {
     const mics::Config config = resolve(o);
     setup_logging(env, config.log.level);

@@ -29,17 +29,35 @@ await_checkpoint() {
 
 # --- one process, SIGTERM ---
 "$bin" "${shape[@]}" --metrics "$work/full1.jsonl" || fail "uninterrupted run"
-"$bin" "${shape[@]}" --set checkpoint.dir="$work/ck1" --set checkpoint.every=5 --metrics "$work/run1.jsonl" &
+"$bin" "${shape[@]}" --set checkpoint.dir="$work/ck1" --set checkpoint.every=5 --metrics "$work/run1.jsonl" \
+  2> "$work/run1.log" &
 pid=$!
 await_checkpoint "$work/ck1"
 kill -TERM $pid
 wait $pid; rc=$?
 [[ $rc -eq 3 ]] || fail "one process: exit $rc after SIGTERM, expected 3"
+grep -q "^mics-train: SIGTERM received: stopping after this step" "$work/run1.log" \
+  || { cat "$work/run1.log"; fail "one process: the SIGTERM was not acknowledged when it arrived"; }
 stopped=$(cat "$work/ck1/latest")
 "$bin" "${shape[@]}" --set checkpoint.dir="$work/ck1" --set checkpoint.every=5 --metrics "$work/run1.jsonl" --resume auto \
   || fail "one process: resume"
 same "$work/full1.jsonl" "$work/run1.jsonl" || fail "one process: losses after SIGTERM + resume differ"
 echo "[${SECONDS}s] ok: one process stopped at $stopped by SIGTERM, resumed bit for bit"
+
+# --- one process, a second SIGTERM: ends it at once, as announced, without a checkpoint ---
+# Steps of seconds (a wider model), so the first signal's step is still running at the second.
+"$bin" --config "$src/configs/gpt-tiny.json" --steps 100 --set model.hidden=512 --set train.global_batch_size=8 \
+  --set checkpoint.dir="$work/ck2" --set checkpoint.every=1 --set log.every=1 --metrics "$work/run2.jsonl" \
+  2> "$work/run2.log" &
+pid=$!
+for _ in $(seq 600); do [[ -s $work/run2.jsonl ]] && break; sleep 0.1; done
+[[ -s $work/run2.jsonl ]] || { cat "$work/run2.log"; fail "the wide model's first step did not finish within 60 s"; }
+before=$(ls "$work/ck2")
+kill -TERM $pid; sleep 0.2; kill -TERM $pid
+wait $pid; rc=$?
+[[ $rc -eq 143 ]] || { cat "$work/run2.log"; fail "one process: exit $rc after two SIGTERMs, expected 143"; }
+[[ $(ls "$work/ck2") == "$before" ]] || fail "one process: a second SIGTERM still wrote a checkpoint"
+echo "[${SECONDS}s] ok: a second SIGTERM ended the run at once (exit 143, no checkpoint)"
 
 # --- mpirun, 4 ranks, p = 2, SIGUSR1 to mpirun ---
 place=(--set runtime.ranks_per_node=2 --set mics.partition_size=2 --set train.global_batch_size=16)
@@ -51,6 +69,8 @@ await_checkpoint "$work/ck4"
 kill -USR1 $pid
 wait $pid; rc=$?
 [[ $rc -eq 3 ]] || { cat "$work/run4.log"; fail "mpirun: exit $rc after SIGUSR1, expected 3"; }
+[[ $(grep -c "^mics-train: SIGUSR1 received: stopping after this step" "$work/run4.log") -eq 1 ]] \
+  || { cat "$work/run4.log"; fail "mpirun: the SIGUSR1 was not acknowledged once (by rank 0)"; }
 stopped=$(cat "$work/ck4/latest")
 "${mpirun_[@]}" -np 4 "$bin" "${shape[@]}" "${place[@]}" --set checkpoint.dir="$work/ck4" --set checkpoint.every=5 \
   --metrics "$work/run4.jsonl" --resume auto > "$work/resume4.log" 2>&1 || { cat "$work/resume4.log"; fail "mpirun: resume"; }
