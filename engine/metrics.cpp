@@ -1,8 +1,15 @@
 #include "engine/metrics.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <stdexcept>
+
+#include <spdlog/spdlog.h>
 
 namespace mics {
 
@@ -51,14 +58,40 @@ std::string StepMetrics::progress_line() const {
   return buf;
 }
 
-MetricsFile::MetricsFile(const std::string& path) : path_(path), out_(path, std::ios::app) {
-  if (!out_) throw std::runtime_error("cannot open '" + path + "' for appending (does its directory exist?).");
+MetricsFile::MetricsFile(const std::string& path)
+    : path_(path), fd_(::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644)) {
+  if (fd_ < 0)
+    throw std::runtime_error("cannot open '" + path + "' for appending (" + std::strerror(errno) +
+                             "; does its directory exist?).");
+}
+
+MetricsFile::~MetricsFile() {
+  if (fd_ >= 0) ::close(fd_);
 }
 
 void MetricsFile::write(const StepMetrics& m) {
-  out_ << m.to_json().dump() << '\n';
-  out_.flush();
-  if (!out_) throw std::runtime_error("writing the metrics file '" + path_ + "' failed.");
+  if (fd_ < 0) return;
+  const std::string line = m.to_json().dump() + '\n';
+  // One write(2) per line, so a reader never sees half of one unless the write itself fell
+  // short; then the file is cut back to where the line began.
+  const off_t before = ::lseek(fd_, 0, SEEK_END);
+  size_t done = 0;
+  int error = 0;
+  while (done < line.size()) {
+    const ssize_t n = ::write(fd_, line.data() + done, line.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      error = n < 0 ? errno : ENOSPC;
+      break;
+    }
+    done += static_cast<size_t>(n);
+  }
+  if (error == 0) return;
+  if (done > 0 && before >= 0) (void)!::ftruncate(fd_, before);
+  spdlog::warn("writing the metrics file '{}' failed at step {} ({}); training goes on, without further metrics lines",
+               path_, m.step, std::strerror(error));
+  ::close(fd_);
+  fd_ = -1;
 }
 
 std::string format_duration(double seconds) {

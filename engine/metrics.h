@@ -2,7 +2,6 @@
 // Progress of training: one readable line for the log and one JSON object per logged step
 // for --metrics files.
 #include <cstdint>
-#include <fstream>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -39,14 +38,19 @@ struct StepMetrics {
 };
 
 // Appends JSON lines to a file; opening it is checked at start so a bad path fails fast.
+// Metrics are not the run: a write that fails (a full disk) is taken back to the last whole
+// line, warned about once, and ends the file's writing, not the training.
 class MetricsFile {
  public:
   explicit MetricsFile(const std::string& path);
+  ~MetricsFile();
+  MetricsFile(const MetricsFile&) = delete;
+  MetricsFile& operator=(const MetricsFile&) = delete;
   void write(const StepMetrics& m);
 
  private:
   std::string path_;
-  std::ofstream out_;
+  int fd_ = -1;  // -1 once a write failed
 };
 
 std::string format_duration(double seconds);  // "42s", "3m05s", "2h10m"

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <filesystem>
 #include <regex>
 
 #include "tests/e2e/cli_runner.h"
@@ -177,6 +178,20 @@ TEST(Training, MetricsFileHasEveryField) {
   // Rank 0's readable progress line and the resolved config are in the log.
   EXPECT_NE(r.output.find("step 4/4 | loss"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("\"layernorm_eps\":1e-12"), std::string::npos) << r.output;
+}
+
+// A metrics file that cannot be written to (a full disk: /dev/full) costs the metrics, not
+// the run: one warning, and training goes on to its end.
+TEST(Training, AMetricsFileThatFailsWarnsAndTrainingGoesOn) {
+  const auto r = run_cli("--config " + source_path("configs/gpt-tiny.json") +
+                         " --steps 3 --set log.every=1 --metrics /dev/full");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("writing the metrics file '/dev/full' failed at step 1 (No space left on device); training "
+                          "goes on"),
+            std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("step 3/3 | loss"), std::string::npos) << r.output;
+  EXPECT_TRUE(std::filesystem::is_character_file("/dev/full"));
 }
 
 double dry_run_parameters(const std::string& config) {
