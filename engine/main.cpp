@@ -105,15 +105,28 @@ int export_weights(const Options& o) {
   if (end == source.end())
     throw mics::CheckpointError("--out " + o.out + " lies inside the checkpoint being exported (" + checkpoint.string() +
                                 "); write it elsewhere.");
+  // The writes rename a new file over the old, which would replace a device, a fifo or a
+  // folder (or, with --format hf, fail on a file where the folder goes): refused before
+  // anything is read.
+  if (o.format == "hf") {
+    if (fs::exists(o.out) && !fs::is_directory(o.out))
+      throw mics::CheckpointError("--out " + o.out + " exists and is not a directory; --format hf writes a folder.");
+    for (const char* file : {"model.safetensors", "config.json"})
+      if (const fs::path p = fs::path(o.out) / file; fs::exists(p) && !fs::is_regular_file(p))
+        throw mics::CheckpointError(p.string() + " exists and is not a regular file; export would replace it.");
+  } else if (fs::exists(o.out) && !fs::is_regular_file(o.out)) {
+    throw mics::CheckpointError("--out " + o.out + " exists and is not a regular file; export writes one .safetensors "
+                                "file (a folder with --format hf).");
+  }
   if (via_latest) std::printf("%s names %s\n", (fs::path(o.checkpoint) / "latest").lexically_normal().c_str(), name.c_str());
   const mics::CheckpointWeights w = mics::read_checkpoint_weights(checkpoint.string());
   const mics::model::ModelSpec spec = w.config.model_spec();
   const mics::TensorFile file = mics::to_hf(spec, w.tensors);
   const std::map<std::string, std::string> meta = {{"format", "pt"}, {"producer", "mics-train"}};
   if (o.format == "hf") {
-    std::filesystem::create_directories(o.out);
-    mics::write_safetensors((std::filesystem::path(o.out) / "model.safetensors").string(), file, meta);
-    std::ofstream(std::filesystem::path(o.out) / "config.json") << mics::hf_config(spec).dump(2) << '\n';
+    fs::create_directories(o.out);
+    mics::write_safetensors((fs::path(o.out) / "model.safetensors").string(), file, meta);
+    mics::write_hf_config((fs::path(o.out) / "config.json").string(), spec);
   } else {
     mics::write_safetensors(o.out, file, meta);
   }

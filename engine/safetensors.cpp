@@ -1,6 +1,7 @@
 #include "engine/safetensors.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -21,6 +22,31 @@ int64_t numel(const std::vector<int64_t>& shape) {
 }
 }  // namespace
 
+void write_file_replacing(const std::string& path, const std::function<void(std::ostream&)>& write) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::file_status target = fs::status(path, ec);  // a link is judged by what it points at
+  if (fs::exists(target) && !fs::is_regular_file(target))
+    throw SafetensorsError(path + " exists and is not a regular file; it is not replaced.");
+  const std::string tmp = path + ".tmp";
+  errno = 0;
+  std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+  if (!out) throw SafetensorsError("cannot create " + tmp + (errno ? std::string(": ") + std::strerror(errno) : "") + ".");
+  write(out);
+  out.close();  // the last buffered bytes reach the file (or fail to) here
+  if (!out) {
+    const int error = errno;
+    fs::remove(tmp, ec);
+    throw SafetensorsError("writing " + path + " failed" + (error ? std::string(": ") + std::strerror(error) : "") + ".");
+  }
+  fs::rename(tmp, path, ec);
+  if (ec) {
+    const std::string why = ec.message();
+    fs::remove(tmp, ec);
+    throw SafetensorsError("cannot replace " + path + ": " + why + ".");
+  }
+}
+
 void write_safetensors(const std::string& path, const TensorFile& tensors,
                        const std::map<std::string, std::string>& metadata) {
   json header = json::object();
@@ -35,18 +61,13 @@ void write_safetensors(const std::string& path, const TensorFile& tensors,
   }
   std::string text = header.dump();
   text.append((8 - text.size() % 8) % 8, ' ');
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) throw SafetensorsError("cannot create " + tmp + ".");
+  write_file_replacing(path, [&](std::ostream& out) {
     const uint64_t size = text.size();  // little endian on every supported host
     out.write(reinterpret_cast<const char*>(&size), 8);
     out.write(text.data(), static_cast<std::streamsize>(text.size()));
     for (const auto& [name, t] : tensors)
       out.write(reinterpret_cast<const char*>(t.values.data()), static_cast<std::streamsize>(t.values.size() * sizeof(float)));
-    if (!out.flush()) throw SafetensorsError("writing " + tmp + " failed.");
-  }
-  std::filesystem::rename(tmp, path);
+  });
 }
 
 TensorFile read_safetensors(const std::string& path, const std::set<std::string>& skip) {

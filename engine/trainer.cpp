@@ -230,9 +230,19 @@ void Trainer::resume(const std::string& where) {
 }
 
 void Trainer::init_from(const std::string& where) {
+  namespace fs = std::filesystem;
   std::string path = where;
-  if (std::filesystem::is_directory(path)) path = (std::filesystem::path(path) / "model.safetensors").string();
+  fs::path folder = fs::path(where).parent_path();
+  if (fs::is_directory(where)) {
+    folder = where;
+    path = (folder / "model.safetensors").string();
+  }
   const model::ModelSpec spec = config_.model_spec();
+  // The weights' shapes do not show heads, activation, LayerNorm eps or attention scaling;
+  // the config.json beside them (in the folder, or the file's folder) does.
+  if (const fs::path hf = folder / "config.json"; fs::exists(hf))
+    for (const std::string& warning : check_hf_config(spec, hf.string()))
+      if (topo_.rank == 0) spdlog::warn("{}", warning);
   const model::ParamLayout& layout = model_->layout();
   const auto ours = from_hf(spec, layout, read_safetensors(path, hf_ignored_names(spec)), path);
   std::vector<float> shard(static_cast<size_t>(store_->shard_elements()), 0.0f);

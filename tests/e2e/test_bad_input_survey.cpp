@@ -1,5 +1,5 @@
 // Every kind of bad input the command line can be handed: configs, flags, data files,
-// checkpoints, Hugging Face weight files. Each one must
+// checkpoints, Hugging Face weight files and config.json, export targets. Each one must
 //   - exit with code 2 (README: "bad flags, config, data or checkpoint"),
 //   - print exactly one line, "mics-train: error: ...", that names the key, flag or file,
 //   - leave every file on disk as it was: the valid checkpoint directory, the case's own
@@ -17,6 +17,8 @@
 #include <functional>
 #include <map>
 #include <vector>
+
+#include <sys/stat.h>
 
 #include "engine/safetensors.h"
 #include "kernels/cuda/cuda_backend.h"
@@ -111,6 +113,24 @@ Case weights_case(const char* name, std::function<void(mics::TensorFile&)> edit,
             const std::string path = e.dir.file("weights.safetensors");
             mics::write_safetensors(path, tensors, {});
             return std::pair{e.run("--init-from " + path), path + expected};
+          }};
+}
+
+// The valid weights as a Hugging Face folder whose config.json, the run's model as
+// transformers writes it (keys left out at their defaults) edited by `edit`, is refused.
+// `text`, where given, replaces the JSON; `by_file` names the weight file, not the folder.
+Case hf_config_case(const char* name, std::function<void(json&)> edit, std::string expected, bool by_file = false,
+                    std::string text = "") {
+  return {name, [=](const Env& e) {
+            const std::string folder = e.dir.file("hf");
+            fs::create_directories(folder);
+            fs::copy_file(e.good_hf, folder + "/model.safetensors");
+            json c = {{"model_type", "gpt2"}, {"vocab_size", 256}, {"n_embd", 64}, {"n_layer", 2},
+                      {"n_head", 4}, {"n_positions", 32}, {"n_inner", nullptr}};
+            edit(c);
+            e.dir.write("hf/config.json", text.empty() ? c.dump(2) : text);
+            return std::pair{e.run("--init-from " + folder + (by_file ? "/model.safetensors" : "")),
+                             folder + "/config.json" + expected};
           }};
 }
 
@@ -405,6 +425,21 @@ std::vector<Case> cases() {
                  return std::pair{"export --checkpoint " + e.good_ck + " --out " + e.good_ck + "/step-000002" + kShard0,
                                   "--out " + e.good_ck + "/step-000002" + kShard0 + " lies inside the checkpoint being exported"};
                }});
+  c.push_back({"export_over_a_fifo", [](const Env& e) {  // as over /dev/full: not replaced by a file
+                 ::mkfifo(e.dir.file("fifo").c_str(), 0644);
+                 return std::pair{"export --checkpoint " + e.good_ck + "/step-000002 --out " + e.dir.file("fifo"),
+                                  "--out " + e.dir.file("fifo") + " exists and is not a regular file"};
+               }});
+  c.push_back({"export_hf_over_a_file", [](const Env& e) {
+                 const std::string out = e.dir.write("hf", "a file");
+                 return std::pair{"export --checkpoint " + e.good_ck + "/step-000002 --format hf --out " + out,
+                                  "--out " + out + " exists and is not a directory"};
+               }});
+  c.push_back({"export_hf_config_is_a_folder", [](const Env& e) {
+                 fs::create_directories(e.dir.file("hf/config.json"));
+                 return std::pair{"export --checkpoint " + e.good_ck + "/step-000002 --format hf --out " + e.dir.file("hf"),
+                                  e.dir.file("hf/config.json") + " exists and is not a regular file"};
+               }});
   c.push_back({"export_missing_checkpoint", [](const Env& e) {
                  return std::pair{"export --checkpoint " + e.dir.file("nothing") + " --out " + e.dir.file("out.safetensors"),
                                   e.dir.file("nothing") + "/manifest.json"};
@@ -424,6 +459,28 @@ std::vector<Case> cases() {
   c.push_back(weights_case("weights_wrong_shape",
                            [](mics::TensorFile& t) { t["transformer.wpe.weight"] = {{16, 64}, std::vector<float>(16 * 64)}; },
                            ": tensor 'transformer.wpe.weight' is [16, 64]; this model needs [32, 64]"));
+  c.push_back(weights_case("weights_untied_lm_head",
+                           [](mics::TensorFile& t) {
+                             t["lm_head.weight"] = t.at("transformer.wte.weight");
+                             t["lm_head.weight"].values[100] += 1.0f;
+                           },
+                           " holds 'lm_head.weight', which differs from 'transformer.wte.weight': mics-train ties"));
+  c.push_back(hf_config_case("hf_config_heads", [](json& c) { c["n_head"] = 2; },
+                             ": 'n_head' is 2; this run's 'model.heads' is 4."));
+  c.push_back(hf_config_case("hf_config_activation", [](json& c) { c["activation_function"] = "relu"; },
+                             ": 'activation_function' is \"relu\"; mics-train's GPT computes the tanh GELU"));
+  c.push_back(hf_config_case("hf_config_layernorm_eps", [](json& c) { c["layer_norm_epsilon"] = 1e-6; },
+                             ": 'layer_norm_epsilon' is 1e-06; this run's 'model.layernorm_eps' is 1e-05."));
+  c.push_back(hf_config_case("hf_config_ffn", [](json& c) { c["n_inner"] = 128; },
+                             ": 'n_inner' is 128; this run's 'model.ffn' is 256."));
+  c.push_back(hf_config_case("hf_config_inverse_layer_scale_beside_file",
+                             [](json& c) { c["scale_attn_by_inverse_layer_idx"] = true; },
+                             ": 'scale_attn_by_inverse_layer_idx' is true", /*by_file=*/true));
+  c.push_back(hf_config_case("hf_config_model_type", [](json& c) { c["model_type"] = "bert"; },
+                             ": 'model_type' is \"bert\"; this run trains a GPT"));
+  c.push_back(hf_config_case("hf_config_not_hugging_face", [](json& c) { c.erase("model_type"); },
+                             " has no 'model_type'"));
+  c.push_back(hf_config_case("hf_config_invalid_json", [](json&) {}, " is not valid JSON", false, "{\"n_head\": "));
   c.push_back({"weights_truncated", [](const Env& e) {
                  const std::string p = e.dir.file("cut.safetensors");
                  fs::copy_file(e.good_hf, p);

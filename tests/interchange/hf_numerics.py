@@ -14,6 +14,11 @@ GPT2LMHeadModel.from_pretrained, and evaluate the same samples both ways, one at
 
 Per sample rather than the batch mean, so that differences do not average away; the
 gradient norm makes this a check of the backward pass as well as the forward one.
+
+Also --init-from on folders that transformers' save_pretrained wrote itself: the run's own
+model (config.json with transformers' keys and defaults) is taken; an untied output head
+or a config.json of another model (heads, activation) is refused, naming it. And the
+exported config's token ids lie inside the vocabulary.
 BERT's masking is done by our batcher (data/batcher.cpp); it is reproduced here bit for
 bit from data/counter_rng.h, so both sides see the same corrupted input and labels.
 
@@ -30,7 +35,7 @@ import tempfile
 try:
     import torch
     import transformers
-    from transformers import BertForMaskedLM, GPT2LMHeadModel
+    from transformers import BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel
 except ImportError as e:  # the suite runs without them; scripts/setup.sh installs them
     print(f"SKIP: {e} (scripts/setup.sh installs python3-torch and transformers)")
     sys.exit(77)
@@ -56,6 +61,11 @@ def run(cmd):
     if r.returncode != 0:
         sys.exit(f"FAIL: {' '.join(cmd)} exited {r.returncode}:\n{r.stdout}")
     return r.stdout
+
+
+def run_rc(cmd):
+    r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return r.returncode, r.stdout
 
 
 def write_shard(path, tokens):
@@ -181,6 +191,11 @@ def check_model(kind, bin_path, source_dir, text, work):
     for what in ("missing_keys", "unexpected_keys", "mismatched_keys"):
         if info[what]:
             sys.exit(f"FAIL: {kind}: from_pretrained({hf_dir}) reports {what}: {info[what]}")
+    ids = {"bos_token_id", "eos_token_id", "pad_token_id"}
+    outside = {k: getattr(model.config, k) for k in ids
+               if getattr(model.config, k, None) is not None and not 0 <= getattr(model.config, k) < model.config.vocab_size}
+    if outside:
+        sys.exit(f"FAIL: {kind}: the exported config's {outside} lie outside vocab_size {model.config.vocab_size}")
     model64 = model.double().eval()
     # The same weights through transformers in fp32: the size of fp32 rounding in an
     # independent implementation, printed for scale.
@@ -215,6 +230,53 @@ def check_model(kind, bin_path, source_dir, text, work):
     return ok
 
 
+def model_args(kind, source_dir):
+    return ["--config", os.path.join(source_dir, "configs", f"{kind}-tiny.json"), "--log-level", "warn",
+            "--set", f"train.seq_len={SEQ}", "--set", f"model.max_positions={SEQ}",
+            "--set", f"model.hidden={HIDDEN}", "--set", f"model.layers={LAYERS}",
+            "--set", f"model.heads={HEADS}", "--steps", "1", "--set", "train.global_batch_size=8"]
+
+
+def check_transformers_files(bin_path, source_dir, work):
+    """--init-from folders written by save_pretrained: (kind, config changes, untie the
+    head?, what a refusal must name, or None where it must be taken)."""
+    cases = [("gpt", {}, False, None),
+             ("gpt", {"tie_word_embeddings": False}, True, "'lm_head.weight', which differs"),
+             ("gpt", {"n_head": 2}, False, "'n_head' is 2; this run's 'model.heads' is 4"),
+             ("gpt", {"layer_norm_epsilon": 1e-6}, False, "'layer_norm_epsilon' is 1e-06"),
+             ("bert", {}, False, None),
+             ("bert", {"tie_word_embeddings": False}, True, "'cls.predictions.decoder.weight', which differs"),
+             ("bert", {"hidden_act": "relu"}, False, "'hidden_act' is \"relu\"")]
+    ok = True
+    for i, (kind, changes, untie, refusal) in enumerate(cases):
+        torch.manual_seed(i)
+        if kind == "gpt":
+            config = GPT2Config(**{"vocab_size": 256, "n_positions": SEQ, "n_embd": HIDDEN, "n_layer": LAYERS,
+                                   "n_head": HEADS, **changes})
+            model = GPT2LMHeadModel(config)
+            head = model.lm_head.weight
+        else:
+            config = BertConfig(**{"vocab_size": 260, "max_position_embeddings": SEQ, "hidden_size": HIDDEN,
+                                   "num_hidden_layers": LAYERS, "num_attention_heads": HEADS,
+                                   "intermediate_size": 4 * HIDDEN, **changes})
+            model = BertForMaskedLM(config)
+            head = model.cls.predictions.decoder.weight
+        if untie:
+            with torch.no_grad():
+                head.normal_()
+        folder = os.path.join(work, f"saved-{i}")
+        model.save_pretrained(folder, safe_serialization=True)
+        rc, out = run_rc([bin_path, *model_args(kind, source_dir), "--init-from", folder])
+        taken = refusal is None and rc == 0
+        refused = refusal is not None and rc == 2 and refusal in out and out.count("\n") == 1
+        print(f"{kind:4s} save_pretrained {changes or 'as the run'}: exit {rc}")
+        if not (taken or refused):
+            ok = False
+            print(f"FAIL: {kind} {changes}: expected " + ("exit 0" if refusal is None else f"exit 2 naming {refusal!r}") +
+                  f", got exit {rc}:\n{out}")
+    return ok
+
+
 def main():
     bin_path, source_dir = sys.argv[1], sys.argv[2]
     print(f"transformers {transformers.__version__}, torch {torch.__version__}")
@@ -224,6 +286,8 @@ def main():
     for kind in ("gpt", "bert"):
         with tempfile.TemporaryDirectory(prefix=f"mics-hf-{kind}-") as work:
             ok &= check_model(kind, bin_path, source_dir, text, work)
+    with tempfile.TemporaryDirectory(prefix="mics-hf-saved-") as work:
+        ok &= check_transformers_files(bin_path, source_dir, work)
     sys.exit(0 if ok else 1)
 
 
