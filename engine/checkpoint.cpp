@@ -184,7 +184,7 @@ void check_checkpoint_dir(const Config& config, const Topology& topo, const std:
 }
 
 void save_checkpoint(const Config& config, const Topology& topo, const model::ParamLayout& layout,
-                     const ShardedParamStore& store, int64_t step, int64_t samples_seen,
+                     const ShardedParamStore& store, int64_t step, int64_t samples_seen, const std::string& data,
                      const LossScaler::State& loss_scaler) {
   const fs::path dir = config.checkpoint.dir;
   const std::string name = step_name(step);
@@ -240,6 +240,7 @@ void save_checkpoint(const Config& config, const Topology& topo, const model::Pa
                        {"version", kFormatVersion},
                        {"step", step},
                        {"samples_seen", samples_seen},
+                       {"data", data},
                        {"partition_size", topo.partition_size},
                        {"world_size", topo.world},
                        {"shard_elements", store.shard_elements()},
@@ -319,6 +320,7 @@ ResumePoint load_checkpoint(const std::string& where, const Config& config, cons
     const int p = manifest.at("partition_size").get<int>();
     point.step = manifest.at("step").get<int64_t>();
     point.samples_seen = manifest.at("samples_seen").get<int64_t>();
+    if (manifest.contains("data") && manifest.at("data").is_string()) point.data = manifest.at("data").get<std::string>();
     if (manifest.contains("loss_scaler")) {
       const json& ls = manifest.at("loss_scaler");
       point.loss_scaler = {ls.at("scale").get<double>(), ls.at("good_steps").get<int64_t>()};

@@ -224,6 +224,10 @@ void Trainer::resume(const std::string& where) {
     spdlog::info("fp16 loss scale {} ({} good steps towards the next doubling){}", scaler_.scale(),
                  scaler_.state().good_steps, point.loss_scaler.scale > 0 ? ", from the checkpoint" : ", initial");
   spdlog::info("resumed from {} at step {} ({} samples seen)", point.path, point.step, point.samples_seen);
+  if (topo_.rank == 0 && !point.data.empty() && point.data != source_->describe())
+    spdlog::warn("the data differ from the checkpoint's run (then \"{}\", now \"{}\"): its {} samples seen are "
+                 "positions in another order, so some windows come again and others are skipped",
+                 point.data, source_->describe(), point.samples_seen);
   if (start_step_ >= config_.train.steps)
     spdlog::warn("the checkpoint is at step {} and train.steps is {}: nothing left to train", start_step_,
                  config_.train.steps);
@@ -321,7 +325,7 @@ std::vector<double> Trainer::run() {
       store_->settle_updates();  // the deferred updates of this step, all in the shards
       if (before_checkpoint_) before_checkpoint_();
       save_checkpoint(config_, topo_, model_->layout(), *store_, done,
-                      sample_base_ + (done - start_step_) * global_batch_, scaler_.state());
+                      sample_base_ + (done - start_step_) * global_batch_, source_->describe(), scaler_.state());
       if (after_checkpoint_) after_checkpoint_();
       backend_.take_fence_wait_s();  // the settle's waits (read back by the save): not a forward's
     }

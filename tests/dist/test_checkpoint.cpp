@@ -41,6 +41,7 @@ TEST(Checkpoint, ResumeIsBitIdenticalOnOneProcess) {
     const auto r = run_cli(args(model, dir.file("ck2"), 6, dir.file("resumed.jsonl")) + " --resume " + ck + "/step-000003");
     ASSERT_EQ(r.exit_code, 0) << r.output;
     EXPECT_EQ(r.output.find("settings its run did not have"), std::string::npos) << r.output;  // (checkpoint.dir may differ)
+    EXPECT_EQ(r.output.find("the data differ"), std::string::npos) << r.output;
     const auto resumed = read_losses(dir.file("resumed.jsonl"));
     ASSERT_EQ(full.size(), 6u);
     ASSERT_EQ(resumed.size(), 3u);
@@ -58,6 +59,28 @@ TEST(Checkpoint, ResumingWithOtherTrainingSettingsNamesThem) {
   EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("resuming " + ck + "/step-000003 with settings its run did not have (train.seed 1234 -> 7)"),
             std::string::npos) << r.output;
+}
+
+// Data that changed under the same path (a file added to the folder) reorders the windows,
+// and samples_seen then counts positions in another order: the resume says so.
+TEST(Checkpoint, ResumingOnOtherDataSaysSo) {
+  TempDir dir("ckdata");
+  std::string text;
+  for (int i = 0; i < 200; ++i) text += "line " + std::to_string(i) + " of a small text to train on.\n";
+  std::filesystem::create_directories(dir.file("data"));
+  dir.write("data/a.txt", text);
+  const std::string ck = dir.file("ck"), data = " --set data.path=" + dir.file("data");
+  ASSERT_EQ(run_cli(args("gpt", ck, 3, dir.file("a.jsonl")) + data).exit_code, 0);
+  auto r = run_cli(args("gpt", ck, 4, dir.file("b.jsonl")) + data + " --resume latest");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(r.output.find("the data differ"), std::string::npos) << r.output;
+  dir.write("data/b.txt", text);
+  r = run_cli(args("gpt", ck, 5, dir.file("c.jsonl")) + data + " --resume latest");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  const std::string folder = "text '" + dir.file("data") + "': ";
+  EXPECT_NE(r.output.find("the data differ from the checkpoint's run (then \"" + folder + "1 files"), std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("now \"" + folder + "2 files"), std::string::npos) << r.output;
 }
 
 // runtime.overlap_optimizer: a checkpoint holds every deferred update of its step (the
