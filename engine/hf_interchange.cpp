@@ -6,6 +6,7 @@
 #include <stdexcept>
 
 #include "engine/config.h"
+#include "engine/replace_file.h"
 
 namespace mics {
 

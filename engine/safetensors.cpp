@@ -1,7 +1,8 @@
 #include "engine/safetensors.h"
 
+#include "engine/replace_file.h"
+
 #include <algorithm>
-#include <cerrno>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -21,31 +22,6 @@ int64_t numel(const std::vector<int64_t>& shape) {
   return n;
 }
 }  // namespace
-
-void write_file_replacing(const std::string& path, const std::function<void(std::ostream&)>& write) {
-  namespace fs = std::filesystem;
-  std::error_code ec;
-  const fs::file_status target = fs::status(path, ec);  // a link is judged by what it points at
-  if (fs::exists(target) && !fs::is_regular_file(target))
-    throw SafetensorsError(path + " exists and is not a regular file; it is not replaced.");
-  const std::string tmp = path + ".tmp";
-  errno = 0;
-  std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-  if (!out) throw SafetensorsError("cannot create " + tmp + (errno ? std::string(": ") + std::strerror(errno) : "") + ".");
-  write(out);
-  out.close();  // the last buffered bytes reach the file (or fail to) here
-  if (!out) {
-    const int error = errno;
-    fs::remove(tmp, ec);
-    throw SafetensorsError("writing " + path + " failed" + (error ? std::string(": ") + std::strerror(error) : "") + ".");
-  }
-  fs::rename(tmp, path, ec);
-  if (ec) {
-    const std::string why = ec.message();
-    fs::remove(tmp, ec);
-    throw SafetensorsError("cannot replace " + path + ": " + why + ".");
-  }
-}
 
 void write_safetensors(const std::string& path, const TensorFile& tensors,
                        const std::map<std::string, std::string>& metadata) {

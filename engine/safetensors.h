@@ -4,9 +4,7 @@
 // the raw little-endian tensor bytes. Only F32 tensors are read and written. Reading is
 // strict: any inconsistency is a SafetensorsError naming the file and the tensor.
 #include <cstdint>
-#include <functional>
 #include <map>
-#include <ostream>
 #include <set>
 #include <stdexcept>
 #include <string>
@@ -25,11 +23,6 @@ struct StoredTensor {
 
 using TensorFile = std::map<std::string, StoredTensor>;
 
-// Writes `path` through `path`.tmp renamed into place, so that no reader sees half a file.
-// A `path` that exists and is not a regular file (a device, a fifo, a folder) is refused
-// rather than replaced; a failed write (a full disk) or rename removes the temporary file.
-// Failures are SafetensorsErrors naming the file.
-void write_file_replacing(const std::string& path, const std::function<void(std::ostream&)>& write);
 // Writes the tensors in name order, header padded to 8 bytes; replaces `path` atomically
 // (write_file_replacing).
 void write_safetensors(const std::string& path, const TensorFile& tensors,

@@ -4,14 +4,17 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <map>
+#include <sstream>
 
 #include <nlohmann/json.hpp>
 
 #include "engine/flops.h"
 #include "engine/memory_report.h"
 #include "engine/process_groups.h"
+#include "engine/replace_file.h"
 #include "engine/sim/sim_backend.h"
 #include "engine/sim/sim_communicator.h"
 #include "engine/topology.h"
@@ -188,11 +191,22 @@ namespace {
 bool ends_with(const std::string& s, const std::string& tail) {
   return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
 }
+
+// RFC 4180: a field with a comma, a quote or a line break is quoted, its quotes doubled (a
+// config path may hold any of them).
+std::string csv_field(const std::string& text) {
+  if (text.find_first_of(",\"\r\n") == std::string::npos) return text;
+  std::string quoted = "\"";
+  for (const char c : text) quoted += c == '"' ? std::string("\"\"") : std::string(1, c);
+  return quoted + "\"";
+}
 }  // namespace
 
 void check_results_path(const std::string& path) {
   if (!ends_with(path, ".csv") && !ends_with(path, ".json"))
     throw ConfigError("--out '" + path + "' must end in .csv or .json.");
+  if (std::filesystem::exists(path) && !std::filesystem::is_regular_file(path))
+    throw ConfigError("--out " + path + " exists and is not a regular file; it is not replaced.");
   const bool existed = std::ifstream(path).good();
   if (!std::ofstream(path, std::ios::app)) throw ConfigError("--out: cannot write '" + path + "'.");
   if (!existed) std::remove(path.c_str());  // leave no empty file behind if the run fails
@@ -203,8 +217,7 @@ void write_results(const std::string& path, const Config& config, const ClusterS
   check_results_path(path);
   const bool csv_out = ends_with(path, ".csv");
   const bool json_out = !csv_out;
-  std::ofstream f(path);
-  if (!f) throw ConfigError("--out: cannot write '" + path + "'.");
+  std::ostringstream f;
   nlohmann::json all = nlohmann::json::array();
   if (csv_out)
     f << "config,cluster,mode,nodes,gpus,partition_size,hierarchical,global_batch,accumulation,step_s,samples_per_s,"
@@ -228,12 +241,17 @@ void write_results(const std::string& path, const Config& config, const ClusterS
     for (const auto& [key, value] : fields) {
       row[key] = value;
       if (!csv.empty()) csv += ',';
-      csv += value.is_string() ? value.get<std::string>() : value.dump();
+      csv += value.is_string() ? csv_field(value.get<std::string>()) : value.dump();
     }
     if (csv_out) f << csv << '\n';
     all.push_back(row);
   }
   if (json_out) f << all.dump(2) << '\n';
+  try {
+    write_file_replacing(path, [&](std::ostream& out) { out << f.str(); });
+  } catch (const FileWriteError& e) {
+    throw ConfigError(std::string("--out: ") + e.what());
+  }
 }
 
 }  // namespace mics::sim

@@ -7,6 +7,8 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
 #include <ostream>
 
 #include "engine/config.h"
@@ -478,6 +480,8 @@ TEST(SimulateCli, BadRequestsAreRefusedByName) {
   TempDir dir("simcli");
   const std::string base = "--config " + source_path("configs/bert-10b.json");
   const std::string p3dn = " --simulate " + source_path("configs/clusters/p3dn.json");
+  const std::string folder_csv = dir.file("folder.csv");
+  std::filesystem::create_directory(folder_csv);
   const struct {
     std::string args, message;
   } cases[] = {
@@ -485,6 +489,7 @@ TEST(SimulateCli, BadRequestsAreRefusedByName) {
       {base + p3dn + " --nodes 3 --modes mics --set mics.partition_size=16",
        "--nodes 3 (24 GPUs), mode mics: 'mics.partition_size' (16) must divide"},
       {base + p3dn + " --out " + dir.file("x.txt"), "--out '" + dir.file("x.txt") + "' must end in .csv or .json"},
+      {base + p3dn + " --out " + folder_csv, "--out " + folder_csv + " exists and is not a regular file"},
       {base + p3dn + " --modes mics,fsdp", "--modes: fsdp not in {mics,zero3,dp}"},
       {base + " --cluster " + source_path("configs/clusters/p3dn.json"), "--cluster goes with --dry-run"},
       {base + " --nodes 2", "--nodes, --modes, --out and --per-gpu-batch go with --simulate"},
@@ -495,6 +500,31 @@ TEST(SimulateCli, BadRequestsAreRefusedByName) {
     EXPECT_NE(r.output.find(c.message), std::string::npos) << c.args << "\n" << r.output;
     EXPECT_EQ(r.output.find("simulated:"), std::string::npos) << "work done before refusing: " << c.args;
   }
+}
+
+// The CSV's fields are quoted where they must be: a config path with a comma stays one field.
+TEST(SimulateCli, CsvQuotesAFieldWithAComma) {
+  TempDir dir("simcsv");
+  const std::string config = dir.file("bert,10b.json");
+  std::filesystem::copy_file(source_path("configs/bert-10b.json"), config);
+  const auto r = run_cli("--config '" + config + "' --simulate " + source_path("configs/clusters/p3dn.json") +
+                         " --nodes 2 --modes mics --out " + dir.file("r.csv"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  std::ifstream in(dir.file("r.csv"));
+  std::string header, row;
+  ASSERT_TRUE(std::getline(in, header) && std::getline(in, row));
+  EXPECT_EQ(row.rfind("\"" + config + "\",", 0), 0u) << row;
+  // Fields: the commas outside quotes, as a CSV reader counts them.
+  const auto fields = [](const std::string& line) {
+    size_t n = 1;
+    bool quoted = false;
+    for (const char c : line) {
+      if (c == '"') quoted = !quoted;
+      n += c == ',' && !quoted;
+    }
+    return n;
+  };
+  EXPECT_EQ(fields(row), fields(header));
 }
 
 }  // namespace
