@@ -468,10 +468,14 @@ Config parse_document(const json& input, const std::string& source, const std::v
   must(d, dc.source != "synthetic" || dc.path.empty(),
        "'data.path' is set but 'data.source' is \"synthetic\"; set data.source to \"text\" or \"shards\"");
   if (bert) {
-    if (dc.mask_token_id < 0) dc.mask_token_id = mc.vocab_size - 1;
+    must(d, dc.mask_token_id >= -1, "'data.mask_token_id' (" + std::to_string(dc.mask_token_id) +
+                                        ") must be a token id, or -1 for the vocabulary's last");
+    if (dc.mask_token_id == -1) dc.mask_token_id = mc.vocab_size - 1;
     must(d, dc.mask_token_id < mc.vocab_size, "'data.mask_token_id' (" + std::to_string(dc.mask_token_id) +
                                                   ") must be below 'model.vocab_size' (" +
                                                   std::to_string(mc.vocab_size) + ")");
+    must(d, dc.source != "synthetic" || dc.mask_token_id >= 1,
+         "'data.mask_token_id' (0): synthetic BERT data draws its tokens from the ids below it, so it must be at least 1");
     must(d, dc.mask_prob > 0 && dc.mask_prob < 1, "'data.mask_prob' must be in (0, 1)");
     must(d, dc.source != "text" || (mc.vocab_size > 256 && dc.mask_token_id >= 256),
          "byte-level text uses ids 0..255, so BERT needs 'model.vocab_size' above 256 and 'data.mask_token_id' at 256 or above");

@@ -99,6 +99,9 @@ Trainer::Trainer(const Config& c, Backend& backend, const Topology& topo, Traine
   optimizer_ = std::make_unique<AdamW>(layout, store_->ranges());
   schedule_ = LrSchedule{t.lr, t.min_lr, t.warmup_steps, t.steps, t.lr_decay};
   spdlog::info("data: {}", source_->describe());
+  if (source_->num_windows() > 0 && source_->num_windows() < global_batch_)
+    spdlog::warn("the data hold {} window(s), fewer than one global batch ({} samples): every step trains on some "
+                 "of them more than once", source_->num_windows(), global_batch_);
   spdlog::info("model: {} with {} parameters ({:.2f} M) in {} layer spans; activations {:.1f} MiB",
                c.model.type, layout.parameter_count(),
                static_cast<double>(layout.parameter_count()) / 1e6, layout.num_layers(),

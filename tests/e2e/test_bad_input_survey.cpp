@@ -226,6 +226,15 @@ std::vector<Case> cases() {
                             j["train"]["keep_ffn_output"] = true;
                           },
                           "'train.keep_ffn_output' applies to post-LN models (\"bert\")"));
+  const auto synthetic_bert = [](json& j, int mask) {
+    j["model"]["type"] = "bert";
+    j["model"]["type_vocab_size"] = 2;
+    j["data"] = {{"source", "synthetic"}, {"mask_token_id", mask}};
+  };
+  c.push_back(config_case("mask_token_zero_on_synthetic", [=](json& j) { synthetic_bert(j, 0); },
+                          "'data.mask_token_id' (0): synthetic BERT data draws its tokens from the ids below it"));
+  c.push_back(config_case("mask_token_negative", [=](json& j) { synthetic_bert(j, -5); },
+                          "'data.mask_token_id' (-5) must be a token id, or -1 for the vocabulary's last"));
   c.push_back(config_case("overlap_weight_grads_on_cpu", [](json& j) { j["runtime"]["overlap_weight_grads"] = true; },
                           "'runtime.overlap_weight_grads' runs the weight gradients on a second GPU stream; it needs "
                           "'runtime.backend' \"cuda\""));

@@ -194,6 +194,20 @@ TEST(Training, AMetricsFileThatFailsWarnsAndTrainingGoesOn) {
   EXPECT_TRUE(std::filesystem::is_character_file("/dev/full"));
 }
 
+// Data of fewer windows than a global batch trains (the order repeats), but says so once.
+TEST(Training, DataSmallerThanABatchIsWarnedAbout) {
+  TempDir dir("tinydata");
+  const std::string base = "--config " + source_path("configs/gpt-tiny.json") +
+                           " --steps 1 --set train.seq_len=32 --set model.max_positions=32 --set data.path=";
+  auto r = run_cli(base + dir.write("one.txt", std::string(40, 'x')));  // 1 window of 33 bytes
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("the data hold 1 window(s), fewer than one global batch (16 samples)"), std::string::npos)
+      << r.output;
+  r = run_cli(base + dir.write("more.txt", std::string(33 * 16, 'x')));  // 16 windows
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(r.output.find("fewer than one global batch"), std::string::npos) << r.output;
+}
+
 double dry_run_parameters(const std::string& config) {
   const auto r = run_cli("--config " + source_path(config) + " --dry-run");
   EXPECT_EQ(r.exit_code, 0) << r.output;
