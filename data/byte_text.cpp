@@ -92,4 +92,9 @@ std::string ByteTextSource::describe() const {
          " windows of " + std::to_string(window_len_) + " tokens";
 }
 
+std::string ByteTextSource::identity() const {
+  return "text '" + path_ + "': " + std::to_string(text_.num_files) + " files, " + std::to_string(text_.bytes.size()) +
+         " bytes, " + std::to_string(num_windows()) + " windows of " + std::to_string(window_len_) + " tokens";
+}
+
 }  // namespace mics::data

@@ -19,6 +19,7 @@ class ByteTextSource final : public TokenSource {
   void window(int64_t index, std::span<int32_t> out) const override;
   int32_t vocab_bound() const override { return 256; }
   std::string describe() const override;
+  std::string identity() const override;
   int64_t num_windows() const override { return order_.num_windows(); }
 
  private:

@@ -16,6 +16,7 @@ class SyntheticSource final : public TokenSource {
   void window(int64_t index, std::span<int32_t> out) const override;
   int32_t vocab_bound() const override { return vocab_; }
   std::string describe() const override;
+  std::string identity() const override { return describe(); }
   int64_t num_windows() const override { return 0; }
 
  private:

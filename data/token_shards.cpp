@@ -112,4 +112,9 @@ std::string TokenShardSource::describe() const {
          " windows of " + std::to_string(window_len_) + " tokens";
 }
 
+std::string TokenShardSource::identity() const {
+  return "shards '" + path_ + "': " + std::to_string(shards_.files.size()) + " files, " + std::to_string(num_tokens()) +
+         " tokens, " + std::to_string(num_windows()) + " windows of " + std::to_string(window_len_) + " tokens";
+}
+
 }  // namespace mics::data

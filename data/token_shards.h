@@ -27,6 +27,7 @@ class TokenShardSource final : public TokenSource {
   void window(int64_t index, std::span<int32_t> out) const override;
   int32_t vocab_bound() const override { return shards_.vocab_bound; }
   std::string describe() const override;
+  std::string identity() const override;
   int64_t num_windows() const override { return order_.num_windows(); }
   int64_t num_tokens() const { return shards_.starts.back(); }
 

@@ -16,6 +16,8 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
+#include "engine/replace_file.h"
+
 namespace mics {
 
 namespace fs = std::filesystem;
@@ -51,14 +53,6 @@ void write_durably(const fs::path& path, const std::vector<const void*>& parts,
   const bool synced = ::fsync(fd) == 0;
   ::close(fd);
   if (!synced) throw CheckpointError("cannot flush " + path.string() + " to disk.");
-}
-
-void sync_directory(const fs::path& dir) {
-  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
-  if (fd >= 0) {
-    ::fsync(fd);
-    ::close(fd);
-  }
 }
 
 json layout_json(const model::ParamLayout& layout) {
@@ -252,14 +246,14 @@ void save_checkpoint(const Config& config, const Topology& topo, const model::Pa
         manifest["loss_scaler"] = {{"scale", loss_scaler.scale}, {"good_steps", loss_scaler.good_steps}};
       const std::string text = manifest.dump(1);
       write_durably(tmp / "manifest.json", {text.data()}, {text.size()});
-      sync_directory(tmp);
+      sync_directory(tmp.string());
       const fs::path final_dir = dir / name;
       if (fs::exists(final_dir)) fs::remove_all(final_dir);  // a rerun of the same step
       fs::rename(tmp, final_dir);
       const std::string latest = name + "\n";
       write_durably(dir / ".latest.tmp", {latest.data()}, {latest.size()});
       fs::rename(dir / ".latest.tmp", dir / "latest");
-      sync_directory(dir);
+      sync_directory(dir.string());
       prune(dir, config.checkpoint.keep);
       spdlog::info("checkpoint {} written ({} shard files)", final_dir.string(), topo.partition_size);
     } catch (const std::exception& e) {

@@ -26,7 +26,7 @@ struct ResumePoint {
   int64_t samples_seen = 0;  // global samples consumed
   std::string path;          // the checkpoint directory loaded
   LossScaler::State loss_scaler;  // fp16 runs; empty otherwise
-  std::string data;          // the data source as the saving run described it; "" in older checkpoints
+  std::string data;          // the data source's identity at the save; "" in older checkpoints
 };
 
 // The newest step-NNNNNN of `dir` whose manifest was written ("" for none): what --resume
@@ -40,8 +40,8 @@ std::string newest_complete_checkpoint(const std::string& dir);
 // failure every rank throws CheckpointError naming the key.
 void check_checkpoint_dir(const Config& config, const Topology& topo, const std::string& resume_from);
 
-// Collective: every rank calls it at the same step. `data`: the data source's description
-// (its files, sizes and windows), which a resume compares with its own: samples_seen counts
+// Collective: every rank calls it at the same step. `data`: the data source's identity (its
+// files, exact sizes and windows), which a resume compares with its own: samples_seen counts
 // positions in an order that other data would change.
 void save_checkpoint(const Config& config, const Topology& topo, const model::ParamLayout& layout,
                      const ShardedParamStore& store, int64_t step, int64_t samples_seen, const std::string& data,

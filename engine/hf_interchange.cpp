@@ -228,11 +228,12 @@ void write_hf_config(const std::string& path, const model::ModelSpec& spec) {
   write_file_replacing(path, [&](std::ostream& out) { out << text; });
 }
 
-std::vector<std::string> check_hf_config(const model::ModelSpec& s, const std::string& path) {
+std::vector<std::string> check_hf_config(const model::ModelSpec& s, const std::string& path, bool beside_file) {
   using nlohmann::json;
   json c;
+  std::error_code ec;
   std::ifstream in(path);
-  if (!std::filesystem::is_regular_file(path) || !in) throw ConfigError("cannot read " + path + ".");
+  if (!std::filesystem::is_regular_file(path, ec) || !in) throw ConfigError("cannot read " + path + ".");
   try {
     c = json::parse(in);
   } catch (const json::parse_error& e) {
@@ -243,6 +244,9 @@ std::vector<std::string> check_hf_config(const model::ModelSpec& s, const std::s
   const std::string type = bert ? "bert" : "gpt2";
   // A config.json that transformers wrote always names its model_type; without one it is
   // some other file (a mics-train config, say) and says nothing about these weights.
+  if (!c.contains("model_type") && beside_file)
+    return {path + " has no 'model_type', so it is not a Hugging Face config.json; the weights are not checked "
+                   "against it"};
   if (!c.contains("model_type"))
     throw ConfigError(path + " has no 'model_type', so it is not the Hugging Face config.json that --init-from "
                       "checks beside the weights.");

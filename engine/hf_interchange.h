@@ -35,6 +35,8 @@ void write_hf_config(const std::string& path, const model::ModelSpec& spec);
 // naming the key, its value and ours where it describes a different model (keys left out
 // stand for transformers' defaults, as from_pretrained reads them), or where the file is
 // not a config.json. Returns warnings about settings that change nothing we compute.
-std::vector<std::string> check_hf_config(const model::ModelSpec& spec, const std::string& path);
+// `beside_file`: found beside a weight file (not in the folder given), where a config.json
+// without a model_type is someone else's (a mics-train config, say): a warning, unchecked.
+std::vector<std::string> check_hf_config(const model::ModelSpec& spec, const std::string& path, bool beside_file);
 
 }  // namespace mics

@@ -573,6 +573,9 @@ int main(int argc, char** argv) {
     } catch (const mics::ConfigError& e) {
       std::fprintf(stderr, "mics-train: error: %s\n", e.what());
       return kExitBadInput;
+    } catch (const std::exception& e) {  // one line and an exit code, never std::terminate
+      std::fprintf(stderr, "mics-train: error: %s\n", e.what());
+      return kExitFailure;
     }
   }
   if (!o.init_from.empty() && !o.resume.empty()) {

@@ -99,7 +99,7 @@ Trainer::Trainer(const Config& c, Backend& backend, const Topology& topo, Traine
   optimizer_ = std::make_unique<AdamW>(layout, store_->ranges());
   schedule_ = LrSchedule{t.lr, t.min_lr, t.warmup_steps, t.steps, t.lr_decay};
   spdlog::info("data: {}", source_->describe());
-  if (source_->num_windows() > 0 && source_->num_windows() < global_batch_)
+  if (topo.rank == 0 && source_->num_windows() > 0 && source_->num_windows() < global_batch_)
     spdlog::warn("the data hold {} window(s), fewer than one global batch ({} samples): every step trains on some "
                  "of them more than once", source_->num_windows(), global_batch_);
   spdlog::info("model: {} with {} parameters ({:.2f} M) in {} layer spans; activations {:.1f} MiB",
@@ -227,10 +227,10 @@ void Trainer::resume(const std::string& where) {
     spdlog::info("fp16 loss scale {} ({} good steps towards the next doubling){}", scaler_.scale(),
                  scaler_.state().good_steps, point.loss_scaler.scale > 0 ? ", from the checkpoint" : ", initial");
   spdlog::info("resumed from {} at step {} ({} samples seen)", point.path, point.step, point.samples_seen);
-  if (topo_.rank == 0 && !point.data.empty() && point.data != source_->describe())
+  if (topo_.rank == 0 && !point.data.empty() && point.data != source_->identity())
     spdlog::warn("the data differ from the checkpoint's run (then \"{}\", now \"{}\"): its {} samples seen are "
                  "positions in another order, so some windows come again and others are skipped",
-                 point.data, source_->describe(), point.samples_seen);
+                 point.data, source_->identity(), point.samples_seen);
   if (start_step_ >= config_.train.steps)
     spdlog::warn("the checkpoint is at step {} and train.steps is {}: nothing left to train", start_step_,
                  config_.train.steps);
@@ -238,17 +238,19 @@ void Trainer::resume(const std::string& where) {
 
 void Trainer::init_from(const std::string& where) {
   namespace fs = std::filesystem;
+  std::error_code ec;  // an unreadable path is read_safetensors' or check_hf_config's to name
   std::string path = where;
   fs::path folder = fs::path(where).parent_path();
-  if (fs::is_directory(where)) {
+  const bool given_folder = fs::is_directory(where, ec);
+  if (given_folder) {
     folder = where;
     path = (folder / "model.safetensors").string();
   }
   const model::ModelSpec spec = config_.model_spec();
   // The weights' shapes do not show heads, activation, LayerNorm eps or attention scaling;
   // the config.json beside them (in the folder, or the file's folder) does.
-  if (const fs::path hf = folder / "config.json"; fs::exists(hf))
-    for (const std::string& warning : check_hf_config(spec, hf.string()))
+  if (const fs::path hf = folder / "config.json"; fs::exists(fs::symlink_status(hf, ec)))
+    for (const std::string& warning : check_hf_config(spec, hf.string(), !given_folder))
       if (topo_.rank == 0) spdlog::warn("{}", warning);
   const model::ParamLayout& layout = model_->layout();
   const auto ours = from_hf(spec, layout, read_safetensors(path, hf_ignored_names(spec)), path);
@@ -328,7 +330,7 @@ std::vector<double> Trainer::run() {
       store_->settle_updates();  // the deferred updates of this step, all in the shards
       if (before_checkpoint_) before_checkpoint_();
       save_checkpoint(config_, topo_, model_->layout(), *store_, done,
-                      sample_base_ + (done - start_step_) * global_batch_, source_->describe(), scaler_.state());
+                      sample_base_ + (done - start_step_) * global_batch_, source_->identity(), scaler_.state());
       if (after_checkpoint_) after_checkpoint_();
       backend_.take_fence_wait_s();  // the settle's waits (read back by the save): not a forward's
     }

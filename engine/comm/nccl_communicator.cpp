@@ -17,6 +17,8 @@
 #include <string>
 #include <thread>
 
+#include "kernels/cuda/event_poll.h"
+
 namespace mics {
 
 namespace {
@@ -50,15 +52,10 @@ std::string nccl_message(ncclResult_t status) {
       fail(#expr, cudaGetErrorString(mics_cuda_status), __FILE__, __LINE__);     \
   } while (0)
 
-// Whether the work before `event`'s record has run. cudaErrorNotReady is not a failure, but
-// the runtime keeps it as this thread's last error, and the compute backend's next launch
-// check (cudaGetLastError) would take it for one: cleared here.
+// Whether the work before `event`'s record has run.
 bool event_done(cudaEvent_t event) {
-  const cudaError_t state = cudaEventQuery(event);
-  if (state == cudaErrorNotReady) {
-    (void)cudaGetLastError();
-    return false;
-  }
+  const cudaError_t state = cuda::poll_event(event);
+  if (state == cudaErrorNotReady) return false;
   MICS_CUDA_RT_CHECK(state);
   return true;
 }

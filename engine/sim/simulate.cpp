@@ -205,7 +205,9 @@ std::string csv_field(const std::string& text) {
 void check_results_path(const std::string& path) {
   if (!ends_with(path, ".csv") && !ends_with(path, ".json"))
     throw ConfigError("--out '" + path + "' must end in .csv or .json.");
-  if (std::filesystem::exists(path) && !std::filesystem::is_regular_file(path))
+  std::error_code ec;  // (a path the system cannot look at fails the write test below)
+  const std::filesystem::file_status target = std::filesystem::status(path, ec);
+  if (std::filesystem::exists(target) && !std::filesystem::is_regular_file(target))
     throw ConfigError("--out " + path + " exists and is not a regular file; it is not replaced.");
   const bool existed = std::ifstream(path).good();
   if (!std::ofstream(path, std::ios::app)) throw ConfigError("--out: cannot write '" + path + "'.");

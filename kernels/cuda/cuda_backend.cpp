@@ -21,6 +21,7 @@
 
 #include "kernels/cuda/attention_cudnn.h"
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/event_poll.h"
 #include "kernels/cuda/gemm_lt.h"
 #include "kernels/cuda/launch.h"
 #include "kernels/cuda/sm_partition.h"
@@ -1191,11 +1192,8 @@ class CudaBackend final : public Backend {
   // done by its event (recorded again since, an event stands for a later point still).
   int gemm_sms() {
     return partition_.gemm_sms([this](int64_t fence) {
-      const cudaError_t done = cudaEventQuery(fences_[static_cast<size_t>(fence % kFences)]);
-      if (done == cudaErrorNotReady) {
-        (void)cudaGetLastError();  // not an error: keep it from the next launch's check
-        return false;
-      }
+      const cudaError_t done = poll_event(fences_[static_cast<size_t>(fence % kFences)]);
+      if (done == cudaErrorNotReady) return false;
       MICS_CUDA_CHECK(done);
       return true;
     });

@@ -45,18 +45,20 @@ same "$work/full1.jsonl" "$work/run1.jsonl" || fail "one process: losses after S
 echo "[${SECONDS}s] ok: one process stopped at $stopped by SIGTERM, resumed bit for bit"
 
 # --- one process, a second SIGTERM: ends it at once, as announced, without a checkpoint ---
-# Steps of seconds (a wider model), so the first signal's step is still running at the second.
+# Steps of seconds (a wider model), checkpoints only when stopped: the second signal, sent
+# once the first is acknowledged, lands while the first one's step still runs.
 "$bin" --config "$src/configs/gpt-tiny.json" --steps 100 --set model.hidden=512 --set train.global_batch_size=8 \
-  --set checkpoint.dir="$work/ck2" --set checkpoint.every=1 --set log.every=1 --metrics "$work/run2.jsonl" \
+  --set checkpoint.dir="$work/ck2" --set checkpoint.every=0 --set log.every=1 --metrics "$work/run2.jsonl" \
   2> "$work/run2.log" &
 pid=$!
 for _ in $(seq 600); do [[ -s $work/run2.jsonl ]] && break; sleep 0.1; done
 [[ -s $work/run2.jsonl ]] || { cat "$work/run2.log"; fail "the wide model's first step did not finish within 60 s"; }
-before=$(ls "$work/ck2")
-kill -TERM $pid; sleep 0.2; kill -TERM $pid
+kill -TERM $pid
+for _ in $(seq 100); do grep -q "SIGTERM received" "$work/run2.log" && break; sleep 0.02; done
+kill -TERM $pid
 wait $pid; rc=$?
 [[ $rc -eq 143 ]] || { cat "$work/run2.log"; fail "one process: exit $rc after two SIGTERMs, expected 143"; }
-[[ $(ls "$work/ck2") == "$before" ]] || fail "one process: a second SIGTERM still wrote a checkpoint"
+[[ -z $(ls -A "$work/ck2") ]] || fail "one process: a second SIGTERM still wrote a checkpoint: $(ls -A "$work/ck2")"
 echo "[${SECONDS}s] ok: a second SIGTERM ended the run at once (exit 143, no checkpoint)"
 
 # --- mpirun, 4 ranks, p = 2, SIGUSR1 to mpirun ---

@@ -115,6 +115,23 @@ TEST(Interchange, ConfigBesideTheWeightsThatMatchesIsTaken) {
   EXPECT_NE(r.output.find("'reorder_and_upcast_attn' is true"), std::string::npos) << r.output;
 }
 
+// A weight file whose folder holds some other config.json (a mics-train run's) is taken with
+// a warning; the same file in the folder form (--init-from FOLDER) is refused.
+TEST(Interchange, AConfigWithoutModelTypeBesideAFileIsNotChecked) {
+  TempDir dir("hfruncfg");
+  const std::string folder = trained_export(dir, "gpt", "hf");
+  std::filesystem::copy_file(source_path("configs/gpt-tiny.json"), folder + "/config.json",
+                             std::filesystem::copy_options::overwrite_existing);
+  auto r = run_cli(shape_args("gpt") + " --steps 1 --init-from " + folder + "/model.safetensors");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find(folder + "/config.json has no 'model_type', so it is not a Hugging Face config.json; the "
+                                   "weights are not checked against it"),
+            std::string::npos)
+      << r.output;
+  r = run_cli(shape_args("gpt") + " --steps 1 --init-from " + folder);
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+}
+
 // The exported config's token ids lie inside the vocabulary (GPT2Config would otherwise
 // fill in 50256, and generate() pad with it).
 TEST(Interchange, ExportedTokenIdsAreInTheVocabulary) {
@@ -128,7 +145,8 @@ TEST(Interchange, ExportedTokenIdsAreInTheVocabulary) {
   EXPECT_EQ(mics::hf_config(spec).value("eos_token_id", -1), 50256);
   spec.arch = mics::model::Arch::bert;
   spec.vocab = 8;
-  EXPECT_LT(mics::hf_config(spec).value("pad_token_id", 0), spec.vocab);  // transformers' default: 0
+  // BERT's config leaves pad_token_id out: transformers' default, 0, lies in any vocabulary.
+  EXPECT_FALSE(mics::hf_config(spec).contains("pad_token_id"));
 }
 
 // config.json on a full disk (here: a file size limit) is an error naming it, and leaves
