@@ -84,8 +84,8 @@ TEST(AttentionChoice, AutoTakesCudnnWhereItRunsAndSaysWhyNotElsewhere) {
   materialized_because(k, "'model.attention_dropout' set: cuDNN draws its own dropout mask");
 
   // A long sequence: cuDNN's deterministic backward would need 8 x 2 x 8192 x (2 x 8192 + 4)
-  // bytes (2 GiB) and fall back to its nondeterministic one; ours (head dimension 64)
-  // instead, else the materialised path.
+  // bytes (2048.5 MiB) plus its 16 MiB of headroom, 2064 MiB, over its 1 GiB budget; ours
+  // (head dimension 64) instead, else the materialised path.
   k = j;
   k["model"]["hidden"] = 128;
   k["model"]["max_positions"] = 8192;
