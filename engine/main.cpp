@@ -441,10 +441,13 @@ int train(const mics::Config& config, const mics::Topology& topology, const mics
         spdlog::warn("--resume auto: {} has no 'latest' pointer (a save cut off before writing it?); continuing from "
                      "the newest complete checkpoint, {}", config.checkpoint.dir, resume_from);
         trainer.resume(resume_from);
-      } else if (config.checkpoint.dir.empty())
-        spdlog::warn("--resume auto: no checkpoint.dir is set, so this run writes no checkpoints and a requeued job "
-                     "starts over from step 0");
-      else spdlog::info("--resume auto: no checkpoint in {} yet; starting from step 0", config.checkpoint.dir);
+      } else {
+        if (config.checkpoint.dir.empty())
+          spdlog::warn("--resume auto: no checkpoint.dir is set, so this run writes no checkpoints and a requeued job "
+                       "starts over from step 0");
+        else spdlog::info("--resume auto: no checkpoint in {} yet; starting from step 0", config.checkpoint.dir);
+        trainer.start_over();
+      }
     } else if (!resume.empty()) {
       trainer.resume(resume);
     }

@@ -7,9 +7,12 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <stdexcept>
 
 #include <spdlog/spdlog.h>
+
+#include "engine/replace_file.h"
 
 namespace mics {
 
@@ -92,6 +95,45 @@ void MetricsFile::write(const StepMetrics& m) {
                path_, m.step, std::strerror(error));
   ::close(fd_);
   fd_ = -1;
+}
+
+int64_t MetricsFile::drop_steps_after(int64_t step) {
+  if (fd_ < 0) return 0;
+  std::ifstream in(path_, std::ios::binary);
+  std::string kept, line;
+  int64_t dropped = 0, first = 0, last = 0;
+  while (std::getline(in, line)) {
+    const nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (j.is_object() && j.contains("step") && j["step"].is_number_integer() && j["step"].get<int64_t>() > step) {
+      const int64_t s = j["step"].get<int64_t>();
+      first = dropped == 0 ? s : std::min(first, s);
+      last = dropped == 0 ? s : std::max(last, s);
+      ++dropped;
+      continue;
+    }
+    kept += line + '\n';
+  }
+  if (in.bad()) {
+    spdlog::warn("cannot read the metrics file '{}' back to drop the steps after {}; lines of those steps may repeat",
+                 path_, step);
+    return 0;
+  }
+  if (dropped == 0) return 0;
+  try {
+    write_file_replacing(path_, [&](std::ostream& out) { out << kept; });
+  } catch (const std::exception& e) {
+    spdlog::warn("{}: the metrics lines of steps after {} are kept, and those steps will have two", e.what(), step);
+    return 0;
+  }
+  // The open descriptor still names the replaced file: appends go to the new one.
+  ::close(fd_);
+  fd_ = ::open(path_.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
+  if (fd_ < 0)
+    spdlog::warn("cannot reopen the metrics file '{}' ({}); training goes on, without further metrics lines", path_,
+                 std::strerror(errno));
+  spdlog::info("metrics file {}: dropped {} line{} of steps {}..{}, which this run trains again", path_, dropped,
+               dropped == 1 ? "" : "s", first, last);
+  return dropped;
 }
 
 std::string format_duration(double seconds) {

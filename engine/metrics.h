@@ -47,6 +47,11 @@ class MetricsFile {
   MetricsFile(const MetricsFile&) = delete;
   MetricsFile& operator=(const MetricsFile&) = delete;
   void write(const StepMetrics& m);
+  // A resumed run trains the steps after its checkpoint again: their lines from the run
+  // that went past the checkpoint are taken out (as TensorBoard's purge_step does), so the
+  // file keeps one line per step. Lines that are not a metrics object are kept. Returns
+  // how many lines were dropped; a file that cannot be rewritten is warned about and kept.
+  int64_t drop_steps_after(int64_t step);
 
  private:
   std::string path_;

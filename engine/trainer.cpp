@@ -234,6 +234,11 @@ void Trainer::resume(const std::string& where) {
   if (start_step_ >= config_.train.steps)
     spdlog::warn("the checkpoint is at step {} and train.steps is {}: nothing left to train", start_step_,
                  config_.train.steps);
+  if (metrics_) metrics_->drop_steps_after(start_step_);
+}
+
+void Trainer::start_over() {
+  if (metrics_) metrics_->drop_steps_after(0);
 }
 
 void Trainer::init_from(const std::string& where) {

@@ -45,6 +45,9 @@ class Trainer {
 
   // Continues from a checkpoint (collective; see load_checkpoint).
   void resume(const std::string& where);
+  // A requeued job (--resume auto) that found no checkpoint starts over from step 0: its
+  // earlier attempt's metrics lines are superseded, as a resume's are after its step.
+  void start_over();
   // Starts from Hugging Face weights: a .safetensors file or a folder holding model.safetensors.
   void init_from(const std::string& path);
   // Trains up to config.train.steps; returns the loss of every step it ran. Stops early,

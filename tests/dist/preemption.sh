@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Preemption: a stop signal makes every rank checkpoint the same step and exit 3; the
 # resumed run's losses equal an uninterrupted run's bit for bit. Covers SIGTERM to one
-# process, SIGUSR1 to mpirun (which forwards it to every rank), Ctrl-C to
-# scripts/mpirun-graceful.sh, and a Slurm batch job that is signalled, requeues itself and
-# finishes on its own.
+# process, SIGKILL (a crash: the metrics file keeps one line per step), SIGUSR1 to mpirun
+# (which forwards it to every rank), Ctrl-C to scripts/mpirun-graceful.sh, and a Slurm
+# batch job that is signalled, requeues itself and finishes on its own.
 # Usage: preemption.sh SOURCE_DIR MPIRUN MICS_TRAIN
 set -u
 src=$1 mpirun_bin=$2 bin=$3
@@ -43,6 +43,23 @@ stopped=$(cat "$work/ck1/latest")
   || fail "one process: resume"
 same "$work/full1.jsonl" "$work/run1.jsonl" || fail "one process: losses after SIGTERM + resume differ"
 echo "[${SECONDS}s] ok: one process stopped at $stopped by SIGTERM, resumed bit for bit"
+
+# --- one process, SIGKILL (a crash): the resume trains the steps after its checkpoint
+# again, and the metrics file keeps one line per step (those of the crashed run dropped) ---
+"$bin" "${shape[@]}" --set checkpoint.dir="$work/ck9" --set checkpoint.every=50 --metrics "$work/run9.jsonl" \
+  2> "$work/run9.log" &
+pid=$!
+await_checkpoint "$work/ck9"
+kill -KILL $pid
+{ wait $pid; } 2> /dev/null; rc=$?  # (without bash's "Killed" line)
+[[ $rc -eq 137 ]] || fail "one process: exit $rc after SIGKILL, expected 137 (did the run end first?)"
+saved=$(sed -E 's/step-0*//' "$work/ck9/latest")
+logged=$(losses "$work/run9.jsonl" | wc -l)
+((logged > saved)) || fail "SIGKILL: no step logged after the checkpoint at step $saved; the case tests nothing"
+"$bin" "${shape[@]}" --set checkpoint.dir="$work/ck9" --set checkpoint.every=50 --metrics "$work/run9.jsonl" --resume auto \
+  2> "$work/resume9.log" || { cat "$work/resume9.log"; fail "one process: resume after SIGKILL"; }
+same "$work/full1.jsonl" "$work/run9.jsonl" || fail "SIGKILL + resume: the metrics differ from an uninterrupted run's"
+echo "[${SECONDS}s] ok: killed at step $logged, resumed from step $saved: one metrics line per step, bit for bit"
 
 # --- one process, a second SIGTERM: ends it at once, as announced, without a checkpoint ---
 # Steps of seconds (a wider model), checkpoints only when stopped: the second signal, sent
