@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <bit>
-#include <cstring>
 #include <stdexcept>
 
 #include "data/file_set.h"
@@ -11,8 +10,11 @@
 namespace mics::data {
 namespace {
 
-// Tokens are read in place from the mapping, which is only valid on a little-endian host.
-static_assert(std::endian::native == std::endian::little, "token shards are read as little-endian in place");
+// Tokens are read as they lie in the file, which is only valid on a little-endian host.
+static_assert(std::endian::native == std::endian::little, "token shards are read as little-endian");
+
+// Tokens per read of a window: 4 KiB on the stack.
+constexpr size_t kReadTokens = 2048;
 
 int positive_window(const std::string& path, int window_len) {
   if (window_len <= 0) {
@@ -22,15 +24,15 @@ int positive_window(const std::string& path, int window_len) {
   return window_len;
 }
 
-// Validates one mapped shard strictly and returns its token count.
-int64_t validate(const std::string& file, const MappedFile& map) {
-  const std::string name = "shard '" + file + "'";
-  if (map.size() < kShardHeaderBytes) {
-    throw DataError(name + " has a truncated header: " + std::to_string(map.size()) + " bytes, fewer than the " +
+// Validates one shard strictly and returns its token count.
+int64_t validate(const ShardFile& shard) {
+  const std::string name = "shard '" + shard.path() + "'";
+  if (shard.size() < kShardHeaderBytes) {
+    throw DataError(name + " has a truncated header: " + std::to_string(shard.size()) + " bytes, fewer than the " +
                     std::to_string(kShardHeaderBytes) + "-byte header.");
   }
   int32_t header[3];
-  std::memcpy(header, map.data(), sizeof header);
+  shard.read_at(0, header, sizeof header);
   if (header[0] != kShardMagic) {
     throw DataError(name + " has the wrong magic number: expected " + std::to_string(kShardMagic) + ", found " +
                     std::to_string(header[0]) + ".");
@@ -41,10 +43,10 @@ int64_t validate(const std::string& file, const MappedFile& map) {
   }
   if (header[2] < 0) throw DataError(name + " has a negative token count " + std::to_string(header[2]) + ".");
   const uint64_t expected = kShardHeaderBytes + 2 * static_cast<uint64_t>(header[2]);
-  if (map.size() != expected) {
-    throw DataError(name + " has " + (map.size() < expected ? "truncated tokens" : "trailing bytes") +
+  if (shard.size() != expected) {
+    throw DataError(name + " has " + (shard.size() < expected ? "truncated tokens" : "trailing bytes") +
                     ": header promises " + std::to_string(header[2]) + " tokens (" + std::to_string(expected) +
-                    " bytes) but the file has " + std::to_string(map.size()) + " bytes.");
+                    " bytes) but the file has " + std::to_string(shard.size()) + " bytes.");
   }
   if (header[2] == 0) throw DataError(name + " contains zero tokens.");
   return header[2];
@@ -64,15 +66,20 @@ TokenShardSource::Shards TokenShardSource::load(const std::string& path) {
   Shards shards;
   int64_t total = 0;
   uint16_t max_token = 0;
+  std::vector<uint16_t> scan;  // up to 1 MiB a read
   for (const std::string& file : resolve_files(path, "shard", ".bin")) {
-    MappedFile map(file);
-    const int64_t n = validate(file, map);
-    // The scan touches every page once at start-up; it is what lets the engine reject
+    ShardFile shard(file);
+    const int64_t n = validate(shard);
+    // The scan reads every token once at start-up; it is what lets the engine reject
     // token ids beyond the model's vocabulary before training starts.
-    const auto* tok = reinterpret_cast<const uint16_t*>(map.data() + kShardHeaderBytes);
-    max_token = std::max(max_token, *std::max_element(tok, tok + n));
+    scan.resize(std::max(scan.size(), std::min(size_t{1} << 19, static_cast<size_t>(n))));
+    for (int64_t at = 0; at < n; at += static_cast<int64_t>(scan.size())) {
+      const size_t count = std::min(scan.size(), static_cast<size_t>(n - at));
+      shard.read_at(kShardHeaderBytes + 2 * static_cast<uint64_t>(at), scan.data(), 2 * count);
+      max_token = std::max(max_token, *std::max_element(scan.begin(), scan.begin() + static_cast<std::ptrdiff_t>(count)));
+    }
     shards.starts.push_back(total);
-    shards.files.push_back(std::move(map));
+    shards.files.push_back(std::move(shard));
     total += n;
   }
   shards.starts.push_back(total);
@@ -97,11 +104,13 @@ void TokenShardSource::window(int64_t index, std::span<int32_t> out) const {
   size_t done = 0;
   while (done < out.size()) {
     const int64_t offset = pos - shards_.starts[shard];
-    const size_t take = std::min(out.size() - done, static_cast<size_t>(shards_.starts[shard + 1] - pos));
-    std::copy_n(tokens(shard) + offset, take, out.begin() + static_cast<std::ptrdiff_t>(done));
+    const size_t take = std::min({out.size() - done, static_cast<size_t>(shards_.starts[shard + 1] - pos), kReadTokens});
+    uint16_t buf[kReadTokens];
+    shards_.files[shard].read_at(kShardHeaderBytes + 2 * static_cast<uint64_t>(offset), buf, 2 * take);
+    std::copy_n(buf, take, out.begin() + static_cast<std::ptrdiff_t>(done));
     done += take;
     pos += static_cast<int64_t>(take);
-    ++shard;
+    if (pos == shards_.starts[shard + 1]) ++shard;
   }
 }
 

@@ -1,15 +1,15 @@
 #pragma once
 // Pre-tokenized shards in llm.c's .bin format: a 256 x int32 little-endian header
 // (magic 20240520, version 1, token count) followed by that many uint16 tokens.
-// Files are memory-mapped, and all shards form one stream in sorted path order, so
-// windows may straddle a shard boundary.
+// Files are read with pread (data/shard_file.h), and all shards form one stream in sorted
+// path order, so windows may straddle a shard boundary.
 #include <cstdint>
 #include <span>
 #include <string>
 #include <vector>
 
 #include "data/data_source.h"
-#include "data/mapped_file.h"
+#include "data/shard_file.h"
 #include "data/window_order.h"
 
 namespace mics::data {
@@ -33,14 +33,11 @@ class TokenShardSource final : public TokenSource {
 
  private:
   struct Shards {
-    std::vector<MappedFile> files;
+    std::vector<ShardFile> files;
     std::vector<int64_t> starts;  // stream offset of each shard's first token, plus the total
     int32_t vocab_bound = 0;
   };
   static Shards load(const std::string& path);
-  const uint16_t* tokens(size_t shard) const {
-    return reinterpret_cast<const uint16_t*>(shards_.files[shard].data() + kShardHeaderBytes);
-  }
 
   std::string path_;
   int window_len_;

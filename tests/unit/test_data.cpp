@@ -292,6 +292,21 @@ TEST(TokenShardSource, ShuffledWindowsArePermutedWholeWindows) {
   EXPECT_EQ(starts.size(), 50u);
 }
 
+// Windows longer than one read (2048 tokens) that straddle shards: every token in place.
+TEST(TokenShardSource, LongWindowsAreReadInPiecesAcrossShards) {
+  TempDir dir;
+  std::vector<uint16_t> first, second;
+  for (int t = 0; t < 3000; ++t) first.push_back(static_cast<uint16_t>(t));
+  for (int t = 3000; t < 12000; ++t) second.push_back(static_cast<uint16_t>(t));
+  write_shard(dir / "a.bin", {first});
+  write_shard(dir / "b.bin", {second});
+  TokenShardSource src(dir / "*.bin", 5000, 0, false);
+  ASSERT_EQ(src.num_windows(), 2);
+  EXPECT_EQ(window_of(src, 0, 5000), iota_tokens(0, 5000));
+  EXPECT_EQ(window_of(src, 1, 5000), iota_tokens(5000, 5000));
+  EXPECT_EQ(src.vocab_bound(), 12000);
+}
+
 // --- make_token_source -----------------------------------------------------------------
 
 TEST(MakeTokenSource, DispatchesOnKind) {
@@ -416,6 +431,23 @@ TEST(BadData, ShardWithTrailingBytes) {
   const std::string message = data_error([&] { TokenShardSource(file, 2, 0, true); });
   EXPECT_MENTIONS(message, file);
   EXPECT_MENTIONS(message, "trailing bytes");
+}
+
+// A shard truncated during the run (rewritten in place): the window that reads past its new
+// end is a DataError naming it, not a SIGBUS from a mapping.
+TEST(BadData, ShardTruncatedAfterOpening) {
+  TempDir dir;
+  const std::string file = dir / "s.bin";
+  std::vector<uint16_t> tokens;
+  for (uint16_t t = 0; t < 64; ++t) tokens.push_back(t);
+  write_shard(file, {tokens});
+  TokenShardSource src(file, 8, 0, false);
+  std::filesystem::resize_file(file, kShardHeaderBytes + 2 * 32);  // 4 of 8 windows left
+  EXPECT_EQ(window_of(src, 3, 8), iota_tokens(24, 8));
+  const std::string message = data_error([&] { window_of(src, 4, 8); });
+  EXPECT_MENTIONS(message, file);
+  EXPECT_MENTIONS(message, "is now 1088 bytes, but it had 1152 bytes");
+  EXPECT_MENTIONS(message, "truncated or rewritten during the run");
 }
 
 TEST(BadData, ShardWithZeroTokens) {
