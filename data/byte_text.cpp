@@ -7,6 +7,7 @@
 #include <stdexcept>
 #include <system_error>
 
+#include "data/content_hash.h"
 #include "data/file_set.h"
 #include "data/human_format.h"
 
@@ -68,6 +69,9 @@ ByteTextSource::Text ByteTextSource::read_text(const std::string& path) {
     if (files.size() == 1 && files.front() == path) throw DataError("text file '" + path + "' is empty.");
     throw DataError("text data '" + path + "' contains only empty files.");
   }
+  ContentHash content;
+  content.add(text.bytes.data(), text.bytes.size());
+  text.content = content.hex();
   return text;
 }
 
@@ -94,7 +98,8 @@ std::string ByteTextSource::describe() const {
 
 std::string ByteTextSource::identity() const {
   return "text '" + path_ + "': " + std::to_string(text_.num_files) + " files, " + std::to_string(text_.bytes.size()) +
-         " bytes, " + std::to_string(num_windows()) + " windows of " + std::to_string(window_len_) + " tokens";
+         " bytes, " + std::to_string(num_windows()) + " windows of " + std::to_string(window_len_) + " tokens, content " +
+         text_.content;
 }
 
 }  // namespace mics::data

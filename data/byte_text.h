@@ -26,6 +26,7 @@ class ByteTextSource final : public TokenSource {
   struct Text {
     std::vector<uint8_t> bytes;
     size_t num_files = 0;  // non-empty files contributing bytes
+    std::string content;   // ContentHash of the bytes
   };
   static Text read_text(const std::string& path);
 

@@ -25,7 +25,8 @@ class TokenSource {
   virtual int32_t vocab_bound() const = 0;
   // Human-readable description for the start-up log ("text: 12 files, 1.2 MB").
   virtual std::string describe() const = 0;
-  // The data as a checkpoint records it, in exact counts (files, bytes or tokens, windows):
+  // The data as a checkpoint records it, in exact counts (files, bytes or tokens, windows)
+  // and a fingerprint of the content (data/content_hash.h):
   // a resume on data of another identity reads other samples at the same positions.
   virtual std::string identity() const = 0;
   // Distinct windows before the order repeats (an epoch); 0: unbounded (synthetic).

@@ -4,6 +4,7 @@
 #include <bit>
 #include <stdexcept>
 
+#include "data/content_hash.h"
 #include "data/file_set.h"
 #include "data/human_format.h"
 
@@ -67,16 +68,19 @@ TokenShardSource::Shards TokenShardSource::load(const std::string& path) {
   int64_t total = 0;
   uint16_t max_token = 0;
   std::vector<uint16_t> scan;  // up to 1 MiB a read
+  ContentHash content;
   for (const std::string& file : resolve_files(path, "shard", ".bin")) {
     ShardFile shard(file);
     const int64_t n = validate(shard);
     // The scan reads every token once at start-up; it is what lets the engine reject
-    // token ids beyond the model's vocabulary before training starts.
+    // token ids beyond the model's vocabulary before training starts (and fingerprints
+    // the data for the checkpoints).
     scan.resize(std::max(scan.size(), std::min(size_t{1} << 19, static_cast<size_t>(n))));
     for (int64_t at = 0; at < n; at += static_cast<int64_t>(scan.size())) {
       const size_t count = std::min(scan.size(), static_cast<size_t>(n - at));
       shard.read_at(kShardHeaderBytes + 2 * static_cast<uint64_t>(at), scan.data(), 2 * count);
       max_token = std::max(max_token, *std::max_element(scan.begin(), scan.begin() + static_cast<std::ptrdiff_t>(count)));
+      content.add(scan.data(), 2 * count);
     }
     shards.starts.push_back(total);
     shards.files.push_back(std::move(shard));
@@ -84,6 +88,7 @@ TokenShardSource::Shards TokenShardSource::load(const std::string& path) {
   }
   shards.starts.push_back(total);
   shards.vocab_bound = static_cast<int32_t>(max_token) + 1;
+  shards.content = content.hex();
   return shards;
 }
 
@@ -123,7 +128,8 @@ std::string TokenShardSource::describe() const {
 
 std::string TokenShardSource::identity() const {
   return "shards '" + path_ + "': " + std::to_string(shards_.files.size()) + " files, " + std::to_string(num_tokens()) +
-         " tokens, " + std::to_string(num_windows()) + " windows of " + std::to_string(window_len_) + " tokens";
+         " tokens, " + std::to_string(num_windows()) + " windows of " + std::to_string(window_len_) + " tokens, content " +
+         shards_.content;
 }
 
 }  // namespace mics::data

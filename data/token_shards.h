@@ -36,6 +36,7 @@ class TokenShardSource final : public TokenSource {
     std::vector<ShardFile> files;
     std::vector<int64_t> starts;  // stream offset of each shard's first token, plus the total
     int32_t vocab_bound = 0;
+    std::string content;  // ContentHash of the token stream
   };
   static Shards load(const std::string& path);
 

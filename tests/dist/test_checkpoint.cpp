@@ -11,6 +11,7 @@
 #include <fstream>
 #include <iterator>
 
+#include "data/content_hash.h"
 #include "tests/e2e/cli_runner.h"
 
 namespace {
@@ -62,30 +63,37 @@ TEST(Checkpoint, ResumingWithOtherTrainingSettingsNamesThem) {
 }
 
 // Data that changed under the same path reorders the windows, and samples_seen then counts
-// positions in another order: the resume says so, down to one window more (33 bytes
-// appended to 1.3k windows, which the log's rounded sizes do not show).
+// positions in another order: the resume says so, down to one byte edited in place (which
+// no size shows) and one window more (33 bytes appended to 1.3k windows).
 TEST(Checkpoint, ResumingOnOtherDataSaysSo) {
   TempDir dir("ckdata");
   std::string text;
   for (int i = 0; i < 1200; ++i) text += "line " + std::to_string(i) + " of a small text to train on.\n";
   std::filesystem::create_directories(dir.file("data"));
-  const std::string file = dir.write("data/a.txt", text);
+  dir.write("data/a.txt", text);
   const std::string ck = dir.file("ck"), data = " --set data.path=" + dir.file("data");
   ASSERT_EQ(run_cli(args("gpt", ck, 3, dir.file("a.jsonl")) + data).exit_code, 0);
-  auto r = run_cli(args("gpt", ck, 4, dir.file("b.jsonl")) + data + " --resume latest");
+  const std::string resume = " --resume " + ck + "/step-000003";
+  auto r = run_cli(args("gpt", dir.file("ck-same"), 4, dir.file("b.jsonl")) + data + resume);
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_EQ(r.output.find("the data differ"), std::string::npos) << r.output;
-  std::ofstream(file, std::ios::app) << std::string(33, 'x');  // one window of seq_len + 1 bytes more
-  r = run_cli(args("gpt", ck, 5, dir.file("c.jsonl")) + data + " --resume latest");
-  EXPECT_EQ(r.exit_code, 0) << r.output;
-  const auto identity = [&](size_t bytes) {
-    return "text '" + dir.file("data") + "': 1 files, " + std::to_string(bytes) + " bytes, " +
-           std::to_string(bytes / 33) + " windows of 33 tokens";
+  const auto identity = [&](const std::string& bytes) {
+    mics::data::ContentHash content;
+    content.add(bytes.data(), bytes.size());
+    return "text '" + dir.file("data") + "': 1 files, " + std::to_string(bytes.size()) + " bytes, " +
+           std::to_string(bytes.size() / 33) + " windows of 33 tokens, content " + content.hex();
   };
-  EXPECT_NE(r.output.find("the data differ from the checkpoint's run (then \"" + identity(text.size()) + "\", now \"" +
-                          identity(text.size() + 33) + "\")"),
-            std::string::npos)
-      << r.output;
+  std::string edited = text;
+  edited[text.size() / 2] ^= 1;
+  for (const std::string& now : {edited, edited + std::string(33, 'x')}) {
+    dir.write("data/a.txt", now);
+    r = run_cli(args("gpt", dir.file("ck-" + std::to_string(now.size())), 4, dir.file("c.jsonl")) + data + resume);
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    EXPECT_NE(r.output.find("the data differ from the checkpoint's run (then \"" + identity(text) + "\", now \"" +
+                            identity(now) + "\")"),
+              std::string::npos)
+        << r.output;
+  }
 }
 
 // runtime.overlap_optimizer: a checkpoint holds every deferred update of its step (the

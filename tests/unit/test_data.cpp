@@ -14,6 +14,7 @@
 
 #include "data/batcher.h"
 #include "data/byte_text.h"
+#include "data/content_hash.h"
 #include "data/data_source.h"
 #include "data/synthetic.h"
 #include "data/token_shards.h"
@@ -237,6 +238,32 @@ TEST(ByteTextSource, ReadsSystemLicenseTexts) {
   }
   ByteTextSource again(licenses, 1025, 3, true);
   EXPECT_EQ(window_of(again, 5, 1025), w);
+}
+
+// --- content fingerprint ---------------------------------------------------------------
+
+std::string content_hex(const std::string& bytes, size_t piece) {
+  mics::data::ContentHash h;
+  for (size_t at = 0; at < bytes.size(); at += piece) h.add(bytes.data() + at, std::min(piece, bytes.size() - at));
+  return h.hex();
+}
+
+TEST(ContentHash, TheValueDoesNotDependOnHowTheStreamIsCut) {
+  std::string bytes;
+  for (int i = 0; i < 1000; ++i) bytes += static_cast<char>(i * 7 + 3);
+  for (size_t piece : {1, 3, 8, 13, 64, 1000}) EXPECT_EQ(content_hex(bytes, piece), content_hex(bytes, 1000)) << piece;
+}
+
+TEST(ContentHash, EveryOneByteEditAndEveryLengthDiffers) {
+  std::string bytes(67, 'a');
+  std::set<std::string> seen = {content_hex(bytes, 67)};
+  for (size_t at = 0; at < bytes.size(); ++at) {
+    std::string edited = bytes;
+    edited[at] = 'b';
+    EXPECT_TRUE(seen.insert(content_hex(edited, 5)).second) << "edit at byte " << at;
+  }
+  // A zero-padded last word against real zeros: the length tells them apart.
+  for (size_t n = 1; n <= 16; ++n) EXPECT_TRUE(seen.insert(content_hex(std::string(n, '\0'), 16)).second) << n;
 }
 
 // --- token shards ----------------------------------------------------------------------
