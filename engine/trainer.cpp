@@ -4,8 +4,9 @@
 
 #include <algorithm>
 #include <chrono>
-#include <filesystem>
 #include <cmath>
+#include <filesystem>
+#include <limits>
 
 #include "engine/checkpoint.h"
 #include "engine/flops.h"
@@ -58,7 +59,16 @@ Trainer::Trainer(const Config& c, Backend& backend, const Topology& topo, Traine
   so.synthetic_vocab = static_cast<int32_t>(bert ? c.data.mask_token_id : c.model.vocab_size);
   so.seed = static_cast<uint64_t>(t.seed);
   so.shuffle = c.data.shuffle;
-  source_ = data::make_token_source(so);
+  // Every rank reads the data itself, and one may fail alone (a path missing on its node):
+  // agreed on, so the others stop with it instead of waiting for it in the next collective.
+  std::string data_error;
+  try {
+    source_ = data::make_token_source(so);
+  } catch (const data::DataError& e) {
+    data_error = e.what();
+  }
+  if (groups_->world->sum_scalar(data_error.empty() ? 0.0 : 1.0) > 0)
+    throw data::DataError(data_error.empty() ? "another rank cannot read the data; see its message." : data_error);
   if (source_->vocab_bound() > c.model.vocab_size)
     throw ConfigError("the data in '" + (c.data.path.empty() ? c.data.source : c.data.path) +
                       "' holds token ids up to " + std::to_string(source_->vocab_bound() - 1) +
@@ -133,18 +143,31 @@ double Trainer::train_step(int64_t step) {
   // This rank's micro-batches, filled first: the step's loss is the mean over every
   // labelled position of the global batch, so each micro-batch's weight needs the global
   // count. Sample indices depend on the global position only: any N and p see the same batch.
+  // A window that cannot be read (a shard truncated during the run) fails on this rank
+  // alone: its NaN in the sum below tells every rank, and they stop together (exit 2).
   double labelled = 0;
+  std::string unreadable;
   for (int64_t j = 0; j < accumulation_; ++j) {
     const int64_t first = sample_base_ + (step - start_step_) * global_batch_ +
                           (j * topo_.world + topo_.rank) * t.micro_batch_size;
     data::Batch& batch = batches_[static_cast<size_t>(j)];
-    batcher_->fill(first, batch);
+    try {
+      batcher_->fill(first, batch);
+    } catch (const data::DataError& e) {
+      unreadable = e.what();
+      labelled = std::numeric_limits<double>::quiet_NaN();
+      break;
+    }
     double& n = labelled_[static_cast<size_t>(j)];
     n = static_cast<double>(std::count_if(batch.labels.begin(), batch.labels.end(),
                                           [](int32_t label) { return label >= 0; }));  // model.h: labels < 0 carry no loss
     labelled += n;
   }
   const double global_labelled = groups_->world->sum_scalar(labelled);
+  if (std::isnan(global_labelled))
+    throw data::DataError(unreadable.empty() ? "another rank cannot read its samples of step " + std::to_string(step + 1) +
+                                                   "; see its message."
+                                             : unreadable);
   // A micro-batch's mean loss (what the model returns, and whose gradient it forms) counts
   // n / N of the step's: n its labelled positions, N the global batch's. BERT masks a
   // different number of positions in each micro-batch, so any other weighting would make
