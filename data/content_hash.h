@@ -34,17 +34,25 @@ class ContentHash {
     std::memcpy(word_, p, bytes);
     fill_ = bytes;
   }
-  // 16 hex digits.
-  std::string hex() const {
+  uint64_t value() const {
     uint64_t h = state_;
     if (fill_ > 0) {  // the last part-word, zero-padded; the length below tells the padding apart
       unsigned char last[8] = {};
       std::memcpy(last, word_, fill_);
       h = step(h, load(last));
     }
+    return mix64(h ^ mix64(total_));
+  }
+  // 16 hex digits.
+  std::string hex() const {
     char buf[17];
-    std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(mix64(h ^ mix64(total_))));
+    std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(value()));
     return buf;
+  }
+  static uint64_t of(const std::string& bytes) {
+    ContentHash h;
+    h.add(bytes.data(), bytes.size());
+    return h.value();
   }
 
  private:

@@ -55,8 +55,10 @@ inline std::vector<std::string> resolve_files(const std::string& path, std::stri
                       (extension.empty() ? std::string("files") : "*" + std::string(extension) + " files") +
                       " under it.");
     }
-  } else if (fs::exists(st)) {
+  } else if (fs::is_regular_file(st)) {
     files.push_back(path);
+  } else if (fs::exists(st)) {  // a fifo or device would block or never end
+    throw DataError(quoted + " is not a regular file or a directory.");
   } else if (file_set_detail::has_glob_chars(path)) {
     glob_t g{};
     const int rc = ::glob(path.c_str(), 0, nullptr, &g);
@@ -68,8 +70,11 @@ inline std::vector<std::string> resolve_files(const std::string& path, std::stri
       const fs::path match = g.gl_pathv[i];
       if (fs::is_directory(match, ec)) {
         file_set_detail::add_directory(match, extension, files);
-      } else {
+      } else if (fs::is_regular_file(match, ec)) {
         files.push_back(match.string());
+      } else {
+        throw DataError(std::string(what) + " glob '" + path + "' matches '" + match.string() +
+                        "', which is not a regular file or a directory.");
       }
     }
     if (files.empty()) throw DataError(std::string(what) + " glob '" + path + "' matches no files.");

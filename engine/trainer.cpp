@@ -8,7 +8,9 @@
 #include <filesystem>
 #include <limits>
 
+#include "data/content_hash.h"
 #include "engine/checkpoint.h"
+#include "engine/comm/rank_agreement.h"
 #include "engine/flops.h"
 #include "engine/hf_interchange.h"
 #include "engine/stop_signal.h"
@@ -36,17 +38,15 @@ Trainer::Trainer(const Config& c, Backend& backend, const Topology& topo, Traine
   std::string metrics_path = c.log.metrics;
   const size_t tag = metrics_path.find("{rank}");
   if (tag != std::string::npos) metrics_path.replace(tag, 6, std::to_string(topo.rank));
-  std::string metrics_error;
-  try {
-    if (!metrics_path.empty() && (topo.rank == 0 || tag != std::string::npos))
-      metrics_ = std::make_unique<MetricsFile>(metrics_path);
-  } catch (const std::exception& e) {
-    metrics_error = e.what();
-  }
-  if (groups_->world->sum_scalar(metrics_error.empty() ? 0.0 : 1.0) > 0)
-    throw ConfigError("'log.metrics' (--metrics): " +
-                      (metrics_error.empty() ? std::string("another rank cannot open its metrics file; see its message.")
-                                             : metrics_error));
+  agree_on_failure<ConfigError>(
+      *groups_->world, "'log.metrics' (--metrics): another rank cannot open its metrics file; see its message.", [&] {
+        try {
+          if (!metrics_path.empty() && (topo.rank == 0 || tag != std::string::npos))
+            metrics_ = std::make_unique<MetricsFile>(metrics_path);
+        } catch (const std::exception& e) {
+          throw ConfigError("'log.metrics' (--metrics): " + std::string(e.what()));
+        }
+      });
 
   const bool bert = c.model.type == "bert";
   const data::Objective objective = bert ? data::Objective::masked_lm : data::Objective::causal_lm;
@@ -59,16 +59,16 @@ Trainer::Trainer(const Config& c, Backend& backend, const Topology& topo, Traine
   so.synthetic_vocab = static_cast<int32_t>(bert ? c.data.mask_token_id : c.model.vocab_size);
   so.seed = static_cast<uint64_t>(t.seed);
   so.shuffle = c.data.shuffle;
-  // Every rank reads the data itself, and one may fail alone (a path missing on its node):
-  // agreed on, so the others stop with it instead of waiting for it in the next collective.
-  std::string data_error;
-  try {
-    source_ = data::make_token_source(so);
-  } catch (const data::DataError& e) {
-    data_error = e.what();
-  }
-  if (groups_->world->sum_scalar(data_error.empty() ? 0.0 : 1.0) > 0)
-    throw data::DataError(data_error.empty() ? "another rank cannot read the data; see its message." : data_error);
+  // Every rank reads the data itself: one may fail alone (a path its node lacks) or read
+  // other files (a node with another copy), which would train on a mix of both.
+  agree_on_failure<data::DataError>(*groups_->world, "another rank cannot read the data; see its message.",
+                                    [&] { source_ = data::make_token_source(so); });
+  const std::string identity = source_->identity();
+  if (const Difference d = difference_from_rank0(*groups_->world, data::ContentHash::of(identity)); d.ranks > 0)
+    throw data::DataError(d.here ? "the data this rank reads differ from rank 0's (is 'data.path' the same on every node?); "
+                                   "here: " + identity + "."
+                                 : std::to_string(d.ranks) + " rank(s) read data that differ from rank 0's; see their "
+                                   "messages.");
   if (source_->vocab_bound() > c.model.vocab_size)
     throw ConfigError("the data in '" + (c.data.path.empty() ? c.data.source : c.data.path) +
                       "' holds token ids up to " + std::to_string(source_->vocab_bound() - 1) +
@@ -275,13 +275,17 @@ void Trainer::init_from(const std::string& where) {
     path = (folder / "model.safetensors").string();
   }
   const model::ModelSpec spec = config_.model_spec();
-  // The weights' shapes do not show heads, activation, LayerNorm eps or attention scaling;
-  // the config.json beside them (in the folder, or the file's folder) does.
-  if (const fs::path hf = folder / "config.json"; fs::exists(fs::symlink_status(hf, ec)))
-    for (const std::string& warning : check_hf_config(spec, hf.string(), !given_folder))
-      if (topo_.rank == 0) spdlog::warn("{}", warning);
   const model::ParamLayout& layout = model_->layout();
-  const auto ours = from_hf(spec, layout, read_safetensors(path, hf_ignored_names(spec)), path);
+  // Every rank reads the file; one whose node lacks it stops the others with it.
+  std::map<std::string, std::vector<float>> ours;
+  agree_on_failure<SafetensorsError>(*groups_->world, "another rank cannot initialise from " + path + "; see its message.", [&] {
+    // The weights' shapes do not show heads, activation, LayerNorm eps or attention scaling;
+    // the config.json beside them (in the folder, or the file's folder) does.
+    if (const fs::path hf = folder / "config.json"; fs::exists(fs::symlink_status(hf, ec)))
+      for (const std::string& warning : check_hf_config(spec, hf.string(), !given_folder))
+        if (topo_.rank == 0) spdlog::warn("{}", warning);
+    ours = from_hf(spec, layout, read_safetensors(path, hf_ignored_names(spec)), path);
+  });
   std::vector<float> shard(static_cast<size_t>(store_->shard_elements()), 0.0f);
   for (const model::ParamTensor& t : layout.tensors()) {
     const std::vector<float>& values = ours.at(t.name);

@@ -262,10 +262,16 @@ class MpiCommunicator final : public Communicator {
     size_ = static_cast<int>(members.size());
     // Color: the group's first member identifies the group; key: the order in the group.
     check(MPI_Comm_split(MPI_COMM_WORLD, members.front(), rank_, &comm_), "MPI_Comm_split");
-    describe_ = std::string(name(kind)) + " group of ranks " + std::to_string(members.front()) + ".." +
-                std::to_string(members.back()) + (members.size() >= 2 && members[1] - members[0] > 1
-                                                      ? " step " + std::to_string(members[1] - members[0])
-                                                      : "");
+    int world_size = 0;
+    MPI_Comm_size(MPI_COMM_WORLD, &world_size);
+    // The world (built with the replication kind, for the byte counters) is named as such.
+    describe_ = static_cast<int>(members.size()) == world_size
+                    ? "world of ranks 0.." + std::to_string(world_size - 1)
+                    : std::string(name(kind)) + " group of ranks " + std::to_string(members.front()) + ".." +
+                          std::to_string(members.back()) +
+                          (members.size() >= 2 && members[1] - members[0] > 1
+                               ? " step " + std::to_string(members[1] - members[0])
+                               : "");
     ring_ = RingAccount(members, world_rank, ranks_per_node, kind);
   }
   ~MpiCommunicator() override {

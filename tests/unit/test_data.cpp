@@ -1,5 +1,6 @@
 // Tests of the data module: token sources, window order, batching and bad-input errors.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -372,6 +373,18 @@ TEST(BadData, MissingPath) {
   const std::string path = dir / "nope.txt";
   EXPECT_MENTIONS(data_error([&] { ByteTextSource(path, 4, 0, true); }), path);
   EXPECT_MENTIONS(data_error([&] { TokenShardSource(path, 4, 0, true); }), path);
+}
+
+// A fifo would block the read forever, a device (/dev/zero) never end it.
+TEST(BadData, PathThatIsNotARegularFile) {
+  TempDir dir;
+  const std::string fifo = dir / "fifo.bin";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  for (const std::string& path : {fifo, std::string("/dev/zero")}) {
+    EXPECT_MENTIONS(data_error([&] { ByteTextSource(path, 4, 0, true); }), path + "' is not a regular file");
+    EXPECT_MENTIONS(data_error([&] { TokenShardSource(path, 4, 0, true); }), path + "' is not a regular file");
+  }
+  EXPECT_MENTIONS(data_error([&] { TokenShardSource(dir / "*.bin", 4, 0, true); }), "matches '" + fifo + "', which is not a regular file");
 }
 
 TEST(BadData, GlobWithNoMatch) {
