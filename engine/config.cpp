@@ -22,6 +22,10 @@ std::string join(const std::vector<std::string>& items) {
   return out;
 }
 
+// JSON text for a message; bytes that are not UTF-8 (a --set from a shell) as U+FFFD
+// rather than an exception.
+std::string as_json(const json& v) { return v.dump(-1, ' ', false, json::error_handler_t::replace); }
+
 const char* json_kind(const json& v) {
   switch (v.type()) {
     case json::value_t::null: return "null";
@@ -70,9 +74,10 @@ class SectionReader {
     if (const json* v = find(key)) {
       if (!v->is_string()) fail_type(key, allowed.empty() ? "a string" : ("one of " + quoted(allowed)).c_str(), *v);
       out = v->get<std::string>();
+      // (Checked when given: a key left out keeps its default, or is reported as required.)
+      if (!allowed.empty() && std::find(allowed.begin(), allowed.end(), out) == allowed.end())
+        fail("'" + path(key) + "' is " + as_json(json(out)) + "; accepted values are " + quoted(allowed));
     }
-    if (!allowed.empty() && std::find(allowed.begin(), allowed.end(), out) == allowed.end())
-      fail("'" + path(key) + "' is \"" + out + "\"; accepted values are " + quoted(allowed));
   }
   // An integer, or the string "auto" (stored as 0).
   void get_int_or_auto(const char* key, int64_t& out) {
@@ -124,8 +129,7 @@ class SectionReader {
     return &*it;
   }
   [[noreturn]] void fail_type(const char* key, const char* expected, const json& got) const {
-    fail("'" + path(key) + "' must be " + expected + ", got " + json_kind(got) + " (" +
-         got.dump() + ")");
+    fail("'" + path(key) + "' must be " + expected + ", got " + json_kind(got) + " (" + as_json(got) + ")");
   }
   static std::string quoted(const std::vector<std::string>& items) {
     std::vector<std::string> q;
@@ -147,6 +151,11 @@ void apply_override(json& doc, const std::string& assignment, const std::string&
   const std::string key = assignment.substr(0, eq), text = assignment.substr(eq + 1);
   json value = json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (value.is_discarded()) value = text;  // bare words are strings: --set model.type=gpt
+  try {
+    (void)value.dump();  // the config is logged and saved as JSON, which must be UTF-8
+  } catch (const json::type_error&) {
+    throw ConfigError("--set '" + key + "=...': the value is not valid UTF-8.");
+  }
   json* node = &doc;
   std::stringstream parts(key);
   std::string part, walked;
@@ -362,7 +371,10 @@ Config parse_document(const json& input, const std::string& source, const std::v
     must(r, c.runtime.ranks_per_node >= 0,
          "'runtime.ranks_per_node' must be 0 (detect) or a positive integer");
     must(r, c.runtime.device_memory_gb > 0, "'runtime.device_memory_gb' must be positive");
-    must(r, c.runtime.comm_timeout_s > 0, "'runtime.comm_timeout_s' must be a positive number of seconds");
+    // Under a second, a wait that is merely slow is taken for a dead rank, and the liveness
+    // pings that name it get no time to answer.
+    must(r, c.runtime.comm_timeout_s >= 1, "'runtime.comm_timeout_s' must be at least 1 second (got " +
+                                               as_json(c.runtime.comm_timeout_s) + ")");
   }
   {
     SectionReader r(doc, "log", source);
@@ -393,6 +405,9 @@ Config parse_document(const json& input, const std::string& source, const std::v
   must(m, mc.hidden > 0, "'model.hidden' must be a positive integer");
   must(m, mc.layers > 0, "'model.layers' must be a positive integer (got " + std::to_string(mc.layers) + ")");
   must(m, mc.heads > 0, "'model.heads' must be a positive integer");
+  must(m, c.mics.prefetch <= mc.layers, "'mics.prefetch' (" + std::to_string(c.mics.prefetch) +
+                                            ") is more than 'model.layers' (" + std::to_string(mc.layers) +
+                                            "): each layer gathered ahead holds a whole layer's weights");
   must(m, mc.hidden % mc.heads == 0, "'model.heads' (" + std::to_string(mc.heads) +
                                          ") must divide 'model.hidden' (" +
                                          std::to_string(mc.hidden) + ")");
@@ -405,12 +420,12 @@ Config parse_document(const json& input, const std::string& source, const std::v
   must(m, mc.max_positions >= tc.seq_len,
        "'train.seq_len' (" + std::to_string(tc.seq_len) + ") is longer than 'model.max_positions' (" +
            std::to_string(mc.max_positions) + ")");
-  if (mc.type_vocab_size < 0) mc.type_vocab_size = bert ? 2 : 0;
+  if (mc.type_vocab_size == -1) mc.type_vocab_size = bert ? 2 : 0;
   must(m, bert ? mc.type_vocab_size >= 1 : mc.type_vocab_size == 0,
        bert ? "'model.type_vocab_size' must be at least 1 for BERT"
             : "'model.type_vocab_size' must be 0 for GPT, which has no token types");
-  if (mc.layernorm_eps == 0) mc.layernorm_eps = bert ? 1e-12 : 1e-5;
-  must(m, mc.layernorm_eps > 0, "'model.layernorm_eps' must be positive");
+  if (std::isnan(mc.layernorm_eps)) mc.layernorm_eps = bert ? 1e-12 : 1e-5;
+  must(m, mc.layernorm_eps > 0, "'model.layernorm_eps' must be positive (got " + as_json(mc.layernorm_eps) + ")");
   must(m, mc.dropout >= 0 && mc.dropout < 1, "'model.dropout' must be in [0, 1)");
   must(m, mc.attention_dropout >= 0 && mc.attention_dropout < 1,
        "'model.attention_dropout' must be in [0, 1)");
@@ -423,8 +438,9 @@ Config parse_document(const json& input, const std::string& source, const std::v
        "'train.global_batch_size' (" + std::to_string(tc.global_batch_size) +
            ") must be a multiple of 'train.micro_batch_size' (" + std::to_string(tc.micro_batch_size) + ")");
   must(t, tc.steps > 0, "'train.steps' must be a positive integer");
-  must(t, std::isfinite(tc.lr) && tc.lr > 0, "'train.lr' must be a positive number (got " + json(tc.lr).dump() + ")");
-  must(t, tc.min_lr >= 0 && tc.min_lr <= tc.lr, "'train.min_lr' must be in [0, train.lr]");
+  must(t, std::isfinite(tc.lr) && tc.lr > 0, "'train.lr' must be a positive number (got " + as_json(tc.lr) + ")");
+  must(t, tc.min_lr >= 0 && tc.min_lr <= tc.lr,
+       "'train.min_lr' (" + as_json(tc.min_lr) + ") must be in [0, 'train.lr' (" + as_json(tc.lr) + ")]");
   must(t, tc.warmup_steps >= 0, "'train.warmup_steps' must be 0 or more");
   must(t, tc.weight_decay >= 0, "'train.weight_decay' must be 0 or more");
   must(t, tc.adam_beta1 >= 0 && tc.adam_beta1 < 1, "'train.adam_beta1' must be in [0, 1)");
@@ -480,7 +496,7 @@ Config parse_document(const json& input, const std::string& source, const std::v
     must(d, dc.source != "text" || (mc.vocab_size > 256 && dc.mask_token_id >= 256),
          "byte-level text uses ids 0..255, so BERT needs 'model.vocab_size' above 256 and 'data.mask_token_id' at 256 or above");
   } else {
-    must(d, dc.mask_token_id == -1, "'data.mask_token_id' applies to BERT only");
+    must(d, dc.mask_token_id == -1, "'data.mask_token_id' applies to BERT only; 'model.type' is " + as_json(mc.type));
   }
   must(d, dc.source != "text" || mc.vocab_size >= 256,
        "'model.vocab_size' (" + std::to_string(mc.vocab_size) + ") must be at least 256 for byte-level text");
@@ -520,17 +536,22 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
     const size_t column = at - (line_start == std::string::npos || at == 0 ? 0 : line_start + 1) + 1;
     throw ConfigError(path + " is not valid JSON at line " + std::to_string(line) + ", column " +
                       std::to_string(column) + ".");
+  } catch (const json::exception& e) {  // a number beyond a double's range (1e400)
+    std::string what = e.what();
+    what.erase(0, what.find("] ") == std::string::npos ? 0 : what.find("] ") + 2);  // nlohmann's "[json.exception.*] "
+    throw ConfigError(path + " cannot be read as a config: " + what + ".");
   }
   if (!repeated.empty())
     throw ConfigError(path + ": '" + repeated + "' is given twice; JSON keeps only the last, so remove the other.");
   Config c = parse_config(doc, path, overrides);
   // Said of what the user wrote only: a saved config (a checkpoint's) holds every key.
-  const bool mask_prob_given = (doc.contains("data") && doc.at("data").is_object() && doc.at("data").contains("mask_prob")) ||
-                               std::any_of(overrides.begin(), overrides.end(), [](const std::string& o) {
-                                 return o.rfind("data.mask_prob=", 0) == 0;
-                               });
-  if (c.model.type != "bert" && mask_prob_given)
-    throw ConfigError(path + ": 'data.mask_prob' applies to BERT only; GPT predicts every next token.");
+  const auto mask_prob_set = std::find_if(overrides.rbegin(), overrides.rend(), [](const std::string& o) {
+    return o.rfind("data.mask_prob=", 0) == 0;
+  });
+  const bool in_file = doc.contains("data") && doc.at("data").is_object() && doc.at("data").contains("mask_prob");
+  if (c.model.type != "bert" && (in_file || mask_prob_set != overrides.rend()))
+    throw ConfigError(path + ": 'data.mask_prob' applies to BERT only; GPT predicts every next token" +
+                      (mask_prob_set != overrides.rend() ? " (from --set " + *mask_prob_set + ")." : "."));
   return c;
 }
 

@@ -3,6 +3,7 @@
 // strict: an unknown key, a wrong type or an impossible value is a ConfigError whose
 // message is one sentence naming the key and what is accepted.
 #include <cstdint>
+#include <limits>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -27,7 +28,7 @@ struct ModelConfig {
   int64_t vocab_size = 0;        // required
   int64_t max_positions = 0;     // 0: train.seq_len
   int64_t type_vocab_size = -1;  // -1: 2 for BERT, 0 for GPT
-  double layernorm_eps = 0;      // 0: 1e-12 for BERT, 1e-5 for GPT
+  double layernorm_eps = std::numeric_limits<double>::quiet_NaN();  // unset (JSON has no NaN): 1e-12 for BERT, 1e-5 for GPT
   double dropout = 0.0;
   double attention_dropout = 0.0;
   double init_std = 0.02;

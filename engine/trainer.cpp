@@ -306,7 +306,6 @@ std::vector<double> Trainer::run() {
   const TrainConfig& t = config_.train;
   const double flops_per_sample = model_flops_per_sample(config_.model_spec(), t.seq_len);
   std::vector<double> losses;
-  losses.reserve(static_cast<size_t>(t.steps));
   const Clock::time_point start = Clock::now();
   Clock::time_point window_start = start;
   CommStats window_comm = groups_->stats;
