@@ -154,15 +154,14 @@ mics::Config resolve(const Options& o) {
 // What can be refused before anything is logged or allocated: the backend and the
 // placement of this job's ranks into nodes and groups.
 // The topology of a run of `world` ranks as rank `rank`: the config's partition size, or with
-// "auto" the smallest that fits runtime.device_memory_gb (at most the world); ranks per node
+// "auto" the smallest that fits runtime.device_memory_gb and divides the world; ranks per node
 // from runtime.ranks_per_node, else as launched. ConfigError naming the file when it cannot be.
 mics::Topology resolve_topology(const mics::Config& config, int rank, int world, int launched_per_node) {
   const int k = config.runtime.ranks_per_node > 0 ? static_cast<int>(config.runtime.ranks_per_node) : launched_per_node;
-  const int p = config.mics.partition_size > 0
-                    ? static_cast<int>(config.mics.partition_size)
-                    : static_cast<int>(std::min<int64_t>(
-                          mics::auto_partition_size(config, world, k, config.runtime.device_memory_gb), world));
   try {
+    const int p = static_cast<int>(config.mics.partition_size > 0
+                                       ? config.mics.partition_size
+                                       : mics::auto_partition_size(config, world, k, config.runtime.device_memory_gb));
     return mics::make_topology(rank, world, k, p, config.mics.hierarchical_allgather);
   } catch (const mics::ConfigError& e) {
     throw mics::ConfigError(config.source_name + ": " + e.what());
@@ -216,7 +215,7 @@ std::string dry_run(const mics::Config& config, const mics::ProcessEnv& env, int
   const int k = config.runtime.ranks_per_node > 0 ? static_cast<int>(config.runtime.ranks_per_node) : 1;
   const int64_t p = config.mics.partition_size > 0
                         ? config.mics.partition_size
-                        : mics::auto_partition_size(config, 1, k, config.runtime.device_memory_gb);
+                        : mics::auto_partition_size(config, 0, k, config.runtime.device_memory_gb);
   return mics::dry_run_report(config, p, p, k);
 }
 

@@ -103,10 +103,29 @@ MemoryPlan plan_memory(const Config& config, int64_t world, int64_t p, int64_t m
 
 int64_t auto_partition_size(const Config& config, int64_t world, int64_t ranks_per_node, double memory_gib) {
   const int64_t k = std::max<int64_t>(ranks_per_node, 1);
-  for (int64_t p : candidate_partitions(k, kMaxPartition))
-    if (plan_memory(config, std::max(world, p), p, config.train.micro_batch_size, config.train.activation_checkpointing).total() <=
-        memory_gib * kGiB)
-      return p;
+  const auto fits = [&](int64_t p) {
+    return plan_memory(config, std::max(world, p), p, config.train.micro_batch_size,
+                       config.train.activation_checkpointing)
+               .total() <= memory_gib * kGiB;
+  };
+  // With the ranks known, the sizes make_topology takes: divisors of N that are whole
+  // nodes or divide a node.
+  std::vector<int64_t> candidates;
+  for (int64_t p = 1; p <= world; ++p)
+    if (world % p == 0 && (p % k == 0 || k % p == 0)) candidates.push_back(p);
+  if (world == 0) candidates = candidate_partitions(k, kMaxPartition);
+  for (int64_t p : candidates)
+    if (fits(p)) return p;
+  if (world > 0)
+    for (int64_t p : candidate_partitions(k, kMaxPartition))
+      if (fits(p))
+        throw ConfigError("'mics.partition_size' \"auto\": no partition size the " + std::to_string(world) +
+                          " ranks can be split into fits " + gib(memory_gib * kGiB) +
+                          " GiB per device ('runtime.device_memory_gb'); " + std::to_string(p) +
+                          " would: launch a multiple of " + std::to_string(p) + " ranks, or lower "
+                          "'train.micro_batch_size'" +
+                          (config.train.activation_checkpointing ? "" : " or turn on 'train.activation_checkpointing'") +
+                          ".");
   throw ConfigError("'mics.partition_size' \"auto\": model states and activations do not fit " +
                     gib(memory_gib * kGiB) + " GiB per device ('runtime.device_memory_gb') at any partition size, "
                     "even sharded over " + std::to_string(kMaxPartition) + " ranks: lower 'train.micro_batch_size'" +

@@ -51,9 +51,10 @@ struct MemoryPlan {
 MemoryPlan plan_memory(const Config& config, int64_t world, int64_t partition_size, int64_t micro_batch,
                        bool checkpointing);
 
-// Smallest partition size (1, 2, 4 ... up to ranks_per_node, then k times powers of two)
-// whose plan at the configured micro-batch and checkpointing fits `memory_gib` per device;
-// ConfigError if none does.
+// Smallest partition size whose plan at the configured micro-batch and checkpointing fits
+// `memory_gib` per device, among those `world` ranks can be split into (divisors of world
+// that are whole nodes or divide a node), or with world 0 (a job not sized yet) among 1, 2,
+// 4 ... up to ranks_per_node, then k times powers of two; ConfigError if none does.
 int64_t auto_partition_size(const Config& config, int64_t world, int64_t ranks_per_node, double memory_gib);
 
 // "model states 18.78 GiB, gathered 0.47 GiB, gradient buffers 0.52 GiB, activations

@@ -61,6 +61,9 @@ Topology make_topology(int rank, int world, int k, int p, const std::string& hie
     throw ConfigError("'mics.partition_size' (" + std::to_string(p) +
                       ") spans nodes, so it must be a multiple of the ranks per node (" +
                       std::to_string(k) + ").");
+  if (!spans && k % p != 0)
+    throw ConfigError("'mics.partition_size' (" + std::to_string(p) + ") stays inside a node, so it must divide the "
+                      "ranks per node (" + std::to_string(k) + "); otherwise a group would straddle two nodes.");
   if (hierarchical == "true" && !spans)
     throw ConfigError("'mics.hierarchical_allgather' is true but a partition group of " +
                       std::to_string(p) + " ranks stays inside one node of " + std::to_string(k) +

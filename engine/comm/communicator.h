@@ -107,6 +107,9 @@ class Communicator {
   virtual bool test(Request& request) = 0;
   // Sum of one double over the group, blocking; scalars are not charged to the counters.
   virtual double sum_scalar(double value) = 0;
+  // The group's first member's `value`, on every member, blocking (uncharged): what the
+  // members read or resolve alone is compared against it (engine/comm/rank_agreement.h).
+  virtual uint64_t first_member_value(uint64_t value) = 0;
 };
 
 // Builds the communicator of `members` (world ranks, in group order) from the world;

@@ -360,6 +360,15 @@ class MpiCommunicator final : public Communicator {
     return value;
   }
 
+  uint64_t first_member_value(uint64_t value) override {
+    if (size_ > 1) {
+      MPI_Request r;
+      check(MPI_Ibcast(&value, 1, MPI_UINT64_T, 0, comm_, &r), "MPI_Ibcast");
+      wait_for(r, "a broadcast on the " + describe_, members_);
+    }
+    return value;
+  }
+
  private:
   static void expect_fp32(const char* what, DType dtype) {
     if (dtype != DType::f32) throw std::logic_error(std::string("MPI ") + what + " of " + dtype_name(dtype) + ": fp32 only");

@@ -283,6 +283,7 @@ class NcclCommunicator final : public Communicator {
   }
 
   double sum_scalar(double value) override { return host_->sum_scalar(value); }
+  uint64_t first_member_value(uint64_t value) override { return host_->first_member_value(value); }
 
  private:
   // Enqueues the all-gather on this communicator's stream (begin() already called).

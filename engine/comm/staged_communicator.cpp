@@ -58,6 +58,7 @@ class StagedCommunicator final : public Communicator {
     return true;
   }
   double sum_scalar(double value) override { return host_->sum_scalar(value); }
+  uint64_t first_member_value(uint64_t value) override { return host_->first_member_value(value); }
 
  private:
   // Staging buffers (the backend's host memory: page-locked on a GPU) grow to the largest

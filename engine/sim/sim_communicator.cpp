@@ -71,6 +71,7 @@ class SimCommunicator final : public Communicator {
   }
   // Every rank of a simulated group holds the same values.
   double sum_scalar(double value) override { return value * size_; }
+  uint64_t first_member_value(uint64_t value) override { return value; }
 
  private:
   // Charges the counters exactly as the MPI communicator does and books the collective on

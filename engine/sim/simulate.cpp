@@ -135,9 +135,8 @@ std::vector<SimulatedStep> simulate_sweep(const Config& config, const ClusterSpe
         c.mics.partition_size = world;
         c.mics.hierarchical_allgather = "false";
       } else {
-        const int64_t p = config.mics.partition_size > 0 ? config.mics.partition_size
-                                                         : auto_partition_size(c, world, k, cluster.memory_gib);
-        c.mics.partition_size = std::min<int64_t>(p, world);
+        c.mics.partition_size = config.mics.partition_size > 0 ? std::min<int64_t>(config.mics.partition_size, world)
+                                                               : auto_partition_size(c, world, k, cluster.memory_gib);
       }
       try {
         rows.push_back(simulate_step(c, cluster, nodes, mode));

@@ -94,7 +94,7 @@ TEST(RankAgreement, AFailureOnOneRankIsEveryRanks) {
   const Difference d = difference_from_rank0(*groups->world, world_rank() == 1 ? 0xFEDCBA9876543210ull : 42);
   EXPECT_EQ(d.here, world_rank() == 1);
   EXPECT_EQ(d.ranks, 1);
-  EXPECT_EQ(rank0_value(*groups->world, world_rank() == 0 ? 0xFFFFFFFFFFFFFFFFull : 7), 0xFFFFFFFFFFFFFFFFull);
+  EXPECT_EQ(groups->world->first_member_value(world_rank() == 0 ? 0xFFFFFFFFFFFFFFFFull : 7), 0xFFFFFFFFFFFFFFFFull);
 }
 
 TEST(RankAgreement, DataOneRankCannotReadStopsBoth) {
