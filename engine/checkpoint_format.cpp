@@ -64,11 +64,59 @@ json read_manifest(const fs::path& dir) {
   return manifest;
 }
 
-OldShards::OldShards(fs::path dir, const json& manifest)
-    : dir_(std::move(dir)), manifest_(manifest), p_(manifest.at("partition_size").get<int>()),
-      elements_(manifest.at("shard_elements").get<uint64_t>()) {}
+OldShards::OldShards(fs::path dir, const json& manifest) : dir_(std::move(dir)), manifest_(manifest) {
+  // Every span and offset is checked against the shard files' size before anything is
+  // read: a damaged manifest would otherwise divide by zero, or read past a shard's end
+  // and hand back whatever lies there as weights.
+  const std::string where = (dir_ / "manifest.json").string() + ": ";
+  const int64_t p = manifest.at("partition_size").get<int64_t>();
+  if (p < 1 || p > kMaxPartitionSize)
+    throw CheckpointError(where + "partition_size " + std::to_string(p) + " is not between 1 and " +
+                          std::to_string(kMaxPartitionSize) + ".");
+  const int64_t elements = manifest.at("shard_elements").get<int64_t>();
+  if (elements < 0 || elements > (int64_t{1} << 40))
+    throw CheckpointError(where + "shard_elements " + std::to_string(elements) + " is out of range.");
+  p_ = static_cast<int>(p);
+  elements_ = static_cast<uint64_t>(elements);
+  const json& layers = manifest.at("layout").at("layers");
+  for (size_t i = 0; i < layers.size(); ++i) {
+    const int64_t begin = layers[i].at("begin").get<int64_t>(), size = layers[i].at("size").get<int64_t>();
+    if (begin < 0 || size <= 0 || begin % p != 0 || size % p != 0 || begin / p > elements ||
+        size / p > elements - begin / p)
+      throw CheckpointError(where + "layout.layers[" + std::to_string(i) + "] (begin " + std::to_string(begin) +
+                            ", size " + std::to_string(size) + ") does not split into " + std::to_string(p) +
+                            " shards of shard_elements " + std::to_string(elements) + ".");
+  }
+  const json& tensors = manifest.at("layout").at("tensors");
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const json& t = tensors[i];
+    const int64_t layer = t.at("layer").get<int64_t>(), offset = t.at("offset").get<int64_t>();
+    int64_t n = 1;  // -1: no tensor a shard could hold
+    for (const json& d : t.at("shape")) {
+      const int64_t dim = d.get<int64_t>();
+      if (dim < 0 || (dim > 0 && n > (int64_t{1} << 50) / dim)) {
+        n = -1;
+        break;
+      }
+      n *= dim;
+    }
+    const std::string field = where + "layout.tensors[" + std::to_string(i) + "] (" + t.at("name").dump() + ")";
+    if (layer < 0 || static_cast<size_t>(layer) >= layers.size())
+      throw CheckpointError(field + " names layer " + std::to_string(layer) + "; the layout has " +
+                            std::to_string(layers.size()) + ".");
+    const int64_t begin = layers[static_cast<size_t>(layer)].at("begin").get<int64_t>();
+    const int64_t size = layers[static_cast<size_t>(layer)].at("size").get<int64_t>();
+    if (n < 0 || offset < begin || offset - begin > size || n > size - (offset - begin))
+      throw CheckpointError(field + " at offset " + std::to_string(offset) + " lies outside its layer's span (begin " +
+                            std::to_string(begin) + ", size " + std::to_string(size) + ").");
+    numel_.push_back(n);
+  }
+}
 
 void OldShards::read(size_t ti, int64_t first, int64_t count, std::array<float*, 3> out) {
+    if (ti >= numel_.size() || first < 0 || count < 0 || count > numel_[ti] - first)
+      throw CheckpointError((dir_ / "manifest.json").string() + ": tensor " + std::to_string(ti) +
+                            " is smaller than the model's.");
     const json& t = manifest_.at("layout").at("tensors").at(ti);
     const json& layer = manifest_.at("layout").at("layers").at(t.at("layer").get<size_t>());
     const int64_t begin = layer.at("begin").get<int64_t>(), chunk = layer.at("size").get<int64_t>() / p_;
@@ -100,7 +148,7 @@ CheckpointWeights read_weights(const std::string& where) {
   // allocated, so a damaged manifest cannot ask for more memory than the files hold.
   const int p = manifest.at("partition_size").get<int>();
   const uint64_t shard_elements = manifest.at("shard_elements").get<uint64_t>();
-  if (p <= 0 || p > (1 << 20)) throw CheckpointError((dir / "manifest.json").string() + " has an invalid partition_size.");
+  if (p <= 0 || p > kMaxPartitionSize) throw CheckpointError((dir / "manifest.json").string() + " has an invalid partition_size.");
   for (int s = 0; s < p; ++s) {
     const fs::path f = dir / shard_name(s, p);
     std::error_code ec;

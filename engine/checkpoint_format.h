@@ -30,6 +30,8 @@ struct CheckpointWriteError : CheckpointError {
 // Fixed header in front of a shard's payload (master, Adam m, Adam v; fp32, little endian).
 inline constexpr char kShardMagic[8] = {'M', 'I', 'C', 'S', 'S', 'H', 'R', 'D'};
 inline constexpr uint32_t kFormatVersion = 1;
+// The largest partition size a manifest may name (a damaged one must not ask for more).
+inline constexpr int64_t kMaxPartitionSize = int64_t{1} << 20;
 
 struct ShardHeader {
   char magic[8];
@@ -55,6 +57,8 @@ nlohmann::json read_manifest(const std::filesystem::path& dir);
 // elements of any tensor, whatever partition size the reader uses.
 class OldShards {
  public:
+  // Checks that the manifest's partition size, shard size, layer spans and tensor offsets
+  // fit together (every read stays inside its shard); CheckpointError names the field.
   OldShards(std::filesystem::path dir, const nlohmann::json& manifest);
   // Elements [first, first + count) of tensor `ti` (manifest order) into out[a] for the
   // arrays a = master, Adam m, Adam v (null entries are skipped).
@@ -64,8 +68,9 @@ class OldShards {
   const ShardArrays& shard(int index);
   std::filesystem::path dir_;
   const nlohmann::json& manifest_;
-  int p_;
-  uint64_t elements_;
+  int p_ = 0;
+  uint64_t elements_ = 0;
+  std::vector<int64_t> numel_;  // of each tensor, manifest order
   std::map<int, ShardArrays> cache_;
 };
 

@@ -392,18 +392,6 @@ int agreed_exit_code(const std::exception& e) {
   env.abort_job(kExitFailure);
 }
 
-// The checkpoint directory --resume continues from ("" for none), for check_checkpoint_dir:
-// "latest" and "auto" read checkpoint.dir/latest (a pointer that cannot be read stands for
-// itself under "latest", whose load then says what is wrong with it).
-std::string resume_source(const mics::Config& config, const std::string& resume) {
-  if (resume != "latest" && resume != "auto") return resume;
-  const std::filesystem::path pointer = std::filesystem::path(config.checkpoint.dir) / "latest";
-  std::ifstream in(pointer);
-  std::string name;
-  if (in >> name) return (std::filesystem::path(config.checkpoint.dir) / name).string();
-  return resume == "latest" ? pointer.string() : mics::newest_complete_checkpoint(config.checkpoint.dir);
-}
-
 int train(const mics::Config& config, const mics::Topology& topology, const mics::ProcessEnv& env,
           const std::string& resume, const std::string& init_from, bool profile) {
   spdlog::info("{}", topology.describe());
@@ -415,7 +403,8 @@ int train(const mics::Config& config, const mics::Topology& topology, const mics
     spdlog::warn("'runtime.cudnn_deterministic' false changes nothing here: the attention is \"{}\", not cuDNN's",
                  config.runtime.attention);
   mics::set_comm_timeout(config.runtime.comm_timeout_s);
-  const std::string resume_from = resume_source(config, resume);
+  // The checkpoint --resume continues from ("" for none), decided on rank 0 for every rank.
+  const std::string resume_from = mics::resolve_resume(config, topology, resume);
   mics::check_checkpoint_dir(config, topology, resume_from);
   Runtime runtime = make_runtime(config, topology, env);
   ProfileWindow window;
@@ -430,25 +419,15 @@ int train(const mics::Config& config, const mics::Topology& topology, const mics
   mics::Trainer trainer(config, *runtime.backend, topology, std::move(runtime.trainer));
   try {
     if (!init_from.empty()) trainer.init_from(init_from);
-    if (resume == "auto") {  // a requeued job: continue if a checkpoint exists, else start
-      // (scripts/slurm/mics-train.sbatch passes it to every job, with checkpoints or without.)
-      const bool exists = !config.checkpoint.dir.empty() &&
-                          std::filesystem::exists(std::filesystem::path(config.checkpoint.dir) / "latest");
-      if (exists) {
-        trainer.resume("latest");  // (its load names a pointer to nothing as such)
-      } else if (!resume_from.empty()) {  // resume_source's newest complete checkpoint
-        spdlog::warn("--resume auto: {} has no 'latest' pointer (a save cut off before writing it?); continuing from "
-                     "the newest complete checkpoint, {}", config.checkpoint.dir, resume_from);
-        trainer.resume(resume_from);
-      } else {
-        if (config.checkpoint.dir.empty())
-          spdlog::warn("--resume auto: no checkpoint.dir is set, so this run writes no checkpoints and a requeued job "
-                       "starts over from step 0");
-        else spdlog::info("--resume auto: no checkpoint in {} yet; starting from step 0", config.checkpoint.dir);
-        trainer.start_over();
-      }
-    } else if (!resume.empty()) {
-      trainer.resume(resume);
+    if (!resume_from.empty()) {
+      trainer.resume(resume_from);
+    } else if (resume == "auto") {  // a requeued job that finds no checkpoint starts
+      // (scripts/slurm/mics-train.sbatch passes --resume auto to every job, with checkpoints or without.)
+      if (config.checkpoint.dir.empty())
+        spdlog::warn("--resume auto: no checkpoint.dir is set, so this run writes no checkpoints and a requeued job "
+                     "starts over from step 0");
+      else spdlog::info("--resume auto: no checkpoint in {} yet; starting from step 0", config.checkpoint.dir);
+      trainer.start_over();
     }
     const std::vector<double> losses = trainer.run();
     if (profile && env.rank() == 0) window.report();

@@ -275,3 +275,149 @@ TEST(Checkpoint, AWriteThatFailsEndsTheRunWithExitOne) {
 }
 
 }  // namespace
+
+namespace {
+
+std::string pointer_of(const std::string& ck) {
+  std::ifstream in(ck + "/latest");
+  std::string name;
+  in >> name;
+  return name;
+}
+
+// Two ranks under mpirun, each in its own working directory with checkpoint.dir=ck
+// (relative): every rank sees its own `ck`, as nodes whose views of one network file system
+// differ (a stale cache, a mount missing on one node) would.
+mics::test::CliResult run_two_views(const std::string& view0, const std::string& view1, const std::string& args) {
+  const auto rank = [&](const std::string& wdir) { return " -np 1 -wdir " + wdir + " " + MICS_TRAIN_BIN + " " + args; };
+  return mics::test::run_cli_command("OMP_NUM_THREADS=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 " +
+                                     std::string(MICS_MPIRUN) + rank(view0) + " :" + rank(view1) + " 2>&1");
+}
+
+}  // namespace
+
+// A save cut off after its step directory was renamed into place, before `latest` was
+// replaced, leaves the pointer one checkpoint behind. A requeue (--resume auto), or
+// --resume latest, continues from the newer complete checkpoint with a warning naming both,
+// rather than being refused as going back to an older one.
+TEST(Checkpoint, AStalePointerContinuesFromTheNewerCompleteCheckpoint) {
+  for (const std::string resume : {"latest", "auto"}) {
+    TempDir dir("ckstale");
+    const std::string ck = dir.file("ck");
+    ASSERT_EQ(run_cli(args("gpt", ck, 2, dir.file("a.jsonl")) + " --set checkpoint.every=1").exit_code, 0);
+    dir.write("ck/latest", "step-000001\n");
+    const auto r = run_cli(args("gpt", ck, 3, dir.file("b.jsonl")) + " --resume " + resume);
+    ASSERT_EQ(r.exit_code, 0) << resume << ": " << r.output;
+    EXPECT_NE(r.output.find("--resume " + resume + ": " + ck + "/latest names step-000001, but step-000002 is newer and "
+                            "complete (a save cut off before it updated the pointer?); continuing from " + ck +
+                            "/step-000002"),
+              std::string::npos) << r.output;
+    const auto rows = read_metrics(dir.file("b.jsonl"));
+    ASSERT_EQ(rows.size(), 1u) << resume;
+    EXPECT_EQ(rows.front().at("step"), 3) << resume;
+    EXPECT_EQ(pointer_of(ck), "step-000003") << resume;
+  }
+}
+
+// A shard write that fails (here the file size limit, as a full disk would) removes the
+// save's temporary directory before the run ends (exit 1): left behind it would keep a full
+// disk full, and the requeued job would be refused at start-up for want of space.
+TEST(Checkpoint, AFailedShardWriteLeavesNoTemporaryDirectory) {
+  TempDir dir("ckfsize");
+  const std::string ck = dir.file("ck");
+  // (PMIX_MCA_gds=hash: MPI's start-up keeps its shared tables in memory, not in a file the
+  // limit would cut short.)
+  const auto r = mics::test::run_cli_command("trap '' XFSZ; ulimit -f 200; export PMIX_MCA_gds=hash; exec " +
+                                             std::string(MICS_TRAIN_BIN) + " " +
+                                             args("gpt", ck, 2, dir.file("a.jsonl")) +
+                                             " --set checkpoint.every=1 2>&1");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find("mics-train: error: writing " + ck + "/.tmp-step-000001/shard-00000-of-00001.bin failed: File "
+                          "too large."),
+            std::string::npos) << r.output;
+  EXPECT_TRUE(fs::is_directory(ck));
+  EXPECT_FALSE(fs::exists(ck + "/.tmp-step-000001"));
+  EXPECT_TRUE(fs::is_empty(ck));
+}
+
+// The leftovers of a save cut off by a kill (its temporary directory, the pointer's
+// temporary file) are removed at start-up, before checkpoint.dir is probed (on a disk they
+// filled, the probe would fail), not only by the next save; the checkpoints stay.
+TEST(Checkpoint, StartUpRemovesTheLeftoversOfACutOffSave) {
+  TempDir dir("ckleft");
+  const std::string ck = dir.file("ck");
+  ASSERT_EQ(run_cli(args("gpt", ck, 1, dir.file("a.jsonl"))).exit_code, 0);
+  fs::create_directories(ck + "/.tmp-step-000002");
+  dir.write("ck/.tmp-step-000002/shard-00000-of-00001.bin", "partial");
+  dir.write("ck/.latest.tmp", "step-000002\n");
+  // Nothing left to train: no save follows that could have removed them instead.
+  const auto r = run_cli(args("gpt", ck, 1, dir.file("b.jsonl")) + " --resume auto");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("nothing left to train"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(ck + "/.tmp-step-000002"));
+  EXPECT_FALSE(fs::exists(ck + "/.latest.tmp"));
+  EXPECT_TRUE(fs::exists(ck + "/step-000001/manifest.json"));
+  EXPECT_EQ(pointer_of(ck), "step-000001");
+}
+
+// --resume latest is decided on rank 0 and sent to every rank: a rank whose view of
+// checkpoint.dir names another step (view 1's `latest` is at step 9, rank 0's at 6) still
+// loads rank 0's choice, and the run continues the 9-step run's steps 7-8. A rank whose
+// view holds other files at that path (view 1's step-000006 is step 9's) is refused on
+// every rank (exit 2), naming both states, before anything is trained.
+TEST(Checkpoint, EveryRankLoadsTheCheckpointRankZeroChoseAndTheSameState) {
+  TempDir dir("ckviews");
+  const std::string view0 = dir.file("view0"), view1 = dir.file("view1");
+  fs::create_directories(view0);
+  ASSERT_EQ(run_cli(args("gpt", view1 + "/ck", 9, dir.file("full.jsonl"))).exit_code, 0);
+  const auto full = read_losses(dir.file("full.jsonl"));
+  ASSERT_EQ(full.size(), 9u);
+  fs::copy(view1 + "/ck", view0 + "/ck", fs::copy_options::recursive);
+  fs::remove_all(view0 + "/ck/step-000009");
+  dir.write("view0/ck/latest", "step-000006\n");
+  const std::string run = args("gpt", "ck", 8, dir.file("two.jsonl")) +
+                          " --set mics.partition_size=1 --set runtime.comm_timeout_s=20 --resume latest";
+  auto r = run_two_views(view0, view1, run);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const auto two = read_losses(dir.file("two.jsonl"));
+  ASSERT_EQ(two.size(), 2u);
+  for (size_t i = 0; i < 2; ++i) EXPECT_NEAR(two[i], full[i + 6], 1e-5 * full[i + 6]) << "step " << i + 7;
+
+  // View 1: step-000006 holds step 9's checkpoint.
+  fs::remove_all(view1 + "/ck/step-000006");
+  fs::rename(view1 + "/ck/step-000009", view1 + "/ck/step-000006");
+  dir.write("view1/ck/latest", "step-000006\n");
+  fs::remove_all(view0 + "/ck/step-000008");
+  dir.write("view0/ck/latest", "step-000006\n");
+  r = run_two_views(view0, view1, args("gpt", "ck", 8, dir.file("mixed.jsonl")) +
+                                      " --set mics.partition_size=1 --set runtime.comm_timeout_s=20 --resume latest");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  const std::string expected = "mics-train: error: the ranks loaded different checkpoints from ck/step-000006: rank 0 "
+                               "step 6 (48 samples seen), rank 1 step 9 (72 samples seen); every rank must see the same "
+                               "files there";
+  size_t lines = 0;
+  for (size_t at = r.output.find(expected); at != std::string::npos; at = r.output.find(expected, at + 1)) ++lines;
+  EXPECT_EQ(lines, 2u) << r.output;  // every rank says so
+  EXPECT_TRUE(read_metrics(dir.file("mixed.jsonl")).empty());
+}
+
+// checkpoint.dir is probed at start-up by every rank that writes shards, on its own node's
+// view: a rank that cannot write there (here its view lacks the directory: a mount missing
+// on its node) stops the run before training (exit 2 on every rank, that rank naming the
+// path), not at the first save with the training lost.
+TEST(Checkpoint, EveryRankThatWritesShardsProbesTheDirectory) {
+  TempDir dir("ckprobe");
+  const std::string view0 = dir.file("view0"), view1 = dir.file("view1");
+  fs::create_directories(view0);
+  fs::create_directories(view1);
+  const auto r = run_two_views(view0, view1, args("gpt", "ck", 2, dir.file("a.jsonl")) +
+                                                 " --set mics.partition_size=2 --set checkpoint.every=1");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("mics-train: error: 'checkpoint.dir' ck cannot be written to from rank 1: No such file or "
+                          "directory."),
+            std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("mics-train: error: another rank cannot write to 'checkpoint.dir' ck; see its message."),
+            std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(dir.file("a.jsonl")));
+  EXPECT_TRUE(fs::is_empty(view0 + "/ck"));
+}

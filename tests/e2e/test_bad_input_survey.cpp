@@ -388,6 +388,44 @@ std::vector<Case> cases() {
                  std::ofstream(ck + "/manifest.json", std::ios::trunc) << m.dump();
                  return std::pair{e.run("--resume " + ck), ck + "/manifest.json"};
                }});
+  // Manifest numbers out of range: each would divide by zero, read past a shard's end (other
+  // memory as weights), or train from a negative step and write a step--00002 checkpoint.
+  const auto manifest_case = [](const char* name, std::function<void(json&)> edit, std::string field) {
+    return Case{name, [edit, field](const Env& e) {
+                  const std::string ck = e.copy_step("step");
+                  json m = json::parse(std::ifstream(ck + "/manifest.json"));
+                  edit(m);
+                  std::ofstream(ck + "/manifest.json", std::ios::trunc) << m.dump();
+                  return std::pair{e.run("--resume " + ck), ck + "/manifest.json: " + field};
+                }};
+  };
+  c.push_back(manifest_case("resume_manifest_partition_size_zero", [](json& m) { m["partition_size"] = 0; },
+                            "partition_size 0 is not between 1 and 1048576"));
+  c.push_back(manifest_case("resume_manifest_negative_step", [](json& m) { m["step"] = -3; }, "step -3 is negative"));
+  c.push_back(manifest_case("resume_manifest_negative_samples_seen", [](json& m) { m["samples_seen"] = -8; },
+                            "samples_seen -8 is negative"));
+  c.push_back(manifest_case("resume_manifest_layer_size_one", [](json& m) { m["layout"]["layers"][1]["size"] = 1; },
+                            "layout.layers[1].size is 1; this model at partition size 1 has "));
+  c.push_back(manifest_case("resume_manifest_layer_span_inflated",
+                            [](json& m) {
+                              json& head = m["layout"]["layers"][m["layout"]["layers"].size() - 1];
+                              head["size"] = head["size"].get<int64_t>() * 4;
+                            },
+                            "layout.layers[3].size is "));
+  c.push_back(manifest_case("resume_manifest_layer_begin_huge",
+                            [](json& m) { m["layout"]["layers"][1]["begin"] = int64_t{1} << 60; },
+                            "layout.layers[1].begin is 1152921504606846976; this model at partition size 1 has "));
+  c.push_back(manifest_case("resume_manifest_tensor_offset_huge",
+                            [](json& m) { m["layout"]["tensors"][0]["offset"] = int64_t{1} << 60; },
+                            "layout.tensors[0].offset is 1152921504606846976; this model at partition size 1 has 0."));
+  c.push_back({"export_manifest_layer_span_beyond_shards", [](const Env& e) {
+                 const std::string ck = e.copy_step("step");
+                 json m = json::parse(std::ifstream(ck + "/manifest.json"));
+                 m["layout"]["layers"][1]["size"] = m["shard_elements"].get<int64_t>() * 2;
+                 std::ofstream(ck + "/manifest.json", std::ios::trunc) << m.dump();
+                 return std::pair{"export --checkpoint " + ck + " --out " + e.dir.file("out.safetensors"),
+                                  ck + "/manifest.json: layout.layers[1] (begin "};
+               }});
   c.push_back({"resume_shard_checksum", [](const Env& e) {
                  const std::string ck = e.copy_step("step");
                  flip_byte(ck + kShard0, 1000);
